@@ -1,0 +1,5 @@
+import sys
+
+from dnalm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,93 @@
+"""``dnalm bench tokenize``: whole-genome reading and per-tokenizer encode throughput on one core."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dnalm import genome as genome_io
+from dnalm.bench import report
+from dnalm.tokenizers import KmerTokenizer, NucleotideTokenizer, train_bpe
+
+TARGETS_MBASES_PER_S = {"read": 40.0, "nucleotide": 20.0, "kmer": 20.0, "bpe": 1.0}
+CHUNK = 1_000_000  # encode in 1 Mb pieces, as a sharding job would per window group
+
+
+def _best_of(repeats: int, fn) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def run(genome_path: Path | None, bases: int, out_dir: Path) -> dict:
+    chr20 = report.SHARED_DATA / "genomes" / "hs37_chr20.fa.gz"
+    genome_path = Path(genome_path) if genome_path else (chr20 if chr20.exists() else genome_io.DEFAULT_GENOME)
+
+    read_seconds = _best_of(2, lambda: genome_io.read(genome_path))
+    contigs = genome_io.read(genome_path).contigs
+    genome_bases = sum(len(c) for c in contigs)
+    longest = max(contigs, key=len)
+    start, end = max(longest.segments().tolist(), key=lambda seg: seg[1] - seg[0])
+    sample = longest.bases[start : min(end, start + bases)]  # the longest stretch free of N runs
+
+    bpe_start = time.perf_counter()
+    bpe = train_bpe([genome_path], 4096, max_memory_gb=1.0)
+    bpe_train_seconds = time.perf_counter() - bpe_start
+
+    tokenizers = [NucleotideTokenizer(), KmerTokenizer(3), KmerTokenizer(6), KmerTokenizer(6, 1), KmerTokenizer(8), bpe]
+    rows = []
+    for tok in tokenizers:
+        measured = sample if tok.kind != "bpe" else sample[: min(len(sample), 4_000_000)]
+        pieces = [measured[i : i + CHUNK] for i in range(0, len(measured), CHUNK)]
+        seconds = _best_of(2, lambda: [tok.encode(p) for p in pieces])
+        tokens = sum(len(tok.encode(p)) for p in pieces)
+        rate = len(measured) / seconds / 1e6
+        rows.append({
+            "tokenizer": tok.name, "bases": len(measured), "tokens": tokens, "bases_per_token": round(len(measured) / tokens, 3),
+            "seconds": round(seconds, 4), "mbases_per_s": round(rate, 2),
+            "target_mbases_per_s": TARGETS_MBASES_PER_S[tok.kind], "meets_target": rate >= TARGETS_MBASES_PER_S[tok.kind],
+        })
+
+    read_rate = genome_bases / read_seconds / 1e6
+    result = {
+        "benchmark": "tokenize",
+        "command": "dnalm bench tokenize",
+        "machine": report.machine(),
+        "threads": "one core (numpy and sentencepiece encode are single-threaded here)",
+        "genome": {"path": str(genome_path), "bases": genome_bases, "contigs": len(contigs)},
+        "read": {"seconds": round(read_seconds, 3), "mbases_per_s": round(read_rate, 2),
+                 "target_mbases_per_s": TARGETS_MBASES_PER_S["read"], "meets_target": read_rate >= TARGETS_MBASES_PER_S["read"]},
+        "bpe_training": {"vocab_size": bpe.vocab_size, "max_memory_gb": 1.0, "seconds": round(bpe_train_seconds, 2),
+                         "sampled_bases": bpe.training_report["sampled_bases"], "peak_rss_mb": bpe.training_report["peak_rss_mb"]},
+        "encode": rows,
+    }
+    report.write(result, out_dir, "tokenize")
+    _plot(result, out_dir)
+    return result
+
+
+def _plot(result: dict, out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["read genome"] + [r["tokenizer"] for r in result["encode"]]
+    rates = [result["read"]["mbases_per_s"]] + [r["mbases_per_s"] for r in result["encode"]]
+    targets = [result["read"]["target_mbases_per_s"]] + [r["target_mbases_per_s"] for r in result["encode"]]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    x = np.arange(len(names))
+    ax.bar(x, rates, color="#3b7dd8")
+    ax.scatter(x, targets, marker="_", s=600, color="#d83b3b", label="target", zorder=3)
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_ylabel("Mbases / s (one core)")
+    ax.set_yscale("log")
+    ax.set_title(f"dnalm bench tokenize — {Path(result['genome']['path']).name}, {result['machine']['cpu']}", fontsize=9)
+    ax.legend()
+    report.save_plot(fig, out_dir, "tokenize")
+    plt.close(fig)

@@ -1,0 +1,140 @@
+"""The one ``dnalm`` command: a registry of subcommands, each a thin call into the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from dnalm.errors import DnalmError
+
+
+@dataclass
+class Command:
+    path: tuple[str, ...]
+    help: str
+    run: Callable[[argparse.Namespace], int | None]
+    args: list[tuple[tuple, dict]] = field(default_factory=list)
+
+
+COMMANDS: list[Command] = []
+GROUP_HELP = {
+    "genome": "read, validate and report on FASTA genomes",
+    "tokenizer": "train tokenizers",
+    "bench": "benchmarks that print JSON and draw PNG plots",
+}
+
+
+def arg(*flags, **options) -> tuple[tuple, dict]:
+    return flags, options
+
+
+def command(*path: str, help: str, args: list[tuple[tuple, dict]] = ()):
+    def register(run: Callable[[argparse.Namespace], int | None]):
+        COMMANDS.append(Command(path, help, run, list(args)))
+        return run
+
+    return register
+
+
+def _genome_args():
+    return [
+        arg("--min-n-run", type=int, default=100, metavar="N", help="N runs of at least N bases split a contig (default 100)"),
+        arg("--rna-to-dna", action="store_true", help="read U as T instead of refusing RNA"),
+    ]
+
+
+@command("genome", "inspect", help="report contigs, lengths, N runs, soft-masking and ambiguity codes", args=[
+    arg("genomes", nargs="*", type=Path, metavar="GENOME", help="FASTA files (.fa/.fasta/.fna, gzip or bgzip); default: the bundled E. coli genome"),
+    arg("--json", action="store_true", help="print the report as JSON"),
+    *_genome_args(),
+])
+def genome_inspect(args) -> None:
+    from dnalm import genome
+
+    reports = [
+        genome.read(path, convert_u=args.rna_to_dna, progress=sys.stderr.isatty()).report(args.min_n_run)
+        for path in args.genomes or [genome.DEFAULT_GENOME]
+    ]
+    if args.json:
+        print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
+    else:
+        print("\n\n".join(genome.format_report(r) for r in reports))
+
+
+@command("tokenizer", "train-bpe", help="train a BPE tokenizer (sentencepiece) on chunks sampled within a memory budget", args=[
+    arg("genomes", nargs="*", type=Path, metavar="GENOME", help="FASTA files; default: the bundled E. coli genome"),
+    arg("--vocab-size", type=int, default=4096, help="total vocabulary including the specials and N (default 4096)"),
+    arg("--max-memory-gb", type=float, default=4.0, help="peak memory of this process; sets how many bases are sampled (default 4)"),
+    arg("--sentence-length", type=int, default=4096, help="bases per training chunk and per encoded sentence (default 4096)"),
+    arg("--seed", type=int, default=0),
+    arg("--out", type=Path, required=True, help="folder to create (must not exist or be empty)"),
+])
+def tokenizer_train_bpe(args) -> None:
+    from dnalm import genome
+    from dnalm.tokenizers import train_bpe
+
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        raise DnalmError(f"--out {args.out}: exists and is not an empty folder")
+    tokenizer = train_bpe(args.genomes or [genome.DEFAULT_GENOME], args.vocab_size, args.max_memory_gb,
+                          sentence_length=args.sentence_length, seed=args.seed, progress=sys.stderr.isatty())
+    tokenizer.save(args.out)
+    report = tokenizer.training_report
+    print(f"trained {tokenizer.name} (fingerprint {tokenizer.fingerprint}) on {report['sampled_bases']:,} of "
+          f"{report['total_bases']:,} bases; peak memory {report['peak_rss_mb']:.0f} MB; saved to {args.out}")
+    for row in report["contigs"]:
+        print(f"  {row['contig']:<24} {row['length']:>14,} bp  sampled {row['sampled_bases']:>12,}")
+
+
+@command("bench", "tokenize", help="genome reading and tokenizer throughput (bases/s) on one core", args=[
+    arg("--genome", type=Path, default=None, help="FASTA to measure on (default: ../shared/data/genomes/hs37_chr20.fa.gz if present, else the bundled genome)"),
+    arg("--bases", type=int, default=20_000_000, help="bases per tokenizer measurement (default 20M)"),
+    arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for tokenize.json and tokenize.png"),
+])
+def bench_tokenize(args) -> None:
+    from dnalm.bench import tokenize
+
+    result = tokenize.run(args.genome, args.bases, args.out)
+    print(json.dumps(result, indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dnalm", description="Pretrain DNA language models: genomes → tokens → models.")
+    groups = {(): parser.add_subparsers(dest="command", metavar="COMMAND", required=True)}
+    for cmd in COMMANDS:
+        for depth in range(1, len(cmd.path)):
+            prefix = cmd.path[:depth]
+            if prefix not in groups:
+                group = groups[prefix[:-1]].add_parser(prefix[-1], help=GROUP_HELP.get(prefix[-1]),
+                                                       description=GROUP_HELP.get(prefix[-1]))
+                groups[prefix] = group.add_subparsers(dest="_".join(prefix), metavar="COMMAND", required=True)
+        sub = groups[cmd.path[:-1]].add_parser(cmd.path[-1], help=cmd.help, description=cmd.help)
+        for flags, options in cmd.args:
+            sub.add_argument(*flags, **options)
+        sub.set_defaults(run=cmd.run)
+    return parser
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"dnalm: warning: {message}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.formatwarning = _one_line_warning
+    try:
+        return args.run(args) or 0
+    except DnalmError as exc:
+        print(f"dnalm: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dnalm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Several tokenizers' views of the same bases, concatenated into one input.
+
+Layout: ``[CLS] view₀ [SEP] view₁ [SEP] …``. Ids share the five specials and give each
+view's other tokens their own range, so one embedding table serves every view. Each token
+carries its segment (view index; [CLS] is in segment 0), its position within its view (the
+j-th token of every view is at position j+1, [CLS] at 0, each [SEP] right after its view's
+last token) and its base span, so a masking step can hide a base in every view at once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from dnalm.errors import TokenizerError
+from dnalm.tokenizers.base import CLS_ID, CONFIG_FILE, NUM_SPECIAL, SEP_ID, SPECIAL_TOKENS, Encoding, Tokenizer, check_ids
+
+
+@dataclass(frozen=True)
+class ViewEncoding(Encoding):
+    segment_ids: np.ndarray = None
+    positions: np.ndarray = None
+
+
+class ViewTokenizer(Tokenizer):
+    kind = "views"
+
+    def __init__(self, tokenizers: Sequence[Tokenizer]):
+        if len(tokenizers) < 1:
+            raise TokenizerError("views: need at least one tokenizer")
+        if any(isinstance(t, ViewTokenizer) for t in tokenizers):
+            raise TokenizerError("views: a view cannot itself be a set of views")
+        self.tokenizers = list(tokenizers)
+        self.offsets = np.cumsum([0] + [t.vocab_size - NUM_SPECIAL for t in self.tokenizers[:-1]]).tolist()
+        vocab = list(SPECIAL_TOKENS)
+        for v, t in enumerate(self.tokenizers):
+            vocab += [f"{v}:{token}" for token in t.vocab[NUM_SPECIAL:]]
+        super().__init__(vocab)
+
+    @property
+    def name(self) -> str:
+        return "+".join(t.name for t in self.tokenizers)
+
+    def config(self) -> dict:
+        return {"views": [{"kind": t.kind, "fingerprint": t.fingerprint} for t in self.tokenizers]}
+
+    def _files(self) -> dict[str, bytes]:
+        files = {}
+        for v, t in enumerate(self.tokenizers):
+            meta = {"kind": t.kind, "name": t.name, "fingerprint": t.fingerprint, "config": t.config(), "vocab": t.vocab}
+            files[f"view{v}/{CONFIG_FILE}"] = json.dumps(meta, indent=1).encode()
+            files.update({f"view{v}/{name}": data for name, data in t._files().items()})
+        return files
+
+    def _side_files(self) -> dict[str, bytes]:
+        return {f"view{v}/{name}": data for v, t in enumerate(self.tokenizers) for name, data in t._side_files().items()}
+
+    def global_ids(self, view: int, ids: np.ndarray) -> np.ndarray:
+        """A view's own ids → ids in the concatenated vocabulary (specials unchanged)."""
+        ids = np.asarray(ids, np.int32)
+        return np.where(ids < NUM_SPECIAL, ids, ids + self.offsets[view]).astype(np.int32)
+
+    def encode(self, bases) -> ViewEncoding:
+        parts = [t.encode(bases) for t in self.tokenizers]
+        n_bases = int(parts[0].offsets[-1, 1]) if len(parts[0]) else 0
+        ids, offsets, segments, positions = [[CLS_ID]], [[[0, 0]]], [[0]], [[0]]
+        for v, part in enumerate(parts):
+            ids += [self.global_ids(v, part.ids), [SEP_ID]]
+            offsets += [part.offsets, [[n_bases, n_bases]]]
+            segments += [np.full(len(part) + 1, v, np.int32)]
+            positions += [np.arange(1, len(part) + 2, dtype=np.int32)]
+        return ViewEncoding(
+            ids=np.concatenate(ids).astype(np.int32),
+            offsets=np.concatenate(offsets).astype(np.int64),
+            segment_ids=np.concatenate(segments).astype(np.int32),
+            positions=np.concatenate(positions).astype(np.int32),
+        )
+
+    def split(self, ids) -> list[np.ndarray]:
+        """Concatenated ids → each view's own ids (specials dropped)."""
+        ids = check_ids(ids, self.vocab_size)
+        bounds = self.offsets + [self.vocab_size - NUM_SPECIAL]
+        out = []
+        for v, t in enumerate(self.tokenizers):
+            mine = ids[(ids >= NUM_SPECIAL + bounds[v]) & (ids < NUM_SPECIAL + bounds[v + 1])]
+            out.append(mine - self.offsets[v])
+        return out
+
+    def decode(self, ids) -> str:
+        """The bases; every view present must agree on them."""
+        decoded = [t.decode(view_ids) for t, view_ids in zip(self.tokenizers, self.split(ids)) if len(view_ids)]
+        if any(d != decoded[0] for d in decoded[1:]):
+            raise TokenizerError("views: the views decode to different bases")
+        return decoded[0] if decoded else ""
+
+    @classmethod
+    def from_saved(cls, folder: Path, meta: dict) -> "ViewTokenizer":
+        from dnalm.tokenizers import load_folder
+
+        return cls([load_folder(folder / f"view{v}") for v in range(len(meta["config"]["views"]))])
