@@ -179,7 +179,18 @@ def train_bpe(
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "contigs": sample.contigs,
     }
-    return BpeTokenizer(model.getvalue(), sentence_length, report)
+    return BpeTokenizer(_without_machine_details(model.getvalue()), sentence_length, report)
+
+
+def _without_machine_details(model: bytes) -> bytes:
+    """Drop the temporary corpus path and thread count sentencepiece records, so equal training gives equal bytes."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model)
+    del proto.trainer_spec.input[:]
+    proto.trainer_spec.ClearField("num_threads")
+    return proto.SerializeToString()
 
 
 def _training_bases(max_memory_gb: float, longest_contig: int) -> int:

@@ -1,0 +1,59 @@
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dnalm import genome
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+CHR20 = SHARED_DATA / "genomes" / "hs37_chr20.fa.gz"
+
+
+def needs_shared(path: Path):
+    return pytest.mark.skipif(not path.exists(), reason=f"{path} is absent (the team's shared data folder)")
+
+
+@pytest.fixture(scope="session")
+def chr20() -> genome.Contig:
+    if not CHR20.exists():
+        pytest.skip(f"{CHR20} is absent (the team's shared data folder)")
+    return genome.read(CHR20).contigs[0]
+
+
+@pytest.fixture(scope="session")
+def ecoli() -> genome.Contig:
+    return genome.read(genome.DEFAULT_GENOME).contigs[0]
+
+
+@pytest.fixture
+def write_fasta(tmp_path):
+    """Write bytes (or text) to a FASTA file in tmp_path, gzip-compressed when the name ends in .gz."""
+
+    def write(content: bytes | str, name: str = "genome.fa") -> Path:
+        data = content.encode() if isinstance(content, str) else content
+        path = tmp_path / name
+        path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+        return path
+
+    return write
+
+
+def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dnalm", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def any_genome_contig(request):
+    """chr20 where the shared data is present, else the bundled E. coli genome."""
+    return request.getfixturevalue("chr20") if CHR20.exists() else request.getfixturevalue("ecoli")
+
+
+@pytest.fixture(scope="session")
+def bpe_small():
+    """A small BPE (vocab 512) trained on the bundled E. coli genome."""
+    from dnalm.tokenizers import train_bpe
+
+    return train_bpe([genome.DEFAULT_GENOME], 512, max_memory_gb=2.0, threads=1)
