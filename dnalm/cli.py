@@ -66,12 +66,17 @@ def genome_inspect(args) -> None:
         print("\n\n".join(genome.format_report(r) for r in reports))
 
 
+def _bpe_setting(name: str, **options):
+    from dnalm.tokenizers.bpe import BpeTrainingConfig
+
+    field = BpeTrainingConfig.model_fields[name]
+    return arg(f"--{name.replace('_', '-')}", type=field.annotation, default=field.default,
+               help=f"{field.description or ''} (default {field.default})", **options)
+
+
 @command("tokenizer", "train-bpe", help="train a BPE tokenizer (sentencepiece) on chunks sampled within a memory budget", args=[
     arg("genomes", nargs="*", type=Path, metavar="GENOME", help="FASTA files; default: the bundled E. coli genome"),
-    arg("--vocab-size", type=int, default=4096, help="total vocabulary including the specials and N (default 4096)"),
-    arg("--max-memory-gb", type=float, default=4.0, help="peak memory of this process; sets how many bases are sampled (default 4)"),
-    arg("--sentence-length", type=int, default=4096, help="bases per training chunk and per encoded sentence (default 4096)"),
-    arg("--seed", type=int, default=0),
+    *(_bpe_setting(name) for name in ("vocab_size", "max_memory_gb", "sentence_length", "max_n_fraction", "seed")),
     arg("--out", type=Path, required=True, help="folder to create (must not exist or be empty)"),
 ])
 def tokenizer_train_bpe(args) -> None:
@@ -81,7 +86,8 @@ def tokenizer_train_bpe(args) -> None:
     if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
         raise DnalmError(f"--out {args.out}: exists and is not an empty folder")
     tokenizer = train_bpe(args.genomes or [genome.DEFAULT_GENOME], args.vocab_size, args.max_memory_gb,
-                          sentence_length=args.sentence_length, seed=args.seed, progress=sys.stderr.isatty())
+                          sentence_length=args.sentence_length, max_n_fraction=args.max_n_fraction, seed=args.seed,
+                          progress=sys.stderr.isatty())
     tokenizer.save(args.out)
     report = tokenizer.training_report
     print(f"trained {tokenizer.name} (fingerprint {tokenizer.fingerprint}) on {report['sampled_bases']:,} of "

@@ -226,7 +226,7 @@ def _progress_bar(path: Path, enabled: bool):
 def _read_blocks(path: Path, raw: BinaryIO, bar) -> Iterator[bytes]:
     """Decompressed blocks that each end on a line boundary (the last one may not)."""
     stream: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb") if detect_format(path) != "plain" else raw
-    carry = b""
+    carry: list[bytes] = []  # pieces of a line longer than one block (single-line FASTA)
     while True:
         try:
             chunk = stream.read(BLOCK_BYTES)
@@ -238,12 +238,12 @@ def _read_blocks(path: Path, raw: BinaryIO, bar) -> Iterator[bytes]:
             break
         cut = chunk.rfind(b"\n") + 1
         if cut == 0:
-            carry += chunk
+            carry.append(chunk)
             continue
-        yield carry + chunk[:cut]
-        carry = chunk[cut:]
-    if carry:
-        yield carry
+        yield b"".join([*carry, chunk[:cut]])
+        carry = [chunk[cut:]]
+    if any(carry):
+        yield b"".join(carry)
 
 
 class _FastaParser:
@@ -264,7 +264,8 @@ class _FastaParser:
         self.skipped: list[str] = []
 
     def feed(self, block: bytes) -> Iterator[Contig]:
-        self.any_byte = self.any_byte or bool(block.strip())
+        if not self.any_byte:
+            self.any_byte = bool(block.strip())
         headers = _header_offsets(block)
         self._sequence(block, 0, headers[0] if headers else len(block))
         for i, start in enumerate(headers):

@@ -75,8 +75,10 @@ def test_training_report_and_determinism(bpe_small):
 def test_bad_budgets_and_vocab(tmp_path):
     with pytest.raises(TokenizerError, match="too small"):
         train_bpe([genome.DEFAULT_GENOME], 512, max_memory_gb=0.01)
-    with pytest.raises(TokenizerError, match="at least 16"):
+    with pytest.raises(TokenizerError, match="vocab_size: Input should be greater than or equal to 16"):
         train_bpe([genome.DEFAULT_GENOME], 8, max_memory_gb=2.0)
+    with pytest.raises(TokenizerError, match="max_n_fraction"):
+        train_bpe([genome.DEFAULT_GENOME], 512, max_memory_gb=2.0, max_n_fraction=1.5)
 
 
 @needs_shared(CHR20)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dnalm import genome as genome_io
 from dnalm.errors import TokenizerError
@@ -123,6 +124,26 @@ def _sentences(is_n: np.ndarray, length: int) -> list[tuple[bool, int, int]]:
     return items
 
 
+class BpeTrainingConfig(BaseModel):
+    """The settings of one BPE training run (validated; saved in the training report)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vocab_size: int = Field(4096, ge=16, le=1_000_000, description="total, including the five specials and N")
+    max_memory_gb: float = Field(4.0, gt=0, description="peak memory of the training process")
+    sentence_length: int = Field(4096, ge=64, le=1_000_000, description="bases per training chunk and encoded sentence")
+    max_n_fraction: float = Field(0.5, ge=0, le=1, description="chunks with more N than this are never drawn")
+    seed: int = Field(0, description="seed of the chunk sampling")
+
+    @classmethod
+    def checked(cls, **values) -> "BpeTrainingConfig":
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise TokenizerError(f"bpe: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
 @dataclass
 class _Sample:
     contigs: list[dict] = field(default_factory=list)
@@ -144,9 +165,9 @@ def train_bpe(
     """Train a BPE tokenizer on chunks sampled from ``genomes`` so that peak memory stays under the budget."""
     import sentencepiece as spm
 
+    settings = BpeTrainingConfig.checked(vocab_size=vocab_size, max_memory_gb=max_memory_gb, sentence_length=sentence_length,
+                                         max_n_fraction=max_n_fraction, seed=seed)
     genomes = [genome_io.check_path(p) for p in genomes]
-    if vocab_size < 16:
-        raise TokenizerError(f"bpe: vocab_size must be at least 16, got {vocab_size}")
     lengths = {str(p): genome_io.contig_lengths(p) for p in genomes}
     total = sum(sum(per.values()) for per in lengths.values())
     budget = _training_bases(max_memory_gb, max(max(per.values()) for per in lengths.values()))
@@ -169,13 +190,10 @@ def train_bpe(
             raise TokenizerError(f"bpe: sentencepiece could not train on {sample.bases:,} sampled bases: {exc}") from None
     report = {
         "genomes": [str(p) for p in genomes],
-        "vocab_size": vocab_size,
-        "max_memory_gb": max_memory_gb,
+        "settings": settings.model_dump(),
         "total_bases": total,
         "sampled_bases": sample.bases,
         "sampled_sentences": sample.sentences,
-        "sentence_length": sentence_length,
-        "seed": seed,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "contigs": sample.contigs,
     }
