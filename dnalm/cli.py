@@ -66,12 +66,26 @@ def genome_inspect(args) -> None:
         print("\n\n".join(genome.format_report(r) for r in reports))
 
 
-def _bpe_setting(name: str, **options):
+def _setting(model: type, name: str, **options):
+    """An option whose type, default and help come from a field of a typed config."""
+    field = model.model_fields[name]
+    if field.annotation is bool:
+        return arg(f"--{name.replace('_', '-')}", action="store_true", help=field.description, **options)
+    default = "" if field.is_required() else f" (default {field.default})"
+    return arg(f"--{name.replace('_', '-')}", type=field.annotation, default=None if field.is_required() else field.default,
+               required=field.is_required(), help=f"{field.description or ''}{default}", **options)
+
+
+def _bpe_setting(name: str):
     from dnalm.tokenizers.bpe import BpeTrainingConfig
 
-    field = BpeTrainingConfig.model_fields[name]
-    return arg(f"--{name.replace('_', '-')}", type=field.annotation, default=field.default,
-               help=f"{field.description or ''} (default {field.default})", **options)
+    return _setting(BpeTrainingConfig, name)
+
+
+def _prep_setting(name: str):
+    from data_prep.plan import PrepConfig
+
+    return _setting(PrepConfig, name)
 
 
 @command("tokenizer", "train-bpe", help="train a BPE tokenizer (sentencepiece) on chunks sampled within a memory budget", args=[
@@ -94,6 +108,38 @@ def tokenizer_train_bpe(args) -> None:
           f"{report['total_bases']:,} bases; peak memory {report['peak_rss_mb']:.0f} MB; saved to {args.out}")
     for row in report["contigs"]:
         print(f"  {row['contig']:<24} {row['length']:>14,} bp  sampled {row['sampled_bases']:>12,}")
+
+
+@command("prep", help="shard genomes into WebDataset token windows with a manifest (resumable, splits into jobs)", args=[
+    arg("genomes", nargs="*", type=Path, metavar="GENOME", help="FASTA files; default: the bundled E. coli genome"),
+    arg("--out", type=Path, required=True, help="the data folder (created; re-running resumes an unfinished prep)"),
+    arg("--tokenizers", default="nucleotide", help="comma-separated: nucleotide, kmer:K[:1], bpe:PATH (default nucleotide)"),
+    *(_prep_setting(name) for name in ("seq_len", "views", "val_fraction", "val_block_bases", "reverse_complement",
+                                       "shard_size_mb", "min_n_run", "seed")),
+    arg("--jobs", type=int, default=1, help="local processes (default 1)"),
+    arg("--job-index", type=int, default=None, help="run only slice I of the plan (SLURM array task id)"),
+    arg("--num-jobs", type=int, default=None, help="number of slices when --job-index is given"),
+])
+def prep(args) -> None:
+    from data_prep.jobs import prep as run_prep, summary
+    from data_prep.plan import PrepConfig
+    from dnalm import genome
+
+    if (args.job_index is None) != (args.num_jobs is None):
+        raise DnalmError("--job-index and --num-jobs go together")
+    if args.num_jobs is not None and not 0 <= args.job_index < args.num_jobs:
+        raise DnalmError(f"--job-index must be in 0..{args.num_jobs - 1}, got {args.job_index}")
+    if args.jobs < 1:
+        raise DnalmError(f"--jobs must be at least 1, got {args.jobs}")
+    config = PrepConfig.checked(
+        genomes=[str(p) for p in args.genomes or [genome.DEFAULT_GENOME]],
+        tokenizers=[t.strip() for t in args.tokenizers.split(",") if t.strip()],
+        seq_len=args.seq_len, views=args.views, val_fraction=args.val_fraction, val_block_bases=args.val_block_bases,
+        reverse_complement=args.reverse_complement, shard_size_mb=args.shard_size_mb, min_n_run=args.min_n_run, seed=args.seed,
+    )
+    result = run_prep(config, args.out, jobs=args.jobs, job_index=args.job_index, num_jobs=args.num_jobs,
+                      progress=sys.stderr.isatty())
+    summary(result)
 
 
 @command("bench", "tokenize", help="genome reading and tokenizer throughput (bases/s) on one core", args=[

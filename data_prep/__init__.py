@@ -1,0 +1,1 @@
+"""Sharding jobs: plan a genome into shard assignments, run one job slice, merge the manifest."""

@@ -1,0 +1,182 @@
+"""Run one slice of a plan (job I of K): stream the genomes once, window the pieces, write the shards.
+
+A shard is written under a temporary name and renamed when complete; then its sidecar
+(``shard-N.tar.json``: sample counts, accounting, sha256) is written the same way. A shard
+counts as done only when its sidecar matches the plan and the tar's checksum, so a re-run after
+a crash redoes exactly the shards that did not finish.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from data_prep.merge import merge, try_merge
+from data_prep.plan import Plan, PrepConfig, ShardPlan, prepare_folder
+from dnalm import genome as genome_io
+from dnalm.data.shards import ShardWriter, encode_sample, file_sha256, sample_key, token_dtype
+from dnalm.data.windows import covered_bases, cut_windows
+
+_COMPLEMENT = np.zeros(256, np.uint8)
+for _a, _b in zip(b"ACGTN", b"TGCAN"):
+    _COMPLEMENT[_a] = _b
+
+
+def sidecar_path(folder: Path, shard: ShardPlan) -> Path:
+    return Path(folder) / f"{shard.path}.json"
+
+
+def shard_done(folder: Path, plan: Plan, shard: ShardPlan, verify: bool = True) -> bool:
+    side, tar = sidecar_path(folder, shard), Path(folder) / shard.path
+    if not (side.is_file() and tar.is_file()):
+        return False
+    try:
+        info = json.loads(side.read_text())
+    except json.JSONDecodeError:
+        return False
+    if info.get("plan_fingerprint") != plan.fingerprint or info.get("bytes") != tar.stat().st_size:
+        return False
+    return not verify or file_sha256(tar) == info["sha256"]
+
+
+def run_slice(folder: Path, job_index: int, num_jobs: int, progress: bool = False) -> dict:
+    """Write every shard of job ``job_index`` of ``num_jobs`` that is not done yet; return counts."""
+    folder = Path(folder)
+    plan = Plan.load(folder)
+    tokenizers = plan.load_tokenizers(folder)
+    mine = [s for s in plan.shards[job_index::num_jobs]]
+    pending = [s for s in mine if not shard_done(folder, plan, s)]
+    for shard in pending:
+        for stale in (folder / shard.path).parent.glob(f"{Path(shard.path).name}.tmp*"):
+            stale.unlink(missing_ok=True)
+    counts = {"shards": len(mine), "skipped_done": len(mine) - len(pending), "written": 0, "bases": 0}
+    if not pending:
+        return counts
+    by_contig = defaultdict(list)
+    for shard in pending:
+        for piece in shard.pieces:
+            by_contig[(piece.genome, piece.contig)].append((shard, piece))
+    remaining = {s.index: len(s.pieces) for s in pending}
+    writers: dict[int, tuple[ShardWriter, dict]] = {}
+    bar = _bar(sum(s.bases for s in pending), progress)
+    try:
+        for g, path in enumerate(plan.config.genomes):
+            if not any(key[0] == g for key in by_contig):
+                continue
+            for contig in genome_io.iter_contigs(path):
+                for shard, piece in by_contig.get((g, contig.name), ()):
+                    writer, stats = writers.get(shard.index) or writers.setdefault(shard.index, _open(folder, shard))
+                    _write_piece(writer, stats, contig.bases[piece.start : piece.end], piece, plan, tokenizers)
+                    counts["bases"] += piece.end - piece.start
+                    if bar is not None:
+                        bar.update(piece.end - piece.start)
+                    remaining[shard.index] -= 1
+                    if remaining[shard.index] == 0:
+                        _close(folder, plan, shard, *writers.pop(shard.index))
+                        counts["written"] += 1
+    except BaseException:
+        for writer, _ in writers.values():
+            writer.abort()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    return counts
+
+
+def _open(folder: Path, shard: ShardPlan):
+    stats = {"num_samples": 0, "num_tokens": 0, "padding_tokens": 0, "in_samples": 0, "left_over": 0}
+    return ShardWriter(Path(folder) / shard.path), stats
+
+
+def _write_piece(writer: ShardWriter, stats: dict, bases: np.ndarray, piece, plan: Plan, tokenizers) -> None:
+    config = plan.config
+    dtypes = [token_dtype(t.vocab_size) for t in tokenizers]
+    windows = cut_windows(bases, tokenizers, config.seq_len, config.views)
+    covered = covered_bases(windows)
+    stats["in_samples"] += covered
+    stats["left_over"] += len(bases) - covered
+    strands = [("+", windows)]
+    if config.reverse_complement:
+        strands.append(("-", cut_windows(_COMPLEMENT[bases[::-1]], tokenizers, config.seq_len, config.views)))
+    n = len(bases)
+    for strand, strand_windows in strands:
+        for w in strand_windows:
+            start, end = (w.start, w.end) if strand == "+" else (n - w.end, n - w.start)
+            start, end = piece.start + start, piece.start + end
+            key = sample_key(piece.genome, piece.contig, start, end, strand)
+            meta = {"genome": piece.genome, "contig": piece.contig, "start": start, "end": end, "strand": strand,
+                    "padding": w.padding}
+            writer.write(encode_sample(key, meta, [ids.astype(dt) for ids, dt in zip(w.ids, dtypes)]))
+            stats["num_samples"] += 1
+            stats["num_tokens"] += sum(len(ids) for ids in w.ids)
+            stats["padding_tokens"] += w.padding
+
+
+def _close(folder: Path, plan: Plan, shard: ShardPlan, writer: ShardWriter, stats: dict) -> None:
+    digest = writer.close()
+    tar = Path(folder) / shard.path
+    info = {"index": shard.index, "split": shard.split, "plan_fingerprint": plan.fingerprint, "sha256": digest,
+            "bytes": tar.stat().st_size, "bases": shard.bases, **stats}
+    side = sidecar_path(folder, shard)
+    tmp = side.with_name(f"{side.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(info, indent=1))
+    os.replace(tmp, side)
+
+
+def _bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="b", unit_scale=True, desc="prep", smoothing=0.1)
+
+
+def _run_one(args) -> dict:
+    folder, index, jobs = args
+    return run_slice(Path(folder), index, jobs)
+
+
+def prep(config: PrepConfig, folder: Path, *, jobs: int = 1, job_index: int | None = None, num_jobs: int | None = None,
+         progress: bool = False) -> dict:
+    """Plan (or resume) a prep run in ``folder`` and run all of it locally, or one slice of it."""
+    started = time.perf_counter()
+    plan = prepare_folder(folder, config)
+    if job_index is not None:
+        counts = [run_slice(folder, job_index, num_jobs, progress=progress)]
+        manifest = try_merge(folder)
+    elif jobs <= 1:
+        counts = [run_slice(folder, 0, 1, progress=progress)]
+        manifest = merge(folder)
+    else:
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(jobs) as pool:
+            counts = pool.map(_run_one, [(str(folder), i, jobs) for i in range(jobs)])
+        manifest = merge(folder)
+    seconds = time.perf_counter() - started
+    bases = sum(c["bases"] for c in counts)
+    return {"manifest": manifest, "plan": plan, "seconds": seconds, "bases_processed": bases,
+            "shards_written": sum(c["written"] for c in counts), "shards_already_done": sum(c["skipped_done"] for c in counts),
+            "bases_per_second": bases / seconds if seconds else 0.0}
+
+
+def summary(result: dict, file=sys.stdout) -> None:
+    manifest = result["manifest"]
+    if manifest is None:
+        print(f"slice done: {result['shards_written']} shards written, {result['shards_already_done']} already done; "
+              "the manifest is written when every slice has finished (or by `python -m data_prep merge DIR`)", file=file)
+        return
+    acc = manifest.accounting
+    print(f"{manifest.num_samples:,} samples ({', '.join(f'{k} {v.num_samples:,}' for k, v in manifest.splits.items())}), "
+          f"{manifest.num_tokens:,} tokens, padding {manifest.padding_fraction:.3%}; "
+          f"{result['shards_written']} shards written, {result['shards_already_done']} already done; "
+          f"{result['bases_processed'] / max(result['seconds'], 1e-9) / 1e6:.2f} Mbases/s over {result['seconds']:.1f} s", file=file)
+    print(f"bases: {acc.genome_bases:,} in genome = {acc.in_samples:,} in samples + {acc.dropped_n:,} dropped as N runs "
+          f"+ {acc.left_over:,} left over", file=file)

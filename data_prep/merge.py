@@ -1,0 +1,59 @@
+"""Merge the shard sidecars of a finished prep run into ``manifest.json`` (written last, atomically)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from data_prep.plan import SPLITS, Plan
+from dnalm.data.manifest import Accounting, DataError, Manifest, ShardEntry, SplitEntry
+
+
+def missing_shards(folder: Path, plan: Plan) -> list[str]:
+    from data_prep.jobs import shard_done
+
+    return [s.path for s in plan.shards if not shard_done(folder, plan, s, verify=False)]
+
+
+def try_merge(folder: Path) -> Manifest | None:
+    """Write the manifest if every shard is done (the last job of a run does this); else None."""
+    plan = Plan.load(folder)
+    return None if missing_shards(folder, plan) else merge(folder)
+
+
+def merge(folder: Path) -> Manifest:
+    from data_prep.jobs import shard_done, sidecar_path
+
+    folder = Path(folder)
+    plan = Plan.load(folder)
+    missing = missing_shards(folder, plan)
+    if missing:
+        raise DataError(f"{folder}: {len(missing)} of {len(plan.shards)} shards are not finished (first: {missing[0]}); "
+                        "run the missing job slices (or `dnalm prep` again) before merging")
+    corrupt = [s.path for s in plan.shards if not shard_done(folder, plan, s, verify=True)]
+    if corrupt:
+        raise DataError(f"{folder}: {len(corrupt)} shards do not match their checksum (first: {corrupt[0]}); run `dnalm prep` again to redo them")
+    infos = {s.index: json.loads(sidecar_path(folder, s).read_text()) for s in plan.shards}
+    splits = {}
+    for split in SPLITS:
+        entries = [ShardEntry(path=s.path, num_samples=infos[s.index]["num_samples"], num_tokens=infos[s.index]["num_tokens"],
+                              sha256=infos[s.index]["sha256"], bytes=infos[s.index]["bytes"])
+                   for s in plan.shards if s.split == split]
+        splits[split] = SplitEntry(num_samples=sum(e.num_samples for e in entries),
+                                   num_tokens=sum(e.num_tokens for e in entries), shards=entries)
+    total = lambda field: sum(info[field] for info in infos.values())  # noqa: E731
+    accounting = Accounting(genome_bases=plan.genome_bases, in_samples=total("in_samples"),
+                            dropped_n=plan.genome_bases - plan.segment_bases, left_over=total("left_over"))
+    if accounting.in_samples + accounting.dropped_n + accounting.left_over != accounting.genome_bases:
+        raise DataError(f"{folder}: base accounting does not add up ({accounting}); the shards do not match the plan")
+    num_samples = total("num_samples")
+    padding = total("padding_tokens")
+    manifest = Manifest(
+        plan_fingerprint=plan.fingerprint, genomes=plan.genomes, tokenizers=plan.tokenizers, views=plan.config.views,
+        seq_len=plan.config.seq_len, reverse_complement=plan.config.reverse_complement, num_samples=num_samples,
+        num_tokens=total("num_tokens"), padding_tokens=padding,
+        padding_fraction=padding / (num_samples * plan.config.seq_len) if num_samples else 0.0,
+        splits=splits, accounting=accounting, settings=plan.config.model_dump(),
+    )
+    manifest.save(folder)
+    return manifest

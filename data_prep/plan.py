@@ -1,0 +1,266 @@
+"""The deterministic plan of a prep run: which bases go to which shard, decided before any shard is written.
+
+Every job of a run computes (or reads) the same plan, so the samples and their shards are the
+same whatever the number of jobs. The plan cuts each contig at long N runs (segments), holds
+out whole blocks of ``val_block_bases`` for validation, and packs the resulting pieces into
+shards of about ``shard_size_mb``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from dnalm import genome as genome_io
+from dnalm import tokenizers as tokenizer_registry
+from dnalm.data.manifest import MANIFEST_FILE, DataError, GenomeEntry, TokenizerEntry
+from dnalm.data.shards import token_dtype
+from dnalm.tokenizers import KmerTokenizer, Tokenizer
+
+PLAN_FILE = "plan.json"
+TOKENIZER_DIR = "tokenizers"
+SPLITS = ("train", "val")
+
+
+class PrepConfig(BaseModel):
+    """Everything that decides the samples of a prep run (validated; saved in the plan and manifest)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    genomes: list[str] = Field(min_length=1)
+    tokenizers: list[str] = Field(min_length=1, description="tokenizer specs: nucleotide, kmer:6, bpe:PATH")
+    seq_len: int = Field(ge=8, le=1 << 20, description="tokens per sample (with --views: the whole [CLS] v0 [SEP] … input)")
+    views: bool = Field(False, description="one sample holds every tokenizer's view of the same bases")
+    val_fraction: float = Field(0.02, ge=0, lt=1, description="fraction of blocks held out for validation")
+    val_block_bases: int = Field(100_000, ge=1_000, description="size of the genomic blocks the validation split is drawn in")
+    reverse_complement: bool = Field(False, description="also write every window's reverse complement")
+    shard_size_mb: float = Field(64.0, gt=0, description="target shard size")
+    min_n_run: int = Field(100, ge=1, description="N runs at least this long split contigs; windows never cross them")
+    seed: int = Field(0, description="seed of the validation block choice")
+
+    @field_validator("genomes")
+    @classmethod
+    def _absolute(cls, paths: list[str]) -> list[str]:
+        return [str(Path(p).resolve()) for p in paths]
+
+    @classmethod
+    def checked(cls, **values) -> "PrepConfig":
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise DataError(f"prep: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+@dataclass(frozen=True)
+class Piece:
+    genome: int
+    contig: str
+    start: int
+    end: int
+
+
+@dataclass
+class ShardPlan:
+    index: int
+    split: str
+    path: str
+    pieces: list[Piece]
+
+    @property
+    def bases(self) -> int:
+        return sum(p.end - p.start for p in self.pieces)
+
+
+@dataclass
+class Plan:
+    fingerprint: str
+    config: PrepConfig
+    genomes: list[GenomeEntry]
+    tokenizers: list[TokenizerEntry]
+    segment_bases: int  # bases left once long N runs are cut out
+    shards: list[ShardPlan]
+
+    @property
+    def genome_bases(self) -> int:
+        return sum(c.length for g in self.genomes for c in g.contigs)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "fingerprint": self.fingerprint, "config": self.config.model_dump(),
+            "genomes": [g.model_dump() for g in self.genomes], "tokenizers": [t.model_dump() for t in self.tokenizers],
+            "segment_bases": self.segment_bases,
+            "shards": [{"index": s.index, "split": s.split, "path": s.path, "pieces": [asdict(p) for p in s.pieces]}
+                       for s in self.shards],
+        })
+
+    @classmethod
+    def load(cls, folder: Path) -> "Plan":
+        path = Path(folder) / PLAN_FILE
+        if not path.is_file():
+            raise DataError(f"{folder}: no {PLAN_FILE}; not a dnalm prep folder (or prep never started)")
+        raw = json.loads(path.read_text())
+        return cls(
+            raw["fingerprint"], PrepConfig(**raw["config"]), [GenomeEntry(**g) for g in raw["genomes"]],
+            [TokenizerEntry(**t) for t in raw["tokenizers"]], raw["segment_bases"],
+            [ShardPlan(s["index"], s["split"], s["path"], [Piece(**p) for p in s["pieces"]]) for s in raw["shards"]],
+        )
+
+    def load_tokenizers(self, folder: Path) -> list[Tokenizer]:
+        loaded = [tokenizer_registry.load_folder(Path(folder) / t.folder) for t in self.tokenizers]
+        for entry, tok in zip(self.tokenizers, loaded):
+            if tok.fingerprint != entry.fingerprint:
+                raise DataError(f"{folder}/{entry.folder}: tokenizer changed since the plan was made")
+        return loaded
+
+
+def check_tokenizers(config: PrepConfig) -> list[Tokenizer]:
+    tokenizers = [tokenizer_registry.load(spec) for spec in config.tokenizers]
+    if any(isinstance(t, tokenizer_registry.ViewTokenizer) for t in tokenizers):
+        raise DataError("prep: name views as --tokenizers A,B with --views, not A+B")
+    if len(tokenizers) > 1 and not config.views:
+        raise DataError(f"prep: {len(tokenizers)} tokenizers need --views (one sample holds every view of the same "
+                        "bases); to get separate datasets, run prep once per tokenizer")
+    if config.views:
+        overlapping = [t.name for t in tokenizers if isinstance(t, KmerTokenizer) and t.overlapping]
+        if overlapping:
+            raise DataError(f"prep: overlapping k-mers ({', '.join(overlapping)}) cannot be a view: their tokens "
+                            "straddle window edges; use kmer:K (non-overlapping) or prep them alone")
+        if config.seq_len < 2 * (len(tokenizers) + 1) + 8:
+            raise DataError(f"prep: --seq-len {config.seq_len} leaves almost no room next to [CLS] and the [SEP]s")
+    return tokenizers
+
+
+def plan_fingerprint(config: PrepConfig, tokenizers: list[Tokenizer], genome_sha256: list[str]) -> str:
+    return hashlib.sha256(json.dumps({
+        "config": config.model_dump(), "genomes": genome_sha256, "tokenizers": [t.fingerprint for t in tokenizers], "version": 1,
+    }, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_plan(config: PrepConfig, tokenizers: list[Tokenizer]) -> Plan:
+    genomes, pieces_by_split, segment_bases, probe = [], {s: [] for s in SPLITS}, 0, None
+    for g, path in enumerate(config.genomes):
+        contigs = []
+        segments: list[tuple[str, np.ndarray]] = []
+        for contig in genome_io.iter_contigs(path):
+            contigs.append({"name": contig.name, "length": len(contig)})
+            segments.append((contig.name, contig.segments(config.min_n_run)))
+            if probe is None and len(segments[-1][1]):
+                probe = contig.bases[segments[-1][1][0, 0] :][:200_000].copy()
+        genomes.append(GenomeEntry(path=path, sha256=genome_io.file_sha256(path), contigs=contigs))
+        val_blocks = _validation_blocks(genomes[-1], config)
+        for name, segs in segments:
+            for start, end in segs.tolist():
+                segment_bases += end - start
+                for split, a, b in _split_by_blocks(name, start, end, val_blocks, config.val_block_bases):
+                    pieces_by_split[split].append(Piece(g, name, a, b))
+    if probe is None:
+        raise DataError(f"prep: {', '.join(config.genomes)}: no stretch of sequence outside long N runs")
+    shard_bases = _shard_bases(config, tokenizers, probe)
+    shards = []
+    for split in SPLITS:
+        for pieces in _pack(pieces_by_split[split], shard_bases):
+            shards.append(ShardPlan(len(shards), split, f"{split}/shard-{len(shards):06d}.tar", pieces))
+    entries = [TokenizerEntry(name=t.name, kind=t.kind, fingerprint=t.fingerprint, vocab_size=t.vocab_size,
+                              folder=f"{TOKENIZER_DIR}/tok{i}") for i, t in enumerate(tokenizers)]
+    fingerprint = plan_fingerprint(config, tokenizers, [g.sha256 for g in genomes])
+    return Plan(fingerprint, config, genomes, entries, segment_bases, shards)
+
+
+def prepare_folder(folder: Path, config: PrepConfig) -> Plan:
+    """Write (or find) the plan of ``config`` in ``folder``; refuse a folder made from other inputs."""
+    folder = Path(folder)
+    tokenizers = check_tokenizers(config)
+    for path in config.genomes:
+        genome_io.check_path(path)
+    existing = folder / PLAN_FILE
+    if existing.is_file():
+        old = Plan.load(folder)
+        fingerprint = plan_fingerprint(config, tokenizers, [genome_io.file_sha256(p) for p in config.genomes])
+        if old.fingerprint != fingerprint:
+            raise DataError(f"{folder}: holds a prep of different inputs (plan {old.fingerprint}, this run {fingerprint}); "
+                            "choose another --out or remove it")
+        return old
+    plan = build_plan(config, tokenizers)
+    if folder.exists() and any(p for p in folder.iterdir() if not p.name.startswith(".")):
+        raise DataError(f"{folder}: exists, is not empty and is not a dnalm prep folder; choose another --out")
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = folder / f".staging{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    for entry, tok in zip(plan.tokenizers, tokenizers):
+        tok.save(staging / entry.folder)
+    try:
+        os.rename(staging / TOKENIZER_DIR, folder / TOKENIZER_DIR)
+    except OSError:  # another job of this run got there first
+        if not (folder / TOKENIZER_DIR).is_dir():
+            raise
+    for split in SPLITS:
+        (folder / split).mkdir(exist_ok=True)
+    (staging / PLAN_FILE).write_text(plan.to_json())
+    os.replace(staging / PLAN_FILE, existing)
+    shutil.rmtree(staging, ignore_errors=True)
+    plan.load_tokenizers(folder)
+    return plan
+
+
+def _validation_blocks(genome: GenomeEntry, config: PrepConfig) -> set[tuple[str, int]]:
+    """The blocks held out: a seeded ranking of every block of the genome, the first ``val_fraction`` of them."""
+    blocks = [(c.name, b) for c in genome.contigs for b in range(-(-c.length // config.val_block_bases))]
+    if config.val_fraction == 0 or len(blocks) < 2:
+        return set()
+    wanted = min(len(blocks) - 1, max(1, round(config.val_fraction * len(blocks))))
+    rank = sorted(blocks, key=lambda blk: hashlib.sha256(f"{config.seed}|{genome.sha256}|{blk[0]}|{blk[1]}".encode()).digest())
+    return set(rank[:wanted])
+
+
+def _split_by_blocks(contig: str, start: int, end: int, val_blocks, block: int):
+    """(split, start, end) stretches of one segment, cut where the split changes."""
+    out, a = [], start
+    while a < end:
+        split = "val" if (contig, a // block) in val_blocks else "train"
+        b = min(end, (a // block + 1) * block)
+        while b < end and ((contig, b // block) in val_blocks) == (split == "val"):
+            b = min(end, (b // block + 1) * block)
+        out.append((split, a, b))
+        a = b
+    return out
+
+
+def _shard_bases(config: PrepConfig, tokenizers: list[Tokenizer], probe: np.ndarray) -> int:
+    """Bases per shard for ``shard_size_mb``, from token densities measured on the first bases of the genome."""
+    density = [max(len(t.encode(probe)), 1) / max(len(probe), 1) for t in tokenizers]
+    used = density if config.views else density[:1]
+    token_bytes = sum(d * token_dtype(t.vocab_size).itemsize for d, t in zip(used, tokenizers))
+    bases_per_sample = (config.seq_len - (len(used) + 1 if config.views else 0)) / sum(used)
+    overhead = (len(used) + 1) * (1024 + 128) / bases_per_sample  # tar headers and block padding, npy headers
+    per_base = (token_bytes + overhead) * (2 if config.reverse_complement else 1)
+    return max(int(bases_per_sample) * 4, int(config.shard_size_mb * (1 << 20) / per_base))
+
+
+def _pack(pieces: list[Piece], capacity: int) -> list[list[Piece]]:
+    """Consecutive pieces into shards of about ``capacity`` bases, cutting pieces that overflow."""
+    shards, current, room = [], [], capacity
+    for piece in pieces:
+        start = piece.start
+        while start < piece.end:
+            take = min(piece.end - start, room)
+            current.append(Piece(piece.genome, piece.contig, start, start + take))
+            start += take
+            room -= take
+            if room == 0:
+                shards.append(current)
+                current, room = [], capacity
+    if current:
+        shards.append(current)
+    return shards
+
+
+def is_prepared(folder: Path) -> bool:
+    return (Path(folder) / MANIFEST_FILE).is_file()

@@ -1,0 +1,1 @@
+"""Data: shard samples and writer (shards), windowing (windows), manifest, training stream (stream)."""

@@ -1,0 +1,99 @@
+"""``manifest.json``: what a prepared data folder holds, written last and atomically by data_prep."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from dnalm.errors import DnalmError
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_VERSION = 1
+
+
+class DataError(DnalmError):
+    """A prepared data folder that is incomplete, inconsistent or made for another tokenizer."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ContigEntry(_Model):
+    name: str
+    length: int
+
+
+class GenomeEntry(_Model):
+    path: str
+    sha256: str
+    contigs: list[ContigEntry]
+
+
+class TokenizerEntry(_Model):
+    name: str
+    kind: str
+    fingerprint: str
+    vocab_size: int
+    folder: str  # relative to the data folder: the saved tokenizer
+
+
+class ShardEntry(_Model):
+    path: str  # relative to the data folder
+    num_samples: int
+    num_tokens: int
+    sha256: str
+    bytes: int
+
+
+class SplitEntry(_Model):
+    num_samples: int
+    num_tokens: int
+    shards: list[ShardEntry]
+
+
+class Accounting(_Model):
+    """Every base of every contig: in samples, dropped as long N runs, or left over."""
+
+    genome_bases: int
+    in_samples: int
+    dropped_n: int
+    left_over: int
+
+
+class Manifest(_Model):
+    version: int = MANIFEST_VERSION
+    plan_fingerprint: str
+    genomes: list[GenomeEntry]
+    tokenizers: list[TokenizerEntry]
+    views: bool
+    seq_len: int
+    reverse_complement: bool
+    num_samples: int
+    num_tokens: int
+    padding_tokens: int
+    padding_fraction: float
+    splits: dict[str, SplitEntry]
+    accounting: Accounting
+    settings: dict
+
+    def save(self, folder: Path) -> Path:
+        path = Path(folder) / MANIFEST_FILE
+        tmp = path.with_name(f".{MANIFEST_FILE}.tmp{os.getpid()}")
+        tmp.write_text(self.model_dump_json(indent=1))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "Manifest":
+        folder = Path(folder)
+        path = folder / MANIFEST_FILE if folder.is_dir() else folder
+        if not path.is_file():
+            raise DataError(f"{path}: no manifest (prep not run, or not finished: run `dnalm prep` again to complete it)")
+        try:
+            return cls.model_validate(json.loads(path.read_text()))
+        except (json.JSONDecodeError, ValidationError) as exc:
+            raise DataError(f"{path}: not a dnalm manifest ({str(exc).splitlines()[0]})") from None
