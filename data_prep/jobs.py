@@ -174,9 +174,10 @@ def summary(result: dict, file=sys.stdout) -> None:
               "the manifest is written when every slice has finished (or by `python -m data_prep merge DIR`)", file=file)
         return
     acc = manifest.accounting
+    speed = (f"{result['bases_processed'] / max(result['seconds'], 1e-9) / 1e6:.2f} Mbases/s over {result['seconds']:.1f} s"
+             if result["bases_processed"] else "nothing left to do")
     print(f"{manifest.num_samples:,} samples ({', '.join(f'{k} {v.num_samples:,}' for k, v in manifest.splits.items())}), "
           f"{manifest.num_tokens:,} tokens, padding {manifest.padding_fraction:.3%}; "
-          f"{result['shards_written']} shards written, {result['shards_already_done']} already done; "
-          f"{result['bases_processed'] / max(result['seconds'], 1e-9) / 1e6:.2f} Mbases/s over {result['seconds']:.1f} s", file=file)
+          f"{result['shards_written']} shards written, {result['shards_already_done']} already done; {speed}", file=file)
     print(f"bases: {acc.genome_bases:,} in genome = {acc.in_samples:,} in samples + {acc.dropped_n:,} dropped as N runs "
           f"+ {acc.left_over:,} left over", file=file)

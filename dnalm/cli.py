@@ -154,6 +154,19 @@ def bench_tokenize(args) -> None:
     print(json.dumps(result, indent=2))
 
 
+@command("bench", "data", help="prep throughput (1 and 2 processes) and stream throughput of one worker", args=[
+    arg("--genome", type=Path, default=None, help="FASTA to shard (default: ../shared/data/genomes/hs37_chr20.fa.gz if present, else the bundled genome)"),
+    arg("--seq-len", type=int, default=1024),
+    arg("--tokenizers", default="nucleotide,kmer:6", help="views to prep (default nucleotide,kmer:6)"),
+    arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for data.json and data.png"),
+])
+def bench_data(args) -> None:
+    from dnalm.bench import data
+
+    result = data.run(args.genome, args.out, args.seq_len, tuple(t for t in args.tokenizers.split(",") if t))
+    print(json.dumps(result, indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dnalm", description="Pretrain DNA language models: genomes → tokens → models.")
     groups = {(): parser.add_subparsers(dest="command", metavar="COMMAND", required=True)}

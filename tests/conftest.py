@@ -57,3 +57,20 @@ def bpe_small():
     from dnalm.tokenizers import train_bpe
 
     return train_bpe([genome.DEFAULT_GENOME], 512, max_memory_gb=2.0, threads=1)
+
+
+def prep_folder(folder: Path, genomes, tokenizers=("nucleotide",), **settings) -> Path:
+    """Run a whole prep in-process (the same code `dnalm prep` runs)."""
+    from data_prep.jobs import prep
+    from data_prep.plan import PrepConfig
+
+    config = PrepConfig(genomes=[str(g) for g in genomes], tokenizers=list(tokenizers), **settings)
+    prep(config, folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ecoli_prepared(tmp_path_factory) -> Path:
+    """The bundled genome as nucleotide windows of 512, in ~1 MB shards, 5% held out."""
+    return prep_folder(tmp_path_factory.mktemp("ecoli") / "data", [genome.DEFAULT_GENOME], seq_len=512,
+                       shard_size_mb=1.0, val_fraction=0.05)

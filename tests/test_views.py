@@ -24,7 +24,7 @@ def test_layout_segments_positions(views, ecoli):
         tok = views.tokenizers[v]
         assert np.all(enc.segment_ids[a : b + 1] == v)
         assert enc.positions[a:b].tolist() == list(range(1, b - a + 1))
-        own = enc.ids[a:b] - views.offsets[v]
+        own = enc.ids[a:b] - views.id_offsets[v]
         assert np.array_equal(own, tok.encode(seq).ids)
         for gid, (s, e) in zip(enc.ids[a:b].tolist(), enc.offsets[a:b].tolist()):
             assert views.vocab[gid] == f"{v}:{seq[s:e]}"

@@ -114,21 +114,44 @@ class ShardReader:
             raise ShardError(f"{self.path}: shard is missing")
         if sha256 is not None and file_sha256(self.path) != sha256:
             raise ShardError(f"{self.path}: does not match its checksum (corrupt or truncated); {self._last_good()}")
-        try:
-            with tarfile.open(self.path, "r:") as tar:
-                members = tar.getmembers()
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise ShardError(f"{self.path}: unreadable tar ({exc}); {self._last_good()}") from None
+        with open(self.path, "rb") as fh:
+            self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if self.path.stat().st_size else b""
         self.keys: list[str] = []
         self.members: dict[str, dict[str, _Member]] = {}
-        for m in members:
-            key, _, ext = m.name.partition(".")
+        for name, offset, size in self._walk():
+            key, _, ext = name.partition(".")
             if key not in self.members:
                 self.keys.append(key)
                 self.members[key] = {}
-            self.members[key][ext] = _Member(m.offset_data, m.size)
-        with open(self.path, "rb") as fh:
-            self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if self.path.stat().st_size else b""
+            self.members[key][ext] = _Member(offset, size)
+        self.num_arrays = sum(1 for ext in self.members[self.keys[0]] if ext.startswith("tok")) if self.keys else 0
+
+    def _walk(self):
+        """(name, data offset, size) of every file in the tar, read straight from its 512-byte headers."""
+        data, pos, long_name = self._map, 0, None
+        while pos + 512 <= len(data):
+            header = data[pos : pos + 512]
+            if not header.strip(b"\0"):
+                return
+            try:
+                size = int(header[124:136].strip(b"\0 ") or b"0", 8)
+            except ValueError:
+                raise ShardError(f"{self.path}: damaged tar header at byte {pos}; {self._last_good()}") from None
+            kind, start = header[156:157], pos + 512
+            pos = start + (size + 511) // 512 * 512
+            if pos > len(data):
+                raise ShardError(f"{self.path}: truncated tar (a member runs past the end); {self._last_good()}")
+            if kind == b"x":  # pax extended header: may carry a long path for the next member
+                for record in bytes(data[start : start + size]).split(b"\n"):
+                    if b" path=" in record:
+                        long_name = record.split(b" path=", 1)[1].decode()
+                continue
+            if kind in (b"0", b"\0"):
+                name = header[:100].split(b"\0", 1)[0].decode()
+                prefix = header[345:500].split(b"\0", 1)[0].decode()
+                yield long_name or (f"{prefix}/{name}" if prefix else name), start, size
+            long_name = None
+        raise ShardError(f"{self.path}: truncated tar (no end-of-archive marker); {self._last_good()}")
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -139,7 +162,7 @@ class ShardReader:
         try:
             meta = json.loads(self._bytes(parts["json"]))
             arrays = [np.load(io.BytesIO(self._bytes(parts[f"tok{i}.npy"])), allow_pickle=False)
-                      for i in range(sum(1 for ext in parts if ext.startswith("tok")))]
+                      for i in range(self.num_arrays)]
         except (KeyError, ValueError, OSError) as exc:
             raise ShardError(f"{self.path}: sample {key} is damaged ({exc!r})") from None
         return key, meta, arrays

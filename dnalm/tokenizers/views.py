@@ -17,13 +17,32 @@ from typing import Sequence
 import numpy as np
 
 from dnalm.errors import TokenizerError
-from dnalm.tokenizers.base import CLS_ID, CONFIG_FILE, NUM_SPECIAL, SEP_ID, SPECIAL_TOKENS, Encoding, Tokenizer, check_ids
+from dnalm.tokenizers.base import CLS_ID, CONFIG_FILE, NUM_SPECIAL, PAD_ID, SEP_ID, SPECIAL_TOKENS, Encoding, Tokenizer, check_ids
 
 
 @dataclass(frozen=True)
 class ViewEncoding(Encoding):
     segment_ids: np.ndarray = None
     positions: np.ndarray = None
+
+
+def concatenate_views(view_ids: Sequence[np.ndarray], id_offsets: Sequence[int], length: int | None = None):
+    """Each view's own ids → ``[CLS] v0 [SEP] v1 [SEP] …`` (padded with [PAD] to ``length``): ids, segments, positions."""
+    ids, segments, positions = [[CLS_ID]], [[0]], [[0]]
+    for v, (own, offset) in enumerate(zip(view_ids, id_offsets)):
+        own = np.asarray(own, np.int32)
+        ids += [np.where(own < NUM_SPECIAL, own, own + offset), [SEP_ID]]
+        segments.append(np.full(len(own) + 1, v, np.int32))
+        positions.append(np.arange(1, len(own) + 2, dtype=np.int32))
+    ids, segments, positions = (np.concatenate(x).astype(np.int32) for x in (ids, segments, positions))
+    if length is not None:
+        if len(ids) > length:
+            raise TokenizerError(f"views: {len(ids)} tokens do not fit in {length}")
+        pad = length - len(ids)
+        ids = np.concatenate([ids, np.full(pad, PAD_ID, np.int32)])
+        segments = np.concatenate([segments, np.zeros(pad, np.int32)])
+        positions = np.concatenate([positions, np.zeros(pad, np.int32)])
+    return ids, segments, positions
 
 
 class ViewTokenizer(Tokenizer):
@@ -35,7 +54,7 @@ class ViewTokenizer(Tokenizer):
         if any(isinstance(t, ViewTokenizer) for t in tokenizers):
             raise TokenizerError("views: a view cannot itself be a set of views")
         self.tokenizers = list(tokenizers)
-        self.offsets = np.cumsum([0] + [t.vocab_size - NUM_SPECIAL for t in self.tokenizers[:-1]]).tolist()
+        self.id_offsets = np.cumsum([0] + [t.vocab_size - NUM_SPECIAL for t in self.tokenizers[:-1]]).tolist()
         vocab = list(SPECIAL_TOKENS)
         for v, t in enumerate(self.tokenizers):
             vocab += [f"{v}:{token}" for token in t.vocab[NUM_SPECIAL:]]
@@ -59,35 +78,22 @@ class ViewTokenizer(Tokenizer):
     def _side_files(self) -> dict[str, bytes]:
         return {f"view{v}/{name}": data for v, t in enumerate(self.tokenizers) for name, data in t._side_files().items()}
 
-    def global_ids(self, view: int, ids: np.ndarray) -> np.ndarray:
-        """A view's own ids → ids in the concatenated vocabulary (specials unchanged)."""
-        ids = np.asarray(ids, np.int32)
-        return np.where(ids < NUM_SPECIAL, ids, ids + self.offsets[view]).astype(np.int32)
-
     def encode(self, bases) -> ViewEncoding:
         parts = [t.encode(bases) for t in self.tokenizers]
+        ids, segment_ids, positions = concatenate_views([p.ids for p in parts], self.id_offsets)
         n_bases = int(parts[0].offsets[-1, 1]) if len(parts[0]) else 0
-        ids, offsets, segments, positions = [[CLS_ID]], [[[0, 0]]], [[0]], [[0]]
-        for v, part in enumerate(parts):
-            ids += [self.global_ids(v, part.ids), [SEP_ID]]
-            offsets += [part.offsets, [[n_bases, n_bases]]]
-            segments += [np.full(len(part) + 1, v, np.int32)]
-            positions += [np.arange(1, len(part) + 2, dtype=np.int32)]
-        return ViewEncoding(
-            ids=np.concatenate(ids).astype(np.int32),
-            offsets=np.concatenate(offsets).astype(np.int64),
-            segment_ids=np.concatenate(segments).astype(np.int32),
-            positions=np.concatenate(positions).astype(np.int32),
-        )
+        edge = [[0, 0]], [[n_bases, n_bases]]
+        offsets = np.concatenate([edge[0], *(x for p in parts for x in (p.offsets, edge[1]))]).astype(np.int64)
+        return ViewEncoding(ids=ids, offsets=offsets, segment_ids=segment_ids, positions=positions)
 
     def split(self, ids) -> list[np.ndarray]:
         """Concatenated ids → each view's own ids (specials dropped)."""
         ids = check_ids(ids, self.vocab_size)
-        bounds = self.offsets + [self.vocab_size - NUM_SPECIAL]
+        bounds = self.id_offsets + [self.vocab_size - NUM_SPECIAL]
         out = []
         for v, t in enumerate(self.tokenizers):
             mine = ids[(ids >= NUM_SPECIAL + bounds[v]) & (ids < NUM_SPECIAL + bounds[v + 1])]
-            out.append(mine - self.offsets[v])
+            out.append(mine - self.id_offsets[v])
         return out
 
     def decode(self, ids) -> str:

@@ -1,0 +1,85 @@
+"""``dnalm bench data``: prep throughput with 1 and 2 processes, and stream throughput of one worker."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from dnalm import genome as genome_io
+from dnalm.bench import report
+
+PREP_TARGET_SECONDS_CHR20 = 120.0
+STREAM_TARGET_TOKENS_PER_S = 5e6
+
+
+def run(genome_path: Path | None, out_dir: Path, seq_len: int = 1024, tokenizers=("nucleotide", "kmer:6"),
+        stream_samples: int = 20_000) -> dict:
+    from data_prep.jobs import prep
+    from data_prep.plan import PrepConfig
+    from dnalm.data.stream import GenomeStream
+
+    chr20 = report.SHARED_DATA / "genomes" / "hs37_chr20.fa.gz"
+    genome_path = Path(genome_path) if genome_path else (chr20 if chr20.exists() else genome_io.DEFAULT_GENOME)
+    config = PrepConfig(genomes=[str(genome_path)], tokenizers=list(tokenizers), seq_len=seq_len, views=len(tokenizers) > 1)
+    rows, scratch = [], Path(tempfile.mkdtemp(prefix="dnalm-bench-data-"))
+    try:
+        for jobs in (1, 2):
+            folder = scratch / f"jobs{jobs}"
+            result = prep(config, folder, jobs=jobs)
+            manifest = result["manifest"]
+            rows.append({"processes": jobs, "seconds": round(result["seconds"], 2),
+                         "mbases_per_s": round(manifest.accounting.genome_bases / result["seconds"] / 1e6, 2),
+                         "samples": manifest.num_samples, "tokens": manifest.num_tokens,
+                         "padding_fraction": round(manifest.padding_fraction, 5),
+                         "bytes": sum(s.bytes for split in manifest.splits.values() for s in split.shards)})
+        stream = GenomeStream(scratch / "jobs1", batch_size=32, epochs=None)
+        tokens, start = 0, time.perf_counter()
+        for i, sample in enumerate(stream):
+            tokens += sample["input_ids"].numel()
+            if i + 1 == stream_samples:
+                break
+        stream_seconds = time.perf_counter() - start
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    stream_rate = tokens / stream_seconds
+    result = {
+        "benchmark": "data",
+        "command": "dnalm bench data",
+        "machine": report.machine(),
+        "genome": {"path": str(genome_path), "bases": manifest.accounting.genome_bases},
+        "prep": {"tokenizers": list(tokenizers), "views": config.views, "seq_len": seq_len, "runs": rows,
+                 "target": f"whole chr20 in under {PREP_TARGET_SECONDS_CHR20:.0f} s with 2 processes",
+                 "meets_target": rows[1]["seconds"] < PREP_TARGET_SECONDS_CHR20 if genome_path == chr20 else None},
+        "stream": {"worker": "one, in-process (no DataLoader workers)", "samples": stream_samples,
+                   "seconds": round(stream_seconds, 3), "tokens_per_s": round(stream_rate),
+                   "target_tokens_per_s": STREAM_TARGET_TOKENS_PER_S, "meets_target": stream_rate >= STREAM_TARGET_TOKENS_PER_S,
+                   "ratio_to_encoder_small_step": None,
+                   "ratio_note": "needs the encoder-small model (models issue); not measured yet"},
+    }
+    report.write(result, out_dir, "data")
+    _plot(result, out_dir)
+    return result
+
+
+def _plot(result: dict, out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = result["prep"]["runs"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    left.bar([f"{r['processes']} proc" for r in runs], [r["seconds"] for r in runs], color="#3b7dd8")
+    left.axhline(PREP_TARGET_SECONDS_CHR20, color="#d83b3b", linestyle="--", label="target (chr20, 2 proc)")
+    left.set_ylabel("seconds for the whole genome")
+    left.set_title(f"prep {'+'.join(result['prep']['tokenizers'])}, seq_len {result['prep']['seq_len']}", fontsize=9)
+    left.legend(fontsize=8)
+    right.bar(["stream, 1 worker"], [result["stream"]["tokens_per_s"] / 1e6], color="#3b7dd8")
+    right.axhline(STREAM_TARGET_TOKENS_PER_S / 1e6, color="#d83b3b", linestyle="--", label="target")
+    right.set_ylabel("M tokens / s")
+    right.legend(fontsize=8)
+    fig.suptitle(f"dnalm bench data — {Path(result['genome']['path']).name}, {result['machine']['cpu']}", fontsize=9)
+    report.save_plot(fig, out_dir, "data")
+    plt.close(fig)

@@ -1,0 +1,204 @@
+"""The training stream: samples of a prepared split, in one deterministic global order, resumable exactly.
+
+Order. For epoch ``e`` the shards are shuffled with a generator seeded by ``(seed, e)``, their
+samples laid end to end, and passed through a shuffle buffer: each sample moves at most
+``shuffle_buffer`` places (the order is computed from the manifest's sample counts, so it costs
+no reading). This gives one global sequence per epoch, the same on every rank and worker.
+
+Sharing. Step ``s`` of the epoch takes the ``world_size × batch_size`` samples that follow the
+resume point; rank ``r`` gets the ``r``-th run of ``batch_size`` of them, and within a rank the
+DataLoader workers take steps in turn (worker ``w`` of ``W`` builds every ``W``-th batch, which is
+the order in which a DataLoader hands batches out). So after ``K`` steps every rank together has
+consumed exactly the first ``K × world_size × batch_size`` samples of the epoch, whatever the
+number of ranks or workers: the state is just ``(epoch, index)`` and a resumed stream, with any
+world size, continues with the next sample. The last ``< world_size × batch_size`` samples of an
+epoch are dropped (they come back in the next epoch's order), so every rank steps together.
+
+Reading. Each worker opens the shards it needs (checking their sha256 once) and reads samples
+by index. A corrupt shard stops the stream with the shard named and its last good sample key;
+with ``on_error="skip"`` its samples are skipped and counted (``skipped`` in every sample).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from dnalm.data.manifest import DataError, Manifest
+from dnalm.data.shards import ShardError, ShardReader
+from dnalm.tokenizers import NUM_SPECIAL, Tokenizer, ViewTokenizer
+from dnalm.tokenizers.views import concatenate_views
+
+STATE_VERSION = 1
+ON_ERROR = ("raise", "skip")
+
+
+@dataclass
+class StreamState:
+    epoch: int = 0
+    index: int = 0  # samples of this epoch's global order already consumed
+    seed: int = 0
+    version: int = STATE_VERSION
+
+
+class GenomeStream(IterableDataset):
+    def __init__(self, folder: str | Path, split: str = "train", *, batch_size: int, rank: int = 0, world_size: int = 1,
+                 seed: int = 0, shuffle_buffer: int = 1000, epochs: int | None = 1, tokenizer: Tokenizer | None = None,
+                 on_error: str = "raise"):
+        self.folder = Path(folder)
+        self.manifest = Manifest.load(self.folder)
+        if split not in self.manifest.splits:
+            raise DataError(f"{self.folder}: no split '{split}' (have {', '.join(self.manifest.splits)})")
+        if on_error not in ON_ERROR:
+            raise DataError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        if not 0 <= rank < world_size or batch_size < 1:
+            raise DataError(f"need 0 <= rank < world_size and batch_size >= 1 (rank {rank}, world {world_size}, batch {batch_size})")
+        if tokenizer is not None:
+            check_tokenizer(self.manifest, tokenizer, self.folder)
+        self.split, self.batch_size, self.rank, self.world_size = split, batch_size, rank, world_size
+        self.shuffle_buffer, self.epochs, self.on_error = shuffle_buffer, epochs, on_error
+        self.shards = [s for s in self.manifest.splits[split].shards if s.num_samples > 0]
+        self.counts = np.array([s.num_samples for s in self.shards], np.int64)
+        self.total = int(self.counts.sum())
+        if self.total < world_size * batch_size:
+            raise DataError(f"{self.folder}: split '{split}' has {self.total} samples, fewer than one global batch "
+                            f"({world_size} ranks × {batch_size})")
+        self.state = StreamState(seed=seed)
+        sizes = [t.vocab_size - NUM_SPECIAL for t in self.manifest.tokenizers]
+        self.id_offsets = np.cumsum([0] + sizes[:-1]).tolist()
+
+    # --- order -----------------------------------------------------------------------------
+    @property
+    def global_batch(self) -> int:
+        return self.world_size * self.batch_size
+
+    def epoch_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(shard, sample) of every position of the epoch's global order."""
+        rng = np.random.default_rng([self.state.seed, epoch])
+        shard_order = rng.permutation(len(self.shards))
+        shard_of = np.repeat(shard_order, self.counts[shard_order])
+        first = np.concatenate(([0], np.cumsum(self.counts[shard_order])[:-1]))
+        sample_of = np.arange(self.total) - np.repeat(first, self.counts[shard_order])
+        displaced = np.arange(self.total) + rng.uniform(0, self.shuffle_buffer, self.total)
+        order = np.argsort(displaced, kind="stable")
+        return shard_of[order], sample_of[order]
+
+    def steps(self, epoch_start_index: int) -> int:
+        return (self.total - epoch_start_index) // self.global_batch
+
+    def position_after(self, steps: int) -> StreamState:
+        """The state once ``steps`` more global steps have been consumed from the current state."""
+        epoch, index = self.state.epoch, self.state.index
+        while steps > 0:
+            left = self.steps(index)
+            if steps < left:
+                index += steps * self.global_batch
+                break
+            steps -= left
+            epoch, index = epoch + 1, 0
+        if self.steps(index) == 0:
+            epoch, index = epoch + 1, 0
+        return StreamState(epoch, index, self.state.seed)
+
+    def _rank_batches(self):
+        """(epoch, first global position) of each batch of this rank, in consumption order."""
+        epoch, index = self.state.epoch, self.state.index
+        while self.epochs is None or epoch < self.epochs:
+            for step in range(self.steps(index)):
+                yield epoch, index + (step * self.world_size + self.rank) * self.batch_size
+            epoch, index = epoch + 1, 0
+
+    # --- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return asdict(self.state)
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise DataError(f"stream state version {state.get('version')} is not {STATE_VERSION}")
+        self.state = StreamState(**state)
+
+    # --- reading ---------------------------------------------------------------------------
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        readers: dict[int, ShardReader | None] = {}
+        skipped, order_epoch, order = 0, None, None
+        for k, (epoch, start) in enumerate(self._rank_batches()):
+            if k % workers != worker:
+                continue
+            if epoch != order_epoch:
+                order_epoch, order = epoch, self.epoch_order(epoch)
+            for position in range(start, start + self.batch_size):
+                shard, index = int(order[0][position]), int(order[1][position])
+                reader = self._reader(readers, shard)
+                if reader is None:
+                    skipped += 1
+                    continue
+                yield self._sample(reader, index, skipped)
+
+    def _reader(self, readers: dict, shard: int) -> ShardReader | None:
+        if shard not in readers:
+            entry = self.shards[shard]
+            try:
+                readers[shard] = ShardReader(self.folder / entry.path, entry.sha256)
+                if len(readers[shard]) != entry.num_samples:
+                    raise ShardError(f"{self.folder / entry.path}: holds {len(readers[shard])} samples, the manifest says {entry.num_samples}")
+            except ShardError:
+                if self.on_error == "raise":
+                    raise
+                readers[shard] = None
+        return readers[shard]
+
+    def _sample(self, reader: ShardReader, index: int, skipped: int) -> dict:
+        key, meta, arrays = reader.read(index)
+        sample = {"key": key, "skipped": skipped}
+        if self.manifest.views:
+            ids, segments, positions = concatenate_views(arrays, self.id_offsets, self.manifest.seq_len)
+            sample.update(segment_ids=torch.from_numpy(segments.astype(np.int64)), positions=torch.from_numpy(positions.astype(np.int64)))
+        else:
+            ids = arrays[0]
+        sample["input_ids"] = torch.from_numpy(ids.astype(np.int64))
+        return sample
+
+
+def check_tokenizer(manifest: Manifest, tokenizer: Tokenizer, folder: Path) -> None:
+    """The model's tokenizer must be the one the shards were made with."""
+    wanted = [t.fingerprint for t in manifest.tokenizers]
+    given = [t.fingerprint for t in tokenizer.tokenizers] if isinstance(tokenizer, ViewTokenizer) else [tokenizer.fingerprint]
+    if given != wanted:
+        names = ", ".join(f"{t.name} ({t.fingerprint})" for t in manifest.tokenizers)
+        raise DataError(f"{folder}: shards were made with {names}, but the model's tokenizer is "
+                        f"{tokenizer.name} ({', '.join(given)}); re-run prep or use the data's tokenizer")
+
+
+class StreamLoader:
+    """A DataLoader over a GenomeStream that counts consumed batches, so its state is exact to the step."""
+
+    def __init__(self, stream: GenomeStream, num_workers: int = 0):
+        self.stream, self.num_workers = stream, num_workers
+        self.steps_taken = 0
+        self.skipped_by_worker: dict[int, int] = {}
+
+    def __iter__(self):
+        loader = DataLoader(self.stream, batch_size=self.stream.batch_size, num_workers=self.num_workers)
+        for k, batch in enumerate(loader):
+            self.steps_taken += 1
+            if len(batch["skipped"]):
+                self.skipped_by_worker[k % max(self.num_workers, 1)] = int(batch["skipped"].max())
+            yield batch
+
+    @property
+    def skipped(self) -> int:
+        """Samples skipped over corrupt shards so far (with on_error="skip")."""
+        return sum(self.skipped_by_worker.values())
+
+    def state_dict(self) -> dict:
+        return asdict(self.stream.position_after(self.steps_taken))
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state)
+        self.steps_taken = 0

@@ -1,0 +1,134 @@
+"""The training stream: exact resume (workers, world size), epochs, corrupt shards, tokenizer checks."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from dnalm import genome, tokenizers
+from dnalm.data.manifest import DataError, Manifest
+from dnalm.data.shards import ShardError
+from dnalm.data.stream import GenomeStream, StreamLoader
+from tests.conftest import prep_folder
+
+
+def take(loader, n_batches):
+    keys = []
+    for k, batch in enumerate(loader):
+        keys += batch["key"]
+        if k + 1 == n_batches:
+            break
+    return keys
+
+
+def stream(folder, **kw):
+    settings = {"batch_size": 4, "shuffle_buffer": 200, "epochs": None, "seed": 3} | kw
+    return GenomeStream(folder, **settings)
+
+
+def test_resume_yields_exactly_the_uninterrupted_samples(ecoli_prepared):
+    uninterrupted = take(StreamLoader(stream(ecoli_prepared), num_workers=2), 100)
+    first = StreamLoader(stream(ecoli_prepared), num_workers=2)
+    head = take(first, 37)
+    state = first.state_dict()
+    assert state == {"epoch": 0, "index": 37 * 4, "seed": 3, "version": 1}
+    resumed = StreamLoader(stream(ecoli_prepared), num_workers=1)  # a different number of workers too
+    resumed.load_state_dict(state)
+    assert head + take(resumed, 63) == uninterrupted
+    assert len(set(uninterrupted)) == len(uninterrupted) == 400
+
+
+def test_world_size_change_continues_the_epoch(ecoli_prepared):
+    """2 ranks for 30 steps, then 1 rank to the end of the epoch, then 1 → 2: every sample once."""
+    total = Manifest.load(ecoli_prepared).splits["train"].num_samples
+    ranks = [StreamLoader(stream(ecoli_prepared, rank=r, world_size=2, epochs=1)) for r in range(2)]
+    seen = [key for loader in ranks for key in take(loader, 30)]
+    state = ranks[0].state_dict()
+    assert state == ranks[1].state_dict() == {"epoch": 0, "index": 240, "seed": 3, "version": 1}
+    alone = StreamLoader(stream(ecoli_prepared, epochs=1))
+    alone.load_state_dict(state)
+    seen += take(alone, 500)
+    state = alone.state_dict()
+    again = [StreamLoader(stream(ecoli_prepared, rank=r, world_size=2, epochs=1)) for r in range(2)]
+    for loader in again:
+        loader.load_state_dict(state)
+        seen += take(loader, 10_000)
+    assert len(seen) == len(set(seen)), "no sample repeated"
+    assert total - len(seen) < 2 * 4, "only the last partial global batch of the epoch is dropped"
+
+
+def test_epochs_reshuffle_and_end(ecoli_prepared):
+    loader = StreamLoader(stream(ecoli_prepared, batch_size=64, epochs=2, shuffle_buffer=50))
+    keys = take(loader, 10_000)
+    total = Manifest.load(ecoli_prepared).splits["train"].num_samples
+    per_epoch = total // 64 * 64
+    assert len(keys) == 2 * per_epoch
+    first, second = keys[:per_epoch], keys[per_epoch:]
+    assert first != second and len(set(first)) == per_epoch
+    assert len(set(first) & set(second)) > 0.95 * per_epoch
+    assert loader.state_dict()["epoch"] == 2
+
+
+def test_batches_hold_tensors(ecoli_prepared):
+    batch = next(iter(StreamLoader(stream(ecoli_prepared, batch_size=8))))
+    assert batch["input_ids"].shape == (8, 512) and batch["input_ids"].dtype == torch.int64
+    assert int(batch["input_ids"].min()) >= 5  # nucleotide windows hold bases only
+
+
+def test_views_batches_are_laid_out_for_the_model(tmp_path, ecoli):
+    path = tmp_path / "slice.fa"
+    path.write_text(f">slice\n{ecoli.sequence[:300_000]}\n")
+    folder = prep_folder(tmp_path / "views", [path], ("nucleotide", "kmer:3"), seq_len=256, views=True, val_fraction=0)
+    batch = next(iter(StreamLoader(stream(folder, batch_size=2))))
+    ids, segments = batch["input_ids"][0], batch["segment_ids"][0]
+    assert ids.shape == (256,) and ids[0] == tokenizers.CLS_ID and (ids == tokenizers.SEP_ID).sum() == 2
+    views = tokenizers.ViewTokenizer([tokenizers.load("nucleotide"), tokenizers.load("kmer:3")])
+    first_sep = int((ids == tokenizers.SEP_ID).nonzero()[0])
+    assert set(segments[1:first_sep].tolist()) == {0} and set(segments[first_sep + 1 : first_sep + 5].tolist()) == {1}
+    bases = views.decode(ids.numpy())
+    assert bases in ecoli.sequence[:300_000]
+    GenomeStream(folder, batch_size=2, tokenizer=views)  # the matching tokenizer is accepted
+
+
+def test_fingerprint_mismatch_is_refused(ecoli_prepared):
+    with pytest.raises(DataError, match=r"shards were made with nucleotide .* model's tokenizer is kmer:6"):
+        GenomeStream(ecoli_prepared, batch_size=4, tokenizer=tokenizers.load("kmer:6"))
+    GenomeStream(ecoli_prepared, batch_size=4, tokenizer=tokenizers.load("nucleotide"))
+
+
+@pytest.fixture
+def damaged(tmp_path, ecoli_prepared):
+    folder = tmp_path / "damaged"
+    shutil.copytree(ecoli_prepared, folder)
+    shard = Manifest.load(folder).splits["train"].shards[1]
+    data = (folder / shard.path).read_bytes()
+    (folder / shard.path).write_bytes(data[: len(data) // 2])
+    return folder, shard.path
+
+
+def test_corrupt_shard_fails_by_default_naming_it(damaged):
+    folder, name = damaged
+    with pytest.raises(ShardError, match=rf"{name}: does not match its checksum .*last good sample key: g0-K~2D12~2DMG1655-\d+"):
+        take(StreamLoader(stream(folder, shuffle_buffer=1, epochs=1)), 10_000)
+
+
+def test_corrupt_shard_skipped_and_counted_when_asked(damaged, ecoli_prepared):
+    folder, _ = damaged
+    loader = StreamLoader(stream(folder, epochs=1, on_error="skip"))
+    keys = take(loader, 10_000)
+    m = Manifest.load(folder)
+    lost = m.splits["train"].shards[1].num_samples
+    assert loader.skipped == lost
+    assert len(keys) >= m.splits["train"].num_samples - lost - 4
+
+
+def test_bad_stream_settings(ecoli_prepared):
+    with pytest.raises(DataError, match="no split 'test'"):
+        GenomeStream(ecoli_prepared, "test", batch_size=4)
+    with pytest.raises(DataError, match="fewer than one global batch"):
+        GenomeStream(ecoli_prepared, "val", batch_size=10_000)
+    with pytest.raises(DataError, match="on_error"):
+        GenomeStream(ecoli_prepared, batch_size=4, on_error="ignore")
+    with pytest.raises(DataError, match="no manifest"):
+        GenomeStream(ecoli_prepared / "train", batch_size=4)
