@@ -106,6 +106,11 @@ def test_dots_and_spaces_in_contig_names(tmp_path, ecoli):
     assert contigs == {"NC_000913.3", "scaffold.1~x/y"}
     assert all({"json", "tok0.npy"} <= set(s) for s in samples), "a key cut at a dot would scatter a sample's fields"
     assert all(parse_key(s["__key__"])["contig"] == s["json"]["contig"] for s in samples)
+    sequences = {"NC_000913.3": ecoli.sequence[:30_000], "scaffold.1~x/y": ecoli.sequence[40_000:60_000]}
+    tok = tokenizers.load("nucleotide")
+    for s in samples:  # a window never runs from one contig into the next
+        meta = s["json"]
+        assert tok.decode(s["tok0.npy"]) == sequences[meta["contig"]][meta["start"] : meta["end"]]
 
 
 def test_reverse_complement(tmp_path, ecoli):
