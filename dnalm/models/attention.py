@@ -1,0 +1,122 @@
+"""Attention backends: one registry of functions with one signature, chosen by ``config.attention``.
+
+    backend(q, k, v, *, causal, q_pos, k_pos, key_mask, alibi, dropout, performer) -> out
+
+q (B, H, T, D), k and v (B, H, S, D); ``q_pos`` (B, T) and ``k_pos`` (B, S) are position ids
+(queries of an incremental decoding step sit after the cached keys); ``key_mask`` (B, S) is True
+for real tokens; ``alibi`` holds the per-head slopes or None. ``eager`` is the readable
+reference the others are tested against.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from dnalm.models.positions import alibi_bias
+
+AttentionFn = Callable[..., torch.Tensor]
+ATTENTION: dict[str, AttentionFn] = {}
+
+
+def register(name: str):
+    def add(fn: AttentionFn) -> AttentionFn:
+        ATTENTION[name] = fn
+        return fn
+
+    return add
+
+
+def additive_mask(q, k, *, causal, q_pos, k_pos, key_mask, alibi) -> torch.Tensor | None:
+    """Everything but the scores as one additive (B or 1, H or 1, T, S) float mask, or None."""
+    mask = None
+    if alibi is not None:
+        mask = alibi_bias(alibi.to(q.device), q_pos, k_pos, causal).to(q.dtype)
+    blocked = None
+    if causal:
+        blocked = (k_pos[:, None, None, :] > q_pos[:, None, :, None])
+    if key_mask is not None:
+        padded = ~key_mask[:, None, None, :]
+        blocked = padded if blocked is None else blocked | padded
+    if blocked is not None:
+        minus_inf = torch.zeros(blocked.shape, dtype=q.dtype, device=q.device).masked_fill(blocked, float("-inf"))
+        mask = minus_inf if mask is None else mask + minus_inf
+    return mask
+
+
+@register("eager")
+def eager(q, k, v, *, causal, q_pos, k_pos, key_mask=None, alibi=None, dropout=0.0, performer=None):
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    mask = additive_mask(q, k, causal=causal, q_pos=q_pos, k_pos=k_pos, key_mask=key_mask, alibi=alibi)
+    if mask is not None:
+        scores = scores + mask
+    weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    weights = torch.nan_to_num(weights)  # a query whose every key is masked (padding) attends to nothing
+    return F.dropout(weights, dropout) @ v
+
+
+@register("sdpa")
+def sdpa(q, k, v, *, causal, q_pos, k_pos, key_mask=None, alibi=None, dropout=0.0, performer=None):
+    plain_causal = causal and q.shape[2] == k.shape[2] and key_mask is None and alibi is None
+    mask = None if plain_causal else additive_mask(q, k, causal=causal, q_pos=q_pos, k_pos=k_pos, key_mask=key_mask, alibi=alibi)
+    if mask is not None and key_mask is not None:
+        mask = mask.masked_fill(~key_mask.any(-1)[:, None, None, None], 0.0)  # keep all-padding rows finite
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=plain_causal)
+
+
+@register("flash")
+def flash(q, k, v, *, causal, q_pos, k_pos, key_mask=None, alibi=None, dropout=0.0, performer=None):
+    """flash-attn on CUDA half precision when installed; otherwise PyTorch's fused kernels (CPU included)."""
+    if _flash_attn_usable(q) and (alibi is None or _positions_are_indices(q_pos, k_pos)):
+        return _flash_attn(q, k, v, causal=causal, key_mask=key_mask, alibi=alibi, dropout=dropout)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+        return sdpa(q, k, v, causal=causal, q_pos=q_pos, k_pos=k_pos, key_mask=key_mask, alibi=alibi, dropout=dropout)
+
+
+@register("performer")
+def performer(q, k, v, *, causal, q_pos, k_pos, key_mask=None, alibi=None, dropout=0.0, performer=None):
+    if alibi is not None:
+        raise ValueError("performer attention cannot take an ALiBi bias")
+    if causal and q.shape[2] != k.shape[2]:
+        raise ValueError("incremental causal Performer goes through its recurrent state (PerformerFeatures.step)")
+    return performer.attend(q, k, v, causal=causal, key_mask=key_mask)
+
+
+def _flash_attn_usable(q: torch.Tensor) -> bool:
+    if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)):
+        return False
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _positions_are_indices(q_pos, k_pos) -> bool:
+    offset = k_pos.shape[1] - q_pos.shape[1]
+    return bool((k_pos == torch.arange(k_pos.shape[1], device=k_pos.device)).all() and (q_pos == k_pos[:, offset:]).all())
+
+
+def _flash_attn(q, k, v, *, causal, key_mask, alibi, dropout):
+    from flash_attn import flash_attn_func, flash_attn_varlen_func
+
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # flash-attn wants (B, T, H, D)
+    slopes = alibi.to(q.device, torch.float32) if alibi is not None else None
+    if key_mask is None or bool(key_mask.all()):
+        out = flash_attn_func(q, k, v, dropout_p=dropout, causal=causal, alibi_slopes=slopes)
+        return out.transpose(1, 2)
+    # padded batch: unpad into one packed sequence with cumulative lengths (varlen)
+    lengths = key_mask.sum(-1, dtype=torch.int32)
+    cu = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+    index = key_mask.flatten().nonzero().squeeze(-1)
+    packed = [x.reshape(-1, *x.shape[2:])[index] for x in (q, k, v)]
+    out = flash_attn_varlen_func(*packed, cu, cu, int(lengths.max()), int(lengths.max()), dropout_p=dropout,
+                                 causal=causal, alibi_slopes=slopes)
+    full = torch.zeros(q.shape[0] * q.shape[1], *q.shape[2:], dtype=out.dtype, device=out.device)
+    full[index] = out
+    return full.view(q.shape).transpose(1, 2)

@@ -1,0 +1,125 @@
+"""The typed model config and the named sizes (``get_config("decoder-1.5b")``).
+
+A config validates itself on construction and says why a combination cannot work. It
+serialises to YAML/JSON; ``configs/model/*.yaml`` hold the named sizes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dnalm.errors import DnalmError
+
+
+class ModelConfigError(DnalmError):
+    """A model configuration that cannot be built, with the reason."""
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: str = "custom"
+    arch: Literal["encoder", "decoder", "cnn"] = "encoder"
+    vocab_size: int = Field(4096, ge=6, description="token ids the embedding holds (the tokenizer's vocab_size)")
+    d_model: int = Field(256, ge=8)
+    n_layers: int = Field(4, ge=1)
+    n_heads: int = Field(4, ge=1)
+    mlp: Literal["swiglu", "gelu"] = "swiglu"
+    mlp_hidden: int | None = Field(None, ge=8, description="MLP width; default 8/3·d (SwiGLU) or 4·d (GELU), rounded up to 64")
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    norm_eps: float = 1e-5
+    dropout: float = Field(0.0, ge=0, lt=1)
+    attention: Literal["eager", "sdpa", "flash", "performer"] = "sdpa"
+    positions: Literal["alibi", "rope", "learned", "none"] = "rope"
+    max_seq_len: int = Field(2048, ge=8, description="longest input for learned positions (ALiBi and RoPE extrapolate)")
+    rope_theta: float = 10_000.0
+    tie_embeddings: bool = False
+    num_segments: int = Field(1, ge=1, description="views of a concatenated multi-tokenizer input (segment embeddings)")
+    activation_checkpointing: bool = False
+    performer_features: int = Field(256, ge=8, description="random features of FAVOR+")
+    performer_kernel: Literal["softmax", "relu"] = "softmax"
+    performer_chunk: int = Field(128, ge=1, description="chunk length of the causal prefix sums")
+    cnn_kernel: int = Field(9, ge=1)
+    init_std: float = 0.02
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelConfig":
+        if self.arch != "cnn" and self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if self.positions == "alibi" and self.attention == "performer":
+            raise ValueError("ALiBi adds a bias to explicit attention scores, which Performer never forms; "
+                             "use rope, learned or none with performer")
+        if self.arch == "decoder" and self.num_segments > 1:
+            raise ValueError("a decoder reads one view (causal LM on one tokenizer); multi-view input is for encoders")
+        if self.positions == "rope" and (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"RoPE needs an even head dimension, got {self.d_model // self.n_heads}")
+        if self.arch == "cnn" and self.cnn_kernel % 2 == 0:
+            raise ValueError(f"cnn_kernel must be odd (same-length convolution), got {self.cnn_kernel}")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def causal(self) -> bool:
+        return self.arch == "decoder"
+
+    @property
+    def hidden(self) -> int:
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        width = 8 * self.d_model / 3 if self.mlp == "swiglu" else 4 * self.d_model
+        return int(-(-width // 64) * 64)
+
+    def replace(self, **changes) -> "ModelConfig":
+        return checked({**self.model_dump(), **changes})
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(exclude_defaults=False), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "ModelConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ModelConfigError(f"{path}: no such model config")
+        try:
+            return checked(yaml.safe_load(path.read_text()) or {}, where=str(path))
+        except yaml.YAMLError as exc:
+            raise ModelConfigError(f"{path}: not YAML ({exc})") from None
+
+
+def checked(values: dict, where: str = "model config") -> ModelConfig:
+    try:
+        return ModelConfig(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(map(str, first["loc"])) or "config"
+        raise ModelConfigError(f"{where}: {field}: {first['msg'].removeprefix('Value error, ')}") from None
+
+
+_ENCODER = dict(arch="encoder", positions="alibi", attention="sdpa", mlp="swiglu", norm="layernorm", max_seq_len=1024)
+_DECODER = dict(arch="decoder", positions="rope", attention="sdpa", mlp="swiglu", norm="rmsnorm", max_seq_len=2048)
+
+NAMED_CONFIGS: dict[str, dict] = {
+    "encoder-tiny": _ENCODER | dict(d_model=128, n_layers=2, n_heads=4),
+    "encoder-small": _ENCODER | dict(d_model=256, n_layers=4, n_heads=4),
+    "encoder-base": _ENCODER | dict(d_model=768, n_layers=12, n_heads=12, mlp_hidden=3072),  # DNABERT-2 scale
+    "encoder-large": _ENCODER | dict(d_model=1024, n_layers=24, n_heads=16),
+    "decoder-tiny": _DECODER | dict(d_model=128, n_layers=2, n_heads=4),
+    "decoder-small": _DECODER | dict(d_model=384, n_layers=6, n_heads=6),
+    "decoder-medium": _DECODER | dict(d_model=1024, n_layers=24, n_heads=16),
+    "decoder-1.5b": _DECODER | dict(d_model=2048, n_layers=30, n_heads=16, mlp_hidden=5504, max_seq_len=8192),
+    "cnn": dict(arch="cnn", d_model=256, n_layers=8, cnn_kernel=9, positions="none", norm="layernorm"),
+}
+
+
+def get_config(name: str, **overrides) -> ModelConfig:
+    """A named size (see ``NAMED_CONFIGS``) with optional field overrides."""
+    if name not in NAMED_CONFIGS:
+        raise ModelConfigError(f"unknown model '{name}': one of {', '.join(NAMED_CONFIGS)}")
+    return checked({"name": name, **NAMED_CONFIGS[name], **overrides}, where=name)

@@ -1,0 +1,158 @@
+"""The transformer: one pre-norm block type serving the encoder (masked LM) and the decoder (causal LM).
+
+A plain ``nn.Module``; parallelism and DeepSpeed are applied from outside. Inputs are token
+ids with optional segment ids and position ids (a concatenated multi-view input restarts
+positions per view); the output holds per-token logits and, when asked, the decoding cache:
+keys and values for the softmax backends, the running (S, z) sums for causal Performer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from dnalm.models.attention import ATTENTION
+from dnalm.models.config import ModelConfig
+from dnalm.models.performer import PerformerFeatures
+from dnalm.models.positions import Rotary, alibi_slopes
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor
+    hidden: torch.Tensor
+    cache: list | None = None
+
+
+def norm_layer(config: ModelConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.d_model, eps=config.norm_eps)
+    return nn.LayerNorm(config.d_model, eps=config.norm_eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.out = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.backend = ATTENTION[config.attention]
+        self.rotary = Rotary(config.head_dim, config.rope_theta) if config.positions == "rope" else None
+        self.register_buffer("alibi", alibi_slopes(config.n_heads) if config.positions == "alibi" else None, persistent=False)
+        self.performer = (PerformerFeatures(config.head_dim, config.performer_features, config.performer_kernel,
+                                            config.performer_chunk) if config.attention == "performer" else None)
+
+    def forward(self, x, positions, key_mask, cache=None):
+        batch, length, _ = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.config.n_heads, self.config.head_dim).permute(2, 0, 3, 1, 4)
+        if self.rotary is not None:
+            q, k = self.rotary(q, positions), self.rotary(k, positions)
+        dropout = self.config.dropout if self.training else 0.0
+        if self.performer is not None and self.config.causal and cache is not None:
+            out, state = self.performer.step(q, k, v, cache.get("state"))
+            new_cache = {"state": state, "length": cache.get("length", 0) + length}
+        else:
+            k_pos = positions
+            if cache is not None and "k" in cache:
+                k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
+                k_pos = torch.cat([cache["pos"], positions], 1)
+            new_cache = {"k": k, "v": v, "pos": k_pos} if cache is not None else None
+            out = self.backend(q, k, v, causal=self.config.causal, q_pos=positions, k_pos=k_pos, key_mask=key_mask,
+                               alibi=self.alibi, dropout=dropout, performer=self.performer)
+        return self.out(out.transpose(1, 2).reshape(batch, length, -1)), new_cache
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.swiglu = config.mlp == "swiglu"
+        self.up = nn.Linear(config.d_model, config.hidden * (2 if self.swiglu else 1), bias=False)
+        self.down = nn.Linear(config.hidden, config.d_model, bias=False)
+
+    def forward(self, x):
+        h = self.up(x)
+        if self.swiglu:
+            gate, value = h.chunk(2, dim=-1)
+            return self.down(F.silu(gate) * value)
+        return self.down(F.gelu(h))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.norm1, self.attn = norm_layer(config), Attention(config)
+        self.norm2, self.mlp = norm_layer(config), MLP(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, positions, key_mask, cache=None):
+        attended, new_cache = self.attn(self.norm1(x), positions, key_mask, cache)
+        x = x + self.dropout(attended)
+        return x + self.dropout(self.mlp(self.norm2(x))), new_cache
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.segments = nn.Embedding(config.num_segments, config.d_model) if config.num_segments > 1 else None
+        self.positions = nn.Embedding(config.max_seq_len, config.d_model) if config.positions == "learned" else None
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = norm_layer(config)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.head.weight = self.embed.weight
+        self.apply(self._init)
+        for block in self.blocks:  # residual projections scaled down with depth (GPT-2)
+            for proj in (block.attn.out, block.mlp.down):
+                nn.init.normal_(proj.weight, std=config.init_std / (2 * config.n_layers) ** 0.5)
+
+    def _init(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.config.init_std)
+
+    def forward(self, input_ids, *, segment_ids=None, positions=None, attention_mask=None, cache=None,
+                use_cache: bool = False) -> ModelOutput:
+        """input_ids (B, T); attention_mask (B, T) True for real tokens; cache from a previous call (decoders)."""
+        batch, length = input_ids.shape
+        past = _cache_length(cache)
+        if positions is None:
+            positions = torch.arange(past, past + length, device=input_ids.device).expand(batch, length)
+        if self.positions is not None and int(positions.max()) >= self.config.max_seq_len:
+            raise ValueError(f"position {int(positions.max())} is beyond max_seq_len {self.config.max_seq_len} of learned positions")
+        x = self.embed(input_ids)
+        if self.segments is not None:
+            x = x + self.segments(segment_ids if segment_ids is not None else torch.zeros_like(input_ids))
+        if self.positions is not None:
+            x = x + self.positions(positions)
+        x = self.dropout(x)
+        if use_cache and cache is None:
+            cache = [{} for _ in self.blocks]
+        key_mask = attention_mask.bool() if attention_mask is not None else None
+        new_cache = []
+        for i, block in enumerate(self.blocks):
+            layer_cache = cache[i] if cache is not None else None
+            if self.config.activation_checkpointing and self.training and layer_cache is None:
+                x, _ = checkpoint(block, x, positions, key_mask, use_reentrant=False)
+            else:
+                x, layer_cache = block(x, positions, key_mask, layer_cache)
+            new_cache.append(layer_cache)
+        hidden = self.norm(x)
+        return ModelOutput(self.head(hidden), hidden, new_cache if cache is not None else None)
+
+    def redraw_performer_features(self) -> None:
+        for module in self.modules():
+            if isinstance(module, PerformerFeatures):
+                module.redraw()
+
+
+def _cache_length(cache) -> int:
+    if not cache or not cache[0]:
+        return 0
+    layer = cache[0]
+    return int(layer["pos"].shape[1]) if "pos" in layer else int(layer.get("length", 0))

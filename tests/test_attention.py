@@ -1,0 +1,108 @@
+"""Attention backends against the eager reference; Performer's causal prefix sums; ALiBi; RoPE."""
+
+import pytest
+import torch
+
+from dnalm.models.attention import ATTENTION
+from dnalm.models.performer import PerformerFeatures, causal_linear_attention, naive_causal_linear_attention
+from dnalm.models.positions import Rotary, alibi_slopes
+
+B, H, T, D = 2, 4, 37, 16
+
+
+def inputs(seed=0, length=T, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, H, length, D, generator=g, dtype=dtype) for _ in range(3))
+    pos = torch.arange(length).expand(B, length)
+    mask = torch.ones(B, length, dtype=torch.bool)
+    mask[1, length - 9 :] = False  # the second sequence ends in padding
+    return q, k, v, pos, mask
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flash"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("alibi", [False, True])
+@pytest.mark.parametrize("padded", [False, True])
+def test_softmax_backends_match_eager(backend, causal, alibi, padded):
+    q, k, v, pos, mask = inputs()
+    kwargs = dict(causal=causal, q_pos=pos, k_pos=pos, key_mask=mask if padded else None,
+                  alibi=alibi_slopes(H) if alibi else None)
+    expected = ATTENTION["eager"](q, k, v, **kwargs)
+    got = ATTENTION[backend](q, k, v, **kwargs)
+    rows = mask if padded else torch.ones_like(mask)  # outputs at padded queries are unused
+    torch.testing.assert_close(got.transpose(1, 2)[rows], expected.transpose(1, 2)[rows], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flash"])
+def test_rope_inputs_match_eager(backend):
+    q, k, v, pos, _ = inputs(1)
+    rotary = Rotary(D, 10_000.0)
+    q, k = rotary(q, pos), rotary(k, pos)
+    for causal in (False, True):
+        kwargs = dict(causal=causal, q_pos=pos, k_pos=pos)
+        torch.testing.assert_close(ATTENTION[backend](q, k, v, **kwargs), ATTENTION["eager"](q, k, v, **kwargs), atol=2e-5, rtol=1e-4)
+
+
+def test_rope_scores_depend_on_relative_position_only():
+    rotary = Rotary(D, 10_000.0)
+    q, k = torch.randn(1, 1, 1, D), torch.randn(1, 1, 1, D)
+    def score(i, j):
+        return float(rotary(q, torch.tensor([[i]])) @ rotary(k, torch.tensor([[j]])).transpose(-1, -2))
+    assert score(5, 2) == pytest.approx(score(105, 102), rel=1e-4)
+
+
+def test_alibi_slopes_follow_press_et_al():
+    assert alibi_slopes(8).tolist() == pytest.approx([2 ** -(i + 1) for i in range(8)])
+    assert len(alibi_slopes(12)) == 12 and alibi_slopes(12)[:8].tolist() == pytest.approx(alibi_slopes(8).tolist())
+
+
+def test_chunked_causal_performer_equals_naive_in_float64():
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.rand(B, H, 301, 24, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(B, H, 301, D, generator=g, dtype=torch.float64)
+    expected = naive_causal_linear_attention(q, k, v)
+    for chunk in (1, 7, 64, 301, 1000):
+        torch.testing.assert_close(causal_linear_attention(q, k, v, chunk), expected, atol=1e-12, rtol=1e-12)
+    head, state = causal_linear_attention(q[:, :, :200], k[:, :, :200], v[:, :, :200], 64, return_state=True)
+    tail = causal_linear_attention(q[:, :, 200:], k[:, :, 200:], v[:, :, 200:], 64, state=state)
+    torch.testing.assert_close(torch.cat([head, tail], 2), expected, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_performer_error_shrinks_as_features_grow(causal):
+    q, k, v, pos, _ = inputs(2, length=64)
+    q, k = q * 0.5, k * 0.5
+    exact = ATTENTION["eager"](q, k, v, causal=causal, q_pos=pos, k_pos=pos)
+    errors = []
+    for features in (16, 256, 4096):
+        torch.manual_seed(0)
+        performer = PerformerFeatures(D, features)
+        approx = ATTENTION["performer"](q, k, v, causal=causal, q_pos=pos, k_pos=pos, performer=performer)
+        errors.append(float((approx - exact).abs().mean()))
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 0.05, errors
+
+
+def test_performer_padding_is_ignored_noncausal():
+    q, k, v, pos, mask = inputs(3)
+    torch.manual_seed(0)
+    performer = PerformerFeatures(D, 64)
+    full = ATTENTION["performer"](q, k, v, causal=False, q_pos=pos, k_pos=pos, key_mask=mask, performer=performer)
+    real = mask[1].sum()
+    alone = ATTENTION["performer"](q[1:, :, :real], k[1:, :, :real], v[1:, :, :real], causal=False,
+                                   q_pos=pos[1:, :real], k_pos=pos[1:, :real], performer=performer)
+    torch.testing.assert_close(full[1:, :, :real], alone, atol=1e-5, rtol=1e-4)
+
+
+def test_feature_redraw_changes_the_projection():
+    performer = PerformerFeatures(D, 32)
+    before = performer.fast.projection_matrix.clone()
+    performer.redraw()
+    assert not torch.equal(before, performer.fast.projection_matrix)
+
+
+def test_relu_kernel_runs_causal_and_not():
+    q, k, v, pos, _ = inputs(4)
+    performer = PerformerFeatures(D, 32, kernel="relu")
+    for causal in (False, True):
+        out = ATTENTION["performer"](q, k, v, causal=causal, q_pos=pos, k_pos=pos, performer=performer)
+        assert out.shape == v.shape and torch.isfinite(out).all()
