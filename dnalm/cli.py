@@ -167,6 +167,26 @@ def bench_data(args) -> None:
     print(json.dumps(result, indent=2))
 
 
+@command("bench", "attention", help="forward+backward time and peak memory of each attention backend, 512 to 16k tokens", args=[
+    arg("--lengths", default="512,1024,2048,4096,8192,16384", help="comma-separated sequence lengths"),
+    arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for attention.json and attention.png"),
+])
+def bench_attention(args) -> None:
+    from dnalm.bench import attention
+
+    result = attention.run(args.out, tuple(int(x) for x in args.lengths.split(",")))
+    print(json.dumps(result["findings"], indent=2))
+
+
+@command("bench", "train", help="forward+backward tokens/s and MFU of encoder-small and decoder-small", args=[
+    arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for train.json and train.png"),
+])
+def bench_train(args) -> None:
+    from dnalm.bench import train
+
+    print(json.dumps(train.run(args.out), indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dnalm", description="Pretrain DNA language models: genomes → tokens → models.")
     groups = {(): parser.add_subparsers(dest="command", metavar="COMMAND", required=True)}

@@ -41,6 +41,7 @@ def run(genome_path: Path | None, out_dir: Path, seq_len: int = 1024, tokenizers
             if i + 1 == stream_samples:
                 break
         stream_seconds = time.perf_counter() - start
+        step_rate = _encoder_small_step(stream.manifest, seq_len)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     stream_rate = tokens / stream_seconds
@@ -55,12 +56,28 @@ def run(genome_path: Path | None, out_dir: Path, seq_len: int = 1024, tokenizers
         "stream": {"worker": "one, in-process (no DataLoader workers)", "samples": stream_samples,
                    "seconds": round(stream_seconds, 3), "tokens_per_s": round(stream_rate),
                    "target_tokens_per_s": STREAM_TARGET_TOKENS_PER_S, "meets_target": stream_rate >= STREAM_TARGET_TOKENS_PER_S,
-                   "ratio_to_encoder_small_step": None,
-                   "ratio_note": "needs the encoder-small model (models issue); not measured yet"},
+                   "encoder_small_step_tokens_per_s": round(step_rate),
+                   "ratio_to_encoder_small_step": round(stream_rate / step_rate, 1),
+                   "ratio_note": "stream tokens/s of one worker ÷ tokens/s that one forward+backward step of encoder-small "
+                                 "(batch 8, same views and seq_len, all cores) consumes; > 1 means the stream is not the bottleneck"},
     }
     report.write(result, out_dir, "data")
     _plot(result, out_dir)
     return result
+
+
+def _encoder_small_step(manifest, seq_len: int) -> float:
+    """Tokens/s one encoder-small training step consumes on this data (its vocabulary and views)."""
+    import torch
+
+    from dnalm.bench.train import step_tokens_per_s
+    from dnalm.models import build_model, get_config
+    from dnalm.tokenizers import NUM_SPECIAL
+
+    vocab = NUM_SPECIAL + sum(t.vocab_size - NUM_SPECIAL for t in manifest.tokenizers)
+    config = get_config("encoder-small", vocab_size=vocab, num_segments=len(manifest.tokenizers) if manifest.views else 1)
+    torch.manual_seed(0)
+    return step_tokens_per_s(build_model(config), 8, seq_len, vocab)
 
 
 def _plot(result: dict, out_dir: Path) -> None:
@@ -76,7 +93,9 @@ def _plot(result: dict, out_dir: Path) -> None:
     left.set_ylabel("seconds for the whole genome")
     left.set_title(f"prep {'+'.join(result['prep']['tokenizers'])}, seq_len {result['prep']['seq_len']}", fontsize=9)
     left.legend(fontsize=8)
-    right.bar(["stream, 1 worker"], [result["stream"]["tokens_per_s"] / 1e6], color="#3b7dd8")
+    right.bar(["stream, 1 worker", "encoder-small step"],
+              [result["stream"]["tokens_per_s"] / 1e6, result["stream"]["encoder_small_step_tokens_per_s"] / 1e6],
+              color=["#3b7dd8", "#8a8a8a"])
     right.axhline(STREAM_TARGET_TOKENS_PER_S / 1e6, color="#d83b3b", linestyle="--", label="target")
     right.set_ylabel("M tokens / s")
     right.legend(fontsize=8)

@@ -1,0 +1,115 @@
+"""``dnalm bench train``: model forward+backward tokens/s and model-FLOPs utilisation (MFU).
+
+FLOPs per token = 6·N + 12·L·d·T (PaLM, appendix B): N parameters in matmuls (everything but
+the input embedding lookup), L layers, d model width, T sequence length; the attention term is
+counted in full (causal masking not subtracted). MFU = achieved FLOP/s ÷ peak. On CPU the peak
+is a large fp32 matmul's FLOP/s measured in the same run; on a GPU it is the device's dense bf16
+peak.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dnalm.bench import report
+
+MODELS = (("encoder-small", 8, 1024), ("decoder-small", 4, 1024))
+GPU_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def matmul_flops(n: int = 4096, repeats: int = 3, device: str = "cpu", dtype=torch.float32) -> float:
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def flops_per_token(model: torch.nn.Module, config, seq_len: int) -> float:
+    matmul_params = sum(p.numel() for name, p in model.named_parameters() if not name.startswith(("embed.", "segments.", "positions.")))
+    if config.tie_embeddings:
+        matmul_params += model.embed.weight.numel()
+    return 6 * matmul_params + 12 * config.n_layers * config.d_model * seq_len
+
+
+def step_tokens_per_s(model: torch.nn.Module, batch: int, seq_len: int, vocab_size: int, steps: int = 3,
+                      device: str = "cpu", autocast_dtype=None) -> float:
+    """Best forward+backward (cross-entropy on every position) tokens/s over ``steps`` after one warm-up."""
+    model.train()
+    ids = torch.randint(5, vocab_size, (batch, seq_len), device=device)
+    best = float("inf")
+    for i in range(steps + 1):
+        _sync(device)
+        start = time.perf_counter()
+        with torch.autocast(device_type=device, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(ids).logits
+            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), ids.view(-1))
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        _sync(device)
+        if i:
+            best = min(best, time.perf_counter() - start)
+    return batch * seq_len / best
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def run(out_dir: Path, models=MODELS) -> dict:
+    from dnalm.models import build_model, count_parameters, get_config
+
+    peak = matmul_flops()
+    rows = []
+    for name, batch, seq_len in models:
+        config = get_config(name)
+        torch.manual_seed(0)
+        model = build_model(config)
+        rate = step_tokens_per_s(model, batch, seq_len, config.vocab_size)
+        per_token = flops_per_token(model, config, seq_len)
+        rows.append({"model": name, "parameters": count_parameters(model), "batch": batch, "seq_len": seq_len,
+                     "attention": config.attention, "tokens_per_s": round(rate, 1), "flops_per_token": per_token,
+                     "achieved_tflops": round(rate * per_token / 1e12, 4), "mfu": round(rate * per_token / peak, 4)})
+    result = {
+        "benchmark": "train",
+        "command": "dnalm bench train",
+        "machine": report.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "dtype": "float32 (CPU)",
+        "flop_formula": "6*N + 12*L*d*T per token (N: matmul parameters incl. output head, not the embedding lookup)",
+        "peak": {"what": "4096x4096 fp32 matmul measured in this run", "tflops": round(peak / 1e12, 4)},
+        "rows": rows,
+        "gpu": "not measured here: no GPU was lent to this task (decoder-1.5b at 2048 tokens in bf16 waits for one)",
+    }
+    report.write(result, out_dir, "train")
+    _plot(result, out_dir)
+    return result
+
+
+def _plot(result: dict, out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    names = [r["model"] for r in rows]
+    left.bar(names, [r["tokens_per_s"] for r in rows], color="#3b7dd8")
+    left.set_ylabel("tokens / s (forward+backward)")
+    right.bar(names, [100 * r["mfu"] for r in rows], color="#3b7dd8")
+    right.set_ylabel("MFU (% of measured matmul peak)")
+    fig.suptitle(f"dnalm bench train — {result['machine']['cpu']}, {result['torch_threads']} threads, fp32; "
+                 f"peak {result['peak']['tflops'] * 1000:.0f} GFLOP/s", fontsize=9)
+    report.save_plot(fig, out_dir, "train")
+    plt.close(fig)
