@@ -16,12 +16,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dnalm import genome as genome_io
 from dnalm import tokenizers as tokenizer_registry
 from dnalm.data.manifest import MANIFEST_FILE, DataError, GenomeEntry, TokenizerEntry
 from dnalm.data.shards import token_dtype
+from dnalm.errors import validated
 from dnalm.tokenizers import KmerTokenizer, Tokenizer
 
 PLAN_FILE = "plan.json"
@@ -52,11 +53,7 @@ class PrepConfig(BaseModel):
 
     @classmethod
     def checked(cls, **values) -> "PrepConfig":
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise DataError(f"prep: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        return validated(cls, values, DataError, "prep")
 
 
 @dataclass(frozen=True)

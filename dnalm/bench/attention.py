@@ -148,6 +148,7 @@ def _plot(result: dict, out_dir: Path) -> None:
         axes[1, col].set_ylabel("MB")
         axes[1, col].set_xlabel("sequence length (tokens)")
     axes[0, 0].legend(fontsize=8)
+    axes[0, 1].legend(fontsize=8)
     fig.suptitle(f"dnalm bench attention — 1×{HEADS} heads×{HEAD_DIM}, fp32, {result['machine']['cpu']}, "
                  f"{result['torch_threads']} threads", fontsize=10)
     report.save_plot(fig, out_dir, "attention")

@@ -8,7 +8,6 @@ names such as ``NC_000913.3`` are escaped (every byte outside ``[A-Za-z0-9_]`` b
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import mmap
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from dnalm.errors import DnalmError
+from dnalm.genome import file_sha256
 
 _SAFE = re.compile(rb"[A-Za-z0-9_]")
 STRANDS = {"+": "f", "-": "r"}
@@ -59,14 +59,6 @@ def encode_sample(key: str, meta: dict, token_arrays: list[np.ndarray]) -> dict[
 
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.int32)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ShardWriter:

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from dnalm.errors import DnalmError
+from dnalm.errors import DnalmError, validated
 
 
 class ModelConfigError(DnalmError):
@@ -94,12 +94,7 @@ class ModelConfig(BaseModel):
 
 
 def checked(values: dict, where: str = "model config") -> ModelConfig:
-    try:
-        return ModelConfig(**values)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(map(str, first["loc"])) or "config"
-        raise ModelConfigError(f"{where}: {field}: {first['msg'].removeprefix('Value error, ')}") from None
+    return validated(ModelConfig, values, ModelConfigError, where)
 
 
 _ENCODER = dict(arch="encoder", positions="alibi", attention="sdpa", mlp="swiglu", norm="layernorm", max_seq_len=1024)

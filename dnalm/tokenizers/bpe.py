@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from dnalm import genome as genome_io
-from dnalm.errors import TokenizerError
+from dnalm.errors import TokenizerError, validated
 from dnalm.tokenizers.base import N_CODE, NUM_SPECIAL, SPECIAL_TOKENS, UNK_ID, Encoding, Tokenizer, base_codes, check_ids
 
 MODEL_FILE = "bpe.model"
@@ -137,11 +137,7 @@ class BpeTrainingConfig(BaseModel):
 
     @classmethod
     def checked(cls, **values) -> "BpeTrainingConfig":
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise TokenizerError(f"bpe: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        return validated(cls, values, TokenizerError, "bpe")
 
 
 @dataclass
