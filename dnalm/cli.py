@@ -19,6 +19,7 @@ class Command:
     help: str
     run: Callable[[argparse.Namespace], int | None]
     args: list[tuple[tuple, dict]] = field(default_factory=list)
+    configure: Callable[[argparse.ArgumentParser], None] | None = None
 
 
 COMMANDS: list[Command] = []
@@ -33,9 +34,9 @@ def arg(*flags, **options) -> tuple[tuple, dict]:
     return flags, options
 
 
-def command(*path: str, help: str, args: list[tuple[tuple, dict]] = ()):
+def command(*path: str, help: str, args: list[tuple[tuple, dict]] = (), configure=None):
     def register(run: Callable[[argparse.Namespace], int | None]):
-        COMMANDS.append(Command(path, help, run, list(args)))
+        COMMANDS.append(Command(path, help, run, list(args), configure))
         return run
 
     return register
@@ -142,6 +143,31 @@ def prep(args) -> None:
     summary(result)
 
 
+def _train_arguments(parser) -> None:
+    from dnalm.train import add_arguments
+
+    add_arguments(parser)
+
+
+@command("train", help="pretrain a model in one process (the same code launch/train.py runs under deepspeed/torchrun)",
+         configure=_train_arguments)
+def train(args) -> None:
+    from dnalm.train import run_from_args
+
+    last = run_from_args(args)
+    print(f"done: step {last.get('step')}, loss {last.get('loss')}, val_loss {last.get('val_loss')}")
+
+
+@command("plot", help="draw a run's training and validation loss curves to RUN/loss.png", args=[
+    arg("run", type=Path, metavar="RUN", help="a run folder (holds metrics.jsonl)"),
+    arg("--out", type=Path, default=None, help="PNG path (default RUN/loss.png)"),
+])
+def plot(args) -> None:
+    from dnalm.train.metrics import plot as draw
+
+    print(draw(args.run, args.out))
+
+
 @command("bench", "tokenize", help="genome reading and tokenizer throughput (bases/s) on one core", args=[
     arg("--genome", type=Path, default=None, help="FASTA to measure on (default: ../shared/data/genomes/hs37_chr20.fa.gz if present, else the bundled genome)"),
     arg("--bases", type=int, default=20_000_000, help="bases per tokenizer measurement (default 20M)"),
@@ -200,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub = groups[cmd.path[:-1]].add_parser(cmd.path[-1], help=cmd.help, description=cmd.help)
         for flags, options in cmd.args:
             sub.add_argument(*flags, **options)
+        if cmd.configure is not None:
+            cmd.configure(sub)
         sub.set_defaults(run=cmd.run)
     return parser
 

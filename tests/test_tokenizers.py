@@ -106,6 +106,13 @@ def test_soft_masked_bases_encode_as_their_uppercase(any_genome_contig, bpe_smal
         assert tok.decode(tok.encode(masked).ids) == seq
 
 
+def test_spans_recovered_from_ids_alone(any_genome_contig, bpe_small):
+    for seq in real_slices(any_genome_contig).values():
+        for tok in every_tokenizer(bpe_small):
+            enc = tok.encode(seq)
+            assert np.array_equal(tok.spans_of(enc.ids), enc.offsets), tok.name
+
+
 def test_save_load_gives_identical_ids_and_fingerprint(tmp_path, ecoli, bpe_small):
     seq = ecoli.bases[:20_000]
     for i, tok in enumerate(every_tokenizer(bpe_small)):

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dnalm.data.manifest import DataError, Manifest
 from dnalm.data.shards import ShardError, ShardReader
-from dnalm.tokenizers import NUM_SPECIAL, Tokenizer, ViewTokenizer
+from dnalm.tokenizers import NUM_SPECIAL, Tokenizer, ViewTokenizer, load_folder
 from dnalm.tokenizers.views import concatenate_views
 
 STATE_VERSION = 1
@@ -70,6 +70,7 @@ class GenomeStream(IterableDataset):
         self.state = StreamState(seed=seed)
         sizes = [t.vocab_size - NUM_SPECIAL for t in self.manifest.tokenizers]
         self.id_offsets = np.cumsum([0] + sizes[:-1]).tolist()
+        self.tokenizers = [load_folder(self.folder / t.folder) for t in self.manifest.tokenizers]
 
     # --- order -----------------------------------------------------------------------------
     @property
@@ -156,12 +157,18 @@ class GenomeStream(IterableDataset):
     def _sample(self, reader: ShardReader, index: int, skipped: int) -> dict:
         key, meta, arrays = reader.read(index)
         sample = {"key": key, "skipped": skipped}
+        spans = [tok.spans_of(ids) for tok, ids in zip(self.tokenizers, arrays)]
         if self.manifest.views:
             ids, segments, positions = concatenate_views(arrays, self.id_offsets, self.manifest.seq_len)
             sample.update(segment_ids=torch.from_numpy(segments.astype(np.int64)), positions=torch.from_numpy(positions.astype(np.int64)))
+            bases = int(spans[0][-1, 1]) if len(spans[0]) else 0
+            edge = np.array([[bases, bases]])
+            spans = np.concatenate([[[0, 0]], *(x for view in spans for x in (view, edge)),
+                                    np.repeat(edge, len(ids) - 1 - sum(len(v) + 1 for v in spans), axis=0)])
         else:
-            ids = arrays[0]
+            ids, spans = arrays[0], spans[0]
         sample["input_ids"] = torch.from_numpy(ids.astype(np.int64))
+        sample["spans"] = torch.from_numpy(np.asarray(spans, np.int64))
         return sample
 
 

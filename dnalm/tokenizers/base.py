@@ -84,6 +84,15 @@ class Tokenizer(ABC):
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         """Bases the ids stand for; special tokens are dropped."""
 
+    def spans_of(self, ids) -> np.ndarray:
+        """The [start, end) base span of every token of ``ids`` as ``encode`` laid them out, from the ids alone."""
+        ids = check_ids(ids, self.vocab_size)
+        if not hasattr(self, "_widths"):
+            self._widths = np.array([0] * NUM_SPECIAL + [len(t) for t in self.vocab[NUM_SPECIAL:]], np.int64)
+        width = self._widths[ids]
+        ends = np.cumsum(width)
+        return np.stack([ends - width, ends], axis=1)
+
     @abstractmethod
     def config(self) -> dict:
         """Everything besides the vocabulary that decides the ids (saved, fingerprinted)."""

@@ -78,6 +78,17 @@ class KmerTokenizer(Tokenizer):
             previous_kmer = is_kmer
         return "".join(pieces)
 
+    def spans_of(self, ids) -> np.ndarray:
+        if not self.overlapping:
+            return super().spans_of(ids)
+        ids = check_ids(ids, self.vocab_size)
+        is_kmer = ids >= self.kmer_offset
+        width = np.where(ids < NUM_SPECIAL, 0, np.where(is_kmer, self.k, 1))
+        # a k-mer after a k-mer starts one base on; anything else starts where the token before it ended
+        step = np.where(is_kmer[1:] & is_kmer[:-1], 1, width[:-1])
+        starts = np.concatenate(([0], np.cumsum(step))).astype(np.int64)
+        return np.stack([starts, starts + width], axis=1)
+
     @classmethod
     def from_saved(cls, folder: Path, meta: dict) -> "KmerTokenizer":
         return cls(**meta["config"])

@@ -1,0 +1,81 @@
+"""Batches for the two objectives: masked LM by bases (encoders), causal LM (decoders).
+
+MLM masks bases, not tokens: spans of bases (geometric lengths, ``mean_span`` on average) until
+about ``mask_fraction`` of a sample's bases are chosen, and every token whose span touches a
+chosen base (in every view of a concatenated input) becomes a prediction target. Each masked
+span draws one action, so all views agree: [MASK] (80%), a random token of the same view (10%),
+or unchanged (10%); a token touching a [MASK] span is always [MASK], so no view can show a base
+that another view hides. Masks are drawn from a generator the caller seeds (by step and rank),
+which makes a resumed run draw the same masks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dnalm.tokenizers import MASK_ID, NUM_SPECIAL, PAD_ID
+
+IGNORE = -100
+MASKED, RANDOM, KEPT = 0, 1, 2
+
+
+def view_ranges(vocab_sizes: list[int]) -> list[tuple[int, int]]:
+    """[low, high) of each view's own (non-special) ids in the concatenated vocabulary."""
+    ranges, low = [], NUM_SPECIAL
+    for size in vocab_sizes:
+        ranges.append((low, low + size - NUM_SPECIAL))
+        low += size - NUM_SPECIAL
+    return ranges
+
+
+def mask_sample(ids: np.ndarray, spans: np.ndarray, segments: np.ndarray, ranges, rng: np.random.Generator,
+                mask_fraction: float = 0.15, mean_span: float = 3.0, replace=(0.8, 0.1, 0.1)):
+    """(input ids with masking applied, labels) for one sample."""
+    n_bases = int(spans[:, 1].max()) if len(spans) else 0
+    ids, labels = ids.copy(), np.full(len(ids), IGNORE, np.int64)
+    if n_bases == 0:
+        return ids, labels
+    base_action = np.full(n_bases, -1, np.int64)
+    n_spans = max(1, round(mask_fraction * n_bases / mean_span))
+    starts = rng.integers(0, n_bases, n_spans)
+    lengths = rng.geometric(1 / mean_span, n_spans)
+    actions = rng.choice(3, size=n_spans, p=list(replace))
+    for priority in (KEPT, RANDOM, MASKED):  # later wins where spans overlap: [MASK] above all
+        for start, length in zip(starts[actions == priority], lengths[actions == priority]):
+            base_action[start : start + length] = priority
+    counts = {}
+    for action in (MASKED, RANDOM, KEPT):
+        before = np.concatenate(([0], np.cumsum(base_action == action)))
+        counts[action] = before[spans[:, 1]] - before[spans[:, 0]]
+    touched = (counts[MASKED] + counts[RANDOM] + counts[KEPT]) > 0
+    labels[touched] = ids[touched]
+    to_mask = counts[MASKED] > 0
+    to_random = touched & ~to_mask & (counts[RANDOM] > 0)
+    ids[to_mask] = MASK_ID
+    if to_random.any():
+        low = np.array([ranges[s][0] for s in segments[to_random]])
+        high = np.array([ranges[s][1] for s in segments[to_random]])
+        ids[to_random] = low + (rng.random(len(low)) * (high - low)).astype(np.int64)
+    return ids, labels
+
+
+def mlm_batch(batch: dict, ranges, rng: np.random.Generator, **objective) -> dict:
+    ids, spans = batch["input_ids"].numpy(), batch["spans"].numpy()
+    segments = batch["segment_ids"].numpy() if "segment_ids" in batch else np.zeros_like(ids)
+    masked, labels = zip(*(mask_sample(i, s, g, ranges, rng, **objective) for i, s, g in zip(ids, spans, segments)))
+    return _model_inputs(batch, torch.from_numpy(np.stack(masked)), torch.from_numpy(np.stack(labels)))
+
+
+def clm_batch(batch: dict) -> dict:
+    """Next-token prediction on one view: labels are the inputs (shifted by the loss), padding ignored."""
+    ids = batch["input_ids"]
+    return _model_inputs(batch, ids, ids.masked_fill(ids == PAD_ID, IGNORE))
+
+
+def _model_inputs(batch: dict, ids: torch.Tensor, labels: torch.Tensor) -> dict:
+    out = {"input_ids": ids, "labels": labels, "attention_mask": batch["input_ids"] != PAD_ID}
+    for key in ("segment_ids", "positions"):
+        if key in batch:
+            out[key] = batch[key]
+    return out

@@ -1,0 +1,34 @@
+"""Training: the DeepSpeed engine loop, checkpoints, metrics. ``run_from_args`` is what every launcher calls."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="an experiment YAML (configs/train/*.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.lr=3e-4 budget.steps=100")
+    parser.add_argument("--resume", default="auto", help="auto (newest complete checkpoint, default), none, or a checkpoint folder")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+
+
+def run_from_args(args) -> dict:
+    from dnalm.train.config import load_config
+    from dnalm.train.trainer import train
+
+    return train(load_config(args.config, args.overrides), resume=args.resume)
+
+
+def main(argv=None) -> int:
+    from dnalm.errors import DnalmError
+
+    parser = argparse.ArgumentParser(description="dnalm training (run by deepspeed, torchrun or srun)")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        run_from_args(args)
+    except DnalmError as exc:
+        print(f"dnalm: error: {exc}", file=sys.stderr)
+        return 1
+    return 0

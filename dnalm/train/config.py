@@ -1,0 +1,176 @@
+"""An experiment: one YAML under ``configs/train/`` plus a DeepSpeed JSON from ``configs/deepspeed/``.
+
+Dotted overrides (``optim.lr=3e-4``) apply on top of the YAML. What the trainer knows (batch
+sizes, optimizer, clipping, precision) is written into the DeepSpeed config here, never by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dnalm.errors import DnalmError, validated
+
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+class TrainConfigError(DnalmError):
+    """An experiment configuration that cannot run, with the reason."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(_Section):
+    name: str = Field("encoder-small", description="a named size or a path to a model YAML")
+    overrides: dict = Field(default_factory=dict, description="ModelConfig fields to change (attention, positions, …)")
+
+
+class DataSection(_Section):
+    path: str = Field(description="a folder made by `dnalm prep`")
+    train_split: str = "train"
+    val_split: str = "val"
+    shuffle_buffer: int = Field(1000, ge=1)
+    num_workers: int = Field(1, ge=0)
+    on_error: Literal["raise", "skip"] = "raise"
+
+
+class OptimSection(_Section):
+    lr: float = Field(3e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    grad_clip: float = Field(1.0, ge=0)
+
+
+class BatchSection(_Section):
+    micro_batch: int = Field(8, ge=1, description="samples per rank per forward")
+    global_batch: int = Field(16, ge=1, description="samples per optimizer step over all ranks")
+
+
+class BudgetSection(_Section):
+    steps: int | None = Field(None, ge=1)
+    tokens: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one(self) -> "BudgetSection":
+        if (self.steps is None) == (self.tokens is None):
+            raise ValueError("give exactly one of budget.steps and budget.tokens")
+        return self
+
+
+class EvalSection(_Section):
+    interval: int = Field(100, ge=1)
+    batches: int = Field(10, ge=1)
+
+
+class CheckpointSection(_Section):
+    interval: int = Field(100, ge=1)
+    keep_last: int = Field(3, ge=1)
+
+
+class ObjectiveSection(_Section):
+    mask_fraction: float = Field(0.15, gt=0, lt=1, description="bases masked (MLM)")
+    mean_span: float = Field(3.0, ge=1, description="mean length in bases of a masked span")
+    replace: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="[MASK] / random token / unchanged")
+
+
+class LoggingSection(_Section):
+    wandb: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "dnalm"
+    run_name: str | None = None
+    interval: int = Field(10, ge=1)
+    record_sample_keys: bool = Field(False, description="write each rank's consumed sample keys (tests, audits)")
+
+
+class RobustSection(_Section):
+    max_consecutive_skips: int = Field(5, ge=1)
+    inject_nan_at_steps: list[int] = Field(default_factory=list, description="testing: make these steps' loss NaN on rank 0")
+
+
+class TrainConfig(_Section):
+    run_dir: str
+    model: ModelSection = ModelSection()
+    data: DataSection
+    optim: OptimSection = OptimSection()
+    batch: BatchSection = BatchSection()
+    budget: BudgetSection
+    eval: EvalSection = EvalSection()
+    checkpoint: CheckpointSection = CheckpointSection()
+    objective: ObjectiveSection = ObjectiveSection()
+    logging: LoggingSection = LoggingSection()
+    robust: RobustSection = RobustSection()
+    deepspeed: str = Field("zero2", description="zero1 | zero2 | zero3 | zero3-offload, or a path to a DeepSpeed JSON")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+    activation_checkpointing: bool = False
+    seed: int = 0
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(json.loads(self.model_dump_json()), sort_keys=False)
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    """The YAML at ``path`` with ``key.sub=value`` overrides (values parsed as YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainConfigError(f"{path}: no such training config")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise TrainConfigError(f"{path}: not YAML ({exc})") from None
+    for item in overrides:
+        apply_override(values, item)
+    return validated(TrainConfig, values, TrainConfigError, str(path))
+
+
+def apply_override(values: dict, item: str) -> None:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise TrainConfigError(f"override '{item}': expected key.sub=value")
+    *parents, leaf = key.split(".")
+    node = values
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise TrainConfigError(f"override '{item}': {part} is not a section")
+    node[leaf] = yaml.safe_load(raw)
+
+
+def deepspeed_config(config: TrainConfig, world_size: int, on_gpu: bool) -> dict:
+    """The DeepSpeed JSON named by ``config.deepspeed`` with what the trainer knows filled in."""
+    name = config.deepspeed
+    path = Path(name) if name.endswith(".json") else REPO_CONFIGS / "deepspeed" / f"{name}.json"
+    if not path.is_file():
+        raise TrainConfigError(f"deepspeed: {path} not found (use zero1, zero2, zero3, zero3-offload or a JSON path)")
+    ds = json.loads(path.read_text())
+    per_step = config.batch.micro_batch * world_size
+    if config.batch.global_batch % per_step:
+        raise TrainConfigError(f"batch.global_batch {config.batch.global_batch} is not a multiple of micro_batch "
+                               f"{config.batch.micro_batch} × {world_size} processes")
+    optim = config.optim
+    ds.update({
+        "train_micro_batch_size_per_gpu": config.batch.micro_batch,
+        "gradient_accumulation_steps": config.batch.global_batch // per_step,
+        "train_batch_size": config.batch.global_batch,
+        "gradient_clipping": optim.grad_clip,
+        "optimizer": {"type": "AdamW", "params": {"lr": optim.lr, "betas": list(optim.betas), "eps": optim.eps,
+                                                  "weight_decay": optim.weight_decay, "torch_adam": not _offloads(ds)}},
+        "bf16": {"enabled": config.precision == "bf16" or (config.precision == "auto" and on_gpu)},
+    })
+    return ds
+
+
+def _offloads(ds: dict) -> bool:
+    zero = ds.get("zero_optimization", {})
+    return "offload_optimizer" in zero or "offload_param" in zero
+
+
+def zero_stage(ds: dict) -> int:
+    return int(ds.get("zero_optimization", {}).get("stage", 0))

@@ -1,0 +1,105 @@
+"""Run logging on rank 0: ``metrics.jsonl`` always, wandb (offline by default), a progress bar; loss plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+METRICS = "metrics.jsonl"
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path, config, total_steps: int, start_step: int, enabled: bool):
+        self.enabled, self.path = enabled, Path(run_dir) / METRICS
+        self.wandb = self.bar = None
+        if not enabled:
+            return
+        _drop_after(self.path, start_step)  # a resumed run rewrites the steps after its checkpoint
+        if config.logging.wandb != "disabled":
+            os.environ.setdefault("WANDB_SILENT", "true")
+            import wandb
+
+            self.wandb = wandb.init(project=config.logging.project, name=config.logging.run_name or Path(run_dir).name,
+                                    dir=str(run_dir), mode=config.logging.wandb, config=json.loads(config.model_dump_json()),
+                                    resume="allow", id=_run_id(run_dir))
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", desc="train", dynamic_ncols=True)
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["step"])
+        if self.bar is not None and "loss" in record:
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+
+    def advance(self, steps: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(steps)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _run_id(run_dir: Path) -> str:
+    marker = Path(run_dir) / ".wandb_id"
+    if not marker.exists():
+        import uuid
+
+        marker.write_text(uuid.uuid4().hex[:12])
+    return marker.read_text().strip()
+
+
+def _drop_after(path: Path, step: int) -> None:
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def read(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        from dnalm.errors import DnalmError
+
+        raise DnalmError(f"{run_dir}: no {METRICS} (not a dnalm run folder, or no step logged yet)")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot(run_dir: Path, out: Path | None = None) -> Path:
+    """Training and validation loss against step, to ``RUN/loss.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read(run_dir)
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss", linewidth=1)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats)")
+    ax.set_title(Path(run_dir).name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    out = Path(out) if out else Path(run_dir) / "loss.png"
+    tmp = out.with_name(f".{out.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    os.replace(tmp, out)
+    plt.close(fig)
+    return out

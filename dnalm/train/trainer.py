@@ -1,0 +1,298 @@
+"""The training loop around the DeepSpeed engine: one code path for one process, many ranks or many nodes.
+
+The model is built from its config (partitioned at construction under ZeRO-3) and handed to
+``deepspeed.initialize``; the stream feeds each rank its share of every global step; masks are
+drawn from a generator seeded by (seed, step, rank, micro-batch), so a resumed run replays
+exactly. A step whose loss is not finite on any rank is skipped on every rank and counted;
+too many in a row stop the run, leaving the last good checkpoint as it was.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from dnalm.data.manifest import Manifest
+from dnalm.data.masking import IGNORE, clm_batch, mlm_batch, view_ranges
+from dnalm.data.stream import GenomeStream, StreamLoader
+from dnalm.errors import DnalmError
+from dnalm.models import ModelConfig, build_model, get_config
+from dnalm.tokenizers import Tokenizer, ViewTokenizer, load_folder
+from dnalm.train import checkpoint as ckpt
+from dnalm.train.config import TrainConfig, deepspeed_config, zero_stage
+from dnalm.train.metrics import MetricsLog
+
+
+class TrainingStopped(DnalmError):
+    """The run stopped on purpose (too many non-finite steps); the last good checkpoint is intact."""
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the launcher's process group (deepspeed, torchrun, srun) or make a group of one."""
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def data_tokenizer(folder: Path, manifest: Manifest) -> Tokenizer:
+    tokenizers = [load_folder(Path(folder) / t.folder) for t in manifest.tokenizers]
+    return ViewTokenizer(tokenizers) if manifest.views else tokenizers[0]
+
+
+def resolve_model(config: TrainConfig, manifest: Manifest, tokenizer: Tokenizer) -> ModelConfig:
+    name = config.model.name
+    base = ModelConfig.from_yaml(name) if name.endswith((".yaml", ".yml")) else get_config(name)
+    return base.replace(vocab_size=tokenizer.vocab_size, num_segments=len(manifest.tokenizers) if manifest.views else 1,
+                        max_seq_len=max(base.max_seq_len, manifest.seq_len),
+                        activation_checkpointing=config.activation_checkpointing, **config.model.overrides)
+
+
+def lr_lambda(config: TrainConfig, total_steps: int):
+    warmup, floor = config.optim.warmup_steps, config.optim.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices, none on norms, biases and embeddings."""
+    decay, plain = [], []
+    for name, p in model.named_parameters():
+        shape = getattr(p, "ds_shape", p.shape)
+        (decay if len(shape) >= 2 and "embed" not in name and "segments" not in name and "positions" not in name else plain).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
+def loss_and_counts(output_logits: torch.Tensor, labels: torch.Tensor, causal: bool):
+    if causal:
+        output_logits, labels = output_logits[:, :-1], labels[:, 1:]
+    logits = output_logits.float().reshape(-1, output_logits.shape[-1])
+    labels = labels.reshape(-1)
+    loss = F.cross_entropy(logits, labels, ignore_index=IGNORE)
+    targets = labels != IGNORE
+    correct = (logits.argmax(-1)[targets] == labels[targets]).sum()
+    return loss, int(targets.sum()), int(correct)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, resume: str | None = "auto"):
+        self.config = config
+        self.rank, self.world = init_distributed()
+        import deepspeed
+
+        self.run_dir = Path(config.run_dir)
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        dist.barrier()
+        self.manifest = Manifest.load(config.data.path)
+        self.tokenizer = data_tokenizer(Path(config.data.path), self.manifest)
+        self.model_config = resolve_model(config, self.manifest, self.tokenizer)
+        self.causal = self.model_config.causal
+        on_gpu = torch.cuda.is_available()
+        self.ds_config = deepspeed_config(config, self.world, on_gpu)
+        self.accumulation = self.ds_config["gradient_accumulation_steps"]
+        tokens_per_step = config.batch.global_batch * self.manifest.seq_len
+        self.total_steps = config.budget.steps or math.ceil(config.budget.tokens / tokens_per_step)
+
+        self.resume_from = ckpt.find_resume(self.run_dir, resume)
+        universal = bool(self.resume_from) and ckpt.read_meta(self.resume_from)["world_size"] != self.world
+        if universal:
+            ckpt.ensure_universal(self.resume_from)
+            self.ds_config["checkpoint"] = {"load_universal": True}
+
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed)
+        if zero_stage(self.ds_config) == 3:
+            with deepspeed.zero.Init(config_dict_or_path=self.ds_config):
+                model = build_model(self.model_config)
+        else:
+            model = build_model(self.model_config)
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, model_parameters=parameter_groups(model, config.optim.weight_decay), config=self.ds_config,
+            lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, self.total_steps)))
+
+        self.stream = GenomeStream(config.data.path, config.data.train_split, batch_size=config.batch.micro_batch,
+                                   rank=self.rank, world_size=self.world, seed=config.seed,
+                                   shuffle_buffer=config.data.shuffle_buffer, epochs=None, tokenizer=self.tokenizer,
+                                   on_error=config.data.on_error)
+        self.loader = StreamLoader(self.stream, num_workers=config.data.num_workers)
+        self.ranges = view_ranges([t.vocab_size for t in self.manifest.tokenizers])
+        self.step, self.tokens_seen, self.skipped_steps = 0, 0, 0
+        if self.resume_from is not None:
+            ckpt.load(self.engine, self.resume_from, universal)
+            meta = ckpt.read_meta(self.resume_from)
+            self.step, self.tokens_seen, self.skipped_steps = meta["step"], meta["tokens_seen"], meta["skipped_steps"]
+            self.loader.load_state_dict(meta["stream"])
+        self._write_run_files()
+
+    # --- one step ------------------------------------------------------------------------
+    def _inputs(self, batch: dict, micro: int, salt: int = 0) -> dict:
+        if self.causal:
+            return clm_batch(batch)
+        rng = np.random.default_rng([self.config.seed, salt, self.step, self.rank, micro])
+        objective = self.config.objective
+        return mlm_batch(batch, self.ranges, rng, mask_fraction=objective.mask_fraction, mean_span=objective.mean_span,
+                         replace=objective.replace)
+
+    def _forward(self, inputs: dict):
+        extra = {k: inputs[k] for k in ("segment_ids", "positions") if k in inputs}
+        output = self.engine(inputs["input_ids"], attention_mask=inputs["attention_mask"], **extra)
+        return loss_and_counts(output.logits, inputs["labels"], self.causal)
+
+    def train_step(self, batches) -> dict:
+        """One optimizer step (``accumulation`` micro-batches); skipped on every rank if any loss is not finite."""
+        started, losses, tokens, bad = time.perf_counter(), [], 0, False
+        inject = self.rank == 0 and (self.step + 1) in self.config.robust.inject_nan_at_steps
+        for micro in range(self.accumulation):
+            batch = next(batches)
+            self._record_keys(batch)
+            if bad:  # the rest of a window already lost: consume its data, compute nothing
+                continue
+            inputs = self._inputs(batch, micro)
+            loss, _, _ = self._forward(inputs)
+            if inject:
+                loss = loss * float("nan")
+            flags = torch.tensor([float(not torch.isfinite(loss)), float(inputs["attention_mask"].sum())])
+            dist.all_reduce(flags)
+            tokens += int(flags[1])
+            if flags[0] > 0:
+                bad = True
+                self._discard_window(micro)
+                continue
+            self.engine.backward(loss)
+            self.engine.step()
+            losses.append(float(loss.detach()))
+        self.step += 1
+        self.tokens_seen += tokens
+        seconds = time.perf_counter() - started
+        record = {"step": self.step, "tokens_seen": self.tokens_seen, "tokens_per_s": round(tokens / seconds, 1),
+                  "skipped_steps": self.skipped_steps + int(bad), "stream_skipped": self.loader.skipped,
+                  "data_epoch": self.loader.state_dict()["epoch"], "data_index": self.loader.state_dict()["index"]}
+        if bad:
+            self.skipped_steps += 1
+            return record | {"skipped": True}
+        loss = torch.tensor(sum(losses) / len(losses))
+        dist.all_reduce(loss)
+        grad_norm = self.engine.get_global_grad_norm()
+        return record | {"loss": float(loss) / self.world, "lr": self.scheduler.get_last_lr()[0],
+                         "grad_norm": float(grad_norm) if grad_norm is not None else None}
+
+    def _discard_window(self, micro: int) -> None:
+        """Drop the gradients of this window's earlier micro-batches and realign DeepSpeed's micro-step count."""
+        if micro > 0:
+            self.engine.zero_grad()
+            self.engine.micro_steps -= micro
+
+    def _record_keys(self, batch: dict) -> None:
+        if self.config.logging.record_sample_keys:
+            with open(self.run_dir / f"sample-keys-rank{self.rank}.txt", "a") as fh:
+                fh.writelines(f"{self.step + 1}\t{key}\n" for key in batch["key"])
+
+    # --- evaluation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        config = self.config
+        if config.data.val_split not in self.manifest.splits or self.manifest.splits[config.data.val_split].num_samples < \
+                self.world * config.batch.micro_batch:
+            return {}
+        stream = GenomeStream(config.data.path, config.data.val_split, batch_size=config.batch.micro_batch, rank=self.rank,
+                              world_size=self.world, seed=config.seed, shuffle_buffer=1, epochs=1)
+        self.engine.eval()
+        sums = torch.zeros(3, dtype=torch.float64)
+        for i, batch in enumerate(StreamLoader(stream)):
+            if i == config.eval.batches:
+                break
+            loss, targets, correct = self._forward(self._inputs(batch, i, salt=1))
+            sums += torch.tensor([float(loss) * targets, targets, correct], dtype=torch.float64)
+        self.engine.train()
+        dist.all_reduce(sums)
+        if sums[1] == 0:
+            return {}
+        val_loss = float(sums[0] / sums[1])
+        out = {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50))}
+        if not self.causal:
+            out["val_masked_accuracy"] = float(sums[2] / sums[1])
+        return out
+
+    # --- the run -------------------------------------------------------------------------
+    def run(self) -> dict:
+        config = self.config
+        log = MetricsLog(self.run_dir, config, self.total_steps, self.step, enabled=self.rank == 0)
+        self._trim_keys()
+        batches, consecutive, last = iter(self.loader), 0, {}
+        try:
+            while self.step < self.total_steps:
+                record = self.train_step(batches)
+                consecutive = consecutive + 1 if record.get("skipped") else 0
+                if consecutive >= config.robust.max_consecutive_skips:
+                    log.log(record)
+                    kept = ckpt.complete_checkpoints(self.run_dir)
+                    raise TrainingStopped(f"{consecutive} steps in a row had a non-finite loss (last: step {self.step}); "
+                                          f"stopping. Last good checkpoint: {kept[-1] if kept else 'none'}")
+                if self.step % config.eval.interval == 0 or self.step == self.total_steps:
+                    record |= self.evaluate()
+                if self.step % config.logging.interval == 0 or record.get("skipped") or "val_loss" in record or self.step == 1:
+                    log.log(record)
+                log.advance()
+                last = record
+                if self.step % config.checkpoint.interval == 0 or self.step == self.total_steps:
+                    self.save()
+        finally:
+            log.close()
+        return last
+
+    def save(self) -> Path:
+        meta = {"tokens_seen": self.tokens_seen, "skipped_steps": self.skipped_steps, "stream": self.loader.state_dict(),
+                "data": {"path": self.config.data.path, "plan_fingerprint": self.manifest.plan_fingerprint},
+                "model": self.model_config.model_dump()}
+        files = {"config.yaml": self.run_dir / "config.yaml", "model.yaml": self.run_dir / "model.yaml",
+                 "tokenizer": self.run_dir / "tokenizer"}
+        return ckpt.save(self.engine, self.run_dir, self.step, meta, files, self.config.checkpoint.keep_last)
+
+    def _write_run_files(self) -> None:
+        if self.rank == 0:
+            import json
+
+            (self.run_dir / "config.yaml").write_text(self.config.to_yaml())
+            (self.run_dir / "model.yaml").write_text(self.model_config.to_yaml())
+            (self.run_dir / "deepspeed.json").write_text(json.dumps(self.ds_config, indent=1))
+            if not (self.run_dir / "tokenizer").exists():
+                self.tokenizer.save(self.run_dir / "tokenizer")
+        dist.barrier()
+
+    def _trim_keys(self) -> None:
+        path = self.run_dir / f"sample-keys-rank{self.rank}.txt"
+        if self.config.logging.record_sample_keys and path.exists():
+            kept = [line for line in path.read_text().splitlines() if int(line.split("\t")[0]) <= self.step]
+            path.write_text("".join(line + "\n" for line in kept))
+
+
+def train(config: TrainConfig, resume: str | None = "auto") -> dict:
+    result = Trainer(config, resume).run()
+    dist.barrier()
+    return result

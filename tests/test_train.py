@@ -1,0 +1,203 @@
+"""Training with the real deepspeed launcher on CPU (gloo, 2 processes) on E. coli shards.
+
+ZeRO-2 and ZeRO-3 runs whose loss falls; SIGKILL then resume gives the same losses step for
+step; 2 → 1 → 2 processes continue the data with nothing repeated; NaN injection; two torchrun
+"nodes"; decoder-1.5b constructed partitioned under ZeRO-3.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dnalm import genome
+from dnalm.train import checkpoint as ckpt
+from tests.conftest import REPO, prep_folder
+
+ENV = os.environ | {"DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+CONFIG = REPO / "configs" / "train" / "encoder-small-ecoli.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return prep_folder(tmp_path_factory.mktemp("train") / "ecoli128", [genome.DEFAULT_GENOME], seq_len=128,
+                       shard_size_mb=2.0, val_fraction=0.05)
+
+
+def overrides(data: Path, run: Path, **extra) -> list[str]:
+    settings = {"data.path": data, "run_dir": run, "model.name": "encoder-tiny", "budget.steps": 30, "eval.interval": 10,
+                "checkpoint.interval": 10, "logging.interval": 1, "logging.wandb": "disabled", "batch.micro_batch": 4,
+                "batch.global_batch": 8, "data.num_workers": 1} | extra
+    return [f"{k}={v}" for k, v in settings.items()]
+
+
+def deepspeed_cmd(n: int, data: Path, run: Path, **extra) -> list[str]:
+    return [sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(free_port()), "--num_gpus", str(n),
+            str(REPO / "launch" / "train.py"), "--config", str(CONFIG), *overrides(data, run, **extra)]
+
+
+def run(cmd, expect_ok=True, timeout=600) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    if expect_ok:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in metrics(run_dir) if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    """Uninterrupted 30-step runs, ZeRO-2 (encoder, MLM) and ZeRO-3 (decoder, CLM), 2 processes."""
+    runs = {}
+    for stage, model in (("zero2", "encoder-tiny"), ("zero3", "decoder-tiny")):
+        folder = tmp_path_factory.mktemp(f"ref-{stage}") / "run"
+        run(deepspeed_cmd(2, data, folder, deepspeed=stage, **{"model.name": model}))
+        runs[stage] = folder
+    return runs
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_loss_falls_and_checkpoints_are_complete(reference, stage):
+    folder = reference[stage]
+    curve = losses(folder)
+    assert len(curve) == 30
+    assert sum(list(curve.values())[-5:]) / 5 < 0.85 * sum(list(curve.values())[:3]) / 3
+    records = metrics(folder)
+    assert any("val_loss" in r for r in records)
+    assert ("val_masked_accuracy" in records[-1]) == (stage == "zero2")
+    complete = ckpt.complete_checkpoints(folder)
+    assert [p.name for p in complete] == ["step-10", "step-20", "step-30"]
+    meta = ckpt.read_meta(complete[-1])
+    assert meta["world_size"] == 2 and meta["stream"]["index"] == 240
+    for name in ("config.yaml", "model.yaml", "tokenizer", "rng-rank0.pt", "rng-rank1.pt", "state"):
+        assert (complete[-1] / name).exists()
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_sigkill_then_resume_gives_the_same_losses(reference, data, tmp_path, stage):
+    folder = tmp_path / "run"
+    model = "encoder-tiny" if stage == "zero2" else "decoder-tiny"
+    cmd = deepspeed_cmd(2, data, folder, deepspeed=stage, **{"model.name": model})
+    process = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
+                               start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not ('"step": 24' in _text(folder / "metrics.jsonl")):
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (folder / "checkpoints" / "step-30").exists()
+    # what a kill during a save leaves behind must never be taken for a checkpoint
+    shutil.copytree(folder / "checkpoints" / "step-20", folder / "checkpoints" / ".step-25.tmp")
+    half = folder / "checkpoints" / "step-26"
+    shutil.copytree(folder / "checkpoints" / "step-20", half)
+    (half / ckpt.MARKER).unlink()
+    run(cmd)
+    assert losses(folder) == losses(reference[stage])
+    assert [p.name for p in ckpt.complete_checkpoints(folder)] == ["step-10", "step-20", "step-30"]
+    assert not (folder / "checkpoints" / ".step-25.tmp").exists()
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def test_world_size_change_continues_the_data(data, tmp_path):
+    """2 processes for 10 steps, 1 for the next 10 (dnalm train), 2 again: every sample once, in order."""
+    folder = tmp_path / "run"
+    keys = {"logging.record_sample_keys": "true"}
+    run(deepspeed_cmd(2, data, folder, **keys, **{"budget.steps": 10}))
+    run([sys.executable, "-m", "dnalm", "train", "--config", str(CONFIG), *overrides(data, folder, **keys, **{"budget.steps": 20})])
+    run(deepspeed_cmd(2, data, folder, **keys))
+    records = metrics(folder)
+    assert [r["data_index"] for r in records] == [8 * s for s in range(1, 31)]
+    assert [r["step"] for r in records] == list(range(1, 31))
+    consumed = [line.split("\t")[1] for r in (0, 1) for line in (folder / f"sample-keys-rank{r}.txt").read_text().splitlines()]
+    assert len(consumed) == 240 and len(set(consumed)) == 240
+    assert ckpt.read_meta(folder / "checkpoints" / "step-20")["world_size"] == 1
+    assert (folder / "checkpoints" / "step-10" / ckpt.UNIVERSAL_TAG / "zero").is_dir()
+    assert all(r["loss"] < 2.5 for r in records)
+
+
+def test_nan_steps_are_skipped_then_the_run_stops(data, tmp_path):
+    folder = tmp_path / "run"
+    done = run(deepspeed_cmd(2, data, folder, **{"robust.inject_nan_at_steps": "[5,12,13,14]",
+                                                  "robust.max_consecutive_skips": 3}), expect_ok=False)
+    assert done.returncode != 0
+    assert "3 steps in a row had a non-finite loss" in done.stdout + done.stderr
+    records = {r["step"]: r for r in metrics(folder)}
+    assert records[5].get("skipped") and "loss" not in records[5] and "loss" in records[6]
+    assert records[14]["skipped_steps"] == 4
+    assert [p.name for p in ckpt.complete_checkpoints(folder)] == ["step-10"], "the last good checkpoint stays"
+
+
+def test_two_torchrun_nodes_read_disjoint_data_and_write_one_checkpoint(data, tmp_path):
+    folder, port = tmp_path / "run", free_port()
+    args = ["--config", str(CONFIG), *overrides(data, folder, **{"budget.steps": 10, "logging.record_sample_keys": "true"})]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
+                               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                               str(REPO / "launch" / "train.py"), *args], env=ENV, cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), outputs[0][-2000:] + outputs[1][-2000:]
+    first, second = ({line.split("\t")[1] for line in (folder / f"sample-keys-rank{r}.txt").read_text().splitlines()} for r in (0, 1))
+    assert len(first) == len(second) == 40 and not first & second
+    final = ckpt.complete_checkpoints(folder)[-1]
+    assert ckpt.read_meta(final)["world_size"] == 2
+    assert (final / "rng-rank0.pt").exists() and (final / "rng-rank1.pt").exists()
+
+
+def test_decoder_1_5b_is_built_partitioned_under_zero3(tmp_path):
+    out = tmp_path / "partition"
+    run([sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(free_port()), "--num_gpus", "2",
+         "--module", "dnalm.train.partition", "decoder-1.5b", str(out)])
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for rank in ranks:
+        assert 1.4e9 < rank["total_parameters"] < 1.6e9
+        assert abs(rank["held_fraction"] - 0.5) < 0.01
+        assert rank["rss_gb"] < 0.8 * rank["full_fp32_gb"], "no rank holds a full copy"
+    assert sum(r["held_parameters"] for r in ranks) == ranks[0]["total_parameters"]
+
+
+def test_bad_configs_say_what_is_wrong(data, tmp_path):
+    cli = [sys.executable, "-m", "dnalm", "train", "--config", str(CONFIG)]
+    cases = [
+        (overrides(data, tmp_path / "a", **{"batch.global_batch": 6}), "not a multiple of micro_batch"),
+        (overrides(data, tmp_path / "b", **{"optim.lr": -1}), "optim.lr"),
+        (overrides(data, tmp_path / "c", deepspeed="zero9"), "zero9.json not found"),
+        (overrides(tmp_path / "nodata", tmp_path / "d"), "no manifest"),
+        (overrides(data, tmp_path / "e", **{"budget.tokens": 1000}), "exactly one of budget.steps and budget.tokens"),
+        (["optim.lr"], "expected key.sub=value"),
+    ]
+    for extra, pattern in cases:
+        done = run(cli + extra, expect_ok=False)
+        assert done.returncode == 1 and pattern in done.stderr, (pattern, done.stderr[-1500:])
+    done = run(cli + overrides(data, tmp_path / "f") + ["--resume", str(tmp_path)], expect_ok=False)
+    assert done.returncode == 1 and "incomplete checkpoint" in done.stderr
+
+
+def test_a_decoder_on_multi_view_data_is_refused(tmp_path, ecoli):
+    fasta = tmp_path / "slice.fa"
+    fasta.write_text(f">slice\n{ecoli.sequence[:200_000]}\n")
+    views = prep_folder(tmp_path / "views", [fasta], ("nucleotide", "kmer:6"), seq_len=128, views=True)
+    done = run([sys.executable, "-m", "dnalm", "train", "--config", str(CONFIG),
+                *overrides(views, tmp_path / "run", **{"model.name": "decoder-tiny"})], expect_ok=False)
+    assert done.returncode == 1 and "a decoder reads one view" in done.stderr
