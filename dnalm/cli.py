@@ -159,13 +159,13 @@ def train(args) -> None:
 
 
 @command("plot", help="draw a run's training and validation loss curves to RUN/loss.png", args=[
-    arg("run", type=Path, metavar="RUN", help="a run folder (holds metrics.jsonl)"),
+    arg("run_dir", type=Path, metavar="RUN", help="a run folder (holds metrics.jsonl)"),
     arg("--out", type=Path, default=None, help="PNG path (default RUN/loss.png)"),
 ])
 def plot(args) -> None:
     from dnalm.train.metrics import plot as draw
 
-    print(draw(args.run, args.out))
+    print(draw(args.run_dir, args.out))
 
 
 @command("bench", "tokenize", help="genome reading and tokenizer throughput (bases/s) on one core", args=[

@@ -21,9 +21,22 @@ def test_attention_bench_cli(tmp_path):
 
 
 def test_train_bench_reports_mfu(tmp_path):
-    result = train.run(tmp_path, models=(("encoder-tiny", 2, 64), ("decoder-tiny", 2, 64)))
+    result = train.run(tmp_path, models=(("encoder-tiny", 2, 64), ("decoder-tiny", 2, 64)), with_distribution=False)
     assert [r["model"] for r in result["rows"]] == ["encoder-tiny", "decoder-tiny"]
     for row in result["rows"]:
         assert row["tokens_per_s"] > 0 and 0 < row["mfu"] < 1.5
     assert result["peak"]["tflops"] > 0 and "6*N + 12*L*d*T" in result["flop_formula"]
     assert (tmp_path / "train.json").exists() and (tmp_path / "train.png").exists()
+
+
+def test_plot_draws_the_loss_curves(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "loss": 3 - s / 10} | ({"val_loss": 3 - s / 12} if s % 5 == 0 else {})) + "\n"
+        for s in range(1, 21)))
+    result = run_cli("plot", run_dir)
+    assert result.returncode == 0, result.stderr
+    assert (run_dir / "loss.png").stat().st_size > 1000
+    missing = run_cli("plot", tmp_path)
+    assert missing.returncode == 1 and "no metrics.jsonl" in missing.stderr

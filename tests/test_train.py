@@ -149,6 +149,20 @@ def test_nan_steps_are_skipped_then_the_run_stops(data, tmp_path):
     assert [p.name for p in ckpt.complete_checkpoints(folder)] == ["step-10"], "the last good checkpoint stays"
 
 
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_a_window_lost_mid_accumulation_trains_like_one_lost_at_its_start(data, tmp_path, stage):
+    """With 2 micro-batches per step, NaN at the second must discard the first's gradients completely."""
+    curves = []
+    for micro in (0, 1):
+        folder = tmp_path / f"micro{micro}"
+        run(deepspeed_cmd(2, data, folder, deepspeed=stage, **{"batch.global_batch": 16, "budget.steps": 10,
+                                                                "robust.inject_nan_at_steps": "[5]",
+                                                                "robust.inject_nan_micro_batch": micro}))
+        curves.append(losses(folder))
+    assert 5 not in curves[0] and len(curves[0]) == 9
+    assert curves[0] == curves[1]
+
+
 def test_two_torchrun_nodes_read_disjoint_data_and_write_one_checkpoint(data, tmp_path):
     folder, port = tmp_path / "run", free_port()
     args = ["--config", str(CONFIG), *overrides(data, folder, **{"budget.steps": 10, "logging.record_sample_keys": "true"})]

@@ -66,7 +66,94 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run(out_dir: Path, models=MODELS) -> dict:
+def plain_loop_tokens_per_s(data: Path, model_name: str, micro_batch: int, steps: int) -> float:
+    """The same data path (stream, masking) and model in a bare single-process PyTorch loop with AdamW."""
+    import numpy as np
+
+    from dnalm.data.manifest import Manifest
+    from dnalm.data.masking import mlm_batch, view_ranges
+    from dnalm.data.stream import GenomeStream, StreamLoader
+    from dnalm.models import build_model, get_config
+    from dnalm.train.trainer import data_tokenizer, loss_and_counts
+
+    manifest = Manifest.load(data)
+    tokenizer = data_tokenizer(data, manifest)
+    torch.manual_seed(0)
+    model = build_model(get_config(model_name, vocab_size=tokenizer.vocab_size, max_seq_len=max(1024, manifest.seq_len)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ranges = view_ranges([t.vocab_size for t in manifest.tokenizers])
+    loader = iter(StreamLoader(GenomeStream(data, batch_size=micro_batch, epochs=None), num_workers=1))
+    times, tokens = [], 0
+    for step in range(steps + 1):
+        start = time.perf_counter()
+        inputs = mlm_batch(next(loader), ranges, np.random.default_rng(step))
+        loss, _, _ = loss_and_counts(model(inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits,
+                                     inputs["labels"], causal=False)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step:
+            times.append(time.perf_counter() - start)
+            tokens = int(inputs["attention_mask"].sum())
+    return tokens / float(sorted(times)[len(times) // 2])
+
+
+def zero2_tokens_per_s(data: Path, model_name: str, micro_batch: int, steps: int, processes: int = 2) -> float:
+    """The trainer under the deepspeed launcher, ZeRO-2 on CPU: median tokens/s over its steps after the first."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    repo = Path(__file__).resolve().parents[2]
+    with tempfile.TemporaryDirectory(prefix="dnalm-bench-zero2-") as run_dir:
+        overrides = {"run_dir": run_dir, "data.path": data, "model.name": model_name, "budget.steps": steps + 1,
+                     "batch.micro_batch": micro_batch, "batch.global_batch": micro_batch * processes,
+                     "eval.interval": 10**6, "checkpoint.interval": 10**6, "logging.interval": 1,
+                     "logging.wandb": "disabled", "deepspeed": "zero2", "optim.warmup_steps": 1}
+        command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(processes), "--master_port", "29655",
+                   str(repo / "launch" / "train.py"), "--config", str(repo / "configs" / "train" / "encoder-small-ecoli.yaml"),
+                   *(f"{k}={v}" for k, v in overrides.items())]
+        env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": str(max(1, torch.get_num_threads() // processes))}
+        done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=repo)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr[-2000:])
+        rates = [json.loads(line)["tokens_per_s"] for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()][1:]
+        # the checkpoint written after the last step is not part of a step's time
+        return float(sorted(rates)[len(rates) // 2])
+
+
+def distribution_cost(out: dict, model_name: str = "encoder-small", micro_batch: int = 8, steps: int = 6) -> dict:
+    import shutil
+    import tempfile
+
+    from data_prep.jobs import prep
+    from data_prep.plan import PrepConfig
+    from dnalm import genome
+    from dnalm.models import build_model, get_config
+
+    scratch = Path(tempfile.mkdtemp(prefix="dnalm-bench-train-"))
+    try:
+        data = scratch / "ecoli1024"
+        prep(PrepConfig(genomes=[str(genome.DEFAULT_GENOME)], tokenizers=["nucleotide"], seq_len=1024), data)
+        plain = plain_loop_tokens_per_s(data, model_name, micro_batch, steps)
+        zero2 = zero2_tokens_per_s(data, model_name, micro_batch // 2, steps)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    config = get_config(model_name, vocab_size=10)
+    per_token = flops_per_token(build_model(config), config, 1024)
+    peak = out["peak"]["tflops"] * 1e12
+    return {"model": model_name, "seq_len": 1024, "global_batch": micro_batch, "data": "bundled E. coli, nucleotide, MLM",
+            "plain_pytorch_1_process": {"tokens_per_s": round(plain, 1), "mfu": round(plain * per_token / peak, 4)},
+            "deepspeed_zero2_2_processes": {"tokens_per_s": round(zero2, 1), "mfu": round(zero2 * per_token / peak, 4),
+                                            "threads_per_process": max(1, torch.get_num_threads() // 2)},
+            "ratio_zero2_over_plain": round(zero2 / plain, 3),
+            "note": "same cores in both: one process with all threads against two with half each; both include "
+                    "the stream, masking and the AdamW step"}
+
+
+def run(out_dir: Path, models=MODELS, with_distribution: bool = True) -> dict:
     from dnalm.models import build_model, count_parameters, get_config
 
     peak = matmul_flops()
@@ -91,6 +178,8 @@ def run(out_dir: Path, models=MODELS) -> dict:
         "rows": rows,
         "gpu": "not measured here: no GPU was lent to this task (decoder-1.5b at 2048 tokens in bf16 waits for one)",
     }
+    if with_distribution:
+        result["distribution_cost"] = distribution_cost(result)
     report.write(result, out_dir, "train")
     _plot(result, out_dir)
     return result

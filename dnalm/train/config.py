@@ -93,6 +93,7 @@ class LoggingSection(_Section):
 class RobustSection(_Section):
     max_consecutive_skips: int = Field(5, ge=1)
     inject_nan_at_steps: list[int] = Field(default_factory=list, description="testing: make these steps' loss NaN on rank 0")
+    inject_nan_micro_batch: int = Field(0, ge=0, description="testing: which micro-batch of those steps goes bad")
 
 
 class TrainConfig(_Section):

@@ -175,7 +175,7 @@ class Trainer:
                 continue
             inputs = self._inputs(batch, micro)
             loss, _, _ = self._forward(inputs)
-            if inject:
+            if inject and micro == self.config.robust.inject_nan_micro_batch:
                 loss = loss * float("nan")
             flags = torch.tensor([float(not torch.isfinite(loss)), float(inputs["attention_mask"].sum())])
             dist.all_reduce(flags)
@@ -203,10 +203,28 @@ class Trainer:
                          "grad_norm": float(grad_norm) if grad_norm is not None else None}
 
     def _discard_window(self, micro: int) -> None:
-        """Drop the gradients of this window's earlier micro-batches and realign DeepSpeed's micro-step count."""
-        if micro > 0:
-            self.engine.zero_grad()
-            self.engine.micro_steps -= micro
+        """Drop the gradients of this window's earlier micro-batches and realign DeepSpeed's micro-step count.
+
+        ZeRO-1/2 get the clean-up their own step() does on a gradient overflow; ZeRO-3 and no-ZeRO
+        keep nothing beyond the module's and optimizer's grads. (tests: a window lost at its second
+        micro-batch trains exactly like one lost at its first.)
+        """
+        if micro == 0:
+            return
+        self.engine.zero_grad()
+        optimizer = self.engine.optimizer
+        optimizer.zero_grad(set_to_none=True)
+        from deepspeed.runtime.zero.stage_1_and_2 import INITIAL_MICRO_STEP_ID, DeepSpeedZeroOptimizer
+
+        if isinstance(optimizer, DeepSpeedZeroOptimizer):  # ZeRO-1/2
+            for release in ("_release_preflattened_grad_buffers", "_release_ipg_buffers"):
+                if hasattr(optimizer, release):
+                    getattr(optimizer, release)()
+            for k in optimizer.averaged_gradients.keys():
+                optimizer.averaged_gradients[k] = None
+                optimizer.all_grad_tensors[k] = None
+            optimizer.micro_step_id = INITIAL_MICRO_STEP_ID
+        self.engine.micro_steps -= micro
 
     def _record_keys(self, batch: dict) -> None:
         if self.config.logging.record_sample_keys:
