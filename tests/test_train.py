@@ -68,9 +68,9 @@ def losses(run_dir: Path) -> dict[int, float]:
 def reference(data, tmp_path_factory):
     """Uninterrupted 30-step runs, ZeRO-2 (encoder, MLM) and ZeRO-3 (decoder, CLM), 2 processes."""
     runs = {}
-    for stage, model in (("zero2", "encoder-tiny"), ("zero3", "decoder-tiny")):
+    for stage, model, wandb in (("zero2", "encoder-tiny", "disabled"), ("zero3", "decoder-tiny", "offline")):
         folder = tmp_path_factory.mktemp(f"ref-{stage}") / "run"
-        run(deepspeed_cmd(2, data, folder, deepspeed=stage, **{"model.name": model}))
+        run(deepspeed_cmd(2, data, folder, deepspeed=stage, **{"model.name": model, "logging.wandb": wandb}))
         runs[stage] = folder
     return runs
 
@@ -90,6 +90,18 @@ def test_loss_falls_and_checkpoints_are_complete(reference, stage):
     assert meta["world_size"] == 2 and meta["stream"]["index"] == 240
     for name in ("config.yaml", "model.yaml", "tokenizer", "rng-rank0.pt", "rng-rank1.pt", "state"):
         assert (complete[-1] / name).exists()
+    if stage == "zero3":  # wandb logged offline: no network, no login
+        assert list((folder / "wandb").glob("offline-run-*"))
+
+
+def test_offload_trains_and_resumes(data, tmp_path):
+    folder = tmp_path / "run"
+    settings = {"deepspeed": "zero3-offload", "checkpoint.interval": 6, "eval.interval": 6}
+    run(deepspeed_cmd(2, data, folder, **settings, **{"budget.steps": 6}))
+    run(deepspeed_cmd(2, data, folder, **settings, **{"budget.steps": 12}))
+    curve = losses(folder)
+    assert sorted(curve) == list(range(1, 13)) and curve[12] < curve[1]
+    assert ckpt.read_meta(ckpt.complete_checkpoints(folder)[-1])["step"] == 12
 
 
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
@@ -165,7 +177,8 @@ def test_a_window_lost_mid_accumulation_trains_like_one_lost_at_its_start(data, 
 
 def test_two_torchrun_nodes_read_disjoint_data_and_write_one_checkpoint(data, tmp_path):
     folder, port = tmp_path / "run", free_port()
-    args = ["--config", str(CONFIG), *overrides(data, folder, **{"budget.steps": 10, "logging.record_sample_keys": "true"})]
+    args = ["--config", str(CONFIG), *overrides(data, folder, **{"budget.steps": 10, "logging.record_sample_keys": "true",
+                                                                  "checkpoint.interval": 5, "checkpoint.keep_last": 1})]
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
                                "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
                                str(REPO / "launch" / "train.py"), *args], env=ENV, cwd=REPO,
@@ -174,7 +187,9 @@ def test_two_torchrun_nodes_read_disjoint_data_and_write_one_checkpoint(data, tm
     assert all(node.returncode == 0 for node in nodes), outputs[0][-2000:] + outputs[1][-2000:]
     first, second = ({line.split("\t")[1] for line in (folder / f"sample-keys-rank{r}.txt").read_text().splitlines()} for r in (0, 1))
     assert len(first) == len(second) == 40 and not first & second
-    final = ckpt.complete_checkpoints(folder)[-1]
+    kept = ckpt.complete_checkpoints(folder)
+    assert [p.name for p in kept] == ["step-10"], "keep_last 1 keeps the newest complete checkpoint only"
+    final = kept[-1]
     assert ckpt.read_meta(final)["world_size"] == 2
     assert (final / "rng-rank0.pt").exists() and (final / "rng-rank1.pt").exists()
 
