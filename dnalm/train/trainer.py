@@ -190,9 +190,10 @@ class Trainer:
         self.step += 1
         self.tokens_seen += tokens
         seconds = time.perf_counter() - started
+        position = self.loader.state_dict()
         record = {"step": self.step, "tokens_seen": self.tokens_seen, "tokens_per_s": round(tokens / seconds, 1),
                   "skipped_steps": self.skipped_steps + int(bad), "stream_skipped": self.loader.skipped,
-                  "data_epoch": self.loader.state_dict()["epoch"], "data_index": self.loader.state_dict()["index"]}
+                  "data_epoch": position["epoch"], "data_index": position["index"]}
         if bad:
             self.skipped_steps += 1
             return record | {"skipped": True}
