@@ -168,6 +168,89 @@ def plot(args) -> None:
     print(draw(args.run_dir, args.out))
 
 
+@command("convert", help="turn a training checkpoint (any ZeRO stage or world size) into a bundle or a Hugging Face folder", args=[
+    arg("source", type=Path, metavar="RUN_OR_CHECKPOINT", help="a run folder (its newest complete checkpoint) or a step-N folder"),
+    arg("--out", type=Path, required=True, help="the folder to create"),
+    arg("--to", choices=("bundle", "hf"), default="bundle", help="bundle (default) or hf (LlamaForCausalLM, decoders only)"),
+    arg("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights of the bundle (default float32)"),
+])
+def convert(args) -> None:
+    from dnalm.convert import convert as run_convert
+
+    print(f"wrote {run_convert(args.source, args.out, to=args.to, dtype=args.dtype)}")
+
+
+@command("generate", help="sample DNA from a decoder bundle (FASTA on stdout)", args=[
+    arg("--model", type=Path, required=True, help="a decoder bundle (dnalm convert)"),
+    arg("--prompt", required=True, help="the bases to continue (A, C, G, T, N)"),
+    arg("--max-new-tokens", type=int, default=200),
+    arg("--temperature", type=float, default=1.0, help="0 for greedy"),
+    arg("--top-k", type=int, default=None, help="keep the k most likely tokens (an absolute count)"),
+    arg("--top-p", type=float, default=None, help="nucleus sampling: keep the most likely tokens up to this mass"),
+    arg("--num-samples", type=int, default=1),
+    arg("--seed", type=int, default=0),
+    arg("--out", type=Path, default=None, help="write FASTA here instead of stdout"),
+])
+def generate(args) -> None:
+    from dnalm.bundle import load_pretrained
+    from dnalm.generate import generate as sample, to_fasta
+
+    if args.max_new_tokens < 1 or args.num_samples < 1:
+        raise DnalmError("--max-new-tokens and --num-samples must be at least 1")
+    model, tokenizer = load_pretrained(args.model)
+    sequences = sample(model, tokenizer, args.prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, num_samples=args.num_samples, seed=args.seed)
+    fasta = to_fasta(sequences, len(args.prompt), f"seed={args.seed} temperature={args.temperature} top_k={args.top_k} "
+                     f"top_p={args.top_p} model={args.model.name}")
+    if args.out:
+        tmp = args.out.with_name(f".{args.out.name}.tmp")
+        tmp.write_text(fasta)
+        tmp.replace(args.out)
+        print(f"wrote {len(sequences)} sequences to {args.out}")
+    else:
+        print(fasta, end="")
+
+
+@command("finetune", help="sequence classification from a bundle or from scratch; metrics.json with accuracy, F1, MCC, AUROC", args=[
+    arg("--model", type=Path, default=None, help="a bundle (encoder or decoder) to start from"),
+    arg("--arch", default=None, help="or train from scratch: transformer | performer | cnn"),
+    arg("--train", type=Path, required=True, help="CSV/TSV with columns sequence,label"),
+    arg("--dev", type=Path, required=True, help="selects the best epoch"),
+    arg("--test", type=Path, default=None, help="scored once with the selected epoch (any CSV of the same form)"),
+    arg("--out", type=Path, required=True, help="folder for metrics.json"),
+    arg("--seeds", type=int, default=1, help="repeat with seeds 0..S-1; report mean ± std"),
+    arg("--epochs", type=int, default=5),
+    arg("--lr", type=float, default=1e-3),
+    arg("--batch-size", type=int, default=64),
+])
+def finetune(args) -> None:
+    from dnalm.finetune import finetune as run_finetune
+
+    if args.seeds < 1 or args.epochs < 1 or args.batch_size < 1:
+        raise DnalmError("--seeds, --epochs and --batch-size must be at least 1")
+    result = run_finetune(args.train, args.dev, args.out, model=args.model, arch=args.arch, test_path=args.test,
+                          seeds=args.seeds, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                          show_progress=sys.stderr.isatty())
+    for split, values in result["summary"].items():
+        print(f"{split}: " + ", ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in values.items()))
+    print(f"metrics: {args.out / 'metrics.json'} ({result['seconds']:.0f} s)")
+
+
+@command("demo", help="the whole pipeline on the bundled E. coli genome: prep, 2-process pretraining, convert, generate", args=[
+    arg("--out", type=Path, default=Path("runs/demo"), help="where everything goes (default runs/demo)"),
+    arg("--steps", type=int, default=300, help="pretraining steps of each model (default 300)"),
+    arg("--processes", type=int, default=2, help="DeepSpeed processes (default 2)"),
+])
+def demo(args) -> None:
+    from dnalm.demo import run as run_demo
+
+    summary = run_demo(args.out, steps=args.steps, processes=args.processes)
+    print(f"\ndone in {summary['seconds']:.0f} s")
+    for label, key in (("shards", "data"), ("training runs", "runs"), ("bundles", "bundles"), ("generated", "generated"),
+                       ("loss curves", "loss_plot"), ("final losses", "final_loss"), ("final validation losses", "final_val_loss")):
+        print(f"  {label:<24} {summary[key]}")
+
+
 @command("bench", "tokenize", help="genome reading and tokenizer throughput (bases/s) on one core", args=[
     arg("--genome", type=Path, default=None, help="FASTA to measure on (default: ../shared/data/genomes/hs37_chr20.fa.gz if present, else the bundled genome)"),
     arg("--bases", type=int, default=20_000_000, help="bases per tokenizer measurement (default 20M)"),
@@ -211,6 +294,17 @@ def bench_train(args) -> None:
     from dnalm.bench import train
 
     print(json.dumps(train.run(args.out), indent=2))
+
+
+@command("bench", "generate", help="tokens/s of cached decoding against full recomputation", args=[
+    arg("--model", default="decoder-small", help="a named decoder size (random weights) or a decoder bundle"),
+    arg("--new-tokens", type=int, default=1000),
+    arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for generate.json and generate.png"),
+])
+def bench_generate(args) -> None:
+    from dnalm.bench import generate as bench
+
+    print(json.dumps(bench.run(args.model, args.new_tokens, args.out), indent=2))
 
 
 def build_parser() -> argparse.ArgumentParser:

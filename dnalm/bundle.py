@@ -1,0 +1,89 @@
+"""The portable model folder: ``config.json``, ``model.safetensors``, ``tokenizer/``, ``README.md`` (model card).
+
+Knows nothing of DeepSpeed: ``dnalm.convert`` makes bundles from training checkpoints, and
+fine-tuning and generation start from bundles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from dnalm.errors import DnalmError
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+TOKENIZER = "tokenizer"
+CARD = "README.md"
+FORMAT = "dnalm-bundle-1"
+
+
+class BundleError(DnalmError):
+    """A bundle folder that is missing a piece or does not match its config."""
+
+
+def save_bundle(folder: str | Path, model: torch.nn.Module, tokenizer, *, card: str = "", extra: dict | None = None,
+                dtype: torch.dtype = torch.float32) -> Path:
+    """Write a bundle atomically (a temporary folder renamed into place)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise BundleError(f"{folder}: exists and is not empty; choose another --out")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+        if model.config.tie_embeddings:
+            state.pop("head.weight", None)
+        save_file(state, str(staging / WEIGHTS), metadata={"format": FORMAT})
+        config = {"format": FORMAT, "model": model.config.model_dump(), "dtype": str(dtype).removeprefix("torch."),
+                  "tokenizer": {"name": tokenizer.name, "fingerprint": tokenizer.fingerprint}} | (extra or {})
+        (staging / CONFIG).write_text(json.dumps(config, indent=1))
+        tokenizer.save(staging / TOKENIZER)
+        (staging / CARD).write_text(card)
+        if folder.exists():
+            folder.rmdir()
+        os.rename(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def read_config(folder: str | Path) -> dict:
+    folder = Path(folder)
+    for piece in (CONFIG, WEIGHTS, TOKENIZER):
+        if not (folder / piece).exists():
+            raise BundleError(f"{folder}: not a dnalm bundle (missing {piece})")
+    config = json.loads((folder / CONFIG).read_text())
+    if config.get("format") != FORMAT:
+        raise BundleError(f"{folder}/{CONFIG}: format {config.get('format')!r}, expected {FORMAT}")
+    return config
+
+
+def load_pretrained(folder: str | Path, device: str | torch.device = "cpu"):
+    """(model in eval mode, tokenizer) from a bundle folder."""
+    from safetensors.torch import load_file
+
+    from dnalm.models import ModelConfig, build_model
+    from dnalm.tokenizers import load_folder
+
+    folder = Path(folder)
+    config = read_config(folder)
+    tokenizer = load_folder(folder / TOKENIZER)
+    if tokenizer.fingerprint != config["tokenizer"]["fingerprint"]:
+        raise BundleError(f"{folder}: tokenizer fingerprint {tokenizer.fingerprint} does not match config.json")
+    model = build_model(ModelConfig(**config["model"]))
+    state = load_file(str(folder / WEIGHTS))
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    allowed_missing = {"head.weight"} if model.config.tie_embeddings else set()
+    if set(missing) - allowed_missing or unexpected:
+        raise BundleError(f"{folder}: weights do not match the config (missing {sorted(set(missing) - allowed_missing)[:3]}, "
+                          f"unexpected {unexpected[:3]})")
+    return model.to(device).eval(), tokenizer

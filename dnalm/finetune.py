@@ -1,0 +1,256 @@
+"""``dnalm finetune``: sequence classification (promoters, binding sites) from a bundle or from scratch.
+
+The backbone (a bundle's encoder or decoder, or a fresh transformer / performer / cnn) is mean-
+pooled over real tokens into a linear head; the epoch with the best dev MCC is kept and scored
+on the test set: accuracy, F1, MCC, AUROC, mean ± std over seeds, in ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dnalm.errors import DnalmError
+from dnalm.tokenizers import PAD_ID, Tokenizer, ViewTokenizer, load
+
+ARCHS = {
+    "transformer": dict(arch="encoder", d_model=128, n_layers=4, n_heads=4, attention="flash", positions="alibi"),
+    "performer": dict(arch="encoder", d_model=128, n_layers=4, n_heads=4, attention="performer", positions="rope",
+                      performer_features=64),
+    "cnn": dict(arch="cnn", d_model=128, n_layers=6, cnn_kernel=9, positions="none"),
+}
+_BASES = set("ACGTNacgtn")
+
+
+class LabelledDataError(DnalmError):
+    """A labelled CSV/TSV that cannot be used, with file and line."""
+
+
+@dataclass
+class LabelledSet:
+    path: Path
+    sequences: list[str]
+    labels: np.ndarray
+    classes: list[str]
+
+
+def read_labelled(path: str | Path, classes: list[str] | None = None) -> LabelledSet:
+    """``sequence,label`` rows (CSV, or TSV when the header has a tab); ``classes`` from the training set."""
+    path = Path(path)
+    if not path.is_file():
+        raise LabelledDataError(f"{path}: no such file")
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        text = fh.read()
+    if not text.strip():
+        raise LabelledDataError(f"{path}: file is empty")
+    delimiter = "\t" if "\t" in text.splitlines()[0] else ","
+    rows = list(csv.reader(text.splitlines(), delimiter=delimiter))
+    header = [h.strip().lower() for h in rows[0]]
+    if "sequence" not in header or "label" not in header:
+        raise LabelledDataError(f"{path}: line 1: header must name the columns 'sequence' and 'label', got {rows[0]}")
+    seq_col, label_col = header.index("sequence"), header.index("label")
+    sequences, labels = [], []
+    for line, row in enumerate(rows[1:], start=2):
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        if len(row) <= max(seq_col, label_col) or not row[label_col].strip():
+            raise LabelledDataError(f"{path}: line {line}: missing label")
+        sequence, label = row[seq_col].strip(), row[label_col].strip()
+        if not sequence:
+            raise LabelledDataError(f"{path}: line {line}: empty sequence")
+        bad = next((ch for ch in sequence if ch not in _BASES), None)
+        if bad is not None:
+            raise LabelledDataError(f"{path}: line {line}: {bad!r} is not a DNA letter (A, C, G, T, N)")
+        if classes is not None and label not in classes:
+            raise LabelledDataError(f"{path}: line {line}: unknown label {label!r} (training labels: {', '.join(classes)})")
+        sequences.append(sequence.upper())
+        labels.append(label)
+    if not sequences:
+        raise LabelledDataError(f"{path}: no rows after the header")
+    if classes is None:
+        classes = sorted(set(labels), key=lambda c: (len(c), c))
+        if len(classes) < 2:
+            raise LabelledDataError(f"{path}: every row has label {classes[0]!r}; a classifier needs at least two classes")
+    index = {c: i for i, c in enumerate(classes)}
+    return LabelledSet(path, sequences, np.array([index[label] for label in labels], np.int64), classes)
+
+
+class Classifier(nn.Module):
+    def __init__(self, backbone: nn.Module, num_classes: int, dropout: float = 0.1):
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(backbone.config.d_model, num_classes)
+
+    def forward(self, ids, mask, segment_ids=None, positions=None):
+        hidden = self.backbone(ids, attention_mask=mask, segment_ids=segment_ids, positions=positions).hidden
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return self.head(self.dropout(pooled))
+
+
+def encode_set(data: LabelledSet, tokenizer: Tokenizer) -> dict[str, torch.Tensor]:
+    encodings = [tokenizer.encode(s) for s in data.sequences]
+    length = max(len(e) for e in encodings)
+    ids = torch.full((len(encodings), length), PAD_ID, dtype=torch.long)
+    segments = torch.zeros_like(ids)
+    positions = torch.zeros_like(ids)
+    for i, enc in enumerate(encodings):
+        ids[i, : len(enc)] = torch.from_numpy(enc.ids.astype(np.int64))
+        if isinstance(tokenizer, ViewTokenizer):
+            segments[i, : len(enc)] = torch.from_numpy(enc.segment_ids.astype(np.int64))
+            positions[i, : len(enc)] = torch.from_numpy(enc.positions.astype(np.int64))
+        else:
+            positions[i, : len(enc)] = torch.arange(len(enc))
+    return {"ids": ids, "mask": ids != PAD_ID, "segment_ids": segments, "positions": positions,
+            "labels": torch.from_numpy(data.labels)}
+
+
+def metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict:
+    predicted = probabilities.argmax(1)
+    k = probabilities.shape[1]
+    confusion = np.zeros((k, k), np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    accuracy = float(np.trace(confusion) / confusion.sum())
+    precision = np.diag(confusion) / np.maximum(confusion.sum(0), 1)
+    recall = np.diag(confusion) / np.maximum(confusion.sum(1), 1)
+    f1_per_class = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    f1 = float(f1_per_class[1]) if k == 2 else float(f1_per_class.mean())
+    t, p, c, s = confusion.sum(1), confusion.sum(0), np.trace(confusion), confusion.sum()  # Gorodkin's multi-class MCC
+    denominator = math.sqrt(max(s**2 - (p**2).sum(), 0) * max(s**2 - (t**2).sum(), 0))
+    mcc = float((c * s - (t * p).sum()) / denominator) if denominator else 0.0
+    aurocs = [_auroc(labels == j, probabilities[:, j]) for j in (range(k) if k > 2 else [1])]
+    return {"accuracy": accuracy, "f1": f1, "mcc": mcc, "auroc": float(np.mean(aurocs))}
+
+
+def _auroc(positive: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve by ranks (ties averaged)."""
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(score, kind="mergesort")
+    ranks = np.empty(len(score), np.float64)
+    sorted_scores = score[order]
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    average = first + (counts + 1) / 2
+    ranks[order] = np.repeat(average, counts)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+@torch.no_grad()
+def predict(model: Classifier, data: dict, batch_size: int = 256) -> np.ndarray:
+    model.eval()
+    out = []
+    for start in range(0, len(data["ids"]), batch_size):
+        part = {k: v[start : start + batch_size] for k, v in data.items()}
+        out.append(model(part["ids"], part["mask"], part["segment_ids"], part["positions"]).softmax(-1).float())
+    return torch.cat(out).numpy()
+
+
+def build_classifier(num_classes: int, bundle: Path | None, arch: str | None, vocab_size: int, seed: int) -> Classifier:
+    from dnalm.bundle import load_pretrained
+    from dnalm.models import ModelConfig, build_model
+
+    torch.manual_seed(seed)
+    if bundle is not None:
+        backbone, _ = load_pretrained(bundle)
+        backbone.train()
+    else:
+        backbone = build_model(ModelConfig(name=arch, vocab_size=vocab_size, **ARCHS[arch]))
+    return Classifier(backbone, num_classes)
+
+
+def train_one(seed: int, sets: dict, classes: list[str], bundle, arch, vocab_size, epochs: int, lr: float, batch_size: int,
+              weight_decay: float, progress) -> dict:
+    model = build_classifier(len(classes), bundle, arch, vocab_size, seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    train = sets["train"]
+    steps_per_epoch = math.ceil(len(train["ids"]) / batch_size)
+    total = epochs * steps_per_epoch
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, total // 20)) *
+                                                 max(0.0, (total - s) / total))
+    generator = torch.Generator().manual_seed(seed)
+    best = {"mcc": -2.0}
+    history = []
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(train["ids"]), generator=generator)
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            logits = model(train["ids"][index], train["mask"][index], train["segment_ids"][index], train["positions"][index])
+            loss = F.cross_entropy(logits, train["labels"][index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            progress(1)
+        dev = metrics(sets["dev"]["labels"].numpy(), predict(model, sets["dev"]))
+        history.append({"epoch": epoch + 1, **{f"dev_{k}": v for k, v in dev.items()}})
+        if dev["mcc"] > best["mcc"]:
+            best = {"epoch": epoch + 1, **dev, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+    model.load_state_dict(best.pop("state"))
+    result = {"seed": seed, "best_epoch": best.pop("epoch"), "dev": best, "history": history}
+    if "test" in sets:
+        result["test"] = metrics(sets["test"]["labels"].numpy(), predict(model, sets["test"]))
+    return result
+
+
+def finetune(train_path, dev_path, out, *, model: str | Path | None = None, arch: str | None = None, test_path=None,
+             seeds: int = 1, epochs: int = 5, lr: float = 1e-3, batch_size: int = 64, weight_decay: float = 0.01,
+             show_progress: bool = False) -> dict:
+    if (model is None) == (arch is None):
+        raise DnalmError("give exactly one of --model BUNDLE and --arch " + "|".join(ARCHS))
+    if arch is not None and arch not in ARCHS:
+        raise DnalmError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    started = time.perf_counter()
+    if model is not None:
+        from dnalm.bundle import read_config
+        from dnalm.tokenizers import load_folder
+
+        read_config(model)
+        tokenizer = load_folder(Path(model) / "tokenizer")
+    else:
+        tokenizer = load("nucleotide")
+    train = read_labelled(train_path)
+    classes = train.classes
+    missing = [c for i, c in enumerate(classes) if not (train.labels == i).any()]
+    if missing:
+        raise LabelledDataError(f"{train_path}: class {missing[0]!r} has no examples")
+    raw = {"train": train, "dev": read_labelled(dev_path, classes)}
+    if test_path is not None:
+        raw["test"] = read_labelled(test_path, classes)
+    sets = {name: encode_set(data, tokenizer) for name, data in raw.items()}
+    bar = None
+    if show_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=seeds * epochs * math.ceil(len(train.sequences) / batch_size), unit="batch", desc="finetune")
+    runs = [train_one(seed, sets, classes, model, arch, tokenizer.vocab_size, epochs, lr, batch_size, weight_decay,
+                      bar.update if bar else (lambda n: None)) for seed in range(seeds)]
+    if bar:
+        bar.close()
+    summary = {}
+    for split in ("dev", "test"):
+        if all(split in r for r in runs):
+            summary[split] = {k: {"mean": float(np.mean([r[split][k] for r in runs])), "std": float(np.std([r[split][k] for r in runs]))}
+                              for k in ("accuracy", "f1", "mcc", "auroc")}
+    result = {"model": str(model) if model else None, "arch": arch, "classes": classes, "tokenizer": tokenizer.name,
+              "train": str(train_path), "dev": str(dev_path), "test": str(test_path) if test_path else None,
+              "settings": {"seeds": seeds, "epochs": epochs, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay},
+              "seconds": round(time.perf_counter() - started, 1), "summary": summary, "runs": runs}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out / "metrics.json")
+    return result

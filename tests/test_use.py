@@ -1,0 +1,199 @@
+"""From checkpoint to use: convert (bundle, Hugging Face), generation, fine-tuning, the demo."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import dnalm
+from dnalm import genome
+from dnalm.convert import ConvertError, convert
+from dnalm.finetune import LabelledDataError, finetune, read_labelled
+from dnalm.generate import GenerationError, generate, generate_ids
+from tests.conftest import REPO, SHARED_DATA, needs_shared, prep_folder, run_cli
+from tests.test_train import CONFIG, ENV, deepspeed_cmd, overrides, run
+
+GUE = SHARED_DATA / "gue" / "prom_core_all"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A decoder trained in one process (ZeRO-2) and an encoder on two (ZeRO-3), 12 steps each."""
+    root = tmp_path_factory.mktemp("use")
+    data = prep_folder(root / "data", [genome.DEFAULT_GENOME], seq_len=128, shard_size_mb=2.0)
+    decoder, encoder = root / "decoder", root / "encoder"
+    run([sys.executable, "-m", "dnalm", "train", "--config", str(CONFIG),
+         *overrides(data, decoder, **{"model.name": "decoder-tiny", "budget.steps": 12, "checkpoint.interval": 6})])
+    run(deepspeed_cmd(2, data, encoder, deepspeed="zero3", **{"budget.steps": 12, "checkpoint.interval": 6}))
+    return {"decoder": decoder, "encoder": encoder, "root": root}
+
+
+@pytest.fixture(scope="module")
+def bundles(trained):
+    out = trained["root"] / "bundles"
+    return {name: convert(trained[name], out / name) for name in ("decoder", "encoder")}
+
+
+def test_bundles_load_and_describe_their_training(bundles, trained):
+    for name, folder in bundles.items():
+        assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors", "tokenizer"]
+        model, tokenizer = dnalm.load_pretrained(folder)
+        assert model.config.arch == name and tokenizer.name == "nucleotide" and not model.training
+        card = (folder / "README.md").read_text()
+        assert "12 steps" in card and "tokens seen" in card and "val_loss" in card and "ecoli_k12_mg1655" in card
+    # the ZeRO-3, 2-process checkpoint consolidates to the weights the training run ended with
+    model, _ = dnalm.load_pretrained(bundles["encoder"])
+    assert json.loads((bundles["encoder"] / "config.json").read_text())["training"]["step"] == 12
+
+
+def test_bf16_bundle(trained, tmp_path):
+    folder = convert(trained["decoder"], tmp_path / "bf16", dtype="bfloat16")
+    model, _ = dnalm.load_pretrained(folder)
+    reference, _ = dnalm.load_pretrained(convert(trained["decoder"], tmp_path / "fp32"))
+    ids = torch.randint(5, 10, (1, 40))
+    with torch.no_grad():
+        assert (model(ids).logits - reference(ids).logits).abs().max() < 0.1
+
+
+def test_hugging_face_export_matches_logits(trained, bundles, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    folder = convert(trained["decoder"], tmp_path / "hf", to="hf")
+    hf = LlamaForCausalLM.from_pretrained(folder).eval()
+    model, _ = dnalm.load_pretrained(bundles["decoder"])
+    ids = torch.randint(5, 10, (2, 64))
+    with torch.no_grad():
+        assert (hf(ids).logits - model(ids).logits).abs().max() < 1e-4
+    with pytest.raises(ConvertError, match="exports Llama-shaped models only .* arch=encoder, positions=alibi, norm=layernorm"):
+        convert(trained["encoder"], tmp_path / "hf-encoder", to="hf")
+
+
+def test_incomplete_checkpoints_are_refused_naming_the_piece(trained, tmp_path):
+    source = trained["encoder"] / "checkpoints" / "step-12"
+    broken = tmp_path / "step-12"
+    shutil.copytree(source, broken)
+    (broken / "state" / "zero_pp_rank_1_mp_rank_00_model_states.pt").unlink()
+    with pytest.raises(ConvertError, match="state/zero_pp_rank_1_mp_rank_00_model_states.pt is missing"):
+        convert(broken, tmp_path / "out")
+    (broken / "COMPLETE").unlink()
+    result = run_cli("convert", broken, "--out", tmp_path / "out2")
+    assert result.returncode == 1 and "no COMPLETE marker" in result.stderr and not (tmp_path / "out2").exists()
+
+
+def test_generation_is_seeded_cached_and_bases_only(bundles):
+    model, tokenizer = dnalm.load_pretrained(bundles["decoder"])
+    a = generate(model, tokenizer, "ACGTACGTGG", 80, top_k=3, top_p=0.9, num_samples=3, seed=5)
+    assert a == generate(model, tokenizer, "ACGTACGTGG", 80, top_k=3, top_p=0.9, num_samples=3, seed=5)
+    assert a != generate(model, tokenizer, "ACGTACGTGG", 80, top_k=3, top_p=0.9, num_samples=3, seed=6)
+    assert all(s.startswith("ACGTACGTGG") and len(s) == 90 and set(s) <= set("ACGTN") for s in a)
+    prompt = torch.tensor([5, 6, 7, 8, 5, 6])
+    cached = generate_ids(model, prompt, 60, temperature=0)
+    assert torch.equal(cached, generate_ids(model, prompt, 60, temperature=0, use_cache=False))
+    assert torch.equal(cached, generate_ids(model, prompt, 60, top_k=1))
+    encoder, tok = dnalm.load_pretrained(bundles["encoder"])
+    with pytest.raises(GenerationError, match="needs a decoder"):
+        generate(encoder, tok, "ACGT", 5)
+
+
+def test_generate_cli_writes_fasta(bundles, tmp_path):
+    out = tmp_path / "samples.fa"
+    result = run_cli("generate", "--model", bundles["decoder"], "--prompt", "ACGTTGCA", "--max-new-tokens", "50",
+                     "--num-samples", "2", "--temperature", "0.8", "--top-k", "4", "--seed", "1", "--out", out)
+    assert result.returncode == 0, result.stderr
+    records = genome.read(out)
+    assert records.names == ["sample_0", "sample_1"] and all(len(c) == 58 for c in records)
+    bad = run_cli("generate", "--model", bundles["decoder"], "--prompt", "ACGU")
+    assert bad.returncode == 1 and "'U' is not one of A, C, G, T, N" in bad.stderr
+
+
+def test_generate_bench(tmp_path):
+    from dnalm.bench import generate as bench
+
+    result = bench.run("decoder-tiny", 40, tmp_path)
+    assert {r["attention"] for r in result["rows"]} == {"sdpa", "performer"}
+    assert all(r["cached_tokens_per_s"] > 0 and r["recompute_tokens_per_s"] > 0 for r in result["rows"])
+    assert (tmp_path / "generate.json").exists() and (tmp_path / "generate.png").exists()
+
+
+def write_csv(path: Path, rows, header="sequence,label") -> Path:
+    path.write_text(header + "\n" + "".join(f"{s},{l}\n" for s, l in rows))
+    return path
+
+
+@pytest.mark.parametrize("content,pattern", [
+    ("seq,label\nACGT,1\n", "line 1: header must name the columns 'sequence' and 'label'"),
+    ("sequence,label\nACGT,1\nACGT,\n", "line 3: missing label"),
+    ("sequence,label\nACGT,1\n,0\n", "line 3: empty sequence"),
+    ("sequence,label\nACGT,1\nACXT,0\n", "line 3: 'X' is not a DNA letter"),
+    ("sequence,label\nACGT,1\nACGT,1\n", "a classifier needs at least two classes"),
+    ("", "file is empty"),
+])
+def test_bad_labelled_files(tmp_path, content, pattern):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(LabelledDataError, match=pattern):
+        read_labelled(path)
+
+
+def test_unknown_label_in_dev_names_the_line(tmp_path):
+    train = read_labelled(write_csv(tmp_path / "train.csv", [("ACGT", 0), ("TTGA", 1)]))
+    with pytest.raises(LabelledDataError, match=r"dev.csv: line 3: unknown label '2'"):
+        read_labelled(write_csv(tmp_path / "dev.csv", [("ACGT", 0), ("ACGT", 2)]), train.classes)
+
+
+def gue_subset(tmp_path, rows=800) -> dict:
+    out = {}
+    for split, n in (("train", rows), ("dev", rows // 4)):
+        lines = (GUE / f"{split}.csv").read_text().splitlines()
+        out[split] = tmp_path / f"{split}.csv"
+        out[split].write_text("\n".join(lines[: n + 1]) + "\n")
+    return out
+
+
+@needs_shared(GUE)
+def test_finetune_from_scratch_on_real_promoters(tmp_path):
+    sets = gue_subset(tmp_path)
+    result = finetune(sets["train"], sets["dev"], tmp_path / "out", arch="cnn", test_path=sets["dev"], seeds=2, epochs=2,
+                      batch_size=32)
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["summary"]["test"]["mcc"]["mean"] == result["summary"]["test"]["mcc"]["mean"]
+    assert len(saved["runs"]) == 2 and {"accuracy", "f1", "mcc", "auroc"} <= set(saved["summary"]["dev"])
+    assert saved["summary"]["dev"]["auroc"]["mean"] > 0.55
+
+
+@needs_shared(GUE)
+def test_finetune_cli_from_a_bundle(bundles, tmp_path):
+    sets = gue_subset(tmp_path, rows=300)
+    for bundle in bundles.values():
+        result = run_cli("finetune", "--model", bundle, "--train", sets["train"], "--dev", sets["dev"], "--test", sets["dev"],
+                         "--out", tmp_path / bundle.name, "--epochs", "1")
+        assert result.returncode == 0, result.stderr
+        assert "test: accuracy" in result.stdout and (tmp_path / bundle.name / "metrics.json").exists()
+    both = run_cli("finetune", "--model", bundles["encoder"], "--arch", "cnn", "--train", sets["train"], "--dev", sets["dev"],
+                   "--out", tmp_path / "x")
+    assert both.returncode == 1 and "exactly one of --model BUNDLE and --arch" in both.stderr
+
+
+def test_metrics_against_known_values():
+    from dnalm.finetune import metrics
+
+    labels = torch.tensor([0, 0, 1, 1, 1, 0]).numpy()
+    probabilities = torch.tensor([[.9, .1], [.6, .4], [.3, .7], [.2, .8], [.7, .3], [.4, .6]]).numpy()
+    m = metrics(labels, probabilities)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["mcc"] == pytest.approx(1 / 3)  # TP 2, TN 2, FP 1, FN 1
+    assert m["f1"] == pytest.approx(2 / 3)
+    assert m["auroc"] == pytest.approx(7 / 9)
+
+
+def test_demo_runs_the_whole_pipeline(tmp_path):
+    result = run_cli("demo", "--out", tmp_path / "demo", "--steps", "4", timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert set(summary["bundles"]) == {"encoder-tiny", "decoder-tiny"}
+    assert genome.read(summary["generated"]).names == ["sample_0", "sample_1", "sample_2"]
+    assert Path(summary["loss_plot"]).stat().st_size > 1000
+    assert "bundles" in result.stdout and "loss curves" in result.stdout
