@@ -49,6 +49,17 @@ def test_bundles_load_and_describe_their_training(bundles, trained):
     assert json.loads((bundles["encoder"] / "config.json").read_text())["training"]["step"] == 12
 
 
+def test_continued_pretraining_from_a_bundle(trained, bundles):
+    """A run that starts from the decoder bundle begins where that model ended (ZeRO-3, 2 processes)."""
+    data, run_dir = trained["root"] / "data", trained["root"] / "continued"
+    run(deepspeed_cmd(2, data, run_dir, deepspeed="zero3", **{"model.init_from": bundles["decoder"], "budget.steps": 3,
+                                                               "optim.warmup_steps": 1}))
+    first = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][0]
+    fresh = [json.loads(line) for line in (trained["decoder"] / "metrics.jsonl").read_text().splitlines()][0]
+    assert first["loss"] < fresh["loss"] - 0.3, (first["loss"], fresh["loss"])
+    assert (run_dir / "model.yaml").read_text().count("decoder-tiny") >= 1
+
+
 def test_bf16_bundle(trained, tmp_path):
     folder = convert(trained["decoder"], tmp_path / "bf16", dtype="bfloat16")
     model, _ = dnalm.load_pretrained(folder)

@@ -29,6 +29,8 @@ class _Section(BaseModel):
 class ModelSection(_Section):
     name: str = Field("encoder-small", description="a named size or a path to a model YAML")
     overrides: dict = Field(default_factory=dict, description="ModelConfig fields to change (attention, positions, …)")
+    init_from: str | None = Field(None, description="a bundle (dnalm convert) to continue pretraining from: its "
+                                                    "architecture and weights replace `name`")
 
 
 class DataSection(_Section):

@@ -61,6 +61,15 @@ def data_tokenizer(folder: Path, manifest: Manifest) -> Tokenizer:
 
 def resolve_model(config: TrainConfig, manifest: Manifest, tokenizer: Tokenizer) -> ModelConfig:
     name = config.model.name
+    if config.model.init_from:
+        from dnalm.bundle import read_config
+
+        bundle = read_config(config.model.init_from)
+        if bundle["tokenizer"]["fingerprint"] != tokenizer.fingerprint:
+            raise DnalmError(f"model.init_from {config.model.init_from}: its tokenizer ({bundle['tokenizer']['name']}, "
+                             f"{bundle['tokenizer']['fingerprint']}) is not the data's ({tokenizer.name}, {tokenizer.fingerprint})")
+        return ModelConfig(**bundle["model"]).replace(activation_checkpointing=config.activation_checkpointing,
+                                                       **config.model.overrides)
     base = ModelConfig.from_yaml(name) if name.endswith((".yaml", ".yml")) else get_config(name)
     return base.replace(vocab_size=tokenizer.vocab_size, num_segments=len(manifest.tokenizers) if manifest.views else 1,
                         max_seq_len=max(base.max_seq_len, manifest.seq_len),
@@ -77,6 +86,24 @@ def lr_lambda(config: TrainConfig, total_steps: int):
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def load_bundle_weights(model: torch.nn.Module, bundle: str, partitioned: bool) -> None:
+    """Copy a bundle's weights into a freshly built model (gathering each parameter under ZeRO-3)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(bundle) / "model.safetensors"))
+    if not partitioned:
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=not model.config.tie_embeddings)
+        return
+    import deepspeed
+
+    named = dict(model.named_parameters()) | dict(model.named_buffers())
+    for name, tensor in state.items():
+        target = named[name]
+        with deepspeed.zero.GatheredParameters([target] if hasattr(target, "ds_id") else [], modifier_rank=0):
+            if dist.get_rank() == 0 or not hasattr(target, "ds_id"):
+                target.data.copy_(tensor.float())
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -132,6 +159,8 @@ class Trainer:
                 model = build_model(self.model_config)
         else:
             model = build_model(self.model_config)
+        if config.model.init_from and self.resume_from is None:
+            load_bundle_weights(model, config.model.init_from, partitioned=zero_stage(self.ds_config) == 3)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, model_parameters=parameter_groups(model, config.optim.weight_decay), config=self.ds_config,
             lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, self.total_steps)))
