@@ -7,14 +7,12 @@ fine-tuning and generation start from bundles.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from dnalm.errors import DnalmError
+from dnalm.files import staged_folder
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -32,12 +30,7 @@ def save_bundle(folder: str | Path, model: torch.nn.Module, tokenizer, *, card: 
     """Write a bundle atomically (a temporary folder renamed into place)."""
     from safetensors.torch import save_file
 
-    folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()):
-        raise BundleError(f"{folder}: exists and is not empty; choose another --out")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with staged_folder(folder, BundleError) as staging:
         state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
         if model.config.tie_embeddings:
             state.pop("head.weight", None)
@@ -47,13 +40,7 @@ def save_bundle(folder: str | Path, model: torch.nn.Module, tokenizer, *, card: 
         (staging / CONFIG).write_text(json.dumps(config, indent=1))
         tokenizer.save(staging / TOKENIZER)
         (staging / CARD).write_text(card)
-        if folder.exists():
-            folder.rmdir()
-        os.rename(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return folder
+    return Path(folder)
 
 
 def read_config(folder: str | Path) -> dict:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from dnalm.bundle import BundleError, save_bundle
 from dnalm.errors import DnalmError
+from dnalm.files import staged_folder
 
 MARKER, TAG, META = "COMPLETE", "state", "meta.json"
 
@@ -145,21 +144,11 @@ def export_llama(model, tokenizer, out: Path, card: str = "") -> Path:
     )
     hf = LlamaForCausalLM(hf_config)
     hf.load_state_dict(llama_state_dict(model), strict=not config.tie_embeddings)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists() and any(out.iterdir()):
-        raise BundleError(f"{out}: exists and is not empty; choose another --out")
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out, BundleError) as staging:
         hf.save_pretrained(staging, safe_serialization=True)
         tokenizer.save(staging / "dnalm_tokenizer")
         (staging / "README.md").write_text(card + "\nExported to transformers' LlamaForCausalLM; token ids are dnalm's "
                                            "(see dnalm_tokenizer/).\n")
-        if out.exists():
-            out.rmdir()
-        os.rename(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 
 from dnalm.errors import TokenizerError
+from dnalm.files import staged_folder
 
 SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]")
 PAD_ID, CLS_ID, SEP_ID, MASK_ID, UNK_ID = range(len(SPECIAL_TOKENS))
@@ -121,25 +120,14 @@ class Tokenizer(ABC):
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write ``tokenizer.json`` (and any extra files) into ``folder`` atomically."""
-        folder = Path(folder)
-        if folder.exists() and any(folder.iterdir()):
-            raise TokenizerError(f"{folder}: exists and is not empty; choose another folder")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
+        with staged_folder(folder, TokenizerError) as staging:
             meta = {"format_version": FORMAT_VERSION, "kind": self.kind, "name": self.name,
                     "fingerprint": self.fingerprint, "config": self.config(), "vocab": self.vocab}
             (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
             for name, data in (self._files() | self._side_files()).items():
                 (staging / name).parent.mkdir(parents=True, exist_ok=True)
                 (staging / name).write_bytes(data)
-            if folder.exists():
-                folder.rmdir()
-            staging.rename(folder)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return folder
+        return Path(folder)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, vocab_size={self.vocab_size}, fingerprint={self.fingerprint})"
