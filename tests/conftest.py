@@ -12,6 +12,16 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 CHR20 = SHARED_DATA / "genomes" / "hs37_chr20.fa.gz"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def release_deepspeed_shared_memory():
+    """Runs the tests kill never reach their own clean-up: remove the /dev/shm buffers they leave."""
+    shm = Path("/dev/shm")
+    before = set(shm.glob("deepspeed_*")) if shm.is_dir() else set()
+    yield
+    for leftover in (set(shm.glob("deepspeed_*")) if shm.is_dir() else set()) - before:
+        leftover.unlink(missing_ok=True)
+
+
 def needs_shared(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"{path} is absent (the team's shared data folder)")
 

@@ -41,3 +41,6 @@ if __name__ == "__main__":
     Path(args[1]).mkdir(parents=True, exist_ok=True)
     (Path(args[1]) / f"rank{result['rank']}.json").write_text(json.dumps(result))
     dist.barrier()
+    from dnalm.train.trainer import release_shared_memory
+
+    release_shared_memory()

@@ -340,7 +340,20 @@ class Trainer:
             path.write_text("".join(line + "\n" for line in kept))
 
 
+def release_shared_memory() -> None:
+    """Remove this rank's DeepSpeed CPU comm buffer (``/dev/shm/deepspeed_*_ADDR_PORT_RANK``, ~66 MB).
+
+    DeepSpeed's shared-memory all-reduce never deletes it, so every CPU run would leave one per
+    rank behind until /dev/shm fills memory. Called after the last collective of the run.
+    """
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if addr and port and dist.is_initialized():
+        for path in Path("/dev/shm").glob(f"deepspeed_*_{addr}_{port}_{dist.get_rank()}"):
+            path.unlink(missing_ok=True)
+
+
 def train(config: TrainConfig, resume: str | None = "auto") -> dict:
     result = Trainer(config, resume).run()
     dist.barrier()
+    release_shared_memory()
     return result
