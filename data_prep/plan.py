@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dnalm import genome as genome_io
 from dnalm import tokenizers as tokenizer_registry
-from dnalm.data.manifest import MANIFEST_FILE, DataError, GenomeEntry, TokenizerEntry
+from dnalm.data.manifest import DataError, GenomeEntry, TokenizerEntry
 from dnalm.data.shards import token_dtype
 from dnalm.errors import validated
 from dnalm.tokenizers import KmerTokenizer, Tokenizer
@@ -257,7 +257,3 @@ def _pack(pieces: list[Piece], capacity: int) -> list[list[Piece]]:
     if current:
         shards.append(current)
     return shards
-
-
-def is_prepared(folder: Path) -> bool:
-    return (Path(folder) / MANIFEST_FILE).is_file()

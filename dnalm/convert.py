@@ -18,8 +18,8 @@ import torch
 from dnalm.bundle import BundleError, save_bundle
 from dnalm.errors import DnalmError
 from dnalm.files import staged_folder
+from dnalm.train.checkpoint import MARKER, TAG, complete_checkpoints, read_meta
 
-MARKER, TAG, META = "COMPLETE", "state", "meta.json"
 
 
 class ConvertError(DnalmError):
@@ -32,8 +32,7 @@ def resolve_checkpoint(source: str | Path) -> Path:
     if not source.is_dir():
         raise ConvertError(f"{source}: no such run or checkpoint folder")
     if (source / "checkpoints").is_dir():
-        complete = sorted((p for p in (source / "checkpoints").glob("step-*") if (p / MARKER).is_file()),
-                          key=lambda p: int(p.name.split("-")[1]))
+        complete = complete_checkpoints(source)
         if not complete:
             raise ConvertError(f"{source}: no complete checkpoint under checkpoints/ (none has its {MARKER} marker)")
         return complete[-1]
@@ -43,7 +42,7 @@ def resolve_checkpoint(source: str | Path) -> Path:
 def check_complete(checkpoint: Path) -> dict:
     if not (checkpoint / MARKER).is_file():
         raise ConvertError(f"{checkpoint}: incomplete checkpoint: no {MARKER} marker (the run stopped while saving it)")
-    meta = json.loads((checkpoint / META).read_text())
+    meta = read_meta(checkpoint)
     world = meta["world_size"]
     state = checkpoint / TAG
     stage3 = any(state.glob("zero_pp_rank_*_model_states.pt"))

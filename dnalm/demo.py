@@ -60,6 +60,8 @@ def run(out: Path, steps: int = 300, processes: int = 2, seq_len: int = 256, log
 def _train(out: Path, data: Path, run_dir: Path, model: str, steps: int, processes: int) -> None:
     import yaml
 
+    from dnalm.train.trainer import free_port
+
     config = {"run_dir": str(run_dir), "model": {"name": model}, "data": {"path": str(data), "num_workers": 1},
               "optim": {"lr": 2e-3, "warmup_steps": max(1, steps // 10)}, "batch": {"micro_batch": 8, "global_batch": 8 * processes},
               "budget": {"steps": steps}, "eval": {"interval": max(1, steps // 5), "batches": 4},
@@ -73,21 +75,13 @@ def _train(out: Path, data: Path, run_dir: Path, model: str, steps: int, process
         env.setdefault("DS_ACCELERATOR", "cpu")
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // processes)))
     command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(processes), "--master_port",
-               str(_free_port()), "--module", "dnalm.train", "--config", str(path)]
+               str(free_port()), "--module", "dnalm.train", "--config", str(path)]
     log_file = run_dir.parent / f"{model}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "w") as fh:
         done = subprocess.run(command, env=env, stdout=fh, stderr=subprocess.STDOUT)
     if done.returncode != 0:
         raise DnalmError(f"pretraining {model} failed (exit {done.returncode}); its log: {log_file}")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _last(run_dir: Path, key: str):

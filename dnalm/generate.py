@@ -32,8 +32,8 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, t
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
         ordered, index = logits.sort(-1, descending=True)
-        cumulative = ordered.softmax(-1).cumsum(-1)
-        drop = cumulative - ordered.softmax(-1) > top_p  # keep the smallest set whose mass reaches top_p
+        mass = ordered.softmax(-1)
+        drop = mass.cumsum(-1) - mass > top_p  # keep the smallest set whose mass reaches top_p
         logits = logits.scatter(-1, index, ordered.masked_fill(drop, float("-inf")))
     return logits
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import os
 import warnings
 import zlib
@@ -383,6 +382,10 @@ class IndexedGenome:
         self.convert_u = convert_u
         self._faidx = self._open_faidx()
         self._parsed: Genome | None = None if self._faidx is not None else read(self.path, convert_u=convert_u)
+        self.lengths: dict[str, int] = (
+            {name: record.rlen for name, record in self._faidx.faidx.index.items()} if self._faidx is not None
+            else {c.name: len(c) for c in self._parsed}
+        )
 
     @property
     def backend(self) -> str:
@@ -397,12 +400,6 @@ class IndexedGenome:
             return pyfaidx.Fasta(str(self.path), as_raw=True, sequence_always_upper=False, rebuild=False)
         except (pyfaidx.FastaIndexingError, pyfaidx.UnsupportedCompressionFormat, OSError, ImportError, ValueError):
             return None
-
-    @property
-    def lengths(self) -> dict[str, int]:
-        if self._faidx is not None:
-            return {name: record.rlen for name, record in self._faidx.faidx.index.items()}
-        return {c.name: len(c) for c in self._parsed}
 
     @property
     def names(self) -> list[str]:
@@ -442,7 +439,3 @@ def format_report(report: dict) -> str:
             f"{c['softmasked_fraction']:>10.3f}{c['ambiguous_replaced']:>9,}{c['long_n_runs']:>8}{c['segments']:>9}"
         )
     return "\n".join(lines)
-
-
-def report_json(report: dict) -> str:
-    return json.dumps(report, indent=2)

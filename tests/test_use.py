@@ -44,8 +44,7 @@ def test_bundles_load_and_describe_their_training(bundles, trained):
         assert model.config.arch == name and tokenizer.name == "nucleotide" and not model.training
         card = (folder / "README.md").read_text()
         assert "12 steps" in card and "tokens seen" in card and "val_loss" in card and "ecoli_k12_mg1655" in card
-    # the ZeRO-3, 2-process checkpoint consolidates to the weights the training run ended with
-    model, _ = dnalm.load_pretrained(bundles["encoder"])
+    # the bundle made from the ZeRO-3, 2-process checkpoint records the step it was taken at
     assert json.loads((bundles["encoder"] / "config.json").read_text())["training"]["step"] == 12
 
 

@@ -74,7 +74,7 @@ def plain_loop_tokens_per_s(data: Path, model_name: str, micro_batch: int, steps
     from dnalm.data.masking import mlm_batch, view_ranges
     from dnalm.data.stream import GenomeStream, StreamLoader
     from dnalm.models import build_model, get_config
-    from dnalm.train.trainer import data_tokenizer, loss_and_counts
+    from dnalm.train.trainer import data_tokenizer, lm_loss
 
     manifest = Manifest.load(data)
     tokenizer = data_tokenizer(data, manifest)
@@ -87,8 +87,8 @@ def plain_loop_tokens_per_s(data: Path, model_name: str, micro_batch: int, steps
     for step in range(steps + 1):
         start = time.perf_counter()
         inputs = mlm_batch(next(loader), ranges, np.random.default_rng(step))
-        loss, _, _ = loss_and_counts(model(inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits,
-                                     inputs["labels"], causal=False)
+        loss = lm_loss(model(inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits, inputs["labels"],
+                       causal=False)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -106,13 +106,15 @@ def zero2_tokens_per_s(data: Path, model_name: str, micro_batch: int, steps: int
     import sys
     import tempfile
 
+    from dnalm.train.trainer import free_port
+
     repo = Path(__file__).resolve().parents[2]
     with tempfile.TemporaryDirectory(prefix="dnalm-bench-zero2-") as run_dir:
         overrides = {"run_dir": run_dir, "data.path": data, "model.name": model_name, "budget.steps": steps + 1,
                      "batch.micro_batch": micro_batch, "batch.global_batch": micro_batch * processes,
                      "eval.interval": 10**6, "checkpoint.interval": 10**6, "logging.interval": 1,
                      "logging.wandb": "disabled", "deepspeed": "zero2", "optim.warmup_steps": 1}
-        command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(processes), "--master_port", "29655",
+        command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(processes), "--master_port", str(free_port()),
                    str(repo / "launch" / "train.py"), "--config", str(repo / "configs" / "train" / "encoder-small-ecoli.yaml"),
                    *(f"{k}={v}" for k, v in overrides.items())]
         env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": str(max(1, torch.get_num_threads() // processes))}

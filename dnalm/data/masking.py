@@ -54,8 +54,7 @@ def mask_sample(ids: np.ndarray, spans: np.ndarray, segments: np.ndarray, ranges
     to_random = touched & ~to_mask & (counts[RANDOM] > 0)
     ids[to_mask] = MASK_ID
     if to_random.any():
-        low = np.array([ranges[s][0] for s in segments[to_random]])
-        high = np.array([ranges[s][1] for s in segments[to_random]])
+        low, high = np.asarray(ranges, np.int64)[segments[to_random]].T
         ids[to_random] = low + (rng.random(len(low)) * (high - low)).astype(np.int64)
     return ids, labels
 

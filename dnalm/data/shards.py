@@ -8,6 +8,7 @@ names such as ``NC_000913.3`` are escaped (every byte outside ``[A-Za-z0-9_]`` b
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import mmap
@@ -104,10 +105,10 @@ class ShardReader:
         self.path = Path(path)
         if not self.path.is_file():
             raise ShardError(f"{self.path}: shard is missing")
-        if sha256 is not None and file_sha256(self.path) != sha256:
-            raise ShardError(f"{self.path}: does not match its checksum (corrupt or truncated); {self._last_good()}")
         with open(self.path, "rb") as fh:
             self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if self.path.stat().st_size else b""
+        if sha256 is not None and hashlib.sha256(self._map).hexdigest() != sha256:
+            raise ShardError(f"{self.path}: does not match its checksum (corrupt or truncated); {self._last_good()}")
         self.keys: list[str] = []
         self.members: dict[str, dict[str, _Member]] = {}
         for name, offset, size in self._walk():

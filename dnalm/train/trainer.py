@@ -38,7 +38,7 @@ class TrainingStopped(DnalmError):
 def init_distributed() -> tuple[int, int]:
     """Join the launcher's process group (deepspeed, torchrun, srun) or make a group of one."""
     if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
@@ -48,7 +48,7 @@ def init_distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -115,15 +115,22 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
-def loss_and_counts(output_logits: torch.Tensor, labels: torch.Tensor, causal: bool):
+def _targets(logits: torch.Tensor, labels: torch.Tensor, causal: bool):
+    """Flat (logits, labels); a decoder predicts the next token."""
     if causal:
-        output_logits, labels = output_logits[:, :-1], labels[:, 1:]
-    logits = output_logits.float().reshape(-1, output_logits.shape[-1])
-    labels = labels.reshape(-1)
-    loss = F.cross_entropy(logits, labels, ignore_index=IGNORE)
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    return logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1)
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> torch.Tensor:
+    return F.cross_entropy(*_targets(logits, labels, causal), ignore_index=IGNORE)
+
+
+def prediction_counts(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> tuple[int, int]:
+    """(targets, correctly predicted targets), for validation accuracy."""
+    logits, labels = _targets(logits, labels, causal)
     targets = labels != IGNORE
-    correct = (logits.argmax(-1)[targets] == labels[targets]).sum()
-    return loss, int(targets.sum()), int(correct)
+    return int(targets.sum()), int((logits[targets].argmax(-1) == labels[targets]).sum())
 
 
 class Trainer:
@@ -188,10 +195,9 @@ class Trainer:
         return mlm_batch(batch, self.ranges, rng, mask_fraction=objective.mask_fraction, mean_span=objective.mean_span,
                          replace=objective.replace)
 
-    def _forward(self, inputs: dict):
+    def _logits(self, inputs: dict) -> torch.Tensor:
         extra = {k: inputs[k] for k in ("segment_ids", "positions") if k in inputs}
-        output = self.engine(inputs["input_ids"], attention_mask=inputs["attention_mask"], **extra)
-        return loss_and_counts(output.logits, inputs["labels"], self.causal)
+        return self.engine(inputs["input_ids"], attention_mask=inputs["attention_mask"], **extra).logits
 
     def train_step(self, batches) -> dict:
         """One optimizer step (``accumulation`` micro-batches); skipped on every rank if any loss is not finite."""
@@ -203,7 +209,7 @@ class Trainer:
             if bad:  # the rest of a window already lost: consume its data, compute nothing
                 continue
             inputs = self._inputs(batch, micro)
-            loss, _, _ = self._forward(inputs)
+            loss = lm_loss(self._logits(inputs), inputs["labels"], self.causal)
             if inject and micro == self.config.robust.inject_nan_micro_batch:
                 loss = loss * float("nan")
             flags = torch.tensor([float(not torch.isfinite(loss)), float(inputs["attention_mask"].sum())])
@@ -275,7 +281,10 @@ class Trainer:
         for i, batch in enumerate(StreamLoader(stream)):
             if i == config.eval.batches:
                 break
-            loss, targets, correct = self._forward(self._inputs(batch, i, salt=1))
+            inputs = self._inputs(batch, i, salt=1)
+            logits = self._logits(inputs)
+            targets, correct = prediction_counts(logits, inputs["labels"], self.causal)
+            loss = lm_loss(logits, inputs["labels"], self.causal)
             sums += torch.tensor([float(loss) * targets, targets, correct], dtype=torch.float64)
         self.engine.train()
         dist.all_reduce(sums)
