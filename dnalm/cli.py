@@ -214,10 +214,12 @@ def generate(args) -> None:
 @command("finetune", help="sequence classification from a bundle or from scratch; metrics.json with accuracy, F1, MCC, AUROC", args=[
     arg("--model", type=Path, default=None, help="a bundle (encoder or decoder) to start from"),
     arg("--arch", default=None, help="or train from scratch: transformer | performer | cnn"),
+    arg("--from-scratch", action="store_true", help="with --model: its architecture and tokenizer, fresh weights (the no-pretraining baseline)"),
     arg("--train", type=Path, required=True, help="CSV/TSV with columns sequence,label"),
     arg("--dev", type=Path, required=True, help="selects the best epoch"),
     arg("--test", type=Path, default=None, help="scored once with the selected epoch (any CSV of the same form)"),
     arg("--out", type=Path, required=True, help="folder for metrics.json"),
+    arg("--train-limit", type=int, default=None, metavar="N", help="train on a fixed random N rows of --train (the same rows for every model)"),
     arg("--seeds", type=int, default=1, help="repeat with seeds 0..S-1; report mean ± std"),
     arg("--epochs", type=int, default=5),
     arg("--lr", type=float, default=1e-3),
@@ -229,7 +231,7 @@ def finetune(args) -> None:
     if args.seeds < 1 or args.epochs < 1 or args.batch_size < 1:
         raise DnalmError("--seeds, --epochs and --batch-size must be at least 1")
     result = run_finetune(args.train, args.dev, args.out, model=args.model, arch=args.arch, test_path=args.test,
-                          seeds=args.seeds, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                          scratch=args.from_scratch, train_limit=args.train_limit, seeds=args.seeds, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                           show_progress=sys.stderr.isatty())
     for split, values in result["summary"].items():
         print(f"{split}: " + ", ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in values.items()))
@@ -305,6 +307,50 @@ def bench_generate(args) -> None:
     from dnalm.bench import generate as bench
 
     print(json.dumps(bench.run(args.model, args.new_tokens, args.out), indent=2))
+
+
+@command("bench", "compare", help="the DNA_Performer comparison: pretrain Transformer, ALiBi, Performer, CNN and a "
+         "multi-view encoder on the same budget, then held-out accuracy, throughput at 1k/8k, GUE fine-tuning", args=[
+    arg("--genome", type=Path, default=None, help="FASTA to pretrain on (default ../shared/data/genomes/hs37_chr20.fa.gz)"),
+    arg("--gue", type=Path, default=None, help="folder of GUE tasks (default ../shared/data/gue)"),
+    arg("--variants", default=None, help="comma-separated subset of transformer,alibi,performer,cnn,views"),
+    arg("--seeds", type=int, default=None, help="pretraining and fine-tuning seeds (default 2)"),
+    arg("--pretrain-tokens", type=int, default=None, help="tokens each pretraining run consumes (default 1,000,000)"),
+    arg("--seq-len", type=int, default=None, help="pretraining window in tokens (default 1024)"),
+    arg("--processes", type=int, default=None, help="DeepSpeed processes per pretraining run (default 2)"),
+    arg("--lengths", default=None, help="sequence lengths of the throughput measurement (default 1024,8192)"),
+    arg("--tasks", default=None, help="GUE task=training rows, comma-separated (default prom_core_all=5000,prom_300_tata=2000)"),
+    arg("--epochs", type=int, default=None, help="fine-tuning epochs (default 2)"),
+    arg("--work", type=Path, default=Path("runs/compare"), help="shards, runs, bundles and finished pieces (a rerun resumes)"),
+    arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for compare.json, compare.md and the plots"),
+])
+def bench_compare(args) -> None:
+    from dnalm.bench import compare
+
+    values = {"genome": str(args.genome or compare.CHR20)}
+    for key, value in (("seeds", args.seeds), ("pretrain_tokens", args.pretrain_tokens), ("seq_len", args.seq_len),
+                       ("processes", args.processes), ("finetune_epochs", args.epochs)):
+        if value is not None:
+            values[key] = value
+    if args.variants:
+        values["variants"] = tuple(v for v in args.variants.split(",") if v)
+    if args.lengths:
+        values["lengths"] = tuple(_integer("--lengths", x) for x in args.lengths.split(",") if x)
+    if args.tasks:
+        tasks = {}
+        for item in (x for x in args.tasks.split(",") if x):
+            name, _, rows = item.partition("=")
+            tasks[name] = _integer("--tasks", rows)
+        values["tasks"] = tasks
+    result = compare.run(compare.budget_from(values), args.work, args.out, gue=args.gue or compare.GUE)
+    print(f"\ndone in {result['seconds']['total'] / 60:.1f} min; report: {args.out / 'compare.md'}")
+
+
+def _integer(flag: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise DnalmError(f"{flag}: {text!r} is not a whole number") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

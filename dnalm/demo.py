@@ -7,15 +7,8 @@ prep → 2-process DeepSpeed pretraining of a tiny encoder (masked LM) and a tin
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
-
-import torch
-
-from dnalm.errors import DnalmError
 
 
 def run(out: Path, steps: int = 300, processes: int = 2, seq_len: int = 256, log=print) -> dict:
@@ -58,30 +51,14 @@ def run(out: Path, steps: int = 300, processes: int = 2, seq_len: int = 256, log
 
 
 def _train(out: Path, data: Path, run_dir: Path, model: str, steps: int, processes: int) -> None:
-    import yaml
-
-    from dnalm.train.trainer import free_port
+    from dnalm.train.spawn import spawn_training
 
     config = {"run_dir": str(run_dir), "model": {"name": model}, "data": {"path": str(data), "num_workers": 1},
               "optim": {"lr": 2e-3, "warmup_steps": max(1, steps // 10)}, "batch": {"micro_batch": 8, "global_batch": 8 * processes},
               "budget": {"steps": steps}, "eval": {"interval": max(1, steps // 5), "batches": 4},
               "checkpoint": {"interval": max(1, steps // 2), "keep_last": 2}, "logging": {"interval": max(1, steps // 50)},
               "deepspeed": "zero2"}
-    path = out / "configs" / f"{model}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    env = os.environ.copy()
-    if not torch.cuda.is_available():
-        env.setdefault("DS_ACCELERATOR", "cpu")
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // processes)))
-    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(processes), "--master_port",
-               str(free_port()), "--module", "dnalm.train", "--config", str(path)]
-    log_file = run_dir.parent / f"{model}.log"
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "w") as fh:
-        done = subprocess.run(command, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        raise DnalmError(f"pretraining {model} failed (exit {done.returncode}); its log: {log_file}")
+    spawn_training(config, out / "configs" / f"{model}.yaml", processes, run_dir.parent / f"{model}.log")
 
 
 def _last(run_dir: Path, key: str):

@@ -1,8 +1,9 @@
 """``dnalm finetune``: sequence classification (promoters, binding sites) from a bundle or from scratch.
 
-The backbone (a bundle's encoder or decoder, or a fresh transformer / performer / cnn) is mean-
-pooled over real tokens into a linear head; the epoch with the best dev MCC is kept and scored
-on the test set: accuracy, F1, MCC, AUROC, mean ± std over seeds, in ``metrics.json``.
+The backbone (a bundle's encoder or decoder, the same architecture freshly initialised with
+``scratch=True``, or a fresh transformer / performer / cnn) is mean-pooled over real tokens into a
+linear head; the epoch with the best dev MCC is kept and scored on the test set: accuracy, F1,
+MCC, AUROC, mean ± std over seeds, in ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class Classifier(nn.Module):
     def __init__(self, backbone: nn.Module, num_classes: int, dropout: float = 0.1):
         super().__init__()
         self.backbone = backbone
+        self.backbone.head = nn.Identity()  # the LM head's logits are never used here; with a k-mer vocabulary they cost most of a step
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(backbone.config.d_model, num_classes)
 
@@ -156,22 +158,33 @@ def predict(model: Classifier, data: dict, batch_size: int = 256) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
-def build_classifier(num_classes: int, bundle: Path | None, arch: str | None, vocab_size: int, seed: int) -> Classifier:
-    from dnalm.bundle import load_pretrained
+def build_classifier(num_classes: int, bundle: Path | None, arch: str | None, vocab_size: int, seed: int,
+                     scratch: bool = False) -> Classifier:
+    from dnalm.bundle import load_pretrained, read_config
     from dnalm.models import ModelConfig, build_model
 
     torch.manual_seed(seed)
-    if bundle is not None:
+    if bundle is not None and not scratch:
         backbone, _ = load_pretrained(bundle)
         backbone.train()
+    elif bundle is not None:
+        backbone = build_model(ModelConfig(**read_config(bundle)["model"]))
     else:
         backbone = build_model(ModelConfig(name=arch, vocab_size=vocab_size, **ARCHS[arch]))
     return Classifier(backbone, num_classes)
 
 
+def limit(data: LabelledSet, n: int | None) -> LabelledSet:
+    """A fixed random subset of ``n`` rows (the same for every model and seed), or ``data`` itself."""
+    if n is None or n >= len(data.sequences):
+        return data
+    keep = np.sort(np.random.default_rng(0).permutation(len(data.sequences))[:n])
+    return LabelledSet(data.path, [data.sequences[i] for i in keep], data.labels[keep], data.classes)
+
+
 def train_one(seed: int, sets: dict, classes: list[str], bundle, arch, vocab_size, epochs: int, lr: float, batch_size: int,
-              weight_decay: float, progress) -> dict:
-    model = build_classifier(len(classes), bundle, arch, vocab_size, seed)
+              weight_decay: float, progress, scratch: bool = False) -> dict:
+    model = build_classifier(len(classes), bundle, arch, vocab_size, seed, scratch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     train = sets["train"]
     steps_per_epoch = math.ceil(len(train["ids"]) / batch_size)
@@ -206,10 +219,15 @@ def train_one(seed: int, sets: dict, classes: list[str], bundle, arch, vocab_siz
 
 
 def finetune(train_path, dev_path, out, *, model: str | Path | None = None, arch: str | None = None, test_path=None,
-             seeds: int = 1, epochs: int = 5, lr: float = 1e-3, batch_size: int = 64, weight_decay: float = 0.01,
-             show_progress: bool = False) -> dict:
+             scratch: bool = False, seeds: int = 1, first_seed: int = 0, train_limit: int | None = None, epochs: int = 5,
+             lr: float = 1e-3, batch_size: int = 64, weight_decay: float = 0.01, show_progress: bool = False) -> dict:
+    """Seeds ``first_seed`` … ``first_seed + seeds - 1``; ``train_limit`` rows of the training set at most."""
     if (model is None) == (arch is None):
         raise DnalmError("give exactly one of --model BUNDLE and --arch " + "|".join(ARCHS))
+    if scratch and model is None:
+        raise DnalmError("--from-scratch takes the architecture and tokenizer of --model BUNDLE; with --arch every run is from scratch")
+    if train_limit is not None and train_limit < 2:
+        raise DnalmError(f"--train-limit must be at least 2, got {train_limit}")
     if arch is not None and arch not in ARCHS:
         raise DnalmError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")
     started = time.perf_counter()
@@ -221,11 +239,12 @@ def finetune(train_path, dev_path, out, *, model: str | Path | None = None, arch
         tokenizer = load_folder(Path(model) / "tokenizer")
     else:
         tokenizer = load("nucleotide")
-    train = read_labelled(train_path)
+    train = limit(read_labelled(train_path), train_limit)
     classes = train.classes
     missing = [c for i, c in enumerate(classes) if not (train.labels == i).any()]
     if missing:
-        raise LabelledDataError(f"{train_path}: class {missing[0]!r} has no examples")
+        subset = f" among the {train_limit} rows --train-limit keeps" if train_limit else ""
+        raise LabelledDataError(f"{train_path}: class {missing[0]!r} has no examples{subset}")
     raw = {"train": train, "dev": read_labelled(dev_path, classes)}
     if test_path is not None:
         raw["test"] = read_labelled(test_path, classes)
@@ -236,7 +255,7 @@ def finetune(train_path, dev_path, out, *, model: str | Path | None = None, arch
 
         bar = tqdm(total=seeds * epochs * math.ceil(len(train.sequences) / batch_size), unit="batch", desc="finetune")
     runs = [train_one(seed, sets, classes, model, arch, tokenizer.vocab_size, epochs, lr, batch_size, weight_decay,
-                      bar.update if bar else (lambda n: None)) for seed in range(seeds)]
+                      bar.update if bar else (lambda n: None), scratch) for seed in range(first_seed, first_seed + seeds)]
     if bar:
         bar.close()
     summary = {}
@@ -244,9 +263,11 @@ def finetune(train_path, dev_path, out, *, model: str | Path | None = None, arch
         if all(split in r for r in runs):
             summary[split] = {k: {"mean": float(np.mean([r[split][k] for r in runs])), "std": float(np.std([r[split][k] for r in runs]))}
                               for k in ("accuracy", "f1", "mcc", "auroc")}
-    result = {"model": str(model) if model else None, "arch": arch, "classes": classes, "tokenizer": tokenizer.name,
-              "train": str(train_path), "dev": str(dev_path), "test": str(test_path) if test_path else None,
-              "settings": {"seeds": seeds, "epochs": epochs, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay},
+    result = {"model": str(model) if model else None, "arch": arch, "pretrained": model is not None and not scratch,
+              "classes": classes, "tokenizer": tokenizer.name, "train": str(train_path), "train_rows": len(train.sequences),
+              "dev": str(dev_path), "test": str(test_path) if test_path else None,
+              "settings": {"seeds": list(range(first_seed, first_seed + seeds)), "epochs": epochs, "lr": lr,
+                           "batch_size": batch_size, "weight_decay": weight_decay, "train_limit": train_limit},
               "seconds": round(time.perf_counter() - started, 1), "summary": summary, "runs": runs}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

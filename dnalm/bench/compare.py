@@ -1,0 +1,374 @@
+"""``dnalm bench compare``: the DNA_Performer comparison (Performer, Transformer, CNN) on a real genome.
+
+Every variant is pretrained with masked LM on the same shards, token budget and seeds by the real
+trainer (DeepSpeed ZeRO-2 under the ``deepspeed`` launcher), converted to a bundle, scored on the
+held-out blocks (masked-base accuracy), timed at two sequence lengths in fresh processes
+(training tokens/s, peak memory), then fine-tuned on GUE promoter tasks from its bundle and from
+the same architecture freshly initialised. Each finished piece is written under ``--work`` as it
+completes, so an interrupted comparison resumes where it stopped; the report goes to ``--out``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from dnalm.bench import report
+from dnalm.errors import DnalmError, validated
+
+CHR20 = report.SHARED_DATA / "genomes" / "hs37_chr20.fa.gz"
+GUE = report.SHARED_DATA / "gue"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    model: str
+    overrides: dict = field(default_factory=dict)
+    views: bool = False
+    description: str = ""
+
+
+VARIANTS = {v.name: v for v in (
+    Variant("transformer", "encoder-tiny", dict(attention="flash", positions="rope"),
+            description="softmax attention (flash backend), RoPE"),
+    Variant("alibi", "encoder-tiny", dict(attention="flash", positions="alibi"),
+            description="softmax attention (flash backend), ALiBi"),
+    Variant("performer", "encoder-tiny", dict(attention="performer", positions="rope", performer_features=128),
+            description="Performer FAVOR+ (128 features), RoPE"),
+    Variant("cnn", "cnn", dict(d_model=128, n_layers=3), description="3 residual dilated convolutions (kernel 9)"),
+    Variant("views", "encoder-tiny", dict(attention="flash", positions="rope"), views=True,
+            description="the transformer on nucleotide + kmer:6 views concatenated"),
+)}
+
+
+class CompareError(DnalmError):
+    """A comparison that cannot run as asked."""
+
+
+class Budget(BaseModel):
+    """Everything that decides the numbers; a ``--work`` folder belongs to one budget."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    genome: str
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    seeds: int = Field(2, ge=1)
+    seq_len: int = Field(1024, ge=64)
+    pretrain_tokens: int = Field(1_000_000, ge=1)
+    processes: int = Field(2, ge=1)
+    micro_batch: int = Field(4, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    eval_windows: int = Field(128, ge=1, description="held-out windows scored for masked-base accuracy")
+    lengths: tuple[int, ...] = (1024, 8192)
+    tokens_per_step: int = Field(8192, ge=1, description="throughput: batch = tokens_per_step // length (at least 1)")
+    tasks: dict[str, int] = Field(default_factory=lambda: {"prom_core_all": 5000, "prom_300_tata": 2000},
+                                  description="GUE task → training rows used (a fixed random subset)")
+    finetune_epochs: int = Field(2, ge=1)
+    finetune_lr: float = Field(1e-3, gt=0)
+
+    @field_validator("variants")
+    @classmethod
+    def _known(cls, names):
+        unknown = [n for n in names if n not in VARIANTS]
+        if unknown or not names:
+            raise ValueError(f"unknown variant {unknown[0] if unknown else '(none given)'}: choose from {', '.join(VARIANTS)}")
+        return names
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro_batch * self.processes
+
+    @property
+    def pretrain_steps(self) -> int:
+        return math.ceil(self.pretrain_tokens / (self.global_batch * self.seq_len))
+
+
+# --- stages ---------------------------------------------------------------------------------
+def cached(path: Path, compute):
+    """``compute()``'s JSON result, kept at ``path`` (written atomically) and reused on a rerun."""
+    if path.exists():
+        return json.loads(path.read_text())
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    tmp.replace(path)
+    return value
+
+
+def prepare(budget: Budget, work: Path) -> dict:
+    """Shards of the genome, once with the nucleotide tokenizer and once with nucleotide + kmer:6 views."""
+    from data_prep.jobs import prep
+    from data_prep.plan import PrepConfig
+
+    folders = {}
+    for name, tokenizers in (("nucleotide", ["nucleotide"]), ("views", ["nucleotide", "kmer:6"])):
+        if name == "views" and not any(VARIANTS[v].views for v in budget.variants):
+            continue
+        folder = work / "data" / name
+        config = PrepConfig(genomes=[budget.genome], tokenizers=tokenizers, seq_len=budget.seq_len, views=len(tokenizers) > 1)
+        result = prep(config, folder, jobs=2)
+        manifest = result["manifest"]
+        folders[name] = {"path": str(folder), "seconds": round(result["seconds"], 1),
+                         "train_samples": manifest.splits["train"].num_samples,
+                         "val_samples": manifest.splits["val"].num_samples if "val" in manifest.splits else 0}
+    return folders
+
+
+def throughput(variant: Variant, length: int, batch: int) -> dict:
+    """Training step (forward, backward, AdamW) tokens/s and peak memory, measured in a fresh process."""
+    command = [sys.executable, "-m", "dnalm.bench.compare", variant.name, str(length), str(batch)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+        return {"failed": tail}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure_step(variant: Variant, length: int, batch: int, steps: int = 3) -> dict:
+    """In this process: best of ``steps`` training steps after one warm-up; peak resident memory above the start."""
+    import psutil
+
+    from dnalm.models import build_model, get_config
+    from dnalm.tokenizers import load
+
+    vocab = load("nucleotide+kmer:6" if variant.views else "nucleotide").vocab_size
+    torch.manual_seed(0)
+    baseline = psutil.Process().memory_info().rss
+    model = build_model(get_config(variant.model, vocab_size=vocab, max_seq_len=max(length, 1024), **variant.overrides))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = torch.randint(5, vocab, (batch, length))
+    best = float("inf")
+    for i in range(steps + 1):
+        start = time.perf_counter()
+        logits = model(ids).logits
+        torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), ids.view(-1)).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if i:
+            best = min(best, time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"tokens_per_s": round(batch * length / best, 1), "step_seconds": round(best, 3),
+            "peak_mb": round((peak - baseline) / 2**20, 1)}
+
+
+def pretrain(variant: Variant, seed: int, budget: Budget, data: Path, work: Path) -> dict:
+    """Masked-LM pretraining by the trainer under the deepspeed launcher, then a bundle (dnalm convert)."""
+    from dnalm.convert import convert
+    from dnalm.train.metrics import read
+    from dnalm.train.spawn import spawn_training
+
+    name = f"{variant.name}-seed{seed}"
+    run_dir, bundle = work / "runs" / name, work / "bundles" / name
+    steps = budget.pretrain_steps
+    config = {"run_dir": str(run_dir), "model": {"name": variant.model, "overrides": dict(variant.overrides)},
+              "data": {"path": str(data), "num_workers": 1},
+              "optim": {"lr": budget.lr, "warmup_steps": max(1, steps // 10)},
+              "batch": {"micro_batch": budget.micro_batch, "global_batch": budget.global_batch},
+              "budget": {"tokens": budget.pretrain_tokens}, "eval": {"interval": max(1, steps // 5), "batches": 4},
+              "checkpoint": {"interval": steps, "keep_last": 1},
+              "logging": {"interval": 1, "wandb": "disabled"}, "deepspeed": "zero2", "seed": seed}
+    started = time.perf_counter()
+    spawn_training(config, work / "configs" / f"{name}.yaml", budget.processes, work / "logs" / f"{name}.log")
+    seconds = time.perf_counter() - started
+    convert(run_dir, bundle)
+    records = read(run_dir)
+    curve = [{"step": r["step"], "tokens_seen": r["tokens_seen"], "loss": r["loss"]} for r in records if "loss" in r]
+    val = [{"step": r["step"], "tokens_seen": r["tokens_seen"], "val_loss": r["val_loss"]} for r in records if "val_loss" in r]
+    return {"variant": variant.name, "seed": seed, "bundle": str(bundle), "steps": steps, "tokens_seen": curve[-1]["tokens_seen"],
+            "seconds": round(seconds, 1), "final_loss": curve[-1]["loss"], "curve": curve, "val_curve": val}
+
+
+@torch.no_grad()
+def masked_accuracy(bundle: Path, data: Path, windows: int, seed: int = 1234) -> dict:
+    """Masked-base accuracy and loss on the held-out split, counted on nucleotide tokens only.
+
+    The same windows and masks for every model (the masks depend on ``seed`` and the window's
+    position only); with views, the masked bases are hidden in every view and scored in the
+    nucleotide view, so single- and multi-view encoders are scored on the same bases.
+    """
+    from dnalm.bundle import load_pretrained
+    from dnalm.data.masking import IGNORE, mlm_batch, view_ranges
+    from dnalm.data.stream import GenomeStream, StreamLoader
+
+    model, _ = load_pretrained(bundle)
+    stream = GenomeStream(data, "val", batch_size=8, seed=0, shuffle_buffer=1, epochs=1)
+    ranges = view_ranges([t.vocab_size for t in stream.manifest.tokenizers])
+    correct = targets = 0
+    loss_sum = 0.0
+    for i, batch in enumerate(StreamLoader(stream)):
+        if i * 8 >= windows:
+            break
+        inputs = mlm_batch(batch, ranges, np.random.default_rng([seed, i]))
+        extra = {k: inputs[k] for k in ("segment_ids", "positions") if k in inputs}
+        logits = model(inputs["input_ids"], attention_mask=inputs["attention_mask"], **extra).logits
+        scored = inputs["labels"] != IGNORE
+        if "segment_ids" in inputs:
+            scored &= inputs["segment_ids"] == 0
+        labels = inputs["labels"][scored]
+        picked = logits[scored].float()
+        correct += int((picked.argmax(-1) == labels).sum())
+        targets += int(scored.sum())
+        loss_sum += float(torch.nn.functional.cross_entropy(picked, labels, reduction="sum"))
+    if targets == 0:
+        raise CompareError(f"{data}: the held-out split gave no masked bases to score")
+    return {"masked_accuracy": correct / targets, "masked_loss": loss_sum / targets, "scored_bases": targets}
+
+
+def finetune_one(task: str, rows: int, variant: Variant, seed: int, bundle: Path, pretrained: bool, budget: Budget,
+                 gue: Path, work: Path) -> dict:
+    from dnalm.finetune import finetune
+
+    out = work / "finetune" / task / f"{variant.name}-{'pretrained' if pretrained else 'scratch'}-seed{seed}"
+    result = finetune(gue / task / "train.csv", gue / task / "dev.csv", out, model=bundle, scratch=not pretrained,
+                      first_seed=seed, train_limit=rows, epochs=budget.finetune_epochs, lr=budget.finetune_lr)
+    run = result["runs"][0]
+    return {"task": task, "variant": variant.name, "pretrained": pretrained, "seed": seed, "train_rows": result["train_rows"],
+            "best_epoch": run["best_epoch"], "seconds": result["seconds"], **{f"dev_{k}": v for k, v in run["dev"].items()}}
+
+
+# --- the whole comparison -------------------------------------------------------------------
+def run(budget: Budget, work: Path, out_dir: Path, gue: Path = GUE, log=print) -> dict:
+    from dnalm.bench import compare_report
+
+    check_inputs(budget, gue)
+    work = Path(work).resolve()
+    _claim(work, budget)
+    started = time.perf_counter()
+    stage_seconds = {}
+    variants = [VARIANTS[v] for v in budget.variants]
+
+    log(f"[1/5] prep {Path(budget.genome).name} (seq_len {budget.seq_len}) → {work / 'data'}")
+    t = time.perf_counter()
+    data = prepare(budget, work)
+    stage_seconds["prep"] = round(time.perf_counter() - t, 1)
+
+    log(f"[2/5] throughput and peak memory at {', '.join(map(str, budget.lengths))} tokens")
+    t = time.perf_counter()
+    speed = []
+    for variant in variants:
+        for length in budget.lengths:
+            batch = max(1, budget.tokens_per_step // length)
+            row = cached(work / "results" / f"throughput-{variant.name}-{length}.json",
+                         lambda: {"variant": variant.name, "length": length, "batch": batch, **throughput(variant, length, batch)})
+            speed.append(row)
+            log(f"      {variant.name:<12} {length:>6}: " + (f"{row['tokens_per_s']:>9,.0f} tokens/s  {row['peak_mb']:>7,.0f} MB"
+                                                            if "tokens_per_s" in row else row["failed"]))
+    stage_seconds["throughput"] = round(time.perf_counter() - t, 1)
+
+    log(f"[3/5] pretrain {len(variants)} variants × {budget.seeds} seeds, {budget.pretrain_tokens:,} tokens each "
+        f"({budget.pretrain_steps} steps of {budget.global_batch}×{budget.seq_len}), then score the held-out split")
+    t = time.perf_counter()
+    pretrained = []
+    for variant in variants:
+        folder = Path(data["views" if variant.views else "nucleotide"]["path"])
+        for seed in range(budget.seeds):
+            row = cached(work / "results" / f"pretrain-{variant.name}-seed{seed}.json",
+                         lambda: _pretrain_and_score(variant, seed, budget, folder, work))
+            pretrained.append(row)
+            log(f"      {variant.name:<12} seed {seed}: loss {row['final_loss']:.3f}, held-out masked accuracy "
+                f"{row['masked_accuracy']:.4f} ({row['seconds']:.0f} s)")
+    stage_seconds["pretrain"] = round(time.perf_counter() - t, 1)
+
+    log(f"[4/5] fine-tune on {', '.join(f'{k} ({v} rows)' for k, v in budget.tasks.items())}, "
+        f"{budget.finetune_epochs} epochs, with and without pretraining")
+    t = time.perf_counter()
+    bundles = {(r["variant"], r["seed"]): Path(r["bundle"]) for r in pretrained}
+    tuned = []
+    for task, rows in budget.tasks.items():
+        for variant in variants:
+            for is_pretrained in (True, False):
+                for seed in range(budget.seeds):
+                    tag = f"{task}-{variant.name}-{'pretrained' if is_pretrained else 'scratch'}-seed{seed}"
+                    row = cached(work / "results" / f"finetune-{tag}.json",
+                                 lambda: finetune_one(task, rows, variant, seed, bundles[variant.name, seed], is_pretrained,
+                                                      budget, gue, work))
+                    tuned.append(row)
+                    log(f"      {tag}: dev MCC {row['dev_mcc']:.4f} ({row['seconds']:.0f} s)")
+    stage_seconds["finetune"] = round(time.perf_counter() - t, 1)
+
+    log(f"[5/5] report → {out_dir}")
+    result = {"benchmark": "compare", "command": command_line(budget), "machine": report.machine(),
+              "torch_threads": torch.get_num_threads(), "budget": budget.model_dump(),
+              "variants": {v.name: {"model": v.model, "overrides": v.overrides, "views": v.views, "description": v.description,
+                                    "parameters": _parameters(v)} for v in variants},
+              "data": data, "seconds": {**stage_seconds, "total": round(time.perf_counter() - started, 1)},
+              "throughput": speed, "pretrain": pretrained, "finetune": tuned}
+    result["summary"] = compare_report.summarise(result)
+    compare_report.write(result, Path(out_dir))
+    return result
+
+
+def _pretrain_and_score(variant: Variant, seed: int, budget: Budget, data: Path, work: Path) -> dict:
+    row = pretrain(variant, seed, budget, data, work)
+    return row | masked_accuracy(Path(row["bundle"]), data, budget.eval_windows)
+
+
+def _parameters(variant: Variant) -> int:
+    from dnalm.models import build_model, count_parameters, get_config
+    from dnalm.tokenizers import load
+
+    vocab = load("nucleotide+kmer:6" if variant.views else "nucleotide").vocab_size
+    with torch.device("meta"):
+        return count_parameters(build_model(get_config(variant.model, vocab_size=vocab, **variant.overrides)))
+
+
+def check_inputs(budget: Budget, gue: Path) -> None:
+    if not Path(budget.genome).is_file():
+        raise CompareError(f"--genome {budget.genome}: no such file (the default, chr20, lives in ../shared/data/genomes/)")
+    for task in budget.tasks:
+        for split in ("train", "dev"):
+            if not (Path(gue) / task / f"{split}.csv").is_file():
+                raise CompareError(f"--gue {gue}: no {task}/{split}.csv (GUE tasks are folders of train.csv and dev.csv)")
+
+
+def _claim(work: Path, budget: Budget) -> None:
+    """A work folder holds one budget's results; reusing it with another budget would mix them."""
+    path = work / "budget.json"
+    wanted = json.loads(budget.model_dump_json())
+    if path.exists():
+        had = json.loads(path.read_text())
+        if had != wanted:
+            changed = sorted(k for k in wanted.keys() | had.keys() if had.get(k) != wanted.get(k))
+            raise CompareError(f"{work} holds a comparison with another budget ({', '.join(changed)} differ); "
+                               f"use a new --work folder or delete it")
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    tmp = work / ".budget.json.tmp"
+    tmp.write_text(json.dumps(wanted, indent=1))
+    tmp.replace(path)
+
+
+def command_line(budget: Budget) -> str:
+    default = Budget(genome=str(CHR20))
+    parts = ["dnalm bench compare"]
+    if Path(budget.genome) != CHR20:
+        parts.append(f"--genome {budget.genome}")
+    flags = {"variants": ",".join(budget.variants), "seeds": budget.seeds, "pretrain-tokens": budget.pretrain_tokens,
+             "seq-len": budget.seq_len, "processes": budget.processes, "lengths": ",".join(map(str, budget.lengths)),
+             "tasks": ",".join(f"{k}={v}" for k, v in budget.tasks.items()), "epochs": budget.finetune_epochs}
+    defaults = {"variants": ",".join(default.variants), "seeds": default.seeds, "pretrain-tokens": default.pretrain_tokens,
+                "seq-len": default.seq_len, "processes": default.processes, "lengths": ",".join(map(str, default.lengths)),
+                "tasks": ",".join(f"{k}={v}" for k, v in default.tasks.items()), "epochs": default.finetune_epochs}
+    parts += [f"--{k} {v}" for k, v in flags.items() if v != defaults[k]]
+    return " ".join(parts)
+
+
+def budget_from(values: dict) -> Budget:
+    return validated(Budget, values, CompareError, "bench compare")
+
+
+if __name__ == "__main__":
+    name, length, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    print(json.dumps(measure_step(VARIANTS[name], length, batch)))
