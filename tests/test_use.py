@@ -187,6 +187,40 @@ def test_finetune_cli_from_a_bundle(bundles, tmp_path):
     assert both.returncode == 1 and "exactly one of --model BUNDLE and --arch" in both.stderr
 
 
+@needs_shared(GUE)
+def test_finetune_from_scratch_keeps_the_bundle_architecture_not_its_weights(bundles, tmp_path):
+    from dnalm.finetune import build_classifier
+
+    pretrained = build_classifier(2, bundles["encoder"], None, 0, seed=0)
+    fresh = build_classifier(2, bundles["encoder"], None, 0, seed=0, scratch=True)
+    assert fresh.backbone.config == pretrained.backbone.config
+    weights = [name for name, _ in pretrained.backbone.named_parameters()]
+    differ = [n for n in weights if not torch.equal(dict(pretrained.backbone.named_parameters())[n],
+                                                    dict(fresh.backbone.named_parameters())[n])]
+    assert "embed.weight" in differ and len(differ) > len(weights) // 2
+
+    sets = gue_subset(tmp_path, rows=300)
+    result = run_cli("finetune", "--model", bundles["encoder"], "--from-scratch", "--train-limit", "120", "--train", sets["train"],
+                     "--dev", sets["dev"], "--out", tmp_path / "scratch", "--epochs", "1")
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / "scratch" / "metrics.json").read_text())
+    assert saved["pretrained"] is False and saved["train_rows"] == 120 and saved["settings"]["train_limit"] == 120
+    alone = run_cli("finetune", "--arch", "cnn", "--from-scratch", "--train", sets["train"], "--dev", sets["dev"],
+                    "--out", tmp_path / "y")
+    assert alone.returncode == 1 and "--from-scratch takes the architecture and tokenizer of --model" in alone.stderr
+
+
+def test_train_limit_takes_the_same_rows_every_time(tmp_path):
+    from dnalm.finetune import limit, read_labelled
+
+    path = tmp_path / "set.csv"
+    path.write_text("sequence,label\n" + "".join(f"{'ACGT'[i % 4] * 8},{i % 2}\n" for i in range(50)))
+    data = read_labelled(path)
+    first, second = limit(data, 10), limit(data, 10)
+    assert first.sequences == second.sequences and len(first.sequences) == 10 and list(first.labels) == list(second.labels)
+    assert limit(data, 100) is data
+
+
 def test_metrics_against_known_values():
     from dnalm.finetune import metrics
 

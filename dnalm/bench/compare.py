@@ -95,16 +95,29 @@ class Budget(BaseModel):
 
 
 # --- stages ---------------------------------------------------------------------------------
-def cached(path: Path, compute):
-    """``compute()``'s JSON result, kept at ``path`` (written atomically) and reused on a rerun."""
-    if path.exists():
-        return json.loads(path.read_text())
-    value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    tmp.replace(path)
-    return value
+class Pieces:
+    """Finished pieces of a comparison as JSON under ``work/results``, reused on a rerun; failures are retried."""
+
+    def __init__(self, work: Path):
+        self.folder = work / "results"
+        self.reused, self.reused_seconds = 0, 0.0
+
+    def get(self, name: str, compute) -> dict:
+        path = self.folder / f"{name}.json"
+        if path.exists():
+            value = json.loads(path.read_text())
+            self.reused += 1
+            self.reused_seconds += value.get("piece_seconds", 0.0)
+            return value
+        started = time.perf_counter()
+        value = compute()
+        value["piece_seconds"] = round(time.perf_counter() - started, 1)
+        if "failed" not in value:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(json.dumps(value, indent=1))
+            tmp.replace(path)
+        return value
 
 
 def prepare(budget: Budget, work: Path) -> dict:
@@ -245,69 +258,79 @@ def run(budget: Budget, work: Path, out_dir: Path, gue: Path = GUE, log=print) -
     check_inputs(budget, gue)
     work = Path(work).resolve()
     _claim(work, budget)
-    started = time.perf_counter()
-    stage_seconds = {}
+    pieces = Pieces(work)
     variants = [VARIANTS[v] for v in budget.variants]
+    started, seconds = time.perf_counter(), {}
+
+    def stage(name: str, compute):
+        t = time.perf_counter()
+        value = compute()
+        seconds[name] = round(time.perf_counter() - t, 1)
+        return value
 
     log(f"[1/5] prep {Path(budget.genome).name} (seq_len {budget.seq_len}) → {work / 'data'}")
-    t = time.perf_counter()
-    data = prepare(budget, work)
-    stage_seconds["prep"] = round(time.perf_counter() - t, 1)
-
+    data = stage("prep", lambda: prepare(budget, work))
     log(f"[2/5] throughput and peak memory at {', '.join(map(str, budget.lengths))} tokens")
-    t = time.perf_counter()
-    speed = []
-    for variant in variants:
-        for length in budget.lengths:
-            batch = max(1, budget.tokens_per_step // length)
-            row = cached(work / "results" / f"throughput-{variant.name}-{length}.json",
-                         lambda: {"variant": variant.name, "length": length, "batch": batch, **throughput(variant, length, batch)})
-            speed.append(row)
-            log(f"      {variant.name:<12} {length:>6}: " + (f"{row['tokens_per_s']:>9,.0f} tokens/s  {row['peak_mb']:>7,.0f} MB"
-                                                            if "tokens_per_s" in row else row["failed"]))
-    stage_seconds["throughput"] = round(time.perf_counter() - t, 1)
-
+    speed = stage("throughput", lambda: throughput_stage(variants, budget, pieces, log))
     log(f"[3/5] pretrain {len(variants)} variants × {budget.seeds} seeds, {budget.pretrain_tokens:,} tokens each "
         f"({budget.pretrain_steps} steps of {budget.global_batch}×{budget.seq_len}), then score the held-out split")
-    t = time.perf_counter()
-    pretrained = []
-    for variant in variants:
-        folder = Path(data["views" if variant.views else "nucleotide"]["path"])
-        for seed in range(budget.seeds):
-            row = cached(work / "results" / f"pretrain-{variant.name}-seed{seed}.json",
-                         lambda: _pretrain_and_score(variant, seed, budget, folder, work))
-            pretrained.append(row)
-            log(f"      {variant.name:<12} seed {seed}: loss {row['final_loss']:.3f}, held-out masked accuracy "
-                f"{row['masked_accuracy']:.4f} ({row['seconds']:.0f} s)")
-    stage_seconds["pretrain"] = round(time.perf_counter() - t, 1)
-
+    pretrained = stage("pretrain", lambda: pretrain_stage(variants, budget, data, work, pieces, log))
     log(f"[4/5] fine-tune on {', '.join(f'{k} ({v} rows)' for k, v in budget.tasks.items())}, "
         f"{budget.finetune_epochs} epochs, with and without pretraining")
-    t = time.perf_counter()
-    bundles = {(r["variant"], r["seed"]): Path(r["bundle"]) for r in pretrained}
-    tuned = []
-    for task, rows in budget.tasks.items():
-        for variant in variants:
-            for is_pretrained in (True, False):
-                for seed in range(budget.seeds):
-                    tag = f"{task}-{variant.name}-{'pretrained' if is_pretrained else 'scratch'}-seed{seed}"
-                    row = cached(work / "results" / f"finetune-{tag}.json",
-                                 lambda: finetune_one(task, rows, variant, seed, bundles[variant.name, seed], is_pretrained,
-                                                      budget, gue, work))
-                    tuned.append(row)
-                    log(f"      {tag}: dev MCC {row['dev_mcc']:.4f} ({row['seconds']:.0f} s)")
-    stage_seconds["finetune"] = round(time.perf_counter() - t, 1)
+    tuned = stage("finetune", lambda: finetune_stage(variants, budget, pretrained, gue, work, pieces, log))
 
     log(f"[5/5] report → {out_dir}")
     result = {"benchmark": "compare", "command": command_line(budget), "machine": report.machine(),
               "torch_threads": torch.get_num_threads(), "budget": budget.model_dump(),
               "variants": {v.name: {"model": v.model, "overrides": v.overrides, "views": v.views, "description": v.description,
                                     "parameters": _parameters(v)} for v in variants},
-              "data": data, "seconds": {**stage_seconds, "total": round(time.perf_counter() - started, 1)},
+              "data": data, "seconds": {**seconds, "total": round(time.perf_counter() - started, 1)},
+              "reused_pieces": {"count": pieces.reused, "their_seconds": round(pieces.reused_seconds, 1)},
               "throughput": speed, "pretrain": pretrained, "finetune": tuned}
     result["summary"] = compare_report.summarise(result)
     compare_report.write(result, Path(out_dir))
     return result
+
+
+def throughput_stage(variants: list[Variant], budget: Budget, pieces: Pieces, log) -> list[dict]:
+    rows = []
+    for variant in variants:
+        for length in budget.lengths:
+            batch = max(1, budget.tokens_per_step // length)
+            row = pieces.get(f"throughput-{variant.name}-{length}",
+                             lambda: {"variant": variant.name, "length": length, "batch": batch, **throughput(variant, length, batch)})
+            rows.append(row)
+            log(f"      {variant.name:<12} {length:>6}: " + (f"{row['tokens_per_s']:>9,.0f} tokens/s  {row['peak_mb']:>7,.0f} MB"
+                                                            if "tokens_per_s" in row else row["failed"]))
+    return rows
+
+
+def pretrain_stage(variants: list[Variant], budget: Budget, data: dict, work: Path, pieces: Pieces, log) -> list[dict]:
+    rows = []
+    for variant in variants:
+        folder = Path(data["views" if variant.views else "nucleotide"]["path"])
+        for seed in range(budget.seeds):
+            row = pieces.get(f"pretrain-{variant.name}-seed{seed}", lambda: _pretrain_and_score(variant, seed, budget, folder, work))
+            rows.append(row)
+            log(f"      {variant.name:<12} seed {seed}: loss {row['final_loss']:.3f}, held-out masked accuracy "
+                f"{row['masked_accuracy']:.4f} ({row['seconds']:.0f} s)")
+    return rows
+
+
+def finetune_stage(variants: list[Variant], budget: Budget, pretrained: list[dict], gue: Path, work: Path, pieces: Pieces,
+                   log) -> list[dict]:
+    bundles = {(r["variant"], r["seed"]): Path(r["bundle"]) for r in pretrained}
+    rows = []
+    for task, limit in budget.tasks.items():
+        for variant in variants:
+            for is_pretrained in (True, False):
+                for seed in range(budget.seeds):
+                    tag = f"{task}-{variant.name}-{'pretrained' if is_pretrained else 'scratch'}-seed{seed}"
+                    row = pieces.get(f"finetune-{tag}", lambda: finetune_one(task, limit, variant, seed, bundles[variant.name, seed],
+                                                                               is_pretrained, budget, gue, work))
+                    rows.append(row)
+                    log(f"      {tag}: dev MCC {row['dev_mcc']:.4f} ({row['seconds']:.0f} s)")
+    return rows
 
 
 def _pretrain_and_score(variant: Variant, seed: int, budget: Budget, data: Path, work: Path) -> dict:
@@ -320,8 +343,7 @@ def _parameters(variant: Variant) -> int:
     from dnalm.tokenizers import load
 
     vocab = load("nucleotide+kmer:6" if variant.views else "nucleotide").vocab_size
-    with torch.device("meta"):
-        return count_parameters(build_model(get_config(variant.model, vocab_size=vocab, **variant.overrides)))
+    return count_parameters(build_model(get_config(variant.model, vocab_size=vocab, **variant.overrides)))
 
 
 def check_inputs(budget: Budget, gue: Path) -> None:

@@ -46,7 +46,8 @@ def markdown(result: dict) -> str:
              f"Machine: {result['machine']['cpu']}, {result['machine']['cores_available']} cores, "
              f"{result['torch_threads']} torch threads, fp32, {result['machine']['date']}  ",
              f"Wall time: {result['seconds']['total'] / 60:.1f} min "
-             f"({', '.join(f'{k} {v / 60:.1f}' for k, v in result['seconds'].items() if k != 'total')} min)", "",
+             f"({', '.join(f'{k} {v / 60:.1f}' for k, v in result['seconds'].items() if k != 'total')} min)"
+             + _resumed(result.get("reused_pieces")), "",
              f"Pretraining (masked LM), {budget['pretrain_tokens']:,} tokens per run ({result['pretrain'][0]['steps']} steps of "
              f"{budget['micro_batch'] * budget['processes']}×{budget['seq_len']}), {seeds} seeds, DeepSpeed ZeRO-2 on "
              f"{budget['processes']} CPU processes; held-out accuracy on {budget['eval_windows']} validation windows, "
@@ -76,6 +77,13 @@ def markdown(result: dict) -> str:
         for name, row in table.items():
             lines.append(f"| {name} | {_pm(row['pretrained'])} | {_pm(row['scratch'])} | {row['gain']:+.4f} |")
     return "\n".join(lines) + "\n"
+
+
+def _resumed(reused: dict | None) -> str:
+    if not reused or not reused["count"]:
+        return ""
+    return (f"; resumed: {reused['count']} finished pieces came from an earlier invocation "
+            f"(their own recorded time: {reused['their_seconds'] / 60:.1f} min, not counted above)")
 
 
 def write(result: dict, out_dir: Path) -> None:
