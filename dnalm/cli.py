@@ -231,8 +231,8 @@ def finetune(args) -> None:
     if args.seeds < 1 or args.epochs < 1 or args.batch_size < 1:
         raise DnalmError("--seeds, --epochs and --batch-size must be at least 1")
     result = run_finetune(args.train, args.dev, args.out, model=args.model, arch=args.arch, test_path=args.test,
-                          scratch=args.from_scratch, train_limit=args.train_limit, seeds=args.seeds, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                          show_progress=sys.stderr.isatty())
+                          scratch=args.from_scratch, train_limit=args.train_limit, seeds=args.seeds, epochs=args.epochs,
+                          lr=args.lr, batch_size=args.batch_size, show_progress=sys.stderr.isatty())
     for split, values in result["summary"].items():
         print(f"{split}: " + ", ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in values.items()))
     print(f"metrics: {args.out / 'metrics.json'} ({result['seconds']:.0f} s)")

@@ -65,6 +65,8 @@ def test_compare_resumes_from_finished_pieces_and_refuses_another_budget(compare
     (["--tasks", "prom_core_all=many"], "--tasks: 'many' is not a whole number"),
     (["--gue", "/nonexistent"], "no prom_core_all/train.csv"),
     (["--seeds", "0"], "seeds"),
+    (["--tasks", "prom_core_all=1"], "at least 2 training rows"),
+    (["--lengths", "1024,4"], "at least 8 tokens"),
 ])
 def test_compare_refuses_bad_input_before_writing_anything(tmp_path, flags, message):
     done = run_cli("bench", "compare", "--genome", str(genome.DEFAULT_GENOME), *flags, "--work", tmp_path / "work",

@@ -85,6 +85,21 @@ class Budget(BaseModel):
             raise ValueError(f"unknown variant {unknown[0] if unknown else '(none given)'}: choose from {', '.join(VARIANTS)}")
         return names
 
+    @field_validator("tasks")
+    @classmethod
+    def _rows(cls, tasks):
+        small = {task: rows for task, rows in tasks.items() if rows < 2}
+        if small or not tasks:
+            raise ValueError(f"each task needs at least 2 training rows, got {small or 'no tasks'}")
+        return tasks
+
+    @field_validator("lengths")
+    @classmethod
+    def _lengths(cls, lengths):
+        if not lengths or min(lengths) < 8:
+            raise ValueError(f"throughput lengths must be at least 8 tokens, got {list(lengths)}")
+        return lengths
+
     @property
     def global_batch(self) -> int:
         return self.micro_batch * self.processes
