@@ -69,13 +69,10 @@ def _last(run_dir: Path, key: str):
 
 
 def _plot(runs: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from dnalm.plots import pyplot, save
     from dnalm.train.metrics import read
 
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, run_dir in runs.items():
         records = read(run_dir)
@@ -88,6 +85,4 @@ def _plot(runs: dict, path: Path) -> Path:
     ax.set_title("dnalm demo — bundled E. coli genome")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save(fig, path)

@@ -124,10 +124,9 @@ def _findings(rows) -> dict:
 
 
 def _plot(result: dict, out_dir: Path) -> None:
-    import matplotlib
+    from dnalm.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
     for col, causal in enumerate((False, True)):
@@ -152,7 +151,6 @@ def _plot(result: dict, out_dir: Path) -> None:
     fig.suptitle(f"dnalm bench attention — 1×{HEADS} heads×{HEAD_DIM}, fp32, {result['machine']['cpu']}, "
                  f"{result['torch_threads']} threads", fontsize=10)
     report.save_plot(fig, out_dir, "attention")
-    plt.close(fig)
 
 
 if __name__ == "__main__":

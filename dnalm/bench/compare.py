@@ -168,27 +168,25 @@ def measure_step(variant: Variant, length: int, batch: int, steps: int = 3) -> d
     """In this process: best of ``steps`` training steps after one warm-up; peak resident memory above the start."""
     import psutil
 
+    from dnalm.bench.train import step_tokens_per_s
+
+    baseline = psutil.Process().memory_info().rss
+    model = build_variant(variant, max_seq_len=max(length, 1024))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    rate = step_tokens_per_s(model, batch, length, model.config.vocab_size, steps=steps, optimizer=optimizer)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"tokens_per_s": round(rate, 1), "step_seconds": round(batch * length / rate, 3),
+            "peak_mb": round((peak - baseline) / 2**20, 1)}
+
+
+def build_variant(variant: Variant, **changes) -> torch.nn.Module:
+    """The variant's model with fresh weights (seed 0), sized for its tokenizer's vocabulary."""
     from dnalm.models import build_model, get_config
     from dnalm.tokenizers import load
 
     vocab = load("nucleotide+kmer:6" if variant.views else "nucleotide").vocab_size
     torch.manual_seed(0)
-    baseline = psutil.Process().memory_info().rss
-    model = build_model(get_config(variant.model, vocab_size=vocab, max_seq_len=max(length, 1024), **variant.overrides))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    ids = torch.randint(5, vocab, (batch, length))
-    best = float("inf")
-    for i in range(steps + 1):
-        start = time.perf_counter()
-        logits = model(ids).logits
-        torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), ids.view(-1)).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if i:
-            best = min(best, time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"tokens_per_s": round(batch * length / best, 1), "step_seconds": round(best, 3),
-            "peak_mb": round((peak - baseline) / 2**20, 1)}
+    return build_model(get_config(variant.model, vocab_size=vocab, **variant.overrides, **changes))
 
 
 def pretrain(variant: Variant, seed: int, budget: Budget, data: Path, work: Path) -> dict:
@@ -231,12 +229,13 @@ def masked_accuracy(bundle: Path, data: Path, windows: int, seed: int = 1234) ->
     from dnalm.data.stream import GenomeStream, StreamLoader
 
     model, _ = load_pretrained(bundle)
-    stream = GenomeStream(data, "val", batch_size=8, seed=0, shuffle_buffer=1, epochs=1)
+    batch_size = 8
+    stream = GenomeStream(data, "val", batch_size=batch_size, seed=0, shuffle_buffer=1, epochs=1)
     ranges = view_ranges([t.vocab_size for t in stream.manifest.tokenizers])
     correct = targets = 0
     loss_sum = 0.0
     for i, batch in enumerate(StreamLoader(stream)):
-        if i * 8 >= windows:
+        if i * batch_size >= windows:
             break
         inputs = mlm_batch(batch, ranges, np.random.default_rng([seed, i]))
         extra = {k: inputs[k] for k in ("segment_ids", "positions") if k in inputs}
@@ -354,11 +353,9 @@ def _pretrain_and_score(variant: Variant, seed: int, budget: Budget, data: Path,
 
 
 def _parameters(variant: Variant) -> int:
-    from dnalm.models import build_model, count_parameters, get_config
-    from dnalm.tokenizers import load
+    from dnalm.models import count_parameters
 
-    vocab = load("nucleotide+kmer:6" if variant.views else "nucleotide").vocab_size
-    return count_parameters(build_model(get_config(variant.model, vocab_size=vocab, **variant.overrides)))
+    return count_parameters(build_variant(variant))
 
 
 def check_inputs(budget: Budget, gue: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from dnalm.bench import report
+from dnalm.plots import pyplot
 
 # 5-mer logistic regression on GUE dev (../shared/data/README.md): what a k-mer count alone reaches
 KMER_BASELINE_DEV_MCC = {"prom_core_all": 0.557, "prom_core_notata": 0.599, "prom_core_tata": 0.468, "prom_300_tata": 0.454,
@@ -98,21 +99,12 @@ def write(result: dict, out_dir: Path) -> None:
     _plot_finetune(result, out_dir)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _title(result: dict, what: str) -> str:
     return f"dnalm bench compare — {what}\n{result['machine']['cpu']}, {result['torch_threads']} threads, fp32"
 
 
 def _plot_curves(result: dict, out_dir: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(12, 4.2))
     for i, name in enumerate(result["variants"]):
         color = f"C{i}"
@@ -131,11 +123,10 @@ def _plot_curves(result: dict, out_dir: Path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(_title(result, "pretraining loss (views: averaged over nucleotide and 6-mer tokens)"), fontsize=9)
     report.save_plot(fig, out_dir, "compare_loss")
-    plt.close(fig)
 
 
 def _plot_throughput(result: dict, out_dir: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, (rate_ax, memory_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for i, name in enumerate(result["variants"]):
         points = [r for r in result["throughput"] if r["variant"] == name and "tokens_per_s" in r]
@@ -153,11 +144,10 @@ def _plot_throughput(result: dict, out_dir: Path) -> None:
     fig.suptitle(_title(result, f"throughput against sequence length ({result['budget']['tokens_per_step']:,} tokens per step)"),
                  fontsize=9)
     report.save_plot(fig, out_dir, "compare_throughput")
-    plt.close(fig)
 
 
 def _plot_finetune(result: dict, out_dir: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     table = result["summary"]["finetune_dev_mcc"]
     fig, axes = plt.subplots(1, len(table), figsize=(5.5 * len(table), 4), squeeze=False)
     for ax, (task, rows) in zip(axes[0], table.items()):
@@ -175,4 +165,3 @@ def _plot_finetune(result: dict, out_dir: Path) -> None:
         ax.legend(fontsize=7)
     fig.suptitle(_title(result, "fine-tuning, mean ± std over seeds"), fontsize=9)
     report.save_plot(fig, out_dir, "compare_finetune")
-    plt.close(fig)

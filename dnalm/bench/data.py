@@ -81,10 +81,9 @@ def _encoder_small_step(manifest, seq_len: int) -> float:
 
 
 def _plot(result: dict, out_dir: Path) -> None:
-    import matplotlib
+    from dnalm.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     runs = result["prep"]["runs"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -101,4 +100,3 @@ def _plot(result: dict, out_dir: Path) -> None:
     right.legend(fontsize=8)
     fig.suptitle(f"dnalm bench data — {Path(result['genome']['path']).name}, {result['machine']['cpu']}", fontsize=9)
     report.save_plot(fig, out_dir, "data")
-    plt.close(fig)

@@ -28,10 +28,8 @@ def run(model_name: str, new_tokens: int, out_dir: Path, prompt_length: int = 16
         if model.config.attention != attention:
             if attention == "performer" and model.config.positions == "alibi":
                 continue
-            from dnalm.models import build_model as rebuild
-
             torch.manual_seed(0)
-            variant = rebuild(model.config.replace(attention=attention)).eval()
+            variant = build_model(model.config.replace(attention=attention)).eval()
         else:
             variant = model
         cached = tokens_per_second(variant, prompt, new_tokens, use_cache=True)
@@ -48,11 +46,11 @@ def run(model_name: str, new_tokens: int, out_dir: Path, prompt_length: int = 16
 
 
 def _plot(result: dict, out_dir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from dnalm.plots import pyplot
+
+    plt = pyplot()
 
     rows = result["rows"]
     x = np.arange(len(rows))
@@ -66,4 +64,3 @@ def _plot(result: dict, out_dir: Path) -> None:
     ax.set_title(f"dnalm bench generate — {result['model']}, {result['new_tokens']} new tokens, {result['machine']['cpu']}",
                  fontsize=9)
     report.save_plot(fig, out_dir, "generate")
-    plt.close(fig)

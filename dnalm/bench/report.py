@@ -43,8 +43,6 @@ def write(result: dict, out_dir: Path, name: str) -> Path:
 
 
 def save_plot(figure, out_dir: Path, name: str) -> Path:
-    path = out_dir / f"{name}.png"
-    tmp = out_dir / f".{name}.tmp.png"
-    figure.savefig(tmp, dpi=120, bbox_inches="tight")
-    tmp.replace(path)
-    return path
+    from dnalm.plots import save
+
+    return save(figure, out_dir / f"{name}.png")

@@ -72,10 +72,9 @@ def run(genome_path: Path | None, bases: int, out_dir: Path) -> dict:
 
 
 def _plot(result: dict, out_dir: Path) -> None:
-    import matplotlib
+    from dnalm.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = ["read genome"] + [r["tokenizer"] for r in result["encode"]]
     rates = [result["read"]["mbases_per_s"]] + [r["mbases_per_s"] for r in result["encode"]]
@@ -90,4 +89,3 @@ def _plot(result: dict, out_dir: Path) -> None:
     ax.set_title(f"dnalm bench tokenize — {Path(result['genome']['path']).name}, {result['machine']['cpu']}", fontsize=9)
     ax.legend()
     report.save_plot(fig, out_dir, "tokenize")
-    plt.close(fig)

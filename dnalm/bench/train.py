@@ -42,8 +42,9 @@ def flops_per_token(model: torch.nn.Module, config, seq_len: int) -> float:
 
 
 def step_tokens_per_s(model: torch.nn.Module, batch: int, seq_len: int, vocab_size: int, steps: int = 3,
-                      device: str = "cpu", autocast_dtype=None) -> float:
-    """Best forward+backward (cross-entropy on every position) tokens/s over ``steps`` after one warm-up."""
+                      device: str = "cpu", autocast_dtype=None, optimizer: torch.optim.Optimizer | None = None) -> float:
+    """Best forward+backward (cross-entropy on every position), plus ``optimizer``'s step when given, tokens/s over
+    ``steps`` after one warm-up."""
     model.train()
     ids = torch.randint(5, vocab_size, (batch, seq_len), device=device)
     best = float("inf")
@@ -54,6 +55,8 @@ def step_tokens_per_s(model: torch.nn.Module, batch: int, seq_len: int, vocab_si
             logits = model(ids).logits
             loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), ids.view(-1))
         loss.backward()
+        if optimizer is not None:
+            optimizer.step()
         model.zero_grad(set_to_none=True)
         _sync(device)
         if i:
@@ -188,10 +191,9 @@ def run(out_dir: Path, models=MODELS, with_distribution: bool = True) -> dict:
 
 
 def _plot(result: dict, out_dir: Path) -> None:
-    import matplotlib
+    from dnalm.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = result["rows"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -203,4 +205,3 @@ def _plot(result: dict, out_dir: Path) -> None:
     fig.suptitle(f"dnalm bench train — {result['machine']['cpu']}, {result['torch_threads']} threads, fp32; "
                  f"peak {result['peak']['tflops'] * 1000:.0f} GFLOP/s", fontsize=9)
     report.save_plot(fig, out_dir, "train")
-    plt.close(fig)

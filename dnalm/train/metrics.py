@@ -79,10 +79,9 @@ def read(run_dir: Path) -> list[dict]:
 
 def plot(run_dir: Path, out: Path | None = None) -> Path:
     """Training and validation loss against step, to ``RUN/loss.png``."""
-    import matplotlib
+    from dnalm.plots import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     records = read(run_dir)
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
@@ -97,9 +96,4 @@ def plot(run_dir: Path, out: Path | None = None) -> Path:
     ax.set_title(Path(run_dir).name)
     ax.grid(alpha=0.3)
     ax.legend()
-    out = Path(out) if out else Path(run_dir) / "loss.png"
-    tmp = out.with_name(f".{out.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, out)
-    plt.close(fig)
-    return out
+    return save(fig, Path(out) if out else Path(run_dir) / "loss.png")
