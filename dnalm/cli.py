@@ -42,6 +42,12 @@ def command(*path: str, help: str, args: list[tuple[tuple, dict]] = (), configur
     return register
 
 
+def _device_arg():
+    from dnalm.devices import CHOICES
+
+    return arg("--device", choices=CHOICES, default="auto", help="where the model runs: auto (CUDA when present), cpu or cuda")
+
+
 def _genome_args():
     return [
         arg("--min-n-run", type=int, default=100, metavar="N", help="N runs of at least N bases split a contig (default 100)"),
@@ -190,14 +196,16 @@ def convert(args) -> None:
     arg("--num-samples", type=int, default=1),
     arg("--seed", type=int, default=0),
     arg("--out", type=Path, default=None, help="write FASTA here instead of stdout"),
+    _device_arg(),
 ])
 def generate(args) -> None:
     from dnalm.bundle import load_pretrained
+    from dnalm.devices import resolve
     from dnalm.generate import generate as sample, to_fasta
 
     if args.max_new_tokens < 1 or args.num_samples < 1:
         raise DnalmError("--max-new-tokens and --num-samples must be at least 1")
-    model, tokenizer = load_pretrained(args.model)
+    model, tokenizer = load_pretrained(args.model, device=resolve(args.device))
     sequences = sample(model, tokenizer, args.prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                        top_p=args.top_p, num_samples=args.num_samples, seed=args.seed)
     fasta = to_fasta(sequences, len(args.prompt), f"seed={args.seed} temperature={args.temperature} top_k={args.top_k} "
@@ -224,6 +232,7 @@ def generate(args) -> None:
     arg("--epochs", type=int, default=5),
     arg("--lr", type=float, default=1e-3),
     arg("--batch-size", type=int, default=64),
+    _device_arg(),
 ])
 def finetune(args) -> None:
     from dnalm.finetune import finetune as run_finetune
@@ -232,7 +241,7 @@ def finetune(args) -> None:
         raise DnalmError("--seeds, --epochs and --batch-size must be at least 1")
     result = run_finetune(args.train, args.dev, args.out, model=args.model, arch=args.arch, test_path=args.test,
                           scratch=args.from_scratch, train_limit=args.train_limit, seeds=args.seeds, epochs=args.epochs,
-                          lr=args.lr, batch_size=args.batch_size, show_progress=sys.stderr.isatty())
+                          lr=args.lr, batch_size=args.batch_size, show_progress=sys.stderr.isatty(), device=args.device)
     for split, values in result["summary"].items():
         print(f"{split}: " + ", ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in values.items()))
     print(f"metrics: {args.out / 'metrics.json'} ({result['seconds']:.0f} s)")
@@ -270,43 +279,49 @@ def bench_tokenize(args) -> None:
     arg("--seq-len", type=int, default=1024),
     arg("--tokenizers", default="nucleotide,kmer:6", help="views to prep (default nucleotide,kmer:6)"),
     arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for data.json and data.png"),
+    _device_arg(),
 ])
 def bench_data(args) -> None:
     from dnalm.bench import data
 
-    result = data.run(args.genome, args.out, args.seq_len, tuple(t for t in args.tokenizers.split(",") if t))
+    result = data.run(args.genome, args.out, args.seq_len, tuple(t for t in args.tokenizers.split(",") if t),
+                      device=args.device)
     print(json.dumps(result, indent=2))
 
 
 @command("bench", "attention", help="forward+backward time and peak memory of each attention backend, 512 to 16k tokens", args=[
     arg("--lengths", default="512,1024,2048,4096,8192,16384", help="comma-separated sequence lengths"),
     arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for attention.json and attention.png"),
+    _device_arg(),
 ])
 def bench_attention(args) -> None:
     from dnalm.bench import attention
 
-    result = attention.run(args.out, tuple(int(x) for x in args.lengths.split(",")))
+    result = attention.run(args.out, tuple(int(x) for x in args.lengths.split(",")), device=args.device)
     print(json.dumps(result["findings"], indent=2))
 
 
-@command("bench", "train", help="forward+backward tokens/s and MFU of encoder-small and decoder-small", args=[
+@command("bench", "train", help="forward+backward tokens/s and MFU against a matmul peak measured in the same run "
+         "(fp32 on CPU; bf16 on CUDA, with decoder-1.5b)", args=[
     arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for train.json and train.png"),
+    _device_arg(),
 ])
 def bench_train(args) -> None:
     from dnalm.bench import train
 
-    print(json.dumps(train.run(args.out), indent=2))
+    print(json.dumps(train.run(args.out, device=args.device), indent=2))
 
 
 @command("bench", "generate", help="tokens/s of cached decoding against full recomputation", args=[
     arg("--model", default="decoder-small", help="a named decoder size (random weights) or a decoder bundle"),
     arg("--new-tokens", type=int, default=1000),
     arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for generate.json and generate.png"),
+    _device_arg(),
 ])
 def bench_generate(args) -> None:
     from dnalm.bench import generate as bench
 
-    print(json.dumps(bench.run(args.model, args.new_tokens, args.out), indent=2))
+    print(json.dumps(bench.run(args.model, args.new_tokens, args.out, device=args.device), indent=2))
 
 
 @command("bench", "compare", help="the DNA_Performer comparison: pretrain Transformer, ALiBi, Performer, CNN and a "
@@ -323,11 +338,13 @@ def bench_generate(args) -> None:
     arg("--epochs", type=int, default=None, help="fine-tuning epochs (default 2)"),
     arg("--work", type=Path, default=Path("runs/compare"), help="shards, runs, bundles and finished pieces (a rerun resumes)"),
     arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for compare.json, compare.md and the plots"),
+    _device_arg(),
 ])
 def bench_compare(args) -> None:
     from dnalm.bench import compare
+    from dnalm.devices import resolve
 
-    values = {"genome": str(args.genome or compare.CHR20)}
+    values = {"genome": str(args.genome or compare.CHR20), "device": resolve(args.device).type}
     for key, value in (("seeds", args.seeds), ("pretrain_tokens", args.pretrain_tokens), ("seq_len", args.seq_len),
                        ("processes", args.processes), ("finetune_epochs", args.epochs)):
         if value is not None:

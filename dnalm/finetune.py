@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dnalm.devices import model_device, move
 from dnalm.errors import DnalmError
 from dnalm.tokenizers import PAD_ID, Tokenizer, ViewTokenizer, load
 
@@ -151,10 +152,10 @@ def _auroc(positive: np.ndarray, score: np.ndarray) -> float:
 @torch.no_grad()
 def predict(model: Classifier, data: dict, batch_size: int = 256) -> np.ndarray:
     model.eval()
-    out = []
+    device, out = model_device(model), []
     for start in range(0, len(data["ids"]), batch_size):
-        part = {k: v[start : start + batch_size] for k, v in data.items()}
-        out.append(model(part["ids"], part["mask"], part["segment_ids"], part["positions"]).softmax(-1).float())
+        part = move({k: v[start : start + batch_size] for k, v in data.items()}, device)
+        out.append(model(part["ids"], part["mask"], part["segment_ids"], part["positions"]).softmax(-1).float().cpu())
     return torch.cat(out).numpy()
 
 
@@ -183,8 +184,8 @@ def limit(data: LabelledSet, n: int | None) -> LabelledSet:
 
 
 def train_one(seed: int, sets: dict, classes: list[str], bundle, arch, vocab_size, epochs: int, lr: float, batch_size: int,
-              weight_decay: float, progress, scratch: bool = False) -> dict:
-    model = build_classifier(len(classes), bundle, arch, vocab_size, seed, scratch)
+              weight_decay: float, progress, scratch: bool = False, device: torch.device = torch.device("cpu")) -> dict:
+    model = build_classifier(len(classes), bundle, arch, vocab_size, seed, scratch).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     train = sets["train"]
     steps_per_epoch = math.ceil(len(train["ids"]) / batch_size)
@@ -198,9 +199,9 @@ def train_one(seed: int, sets: dict, classes: list[str], bundle, arch, vocab_siz
         model.train()
         order = torch.randperm(len(train["ids"]), generator=generator)
         for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
-            logits = model(train["ids"][index], train["mask"][index], train["segment_ids"][index], train["positions"][index])
-            loss = F.cross_entropy(logits, train["labels"][index])
+            batch = move({k: v[order[start : start + batch_size]] for k, v in train.items()}, device)
+            logits = model(batch["ids"], batch["mask"], batch["segment_ids"], batch["positions"])
+            loss = F.cross_entropy(logits, batch["labels"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -220,8 +221,10 @@ def train_one(seed: int, sets: dict, classes: list[str], bundle, arch, vocab_siz
 
 def finetune(train_path, dev_path, out, *, model: str | Path | None = None, arch: str | None = None, test_path=None,
              scratch: bool = False, seeds: int = 1, first_seed: int = 0, train_limit: int | None = None, epochs: int = 5,
-             lr: float = 1e-3, batch_size: int = 64, weight_decay: float = 0.01, show_progress: bool = False) -> dict:
-    """Seeds ``first_seed`` … ``first_seed + seeds - 1``; ``train_limit`` rows of the training set at most."""
+             lr: float = 1e-3, batch_size: int = 64, weight_decay: float = 0.01, show_progress: bool = False,
+             device: str = "auto") -> dict:
+    """Seeds ``first_seed`` … ``first_seed + seeds - 1``; ``train_limit`` rows of the training set at most;
+    ``device`` auto | cpu | cuda (auto: CUDA when present)."""
     if (model is None) == (arch is None):
         raise DnalmError("give exactly one of --model BUNDLE and --arch " + "|".join(ARCHS))
     if scratch and model is None:
@@ -230,6 +233,9 @@ def finetune(train_path, dev_path, out, *, model: str | Path | None = None, arch
         raise DnalmError(f"--train-limit must be at least 2, got {train_limit}")
     if arch is not None and arch not in ARCHS:
         raise DnalmError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    from dnalm.devices import resolve
+
+    target = resolve(device)
     started = time.perf_counter()
     if model is not None:
         from dnalm.bundle import read_config
@@ -255,7 +261,7 @@ def finetune(train_path, dev_path, out, *, model: str | Path | None = None, arch
 
         bar = tqdm(total=seeds * epochs * math.ceil(len(train.sequences) / batch_size), unit="batch", desc="finetune")
     runs = [train_one(seed, sets, classes, model, arch, tokenizer.vocab_size, epochs, lr, batch_size, weight_decay,
-                      bar.update if bar else (lambda n: None), scratch) for seed in range(first_seed, first_seed + seeds)]
+                      bar.update if bar else (lambda n: None), scratch, target) for seed in range(first_seed, first_seed + seeds)]
     if bar:
         bar.close()
     summary = {}
@@ -267,7 +273,8 @@ def finetune(train_path, dev_path, out, *, model: str | Path | None = None, arch
               "classes": classes, "tokenizer": tokenizer.name, "train": str(train_path), "train_rows": len(train.sequences),
               "dev": str(dev_path), "test": str(test_path) if test_path else None,
               "settings": {"seeds": list(range(first_seed, first_seed + seeds)), "epochs": epochs, "lr": lr,
-                           "batch_size": batch_size, "weight_decay": weight_decay, "train_limit": train_limit},
+                           "batch_size": batch_size, "weight_decay": weight_decay, "train_limit": train_limit,
+                           "device": str(target)},
               "seconds": round(time.perf_counter() - started, 1), "summary": summary, "runs": runs}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,9 @@
 Decoding is incremental: the KV cache for softmax attention, the recurrent state for causal
 Performer. Special tokens are never sampled, so every sample decodes to bases. The same seed
 gives the same output. (performer-pytorch's own sampling helper keeps ``int((1-thres)·vocab)``
-logits, which rounds to zero for a DNA vocabulary; top-k here is an absolute count.)
+logits, which rounds to zero for a DNA vocabulary; top-k here is an absolute count.) Sampling
+happens on the model's device, with a generator of that device: the same seed gives the same
+output on a given device.
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ def generate_ids(model, prompt_ids: torch.Tensor, max_new_tokens: int, *, temper
         raise GenerationError(f"--top-k must be at least 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise GenerationError(f"--top-p must be in (0, 1], got {top_p}")
-    generator = torch.Generator().manual_seed(seed)
-    ids = prompt_ids.view(1, -1).repeat(num_samples, 1)
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    ids = prompt_ids.to(device).view(1, -1).repeat(num_samples, 1)
     cache, step_input = None, ids
     for _ in range(max_new_tokens):
         if use_cache:
@@ -73,7 +76,7 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, **settings) -> 
     if len(encoding) == 0:
         raise GenerationError("the prompt is empty: give at least one base")
     ids = generate_ids(model, torch.from_numpy(encoding.ids.astype("int64")), max_new_tokens, **settings)
-    return [tokenizer.decode(row.numpy()) for row in ids]
+    return [tokenizer.decode(row.cpu().numpy()) for row in ids]
 
 
 def to_fasta(sequences: list[str], prompt_length: int, description: str, width: int = 60) -> str:
@@ -85,6 +88,10 @@ def to_fasta(sequences: list[str], prompt_length: int, description: str, width: 
 
 
 def tokens_per_second(model, prompt_ids: torch.Tensor, new_tokens: int, use_cache: bool) -> float:
+    from dnalm.devices import model_device, synchronize
+
+    synchronize(model_device(model))
     start = time.perf_counter()
     generate_ids(model, prompt_ids, new_tokens, use_cache=use_cache)
+    synchronize(model_device(model))
     return new_tokens / (time.perf_counter() - start)

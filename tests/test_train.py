@@ -169,7 +169,8 @@ def test_nan_steps_are_skipped_then_the_run_stops(data, tmp_path):
 
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_a_window_lost_mid_accumulation_trains_like_one_lost_at_its_start(data, tmp_path, stage):
-    """With 2 micro-batches per step, NaN at the second must discard the first's gradients completely."""
+    """With 2 micro-batches per step, NaN at the second must discard the first's gradients completely; a step whose
+    gradients (not loss) are infinite is skipped the same way."""
     curves = []
     for micro in (0, 1):
         folder = tmp_path / f"micro{micro}"
@@ -179,6 +180,15 @@ def test_a_window_lost_mid_accumulation_trains_like_one_lost_at_its_start(data, 
         curves.append(losses(folder))
     assert 5 not in curves[0] and len(curves[0]) == 9
     assert curves[0] == curves[1]
+    # a finite loss with infinite gradients (rank 0, every micro-batch of step 5): DeepSpeed's grad-norm check
+    # drops the update, the trainer counts the skip, and training goes on exactly as if the window were lost
+    folder = tmp_path / "inf-grad"
+    run(deepspeed_cmd(2, data, folder, deepspeed=stage, **{"batch.global_batch": 16, "budget.steps": 10,
+                                                            "robust.inject_inf_grad_at_steps": "[5]"}))
+    records = {r["step"]: r for r in metrics(folder)}
+    assert records[5]["skipped"] and records[5]["skip_reason"] == "non-finite gradients"
+    assert records[10]["skipped_steps"] == 1
+    assert losses(folder) == curves[0]
 
 
 def test_two_torchrun_nodes_read_disjoint_data_and_write_one_checkpoint(data, tmp_path):

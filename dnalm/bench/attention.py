@@ -1,7 +1,8 @@
 """``dnalm bench attention``: forward+backward time and peak memory of each backend against sequence length.
 
-Every point runs in a fresh process, so its peak memory is that process's peak resident set
-minus what it held once its inputs were made. Points whose quadratic score matrices would not
+Every point runs in a fresh process. On CPU (fp32) its peak memory is that process's peak resident
+set minus what it held once its inputs were made; on CUDA (bf16) it is the allocator's peak above
+the inputs. Points whose quadratic score matrices would not
 fit the machine are skipped and say so. performer-pytorch's own non-CUDA causal path is
 measured beside ours at the lengths where it finishes in reasonable time.
 """
@@ -19,6 +20,7 @@ import psutil
 import torch
 
 from dnalm.bench import report
+from dnalm.devices import describe, peak_memory_mb, resolve, synchronize, training_dtype
 
 LENGTHS = (512, 1024, 2048, 4096, 8192, 16384)
 HEADS, HEAD_DIM, FEATURES = 8, 64, 256
@@ -27,19 +29,21 @@ REFERENCE_LENGTHS = (1024, 2048, 4096)  # performer-pytorch's causal_linear_atte
 MEMORY_LIMIT = 0.6 * psutil.virtual_memory().total
 
 
-def measure(backend: str, causal: bool, length: int, repeats: int) -> dict:
+def measure(backend: str, causal: bool, length: int, repeats: int, device: str = "cpu") -> dict:
     """One point, in this process: seconds (best of ``repeats``) and peak memory of forward+backward."""
     from dnalm.models.attention import ATTENTION
     from dnalm.models.performer import PerformerFeatures
 
+    target = torch.device(device)
+    dtype = training_dtype(target)
     torch.manual_seed(0)
-    q, k, v = (torch.randn(1, HEADS, length, HEAD_DIM, requires_grad=True) for _ in range(3))
-    pos = torch.arange(length)[None]
-    performer = PerformerFeatures(HEAD_DIM, FEATURES)
+    q, k, v = (torch.randn(1, HEADS, length, HEAD_DIM, device=target, dtype=dtype, requires_grad=True) for _ in range(3))
+    pos = torch.arange(length, device=target)[None]
+    performer = PerformerFeatures(HEAD_DIM, FEATURES).to(target)
     if backend == "performer-pytorch":
         from performer_pytorch import FastAttention
 
-        reference = FastAttention(HEAD_DIM, FEATURES, causal=causal)
+        reference = FastAttention(HEAD_DIM, FEATURES, causal=causal).to(target)
 
         def run():
             return reference(q, k, v)
@@ -47,24 +51,33 @@ def measure(backend: str, causal: bool, length: int, repeats: int) -> dict:
         def run():
             return ATTENTION[backend](q, k, v, causal=causal, q_pos=pos, k_pos=pos, performer=performer)
 
-    baseline = psutil.Process().memory_info().rss
+    on_cuda = target.type == "cuda"
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(target)
+        baseline = torch.cuda.memory_allocated(target)
+    else:
+        baseline = psutil.Process().memory_info().rss
     best = float("inf")
     for _ in range(repeats):
+        synchronize(target)
         start = time.perf_counter()
         run().sum().backward()
+        synchronize(target)
         best = min(best, time.perf_counter() - start)
         q.grad = k.grad = v.grad = None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_memory_mb(target) * 2**20 if on_cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"seconds": round(best, 4), "peak_mb": round(max(peak - baseline, 0) / 2**20, 1)}
 
 
-def _fits(backend: str, length: int) -> bool:
+def _fits(backend: str, length: int, device: torch.device) -> bool:
     if backend in ("eager",):
-        return 5 * HEADS * length * length * 4 < MEMORY_LIMIT  # scores, softmax and their gradients
+        limit = 0.6 * torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else MEMORY_LIMIT
+        return 5 * HEADS * length * length * 4 < limit  # scores, softmax and their gradients
     return True
 
 
-def run(out_dir: Path, lengths=LENGTHS, repeats: int = 3) -> dict:
+def run(out_dir: Path, lengths=LENGTHS, repeats: int = 3, device: str = "auto") -> dict:
+    target = resolve(device)
     rows = []
     series = [(b, c) for b in BACKENDS for c in (False, True)]
     series += [("performer-pytorch", True)]
@@ -73,11 +86,12 @@ def run(out_dir: Path, lengths=LENGTHS, repeats: int = 3) -> dict:
             row = {"backend": backend, "causal": causal, "length": length}
             if backend == "performer-pytorch" and length not in REFERENCE_LENGTHS:
                 continue
-            if not _fits(backend, length):
+            if not _fits(backend, length, target):
                 rows.append(row | {"skipped": "quadratic scores would not fit in memory"})
                 continue
             reps = 1 if backend == "performer-pytorch" else (2 if length >= 8192 else repeats)
-            command = [sys.executable, "-m", "dnalm.bench.attention", backend, str(int(causal)), str(length), str(reps)]
+            command = [sys.executable, "-m", "dnalm.bench.attention", backend, str(int(causal)), str(length), str(reps),
+                       str(target)]
             done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
             if done.returncode != 0:
                 rows.append(row | {"skipped": f"failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}"})
@@ -86,10 +100,11 @@ def run(out_dir: Path, lengths=LENGTHS, repeats: int = 3) -> dict:
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     result = {
         "benchmark": "attention",
-        "command": "dnalm bench attention",
+        "command": f"dnalm bench attention --device {target.type}",
         "machine": report.machine(),
-        "torch_threads": torch.get_num_threads(),
-        "shape": {"batch": 1, "heads": HEADS, "head_dim": HEAD_DIM, "performer_features": FEATURES, "dtype": "float32"},
+        "device": describe(target),
+        "dtype": report.dtype_name(training_dtype(target)),
+        "shape": {"batch": 1, "heads": HEADS, "head_dim": HEAD_DIM, "performer_features": FEATURES},
         "measure": "forward + backward of the attention alone (q, k, v require grad); peak memory above the inputs",
         "rows": rows,
         "findings": _findings(rows),
@@ -148,11 +163,10 @@ def _plot(result: dict, out_dir: Path) -> None:
         axes[1, col].set_xlabel("sequence length (tokens)")
     axes[0, 0].legend(fontsize=8)
     axes[0, 1].legend(fontsize=8)
-    fig.suptitle(f"dnalm bench attention — 1×{HEADS} heads×{HEAD_DIM}, fp32, {result['machine']['cpu']}, "
-                 f"{result['torch_threads']} threads", fontsize=10)
+    fig.suptitle(f"dnalm bench attention — 1×{HEADS} heads×{HEAD_DIM}, {report.device_label(result)}", fontsize=10)
     report.save_plot(fig, out_dir, "attention")
 
 
 if __name__ == "__main__":
     backend, causal, length, repeats = sys.argv[1], bool(int(sys.argv[2])), int(sys.argv[3]), int(sys.argv[4])
-    print(json.dumps(measure(backend, causal, length, repeats)))
+    print(json.dumps(measure(backend, causal, length, repeats, sys.argv[5] if len(sys.argv) > 5 else "cpu")))

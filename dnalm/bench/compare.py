@@ -18,12 +18,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dnalm.bench import report
+from dnalm.devices import describe
 from dnalm.errors import DnalmError, validated
 
 CHR20 = report.SHARED_DATA / "genomes" / "hs37_chr20.fa.gz"
@@ -76,6 +78,8 @@ class Budget(BaseModel):
                                   description="GUE task → training rows used (a fixed random subset)")
     finetune_epochs: int = Field(2, ge=1)
     finetune_lr: float = Field(1e-3, gt=0)
+    device: Literal["cpu", "cuda"] = Field("cpu", description="where throughput, held-out scoring and fine-tuning run "
+                                           "(pretraining takes the GPUs when present)")
 
     @field_validator("variants")
     @classmethod
@@ -154,9 +158,9 @@ def prepare(budget: Budget, work: Path) -> dict:
     return folders
 
 
-def throughput(variant: Variant, length: int, batch: int) -> dict:
+def throughput(variant: Variant, length: int, batch: int, device: str) -> dict:
     """Training step (forward, backward, AdamW) tokens/s and peak memory, measured in a fresh process."""
-    command = [sys.executable, "-m", "dnalm.bench.compare", variant.name, str(length), str(batch)]
+    command = [sys.executable, "-m", "dnalm.bench.compare", variant.name, str(length), str(batch), device]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
@@ -164,17 +168,20 @@ def throughput(variant: Variant, length: int, batch: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure_step(variant: Variant, length: int, batch: int, steps: int = 3) -> dict:
-    """In this process: best of ``steps`` training steps after one warm-up; peak resident memory above the start."""
+def measure_step(variant: Variant, length: int, batch: int, steps: int = 3, device: str = "cpu") -> dict:
+    """In this process: best of ``steps`` training steps after one warm-up; peak memory above the start (resident
+    set on CPU, the allocator's peak on CUDA)."""
     import psutil
 
     from dnalm.bench.train import step_tokens_per_s
+    from dnalm.devices import peak_memory_mb
 
-    baseline = psutil.Process().memory_info().rss
-    model = build_variant(variant, max_seq_len=max(length, 1024))
+    target = torch.device(device)
+    baseline = psutil.Process().memory_info().rss if target.type == "cpu" else 0
+    model = build_variant(variant, max_seq_len=max(length, 1024)).to(target)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    rate = step_tokens_per_s(model, batch, length, model.config.vocab_size, steps=steps, optimizer=optimizer)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rate = step_tokens_per_s(model, batch, length, model.config.vocab_size, steps=steps, device=target, optimizer=optimizer)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 if target.type == "cpu" else peak_memory_mb(target) * 2**20
     return {"tokens_per_s": round(rate, 1), "step_seconds": round(batch * length / rate, 3),
             "peak_mb": round((peak - baseline) / 2**20, 1)}
 
@@ -217,7 +224,7 @@ def pretrain(variant: Variant, seed: int, budget: Budget, data: Path, work: Path
 
 
 @torch.no_grad()
-def masked_accuracy(bundle: Path, data: Path, windows: int, seed: int = 1234) -> dict:
+def masked_accuracy(bundle: Path, data: Path, windows: int, seed: int = 1234, device: str = "cpu") -> dict:
     """Masked-base accuracy and loss on the held-out split, counted on nucleotide tokens only.
 
     The same windows and masks for every model (the masks depend on ``seed`` and the window's
@@ -228,7 +235,9 @@ def masked_accuracy(bundle: Path, data: Path, windows: int, seed: int = 1234) ->
     from dnalm.data.masking import IGNORE, mlm_batch, view_ranges
     from dnalm.data.stream import GenomeStream, StreamLoader
 
-    model, _ = load_pretrained(bundle)
+    from dnalm.devices import move
+
+    model, _ = load_pretrained(bundle, device=device)
     batch_size = 8
     stream = GenomeStream(data, "val", batch_size=batch_size, seed=0, shuffle_buffer=1, epochs=1)
     ranges = view_ranges([t.vocab_size for t in stream.manifest.tokenizers])
@@ -237,7 +246,7 @@ def masked_accuracy(bundle: Path, data: Path, windows: int, seed: int = 1234) ->
     for i, batch in enumerate(StreamLoader(stream)):
         if i * batch_size >= windows:
             break
-        inputs = mlm_batch(batch, ranges, np.random.default_rng([seed, i]))
+        inputs = move(mlm_batch(batch, ranges, np.random.default_rng([seed, i])), model.head.weight.device)
         extra = {k: inputs[k] for k in ("segment_ids", "positions") if k in inputs}
         logits = model(inputs["input_ids"], attention_mask=inputs["attention_mask"], **extra).logits
         scored = inputs["labels"] != IGNORE
@@ -259,7 +268,8 @@ def finetune_one(task: str, rows: int, variant: Variant, seed: int, bundle: Path
 
     out = work / "finetune" / task / f"{variant.name}-{'pretrained' if pretrained else 'scratch'}-seed{seed}"
     result = finetune(gue / task / "train.csv", gue / task / "dev.csv", out, model=bundle, scratch=not pretrained,
-                      first_seed=seed, train_limit=rows, epochs=budget.finetune_epochs, lr=budget.finetune_lr)
+                      first_seed=seed, train_limit=rows, epochs=budget.finetune_epochs, lr=budget.finetune_lr,
+                      device=budget.device)
     run = result["runs"][0]
     return {"task": task, "variant": variant.name, "pretrained": pretrained, "seed": seed, "train_rows": result["train_rows"],
             "best_epoch": run["best_epoch"], "seconds": result["seconds"], **{f"dev_{k}": v for k, v in run["dev"].items()}}
@@ -295,7 +305,8 @@ def run(budget: Budget, work: Path, out_dir: Path, gue: Path = GUE, log=print) -
 
     log(f"[5/5] report → {out_dir}")
     result = {"benchmark": "compare", "command": command_line(budget), "machine": report.machine(),
-              "torch_threads": torch.get_num_threads(), "budget": budget.model_dump(),
+              "torch_threads": torch.get_num_threads(), "device": describe(budget.device), "dtype": "fp32",
+              "budget": budget.model_dump(),
               "variants": {v.name: {"model": v.model, "overrides": v.overrides, "views": v.views, "description": v.description,
                                     "parameters": _parameters(v)} for v in variants},
               "data": data, "seconds": {**seconds, "total": round(time.perf_counter() - started, 1)},
@@ -312,7 +323,7 @@ def throughput_stage(variants: list[Variant], budget: Budget, pieces: Pieces, lo
         for length in budget.lengths:
             batch = max(1, budget.tokens_per_step // length)
             row = pieces.get(f"throughput-{variant.name}-{length}",
-                             lambda: {"variant": variant.name, "length": length, "batch": batch, **throughput(variant, length, batch)})
+                             lambda: {"variant": variant.name, "length": length, "batch": batch, **throughput(variant, length, batch, budget.device)})
             rows.append(row)
             log(f"      {variant.name:<12} {length:>6}: " + (f"{row['tokens_per_s']:>9,.0f} tokens/s  {row['peak_mb']:>7,.0f} MB"
                                                             if "tokens_per_s" in row else row["failed"]))
@@ -349,7 +360,7 @@ def finetune_stage(variants: list[Variant], budget: Budget, pretrained: list[dic
 
 def _pretrain_and_score(variant: Variant, seed: int, budget: Budget, data: Path, work: Path) -> dict:
     row = pretrain(variant, seed, budget, data, work)
-    return row | masked_accuracy(Path(row["bundle"]), data, budget.eval_windows)
+    return row | masked_accuracy(Path(row["bundle"]), data, budget.eval_windows, device=budget.device)
 
 
 def _parameters(variant: Variant) -> int:
@@ -405,4 +416,4 @@ def budget_from(values: dict) -> Budget:
 
 if __name__ == "__main__":
     name, length, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    print(json.dumps(measure_step(VARIANTS[name], length, batch)))
+    print(json.dumps(measure_step(VARIANTS[name], length, batch, device=sys.argv[4] if len(sys.argv) > 4 else "cpu")))

@@ -45,13 +45,13 @@ def markdown(result: dict) -> str:
     seeds = budget["seeds"]
     lines = [f"Command: `{result['command']}`  ",
              f"Machine: {result['machine']['cpu']}, {result['machine']['cores_available']} cores, "
-             f"{result['torch_threads']} torch threads, fp32, {result['machine']['date']}  ",
+             f"{result['torch_threads']} torch threads; measured on {report.device_label(result)}, {result['machine']['date']}  ",
              f"Wall time: {result['seconds']['total'] / 60:.1f} min "
              f"({', '.join(f'{k} {v / 60:.1f}' for k, v in result['seconds'].items() if k != 'total')} min)"
              + _resumed(result.get("reused_pieces")), "",
              f"Pretraining (masked LM), {budget['pretrain_tokens']:,} tokens per run ({result['pretrain'][0]['steps']} steps of "
              f"{budget['micro_batch'] * budget['processes']}×{budget['seq_len']}), {seeds} seeds, DeepSpeed ZeRO-2 on "
-             f"{budget['processes']} CPU processes; held-out accuracy on {budget['eval_windows']} validation windows, "
+             f"{budget['processes']} processes; held-out accuracy on {budget['eval_windows']} validation windows, "
              f"nucleotide tokens only, mean ± std over seeds:", "",
              "| variant | parameters | held-out masked-base accuracy | held-out loss (nats/base) | final train loss | pretrain seconds |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -100,7 +100,7 @@ def write(result: dict, out_dir: Path) -> None:
 
 
 def _title(result: dict, what: str) -> str:
-    return f"dnalm bench compare — {what}\n{result['machine']['cpu']}, {result['torch_threads']} threads, fp32"
+    return f"dnalm bench compare — {what}\n{report.device_label(result)}"
 
 
 def _plot_curves(result: dict, out_dir: Path) -> None:

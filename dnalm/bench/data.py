@@ -15,11 +15,13 @@ STREAM_TARGET_TOKENS_PER_S = 5e6
 
 
 def run(genome_path: Path | None, out_dir: Path, seq_len: int = 1024, tokenizers=("nucleotide", "kmer:6"),
-        stream_samples: int = 20_000) -> dict:
+        stream_samples: int = 20_000, device: str = "auto") -> dict:
     from data_prep.jobs import prep
     from data_prep.plan import PrepConfig
     from dnalm.data.stream import GenomeStream
+    from dnalm.devices import describe, resolve, training_dtype
 
+    target = resolve(device)
     chr20 = report.SHARED_DATA / "genomes" / "hs37_chr20.fa.gz"
     genome_path = Path(genome_path) if genome_path else (chr20 if chr20.exists() else genome_io.DEFAULT_GENOME)
     config = PrepConfig(genomes=[str(genome_path)], tokenizers=list(tokenizers), seq_len=seq_len, views=len(tokenizers) > 1)
@@ -41,7 +43,7 @@ def run(genome_path: Path | None, out_dir: Path, seq_len: int = 1024, tokenizers
             if i + 1 == stream_samples:
                 break
         stream_seconds = time.perf_counter() - start
-        step_rate = _encoder_small_step(stream.manifest, seq_len)
+        step_rate = _encoder_small_step(stream.manifest, seq_len, target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     stream_rate = tokens / stream_seconds
@@ -49,6 +51,7 @@ def run(genome_path: Path | None, out_dir: Path, seq_len: int = 1024, tokenizers
         "benchmark": "data",
         "command": "dnalm bench data",
         "machine": report.machine(),
+        "device": describe(target), "dtype": report.dtype_name(training_dtype(target)),
         "genome": {"path": str(genome_path), "bases": manifest.accounting.genome_bases},
         "prep": {"tokenizers": list(tokenizers), "views": config.views, "seq_len": seq_len, "runs": rows,
                  "target": f"whole chr20 in under {PREP_TARGET_SECONDS_CHR20:.0f} s with 2 processes",
@@ -59,25 +62,28 @@ def run(genome_path: Path | None, out_dir: Path, seq_len: int = 1024, tokenizers
                    "encoder_small_step_tokens_per_s": round(step_rate),
                    "ratio_to_encoder_small_step": round(stream_rate / step_rate, 1),
                    "ratio_note": "stream tokens/s of one worker ÷ tokens/s that one forward+backward step of encoder-small "
-                                 "(batch 8, same views and seq_len, all cores) consumes; > 1 means the stream is not the bottleneck"},
+                                 "(batch 8, same views and seq_len, on the device named above) consumes; > 1 means the stream "
+                                 "keeps up with that step"},
     }
     report.write(result, out_dir, "data")
     _plot(result, out_dir)
     return result
 
 
-def _encoder_small_step(manifest, seq_len: int) -> float:
-    """Tokens/s one encoder-small training step consumes on this data (its vocabulary and views)."""
+def _encoder_small_step(manifest, seq_len: int, device) -> float:
+    """Tokens/s one encoder-small training step consumes on this data (its vocabulary and views) on ``device``."""
     import torch
 
     from dnalm.bench.train import step_tokens_per_s
+    from dnalm.devices import training_dtype
     from dnalm.models import build_model, get_config
     from dnalm.tokenizers import NUM_SPECIAL
 
     vocab = NUM_SPECIAL + sum(t.vocab_size - NUM_SPECIAL for t in manifest.tokenizers)
     config = get_config("encoder-small", vocab_size=vocab, num_segments=len(manifest.tokenizers) if manifest.views else 1)
     torch.manual_seed(0)
-    return step_tokens_per_s(build_model(config), 8, seq_len, vocab)
+    model = build_model(config).to(device, training_dtype(device))
+    return step_tokens_per_s(model, 8, seq_len, vocab, device=device)
 
 
 def _plot(result: dict, out_dir: Path) -> None:
@@ -98,5 +104,6 @@ def _plot(result: dict, out_dir: Path) -> None:
     right.axhline(STREAM_TARGET_TOKENS_PER_S / 1e6, color="#d83b3b", linestyle="--", label="target")
     right.set_ylabel("M tokens / s")
     right.legend(fontsize=8)
-    fig.suptitle(f"dnalm bench data — {Path(result['genome']['path']).name}, {result['machine']['cpu']}", fontsize=9)
+    fig.suptitle(f"dnalm bench data — {Path(result['genome']['path']).name}; prep and stream on {result['machine']['cpu']}, "
+                 f"model step on {report.device_label(result)}", fontsize=9)
     report.save_plot(fig, out_dir, "data")

@@ -32,6 +32,17 @@ def machine() -> dict:
     }
 
 
+def device_label(result: dict) -> str:
+    """The measured device and precision for a plot title: e.g. 'NVIDIA H100 80GB HBM3, bf16' or '<cpu model>, 2 threads, fp32'."""
+    device = result["device"]
+    threads = f", {device['threads']} threads" if device["type"] == "cpu" else ""
+    return f"{device['name']}{threads}, {result['dtype']}"
+
+
+def dtype_name(dtype) -> str:
+    return {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(dtype), str(dtype))
+
+
 def write(result: dict, out_dir: Path, name: str) -> Path:
     """Write ``name.json`` atomically and return its path."""
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -2,9 +2,10 @@
 
 FLOPs per token = 6·N + 12·L·d·T (PaLM, appendix B): N parameters in matmuls (everything but
 the input embedding lookup), L layers, d model width, T sequence length; the attention term is
-counted in full (causal masking not subtracted). MFU = achieved FLOP/s ÷ peak. On CPU the peak
-is a large fp32 matmul's FLOP/s measured in the same run; on a GPU it is the device's dense bf16
-peak.
+counted in full (causal masking not subtracted). MFU = achieved FLOP/s ÷ peak, where the peak is a
+large matmul in the training dtype timed on the same device in the same run: fp32 on CPU, bf16 on
+CUDA (where decoder-1.5b at 2048 tokens with activation checkpointing is measured too). The JSON
+names the device it measured.
 """
 
 from __future__ import annotations
@@ -17,19 +18,22 @@ import torch.nn.functional as F
 
 from dnalm.bench import report
 
-MODELS = (("encoder-small", 8, 1024), ("decoder-small", 4, 1024))
-GPU_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+from dnalm.devices import describe, peak_memory_mb, resolve, synchronize, training_dtype
+
+MODELS = (("encoder-small", 8, 1024, {}), ("decoder-small", 4, 1024, {}))
+CUDA_MODELS = MODELS + (("decoder-1.5b", 4, 2048, {"activation_checkpointing": True}),)
 
 
-def matmul_flops(n: int = 4096, repeats: int = 3, device: str = "cpu", dtype=torch.float32) -> float:
+def matmul_flops(n: int = 4096, repeats: int = 3, device="cpu", dtype=torch.float32) -> float:
+    """FLOP/s of the best of ``repeats`` n×n matmuls (n 8192 and 20 repeats on CUDA, where one is ~1 ms)."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     best = float("inf")
     for _ in range(repeats):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         a @ b
-        _sync(device)
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
 
@@ -42,31 +46,25 @@ def flops_per_token(model: torch.nn.Module, config, seq_len: int) -> float:
 
 
 def step_tokens_per_s(model: torch.nn.Module, batch: int, seq_len: int, vocab_size: int, steps: int = 3,
-                      device: str = "cpu", autocast_dtype=None, optimizer: torch.optim.Optimizer | None = None) -> float:
+                      device="cpu", optimizer: torch.optim.Optimizer | None = None) -> float:
     """Best forward+backward (cross-entropy on every position), plus ``optimizer``'s step when given, tokens/s over
-    ``steps`` after one warm-up."""
+    ``steps`` after one warm-up; the model is already on ``device`` in its dtype."""
     model.train()
     ids = torch.randint(5, vocab_size, (batch, seq_len), device=device)
     best = float("inf")
     for i in range(steps + 1):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
-        with torch.autocast(device_type=device, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(ids).logits
-            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), ids.view(-1))
+        logits = model(ids).logits
+        loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), ids.view(-1))
         loss.backward()
         if optimizer is not None:
             optimizer.step()
         model.zero_grad(set_to_none=True)
-        _sync(device)
+        synchronize(device)
         if i:
             best = min(best, time.perf_counter() - start)
     return batch * seq_len / best
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def plain_loop_tokens_per_s(data: Path, model_name: str, micro_batch: int, steps: int) -> float:
@@ -158,32 +156,41 @@ def distribution_cost(out: dict, model_name: str = "encoder-small", micro_batch:
                     "the stream, masking and the AdamW step"}
 
 
-def run(out_dir: Path, models=MODELS, with_distribution: bool = True) -> dict:
+def run(out_dir: Path, models=None, with_distribution: bool = True, device: str = "auto") -> dict:
     from dnalm.models import build_model, count_parameters, get_config
 
-    peak = matmul_flops()
+    target = resolve(device)
+    dtype, on_cuda = training_dtype(target), target.type == "cuda"
+    size, repeats = (8192, 20) if on_cuda else (4096, 3)
+    peak = matmul_flops(size, repeats, target, dtype)
     rows = []
-    for name, batch, seq_len in models:
-        config = get_config(name)
+    for name, batch, seq_len, changes in models or (CUDA_MODELS if on_cuda else MODELS):
+        config = get_config(name, **changes)
         torch.manual_seed(0)
-        model = build_model(config)
-        rate = step_tokens_per_s(model, batch, seq_len, config.vocab_size)
+        with target:
+            model = build_model(config).to(dtype)
+        if on_cuda:
+            torch.cuda.reset_peak_memory_stats(target)
+        rate = step_tokens_per_s(model, batch, seq_len, config.vocab_size, device=target)
         per_token = flops_per_token(model, config, seq_len)
+        peak_mb = peak_memory_mb(target)
         rows.append({"model": name, "parameters": count_parameters(model), "batch": batch, "seq_len": seq_len,
-                     "attention": config.attention, "tokens_per_s": round(rate, 1), "flops_per_token": per_token,
-                     "achieved_tflops": round(rate * per_token / 1e12, 4), "mfu": round(rate * per_token / peak, 4)})
+                     "attention": config.attention, **changes, "tokens_per_s": round(rate, 1), "flops_per_token": per_token,
+                     "achieved_tflops": round(rate * per_token / 1e12, 4), "mfu": round(rate * per_token / peak, 4),
+                     **({"peak_memory_mb": round(peak_mb)} if peak_mb is not None else {})})
+        del model
     result = {
         "benchmark": "train",
-        "command": "dnalm bench train",
+        "command": f"dnalm bench train --device {target.type}",
         "machine": report.machine(),
-        "torch_threads": torch.get_num_threads(),
-        "dtype": "float32 (CPU)",
+        "device": describe(target),
+        "dtype": report.dtype_name(dtype),
         "flop_formula": "6*N + 12*L*d*T per token (N: matmul parameters incl. output head, not the embedding lookup)",
-        "peak": {"what": "4096x4096 fp32 matmul measured in this run", "tflops": round(peak / 1e12, 4)},
+        "peak": {"what": f"{size}x{size} {report.dtype_name(dtype)} matmul on this device, best of {repeats}, in this run",
+                 "tflops": round(peak / 1e12, 4)},
         "rows": rows,
-        "gpu": "not measured here: no GPU was lent to this task (decoder-1.5b at 2048 tokens in bf16 waits for one)",
     }
-    if with_distribution:
+    if with_distribution and not on_cuda:  # a 2-process ZeRO-2 run against one process on the same CPU cores
         result["distribution_cost"] = distribution_cost(result)
     report.write(result, out_dir, "train")
     _plot(result, out_dir)
@@ -202,6 +209,6 @@ def _plot(result: dict, out_dir: Path) -> None:
     left.set_ylabel("tokens / s (forward+backward)")
     right.bar(names, [100 * r["mfu"] for r in rows], color="#3b7dd8")
     right.set_ylabel("MFU (% of measured matmul peak)")
-    fig.suptitle(f"dnalm bench train — {result['machine']['cpu']}, {result['torch_threads']} threads, fp32; "
-                 f"peak {result['peak']['tflops'] * 1000:.0f} GFLOP/s", fontsize=9)
+    fig.suptitle(f"dnalm bench train — {report.device_label(result)}; "
+                 f"measured matmul peak {result['peak']['tflops'] * 1000:.0f} GFLOP/s", fontsize=9)
     report.save_plot(fig, out_dir, "train")

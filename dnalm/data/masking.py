@@ -73,7 +73,11 @@ def clm_batch(batch: dict) -> dict:
 
 
 def _model_inputs(batch: dict, ids: torch.Tensor, labels: torch.Tensor) -> dict:
-    out = {"input_ids": ids, "labels": labels, "attention_mask": batch["input_ids"] != PAD_ID}
+    """The model's inputs; ``attention_mask`` is None when nothing is padded, so attention needs no mask
+    (SDPA's ``is_causal`` and fused kernels, flash-attn's dense path). ``tokens``: real tokens, counted here on the host."""
+    real = batch["input_ids"] != PAD_ID
+    tokens = int(real.sum())
+    out = {"input_ids": ids, "labels": labels, "attention_mask": None if tokens == real.numel() else real, "tokens": tokens}
     for key in ("segment_ids", "positions"):
         if key in batch:
             out[key] = batch[key]

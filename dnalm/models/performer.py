@@ -88,7 +88,14 @@ def softmax_features(x: torch.Tensor, projection: torch.Tensor, *, is_query: boo
 
 
 def causal_linear_attention(q, k, v, chunk: int, state=None, return_state: bool = False):
-    """out_i = Σ_{j≤i} (q_i·k_j) v_j / Σ_{j≤i} q_i·k_j, chunk by chunk; q, k (B, H, T, M), v (B, H, T, D)."""
+    """out_i = Σ_{j≤i} (q_i·k_j) v_j / Σ_{j≤i} q_i·k_j, chunk by chunk; q, k (B, H, T, M), v (B, H, T, D).
+
+    Computed and accumulated in fp32 at least (the running sums add up thousands of terms, which bf16's
+    8-bit mantissa cannot hold); the output comes back in v's dtype, the state stays fp32.
+    """
+    out_dtype = v.dtype
+    compute = torch.promote_types(q.dtype, torch.float32)
+    q, k, v = q.to(compute), k.to(compute), v.to(compute)
     batch, heads, length, features = q.shape
     if state is None:
         kv = q.new_zeros(batch, heads, features, v.shape[-1])
@@ -104,7 +111,7 @@ def causal_linear_attention(q, k, v, chunk: int, state=None, return_state: bool 
         outputs.append(numerator / (denominator[..., None] + EPS))
         kv = kv + kc.transpose(-1, -2) @ vc
         k_sum = k_sum + kc.sum(2)
-    out = torch.cat(outputs, dim=2) if outputs else v[:, :, :0]
+    out = (torch.cat(outputs, dim=2) if outputs else v[:, :, :0]).to(out_dtype)
     return (out, (kv, k_sum)) if return_state else out
 
 

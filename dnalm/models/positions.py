@@ -7,17 +7,18 @@ import math
 import torch
 
 
-def alibi_slopes(n_heads: int) -> torch.Tensor:
-    """Press et al.: a geometric sequence starting at 2^(-8/n); for n not a power of two, interleave the next power's."""
-    def power_of_two(n: int) -> list[float]:
-        start = 2 ** (-8 / n)
-        return [start ** (i + 1) for i in range(n)]
+def alibi_slopes(n_heads: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Press et al.: a geometric sequence starting at 2^(-8/n); for n not a power of two, interleave the next power's.
 
-    if math.log2(n_heads).is_integer():
-        return torch.tensor(power_of_two(n_heads))
+    Computed in fp32 on ``device`` (no host copy): the model keeps no slope buffer, which a bf16 cast
+    of the module would round.
+    """
     closest = 2 ** math.floor(math.log2(n_heads))
-    extra = power_of_two(2 * closest)[0::2][: n_heads - closest]
-    return torch.tensor(power_of_two(closest) + extra)
+    exponents = torch.arange(1, closest + 1, device=device, dtype=torch.float32) * (-8 / closest)
+    if closest < n_heads:  # the odd powers of the next power of two's sequence
+        odd = torch.arange(n_heads - closest, device=device, dtype=torch.float32) * 2 + 1
+        exponents = torch.cat([exponents, odd * (-8 / (2 * closest))])
+    return torch.exp2(exponents)
 
 
 def alibi_bias(slopes: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, causal: bool) -> torch.Tensor:
@@ -28,16 +29,21 @@ def alibi_bias(slopes: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, c
 
 
 class Rotary(torch.nn.Module):
-    """Rotary position embedding (RoFormer), applied to queries and keys at their position ids."""
+    """Rotary position embedding (RoFormer), applied to queries and keys at their position ids.
+
+    Frequencies and angles are computed in fp32 in every forward, whatever the module's dtype: a bf16
+    frequency buffer would put positions a few thousand apart at the same angle.
+    """
 
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
-        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim, self.theta = head_dim, theta
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x (B, H, T, D) rotated by positions (B, T)."""
-        angles = positions[:, None, :, None].to(torch.float32) * self.inv_freq
+        exponents = torch.arange(0, self.head_dim, 2, device=x.device, dtype=torch.float32) / self.head_dim
+        inv_freq = self.theta ** -exponents
+        angles = positions[:, None, :, None].to(torch.float32) * inv_freq
         cos, sin = angles.cos(), angles.sin()
         x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
         rotated = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)

@@ -42,7 +42,6 @@ class Attention(nn.Module):
         self.out = nn.Linear(config.d_model, config.d_model, bias=False)
         self.backend = ATTENTION[config.attention]
         self.rotary = Rotary(config.head_dim, config.rope_theta) if config.positions == "rope" else None
-        self.register_buffer("alibi", alibi_slopes(config.n_heads) if config.positions == "alibi" else None, persistent=False)
         self.performer = (PerformerFeatures(config.head_dim, config.performer_features, config.performer_kernel,
                                             config.performer_chunk) if config.attention == "performer" else None)
 
@@ -61,8 +60,9 @@ class Attention(nn.Module):
                 k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
                 k_pos = torch.cat([cache["pos"], positions], 1)
             new_cache = {"k": k, "v": v, "pos": k_pos} if cache is not None else None
+            alibi = alibi_slopes(self.config.n_heads, q.device) if self.config.positions == "alibi" else None
             out = self.backend(q, k, v, causal=self.config.causal, q_pos=positions, k_pos=k_pos, key_mask=key_mask,
-                               alibi=self.alibi, dropout=dropout, performer=self.performer)
+                               alibi=alibi, dropout=dropout, performer=self.performer)
         return self.out(out.transpose(1, 2).reshape(batch, length, -1)), new_cache
 
 

@@ -69,13 +69,19 @@ def read_meta(checkpoint: Path) -> dict:
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator a rank draws from: Python, NumPy, torch's CPU one and, where CUDA is present, its GPU's."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()  # the current device: each rank drives one GPU
+    return state
 
 
 def restore_rng(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def save(engine, run_dir: Path, step: int, meta: dict, files: dict[str, Path | str], keep_last: int) -> Path:

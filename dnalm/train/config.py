@@ -96,6 +96,8 @@ class RobustSection(_Section):
     max_consecutive_skips: int = Field(5, ge=1)
     inject_nan_at_steps: list[int] = Field(default_factory=list, description="testing: make these steps' loss NaN on rank 0")
     inject_nan_micro_batch: int = Field(0, ge=0, description="testing: which micro-batch of those steps goes bad")
+    inject_inf_grad_at_steps: list[int] = Field(default_factory=list, description="testing: these steps' gradients "
+                                                "become infinite on rank 0 while the loss stays finite")
 
 
 class TrainConfig(_Section):
@@ -158,15 +160,23 @@ def deepspeed_config(config: TrainConfig, world_size: int, on_gpu: bool) -> dict
         raise TrainConfigError(f"batch.global_batch {config.batch.global_batch} is not a multiple of micro_batch "
                                f"{config.batch.micro_batch} × {world_size} processes")
     optim = config.optim
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and on_gpu)
+    adam = {"lr": optim.lr, "betas": list(optim.betas), "eps": optim.eps, "weight_decay": optim.weight_decay,
+            "torch_adam": not _offloads(ds)}
+    if on_gpu and adam["torch_adam"]:
+        adam["fused"] = True  # PyTorch's fused CUDA AdamW: one kernel for all parameters
     ds.update({
         "train_micro_batch_size_per_gpu": config.batch.micro_batch,
         "gradient_accumulation_steps": config.batch.global_batch // per_step,
         "train_batch_size": config.batch.global_batch,
         "gradient_clipping": optim.grad_clip,
-        "optimizer": {"type": "AdamW", "params": {"lr": optim.lr, "betas": list(optim.betas), "eps": optim.eps,
-                                                  "weight_decay": optim.weight_decay, "torch_adam": not _offloads(ds)}},
-        "bf16": {"enabled": config.precision == "bf16" or (config.precision == "auto" and on_gpu)},
+        "optimizer": {"type": "AdamW", "params": adam},
+        # bf16 weights and activations, but gradients accumulate in fp32, and a step whose gradient norm is not
+        # finite is skipped (the trainer counts it)
+        "bf16": {"enabled": bf16, "check_grad_overflow": True},
     })
+    if bf16:
+        ds["data_types"] = {"grad_accum_dtype": "fp32"}
     return ds
 
 

@@ -3,8 +3,13 @@
 The model is built from its config (partitioned at construction under ZeRO-3) and handed to
 ``deepspeed.initialize``; the stream feeds each rank its share of every global step; masks are
 drawn from a generator seeded by (seed, step, rank, micro-batch), so a resumed run replays
-exactly. A step whose loss is not finite on any rank is skipped on every rank and counted;
-too many in a row stop the run, leaving the last good checkpoint as it was.
+exactly. A step whose loss is not finite on any rank, or whose gradients are not (DeepSpeed's
+global grad norm), is skipped on every rank and counted; too many in a row stop the run, leaving
+the last good checkpoint as it was.
+
+Device discipline: batches are built on the host and moved to the engine's device; every tensor
+handed to a collective lives there too (NCCL takes only CUDA tensors, gloo CPU ones), and each
+micro-batch needs one collective and one host sync.
 """
 
 from __future__ import annotations
@@ -23,12 +28,19 @@ import torch.nn.functional as F
 from dnalm.data.manifest import Manifest
 from dnalm.data.masking import IGNORE, clm_batch, mlm_batch, view_ranges
 from dnalm.data.stream import GenomeStream, StreamLoader
+from dnalm.devices import move
 from dnalm.errors import DnalmError
 from dnalm.models import ModelConfig, build_model, get_config
 from dnalm.tokenizers import Tokenizer, ViewTokenizer, load_folder
 from dnalm.train import checkpoint as ckpt
 from dnalm.train.config import TrainConfig, deepspeed_config, zero_stage
 from dnalm.train.metrics import MetricsLog
+
+
+# DeepSpeed internals that _discard_window resets (ZeRO-1/2's own overflow clean-up); pyproject.toml pins
+# DeepSpeed to the versions they were checked on, and tests/test_train.py checks both.
+ZERO_PRIVATE_STATE = ("_release_preflattened_grad_buffers", "_release_ipg_buffers", "averaged_gradients",
+                      "all_grad_tensors", "micro_step_id")
 
 
 class TrainingStopped(DnalmError):
@@ -39,7 +51,9 @@ def init_distributed() -> tuple[int, int]:
     """Join the launcher's process group (deepspeed, torchrun, srun) or make a group of one."""
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    if not torch.cuda.is_available():
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    else:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
@@ -126,11 +140,23 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> torch.T
     return F.cross_entropy(*_targets(logits, labels, causal), ignore_index=IGNORE)
 
 
-def prediction_counts(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> tuple[int, int]:
-    """(targets, correctly predicted targets), for validation accuracy."""
+def prediction_counts(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(targets, correctly predicted targets) as tensors on the logits' device, for validation accuracy."""
     logits, labels = _targets(logits, labels, causal)
     targets = labels != IGNORE
-    return int(targets.sum()), int((logits[targets].argmax(-1) == labels[targets]).sum())
+    return targets.sum(), ((logits.argmax(-1) == labels) & targets).sum()
+
+
+class _PoisonGradient(torch.autograd.Function):
+    """Identity forward, infinite gradient backward: a finite loss whose gradients are not (tests)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
 
 
 class Trainer:
@@ -186,14 +212,20 @@ class Trainer:
             self.loader.load_state_dict(meta["stream"])
         self._write_run_files()
 
+    @property
+    def device(self) -> torch.device:
+        """Where the engine's parameters live: every input and every collective tensor goes there."""
+        return torch.device(self.engine.device)
+
     # --- one step ------------------------------------------------------------------------
     def _inputs(self, batch: dict, micro: int, salt: int = 0) -> dict:
+        """The model inputs of one micro-batch, built on the host and moved to the engine's device."""
         if self.causal:
-            return clm_batch(batch)
+            return move(clm_batch(batch), self.device)
         rng = np.random.default_rng([self.config.seed, salt, self.step, self.rank, micro])
         objective = self.config.objective
-        return mlm_batch(batch, self.ranges, rng, mask_fraction=objective.mask_fraction, mean_span=objective.mean_span,
-                         replace=objective.replace)
+        return move(mlm_batch(batch, self.ranges, rng, mask_fraction=objective.mask_fraction,
+                              mean_span=objective.mean_span, replace=objective.replace), self.device)
 
     def _logits(self, inputs: dict) -> torch.Tensor:
         extra = {k: inputs[k] for k in ("segment_ids", "positions") if k in inputs}
@@ -201,8 +233,10 @@ class Trainer:
 
     def train_step(self, batches) -> dict:
         """One optimizer step (``accumulation`` micro-batches); skipped on every rank if any loss is not finite."""
-        started, losses, tokens, bad = time.perf_counter(), [], 0, False
-        inject = self.rank == 0 and (self.step + 1) in self.config.robust.inject_nan_at_steps
+        started, loss_sums, tokens, bad, bad_gradients = time.perf_counter(), [], 0, False, False
+        robust = self.config.robust
+        inject_nan = self.rank == 0 and (self.step + 1) in robust.inject_nan_at_steps
+        inject_inf_grad = self.rank == 0 and (self.step + 1) in robust.inject_inf_grad_at_steps
         for micro in range(self.accumulation):
             batch = next(batches)
             self._record_keys(batch)
@@ -210,18 +244,26 @@ class Trainer:
                 continue
             inputs = self._inputs(batch, micro)
             loss = lm_loss(self._logits(inputs), inputs["labels"], self.causal)
-            if inject and micro == self.config.robust.inject_nan_micro_batch:
+            if inject_nan and micro == robust.inject_nan_micro_batch:
                 loss = loss * float("nan")
-            flags = torch.tensor([float(not torch.isfinite(loss)), float(inputs["attention_mask"].sum())])
-            dist.all_reduce(flags)
-            tokens += int(flags[1])
-            if flags[0] > 0:
+            if inject_inf_grad:
+                loss = _PoisonGradient.apply(loss)
+            finite = torch.isfinite(loss.detach())
+            # (non-finite on any rank, loss sum, real tokens) in one collective on the engine's device
+            stats = torch.stack([(~finite).to(torch.float64), torch.where(finite, loss.detach(), 0).to(torch.float64),
+                                 torch.full((), inputs["tokens"], dtype=torch.float64, device=self.device)])
+            dist.all_reduce(stats)
+            any_bad, loss_sum, window_tokens = stats.tolist()
+            tokens += int(window_tokens)
+            if any_bad > 0:
                 bad = True
                 self._discard_window(micro)
                 continue
             self.engine.backward(loss)
             self.engine.step()
-            losses.append(float(loss.detach()))
+            loss_sums.append(loss_sum)
+        if not bad and not self.engine.was_step_applied():  # finite loss, non-finite gradients: DeepSpeed skipped it
+            bad = bad_gradients = True
         self.step += 1
         self.tokens_seen += tokens
         seconds = time.perf_counter() - started
@@ -231,11 +273,9 @@ class Trainer:
                   "data_epoch": position["epoch"], "data_index": position["index"]}
         if bad:
             self.skipped_steps += 1
-            return record | {"skipped": True}
-        loss = torch.tensor(sum(losses) / len(losses))
-        dist.all_reduce(loss)
+            return record | {"skipped": True, "skip_reason": "non-finite gradients" if bad_gradients else "non-finite loss"}
         grad_norm = self.engine.get_global_grad_norm()
-        return record | {"loss": float(loss) / self.world, "lr": self.scheduler.get_last_lr()[0],
+        return record | {"loss": sum(loss_sums) / len(loss_sums) / self.world, "lr": self.scheduler.get_last_lr()[0],
                          "grad_norm": float(grad_norm) if grad_norm is not None else None}
 
     def _discard_window(self, micro: int) -> None:
@@ -252,10 +292,13 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         from deepspeed.runtime.zero.stage_1_and_2 import INITIAL_MICRO_STEP_ID, DeepSpeedZeroOptimizer
 
-        if isinstance(optimizer, DeepSpeedZeroOptimizer):  # ZeRO-1/2
-            for release in ("_release_preflattened_grad_buffers", "_release_ipg_buffers"):
-                if hasattr(optimizer, release):
-                    getattr(optimizer, release)()
+        if isinstance(optimizer, DeepSpeedZeroOptimizer):  # ZeRO-1/2 (the names are ZERO_PRIVATE_STATE)
+            missing = [name for name in ZERO_PRIVATE_STATE if not hasattr(optimizer, name)]
+            if missing:
+                raise TrainingStopped(f"DeepSpeed {deepspeed_version()} lacks {', '.join(missing)}: a lost window cannot "
+                                      "be discarded exactly; use the DeepSpeed range pyproject.toml pins")
+            optimizer._release_preflattened_grad_buffers()
+            optimizer._release_ipg_buffers()
             for k in optimizer.averaged_gradients.keys():
                 optimizer.averaged_gradients[k] = None
                 optimizer.all_grad_tensors[k] = None
@@ -277,7 +320,7 @@ class Trainer:
         stream = GenomeStream(config.data.path, config.data.val_split, batch_size=config.batch.micro_batch, rank=self.rank,
                               world_size=self.world, seed=config.seed, shuffle_buffer=1, epochs=1)
         self.engine.eval()
-        sums = torch.zeros(3, dtype=torch.float64)
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # (loss × targets, targets, correct)
         for i, batch in enumerate(StreamLoader(stream)):
             if i == config.eval.batches:
                 break
@@ -285,15 +328,16 @@ class Trainer:
             logits = self._logits(inputs)
             targets, correct = prediction_counts(logits, inputs["labels"], self.causal)
             loss = lm_loss(logits, inputs["labels"], self.causal)
-            sums += torch.tensor([float(loss) * targets, targets, correct], dtype=torch.float64)
+            sums += torch.stack([torch.where(targets > 0, loss * targets, 0), targets, correct]).to(torch.float64)
         self.engine.train()
         dist.all_reduce(sums)
-        if sums[1] == 0:
+        loss_total, targets, correct = sums.tolist()
+        if targets == 0:
             return {}
-        val_loss = float(sums[0] / sums[1])
+        val_loss = loss_total / targets
         out = {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50))}
         if not self.causal:
-            out["val_masked_accuracy"] = float(sums[2] / sums[1])
+            out["val_masked_accuracy"] = correct / targets
         return out
 
     # --- the run -------------------------------------------------------------------------
@@ -309,7 +353,7 @@ class Trainer:
                 if consecutive >= config.robust.max_consecutive_skips:
                     log.log(record)
                     kept = ckpt.complete_checkpoints(self.run_dir)
-                    raise TrainingStopped(f"{consecutive} steps in a row had a non-finite loss (last: step {self.step}); "
+                    raise TrainingStopped(f"{consecutive} steps in a row had a non-finite loss or gradients (last: step {self.step}); "
                                           f"stopping. Last good checkpoint: {kept[-1] if kept else 'none'}")
                 if self.step % config.eval.interval == 0 or self.step == self.total_steps:
                     record |= self.evaluate()
@@ -347,6 +391,12 @@ class Trainer:
         if self.config.logging.record_sample_keys and path.exists():
             kept = [line for line in path.read_text().splitlines() if int(line.split("\t")[0]) <= self.step]
             path.write_text("".join(line + "\n" for line in kept))
+
+
+def deepspeed_version() -> str:
+    import deepspeed
+
+    return deepspeed.__version__
 
 
 def release_shared_memory() -> None:

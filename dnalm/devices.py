@@ -1,0 +1,78 @@
+"""Where tensors live: one ``--device auto|cpu|cuda`` rule for every command, and what each device is.
+
+Code never assumes CPU: a command resolves its device once, moves the model there, and every
+tensor it builds afterwards follows the model (``move``); benchmarks name the device they measured
+(``describe``) instead of stating one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dnalm.errors import DnalmError
+
+CHOICES = ("auto", "cpu", "cuda")
+
+
+def resolve(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when present, else CPU; ``cuda`` without a GPU is an error naming the flag."""
+    if name not in CHOICES:
+        raise DnalmError(f"--device must be one of {', '.join(CHOICES)}, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DnalmError("--device cuda: no CUDA device is visible to this process (torch "
+                         f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'})")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def move(tensors: dict, device: torch.device) -> dict:
+    """Every tensor of ``tensors`` on ``device`` (asynchronously from pinned memory); other values as they are."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the device's queued work (timings); nothing to wait for on CPU."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def describe(device: torch.device | str) -> dict:
+    """The measured device as a benchmark records it: its name, and for a GPU its memory and software."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        from dnalm.bench.report import machine
+
+        return {"type": "cpu", "name": machine()["cpu"], "threads": torch.get_num_threads()}
+    props = torch.cuda.get_device_properties(device)
+    return {"type": "cuda", "name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+            "capability": f"{props.major}.{props.minor}", "torch": torch.__version__, "cuda": torch.version.cuda,
+            "driver": _nvidia_driver()}
+
+
+def training_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the device computes it natively (CUDA), fp32 on CPU."""
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+
+
+def peak_memory_mb(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def _nvidia_driver() -> str | None:
+    import subprocess
+
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else None
