@@ -21,7 +21,7 @@ import numpy as np
 from data_prep.merge import merge, try_merge
 from data_prep.plan import Plan, PrepConfig, ShardPlan, prepare_folder
 from dnalm import genome as genome_io
-from dnalm.data.shards import ShardWriter, encode_sample, file_sha256, sample_key, token_dtype
+from dnalm.data.shards import INDEX_ENTRY, ShardWriter, encode_sample, file_sha256, index_path, sample_key, token_dtype
 from dnalm.data.windows import covered_bases, cut_windows
 
 _COMPLEMENT = np.zeros(256, np.uint8)
@@ -43,6 +43,9 @@ def shard_done(folder: Path, plan: Plan, shard: ShardPlan, verify: bool = True) 
         return False
     if info.get("plan_fingerprint") != plan.fingerprint or info.get("bytes") != tar.stat().st_size:
         return False
+    index = index_path(tar)
+    if not index.is_file() or index.stat().st_size != info.get("num_samples", -1) * INDEX_ENTRY:
+        return False
     return not verify or file_sha256(tar) == info["sha256"]
 
 
@@ -54,8 +57,9 @@ def run_slice(folder: Path, job_index: int, num_jobs: int, progress: bool = Fals
     mine = [s for s in plan.shards[job_index::num_jobs]]
     pending = [s for s in mine if not shard_done(folder, plan, s)]
     for shard in pending:
-        for stale in (folder / shard.path).parent.glob(f"{Path(shard.path).name}.tmp*"):
-            stale.unlink(missing_ok=True)
+        for pattern in (f"{Path(shard.path).name}.tmp*", f"{Path(shard.path).name}.idx.tmp*"):
+            for stale in (folder / shard.path).parent.glob(pattern):
+                stale.unlink(missing_ok=True)
     counts = {"shards": len(mine), "skipped_done": len(mine) - len(pending), "written": 0, "bases": 0}
     if not pending:
         return counts

@@ -239,7 +239,7 @@ def masked_accuracy(bundle: Path, data: Path, windows: int, seed: int = 1234, de
 
     model, _ = load_pretrained(bundle, device=device)
     batch_size = 8
-    stream = GenomeStream(data, "val", batch_size=batch_size, seed=0, shuffle_buffer=1, epochs=1)
+    stream = GenomeStream(data, "val", batch_size=batch_size, seed=0, epochs=1)  # windows drawn across the whole split
     ranges = view_ranges([t.vocab_size for t in stream.manifest.tokenizers])
     correct = targets = 0
     loss_sum = 0.0

@@ -4,6 +4,11 @@ A sample is one window of one contig on one strand. In the tar it is ``KEY.json`
 plus ``KEY.tokN.npy`` (token ids of tokenizer N). The key carries genome index, contig, start,
 end and strand with no ``.`` in it: WebDataset splits member names at the first dot, so contig
 names such as ``NC_000913.3`` are escaped (every byte outside ``[A-Za-z0-9_]`` becomes ``~XX``).
+
+Beside each ``shard-N.tar`` lies ``shard-N.tar.idx``: for every sample, in order, the byte offset and
+length of its members in the tar and their CRC-32, as little-endian uint64 triples. The training
+stream reads a sample with two positioned reads (its index entry, then its bytes) and checks the
+CRC, so a rank reads only the samples it consumes, never a whole shard.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import mmap
 import os
 import re
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,23 +79,157 @@ class ShardWriter:
         self._file = open(self.tmp, "wb")
         self._tar = wds.TarWriter(self._file, encoder=False, mtime=0, user="dnalm", group="dnalm", mode=0o444)
         self.num_samples = 0
+        self.ranges: list[tuple[int, int]] = []  # (offset, length) of each sample's members in the archive
 
     def write(self, sample: dict[str, bytes]) -> None:
+        start = self._tar.tarstream.offset
         self._tar.write(sample)
+        self.ranges.append((start, self._tar.tarstream.offset - start))
         self.num_samples += 1
 
     def close(self) -> str:
+        """Finish the tar and its index (both fsynced), rename both into place; returns the tar's sha256."""
         self._tar.close()
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        digest = file_sha256(self.tmp)
+        with open(self.tmp, "rb") as fh:
+            data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(fh.fileno()).st_size else b""
+            digest = hashlib.sha256(data).hexdigest()
+            entries = np.array([(a, n, zlib.crc32(data[a : a + n])) for a, n in self.ranges], "<u8").reshape(-1, 3)
+        index = index_path(self.path)
+        index_tmp = index.with_name(f"{index.name}.tmp{os.getpid()}")
+        with open(index_tmp, "wb") as fh:
+            fh.write(entries.tobytes())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(index_tmp, index)
         os.replace(self.tmp, self.path)
         return digest
 
     def abort(self) -> None:
         self._file.close()
         self.tmp.unlink(missing_ok=True)
+
+
+def index_path(shard: Path) -> Path:
+    return Path(shard).with_name(f"{Path(shard).name}.idx")
+
+
+INDEX_ENTRY = 24  # offset, length, crc32: three little-endian uint64
+
+
+class IndexedShard:
+    """One shard read sample by sample through its index: positioned reads, a CRC check, bytes counted.
+
+    Opening costs two ``open`` calls and a size check against the manifest (a truncated or replaced
+    shard is refused at once); nothing is read until a sample is asked for.
+    """
+
+    def __init__(self, path: Path, num_samples: int, size: int | None = None):
+        self.path, self.num_samples = Path(path), num_samples
+        self.bytes_read = 0
+        index = index_path(self.path)
+        if not self.path.is_file():
+            raise ShardError(f"{self.path}: shard is missing")
+        if not index.is_file():
+            raise ShardError(f"{index}: index is missing (prepared by an older dnalm? run `dnalm prep` into a new folder)")
+        if index.stat().st_size != num_samples * INDEX_ENTRY:
+            raise ShardError(f"{index}: holds {index.stat().st_size // INDEX_ENTRY} entries, the manifest says {num_samples} samples")
+        actual = self.path.stat().st_size
+        if size is not None and actual != size:
+            raise ShardError(f"{self.path}: does not match its checksum ({actual:,} bytes, the manifest says {size:,}: "
+                             f"corrupt or truncated); {self._last_good(actual)}")
+        self._tar = os.open(self.path, os.O_RDONLY)
+        self._index = os.open(index, os.O_RDONLY)
+
+    def entry(self, index: int) -> tuple[int, int, int]:
+        raw = os.pread(self._index, INDEX_ENTRY, index * INDEX_ENTRY)
+        self.bytes_read += len(raw)
+        return tuple(int(x) for x in np.frombuffer(raw, "<u8"))
+
+    def read(self, index: int) -> tuple[str, dict, list[np.ndarray]]:
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"{self.path}: sample {index} of {self.num_samples}")
+        offset, length, crc = self.entry(index)
+        data = os.pread(self._tar, length, offset)
+        self.bytes_read += len(data)
+        if len(data) != length or zlib.crc32(data) != crc:
+            raise ShardError(f"{self.path}: sample {index} does not match its checksum (corrupt); {self._last_good_before(index)}")
+        members = {name: (start, size) for name, start, size in walk_tar(data, self.path)}
+        key = next(iter(members)).partition(".")[0]
+        try:
+            meta = json.loads(_member(data, members, f"{key}.json"))
+            arrays, i = [], 0
+            while f"{key}.tok{i}.npy" in members:
+                arrays.append(np.load(io.BytesIO(_member(data, members, f"{key}.tok{i}.npy")), allow_pickle=False))
+                i += 1
+        except (KeyError, ValueError, OSError) as exc:
+            raise ShardError(f"{self.path}: sample {key} is damaged ({exc!r})") from None
+        return key, meta, arrays
+
+    def key(self, index: int) -> str:
+        offset, length, _ = self.entry(index)
+        header = os.pread(self._tar, 512, offset)
+        return next(walk_tar(header + b"\0" * 1024, self.path, sizes_only=True))[0].partition(".")[0]
+
+    def _last_good_before(self, index: int) -> str:
+        return f"last good sample key: {self.key(index - 1)}" if index > 0 else "no readable sample before it"
+
+    def _last_good(self, size: int) -> str:
+        """The key of the last sample that lies wholly inside the first ``size`` bytes."""
+        entries = np.fromfile(index_path(self.path), "<u8").reshape(-1, 3)
+        whole = np.nonzero(entries[:, 0] + entries[:, 1] <= size)[0]
+        if not len(whole):
+            return "no readable sample"
+        with open(self.path, "rb") as fh:
+            fh.seek(int(entries[whole[-1], 0]))
+            header = fh.read(512) + b"\0" * 1024
+        name = next(walk_tar(header, self.path, sizes_only=True))[0]
+        return f"last good sample key: {name.partition('.')[0]}"
+
+    def close(self) -> None:
+        for fd in (self._tar, self._index):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __del__(self):
+        if hasattr(self, "_index"):
+            self.close()
+
+
+def _member(data: bytes, members: dict, name: str) -> bytes:
+    start, size = members[name]
+    return data[start : start + size]
+
+
+def walk_tar(data, path, sizes_only: bool = False):
+    """(name, data offset, size) of each file in a run of 512-byte tar blocks (a whole tar or one sample's part)."""
+    pos, long_name = 0, None
+    while pos + 512 <= len(data):
+        header = data[pos : pos + 512]
+        if not header.strip(b"\0"):
+            return
+        try:
+            size = int(header[124:136].strip(b"\0 ") or b"0", 8)
+        except ValueError:
+            raise ShardError(f"{path}: damaged tar header at byte {pos}") from None
+        kind, start = header[156:157], pos + 512
+        pos = start + (size + 511) // 512 * 512
+        if kind == b"x":  # pax extended header: may carry a long path for the next member
+            for record in bytes(data[start : start + size]).split(b"\n"):
+                if b" path=" in record:
+                    long_name = record.split(b" path=", 1)[1].decode()
+            continue
+        if kind in (b"0", b"\0"):
+            name = header[:100].split(b"\0", 1)[0].decode()
+            prefix = header[345:500].split(b"\0", 1)[0].decode()
+            yield long_name or (f"{prefix}/{name}" if prefix else name), start, size
+            if sizes_only:
+                return
+        long_name = None
 
 
 @dataclass

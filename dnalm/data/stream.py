@@ -1,26 +1,30 @@
 """The training stream: samples of a prepared split, in one deterministic global order, resumable exactly.
 
-Order. For epoch ``e`` the shards are shuffled with a generator seeded by ``(seed, e)``, their
-samples laid end to end, and passed through a shuffle buffer: each sample moves at most
-``shuffle_buffer`` places (the order is computed from the manifest's sample counts, so it costs
-no reading). This gives one global sequence per epoch, the same on every rank and worker.
+Order. Epoch ``e`` visits every sample once in a pseudo-random permutation keyed by (seed, e)
+(``dnalm.data.order``): a global batch is as diverse as random draws from the whole split, and
+the order is computed position by position from the shard counts, so a worker holds O(shards)
+state however large the corpus. ``shuffle=False`` keeps genome order (shard after shard).
 
-Sharing. Step ``s`` of the epoch takes the ``world_size × batch_size`` samples that follow the
+Sharing. Step ``s`` of the epoch takes the ``world_size × batch_size`` positions that follow the
 resume point; rank ``r`` gets the ``r``-th run of ``batch_size`` of them, and within a rank the
 DataLoader workers take steps in turn (worker ``w`` of ``W`` builds every ``W``-th batch, which is
 the order in which a DataLoader hands batches out). So after ``K`` steps every rank together has
-consumed exactly the first ``K × world_size × batch_size`` samples of the epoch, whatever the
+consumed exactly the first ``K × world_size × batch_size`` positions of the epoch, whatever the
 number of ranks or workers: the state is just ``(epoch, index)`` and a resumed stream, with any
 world size, continues with the next sample. The last ``< world_size × batch_size`` samples of an
 epoch are dropped (they come back in the next epoch's order), so every rank steps together.
 
-Reading. Each worker opens the shards it needs (checking their sha256 once) and reads samples
-by index. A corrupt shard stops the stream with the shard named and its last good sample key;
-with ``on_error="skip"`` its samples are skipped and counted (``skipped`` in every sample).
+Reading. A sample is read through its shard's index (two positioned reads and a CRC check), so
+a rank reads only the samples it consumes: about 1/W of the bytes. Each worker keeps at most
+``max_open_shards`` shards open (least recently used closed first, bounded by the process's file
+limit). A corrupt shard stops the stream with the shard named and its last good sample key; with
+``on_error="skip"`` its samples are skipped and counted (``skipped`` in every sample).
 """
 
 from __future__ import annotations
 
+import resource
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,11 +33,12 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dnalm.data.manifest import DataError, Manifest
-from dnalm.data.shards import ShardError, ShardReader
+from dnalm.data.order import EpochOrder
+from dnalm.data.shards import IndexedShard, ShardError
 from dnalm.tokenizers import NUM_SPECIAL, Tokenizer, ViewTokenizer, load_folder
 from dnalm.tokenizers.views import concatenate_views
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 1: shard shuffle + shuffle buffer (not resumable with this order)
 ON_ERROR = ("raise", "skip")
 
 
@@ -47,8 +52,8 @@ class StreamState:
 
 class GenomeStream(IterableDataset):
     def __init__(self, folder: str | Path, split: str = "train", *, batch_size: int, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, shuffle_buffer: int = 1000, epochs: int | None = 1, tokenizer: Tokenizer | None = None,
-                 on_error: str = "raise"):
+                 seed: int = 0, shuffle: bool = True, epochs: int | None = 1, tokenizer: Tokenizer | None = None,
+                 on_error: str = "raise", max_open_shards: int = 64):
         self.folder = Path(folder)
         self.manifest = Manifest.load(self.folder)
         if split not in self.manifest.splits:
@@ -60,7 +65,9 @@ class GenomeStream(IterableDataset):
         if tokenizer is not None:
             check_tokenizer(self.manifest, tokenizer, self.folder)
         self.split, self.batch_size, self.rank, self.world_size = split, batch_size, rank, world_size
-        self.shuffle_buffer, self.epochs, self.on_error = shuffle_buffer, epochs, on_error
+        self.epochs, self.on_error = epochs, on_error
+        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.max_open_shards = max(1, min(max_open_shards, soft_limit // 8))  # two files a shard, room for the rest
         self.shards = [s for s in self.manifest.splits[split].shards if s.num_samples > 0]
         self.counts = np.array([s.num_samples for s in self.shards], np.int64)
         self.total = int(self.counts.sum())
@@ -68,6 +75,8 @@ class GenomeStream(IterableDataset):
             raise DataError(f"{self.folder}: split '{split}' has {self.total} samples, fewer than one global batch "
                             f"({world_size} ranks × {batch_size})")
         self.state = StreamState(seed=seed)
+        self.order = EpochOrder(self.counts, seed, shuffle)
+        self.bytes_read = 0  # by this process's readers (in-process iteration; workers count their own)
         sizes = [t.vocab_size - NUM_SPECIAL for t in self.manifest.tokenizers]
         self.id_offsets = np.cumsum([0] + sizes[:-1]).tolist()
         self.tokenizers = [load_folder(self.folder / t.folder) for t in self.manifest.tokenizers]
@@ -76,17 +85,6 @@ class GenomeStream(IterableDataset):
     @property
     def global_batch(self) -> int:
         return self.world_size * self.batch_size
-
-    def epoch_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(shard, sample) of every position of the epoch's global order."""
-        rng = np.random.default_rng([self.state.seed, epoch])
-        shard_order = rng.permutation(len(self.shards))
-        shard_of = np.repeat(shard_order, self.counts[shard_order])
-        first = np.concatenate(([0], np.cumsum(self.counts[shard_order])[:-1]))
-        sample_of = np.arange(self.total) - np.repeat(first, self.counts[shard_order])
-        displaced = np.arange(self.total) + rng.uniform(0, self.shuffle_buffer, self.total)
-        order = np.argsort(displaced, kind="stable")
-        return shard_of[order], sample_of[order]
 
     def steps(self, epoch_start_index: int) -> int:
         return (self.total - epoch_start_index) // self.global_batch
@@ -119,42 +117,62 @@ class GenomeStream(IterableDataset):
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("version") != STATE_VERSION:
-            raise DataError(f"stream state version {state.get('version')} is not {STATE_VERSION}")
+            raise DataError(f"stream state version {state.get('version')} is not {STATE_VERSION}: it counts positions of "
+                            "another epoch order, so resuming would repeat and skip samples")
         self.state = StreamState(**state)
+        self.order.seed = self.state.seed
 
     # --- reading ---------------------------------------------------------------------------
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        readers: dict[int, ShardReader | None] = {}
-        skipped, order_epoch, order = 0, None, None
-        for k, (epoch, start) in enumerate(self._rank_batches()):
-            if k % workers != worker:
-                continue
-            if epoch != order_epoch:
-                order_epoch, order = epoch, self.epoch_order(epoch)
-            for position in range(start, start + self.batch_size):
-                shard, index = int(order[0][position]), int(order[1][position])
-                reader = self._reader(readers, shard)
-                if reader is None:
-                    skipped += 1
+        readers: OrderedDict[int, IndexedShard] = OrderedDict()
+        bad: set[int] = set()
+        skipped = 0
+        try:
+            for k, (epoch, start) in enumerate(self._rank_batches()):
+                if k % workers != worker:
                     continue
-                yield self._sample(reader, index, skipped)
+                shards, samples = self.order(epoch, np.arange(start, start + self.batch_size))
+                for shard, index in zip(shards.tolist(), samples.tolist()):
+                    reader = None if shard in bad else self._reader(readers, shard)
+                    sample = None
+                    if reader is not None:
+                        try:
+                            sample = self._sample(reader, index, skipped)
+                        except ShardError:
+                            if self.on_error == "raise":
+                                raise
+                            bad.add(shard)
+                    if sample is None:
+                        bad.add(shard)
+                        skipped += 1
+                        continue
+                    yield sample
+        finally:
+            for reader in readers.values():
+                self.bytes_read += reader.bytes_read
+                reader.close()
 
-    def _reader(self, readers: dict, shard: int) -> ShardReader | None:
-        if shard not in readers:
-            entry = self.shards[shard]
-            try:
-                readers[shard] = ShardReader(self.folder / entry.path, entry.sha256)
-                if len(readers[shard]) != entry.num_samples:
-                    raise ShardError(f"{self.folder / entry.path}: holds {len(readers[shard])} samples, the manifest says {entry.num_samples}")
-            except ShardError:
-                if self.on_error == "raise":
-                    raise
-                readers[shard] = None
-        return readers[shard]
+    def _reader(self, readers: OrderedDict, shard: int) -> IndexedShard | None:
+        if shard in readers:
+            readers.move_to_end(shard)
+            return readers[shard]
+        entry = self.shards[shard]
+        try:
+            reader = IndexedShard(self.folder / entry.path, entry.num_samples, entry.bytes)
+        except ShardError:
+            if self.on_error == "raise":
+                raise
+            return None
+        readers[shard] = reader
+        while len(readers) > self.max_open_shards:
+            _, closed = readers.popitem(last=False)
+            self.bytes_read += closed.bytes_read
+            closed.close()
+        return reader
 
-    def _sample(self, reader: ShardReader, index: int, skipped: int) -> dict:
+    def _sample(self, reader: IndexedShard, index: int, skipped: int) -> dict:
         key, meta, arrays = reader.read(index)
         sample = {"key": key, "skipped": skipped}
         spans = [tok.spans_of(ids) for tok, ids in zip(self.tokenizers, arrays)]

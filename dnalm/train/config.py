@@ -37,7 +37,8 @@ class DataSection(_Section):
     path: str = Field(description="a folder made by `dnalm prep`")
     train_split: str = "train"
     val_split: str = "val"
-    shuffle_buffer: int = Field(1000, ge=1)
+    shuffle: bool = Field(True, description="each epoch a pseudo-random permutation of the whole split (False: genome order)")
+    max_open_shards: int = Field(64, ge=1, description="shard files each DataLoader worker keeps open (least recently used closed)")
     num_workers: int = Field(1, ge=0)
     on_error: Literal["raise", "skip"] = "raise"
 

@@ -200,7 +200,8 @@ class Trainer:
 
         self.stream = GenomeStream(config.data.path, config.data.train_split, batch_size=config.batch.micro_batch,
                                    rank=self.rank, world_size=self.world, seed=config.seed,
-                                   shuffle_buffer=config.data.shuffle_buffer, epochs=None, tokenizer=self.tokenizer,
+                                   shuffle=config.data.shuffle, max_open_shards=config.data.max_open_shards,
+                                   epochs=None, tokenizer=self.tokenizer,
                                    on_error=config.data.on_error)
         self.loader = StreamLoader(self.stream, num_workers=config.data.num_workers)
         self.ranges = view_ranges([t.vocab_size for t in self.manifest.tokenizers])
@@ -318,7 +319,7 @@ class Trainer:
                 self.world * config.batch.micro_batch:
             return {}
         stream = GenomeStream(config.data.path, config.data.val_split, batch_size=config.batch.micro_batch, rank=self.rank,
-                              world_size=self.world, seed=config.seed, shuffle_buffer=1, epochs=1)
+                              world_size=self.world, seed=config.seed, epochs=1)  # the same windows, drawn across the split
         self.engine.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # (loss × targets, targets, correct)
         for i, batch in enumerate(StreamLoader(stream)):
