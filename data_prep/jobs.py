@@ -49,12 +49,18 @@ def shard_done(folder: Path, plan: Plan, shard: ShardPlan, verify: bool = True) 
     return not verify or file_sha256(tar) == info["sha256"]
 
 
+def slice_of(plan: Plan, job_index: int, num_jobs: int) -> list[ShardPlan]:
+    """Job I of K takes a contiguous run of the plan's shards, so it touches only the genomes and contigs in it."""
+    n = len(plan.shards)
+    return plan.shards[job_index * n // num_jobs : (job_index + 1) * n // num_jobs]
+
+
 def run_slice(folder: Path, job_index: int, num_jobs: int, progress: bool = False) -> dict:
     """Write every shard of job ``job_index`` of ``num_jobs`` that is not done yet; return counts."""
     folder = Path(folder)
     plan = Plan.load(folder)
     tokenizers = plan.load_tokenizers(folder)
-    mine = [s for s in plan.shards[job_index::num_jobs]]
+    mine = slice_of(plan, job_index, num_jobs)
     pending = [s for s in mine if not shard_done(folder, plan, s)]
     for shard in pending:
         for pattern in (f"{Path(shard.path).name}.tmp*", f"{Path(shard.path).name}.idx.tmp*"):
@@ -72,9 +78,13 @@ def run_slice(folder: Path, job_index: int, num_jobs: int, progress: bool = Fals
     bar = _bar(sum(s.bases for s in pending), progress)
     try:
         for g, path in enumerate(plan.config.genomes):
-            if not any(key[0] == g for key in by_contig):
+            wanted = {contig for genome, contig in by_contig if genome == g}
+            if not wanted:
                 continue
             for contig in genome_io.iter_contigs(path):
+                if contig.name not in wanted:
+                    continue
+                wanted.discard(contig.name)
                 for shard, piece in by_contig.get((g, contig.name), ()):
                     writer, stats = writers.get(shard.index) or writers.setdefault(shard.index, _open(folder, shard))
                     _write_piece(writer, stats, contig.bases[piece.start : piece.end], piece, plan, tokenizers)
@@ -85,6 +95,8 @@ def run_slice(folder: Path, job_index: int, num_jobs: int, progress: bool = Fals
                     if remaining[shard.index] == 0:
                         _close(folder, plan, shard, *writers.pop(shard.index))
                         counts["written"] += 1
+                if not wanted:  # every contig this job needs from this genome is written: stop parsing it
+                    break
     except BaseException:
         for writer, _ in writers.values():
             writer.abort()

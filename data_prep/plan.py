@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from dnalm.errors import validated
 from dnalm.tokenizers import KmerTokenizer, Tokenizer
 
 PLAN_FILE = "plan.json"
+LOCK_FILE = ".plan.lock"  # created atomically by the one job that builds the plan
 TOKENIZER_DIR = "tokenizers"
 SPLITS = ("train", "val")
 
@@ -171,40 +174,98 @@ def build_plan(config: PrepConfig, tokenizers: list[Tokenizer]) -> Plan:
     return Plan(fingerprint, config, genomes, entries, segment_bases, shards)
 
 
-def prepare_folder(folder: Path, config: PrepConfig) -> Plan:
-    """Write (or find) the plan of ``config`` in ``folder``; refuse a folder made from other inputs."""
+def prepare_folder(folder: Path, config: PrepConfig, wait_seconds: float = 3 * 3600, poll_seconds: float = 0.5) -> Plan:
+    """Write (or find) the plan of ``config`` in ``folder``; refuse a folder made from other inputs.
+
+    Any number of jobs may call this at the same instant (a SLURM array on an empty folder): the one
+    that creates the lock file builds the plan, the others wait for ``plan.json`` and reuse it.
+    """
     folder = Path(folder)
     tokenizers = check_tokenizers(config)
     for path in config.genomes:
         genome_io.check_path(path)
-    existing = folder / PLAN_FILE
-    if existing.is_file():
-        old = Plan.load(folder)
-        fingerprint = plan_fingerprint(config, tokenizers, [genome_io.file_sha256(p) for p in config.genomes])
-        if old.fingerprint != fingerprint:
-            raise DataError(f"{folder}: holds a prep of different inputs (plan {old.fingerprint}, this run {fingerprint}); "
-                            "choose another --out or remove it")
-        return old
-    plan = build_plan(config, tokenizers)
-    if folder.exists() and any(p for p in folder.iterdir() if not p.name.startswith(".")):
-        raise DataError(f"{folder}: exists, is not empty and is not a dnalm prep folder; choose another --out")
+    fingerprint = plan_fingerprint(config, tokenizers, [genome_io.file_sha256(p) for p in config.genomes])
+    created = not folder.exists()
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        if (folder / PLAN_FILE).is_file():
+            return _existing_plan(folder, fingerprint)
+        if _take_lock(folder):
+            break
+        if time.monotonic() > deadline:
+            raise DataError(f"{folder}: waited {wait_seconds:.0f} s for the plan another job is building "
+                            f"({folder / LOCK_FILE}: {_lock_owner(folder)}); if that job died, remove the lock and re-run")
+        time.sleep(poll_seconds)
+    try:
+        if (folder / PLAN_FILE).is_file():  # finished between our look and our lock
+            return _existing_plan(folder, fingerprint)
+        if any(p for p in folder.iterdir() if not p.name.startswith(".")):
+            raise DataError(f"{folder}: exists, is not empty and is not a dnalm prep folder; choose another --out")
+        plan = build_plan(config, tokenizers)
+        _write_plan(folder, plan, tokenizers)
+    except BaseException:
+        (folder / LOCK_FILE).unlink(missing_ok=True)
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    (folder / LOCK_FILE).unlink(missing_ok=True)
+    return plan
+
+
+def _existing_plan(folder: Path, fingerprint: str) -> Plan:
+    old = Plan.load(folder)
+    if old.fingerprint != fingerprint:
+        raise DataError(f"{folder}: holds a prep of different inputs (plan {old.fingerprint}, this run {fingerprint}); "
+                        "choose another --out or remove it")
+    old.load_tokenizers(folder)
+    return old
+
+
+def _take_lock(folder: Path) -> bool:
+    """Create the lock atomically (O_EXCL); a lock left by a dead process on this host is taken over."""
     folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_FILE
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        host, _, pid = _lock_owner(folder).partition(":")
+        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            lock.unlink(missing_ok=True)
+        return False
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"{socket.gethostname()}:{os.getpid()}")
+    return True
+
+
+def _lock_owner(folder: Path) -> str:
+    try:
+        return (folder / LOCK_FILE).read_text()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _write_plan(folder: Path, plan: Plan, tokenizers: list[Tokenizer]) -> None:
     staging = folder / f".staging{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     for entry, tok in zip(plan.tokenizers, tokenizers):
         tok.save(staging / entry.folder)
-    try:
-        os.rename(staging / TOKENIZER_DIR, folder / TOKENIZER_DIR)
-    except OSError:  # another job of this run got there first
-        if not (folder / TOKENIZER_DIR).is_dir():
-            raise
+    os.rename(staging / TOKENIZER_DIR, folder / TOKENIZER_DIR)
     for split in SPLITS:
         (folder / split).mkdir(exist_ok=True)
     (staging / PLAN_FILE).write_text(plan.to_json())
-    os.replace(staging / PLAN_FILE, existing)
+    os.replace(staging / PLAN_FILE, folder / PLAN_FILE)
     shutil.rmtree(staging, ignore_errors=True)
     plan.load_tokenizers(folder)
-    return plan
 
 
 def _validation_blocks(genome: GenomeEntry, config: PrepConfig) -> set[tuple[str, int]]:

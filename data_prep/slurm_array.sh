@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Shard genomes across a SLURM array: every task runs one slice of the same deterministic plan,
+# Shard genomes across a SLURM array: the first task to start builds the deterministic plan (under
+# an atomic lock; the others wait for it), then every task writes one contiguous slice of its shards,
 # and the last task to finish writes manifest.json. Re-submitting after a failure redoes only
 # the shards that did not finish.
 #

@@ -212,3 +212,26 @@ def test_missing_genome_leaves_nothing(tmp_path):
     result = run_cli("prep", tmp_path / "absent.fa", "--out", tmp_path / "out", "--seq-len", "256")
     assert result.returncode == 1 and "no such file" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_four_jobs_started_at_once_on_an_empty_folder_all_succeed(tmp_path, one_job):
+    """A SLURM array's tasks start together: one builds the plan, the others wait for it; the shards equal one job's."""
+    folder = tmp_path / "array"
+    command = [sys.executable, "-m", "dnalm", "prep", str(genome.DEFAULT_GENOME), "--out", str(folder), "--seq-len", "512",
+               "--shard-size-mb", "0.5", "--val-fraction", "0.05", "--num-jobs", "4"]
+    jobs = [subprocess.Popen([*command, "--job-index", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(4)]
+    outputs = [job.communicate(timeout=300) for job in jobs]
+    assert [job.returncode for job in jobs] == [0] * 4, [err[-500:] for _, err in outputs]
+    assert shard_digests(folder) == shard_digests(one_job)
+    assert not (folder / ".plan.lock").exists()
+
+
+def test_a_job_slice_is_a_contiguous_run_of_shards(one_job):
+    from data_prep.jobs import slice_of
+    from data_prep.plan import Plan
+
+    plan = Plan.load(one_job)
+    slices = [slice_of(plan, i, 3) for i in range(3)]
+    assert [s.index for part in slices for s in part] == [s.index for s in plan.shards]
+    assert all(part == plan.shards[part[0].index : part[-1].index + 1] for part in slices if part)
