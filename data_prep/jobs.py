@@ -108,7 +108,7 @@ def run_slice(folder: Path, job_index: int, num_jobs: int, progress: bool = Fals
 
 
 def _open(folder: Path, shard: ShardPlan):
-    stats = {"num_samples": 0, "num_tokens": 0, "padding_tokens": 0, "in_samples": 0, "left_over": 0}
+    stats = {"num_samples": 0, "num_tokens": 0, "padding_tokens": 0, "in_samples": 0, "left_over": 0, "genomes": {}}
     return ShardWriter(Path(folder) / shard.path), stats
 
 
@@ -117,8 +117,10 @@ def _write_piece(writer: ShardWriter, stats: dict, bases: np.ndarray, piece, pla
     dtypes = [token_dtype(t.vocab_size) for t in tokenizers]
     windows = cut_windows(bases, tokenizers, config.seq_len, config.views)
     covered = covered_bases(windows)
-    stats["in_samples"] += covered
-    stats["left_over"] += len(bases) - covered
+    genome = stats["genomes"].setdefault(str(piece.genome), {"num_samples": 0, "in_samples": 0, "left_over": 0})
+    for where in (stats, genome):
+        where["in_samples"] += covered
+        where["left_over"] += len(bases) - covered
     strands = [("+", windows)]
     if config.reverse_complement:
         strands.append(("-", cut_windows(_COMPLEMENT[bases[::-1]], tokenizers, config.seq_len, config.views)))
@@ -132,6 +134,7 @@ def _write_piece(writer: ShardWriter, stats: dict, bases: np.ndarray, piece, pla
                     "padding": w.padding}
             writer.write(encode_sample(key, meta, [ids.astype(dt) for ids, dt in zip(w.ids, dtypes)]))
             stats["num_samples"] += 1
+            genome["num_samples"] += 1
             stats["num_tokens"] += sum(len(ids) for ids in w.ids)
             stats["padding_tokens"] += w.padding
 
@@ -195,5 +198,10 @@ def summary(result: dict, file=sys.stdout) -> None:
     print(f"{manifest.num_samples:,} samples ({', '.join(f'{k} {v.num_samples:,}' for k, v in manifest.splits.items())}), "
           f"{manifest.num_tokens:,} tokens, padding {manifest.padding_fraction:.3%}; "
           f"{result['shards_written']} shards written, {result['shards_already_done']} already done; {speed}", file=file)
+    excluded = f" + {acc.excluded:,} in excluded contigs" if acc.excluded else ""
     print(f"bases: {acc.genome_bases:,} in genome = {acc.in_samples:,} in samples + {acc.dropped_n:,} dropped as N runs "
-          f"+ {acc.left_over:,} left over", file=file)
+          f"+ {acc.left_over:,} left over{excluded}", file=file)
+    if len(manifest.mix) > 1:
+        for g in manifest.mix:
+            print(f"  {g.name:<20} weight {g.weight:g}  {g.in_samples:>14,} bases in {sum(g.samples.values()):,} samples "
+                  f"({g.left_over:,} left over, {g.excluded:,} excluded)", file=file)

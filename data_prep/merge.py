@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from data_prep.plan import SPLITS, Plan
-from dnalm.data.manifest import Accounting, DataError, Manifest, ShardEntry, SplitEntry
+from dnalm.data.manifest import Accounting, DataError, GenomeMix, Manifest, ShardEntry, SplitEntry
 
 
 def missing_shards(folder: Path, plan: Plan) -> list[str]:
@@ -34,18 +34,35 @@ def merge(folder: Path) -> Manifest:
     if corrupt:
         raise DataError(f"{folder}: {len(corrupt)} shards do not match their checksum (first: {corrupt[0]}); run `dnalm prep` again to redo them")
     infos = {s.index: json.loads(sidecar_path(folder, s).read_text()) for s in plan.shards}
+    genomes = range(len(plan.genomes))
+
+    def per_genome(info: dict, g: int, field: str) -> int:
+        return info.get("genomes", {}).get(str(g), {}).get(field, 0)
+
     splits = {}
     for split in SPLITS:
+        mine = [s for s in plan.shards if s.split == split]
         entries = [ShardEntry(path=s.path, num_samples=infos[s.index]["num_samples"], num_tokens=infos[s.index]["num_tokens"],
-                              sha256=infos[s.index]["sha256"], bytes=infos[s.index]["bytes"])
-                   for s in plan.shards if s.split == split]
+                              sha256=infos[s.index]["sha256"], bytes=infos[s.index]["bytes"]) for s in mine]
         splits[split] = SplitEntry(num_samples=sum(e.num_samples for e in entries),
-                                   num_tokens=sum(e.num_tokens for e in entries), shards=entries)
+                                   num_tokens=sum(e.num_tokens for e in entries), shards=entries,
+                                   genome_samples=[sum(per_genome(infos[s.index], g, "num_samples") for s in mine)
+                                                   for g in genomes])
     total = lambda field: sum(info[field] for info in infos.values())  # noqa: E731
     accounting = Accounting(genome_bases=plan.genome_bases, in_samples=total("in_samples"),
-                            dropped_n=plan.genome_bases - plan.segment_bases, left_over=total("left_over"))
-    if accounting.in_samples + accounting.dropped_n + accounting.left_over != accounting.genome_bases:
+                            dropped_n=plan.genome_bases - plan.excluded_bases - plan.segment_bases,
+                            left_over=total("left_over"), excluded=plan.excluded_bases)
+    if accounting.in_samples + accounting.dropped_n + accounting.left_over + accounting.excluded != accounting.genome_bases:
         raise DataError(f"{folder}: base accounting does not add up ({accounting}); the shards do not match the plan")
+    mix = []
+    for g, entry in enumerate(plan.genomes):
+        settings, stats = plan.config.genome_settings(g), plan.per_genome[g]
+        mix.append(GenomeMix(name=settings.name, path=entry.path, weight=settings.weight, tags=settings.tags,
+                             bases=stats["bases"], excluded=stats["excluded"],
+                             dropped_n=stats["bases"] - stats["excluded"] - stats["segment_bases"],
+                             in_samples=sum(per_genome(i, g, "in_samples") for i in infos.values()),
+                             left_over=sum(per_genome(i, g, "left_over") for i in infos.values()),
+                             samples={split: splits[split].genome_samples[g] for split in SPLITS}))
     num_samples = total("num_samples")
     padding = total("padding_tokens")
     manifest = Manifest(
@@ -53,7 +70,7 @@ def merge(folder: Path) -> Manifest:
         seq_len=plan.config.seq_len, reverse_complement=plan.config.reverse_complement, num_samples=num_samples,
         num_tokens=total("num_tokens"), padding_tokens=padding,
         padding_fraction=padding / (num_samples * plan.config.seq_len) if num_samples else 0.0,
-        splits=splits, accounting=accounting, settings=plan.config.model_dump(),
+        splits=splits, accounting=accounting, settings=plan.config.model_dump(), mix=mix,
     )
     manifest.save(folder)
     return manifest

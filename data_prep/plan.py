@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from data_prep.corpus import GenomeSettings
 from dnalm import genome as genome_io
 from dnalm import tokenizers as tokenizer_registry
 from dnalm.data.manifest import DataError, GenomeEntry, TokenizerEntry
@@ -48,11 +49,27 @@ class PrepConfig(BaseModel):
     shard_size_mb: float = Field(64.0, gt=0, description="target shard size")
     min_n_run: int = Field(100, ge=1, description="N runs at least this long split contigs; windows never cross them")
     seed: int = Field(0, description="seed of the validation block choice")
+    corpus: list[GenomeSettings] = Field(default_factory=list, description="per genome: name, weight, tags, contig "
+                                         "filters (from a corpus YAML); empty: every contig, weight 1, named by file")
 
     @field_validator("genomes")
     @classmethod
     def _absolute(cls, paths: list[str]) -> list[str]:
         return [str(Path(p).resolve()) for p in paths]
+
+    @model_validator(mode="after")
+    def _one_setting_per_genome(self) -> "PrepConfig":
+        if self.corpus and len(self.corpus) != len(self.genomes):
+            raise ValueError(f"corpus has {len(self.corpus)} genome settings for {len(self.genomes)} genomes")
+        return self
+
+    def genome_settings(self, index: int) -> GenomeSettings:
+        if self.corpus:
+            return self.corpus[index]
+        name = Path(self.genomes[index]).name
+        for suffix in (".gz", ".bgz", *genome_io.FASTA_SUFFIXES):
+            name = name.removesuffix(suffix)
+        return GenomeSettings(name=name)
 
     @classmethod
     def checked(cls, **values) -> "PrepConfig":
@@ -85,8 +102,13 @@ class Plan:
     config: PrepConfig
     genomes: list[GenomeEntry]
     tokenizers: list[TokenizerEntry]
-    segment_bases: int  # bases left once long N runs are cut out
+    segment_bases: int  # bases left once long N runs are cut out (and excluded contigs left out)
     shards: list[ShardPlan]
+    per_genome: list[dict]  # each genome's bases, excluded (contig filters) and segment bases
+
+    @property
+    def excluded_bases(self) -> int:
+        return sum(g["excluded"] for g in self.per_genome)
 
     @property
     def genome_bases(self) -> int:
@@ -96,7 +118,7 @@ class Plan:
         return json.dumps({
             "fingerprint": self.fingerprint, "config": self.config.model_dump(),
             "genomes": [g.model_dump() for g in self.genomes], "tokenizers": [t.model_dump() for t in self.tokenizers],
-            "segment_bases": self.segment_bases,
+            "segment_bases": self.segment_bases, "per_genome": self.per_genome,
             "shards": [{"index": s.index, "split": s.split, "path": s.path, "pieces": [asdict(p) for p in s.pieces]}
                        for s in self.shards],
         })
@@ -111,6 +133,8 @@ class Plan:
             raw["fingerprint"], PrepConfig(**raw["config"]), [GenomeEntry(**g) for g in raw["genomes"]],
             [TokenizerEntry(**t) for t in raw["tokenizers"]], raw["segment_bases"],
             [ShardPlan(s["index"], s["split"], s["path"], [Piece(**p) for p in s["pieces"]]) for s in raw["shards"]],
+            raw.get("per_genome") or [{"bases": sum(c["length"] for c in g["contigs"]), "excluded": 0,
+                                       "segment_bases": raw["segment_bases"]} for g in raw["genomes"]],
         )
 
     def load_tokenizers(self, folder: Path) -> list[Tokenizer]:
@@ -140,27 +164,34 @@ def check_tokenizers(config: PrepConfig) -> list[Tokenizer]:
 
 def plan_fingerprint(config: PrepConfig, tokenizers: list[Tokenizer], genome_sha256: list[str]) -> str:
     return hashlib.sha256(json.dumps({
-        "config": config.model_dump(), "genomes": genome_sha256, "tokenizers": [t.fingerprint for t in tokenizers], "version": 1,
+        "config": config.model_dump(exclude=set() if config.corpus else {"corpus"}), "genomes": genome_sha256, "tokenizers": [t.fingerprint for t in tokenizers], "version": 1,
     }, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def build_plan(config: PrepConfig, tokenizers: list[Tokenizer]) -> Plan:
-    genomes, pieces_by_split, segment_bases, probe = [], {s: [] for s in SPLITS}, 0, None
+    genomes, pieces_by_split, per_genome, probe = [], {s: [] for s in SPLITS}, [], None
     for g, path in enumerate(config.genomes):
-        contigs = []
+        settings = config.genome_settings(g)
+        contigs, kept = [], []
         segments: list[tuple[str, np.ndarray]] = []
         for contig in genome_io.iter_contigs(path):
             contigs.append({"name": contig.name, "length": len(contig)})
+            if not settings.keeps(contig.name):
+                continue
+            kept.append(contigs[-1])
             segments.append((contig.name, contig.segments(config.min_n_run)))
             if probe is None and len(segments[-1][1]):
                 probe = contig.bases[segments[-1][1][0, 0] :][:200_000].copy()
         genomes.append(GenomeEntry(path=path, sha256=genome_io.file_sha256(path), contigs=contigs))
-        val_blocks = _validation_blocks(genomes[-1], config)
+        val_blocks = _validation_blocks(GenomeEntry(path=path, sha256=genomes[-1].sha256, contigs=kept), config)
+        stats = {"bases": sum(c["length"] for c in contigs), "excluded": sum(c["length"] for c in contigs) -
+                 sum(c["length"] for c in kept), "segment_bases": 0}
         for name, segs in segments:
             for start, end in segs.tolist():
-                segment_bases += end - start
+                stats["segment_bases"] += end - start
                 for split, a, b in _split_by_blocks(name, start, end, val_blocks, config.val_block_bases):
                     pieces_by_split[split].append(Piece(g, name, a, b))
+        per_genome.append(stats)
     if probe is None:
         raise DataError(f"prep: {', '.join(config.genomes)}: no stretch of sequence outside long N runs")
     shard_bases = _shard_bases(config, tokenizers, probe)
@@ -171,7 +202,7 @@ def build_plan(config: PrepConfig, tokenizers: list[Tokenizer]) -> Plan:
     entries = [TokenizerEntry(name=t.name, kind=t.kind, fingerprint=t.fingerprint, vocab_size=t.vocab_size,
                               folder=f"{TOKENIZER_DIR}/tok{i}") for i, t in enumerate(tokenizers)]
     fingerprint = plan_fingerprint(config, tokenizers, [g.sha256 for g in genomes])
-    return Plan(fingerprint, config, genomes, entries, segment_bases, shards)
+    return Plan(fingerprint, config, genomes, entries, sum(g["segment_bases"] for g in per_genome), shards, per_genome)
 
 
 def prepare_folder(folder: Path, config: PrepConfig, wait_seconds: float = 3 * 3600, poll_seconds: float = 0.5) -> Plan:

@@ -118,7 +118,8 @@ def tokenizer_train_bpe(args) -> None:
 
 
 @command("prep", help="shard genomes into WebDataset token windows with a manifest (resumable, splits into jobs)", args=[
-    arg("genomes", nargs="*", type=Path, metavar="GENOME", help="FASTA files; default: the bundled E. coli genome"),
+    arg("genomes", nargs="*", type=Path, metavar="GENOME", help="FASTA files, or one corpus YAML (genomes with names, "
+        "weights, tags and contig include/exclude patterns; see data_prep/corpus.py); default: the bundled E. coli genome"),
     arg("--out", type=Path, required=True, help="the data folder (created; re-running resumes an unfinished prep)"),
     arg("--tokenizers", default="nucleotide", help="comma-separated: nucleotide, kmer:K[:1], bpe:PATH (default nucleotide)"),
     *(_prep_setting(name) for name in ("seq_len", "views", "val_fraction", "val_block_bases", "reverse_complement",
@@ -128,6 +129,7 @@ def tokenizer_train_bpe(args) -> None:
     arg("--num-jobs", type=int, default=None, help="number of slices when --job-index is given"),
 ])
 def prep(args) -> None:
+    from data_prep.corpus import is_corpus, load_corpus
     from data_prep.jobs import prep as run_prep, summary
     from data_prep.plan import PrepConfig
     from dnalm import genome
@@ -138,8 +140,13 @@ def prep(args) -> None:
         raise DnalmError(f"--job-index must be in 0..{args.num_jobs - 1}, got {args.job_index}")
     if args.jobs < 1:
         raise DnalmError(f"--jobs must be at least 1, got {args.jobs}")
+    genomes, corpus = [str(p) for p in args.genomes or [genome.DEFAULT_GENOME]], []
+    if any(is_corpus(p) for p in genomes):
+        if len(genomes) > 1:
+            raise DnalmError("give one corpus YAML or FASTA files, not both (list every genome in the corpus)")
+        genomes, corpus = load_corpus(genomes[0])
     config = PrepConfig.checked(
-        genomes=[str(p) for p in args.genomes or [genome.DEFAULT_GENOME]],
+        genomes=genomes, corpus=corpus,
         tokenizers=[t.strip() for t in args.tokenizers.split(",") if t.strip()],
         seq_len=args.seq_len, views=args.views, val_fraction=args.val_fraction, val_block_bases=args.val_block_bases,
         reverse_complement=args.reverse_complement, shard_size_mb=args.shard_size_mb, min_n_run=args.min_n_run, seed=args.seed,

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dnalm.errors import DnalmError
 
@@ -53,6 +53,8 @@ class SplitEntry(_Model):
     num_samples: int
     num_tokens: int
     shards: list[ShardEntry]
+    genome_samples: list[int] = Field(default_factory=list, description="samples of each genome, in genome order "
+                                      "(a genome's samples are consecutive across the shards)")
 
 
 class Accounting(_Model):
@@ -62,6 +64,22 @@ class Accounting(_Model):
     in_samples: int
     dropped_n: int
     left_over: int
+    excluded: int = 0  # contigs a corpus's include/exclude patterns left out
+
+
+class GenomeMix(_Model):
+    """One genome of the corpus: its sampling weight, tags, and where its bases went."""
+
+    name: str
+    path: str
+    weight: float
+    tags: list[str]
+    bases: int
+    excluded: int
+    dropped_n: int
+    in_samples: int
+    left_over: int
+    samples: dict[str, int]
 
 
 class Manifest(_Model):
@@ -79,6 +97,7 @@ class Manifest(_Model):
     splits: dict[str, SplitEntry]
     accounting: Accounting
     settings: dict
+    mix: list[GenomeMix] = Field(default_factory=list)
 
     def save(self, folder: Path) -> Path:
         path = Path(folder) / MANIFEST_FILE

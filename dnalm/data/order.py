@@ -6,7 +6,8 @@ The permutation is a keyed Feistel network over the next even power of two, walk
 inside the sample count ("cycle walking"), so it is a bijection on [0, n) whose keys are drawn from
 (seed, epoch): no array the size of the epoch is ever built, and a position's sample costs a few
 integer operations. Samples are numbered shard after shard; ``locate`` turns sample numbers into
-(shard, sample within shard) with one ``searchsorted`` over the shard counts.
+(shard, sample within shard) with one ``searchsorted`` over the shard counts. A corpus whose
+genomes carry sampling weights draws each genome's share of the epoch in proportion to its weight.
 """
 
 from __future__ import annotations
@@ -53,23 +54,64 @@ class Permutation:
         return x.astype(np.int64)
 
 
-class EpochOrder:
-    """Epoch ``e``'s sample at each position: (shard index, sample within that shard)."""
+def weighted_counts(available: list[int], weights: list[float], total: int) -> np.ndarray:
+    """Samples each genome contributes to an epoch of ``total``: shares proportional to ``weights`` among the
+    genomes that have samples (largest remainders, so the counts add up to ``total``)."""
+    weights = np.where(np.asarray(available) > 0, np.asarray(weights, np.float64), 0.0)
+    exact = total * weights / weights.sum()
+    counts = np.floor(exact).astype(np.int64)
+    counts[np.argsort(-(exact - counts), kind="stable")[: total - int(counts.sum())]] += 1
+    return counts
 
-    def __init__(self, counts, seed: int, shuffle: bool = True):
+
+class EpochOrder:
+    """Epoch ``e``'s sample at each position: (shard index, sample within that shard).
+
+    With per-genome weights, an epoch of the same length draws ``weighted_counts`` samples from each
+    genome: a genome drawn more often than it has samples cycles through fresh permutations of its
+    own samples, one drawn less often gets a different random subset each epoch.
+    """
+
+    def __init__(self, counts, seed: int, shuffle: bool = True, genome_samples=None, weights=None):
         self.counts = np.asarray(counts, np.int64)
         self.ends = np.cumsum(self.counts)
         self.total = int(self.ends[-1]) if len(self.ends) else 0
         self.seed, self.shuffle = seed, shuffle
-        self._epoch, self._permutation = None, None
+        self._permutations: dict[tuple, Permutation] = {}
+        self.weighted = bool(genome_samples) and weights is not None and len(set(weights)) > 1
+        if self.weighted:
+            self.available = np.asarray(genome_samples, np.int64)
+            self.first = np.concatenate(([0], np.cumsum(self.available)[:-1]))
+            self.drawn = weighted_counts(self.available.tolist(), weights, self.total)
+            self.drawn_ends = np.cumsum(self.drawn)
+
+    def reseed(self, seed: int) -> None:
+        self.seed = seed
+        self._permutations.clear()
+
+    def _permutation(self, n: int, *key) -> Permutation:
+        if key not in self._permutations:
+            if len(self._permutations) > 4096:
+                self._permutations.clear()
+            self._permutations[key] = Permutation(n, [self.seed, *key, 0x5EED])
+        return self._permutations[key]
 
     def samples(self, epoch: int, positions) -> np.ndarray:
         """Global sample numbers (shard after shard) at ``positions`` of ``epoch``."""
+        positions = np.asarray(positions, np.int64)
         if not self.shuffle:
-            return np.asarray(positions, np.int64)
-        if epoch != self._epoch:
-            self._epoch, self._permutation = epoch, Permutation(self.total, [self.seed, epoch, 0x5EED])
-        return self._permutation(positions)
+            return positions
+        drawn = self._permutation(self.total, epoch)(positions)
+        if not self.weighted:
+            return drawn
+        genome = np.searchsorted(self.drawn_ends, drawn, side="right")
+        within = drawn - (self.drawn_ends[genome] - self.drawn[genome])
+        cycle, within = np.divmod(within, self.available[genome])
+        out = np.empty_like(drawn)
+        for g, c in set(zip(genome.tolist(), cycle.tolist())):
+            rows = (genome == g) & (cycle == c)
+            out[rows] = self.first[g] + self._permutation(int(self.available[g]), epoch, g, c)(within[rows])
+        return out
 
     def locate(self, samples) -> tuple[np.ndarray, np.ndarray]:
         samples = np.asarray(samples, np.int64)

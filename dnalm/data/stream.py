@@ -75,7 +75,9 @@ class GenomeStream(IterableDataset):
             raise DataError(f"{self.folder}: split '{split}' has {self.total} samples, fewer than one global batch "
                             f"({world_size} ranks × {batch_size})")
         self.state = StreamState(seed=seed)
-        self.order = EpochOrder(self.counts, seed, shuffle)
+        split_entry = self.manifest.splits[split]
+        weights = [g.weight for g in self.manifest.mix] if self.manifest.mix else None
+        self.order = EpochOrder(self.counts, seed, shuffle, genome_samples=split_entry.genome_samples, weights=weights)
         self.bytes_read = 0  # by this process's readers (in-process iteration; workers count their own)
         sizes = [t.vocab_size - NUM_SPECIAL for t in self.manifest.tokenizers]
         self.id_offsets = np.cumsum([0] + sizes[:-1]).tolist()
@@ -120,7 +122,7 @@ class GenomeStream(IterableDataset):
             raise DataError(f"stream state version {state.get('version')} is not {STATE_VERSION}: it counts positions of "
                             "another epoch order, so resuming would repeat and skip samples")
         self.state = StreamState(**state)
-        self.order.seed = self.state.seed
+        self.order.reseed(self.state.seed)
 
     # --- reading ---------------------------------------------------------------------------
     def __iter__(self):
