@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.merge import merge, try_merge
+from data_prep.packing import FragmentPacker
 from data_prep.plan import Plan, PrepConfig, ShardPlan, prepare_folder
 from dnalm import genome as genome_io
 from dnalm.data.shards import INDEX_ENTRY, ShardWriter, encode_sample, file_sha256, index_path, sample_key, token_dtype
@@ -86,7 +87,7 @@ def run_slice(folder: Path, job_index: int, num_jobs: int, progress: bool = Fals
                     continue
                 wanted.discard(contig.name)
                 for shard, piece in by_contig.get((g, contig.name), ()):
-                    writer, stats = writers.get(shard.index) or writers.setdefault(shard.index, _open(folder, shard))
+                    writer, stats = writers.get(shard.index) or writers.setdefault(shard.index, _open(folder, shard, plan))
                     _write_piece(writer, stats, contig.bases[piece.start : piece.end], piece, plan, tokenizers)
                     counts["bases"] += piece.end - piece.start
                     if bar is not None:
@@ -107,14 +108,22 @@ def run_slice(folder: Path, job_index: int, num_jobs: int, progress: bool = Fals
     return counts
 
 
-def _open(folder: Path, shard: ShardPlan):
+def _open(folder: Path, shard: ShardPlan, plan: Plan):
     stats = {"num_samples": 0, "num_tokens": 0, "padding_tokens": 0, "in_samples": 0, "left_over": 0, "genomes": {}}
+    if plan.config.pack_fragments:
+        stats["packer"] = FragmentPacker(plan.config.seq_len)
     return ShardWriter(Path(folder) / shard.path), stats
 
 
 def _write_piece(writer: ShardWriter, stats: dict, bases: np.ndarray, piece, plan: Plan, tokenizers) -> None:
     config = plan.config
     dtypes = [token_dtype(t.vocab_size) for t in tokenizers]
+    if "packer" in stats:
+        encoding = tokenizers[0].encode(bases)
+        if len(encoding) < config.seq_len:  # a fragment: packed with others instead of left over
+            for packed in stats["packer"].add(piece.genome, piece.contig, piece.start, encoding):
+                _write_packed(writer, stats, packed, dtypes[0])
+            return
     windows = cut_windows(bases, tokenizers, config.seq_len, config.views)
     covered = covered_bases(windows)
     genome = stats["genomes"].setdefault(str(piece.genome), {"num_samples": 0, "in_samples": 0, "left_over": 0})
@@ -139,7 +148,25 @@ def _write_piece(writer: ShardWriter, stats: dict, bases: np.ndarray, piece, pla
             stats["padding_tokens"] += w.padding
 
 
+def _write_packed(writer: ShardWriter, stats: dict, packed, dtype) -> None:
+    contig, start, end = packed.parts[0]
+    key = sample_key(packed.genome, contig, start, end, "+")
+    meta = {"genome": packed.genome, "contig": contig, "start": start, "end": end, "strand": "+", "padding": packed.padding,
+            "parts": [list(p) for p in packed.parts]}
+    writer.write(encode_sample(key, meta, [packed.ids.astype(dtype)]))
+    genome = stats["genomes"].setdefault(str(packed.genome), {"num_samples": 0, "in_samples": 0, "left_over": 0})
+    for where in (stats, genome):
+        where["num_samples"] += 1
+        where["in_samples"] += packed.bases
+    stats["num_tokens"] += len(packed.ids)
+    stats["padding_tokens"] += packed.padding
+
+
 def _close(folder: Path, plan: Plan, shard: ShardPlan, writer: ShardWriter, stats: dict) -> None:
+    packer = stats.pop("packer", None)
+    if packer is not None:
+        for packed in packer.flush():
+            _write_packed(writer, stats, packed, token_dtype(plan.tokenizers[0].vocab_size))
     digest = writer.close()
     tar = Path(folder) / shard.path
     info = {"index": shard.index, "split": shard.split, "plan_fingerprint": plan.fingerprint, "sha256": digest,

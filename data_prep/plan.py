@@ -49,6 +49,8 @@ class PrepConfig(BaseModel):
     shard_size_mb: float = Field(64.0, gt=0, description="target shard size")
     min_n_run: int = Field(100, ge=1, description="N runs at least this long split contigs; windows never cross them")
     seed: int = Field(0, description="seed of the validation block choice")
+    pack_fragments: bool = Field(False, description="pack pieces shorter than a window into shared windows, separated "
+                                 "by [SEP] (fragmented assemblies); default: windows never cross a contig, short pieces are left over")
     corpus: list[GenomeSettings] = Field(default_factory=list, description="per genome: name, weight, tags, contig "
                                          "filters (from a corpus YAML); empty: every contig, weight 1, named by file")
 
@@ -61,6 +63,9 @@ class PrepConfig(BaseModel):
     def _one_setting_per_genome(self) -> "PrepConfig":
         if self.corpus and len(self.corpus) != len(self.genomes):
             raise ValueError(f"corpus has {len(self.corpus)} genome settings for {len(self.genomes)} genomes")
+        if self.pack_fragments and (self.views or self.reverse_complement):
+            raise ValueError("pack_fragments packs one tokenizer's forward strand: it cannot be combined with --views or "
+                             "--reverse-complement")
         return self
 
     def genome_settings(self, index: int) -> GenomeSettings:
@@ -164,7 +169,8 @@ def check_tokenizers(config: PrepConfig) -> list[Tokenizer]:
 
 def plan_fingerprint(config: PrepConfig, tokenizers: list[Tokenizer], genome_sha256: list[str]) -> str:
     return hashlib.sha256(json.dumps({
-        "config": config.model_dump(exclude=set() if config.corpus else {"corpus"}), "genomes": genome_sha256, "tokenizers": [t.fingerprint for t in tokenizers], "version": 1,
+        "config": config.model_dump(exclude={k for k in ("corpus", "pack_fragments") if not getattr(config, k)}),
+        "genomes": genome_sha256, "tokenizers": [t.fingerprint for t in tokenizers], "version": 1,
     }, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -123,7 +123,7 @@ def tokenizer_train_bpe(args) -> None:
     arg("--out", type=Path, required=True, help="the data folder (created; re-running resumes an unfinished prep)"),
     arg("--tokenizers", default="nucleotide", help="comma-separated: nucleotide, kmer:K[:1], bpe:PATH (default nucleotide)"),
     *(_prep_setting(name) for name in ("seq_len", "views", "val_fraction", "val_block_bases", "reverse_complement",
-                                       "shard_size_mb", "min_n_run", "seed")),
+                                       "shard_size_mb", "min_n_run", "seed", "pack_fragments")),
     arg("--jobs", type=int, default=1, help="local processes (default 1)"),
     arg("--job-index", type=int, default=None, help="run only slice I of the plan (SLURM array task id)"),
     arg("--num-jobs", type=int, default=None, help="number of slices when --job-index is given"),
@@ -150,6 +150,7 @@ def prep(args) -> None:
         tokenizers=[t.strip() for t in args.tokenizers.split(",") if t.strip()],
         seq_len=args.seq_len, views=args.views, val_fraction=args.val_fraction, val_block_bases=args.val_block_bases,
         reverse_complement=args.reverse_complement, shard_size_mb=args.shard_size_mb, min_n_run=args.min_n_run, seed=args.seed,
+        pack_fragments=args.pack_fragments,
     )
     result = run_prep(config, args.out, jobs=args.jobs, job_index=args.job_index, num_jobs=args.num_jobs,
                       progress=sys.stderr.isatty())

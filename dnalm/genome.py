@@ -267,13 +267,16 @@ class _FastaParser:
             self.any_byte = bool(block.strip())
         headers = _header_offsets(block)
         self._sequence(block, 0, headers[0] if headers else len(block))
+        counted, line = 0, self.lines_before + 1  # newlines counted up to `counted`: linear in the block, however many records
         for i, start in enumerate(headers):
             end_of_line = block.find(b"\n", start)
             end_of_line = len(block) if end_of_line < 0 else end_of_line
             contig = self._close_record()
             if contig is not None:
                 yield contig
-            self._open_record(block[start + 1 : end_of_line], self._line_at(block, start))
+            line += block.count(b"\n", counted, start)
+            counted = start
+            self._open_record(block[start + 1 : end_of_line], line)
             next_header = headers[i + 1] if i + 1 < len(headers) else len(block)
             self._sequence(block, min(end_of_line + 1, next_header), next_header)
         self.lines_before += block.count(b"\n")
