@@ -194,7 +194,7 @@ def prep(config: PrepConfig, folder: Path, *, jobs: int = 1, job_index: int | No
          progress: bool = False) -> dict:
     """Plan (or resume) a prep run in ``folder`` and run all of it locally, or one slice of it."""
     started = time.perf_counter()
-    plan = prepare_folder(folder, config)
+    plan = prepare_folder(folder, config, processes=jobs)
     if job_index is not None:
         counts = [run_slice(folder, job_index, num_jobs, progress=progress)]
         manifest = try_merge(folder)
@@ -205,7 +205,7 @@ def prep(config: PrepConfig, folder: Path, *, jobs: int = 1, job_index: int | No
         context = multiprocessing.get_context("spawn")
         with context.Pool(jobs) as pool:
             counts = pool.map(_run_one, [(str(folder), i, jobs) for i in range(jobs)])
-        manifest = merge(folder)
+        manifest = merge(folder, processes=jobs)
     seconds = time.perf_counter() - started
     bases = sum(c["bases"] for c in counts)
     return {"manifest": manifest, "plan": plan, "seconds": seconds, "bases_processed": bases,

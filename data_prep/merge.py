@@ -21,7 +21,17 @@ def try_merge(folder: Path) -> Manifest | None:
     return None if missing_shards(folder, plan) else merge(folder)
 
 
-def merge(folder: Path) -> Manifest:
+def _verified(args) -> bool:
+    from types import SimpleNamespace
+
+    from data_prep.jobs import shard_done
+
+    folder, fingerprint, shard = args
+    return shard_done(folder, SimpleNamespace(fingerprint=fingerprint), shard, verify=True)
+
+
+def merge(folder: Path, processes: int = 1) -> Manifest:
+    """Check every shard against its checksum (in ``processes`` processes) and write the manifest."""
     from data_prep.jobs import shard_done, sidecar_path
 
     folder = Path(folder)
@@ -30,7 +40,14 @@ def merge(folder: Path) -> Manifest:
     if missing:
         raise DataError(f"{folder}: {len(missing)} of {len(plan.shards)} shards are not finished (first: {missing[0]}); "
                         "run the missing job slices (or `dnalm prep` again) before merging")
-    corrupt = [s.path for s in plan.shards if not shard_done(folder, plan, s, verify=True)]
+    if processes > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            good = pool.map(_verified, [(folder, plan.fingerprint, s) for s in plan.shards], chunksize=max(1, len(plan.shards) // (4 * processes)))
+    else:
+        good = [shard_done(folder, plan, s, verify=True) for s in plan.shards]
+    corrupt = [s.path for s, ok in zip(plan.shards, good) if not ok]
     if corrupt:
         raise DataError(f"{folder}: {len(corrupt)} shards do not match their checksum (first: {corrupt[0]}); run `dnalm prep` again to redo them")
     infos = {s.index: json.loads(sidecar_path(folder, s).read_text()) for s in plan.shards}

@@ -174,22 +174,41 @@ def plan_fingerprint(config: PrepConfig, tokenizers: list[Tokenizer], genome_sha
     }, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def build_plan(config: PrepConfig, tokenizers: list[Tokenizer]) -> Plan:
-    genomes, pieces_by_split, per_genome, probe = [], {s: [] for s in SPLITS}, [], None
-    for g, path in enumerate(config.genomes):
-        settings = config.genome_settings(g)
-        contigs, kept = [], []
-        segments: list[tuple[str, np.ndarray]] = []
-        for contig in genome_io.iter_contigs(path):
-            contigs.append({"name": contig.name, "length": len(contig)})
-            if not settings.keeps(contig.name):
-                continue
-            kept.append(contigs[-1])
-            segments.append((contig.name, contig.segments(config.min_n_run)))
-            if probe is None and len(segments[-1][1]):
-                probe = contig.bases[segments[-1][1][0, 0] :][:200_000].copy()
-        genomes.append(GenomeEntry(path=path, sha256=genome_io.file_sha256(path), contigs=contigs))
-        val_blocks = _validation_blocks(GenomeEntry(path=path, sha256=genomes[-1].sha256, contigs=kept), config)
+def scan_genome(config: PrepConfig, g: int) -> dict:
+    """One genome's part of the plan: its contigs, the segments between long N runs of the kept ones, a probe of bases."""
+    path, settings = config.genomes[g], config.genome_settings(g)
+    contigs, kept, segments, probe = [], [], [], None
+    for contig in genome_io.iter_contigs(path):
+        contigs.append({"name": contig.name, "length": len(contig)})
+        if not settings.keeps(contig.name):
+            continue
+        kept.append(contigs[-1])
+        segments.append((contig.name, contig.segments(config.min_n_run)))
+        if probe is None and len(segments[-1][1]):
+            probe = contig.bases[segments[-1][1][0, 0] :][:200_000].copy()
+    return {"contigs": contigs, "kept": kept, "segments": segments, "probe": probe, "sha256": genome_io.file_sha256(path)}
+
+
+def _scan(args) -> dict:
+    return scan_genome(*args)
+
+
+def build_plan(config: PrepConfig, tokenizers: list[Tokenizer], processes: int = 1) -> Plan:
+    """The plan; with ``processes`` > 1 the genomes are parsed in parallel (one process per genome at a time)."""
+    tasks = [(config, g) for g in range(len(config.genomes))]
+    if processes > 1 and len(tasks) > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(min(processes, len(tasks))) as pool:
+            scans = pool.map(_scan, tasks)
+    else:
+        scans = [_scan(t) for t in tasks]
+    genomes, pieces_by_split, per_genome = [], {s: [] for s in SPLITS}, []
+    probe = next((s["probe"] for s in scans if s["probe"] is not None), None)
+    for g, (path, scan) in enumerate(zip(config.genomes, scans)):
+        contigs, kept, segments = scan["contigs"], scan["kept"], scan["segments"]
+        genomes.append(GenomeEntry(path=path, sha256=scan["sha256"], contigs=contigs))
+        val_blocks = _validation_blocks(GenomeEntry(path=path, sha256=scan["sha256"], contigs=kept), config)
         stats = {"bases": sum(c["length"] for c in contigs), "excluded": sum(c["length"] for c in contigs) -
                  sum(c["length"] for c in kept), "segment_bases": 0}
         for name, segs in segments:
@@ -211,7 +230,8 @@ def build_plan(config: PrepConfig, tokenizers: list[Tokenizer]) -> Plan:
     return Plan(fingerprint, config, genomes, entries, sum(g["segment_bases"] for g in per_genome), shards, per_genome)
 
 
-def prepare_folder(folder: Path, config: PrepConfig, wait_seconds: float = 3 * 3600, poll_seconds: float = 0.5) -> Plan:
+def prepare_folder(folder: Path, config: PrepConfig, wait_seconds: float = 3 * 3600, poll_seconds: float = 0.5,
+                   processes: int = 1) -> Plan:
     """Write (or find) the plan of ``config`` in ``folder``; refuse a folder made from other inputs.
 
     Any number of jobs may call this at the same instant (a SLURM array on an empty folder): the one
@@ -238,7 +258,7 @@ def prepare_folder(folder: Path, config: PrepConfig, wait_seconds: float = 3 * 3
             return _existing_plan(folder, fingerprint)
         if any(p for p in folder.iterdir() if not p.name.startswith(".")):
             raise DataError(f"{folder}: exists, is not empty and is not a dnalm prep folder; choose another --out")
-        plan = build_plan(config, tokenizers)
+        plan = build_plan(config, tokenizers, processes)
         _write_plan(folder, plan, tokenizers)
     except BaseException:
         (folder / LOCK_FILE).unlink(missing_ok=True)

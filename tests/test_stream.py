@@ -132,3 +132,50 @@ def test_bad_stream_settings(ecoli_prepared):
         GenomeStream(ecoli_prepared, batch_size=4, on_error="ignore")
     with pytest.raises(DataError, match="no manifest"):
         GenomeStream(ecoli_prepared / "train", batch_size=4)
+
+
+def test_reverse_complement_in_the_stream_is_seeded_and_resumable(ecoli_prepared, ecoli, tmp_path):
+    nucleotide = tokenizers.load("nucleotide")
+    complement = str.maketrans("ACGT", "TGCA")
+    loader = StreamLoader(stream(ecoli_prepared, reverse_complement=True), num_workers=2)
+    batches = []
+    for k, batch in enumerate(loader):
+        batches.append(batch)
+        if k == 39:
+            break
+    flips = torch.cat([b["reverse_complement"] for b in batches])
+    assert 0.35 < flips.float().mean() < 0.65
+    from dnalm.data.shards import parse_key
+
+    for batch in batches[:5]:
+        for key, ids, reverse in zip(batch["key"], batch["input_ids"], batch["reverse_complement"]):
+            where = parse_key(key)
+            forward = ecoli.sequence[where["start"] : where["end"]]
+            expected = forward.translate(complement)[::-1] if reverse else forward
+            assert nucleotide.decode(ids.numpy()) == expected
+    head = StreamLoader(stream(ecoli_prepared, reverse_complement=True), num_workers=1)
+    take(head, 17)
+    resumed = StreamLoader(stream(ecoli_prepared, reverse_complement=True))
+    resumed.load_state_dict(head.state_dict())
+    again = next(iter(resumed))
+    assert again["key"] == batches[17]["key"] and torch.equal(again["input_ids"], batches[17]["input_ids"])
+
+
+def test_reverse_complement_in_the_stream_keeps_kmer_views_aligned_and_refuses_bpe(tmp_path, ecoli, bpe_small):
+    path = tmp_path / "slice.fa"
+    path.write_text(f">slice\n{ecoli.sequence[:200_000]}\n")
+    folder = prep_folder(tmp_path / "views", [path], ("nucleotide", "kmer:3"), seq_len=256, views=True, val_fraction=0)
+    views = tokenizers.ViewTokenizer([tokenizers.load("nucleotide"), tokenizers.load("kmer:3")])
+    for sample in GenomeStream(folder, batch_size=4, seed=0, reverse_complement=True):
+        if sample["reverse_complement"]:
+            ids = sample["input_ids"].numpy()
+            first_sep = int(np.flatnonzero(ids == tokenizers.SEP_ID)[0])
+            nucleotide_bases = views.decode(ids[: first_sep + 1])
+            kmer_bases = views.decode(ids[first_sep + 1 :])
+            assert nucleotide_bases == kmer_bases and nucleotide_bases not in ecoli.sequence[:200_000]
+            break
+    bpe_folder = tmp_path / "bpe"
+    bpe_small.save(tmp_path / "bpe-tok")
+    prep_folder(bpe_folder, [path], (f"bpe:{tmp_path / 'bpe-tok'}",), seq_len=128, val_fraction=0)
+    with pytest.raises(DataError, match="no token for the reverse complement"):
+        GenomeStream(bpe_folder, batch_size=2, reverse_complement=True)

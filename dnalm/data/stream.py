@@ -19,6 +19,9 @@ a rank reads only the samples it consumes: about 1/W of the bytes. Each worker k
 ``max_open_shards`` shards open (least recently used closed first, bounded by the process's file
 limit). A corrupt shard stops the stream with the shard named and its last good sample key; with
 ``on_error="skip"`` its samples are skipped and counted (``skipped`` in every sample).
+
+Augmentation. With ``reverse_complement`` half the positions of each epoch (a keyed hash of the
+position) are read on the other strand (``dnalm.data.augment``); resuming flips the same ones.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dnalm.data.manifest import DataError, Manifest
+from dnalm.data.augment import flip, flipped, reverse_complement_table
 from dnalm.data.order import EpochOrder
 from dnalm.data.shards import IndexedShard, ShardError
 from dnalm.tokenizers import NUM_SPECIAL, Tokenizer, ViewTokenizer, load_folder
@@ -53,7 +57,7 @@ class StreamState:
 class GenomeStream(IterableDataset):
     def __init__(self, folder: str | Path, split: str = "train", *, batch_size: int, rank: int = 0, world_size: int = 1,
                  seed: int = 0, shuffle: bool = True, epochs: int | None = 1, tokenizer: Tokenizer | None = None,
-                 on_error: str = "raise", max_open_shards: int = 64):
+                 on_error: str = "raise", max_open_shards: int = 64, reverse_complement: bool = False):
         self.folder = Path(folder)
         self.manifest = Manifest.load(self.folder)
         if split not in self.manifest.splits:
@@ -82,6 +86,7 @@ class GenomeStream(IterableDataset):
         sizes = [t.vocab_size - NUM_SPECIAL for t in self.manifest.tokenizers]
         self.id_offsets = np.cumsum([0] + sizes[:-1]).tolist()
         self.tokenizers = [load_folder(self.folder / t.folder) for t in self.manifest.tokenizers]
+        self.flip_tables = [reverse_complement_table(t) for t in self.tokenizers] if reverse_complement else None
 
     # --- order -----------------------------------------------------------------------------
     @property
@@ -135,13 +140,15 @@ class GenomeStream(IterableDataset):
             for k, (epoch, start) in enumerate(self._rank_batches()):
                 if k % workers != worker:
                     continue
-                shards, samples = self.order(epoch, np.arange(start, start + self.batch_size))
-                for shard, index in zip(shards.tolist(), samples.tolist()):
+                positions = np.arange(start, start + self.batch_size)
+                shards, samples = self.order(epoch, positions)
+                flips = flipped(self.state.seed, epoch, positions) if self.flip_tables else np.zeros(len(positions), bool)
+                for shard, index, reverse in zip(shards.tolist(), samples.tolist(), flips.tolist()):
                     reader = None if shard in bad else self._reader(readers, shard)
                     sample = None
                     if reader is not None:
                         try:
-                            sample = self._sample(reader, index, skipped)
+                            sample = self._sample(reader, index, skipped, reverse)
                         except ShardError:
                             if self.on_error == "raise":
                                 raise
@@ -174,9 +181,11 @@ class GenomeStream(IterableDataset):
             closed.close()
         return reader
 
-    def _sample(self, reader: IndexedShard, index: int, skipped: int) -> dict:
+    def _sample(self, reader: IndexedShard, index: int, skipped: int, reverse: bool = False) -> dict:
         key, meta, arrays = reader.read(index)
-        sample = {"key": key, "skipped": skipped}
+        if reverse:
+            arrays = [flip(ids.astype(np.int64), table) for ids, table in zip(arrays, self.flip_tables)]
+        sample = {"key": key, "skipped": skipped, "reverse_complement": reverse}
         spans = [tok.spans_of(ids) for tok, ids in zip(self.tokenizers, arrays)]
         if self.manifest.views:
             ids, segments, positions = concatenate_views(arrays, self.id_offsets, self.manifest.seq_len)

@@ -39,6 +39,8 @@ class DataSection(_Section):
     val_split: str = "val"
     shuffle: bool = Field(True, description="each epoch a pseudo-random permutation of the whole split (False: genome order)")
     max_open_shards: int = Field(64, ge=1, description="shard files each DataLoader worker keeps open (least recently used closed)")
+    reverse_complement: bool = Field(False, description="read half the windows (seeded by position) on the reverse "
+                                     "strand, instead of doubling the shards at prep")
     num_workers: int = Field(1, ge=0)
     on_error: Literal["raise", "skip"] = "raise"
 

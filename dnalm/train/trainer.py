@@ -201,6 +201,7 @@ class Trainer:
         self.stream = GenomeStream(config.data.path, config.data.train_split, batch_size=config.batch.micro_batch,
                                    rank=self.rank, world_size=self.world, seed=config.seed,
                                    shuffle=config.data.shuffle, max_open_shards=config.data.max_open_shards,
+                                   reverse_complement=config.data.reverse_complement,
                                    epochs=None, tokenizer=self.tokenizer,
                                    on_error=config.data.on_error)
         self.loader = StreamLoader(self.stream, num_workers=config.data.num_workers)
