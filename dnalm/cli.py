@@ -371,6 +371,26 @@ def bench_compare(args) -> None:
     print(f"\ndone in {result['seconds']['total'] / 60:.1f} min; report: {args.out / 'compare.md'}")
 
 
+@command("bench", "scale", help="the data path at scale: a GRCh38-sized and a 100-genome corpus built from chr20; prep "
+         "throughput, plan/manifest sizes, per-worker RSS and open files, bytes read per rank at W=1..8, batch diversity", args=[
+    arg("--source", type=Path, default=None, help="the real genome the corpora are built from (default ../shared/data/genomes/hs37_chr20.fa.gz)"),
+    arg("--copies", type=int, default=49, help="contigs of the GRCh38-sized FASTA (default 49: 3.09 Gb from chr20)"),
+    arg("--genomes", type=int, default=100, help="genomes of the multi-genome corpus (default 100)"),
+    arg("--jobs", type=int, default=2, help="prep processes (default 2)"),
+    arg("--work", type=Path, default=Path("runs/scale"), help="corpora and prepared folders (several GB; default runs/scale)"),
+    arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for scale.json and scale.png"),
+])
+def bench_scale(args) -> None:
+    from dnalm.bench import scale
+
+    if args.copies < 1 or args.genomes < 2 or args.jobs < 1:
+        raise DnalmError("--copies and --jobs must be at least 1, --genomes at least 2")
+    source = args.source or scale.CHR20
+    if not Path(source).is_file():
+        raise DnalmError(f"--source {source}: no such file")
+    print(json.dumps(scale.run(args.out, args.work, source, args.copies, args.genomes, jobs=args.jobs), indent=2))
+
+
 def _integer(flag: str, text: str) -> int:
     try:
         return int(text)
