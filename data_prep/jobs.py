@@ -82,9 +82,7 @@ def run_slice(folder: Path, job_index: int, num_jobs: int, progress: bool = Fals
             wanted = {contig for genome, contig in by_contig if genome == g}
             if not wanted:
                 continue
-            for contig in genome_io.iter_contigs(path):
-                if contig.name not in wanted:
-                    continue
+            for contig in genome_io.iter_contigs(path, only=set(wanted)):
                 wanted.discard(contig.name)
                 for shard, piece in by_contig.get((g, contig.name), ()):
                     writer, stats = writers.get(shard.index) or writers.setdefault(shard.index, _open(folder, shard, plan))

@@ -157,10 +157,15 @@ def read(path: str | os.PathLike, *, convert_u: bool = False, progress: bool = F
     return Genome(Path(path), list(iter_contigs(path, convert_u=convert_u, progress=progress)))
 
 
-def iter_contigs(path: str | os.PathLike, *, convert_u: bool = False, progress: bool = False) -> Iterator[Contig]:
-    """Stream the records of a FASTA file one contig at a time (constant memory beyond one contig)."""
+def iter_contigs(path: str | os.PathLike, *, convert_u: bool = False, progress: bool = False,
+                 only: set[str] | None = None) -> Iterator[Contig]:
+    """Stream the records of a FASTA file one contig at a time (constant memory beyond one contig).
+
+    ``only``: yield just these records; the sequence of the others is neither validated nor kept (a
+    sharding job reading the few contigs its shards need).
+    """
     path = check_path(path)
-    parser = _FastaParser(path, convert_u)
+    parser = _FastaParser(path, convert_u, only)
     with open(path, "rb") as raw:
         bar = _progress_bar(path, progress)
         try:
@@ -248,8 +253,8 @@ def _read_blocks(path: Path, raw: BinaryIO, bar) -> Iterator[bytes]:
 class _FastaParser:
     """Turns line-aligned blocks into contigs, tracking line numbers for error messages."""
 
-    def __init__(self, path: Path, convert_u: bool):
-        self.path = path
+    def __init__(self, path: Path, convert_u: bool, only: set[str] | None = None):
+        self.path, self.only = path, only
         self.base_table, self.lower_table = _TABLES[convert_u]
         self.convert_u = convert_u
         self.lines_before = 0
@@ -260,6 +265,7 @@ class _FastaParser:
         self.ambiguous = 0
         self.any_byte = False
         self.yielded = 0
+        self.wanted = True
         self.skipped: list[str] = []
 
     def feed(self, block: bytes) -> Iterator[Contig]:
@@ -285,7 +291,7 @@ class _FastaParser:
         contig = self._close_record()
         if contig is not None:
             yield contig
-        if self.yielded == 0:
+        if self.yielded == 0 and self.only is None:
             if not self.any_byte:
                 raise GenomeError(f"{self.path}: file is empty")
             if self.skipped:
@@ -306,11 +312,14 @@ class _FastaParser:
             )
         self.seen[name] = line
         self.name, self.header_line, self.pieces, self.ambiguous = name, line, [], 0
+        self.wanted = self.only is None or name in self.only
 
     def _close_record(self) -> Contig | None:
         if self.name is None:
             return None
         name, self.name = self.name, None
+        if not self.wanted:
+            return None
         if not self.pieces or sum(len(b) for b, _ in self.pieces) == 0:
             self.skipped.append(name)
             warnings.warn(f"{self.path}: record '{name}' (line {self.header_line}) has no sequence; skipped", GenomeWarning, stacklevel=2)
@@ -322,7 +331,7 @@ class _FastaParser:
         return Contig(name, bases, mask, self.ambiguous, self.header_line)
 
     def _sequence(self, block: bytes, start: int, end: int) -> None:
-        if end <= start:
+        if end <= start or (self.name is not None and not self.wanted):
             return
         raw = block[start:end]
         bases = raw.translate(self.base_table, _WHITESPACE)

@@ -147,3 +147,11 @@ def test_contig_lengths_use_the_index_or_a_pass(write_fasta):
     assert genome.contig_lengths(path) == {"chrA": 28, "chrB": 16, "chrC": 13}
     if CHR20.exists():
         assert genome.contig_lengths(CHR20) == {"20": 63_025_520}
+
+
+def test_iter_contigs_can_read_only_some_records(tmp_path):
+    path = tmp_path / "three.fa"
+    path.write_text(">a\nACGT\n>b\nGGXX\n>c\nTTTT\n")  # b is invalid: skipped records are not validated
+    assert [(c.name, c.sequence) for c in genome.iter_contigs(path, only={"a", "c"})] == [("a", "ACGT"), ("c", "TTTT")]
+    with pytest.raises(genome.GenomeError, match="'X' is not a DNA letter"):
+        list(genome.iter_contigs(path, only={"b"}))

@@ -17,7 +17,7 @@ from data_prep.merge import merge
 from data_prep.plan import PrepConfig, prepare_folder
 from dnalm import genome, tokenizers
 from dnalm.data.manifest import DataError, Manifest
-from dnalm.data.shards import ShardReader, parse_key
+from dnalm.data.shards import IndexedShard, parse_key
 from tests.conftest import CHR20, needs_shared, prep_folder, run_cli
 
 COMPLEMENT = str.maketrans("ACGTN", "TGCAN")
@@ -27,8 +27,8 @@ def all_samples(folder: Path):
     manifest = Manifest.load(folder)
     for split, entry in manifest.splits.items():
         for shard in entry.shards:
-            reader = ShardReader(folder / shard.path, shard.sha256)
-            for i in range(len(reader)):
+            reader = IndexedShard(folder / shard.path, shard.num_samples, shard.bytes)
+            for i in range(shard.num_samples):
                 key, meta, arrays = reader.read(i)
                 yield split, key, meta, arrays
 
