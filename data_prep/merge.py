@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from data_prep.plan import SPLITS, Plan
-from dnalm.data.manifest import Accounting, DataError, GenomeMix, Manifest, ShardEntry, SplitEntry
+from dnalm.data.manifest import (Accounting, DataError, GenomeMix, Manifest, ManifestGenome, ShardEntry, SplitEntry,
+                                 write_contigs)
 
 
 def missing_shards(folder: Path, plan: Plan) -> list[str]:
@@ -83,11 +84,14 @@ def merge(folder: Path, processes: int = 1) -> Manifest:
     num_samples = total("num_samples")
     padding = total("padding_tokens")
     manifest = Manifest(
-        plan_fingerprint=plan.fingerprint, genomes=plan.genomes, tokenizers=plan.tokenizers, views=plan.config.views,
+        plan_fingerprint=plan.fingerprint, tokenizers=plan.tokenizers, views=plan.config.views,
+        genomes=[ManifestGenome(path=g.path, sha256=g.sha256, num_contigs=len(g.contigs), bases=sum(c.length for c in g.contigs))
+                 for g in plan.genomes],
         seq_len=plan.config.seq_len, reverse_complement=plan.config.reverse_complement, num_samples=num_samples,
         num_tokens=total("num_tokens"), padding_tokens=padding,
         padding_fraction=padding / (num_samples * plan.config.seq_len) if num_samples else 0.0,
         splits=splits, accounting=accounting, settings=plan.config.model_dump(), mix=mix,
     )
+    write_contigs(folder, plan.genomes)
     manifest.save(folder)
     return manifest

@@ -64,3 +64,21 @@ def test_packing_refuses_views_and_reverse_complement(tmp_path):
         done = run_cli("prep", "--out", tmp_path / "out", "--seq-len", "256", "--pack-fragments", *extra)
         assert done.returncode == 1 and "pack_fragments packs one tokenizer's forward strand" in done.stderr, done.stderr
         assert not (tmp_path / "out").exists()
+
+
+def test_the_manifest_stays_small_however_many_contigs(scaffolds, packed):
+    """10⁵ scaffolds: their names and lengths go to contigs.tsv, read on demand; manifest.json stays a few kB."""
+    assert (packed / "manifest.json").stat().st_size < 64_000
+    (contigs,) = Manifest.contigs(packed)
+    assert len(contigs) == len(scaffolds[1]) and contigs[0].name == "scaffold_0"
+    assert Manifest.load(packed).genomes[0].num_contigs == len(scaffolds[1])
+
+
+def test_a_version_1_manifest_with_inline_contigs_still_loads(packed, tmp_path):
+    raw = json.loads((packed / "manifest.json").read_text())
+    raw["version"] = 1
+    raw["genomes"] = [{"path": g["path"], "sha256": g["sha256"], "contigs": [{"name": "a", "length": 10}, {"name": "b", "length": 5}]}
+                      for g in raw["genomes"]]
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    loaded = Manifest.load(tmp_path)
+    assert (loaded.genomes[0].num_contigs, loaded.genomes[0].bases) == (2, 15)

@@ -42,7 +42,8 @@ def test_ecoli_manifest_and_accounting(ecoli_prepared, ecoli):
     m = Manifest.load(ecoli_prepared)
     assert m.seq_len == 512 and not m.views and m.padding_fraction == 0 and m.padding_tokens == 0
     assert m.genomes[0].sha256 == genome.file_sha256(genome.DEFAULT_GENOME)
-    assert [(c.name, c.length) for c in m.genomes[0].contigs] == [("K-12-MG1655", 4_639_675)]
+    assert (m.genomes[0].num_contigs, m.genomes[0].bases) == (1, 4_639_675)
+    assert [[(c.name, c.length) for c in g] for g in Manifest.contigs(ecoli_prepared)] == [[("K-12-MG1655", 4_639_675)]]
     assert m.tokenizers[0].fingerprint == tokenizers.load("nucleotide").fingerprint
     acc = m.accounting
     assert acc.in_samples + acc.dropped_n + acc.left_over == acc.genome_bases == 4_639_675

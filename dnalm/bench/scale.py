@@ -103,7 +103,7 @@ def prep_corpus(genomes: list[str], corpus: list, folder: Path, jobs: int, seq_l
             "genome_bases": manifest.accounting.genome_bases, "bases_in_samples": manifest.accounting.in_samples,
             "samples": manifest.num_samples, "shards": len(shards), "shard_bytes": sum(s.bytes for s in shards),
             "plan_bytes": (folder / "plan.json").stat().st_size, "manifest_bytes": (folder / "manifest.json").stat().st_size,
-            "contigs": sum(len(g.contigs) for g in manifest.genomes), "genomes": len(manifest.genomes)}
+            "contigs": sum(g.num_contigs for g in manifest.genomes), "genomes": len(manifest.genomes)}
 
 
 def worker_footprint(folder: Path, samples: int = 20_000) -> dict:

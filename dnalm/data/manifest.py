@@ -1,4 +1,9 @@
-"""``manifest.json``: what a prepared data folder holds, written last and atomically by data_prep."""
+"""``manifest.json``: what a prepared data folder holds, written last and atomically by data_prep.
+
+Its size depends on the shards and genomes, not on the contigs: every contig's name and length is in
+``contigs.tsv`` beside it (read on demand), so a training worker that loads the manifest holds the
+same few kilobytes for a 10⁶-scaffold corpus as for one chromosome.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from dnalm.errors import DnalmError
 
 MANIFEST_FILE = "manifest.json"
-MANIFEST_VERSION = 1
+CONTIGS_FILE = "contigs.tsv"
+MANIFEST_VERSION = 2  # 1 listed every contig inside manifest.json
 
 
 class DataError(DnalmError):
@@ -28,9 +34,20 @@ class ContigEntry(_Model):
 
 
 class GenomeEntry(_Model):
+    """A genome as the plan knows it: every contig with its length."""
+
     path: str
     sha256: str
     contigs: list[ContigEntry]
+
+
+class ManifestGenome(_Model):
+    """A genome as the manifest records it; its contigs are in contigs.tsv."""
+
+    path: str
+    sha256: str
+    num_contigs: int
+    bases: int
 
 
 class TokenizerEntry(_Model):
@@ -85,7 +102,7 @@ class GenomeMix(_Model):
 class Manifest(_Model):
     version: int = MANIFEST_VERSION
     plan_fingerprint: str
-    genomes: list[GenomeEntry]
+    genomes: list[ManifestGenome]
     tokenizers: list[TokenizerEntry]
     views: bool
     seq_len: int
@@ -113,6 +130,34 @@ class Manifest(_Model):
         if not path.is_file():
             raise DataError(f"{path}: no manifest (prep not run, or not finished: run `dnalm prep` again to complete it)")
         try:
-            return cls.model_validate(json.loads(path.read_text()))
-        except (json.JSONDecodeError, ValidationError) as exc:
+            raw = json.loads(path.read_text())
+            if raw.get("version") == 1:  # contigs inline: keep their count and bases, drop the list
+                raw["genomes"] = [{"path": g["path"], "sha256": g["sha256"], "num_contigs": len(g["contigs"]),
+                                   "bases": sum(c["length"] for c in g["contigs"])} for g in raw["genomes"]]
+            return cls.model_validate(raw)
+        except (json.JSONDecodeError, ValidationError, KeyError, TypeError, AttributeError) as exc:
             raise DataError(f"{path}: not a dnalm manifest ({str(exc).splitlines()[0]})") from None
+
+    @staticmethod
+    def contigs(folder: str | os.PathLike) -> list[list[ContigEntry]]:
+        """Every genome's contigs, in order, from ``contigs.tsv`` (genome index, name, length per line)."""
+        path = Path(folder) / CONTIGS_FILE
+        if not path.is_file():
+            raise DataError(f"{path}: missing (prepared by an older dnalm: its manifest.json lists the contigs)")
+        out: list[list[ContigEntry]] = []
+        for line in path.read_text().splitlines():
+            genome, name, length = line.split("\t")
+            while len(out) <= int(genome):
+                out.append([])
+            out[int(genome)].append(ContigEntry(name=name, length=int(length)))
+        return out
+
+
+def write_contigs(folder: Path, genomes: list[GenomeEntry]) -> None:
+    """``contigs.tsv``, atomically: one line per contig (genome index, name, length)."""
+    path = Path(folder) / CONTIGS_FILE
+    tmp = path.with_name(f".{CONTIGS_FILE}.tmp{os.getpid()}")
+    with open(tmp, "w") as fh:
+        for g, genome in enumerate(genomes):
+            fh.writelines(f"{g}\t{c.name}\t{c.length}\n" for c in genome.contigs)
+    os.replace(tmp, path)
