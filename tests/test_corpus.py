@@ -89,3 +89,15 @@ def test_bad_corpus_files_are_refused_naming_the_field(tmp_path, genomes, patter
     assert done.returncode == 1 and pattern in done.stderr, done.stderr
     assert str(corpus) in done.stderr or "absent.fa" in pattern
     assert not (tmp_path / "data").exists()
+
+
+def test_the_example_corpus_names_real_genomes():
+    from data_prep.corpus import load_corpus
+    from tests.conftest import REPO
+
+    paths, settings = load_corpus(REPO / "configs" / "data" / "example-corpus.yaml")
+    assert [s.name for s in settings] == ["human_chr20", "ecoli"] and [s.weight for s in settings] == [3, 1]
+    assert paths[1] == str(genome.DEFAULT_GENOME.resolve())
+    assert not settings[0].keeps("chrM") and settings[0].keeps("20")
+    if CHR20.exists():
+        assert paths[0] == str(CHR20.resolve())
