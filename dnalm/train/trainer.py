@@ -38,7 +38,8 @@ from dnalm.train.metrics import MetricsLog
 
 
 # DeepSpeed internals that _discard_window resets (ZeRO-1/2's own overflow clean-up); pyproject.toml pins
-# DeepSpeed to the versions they were checked on, and tests/test_train.py checks both.
+# DeepSpeed to the versions they were checked on; tests/test_devices.py checks the pin and the names, and
+# tests/test_train.py checks that a discarded window trains exactly like one never started.
 ZERO_PRIVATE_STATE = ("_release_preflattened_grad_buffers", "_release_ipg_buffers", "averaged_gradients",
                       "all_grad_tensors", "micro_step_id")
 
