@@ -7,7 +7,7 @@ from tests.conftest import run_cli
 
 
 def test_bench_scale_measures_both_corpora(tmp_path):
-    done = run_cli("bench", "scale", "--source", genome.DEFAULT_GENOME, "--copies", "2", "--genomes", "3",
+    done = run_cli("bench", "scale", "--source", genome.DEFAULT_GENOME, "--copies", "1", "--genomes", "2",
                    "--work", tmp_path / "work", "--out", tmp_path / "out")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "scale.json").read_text())

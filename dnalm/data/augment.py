@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from dnalm.data.manifest import DataError
-from dnalm.data.order import _mix
+from dnalm.data.order import mix64
 from dnalm.tokenizers import NUM_SPECIAL, PAD_ID, Tokenizer
 
 _COMPLEMENT = str.maketrans("ACGTN", "TGCAN")
@@ -42,4 +42,4 @@ def flip(ids: np.ndarray, table: np.ndarray) -> np.ndarray:
 def flipped(seed: int, epoch: int, positions: np.ndarray) -> np.ndarray:
     """Which positions of ``epoch`` are read on the reverse strand (half of them, by a keyed hash)."""
     key = np.uint64((seed * 1_000_003 + epoch) & (2**63 - 1)) ^ np.uint64(0xA5A5_0000_C0DE)
-    return (_mix(np.asarray(positions, np.uint64), key) >> np.uint64(63)).astype(bool)
+    return (mix64(np.asarray(positions, np.uint64), key) >> np.uint64(63)).astype(bool)

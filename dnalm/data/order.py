@@ -18,7 +18,7 @@ ROUNDS = 4
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
-def _mix(x: np.ndarray, key: np.uint64) -> np.ndarray:
+def mix64(x: np.ndarray, key: np.uint64) -> np.ndarray:
     """splitmix64's finaliser of x ^ key: a well-scrambled 64-bit value (wrapping arithmetic)."""
     z = x ^ key
     z = (z ^ (z >> np.uint64(30))) * _M1
@@ -40,7 +40,7 @@ class Permutation:
         half = np.uint64(self.half)
         left, right = x >> half, x & self.mask
         for key in self.keys:
-            left, right = right, left ^ (_mix(right, key) & self.mask)
+            left, right = right, left ^ (mix64(right, key) & self.mask)
         return (left << half) | right
 
     def __call__(self, positions) -> np.ndarray:
