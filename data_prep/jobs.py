@@ -34,7 +34,7 @@ def sidecar_path(folder: Path, shard: ShardPlan) -> Path:
     return Path(folder) / f"{shard.path}.json"
 
 
-def shard_done(folder: Path, plan: Plan, shard: ShardPlan, verify: bool = True) -> bool:
+def shard_done(folder: Path, fingerprint: str, shard: ShardPlan, verify: bool = True) -> bool:
     side, tar = sidecar_path(folder, shard), Path(folder) / shard.path
     if not (side.is_file() and tar.is_file()):
         return False
@@ -42,7 +42,7 @@ def shard_done(folder: Path, plan: Plan, shard: ShardPlan, verify: bool = True) 
         info = json.loads(side.read_text())
     except json.JSONDecodeError:
         return False
-    if info.get("plan_fingerprint") != plan.fingerprint or info.get("bytes") != tar.stat().st_size:
+    if info.get("plan_fingerprint") != fingerprint or info.get("bytes") != tar.stat().st_size:
         return False
     index = index_path(tar)
     if not index.is_file() or index.stat().st_size != info.get("num_samples", -1) * INDEX_ENTRY:
@@ -62,7 +62,7 @@ def run_slice(folder: Path, job_index: int, num_jobs: int, progress: bool = Fals
     plan = Plan.load(folder)
     tokenizers = plan.load_tokenizers(folder)
     mine = slice_of(plan, job_index, num_jobs)
-    pending = [s for s in mine if not shard_done(folder, plan, s)]
+    pending = [s for s in mine if not shard_done(folder, plan.fingerprint, s)]
     for shard in pending:
         for pattern in (f"{Path(shard.path).name}.tmp*", f"{Path(shard.path).name}.idx.tmp*"):
             for stale in (folder / shard.path).parent.glob(pattern):
@@ -116,13 +116,14 @@ def _open(folder: Path, shard: ShardPlan, plan: Plan):
 def _write_piece(writer: ShardWriter, stats: dict, bases: np.ndarray, piece, plan: Plan, tokenizers) -> None:
     config = plan.config
     dtypes = [token_dtype(t.vocab_size) for t in tokenizers]
+    encodings = None
     if "packer" in stats:
-        encoding = tokenizers[0].encode(bases)
-        if len(encoding) < config.seq_len:  # a fragment: packed with others instead of left over
-            for packed in stats["packer"].add(piece.genome, piece.contig, piece.start, encoding):
+        encodings = [tokenizers[0].encode(bases)]
+        if len(encodings[0]) < config.seq_len:  # a fragment: packed with others instead of left over
+            for packed in stats["packer"].add(piece.genome, piece.contig, piece.start, encodings[0]):
                 _write_packed(writer, stats, packed, dtypes[0])
             return
-    windows = cut_windows(bases, tokenizers, config.seq_len, config.views)
+    windows = cut_windows(bases, tokenizers, config.seq_len, config.views, encodings)
     covered = covered_bases(windows)
     genome = stats["genomes"].setdefault(str(piece.genome), {"num_samples": 0, "in_samples": 0, "left_over": 0})
     for where in (stats, genome):

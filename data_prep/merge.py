@@ -13,7 +13,7 @@ from dnalm.data.manifest import (Accounting, DataError, GenomeMix, Manifest, Man
 def missing_shards(folder: Path, plan: Plan) -> list[str]:
     from data_prep.jobs import shard_done
 
-    return [s.path for s in plan.shards if not shard_done(folder, plan, s, verify=False)]
+    return [s.path for s in plan.shards if not shard_done(folder, plan.fingerprint, s, verify=False)]
 
 
 def try_merge(folder: Path) -> Manifest | None:
@@ -23,12 +23,9 @@ def try_merge(folder: Path) -> Manifest | None:
 
 
 def _verified(args) -> bool:
-    from types import SimpleNamespace
-
     from data_prep.jobs import shard_done
 
-    folder, fingerprint, shard = args
-    return shard_done(folder, SimpleNamespace(fingerprint=fingerprint), shard, verify=True)
+    return shard_done(*args, verify=True)
 
 
 def merge(folder: Path, processes: int = 1) -> Manifest:
@@ -47,7 +44,7 @@ def merge(folder: Path, processes: int = 1) -> Manifest:
         with multiprocessing.get_context("spawn").Pool(processes) as pool:
             good = pool.map(_verified, [(folder, plan.fingerprint, s) for s in plan.shards], chunksize=max(1, len(plan.shards) // (4 * processes)))
     else:
-        good = [shard_done(folder, plan, s, verify=True) for s in plan.shards]
+        good = [shard_done(folder, plan.fingerprint, s, verify=True) for s in plan.shards]
     corrupt = [s.path for s, ok in zip(plan.shards, good) if not ok]
     if corrupt:
         raise DataError(f"{folder}: {len(corrupt)} shards do not match their checksum (first: {corrupt[0]}); run `dnalm prep` again to redo them")

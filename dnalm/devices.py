@@ -47,13 +47,24 @@ def describe(device: torch.device | str) -> dict:
     """The measured device as a benchmark records it: its name, and for a GPU its memory and software."""
     device = torch.device(device)
     if device.type != "cuda":
-        from dnalm.bench.report import machine
-
-        return {"type": "cpu", "name": machine()["cpu"], "threads": torch.get_num_threads()}
+        return {"type": "cpu", "name": cpu_name(), "threads": torch.get_num_threads()}
     props = torch.cuda.get_device_properties(device)
     return {"type": "cuda", "name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
             "capability": f"{props.major}.{props.minor}", "torch": torch.__version__, "cuda": torch.version.cuda,
             "driver": _nvidia_driver()}
+
+
+def cpu_name() -> str:
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def training_dtype(device: torch.device) -> torch.dtype:

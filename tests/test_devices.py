@@ -134,6 +134,10 @@ def test_causal_performer_accumulates_in_fp32():
     reference = naive_causal_linear_attention(q.double(), k.double(), v.double())
     out, (kv, k_sum) = causal_linear_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), 128, return_state=True)
     assert out.dtype == torch.bfloat16 and kv.dtype == torch.float32 and k_sum.dtype == torch.float32
+    # the running sums over 2048 tokens of the bf16 inputs: 1.5e-7 relative in fp32 (summed in bf16: 7e-3 and 1.2e-2)
+    kb, vb = k.bfloat16().double(), v.bfloat16().double()
+    for state, exact in ((kv, kb.transpose(-1, -2) @ vb), (k_sum, kb.sum(2))):
+        assert (state.double() - exact).abs().max() / exact.abs().max() < 1e-5
     # inputs rounded to bf16 once; the sums over 2048 tokens add no further bf16 error
     rounded = naive_causal_linear_attention(q.bfloat16().double(), k.bfloat16().double(), v.bfloat16().double())
     assert (out.double() - rounded).abs().max() < 2e-2
@@ -219,5 +223,5 @@ def test_bench_train_names_the_device_it_measured(tmp_path):
 def test_no_device_sentence_is_hard_coded_in_the_benches():
     for path in (REPO / "dnalm" / "bench").glob("*.py"):
         text = path.read_text()
-        for phrase in ("(CPU)", "no GPU was lent", "CPU processes", ", fp32\""):
+        for phrase in ("(CPU)", "not measured here", "CPU processes", ", fp32\""):
             assert phrase not in text, f"{path.name}: {phrase}"

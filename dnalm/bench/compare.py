@@ -235,7 +235,7 @@ def masked_accuracy(bundle: Path, data: Path, windows: int, seed: int = 1234, de
     from dnalm.data.masking import IGNORE, mlm_batch, view_ranges
     from dnalm.data.stream import GenomeStream, StreamLoader
 
-    from dnalm.devices import move
+    from dnalm.devices import model_device, move
 
     model, _ = load_pretrained(bundle, device=device)
     batch_size = 8
@@ -246,7 +246,7 @@ def masked_accuracy(bundle: Path, data: Path, windows: int, seed: int = 1234, de
     for i, batch in enumerate(StreamLoader(stream)):
         if i * batch_size >= windows:
             break
-        inputs = move(mlm_batch(batch, ranges, np.random.default_rng([seed, i])), model.head.weight.device)
+        inputs = move(mlm_batch(batch, ranges, np.random.default_rng([seed, i])), model_device(model))
         extra = {k: inputs[k] for k in ("segment_ids", "positions") if k in inputs}
         logits = model(inputs["input_ids"], attention_mask=inputs["attention_mask"], **extra).logits
         scored = inputs["labels"] != IGNORE

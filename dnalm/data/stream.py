@@ -144,16 +144,8 @@ class GenomeStream(IterableDataset):
                 shards, samples = self.order(epoch, positions)
                 flips = flipped(self.state.seed, epoch, positions) if self.flip_tables else np.zeros(len(positions), bool)
                 for shard, index, reverse in zip(shards.tolist(), samples.tolist(), flips.tolist()):
-                    reader = None if shard in bad else self._reader(readers, shard)
-                    sample = None
-                    if reader is not None:
-                        try:
-                            sample = self._sample(reader, index, skipped, reverse)
-                        except ShardError:
-                            if self.on_error == "raise":
-                                raise
-                            bad.add(shard)
-                    if sample is None:
+                    sample = None if shard in bad else self._read(readers, shard, index, skipped, reverse)
+                    if sample is None:  # a corrupt shard under on_error="skip": this and its later samples are skipped
                         bad.add(shard)
                         skipped += 1
                         continue
@@ -163,17 +155,21 @@ class GenomeStream(IterableDataset):
                 self.bytes_read += reader.bytes_read
                 reader.close()
 
-    def _reader(self, readers: OrderedDict, shard: int) -> IndexedShard | None:
-        if shard in readers:
-            readers.move_to_end(shard)
-            return readers[shard]
-        entry = self.shards[shard]
+    def _read(self, readers: OrderedDict, shard: int, index: int, skipped: int, reverse: bool) -> dict | None:
+        """The sample, or None when its shard is corrupt and ``on_error`` is "skip"."""
         try:
-            reader = IndexedShard(self.folder / entry.path, entry.num_samples, entry.bytes)
+            return self._sample(self._reader(readers, shard), index, skipped, reverse)
         except ShardError:
             if self.on_error == "raise":
                 raise
             return None
+
+    def _reader(self, readers: OrderedDict, shard: int) -> IndexedShard:
+        if shard in readers:
+            readers.move_to_end(shard)
+            return readers[shard]
+        entry = self.shards[shard]
+        reader = IndexedShard(self.folder / entry.path, entry.num_samples, entry.bytes)
         readers[shard] = reader
         while len(readers) > self.max_open_shards:
             _, closed = readers.popitem(last=False)

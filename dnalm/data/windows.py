@@ -28,8 +28,10 @@ class Window:
     padding: int = 0
 
 
-def cut_windows(bases: np.ndarray, tokenizers: Sequence[Tokenizer], seq_len: int, views: bool) -> list[Window]:
-    encodings = [t.encode(bases) for t in tokenizers]
+def cut_windows(bases: np.ndarray, tokenizers: Sequence[Tokenizer], seq_len: int, views: bool,
+                encodings=None) -> list[Window]:
+    """``encodings``: the tokenizers' encodings of ``bases`` when the caller already has them."""
+    encodings = encodings or [t.encode(bases) for t in tokenizers]
     if not views:
         return _single(encodings[0], seq_len)
     return _views(encodings, seq_len, len(bases))
