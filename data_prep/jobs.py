@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import sys
 import time
 from collections import defaultdict
@@ -23,6 +22,7 @@ from data_prep.packing import FragmentPacker
 from data_prep.plan import Plan, PrepConfig, ShardPlan, prepare_folder
 from dnalm import genome as genome_io
 from dnalm.data.shards import INDEX_ENTRY, ShardWriter, encode_sample, file_sha256, index_path, sample_key, token_dtype
+from dnalm.files import write_atomic
 from dnalm.data.windows import covered_bases, cut_windows
 
 _COMPLEMENT = np.zeros(256, np.uint8)
@@ -170,10 +170,7 @@ def _close(folder: Path, plan: Plan, shard: ShardPlan, writer: ShardWriter, stat
     tar = Path(folder) / shard.path
     info = {"index": shard.index, "split": shard.split, "plan_fingerprint": plan.fingerprint, "sha256": digest,
             "bytes": tar.stat().st_size, "bases": shard.bases, **stats}
-    side = sidecar_path(folder, shard)
-    tmp = side.with_name(f"{side.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(info, indent=1))
-    os.replace(tmp, side)
+    write_atomic(sidecar_path(folder, shard), json.dumps(info, indent=1))
 
 
 def _bar(total: int, enabled: bool):

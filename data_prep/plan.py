@@ -27,6 +27,7 @@ from dnalm.data.manifest import DataError, GenomeEntry, TokenizerEntry
 from dnalm.data.shards import token_dtype
 from dnalm.errors import validated
 from dnalm.tokenizers import KmerTokenizer, Tokenizer
+from dnalm.files import fsync_path, fsync_tree, rename_durably, write_atomic
 
 PLAN_FILE = "plan.json"
 LOCK_FILE = ".plan.lock"  # created atomically by the one job that builds the plan
@@ -316,11 +317,12 @@ def _write_plan(folder: Path, plan: Plan, tokenizers: list[Tokenizer]) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     for entry, tok in zip(plan.tokenizers, tokenizers):
         tok.save(staging / entry.folder)
-    os.rename(staging / TOKENIZER_DIR, folder / TOKENIZER_DIR)
+    fsync_tree(staging / TOKENIZER_DIR)
+    rename_durably(staging / TOKENIZER_DIR, folder / TOKENIZER_DIR)
     for split in SPLITS:
         (folder / split).mkdir(exist_ok=True)
-    (staging / PLAN_FILE).write_text(plan.to_json())
-    os.replace(staging / PLAN_FILE, folder / PLAN_FILE)
+        fsync_path(folder / split)
+    write_atomic(folder / PLAN_FILE, plan.to_json())
     shutil.rmtree(staging, ignore_errors=True)
     plan.load_tokenizers(folder)
 

@@ -8,7 +8,7 @@ import torch
 
 from dnalm import genome, tokenizers
 from dnalm.data.manifest import DataError, Manifest
-from dnalm.data.shards import ShardError
+from dnalm.data.shards import IndexedShard, ShardError
 from dnalm.data.stream import GenomeStream, StreamLoader
 from tests.conftest import prep_folder
 
@@ -99,28 +99,55 @@ def test_fingerprint_mismatch_is_refused(ecoli_prepared):
 
 @pytest.fixture
 def damaged(tmp_path, ecoli_prepared):
+    """Shard 1 truncated (unopenable) and one sample of shard 2 with a flipped byte (fails its CRC)."""
     folder = tmp_path / "damaged"
     shutil.copytree(ecoli_prepared, folder)
-    shard = Manifest.load(folder).splits["train"].shards[1]
-    data = (folder / shard.path).read_bytes()
-    (folder / shard.path).write_bytes(data[: len(data) // 2])
-    return folder, shard.path
+    shards = Manifest.load(folder).splits["train"].shards
+    data = (folder / shards[1].path).read_bytes()
+    (folder / shards[1].path).write_bytes(data[: len(data) // 2])
+    reader = IndexedShard(folder / shards[2].path, shards[2].num_samples)
+    offset, length, _ = reader.entry(7)
+    bad_key = reader.key(7)
+    reader.close()
+    with open(folder / shards[2].path, "r+b") as fh:
+        fh.seek(offset + length - 700)  # inside the token array, past the tar headers
+        byte = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    original = IndexedShard(ecoli_prepared / shards[1].path, shards[1].num_samples)
+    lost = {original.key(i) for i in range(shards[1].num_samples)} | {bad_key}
+    original.close()
+    return folder, shards[1].path, lost
 
 
 def test_corrupt_shard_fails_by_default_naming_it(damaged):
-    folder, name = damaged
+    folder, name, _ = damaged
     with pytest.raises(ShardError, match=rf"{name}: does not match its checksum .*last good sample key: g0-K~2D12~2DMG1655-\d+"):
         take(StreamLoader(stream(folder, shuffle=False, epochs=1)), 10_000)
 
 
-def test_corrupt_shard_skipped_and_counted_when_asked(damaged, ecoli_prepared):
-    folder, _ = damaged
+def test_corrupt_samples_are_replaced_counted_and_never_read(damaged):
+    folder, _, lost = damaged
     loader = StreamLoader(stream(folder, epochs=1, on_error="skip"))
     keys = take(loader, 10_000)
-    m = Manifest.load(folder)
-    lost = m.splits["train"].shards[1].num_samples
-    assert loader.skipped == lost
-    assert len(keys) >= m.splits["train"].num_samples - lost - 4
+    total = Manifest.load(folder).splits["train"].num_samples
+    assert len(keys) == total - total % 4, "every batch stays full"
+    assert loader.skipped == len(lost) and not lost & set(keys)
+
+
+def test_a_resumed_stream_replaces_corrupt_samples_exactly_as_an_uninterrupted_one(damaged):
+    """Each rank keeps its position; resuming (with another number of workers) reads the same samples."""
+    folder, _, lost = damaged
+    for rank in (0, 1):
+        settings = {"on_error": "skip", "rank": rank, "world_size": 2}
+        uninterrupted = StreamLoader(stream(folder, **settings), num_workers=2)
+        keys = take(uninterrupted, 300)
+        first = StreamLoader(stream(folder, **settings), num_workers=2)
+        head = take(first, 120)
+        resumed = StreamLoader(stream(folder, **settings), num_workers=1)
+        resumed.load_state_dict(first.state_dict())
+        assert head + take(resumed, 180) == keys
+        assert uninterrupted.skipped == first.skipped + resumed.skipped > 0 and not lost & set(keys)
 
 
 def test_bad_stream_settings(ecoli_prepared):
@@ -179,3 +206,14 @@ def test_reverse_complement_in_the_stream_keeps_kmer_views_aligned_and_refuses_b
     prep_folder(bpe_folder, [path], (f"bpe:{tmp_path / 'bpe-tok'}",), seq_len=128, val_fraction=0)
     with pytest.raises(DataError, match="no token for the reverse complement"):
         GenomeStream(bpe_folder, batch_size=2, reverse_complement=True)
+
+
+def test_a_closed_shard_reader_never_closes_another_files_descriptor(ecoli_prepared):
+    """Closing, then dropping, a reader must not close the descriptor numbers the next reader was given."""
+    shard = Manifest.load(ecoli_prepared).splits["train"].shards[0]
+    first = IndexedShard(ecoli_prepared / shard.path, shard.num_samples)
+    first.close()
+    second = IndexedShard(ecoli_prepared / shard.path, shard.num_samples)
+    del first
+    assert second.key(0) and second.read(1)[0]
+    second.close()

@@ -14,7 +14,7 @@ from dnalm.convert import ConvertError, convert
 from dnalm.finetune import LabelledDataError, finetune, read_labelled
 from dnalm.generate import GenerationError, generate, generate_ids
 from tests.conftest import REPO, SHARED_DATA, needs_shared, prep_folder, run_cli
-from tests.test_train import CONFIG, ENV, deepspeed_cmd, overrides, run
+from tests.launching import CONFIG, deepspeed_cmd, overrides, run
 
 GUE = SHARED_DATA / "gue" / "prom_core_all"
 

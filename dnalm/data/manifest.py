@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dnalm.errors import DnalmError
+from dnalm.files import write_atomic
 
 MANIFEST_FILE = "manifest.json"
 CONTIGS_FILE = "contigs.tsv"
@@ -117,11 +118,7 @@ class Manifest(_Model):
     mix: list[GenomeMix] = Field(default_factory=list)
 
     def save(self, folder: Path) -> Path:
-        path = Path(folder) / MANIFEST_FILE
-        tmp = path.with_name(f".{MANIFEST_FILE}.tmp{os.getpid()}")
-        tmp.write_text(self.model_dump_json(indent=1))
-        os.replace(tmp, path)
-        return path
+        return write_atomic(Path(folder) / MANIFEST_FILE, self.model_dump_json(indent=1))
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "Manifest":
@@ -155,9 +152,5 @@ class Manifest(_Model):
 
 def write_contigs(folder: Path, genomes: list[GenomeEntry]) -> None:
     """``contigs.tsv``, atomically: one line per contig (genome index, name, length)."""
-    path = Path(folder) / CONTIGS_FILE
-    tmp = path.with_name(f".{CONTIGS_FILE}.tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        for g, genome in enumerate(genomes):
-            fh.writelines(f"{g}\t{c.name}\t{c.length}\n" for c in genome.contigs)
-    os.replace(tmp, path)
+    lines = (f"{g}\t{c.name}\t{c.length}\n" for g, genome in enumerate(genomes) for c in genome.contigs)
+    write_atomic(Path(folder) / CONTIGS_FILE, "".join(lines))

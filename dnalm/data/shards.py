@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from dnalm.errors import DnalmError
+from dnalm.files import rename_durably
 from dnalm.genome import file_sha256
 
 _SAFE = re.compile(rb"[A-Za-z0-9_]")
@@ -102,7 +103,7 @@ class ShardWriter:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(index_tmp, index)
-        os.replace(self.tmp, self.path)
+        rename_durably(self.tmp, self.path)  # syncs the folder, and with it the index's new name
         return digest
 
     def abort(self) -> None:
@@ -187,15 +188,14 @@ class IndexedShard:
         return f"last good sample key: {name.partition('.')[0]}"
 
     def close(self) -> None:
-        for fd in (self._tar, self._index):
-            try:
+        """Close both files once: a descriptor number closed twice may by then belong to another open file."""
+        fds, self._tar, self._index = (getattr(self, "_tar", None), getattr(self, "_index", None)), None, None
+        for fd in fds:
+            if fd is not None:
                 os.close(fd)
-            except OSError:
-                pass
 
     def __del__(self):
-        if hasattr(self, "_index"):
-            self.close()
+        self.close()
 
 
 def _member(data: bytes, members: dict, name: str) -> bytes:

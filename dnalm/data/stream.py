@@ -18,7 +18,9 @@ Reading. A sample is read through its shard's index (two positioned reads and a 
 a rank reads only the samples it consumes: about 1/W of the bytes. Each worker keeps at most
 ``max_open_shards`` shards open (least recently used closed first, bounded by the process's file
 limit). A corrupt shard stops the stream with the shard named and its last good sample key; with
-``on_error="skip"`` its samples are skipped and counted (``skipped`` in every sample).
+``on_error="skip"`` each corrupt sample is replaced by the next readable one of the epoch's order
+and counted (``skipped``), so batches stay full and a resumed run reads exactly what an
+uninterrupted one would.
 
 Augmentation. With ``reverse_complement`` half the positions of each epoch (a keyed hash of the
 position) are read on the other strand (``dnalm.data.augment``); resuming flips the same ones.
@@ -134,8 +136,7 @@ class GenomeStream(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         readers: OrderedDict[int, IndexedShard] = OrderedDict()
-        bad: set[int] = set()
-        skipped = 0
+        unopenable: set[int] = set()  # missing or truncated shards: known after one try, the same in every run
         try:
             for k, (epoch, start) in enumerate(self._rank_batches()):
                 if k % workers != worker:
@@ -143,26 +144,46 @@ class GenomeStream(IterableDataset):
                 positions = np.arange(start, start + self.batch_size)
                 shards, samples = self.order(epoch, positions)
                 flips = flipped(self.state.seed, epoch, positions) if self.flip_tables else np.zeros(len(positions), bool)
-                for shard, index, reverse in zip(shards.tolist(), samples.tolist(), flips.tolist()):
-                    sample = None if shard in bad else self._read(readers, shard, index, skipped, reverse)
-                    if sample is None:  # a corrupt shard under on_error="skip": this and its later samples are skipped
-                        bad.add(shard)
-                        skipped += 1
-                        continue
-                    yield sample
+                for position, shard, index, reverse in zip(positions.tolist(), shards.tolist(), samples.tolist(), flips.tolist()):
+                    sample = self._read(readers, unopenable, shard, index, reverse)
+                    yield sample if sample is not None else self._substitute(readers, unopenable, epoch, position, reverse)
         finally:
             for reader in readers.values():
                 self.bytes_read += reader.bytes_read
                 reader.close()
 
-    def _read(self, readers: OrderedDict, shard: int, index: int, skipped: int, reverse: bool) -> dict | None:
-        """The sample, or None when its shard is corrupt and ``on_error`` is "skip"."""
+    def _read(self, readers: OrderedDict, unopenable: set, shard: int, index: int, reverse: bool) -> dict | None:
+        """The sample, or None when it is corrupt (or its shard is) and ``on_error`` is "skip"."""
+        if shard in unopenable:
+            return None
         try:
-            return self._sample(self._reader(readers, shard), index, skipped, reverse)
+            reader = self._reader(readers, shard)
+        except ShardError:
+            if self.on_error == "raise":
+                raise
+            unopenable.add(shard)
+            return None
+        try:
+            return self._sample(reader, index, reverse)
         except ShardError:
             if self.on_error == "raise":
                 raise
             return None
+
+    def _substitute(self, readers: OrderedDict, unopenable: set, epoch: int, position: int, reverse: bool) -> dict:
+        """In place of a corrupt sample, the next readable one in the epoch's order, marked ``skipped``.
+
+        Batches stay full, so every rank keeps its position and the state stays exact; and since
+        whether a sample reads is a property of the data, a resumed run substitutes the same ones.
+        """
+        reach = max(1024, 2 * int(self.counts.max()))  # genome order: past a whole corrupt shard
+        for step in range(1, reach + 1):
+            shards, samples = self.order(epoch, np.array([(position + step) % self.total]))
+            sample = self._read(readers, unopenable, int(shards[0]), int(samples[0]), reverse)
+            if sample is not None:
+                return sample | {"skipped": 1}
+        raise DataError(f"{self.folder}: split '{self.split}' has no readable sample within {reach} positions after "
+                        f"position {position} of epoch {epoch}: most of it is corrupt; re-run `dnalm prep`")
 
     def _reader(self, readers: OrderedDict, shard: int) -> IndexedShard:
         if shard in readers:
@@ -177,11 +198,11 @@ class GenomeStream(IterableDataset):
             closed.close()
         return reader
 
-    def _sample(self, reader: IndexedShard, index: int, skipped: int, reverse: bool = False) -> dict:
+    def _sample(self, reader: IndexedShard, index: int, reverse: bool = False) -> dict:
         key, meta, arrays = reader.read(index)
         if reverse:
             arrays = [flip(ids.astype(np.int64), table) for ids, table in zip(arrays, self.flip_tables)]
-        sample = {"key": key, "skipped": skipped, "reverse_complement": reverse}
+        sample = {"key": key, "skipped": 0, "reverse_complement": reverse}
         spans = [tok.spans_of(ids) for tok, ids in zip(self.tokenizers, arrays)]
         if self.manifest.views:
             ids, segments, positions = concatenate_views(arrays, self.id_offsets, self.manifest.seq_len)
@@ -213,20 +234,14 @@ class StreamLoader:
     def __init__(self, stream: GenomeStream, num_workers: int = 0):
         self.stream, self.num_workers = stream, num_workers
         self.steps_taken = 0
-        self.skipped_by_worker: dict[int, int] = {}
+        self.skipped = 0  # corrupt samples read around so far (on_error="skip")
 
     def __iter__(self):
         loader = DataLoader(self.stream, batch_size=self.stream.batch_size, num_workers=self.num_workers)
-        for k, batch in enumerate(loader):
+        for batch in loader:
             self.steps_taken += 1
-            if len(batch["skipped"]):
-                self.skipped_by_worker[k % max(self.num_workers, 1)] = int(batch["skipped"].max())
+            self.skipped += int(batch["skipped"].sum())
             yield batch
-
-    @property
-    def skipped(self) -> int:
-        """Samples skipped over corrupt shards so far (with on_error="skip")."""
-        return sum(self.skipped_by_worker.values())
 
     def state_dict(self) -> dict:
         return asdict(self.stream.position_after(self.steps_taken))

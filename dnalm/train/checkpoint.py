@@ -1,29 +1,41 @@
-"""Checkpoints: ``RUN/checkpoints/step-N/``, written whole or not at all.
+"""Checkpoints: ``RUN/checkpoints/step-N/``, written whole or not at all, durable once marked.
 
 Every rank writes its DeepSpeed shard and its RNG state into ``.step-N.tmp``; after a barrier,
 rank 0 adds the stream state, resolved config and tokenizer, checks that every rank's files are
-there, writes the ``COMPLETE`` marker and renames the folder to ``step-N``. A folder without the
-marker (a run killed while saving) never counts, and keep-last-K only ever deletes complete
-checkpoints older than the newest one. DeepSpeed's own ``latest`` file (written before its
-final barrier) is not used.
+there, syncs every file and folder to disk, writes the ``COMPLETE`` marker (synced too) and renames
+the folder to ``step-N``. A folder without the marker (a run killed while saving) never counts,
+and keep-last-K only ever deletes complete checkpoints older than the newest one. DeepSpeed's own
+``latest`` file (written before its final barrier) is not used.
+
+Branches: resuming from a checkpoint older than the newest (or starting afresh over old ones)
+moves the newer ones into ``checkpoints/abandoned-…/`` with the run's metrics so far: nothing is
+deleted, and ``--resume auto`` never continues the abandoned branch.
+
+Trust: our RNG files load with ``weights_only=True``; DeepSpeed's own shards (``state/*.pt``)
+are unpickled by DeepSpeed, so resume or convert only checkpoints you trust.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from dnalm import faults
 from dnalm.errors import DnalmError
+from dnalm.files import fsync_path, fsync_tree, rename_durably, write_atomic
 
 MARKER = "COMPLETE"
 TAG = "state"
@@ -69,16 +81,24 @@ def read_meta(checkpoint: Path) -> dict:
 
 
 def rng_state() -> dict:
-    """Every generator a rank draws from: Python, NumPy, torch's CPU one and, where CUDA is present, its GPU's."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator a rank draws from (Python, NumPy, torch's CPU one and, with CUDA, its GPU's), as plain
+    numbers and tensors, so that ``torch.load(weights_only=True)`` reads it back."""
+    version, internal, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(internal), gauss], "torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                       "cached_gaussian": float(cached)}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()  # the current device: each rank drives one GPU
     return state
 
 
 def restore_rng(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy = state["numpy"]
+    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
+                         numpy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -93,9 +113,12 @@ def save(engine, run_dir: Path, step: int, meta: dict, files: dict[str, Path | s
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
+    faults.strike("save.begun", step, rank)
     engine.save_checkpoint(str(tmp), tag=TAG, client_state={"step": step, "universal_checkpoint_info": {}},
                            save_latest=False)
     torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
+    _sync_own_files(tmp, rank)
+    faults.strike("save.written", step, rank)
     dist.barrier()
     if rank == 0:
         missing = [r for r in range(world) if not (tmp / f"rng-rank{r}.pt").is_file()]
@@ -105,20 +128,29 @@ def save(engine, run_dir: Path, step: int, meta: dict, files: dict[str, Path | s
             source = Path(source)
             (shutil.copytree if source.is_dir() else shutil.copy2)(source, tmp / name)
         (tmp / META).write_text(json.dumps(meta | {"step": step, "world_size": world}, indent=1))
-        _write_synced(tmp / MARKER, json.dumps({"step": step, "world_size": world}))
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+        faults.strike("save.gathered", step, rank)
+        fsync_tree(tmp)  # the data of every file first: a marker must never outlive what it vouches for
+        write_atomic(tmp / MARKER, json.dumps({"step": step, "world_size": world}))
+        faults.strike("save.marked", step, rank)
+        if final.exists():  # only from an older dnalm's leftovers: keep it, never delete
+            set_aside(run_dir, [final], f"replaced-step-{step}")
+        rename_durably(tmp, final)
+        faults.strike("save.renamed", step, rank)
         _prune(run_dir, keep_last)
     dist.barrier()
     return final
 
 
-def _write_synced(path: Path, text: str) -> None:
-    with open(path, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
+def _sync_own_files(tmp: Path, rank: int) -> None:
+    """Sync the files this rank wrote (DeepSpeed names them ``…rank_R_…``; ours ``rng-rankR.pt``).
+
+    On a local disk rank 0's sync of the whole folder would do, but on a cluster filesystem a
+    node's unflushed pages can only be flushed by that node.
+    """
+    own = re.compile(rf"(^|[_-])rank_?{rank}(_|\.pt$)")
+    for path in tmp.rglob("*"):
+        if path.is_file() and own.search(path.name):
+            fsync_path(path)
 
 
 def _prune(run_dir: Path, keep_last: int) -> None:
@@ -129,18 +161,81 @@ def _prune(run_dir: Path, keep_last: int) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def step_of(checkpoint: Path) -> int:
+    return read_meta(checkpoint)["step"]
+
+
+def set_aside_newer(run_dir: Path, step: int) -> Path | None:
+    """Move this run's complete checkpoints newer than ``step`` (a branch being abandoned) aside; rank 0 only."""
+    newer = [p for p in complete_checkpoints(run_dir) if int(_STEP.match(p.name).group(1)) > step]
+    return set_aside(run_dir, newer, f"from-step-{step}") if newer else None
+
+
+def set_aside(run_dir: Path, checkpoints: list[Path], why: str) -> Path:
+    """``checkpoints/abandoned-TIME-WHY/``: the given checkpoints and a copy of the metrics logged so far."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    target = checkpoints_dir(run_dir) / f"abandoned-{stamp}-{why}"
+    suffix = 1
+    while target.exists():
+        target, suffix = target.with_name(f"abandoned-{stamp}-{why}-{suffix}"), suffix + 1
+    target.mkdir(parents=True)
+    metrics = Path(run_dir) / "metrics.jsonl"
+    if metrics.is_file():
+        shutil.copy2(metrics, target / metrics.name)
+    for checkpoint in checkpoints:
+        os.rename(checkpoint, target / checkpoint.name)
+    fsync_tree(target)
+    fsync_path(checkpoints_dir(run_dir))
+    return target
+
+
+def check_data(checkpoint: Path, data_path: str, fingerprint: str, allow_changed: bool) -> bool:
+    """Whether the checkpoint's stream position applies to this data folder (False: restart it at epoch 0).
+
+    The position counts samples of one data plan; applied to re-prepared data it would silently skip
+    and repeat samples, so a different plan is refused unless ``data.allow_changed`` says otherwise.
+    """
+    saved = read_meta(checkpoint).get("data", {})
+    if saved.get("plan_fingerprint") == fingerprint:
+        return True
+    if not allow_changed:
+        raise CheckpointError(f"{checkpoint}: was trained on data plan {saved.get('plan_fingerprint', '(not recorded)')} "
+                              f"({saved.get('path', 'unknown folder')}), but data.path {data_path} has plan {fingerprint}; "
+                              "its stream position would not mean the same samples. Use the original data folder, or "
+                              "override data.allow_changed=true to restart the data stream at epoch 0")
+    return False
+
+
 def ensure_universal(checkpoint: Path) -> None:
-    """Convert a checkpoint to DeepSpeed's universal format (rank 0), so another world size can load it."""
+    """Convert a checkpoint to DeepSpeed's universal format (rank 0), so another world size can load it.
+
+    The converter writes into ``.universal.tmp``; only a finished conversion, marked and synced, is
+    renamed to ``universal``, so a run killed mid-conversion leaves nothing that a later one trusts.
+    """
     target = Path(checkpoint) / UNIVERSAL_TAG
-    if dist.get_rank() == 0 and not (target / "zero").is_dir():
-        shutil.rmtree(target, ignore_errors=True)
-        done = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-                               str(Path(checkpoint) / TAG), "--output_folder", str(target), "--inject_missing_state",
-                               "--num_extract_workers", "1", "--num_merge_workers", "1"],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
+    if dist.get_rank() == 0 and not (target / MARKER).is_file():
+        shutil.rmtree(target, ignore_errors=True)  # a conversion without the marker (an older dnalm's) may be partial
+        staging = Path(checkpoint) / f".{UNIVERSAL_TAG}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                   str(Path(checkpoint) / TAG), "--output_folder", str(staging), "--inject_missing_state",
+                   "--num_extract_workers", "1", "--num_merge_workers", "1"]
+        with tempfile.TemporaryFile("w+") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            while faults.armed("universal.converting") and process.poll() is None:  # tests: kill it half-way
+                if any(staging.glob("zero/*")):
+                    faults.strike("universal.converting", step_of(checkpoint))
+                time.sleep(0.05)
+            process.wait()
+            log.seek(0)
+            lines = log.read().strip().splitlines()
+        if process.returncode != 0:
+            shutil.rmtree(staging, ignore_errors=True)
             raise CheckpointError(f"{checkpoint}: conversion to a universal checkpoint failed: "
-                                  f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+                                  f"{lines[-1] if lines else process.returncode}")
+        write_atomic(staging / MARKER, "converted\n")
+        fsync_tree(staging)
+        rename_durably(staging, target)
     dist.barrier()
 
 
@@ -152,4 +247,8 @@ def load(engine, checkpoint: Path, universal: bool) -> None:
         raise CheckpointError(f"{checkpoint}: DeepSpeed found no state under tag '{tag}'")
     rank_file = Path(checkpoint) / f"rng-rank{dist.get_rank()}.pt"
     if not universal and rank_file.is_file():
-        restore_rng(torch.load(rank_file, weights_only=False))
+        try:
+            restore_rng(torch.load(rank_file, weights_only=True))
+        except pickle.UnpicklingError:
+            raise CheckpointError(f"{rank_file}: not loadable with weights_only=True (saved by an older dnalm, "
+                                  "or not by dnalm); resume it with the dnalm that wrote it") from None

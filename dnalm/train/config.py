@@ -42,7 +42,10 @@ class DataSection(_Section):
     reverse_complement: bool = Field(False, description="read half the windows (seeded by position) on the reverse "
                                      "strand, instead of doubling the shards at prep")
     num_workers: int = Field(1, ge=0)
-    on_error: Literal["raise", "skip"] = "raise"
+    on_error: Literal["raise", "skip"] = Field("raise", description="a corrupt sample or shard: stop, or read the next "
+                                               "readable sample of the epoch's order in its place (counted)")
+    allow_changed: bool = Field(False, description="resume on a data folder whose plan differs from the checkpoint's "
+                                "(the stream restarts at epoch 0); refused otherwise")
 
 
 class OptimSection(_Section):
@@ -97,6 +100,8 @@ class LoggingSection(_Section):
 
 class RobustSection(_Section):
     max_consecutive_skips: int = Field(5, ge=1)
+    collective_timeout_s: int = Field(600, ge=10, description="a collective (or barrier) that waits longer fails the "
+                                      "rank instead of hanging the job (gloo and NCCL)")
     inject_nan_at_steps: list[int] = Field(default_factory=list, description="testing: make these steps' loss NaN on rank 0")
     inject_nan_micro_batch: int = Field(0, ge=0, description="testing: which micro-batch of those steps goes bad")
     inject_inf_grad_at_steps: list[int] = Field(default_factory=list, description="testing: these steps' gradients "

@@ -17,7 +17,9 @@ from __future__ import annotations
 import math
 import os
 import socket
+import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 from dnalm.data.manifest import Manifest
 from dnalm.data.masking import IGNORE, clm_batch, mlm_batch, view_ranges
 from dnalm.data.stream import GenomeStream, StreamLoader
+from dnalm import faults
 from dnalm.devices import move
 from dnalm.errors import DnalmError
 from dnalm.models import ModelConfig, build_model, get_config
@@ -48,8 +51,12 @@ class TrainingStopped(DnalmError):
     """The run stopped on purpose (too many non-finite steps); the last good checkpoint is intact."""
 
 
-def init_distributed() -> tuple[int, int]:
-    """Join the launcher's process group (deepspeed, torchrun, srun) or make a group of one."""
+def init_distributed(timeout_s: int = 600) -> tuple[int, int]:
+    """Join the launcher's process group (deepspeed, torchrun, srun) or make a group of one.
+
+    ``timeout_s`` bounds every collective: a rank whose peer died fails instead of waiting for the
+    backend's default (30 minutes), and the launcher then ends the others.
+    """
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     if torch.cuda.is_available():
@@ -59,7 +66,8 @@ def init_distributed() -> tuple[int, int]:
     import deepspeed
 
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
+                                   timeout=timedelta(seconds=timeout_s))
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -163,7 +171,7 @@ class _PoisonGradient(torch.autograd.Function):
 class Trainer:
     def __init__(self, config: TrainConfig, resume: str | None = "auto"):
         self.config = config
-        self.rank, self.world = init_distributed()
+        self.rank, self.world = init_distributed(config.robust.collective_timeout_s)
         import deepspeed
 
         self.run_dir = Path(config.run_dir)
@@ -181,6 +189,9 @@ class Trainer:
         self.total_steps = config.budget.steps or math.ceil(config.budget.tokens / tokens_per_step)
 
         self.resume_from = ckpt.find_resume(self.run_dir, resume)
+        self.data_continues = self.resume_from is None or ckpt.check_data(
+            self.resume_from, config.data.path, self.manifest.plan_fingerprint, config.data.allow_changed)
+        self._abandon_newer_checkpoints()
         universal = bool(self.resume_from) and ckpt.read_meta(self.resume_from)["world_size"] != self.world
         if universal:
             ckpt.ensure_universal(self.resume_from)
@@ -207,13 +218,32 @@ class Trainer:
                                    on_error=config.data.on_error)
         self.loader = StreamLoader(self.stream, num_workers=config.data.num_workers)
         self.ranges = view_ranges([t.vocab_size for t in self.manifest.tokenizers])
-        self.step, self.tokens_seen, self.skipped_steps = 0, 0, 0
+        self.step, self.tokens_seen, self.skipped_steps, self.stream_skipped_before = 0, 0, 0, 0
         if self.resume_from is not None:
             ckpt.load(self.engine, self.resume_from, universal)
             meta = ckpt.read_meta(self.resume_from)
             self.step, self.tokens_seen, self.skipped_steps = meta["step"], meta["tokens_seen"], meta["skipped_steps"]
-            self.loader.load_state_dict(meta["stream"])
+            if self.data_continues:
+                self.loader.load_state_dict(meta["stream"])
+                self.stream_skipped_before = meta.get("stream_skipped", 0)
+            else:
+                self._say(f"data.allow_changed: {config.data.path} is not the data {self.resume_from} was trained on; "
+                          "the data stream restarts at epoch 0")
         self._write_run_files()
+
+    def _abandon_newer_checkpoints(self) -> None:
+        """Resuming from an older checkpoint (or afresh) starts a new branch: the newer checkpoints go aside."""
+        if self.rank == 0:
+            step = ckpt.step_of(self.resume_from) if self.resume_from is not None else 0
+            aside = ckpt.set_aside_newer(self.run_dir, step)
+            if aside is not None:
+                self._say(f"resuming from step {step}: the newer checkpoints were moved to {aside} (never resumed by "
+                          "--resume auto, never deleted)")
+        dist.barrier()
+
+    def _say(self, message: str) -> None:
+        if self.rank == 0:
+            print(f"dnalm: {message}", file=sys.stderr, flush=True)
 
     @property
     def device(self) -> torch.device:
@@ -240,6 +270,7 @@ class Trainer:
         robust = self.config.robust
         inject_nan = self.rank == 0 and (self.step + 1) in robust.inject_nan_at_steps
         inject_inf_grad = self.rank == 0 and (self.step + 1) in robust.inject_inf_grad_at_steps
+        faults.strike("train.step", self.step + 1, self.rank)
         for micro in range(self.accumulation):
             batch = next(batches)
             self._record_keys(batch)
@@ -272,7 +303,7 @@ class Trainer:
         seconds = time.perf_counter() - started
         position = self.loader.state_dict()
         record = {"step": self.step, "tokens_seen": self.tokens_seen, "tokens_per_s": round(tokens / seconds, 1),
-                  "skipped_steps": self.skipped_steps + int(bad), "stream_skipped": self.loader.skipped,
+                  "skipped_steps": self.skipped_steps + int(bad), "stream_skipped": self.stream_skipped,
                   "data_epoch": position["epoch"], "data_index": position["index"]}
         if bad:
             self.skipped_steps += 1
@@ -321,7 +352,8 @@ class Trainer:
                 self.world * config.batch.micro_batch:
             return {}
         stream = GenomeStream(config.data.path, config.data.val_split, batch_size=config.batch.micro_batch, rank=self.rank,
-                              world_size=self.world, seed=config.seed, epochs=1)  # the same windows, drawn across the split
+                              world_size=self.world, seed=config.seed, epochs=1,  # the same windows, drawn across the split
+                              on_error=config.data.on_error)
         self.engine.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # (loss × targets, targets, correct)
         for i, batch in enumerate(StreamLoader(stream)):
@@ -349,9 +381,10 @@ class Trainer:
         log = MetricsLog(self.run_dir, config, self.total_steps, self.step, enabled=self.rank == 0)
         self._trim_keys()
         batches, consecutive, last = iter(self.loader), 0, {}
+        notes = {} if self.data_continues else {"data_restarted": True}  # on the first record after resuming
         try:
             while self.step < self.total_steps:
-                record = self.train_step(batches)
+                record = self.train_step(batches) | notes
                 consecutive = consecutive + 1 if record.get("skipped") else 0
                 if consecutive >= config.robust.max_consecutive_skips:
                     log.log(record)
@@ -360,8 +393,10 @@ class Trainer:
                                           f"stopping. Last good checkpoint: {kept[-1] if kept else 'none'}")
                 if self.step % config.eval.interval == 0 or self.step == self.total_steps:
                     record |= self.evaluate()
-                if self.step % config.logging.interval == 0 or record.get("skipped") or "val_loss" in record or self.step == 1:
+                if self.step % config.logging.interval == 0 or record.get("skipped") or "val_loss" in record or \
+                        self.step == 1 or notes:
                     log.log(record)
+                notes = {}
                 log.advance()
                 last = record
                 if self.step % config.checkpoint.interval == 0 or self.step == self.total_steps:
@@ -370,8 +405,14 @@ class Trainer:
             log.close()
         return last
 
+    @property
+    def stream_skipped(self) -> int:
+        """Corrupt samples read around (``data.on_error=skip``) since the run began."""
+        return self.stream_skipped_before + self.loader.skipped
+
     def save(self) -> Path:
         meta = {"tokens_seen": self.tokens_seen, "skipped_steps": self.skipped_steps, "stream": self.loader.state_dict(),
+                "stream_skipped": self.stream_skipped,
                 "data": {"path": self.config.data.path, "plan_fingerprint": self.manifest.plan_fingerprint},
                 "model": self.model_config.model_dump()}
         files = {"config.yaml": self.run_dir / "config.yaml", "model.yaml": self.run_dir / "model.yaml",

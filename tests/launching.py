@@ -1,0 +1,53 @@
+"""Launching real training runs from tests: the deepspeed launcher on CPU (gloo), their metrics and sample keys."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO
+
+ENV = os.environ | {"DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+CONFIG = REPO / "configs" / "train" / "encoder-small-ecoli.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def overrides(data: Path, run: Path, **extra) -> list[str]:
+    settings = {"data.path": data, "run_dir": run, "model.name": "encoder-tiny", "budget.steps": 30, "eval.interval": 10,
+                "checkpoint.interval": 10, "logging.interval": 1, "logging.wandb": "disabled", "batch.micro_batch": 4,
+                "batch.global_batch": 8, "data.num_workers": 1} | extra
+    return [f"{k}={v}" for k, v in settings.items()]
+
+
+def deepspeed_cmd(n: int, data: Path, run: Path, *args: str, **extra) -> list[str]:
+    return [sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(free_port()), "--num_gpus", str(n),
+            str(REPO / "launch" / "train.py"), "--config", str(CONFIG), *overrides(data, run, **extra), *args]
+
+
+def run(cmd, expect_ok=True, timeout=600, faults: str | None = None) -> subprocess.CompletedProcess:
+    """Run a launch in its own process group (a fault that kills its group never reaches pytest)."""
+    env = ENV | ({"DNALM_FAULTS": faults} if faults else {})
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO, start_new_session=True)
+    if expect_ok:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in metrics(run_dir) if "loss" in r}
+
+
+def sample_keys(run_dir: Path, ranks: int = 2) -> list[list[str]]:
+    """Each rank's consumed sample keys, in order (``logging.record_sample_keys``)."""
+    return [(run_dir / f"sample-keys-rank{r}.txt").read_text().splitlines() for r in range(ranks)]

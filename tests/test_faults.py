@@ -1,0 +1,177 @@
+"""Faults a cluster run meets, injected for real (``dnalm.faults``): the launcher, 2 processes, gloo, on CPU.
+
+Every rank and the launcher SIGKILLed at several points inside checkpoint writing, on data with
+a corrupt shard read around (``on_error=skip``), then resumed: same losses, same samples. A rank
+that raises ends the job. Resuming an older checkpoint sets the newer ones aside; resuming on
+re-prepared data is refused unless allowed; the SLURM script passes overrides untouched.
+docs/reliability.md lists them all.
+"""
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from dnalm import genome
+from dnalm.data.manifest import Manifest
+from dnalm.data.shards import IndexedShard
+from dnalm.data.stream import GenomeStream
+from dnalm.train import checkpoint as ckpt
+from tests.conftest import REPO, prep_folder
+from tests.launching import CONFIG, ENV, deepspeed_cmd, free_port, losses, metrics, overrides, run, sample_keys
+
+SKIP = {"data.on_error": "skip", "logging.record_sample_keys": "true"}
+
+
+@pytest.fixture(scope="module")
+def damaged_data(tmp_path_factory) -> tuple[Path, set[str]]:
+    """E. coli windows of 128 where the shard of a sample drawn at step 25 is truncated and the sample drawn at
+    step 15 has a flipped byte; returns the folder and the keys that can no longer be read."""
+    folder = prep_folder(tmp_path_factory.mktemp("faults") / "ecoli128", [genome.DEFAULT_GENOME], seq_len=128,
+                         shard_size_mb=2.0, val_fraction=0.05)
+    stream = GenomeStream(folder, batch_size=4, world_size=2)
+    (bad_shard, step25_shard), (bad_sample, _) = stream.order(0, np.array([14 * 8 + 5, 24 * 8 + 2]))
+    shards = stream.shards
+    reader = IndexedShard(folder / shards[bad_shard].path, shards[bad_shard].num_samples)
+    offset, length, _ = reader.entry(int(bad_sample))
+    lost = {reader.key(int(bad_sample))}
+    reader.close()
+    with open(folder / shards[bad_shard].path, "r+b") as fh:
+        fh.seek(offset + length - 600)  # inside the token array
+        byte = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    truncated = folder / shards[step25_shard].path
+    reader = IndexedShard(truncated, shards[step25_shard].num_samples)
+    lost |= {reader.key(i) for i in range(shards[step25_shard].num_samples)}
+    reader.close()
+    truncated.write_bytes(truncated.read_bytes()[:100_000])
+    return folder, lost
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(damaged_data, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("uninterrupted") / "run"
+    run(deepspeed_cmd(2, damaged_data[0], folder, **SKIP))
+    return folder
+
+
+def _keys(run_dir: Path) -> list[list[str]]:
+    return [[line.split("\t")[1] for line in rank] for rank in sample_keys(run_dir)]
+
+
+def test_kills_inside_checkpoint_writing_lose_nothing(damaged_data, uninterrupted, tmp_path):
+    """Killed at three points of step 20's save, one after another, then left to finish: the losses and every
+    rank's samples equal the uninterrupted run's, corrupt samples included (read around the same way)."""
+    data, lost = damaged_data
+    folder, checkpoints = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    cmd = deepspeed_cmd(2, data, folder, **SKIP)
+    for point, newest in (("save.written", "step-10"), ("save.marked", "step-10"), ("save.renamed", "step-20")):
+        killed = run(cmd, expect_ok=False, faults=f"kill@{point}:20")
+        assert killed.returncode == -9, (point, killed.stderr[-2000:])
+        assert ckpt.complete_checkpoints(folder)[-1].name == newest, point
+        if newest == "step-10":  # the partial save is there, and is never taken for a checkpoint
+            assert (checkpoints / ".step-20.tmp").is_dir() and ckpt.find_resume(folder, "auto").name == "step-10"
+    run(cmd)
+    assert losses(folder) == losses(uninterrupted)
+    assert _keys(folder) == _keys(uninterrupted)
+    consumed = {key for rank in _keys(folder) for key in rank}
+    assert len(consumed) > 200 and not consumed & lost
+    last = metrics(folder)[-1]
+    assert last["stream_skipped"] == metrics(uninterrupted)[-1]["stream_skipped"] > 0
+    assert [p.name for p in ckpt.complete_checkpoints(folder)] == ["step-10", "step-20", "step-30"]
+    assert not list(checkpoints.glob(".step-*"))
+
+
+def _survivors(run_dir: Path) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(run_dir) in part for part in process.info["cmdline"] or ()):
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("fault", ["raise@train.step:5:1", "raise@save.gathered:10:0"])
+def test_a_rank_that_fails_ends_every_rank(damaged_data, tmp_path, fault):
+    """Rank 1 raising inside a step while rank 0 waits in the step's collective, or rank 0 raising mid-save while
+    rank 1 waits at the save's last barrier: the job ends non-zero within a minute, every rank gone."""
+    folder = tmp_path / "run"
+    started = time.monotonic()
+    done = run(deepspeed_cmd(2, damaged_data[0], folder, **SKIP), expect_ok=False, timeout=300, faults=fault)
+    assert done.returncode != 0 and "InjectedFault" in done.stdout + done.stderr
+    assert time.monotonic() - started < 60
+    assert not _survivors(folder)
+    assert ckpt.complete_checkpoints(folder) == []
+
+
+def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(uninterrupted, damaged_data, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(uninterrupted, folder)
+    older = folder / "checkpoints" / "step-10"
+    done = run(deepspeed_cmd(2, damaged_data[0], folder, "--resume", str(older), **SKIP, **{"budget.steps": 20}))
+    aside = list((folder / "checkpoints").glob("abandoned-*-from-step-10"))
+    assert len(aside) == 1 and f"moved to {aside[0]}" in done.stderr
+    assert sorted(p.name for p in aside[0].iterdir()) == ["metrics.jsonl", "step-20", "step-30"]
+    assert len(metrics(aside[0])) == len(metrics(uninterrupted)), "the abandoned branch's metrics are kept"
+    assert [p.name for p in ckpt.complete_checkpoints(folder)] == ["step-10", "step-20"]
+    assert ckpt.find_resume(folder, "auto") == folder / "checkpoints" / "step-20", "auto continues the new branch"
+    assert losses(folder) == {s: v for s, v in losses(uninterrupted).items() if s <= 20}
+
+
+def test_resuming_on_other_data_is_refused_unless_allowed(uninterrupted, damaged_data, tmp_path):
+    other = prep_folder(tmp_path / "other", [genome.DEFAULT_GENOME], seq_len=128, shard_size_mb=2.0, val_fraction=0.1)
+    old, new = (Manifest.load(d).plan_fingerprint for d in (damaged_data[0], other))
+    folder = tmp_path / "run"
+    shutil.copytree(uninterrupted, folder)
+    cmd = deepspeed_cmd(2, other, folder, **SKIP, **{"budget.steps": 32})
+    refused = run(cmd, expect_ok=False)
+    assert refused.returncode != 0
+    assert f"trained on data plan {old}" in refused.stderr and f"has plan {new}" in refused.stderr
+    assert "data.allow_changed=true" in refused.stderr
+    done = run(cmd + ["data.allow_changed=true"])
+    assert "the data stream restarts at epoch 0" in done.stderr
+    records = {r["step"]: r for r in metrics(folder)}
+    assert records[31]["data_restarted"] and (records[31]["data_epoch"], records[31]["data_index"]) == (0, 8)
+    assert records[32]["data_index"] == 16
+
+
+def test_slurm_script_passes_overrides_as_arguments(damaged_data, tmp_path):
+    """launch/slurm_train.sbatch under stand-ins for srun and scontrol (no SLURM here) and the real torchrun: a value
+    with a space and a $ reaches the config exactly as typed."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shims = {"srun": '#!/usr/bin/env bash\nwhile [[ "$1" == --* ]]; do shift; done\nSLURM_NODEID=0 exec "$@"\n',
+             "scontrol": "#!/usr/bin/env bash\necho 127.0.0.1\n"}
+    for name, text in shims.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    folder = tmp_path / "run"
+    name = "two words $HOME `id` ;x"
+    env = ENV | {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node1", "SLURM_NNODES": "1",
+                 "SLURM_GPUS_ON_NODE": "1", "MASTER_PORT": str(free_port())}
+    done = subprocess.run(["bash", str(REPO / "launch" / "slurm_train.sbatch"), str(CONFIG),
+                           *overrides(damaged_data[0], folder, **SKIP, **{"budget.steps": 2, "checkpoint.interval": 2}),
+                           f"logging.run_name={name}"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    import yaml
+
+    assert yaml.safe_load((folder / "config.yaml").read_text())["logging"]["run_name"] == name
+
+
+def test_checkpoints_and_prepared_data_are_synced_before_they_count(tmp_path):
+    """Every file and folder of a checkpoint is fsynced before its COMPLETE marker, the checkpoints folder after
+    the rename; every file prep writes is fsynced, and its folders (tests/scripts/fsync_audit.py)."""
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "fsync_audit.py"), str(tmp_path)],
+                          env=ENV, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "checkpoint ok" in done.stdout and "prep ok" in done.stdout
