@@ -309,6 +309,19 @@ def bench_attention(args) -> None:
     print(json.dumps(result["findings"], indent=2))
 
 
+@command("bench", "alibi", help="ALiBi's cost over no position bias: the fused path against the explicit bias, "
+         "attention alone and whole training steps", args=[
+    arg("--lengths", default="1024,2048,4096,8192", help="comma-separated attention lengths"),
+    arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for alibi.json and alibi.png"),
+    _device_arg(),
+])
+def bench_alibi(args) -> None:
+    from dnalm.bench import alibi
+
+    result = alibi.run(args.out, tuple(int(x) for x in args.lengths.split(",")), device=args.device)
+    print(json.dumps(result["ratios"], indent=2))
+
+
 @command("bench", "train", help="forward+backward tokens/s and MFU against a matmul peak measured in the same run "
          "(fp32 on CPU; bf16 on CUDA, with decoder-1.5b)", args=[
     arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for train.json and train.png"),

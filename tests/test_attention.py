@@ -106,3 +106,42 @@ def test_relu_kernel_runs_causal_and_not():
     for causal in (False, True):
         out = ATTENTION["performer"](q, k, v, causal=causal, q_pos=pos, k_pos=pos, performer=performer)
         assert out.shape == v.shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("padded", [False, True])
+def test_fused_alibi_matches_eager_with_gradients_and_builds_no_bias(causal, padded, monkeypatch):
+    """On CPU in fp32 ALiBi runs through the fused kernel (alibi_fused): outputs and the gradients of q, k and v equal
+    eager's, and no (heads × L × L) bias is ever built."""
+    import dnalm.models.attention as attention
+
+    q, k, v, pos, mask = inputs(3, length=300)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    kwargs = dict(causal=causal, q_pos=pos, k_pos=pos, key_mask=mask if padded else None, alibi=alibi_slopes(H))
+    expected = ATTENTION["eager"](q, k, v, **kwargs)
+    rows = mask if padded else torch.ones_like(mask)
+    weights = torch.randn_like(expected) * rows[:, None, :, None]  # padded queries' outputs are unused
+    expected_grads = torch.autograd.grad((expected * weights).sum(), (q, k, v))
+
+    def no_bias(*args, **kw):
+        raise AssertionError("the fused path built an explicit ALiBi bias")
+
+    monkeypatch.setattr(attention, "alibi_bias", no_bias)
+    got = ATTENTION["flash"](q, k, v, **kwargs)
+    grads = torch.autograd.grad((got * weights).sum(), (q, k, v))
+    torch.testing.assert_close(got.transpose(1, 2)[rows], expected.transpose(1, 2)[rows], atol=2e-5, rtol=1e-4)
+    for name, a, b in zip("qkv", grads, expected_grads):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=lambda m: f"d{name}: {m}")
+
+
+def test_alibi_with_restarting_positions_takes_the_explicit_bias():
+    """Multi-view inputs restart positions per view: j ≤ i no longer means p_j ≤ p_i, so the fused path steps aside."""
+    from dnalm.models import alibi_fused
+
+    q, k, v, _, _ = inputs(4)
+    pos = torch.cat([torch.arange(20), torch.arange(T - 20)]).expand(B, T)
+    assert not alibi_fused.applicable(q, k, pos, pos, 0.0)
+    for causal in (False, True):
+        kwargs = dict(causal=causal, q_pos=pos, k_pos=pos, alibi=alibi_slopes(H))
+        torch.testing.assert_close(ATTENTION["flash"](q, k, v, **kwargs), ATTENTION["eager"](q, k, v, **kwargs),
+                                   atol=2e-5, rtol=1e-4)

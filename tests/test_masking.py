@@ -58,3 +58,18 @@ def test_clm_labels_ignore_padding():
     batch = {"input_ids": torch.tensor([[5, 6, 7, PAD_ID]]), "spans": torch.zeros(1, 4, 2, dtype=torch.long)}
     out = clm_batch(batch)
     assert out["labels"].tolist() == [[5, 6, 7, IGNORE]] and out["attention_mask"].tolist() == [[True, True, True, False]]
+
+
+def test_spans_are_painted_all_at_once_as_one_by_one():
+    """The vectorised painting equals laying spans one by one (unchanged, then random, then [MASK] on top)."""
+    from dnalm.data.masking import KEPT, MASKED, RANDOM, _paint
+
+    rng = np.random.default_rng(1)
+    for _ in range(500):
+        n, k = int(rng.integers(1, 200)), int(rng.integers(1, 40))
+        starts, lengths, actions = rng.integers(0, n, k), rng.geometric(1 / 3, k), rng.integers(0, 3, k)
+        expected = np.full(n, -1, np.int64)
+        for priority in (KEPT, RANDOM, MASKED):
+            for start, length in zip(starts[actions == priority], lengths[actions == priority]):
+                expected[start : start + length] = priority
+        assert (_paint(n, starts, lengths, actions) == expected).all()

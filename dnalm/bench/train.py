@@ -99,6 +99,52 @@ def plain_loop_tokens_per_s(data: Path, model_name: str, micro_batch: int, steps
     return tokens / float(sorted(times)[len(times) // 2])
 
 
+def mlm_step_overhead(data: Path, model_name: str, micro_batch: int, steps: int) -> dict:
+    """Forward + backward alone on one prepared batch, against the same with the trainer's data path in front
+    (the next batch from the stream's DataLoader, masking, the move to the model's device), step after step in
+    one process; medians."""
+    import numpy as np
+
+    from dnalm.data.manifest import Manifest
+    from dnalm.data.masking import mlm_batch, view_ranges
+    from dnalm.data.stream import GenomeStream, StreamLoader
+    from dnalm.devices import move
+    from dnalm.models import build_model, get_config
+    from dnalm.train.trainer import data_tokenizer, lm_loss
+
+    manifest = Manifest.load(data)
+    torch.manual_seed(0)
+    model = build_model(get_config(model_name, vocab_size=data_tokenizer(data, manifest).vocab_size,
+                                   max_seq_len=max(1024, manifest.seq_len)))
+    ranges = view_ranges([t.vocab_size for t in manifest.tokenizers])
+    loader = iter(StreamLoader(GenomeStream(data, batch_size=micro_batch, epochs=None), num_workers=1))
+    device = torch.device("cpu")
+
+    def step(inputs: dict) -> None:
+        lm_loss(model(inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits, inputs["labels"],
+                causal=False).backward()
+        model.zero_grad(set_to_none=True)
+
+    fixed = move(mlm_batch(next(loader), ranges, np.random.default_rng(0)), device)
+    bare, full = [], []
+    for i in range(steps + 1):
+        start = time.perf_counter()
+        step(fixed)
+        middle = time.perf_counter()
+        step(move(mlm_batch(next(loader), ranges, np.random.default_rng(i)), device))
+        end = time.perf_counter()
+        if i:
+            bare.append(middle - start)
+            full.append(end - middle)
+    tokens = micro_batch * manifest.seq_len
+    bare_rate, full_rate = tokens / float(np.median(bare)), tokens / float(np.median(full))
+    return {"model": model_name, "batch": micro_batch, "seq_len": manifest.seq_len,
+            "forward_backward_tokens_per_s": round(bare_rate, 1), "mlm_step_tokens_per_s": round(full_rate, 1),
+            "ratio": round(full_rate / bare_rate, 4),
+            "what": "mlm step = next stream batch (DataLoader, 1 worker) + masking + move + forward + backward; "
+                    "forward_backward = the same on one batch prepared beforehand; alternated, medians"}
+
+
 def zero2_tokens_per_s(data: Path, model_name: str, micro_batch: int, steps: int, processes: int = 2) -> float:
     """The trainer under the deepspeed launcher, ZeRO-2 on CPU: median tokens/s over its steps after the first."""
     import json
@@ -142,6 +188,7 @@ def distribution_cost(out: dict, model_name: str = "encoder-small", micro_batch:
         prep(PrepConfig(genomes=[str(genome.DEFAULT_GENOME)], tokenizers=["nucleotide"], seq_len=1024), data)
         plain = plain_loop_tokens_per_s(data, model_name, micro_batch, steps)
         zero2 = zero2_tokens_per_s(data, model_name, micro_batch // 2, steps)
+        masking = mlm_step_overhead(data, model_name, micro_batch, steps)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     config = get_config(model_name, vocab_size=10)
@@ -151,7 +198,7 @@ def distribution_cost(out: dict, model_name: str = "encoder-small", micro_batch:
             "plain_pytorch_1_process": {"tokens_per_s": round(plain, 1), "mfu": round(plain * per_token / peak, 4)},
             "deepspeed_zero2_2_processes": {"tokens_per_s": round(zero2, 1), "mfu": round(zero2 * per_token / peak, 4),
                                             "threads_per_process": max(1, torch.get_num_threads() // 2)},
-            "ratio_zero2_over_plain": round(zero2 / plain, 3),
+            "ratio_zero2_over_plain": round(zero2 / plain, 3), "mlm_step": masking,
             "note": "same cores in both: one process with all threads against two with half each; both include "
                     "the stream, masking and the AdamW step"}
 

@@ -36,14 +36,11 @@ def mask_sample(ids: np.ndarray, spans: np.ndarray, segments: np.ndarray, ranges
     ids, labels = ids.copy(), np.full(len(ids), IGNORE, np.int64)
     if n_bases == 0:
         return ids, labels
-    base_action = np.full(n_bases, -1, np.int64)
     n_spans = max(1, round(mask_fraction * n_bases / mean_span))
     starts = rng.integers(0, n_bases, n_spans)
     lengths = rng.geometric(1 / mean_span, n_spans)
     actions = rng.choice(3, size=n_spans, p=list(replace))
-    for priority in (KEPT, RANDOM, MASKED):  # later wins where spans overlap: [MASK] above all
-        for start, length in zip(starts[actions == priority], lengths[actions == priority]):
-            base_action[start : start + length] = priority
+    base_action = _paint(n_bases, starts, lengths, actions)
     counts = {}
     for action in (MASKED, RANDOM, KEPT):
         before = np.concatenate(([0], np.cumsum(base_action == action)))
@@ -57,6 +54,20 @@ def mask_sample(ids: np.ndarray, spans: np.ndarray, segments: np.ndarray, ranges
         low, high = np.asarray(ranges, np.int64)[segments[to_random]].T
         ids[to_random] = low + (rng.random(len(low)) * (high - low)).astype(np.int64)
     return ids, labels
+
+
+_RANK = np.array([2, 1, 0])  # where spans overlap [MASK] wins, then random, then unchanged (indexed by action)
+
+
+def _paint(n_bases: int, starts: np.ndarray, lengths: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """Each base's action (-1 where no span falls), every span at once: a base covered by several spans takes the
+    highest-ranked action among them."""
+    covered = np.repeat(starts, lengths) + (np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths))
+    rank = np.repeat(_RANK[actions], lengths)
+    inside = covered < n_bases
+    best = np.full(n_bases, -1, np.int64)
+    np.maximum.at(best, covered[inside], rank[inside])
+    return np.where(best >= 0, 2 - best, -1)  # rank back to action (the ranking reverses the action order)
 
 
 def mlm_batch(batch: dict, ranges, rng: np.random.Generator, **objective) -> dict:

@@ -1,0 +1,180 @@
+"""``dnalm bench alibi``: what ALiBi costs over no position bias, fused path against the explicit bias, one run.
+
+Attention alone (forward + backward, 1 × 4 heads × 32, the compare models' shape), for encoders
+and decoders: ``none`` (what a RoPE model's attention runs), ``fused`` (today's ALiBi path,
+``dnalm.models.alibi_fused``) and ``explicit bias`` (the path before it: SDPA given a heads × L × L
+bias). Then whole training steps (forward, backward, AdamW) of the comparison's RoPE and ALiBi
+encoders and of RoPE and ALiBi decoders of the same size. Every point runs in a fresh process, so
+peak memory is that point's.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import psutil
+import torch
+import torch.nn.functional as F
+
+from dnalm.bench import report
+from dnalm.devices import describe, resolve, synchronize, training_dtype
+
+LENGTHS = (1024, 2048, 4096, 8192)
+MODEL_LENGTHS = (1024, 8192)
+HEADS, HEAD_DIM = 4, 32
+PATHS = ("none", "fused", "explicit bias")
+MODELS = {"encoder rope": ("transformer", {}), "encoder alibi": ("alibi", {}),
+          "decoder rope": ("transformer", {"causal": True}), "decoder alibi": ("alibi", {"causal": True})}
+
+
+def measure_attention(path: str, causal: bool, length: int, repeats: int, device: str) -> dict:
+    from dnalm.models.alibi_fused import applicable, fused_alibi
+    from dnalm.models.positions import alibi_bias, alibi_slopes
+
+    target = torch.device(device)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, HEADS, length, HEAD_DIM, device=target, dtype=training_dtype(target), requires_grad=True)
+               for _ in range(3))
+    positions, slopes = torch.arange(length, device=target)[None], alibi_slopes(HEADS, target)
+    if path == "fused" and not applicable(q, k, positions, positions, 0.0):
+        return {"skipped": "the fused path serves CPU fp32 (on CUDA flash-attn takes alibi_slopes)"}
+
+    def run():
+        if path == "none":
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        if path == "fused":
+            return fused_alibi(q, k, v, slopes=slopes, positions=positions, key_mask=None, causal=causal)
+        bias = alibi_bias(slopes, positions, positions, causal).to(q.dtype)
+        if causal:
+            bias = bias.masked_fill(positions[:, None, None, :] > positions[:, None, :, None], float("-inf"))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+    baseline = psutil.Process().memory_info().rss
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(target)
+        start = time.perf_counter()
+        run().sum().backward()
+        synchronize(target)
+        best = min(best, time.perf_counter() - start)
+        q.grad = k.grad = v.grad = None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"seconds": round(best, 4), "peak_mb": round(max(peak - baseline, 0) / 2**20, 1)}
+
+
+def measure_model(variant: str, changes: dict, length: int, device: str) -> dict:
+    from dnalm.bench.compare import VARIANTS, measure_step
+
+    base = VARIANTS[variant]
+    if changes.get("causal"):
+        base = replace(base, model="decoder-tiny")
+    return measure_step(base, length, max(1, 8192 // length), device=device)
+
+
+def _in_fresh_process(*args: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", "dnalm.bench.alibi", *args], capture_output=True, text=True,
+                          timeout=1800)
+    if done.returncode != 0:
+        return {"failed": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run(out_dir: Path, lengths=LENGTHS, model_lengths=MODEL_LENGTHS, repeats: int = 3, device: str = "auto") -> dict:
+    target = resolve(device)
+    attention = []
+    for causal in (False, True):
+        for length in lengths:
+            for path in PATHS:
+                row = {"path": path, "causal": causal, "length": length}
+                attention.append(row | _in_fresh_process("attention", path, str(int(causal)), str(length), str(repeats),
+                                                         str(target)))
+                print(json.dumps(attention[-1]), file=sys.stderr, flush=True)
+    models = []
+    for name, (variant, changes) in MODELS.items():
+        for length in model_lengths:
+            models.append({"model": name, "length": length, "batch": max(1, 8192 // length)}
+                          | _in_fresh_process("model", name, str(length), str(target)))
+            print(json.dumps(models[-1]), file=sys.stderr, flush=True)
+    result = {
+        "benchmark": "alibi",
+        "command": f"dnalm bench alibi --device {target.type}",
+        "machine": report.machine(),
+        "device": describe(target),
+        "dtype": report.dtype_name(training_dtype(target)),
+        "attention_shape": {"batch": 1, "heads": HEADS, "head_dim": HEAD_DIM},
+        "models": "encoder-tiny (2 layers, d_model 128, 4 heads) as in bench compare; the decoders are decoder-tiny of "
+                  "the same size; a step is forward, backward and AdamW on 8,192 tokens",
+        "attention": attention,
+        "model_steps": models,
+        "ratios": _ratios(attention, models, max(lengths), max(model_lengths)),
+    }
+    report.write(result, out_dir, "alibi")
+    _plot(result, out_dir)
+    return result
+
+
+def _ratios(attention: list[dict], models: list[dict], length: int, model_length: int) -> dict:
+    def point(rows, key, **match):
+        found = [r for r in rows if all(r.get(k) == v for k, v in match.items()) and key in r]
+        return found[0][key] if found else None
+
+    out = {}
+    for causal, kind in ((False, "encoder"), (True, "decoder")):
+        none, fused, bias = (point(attention, "seconds", path=p, causal=causal, length=length) for p in PATHS)
+        mem = [point(attention, "peak_mb", path=p, causal=causal, length=length) for p in PATHS]
+        if none and fused and bias:
+            out[f"{kind}_attention_at_{length}"] = {
+                "fused_over_none_time": round(fused / none, 2), "explicit_over_none_time": round(bias / none, 2),
+                "explicit_over_fused_time": round(bias / fused, 2),
+                "fused_over_none_memory": round(mem[1] / max(mem[0], 1), 2),
+                "explicit_over_none_memory": round(mem[2] / max(mem[0], 1), 2)}
+        rope = point(models, "step_seconds", model=f"{kind} rope", length=model_length)
+        alibi = point(models, "step_seconds", model=f"{kind} alibi", length=model_length)
+        rope_mb = point(models, "peak_mb", model=f"{kind} rope", length=model_length)
+        alibi_mb = point(models, "peak_mb", model=f"{kind} alibi", length=model_length)
+        if rope and alibi:
+            out[f"{kind}_step_at_{model_length}"] = {"alibi_over_rope_time": round(alibi / rope, 2),
+                                                     "alibi_over_rope_memory": round(alibi_mb / max(rope_mb, 1), 2)}
+    return out
+
+
+def _plot(result: dict, out_dir: Path) -> None:
+    from dnalm.plots import pyplot
+
+    plt = pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
+    for col, causal in enumerate((False, True)):
+        for path in PATHS:
+            points = [r for r in result["attention"] if r["path"] == path and r["causal"] == causal and "seconds" in r]
+            xs = [r["length"] for r in points]
+            axes[0, col].plot(xs, [r["seconds"] for r in points], marker="o", label=path)
+            axes[1, col].plot(xs, [r["peak_mb"] for r in points], marker="o", label=path)
+        kind = "decoder (causal)" if causal else "encoder (symmetric)"
+        axes[0, col].set_title(f"{kind}: attention forward+backward", fontsize=10)
+        axes[1, col].set_title(f"{kind}: peak memory", fontsize=10)
+        for row in (0, 1):
+            axes[row, col].set_xscale("log", base=2)
+            axes[row, col].set_yscale("log")
+            axes[row, col].grid(alpha=0.3)
+            axes[row, col].legend(fontsize=8)
+        axes[0, col].set_ylabel("seconds")
+        axes[1, col].set_ylabel("MB")
+        axes[1, col].set_xlabel("sequence length (tokens)")
+    fig.suptitle(f"dnalm bench alibi — 1×{HEADS} heads×{HEAD_DIM}, {report.device_label(result)}", fontsize=10)
+    report.save_plot(fig, out_dir, "alibi")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "attention":
+        path, causal, length, repeats, device = sys.argv[2], bool(int(sys.argv[3])), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+        print(json.dumps(measure_attention(path, causal, length, repeats, device)))
+    else:
+        name, length, device = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+        variant, changes = MODELS[name]
+        print(json.dumps(measure_model(variant, changes, length, device)))

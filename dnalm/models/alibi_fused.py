@@ -1,0 +1,90 @@
+"""ALiBi through PyTorch's fused CPU flash-attention kernel, with no (heads × L × L) bias in memory.
+
+For keys at or before the query (positions non-decreasing, so j ≤ i means p_j ≤ p_i) the bias
+−m·(p_i − p_j) is a row constant −m·p_i, which softmax ignores, plus m·p_j, which one extra
+column folds into the scores: queries get a column of ones, keys the column m·p_j/scale. So the
+causal part is the fused kernel's own causal attention on (D+1)-wide heads, and its log-sum-exp,
+less m·p_i, is the true one. Keys after the query (j > i, bias −m·(p_j − p_i)) are the same on
+the reversed sequence, shifted by one key so that the diagonal is counted once; the shifted-in
+key gets a score that nothing sees. An encoder's output is the two halves weighted by their
+log-sum-exps; the backward passes of the two halves with the gradient split by the same weights
+(and the combined output, which the kernel only uses for its row sums) give the exact gradient.
+
+Exact up to fp32 rounding of m·p (about 1e-4 relative at 8k positions), so it serves fp32 only.
+Far keys' exp() lands in the denormal range, which x86 computes several times slower: importing
+``dnalm.models`` turns on flush-to-zero (see there), which made this 3× faster at 8k.
+The kernel is PyTorch's CPU one (``_scaled_dot_product_flash_attention_for_cpu``, which returns
+the log-sum-exp); on CUDA, flash-attn takes ``alibi_slopes`` itself. Padded keys get the same
+unseen score as the shifted-in key.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+FORWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+UNSEEN = -1e20  # a key column value whose score no softmax row notices
+
+
+def applicable(q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, dropout: float) -> bool:
+    return (q.device.type == "cpu" and q.dtype == torch.float32 and dropout == 0.0 and q.shape[2] == k.shape[2]
+            and torch.equal(q_pos, k_pos) and bool((q_pos[:, 1:] >= q_pos[:, :-1]).all()))
+
+
+def fused_alibi(q, k, v, *, slopes: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor | None,
+                causal: bool) -> torch.Tensor:
+    """q, k, v (B, H, T, D); positions (B, T), non-decreasing; key_mask (B, T) True for real tokens."""
+    return _FusedAlibi.apply(q, k, v, slopes, positions, key_mask, causal)
+
+
+def _widen(x: torch.Tensor, column: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x, column.unsqueeze(-1).to(x.dtype)], -1)
+
+
+def _reversed_after(x: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """The sequence reversed, shifted one place on: ``first``, then x[T-1], …, x[1]."""
+    return torch.cat([first, x.flip(2)[:, :, :-1]], 2)
+
+
+class _FusedAlibi(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, slopes, positions, key_mask, causal):
+        scale = 1 / math.sqrt(q.shape[-1])
+        shift = slopes.to(torch.float32)[None, :, None] * positions[:, None, :].to(torch.float32)  # m·p (B, H, T)
+        hidden = 0.0 if key_mask is None else (~key_mask)[:, None, :].to(torch.float32) * UNSEEN
+        ones, zeros = torch.ones_like(shift), torch.zeros_like(shift)
+        wide_q, wide_v = _widen(q, ones), _widen(v, zeros)
+        left = (wide_q, _widen(k, shift / scale + hidden), wide_v)
+        out_left, lse_left = FORWARD(*left, is_causal=True, scale=scale)
+        ctx.scale, ctx.causal = scale, causal
+        if causal:
+            ctx.save_for_backward(*left, out_left, lse_left)
+            return out_left[..., :-1]
+        nothing = torch.zeros_like(wide_q[:, :, :1])
+        unseen_key = _widen(torch.zeros_like(q[:, :, :1]), torch.full_like(shift[:, :, :1], UNSEEN))
+        right = (wide_q.flip(2), _reversed_after(_widen(k, -shift / scale + hidden), unseen_key),
+                 _reversed_after(wide_v, nothing))
+        out_right, lse_right = FORWARD(*right, is_causal=True, scale=scale)
+        weight = torch.sigmoid((lse_left - shift) - (lse_right.flip(2) + shift)).unsqueeze(-1)  # the left half's share
+        out = weight * out_left + (1 - weight) * out_right.flip(2)
+        ctx.save_for_backward(*left, *right, out, lse_left, lse_right, weight)
+        return out[..., :-1]
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = torch.cat([grad, torch.zeros_like(grad[..., :1])], -1).contiguous()
+        if ctx.causal:
+            q, k, v, out, lse = ctx.saved_tensors
+            dq, dk, dv = BACKWARD(grad, q, k, v, out, lse, 0.0, True, scale=ctx.scale)
+            return dq[..., :-1], dk[..., :-1], dv[..., :-1], None, None, None, None
+        ql, kl, vl, qr, kr, vr, out, lse_left, lse_right, weight = ctx.saved_tensors
+        dq, dk, dv = BACKWARD(weight * grad, ql, kl, vl, out, lse_left, 0.0, True, scale=ctx.scale)
+        dqr, dkr, dvr = BACKWARD(((1 - weight) * grad).flip(2), qr, kr, vr, out.flip(2), lse_right, 0.0, True,
+                                 scale=ctx.scale)
+        dq = dq + dqr.flip(2)
+        dk[:, :, 1:] += dkr[:, :, 1:].flip(2)  # right key j'' (≥ 1) is key T − j''
+        dv[:, :, 1:] += dvr[:, :, 1:].flip(2)
+        return dq[..., :-1], dk[..., :-1], dv[..., :-1], None, None, None, None
