@@ -2,13 +2,34 @@
 
 import json
 
-from dnalm.bench import attention, train
+import torch
+
+from dnalm.bench import alibi, attention, train
 from tests.conftest import run_cli
 
 
 def test_attention_point_measures_time_and_memory():
     point = attention.measure("performer", True, 256, 1)
     assert point["seconds"] > 0 and point["peak_mb"] >= 0
+
+
+def test_alibi_bench_measures_every_path_and_writes_its_ratios(tmp_path, monkeypatch):
+    """Each point in this process (the command runs each in a fresh one): the three attention paths and the
+    four models, then the ratios, JSON and plot."""
+    monkeypatch.setattr(alibi, "_in_fresh_process", lambda kind, *args: (
+        alibi.measure_attention(args[0], bool(int(args[1])), int(args[2]), 1, args[4]) if kind == "attention"
+        else alibi.measure_model(*alibi.MODELS[args[0]], int(args[1]), args[2])))
+    try:
+        result = alibi.run(tmp_path, lengths=(128,), model_lengths=(128,), repeats=1, device="cpu")
+    finally:
+        torch.set_flush_denormal(True)  # the denormals-kept point turned it off in this process
+    assert {(r["path"], r["causal"]) for r in result["attention"] if r["seconds"] > 0} == \
+        {(p, c) for p in (*alibi.PATHS, alibi.DENORMALS) for c in (False, True)}
+    assert {r["model"] for r in result["model_steps"] if r["tokens_per_s"] > 0} == set(alibi.MODELS)
+    assert set(result["ratios"]) == {"encoder_attention_at_128", "decoder_attention_at_128", "encoder_step_at_128",
+                                     "decoder_step_at_128"}
+    assert json.loads((tmp_path / "alibi.json").read_text())["device"]["type"] == "cpu"
+    assert (tmp_path / "alibi.png").stat().st_size > 1000
 
 
 def test_attention_bench_cli(tmp_path):

@@ -3,7 +3,8 @@
 Attention alone (forward + backward, 1 × 4 heads × 32, the compare models' shape), for encoders
 and decoders: ``none`` (what a RoPE model's attention runs), ``fused`` (today's ALiBi path,
 ``dnalm.models.alibi_fused``) and ``explicit bias`` (the path before it: SDPA given a heads × L × L
-bias). Then whole training steps (forward, backward, AdamW) of the comparison's RoPE and ALiBi
+bias), and at the longest length the fused path with denormals kept (no flush-to-zero). Then whole
+training steps (forward, backward, AdamW) of the comparison's RoPE and ALiBi
 encoders and of RoPE and ALiBi decoders of the same size. Every point runs in a fresh process, so
 peak memory is that point's.
 """
@@ -29,6 +30,7 @@ LENGTHS = (1024, 2048, 4096, 8192)
 MODEL_LENGTHS = (1024, 8192)
 HEADS, HEAD_DIM = 4, 32
 PATHS = ("none", "fused", "explicit bias")
+DENORMALS = "fused, denormals kept"  # the fused path without flush-to-zero, at the longest length only
 MODELS = {"encoder rope": ("transformer", {}), "encoder alibi": ("alibi", {}),
           "decoder rope": ("transformer", {"causal": True}), "decoder alibi": ("alibi", {"causal": True})}
 
@@ -38,17 +40,19 @@ def measure_attention(path: str, causal: bool, length: int, repeats: int, device
     from dnalm.models.positions import alibi_bias, alibi_slopes
 
     target = torch.device(device)
+    if path == DENORMALS:
+        torch.set_flush_denormal(False)  # before PyTorch's thread pool starts: its threads copy the setting
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, HEADS, length, HEAD_DIM, device=target, dtype=training_dtype(target), requires_grad=True)
                for _ in range(3))
     positions, slopes = torch.arange(length, device=target)[None], alibi_slopes(HEADS, target)
-    if path == "fused" and not applicable(q, k, positions, positions, 0.0):
+    if path in ("fused", DENORMALS) and not applicable(q, k, positions, positions, 0.0):
         return {"skipped": "the fused path serves CPU fp32 (on CUDA flash-attn takes alibi_slopes)"}
 
     def run():
         if path == "none":
             return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-        if path == "fused":
+        if path in ("fused", DENORMALS):
             return fused_alibi(q, k, v, slopes=slopes, positions=positions, key_mask=None, causal=causal)
         bias = alibi_bias(slopes, positions, positions, causal).to(q.dtype)
         if causal:
@@ -95,6 +99,9 @@ def run(out_dir: Path, lengths=LENGTHS, model_lengths=MODEL_LENGTHS, repeats: in
                 attention.append(row | _in_fresh_process("attention", path, str(int(causal)), str(length), str(repeats),
                                                          str(target)))
                 print(json.dumps(attention[-1]), file=sys.stderr, flush=True)
+        attention.append({"path": DENORMALS, "causal": causal, "length": max(lengths)}
+                         | _in_fresh_process("attention", DENORMALS, str(int(causal)), str(max(lengths)), str(repeats),
+                                             str(target)))
     models = []
     for name, (variant, changes) in MODELS.items():
         for length in model_lengths:
@@ -128,10 +135,12 @@ def _ratios(attention: list[dict], models: list[dict], length: int, model_length
     for causal, kind in ((False, "encoder"), (True, "decoder")):
         none, fused, bias = (point(attention, "seconds", path=p, causal=causal, length=length) for p in PATHS)
         mem = [point(attention, "peak_mb", path=p, causal=causal, length=length) for p in PATHS]
+        kept = point(attention, "seconds", path=DENORMALS, causal=causal, length=length)
         if none and fused and bias:
             out[f"{kind}_attention_at_{length}"] = {
                 "fused_over_none_time": round(fused / none, 2), "explicit_over_none_time": round(bias / none, 2),
                 "explicit_over_fused_time": round(bias / fused, 2),
+                **({"denormals_kept_over_fused_time": round(kept / fused, 2)} if kept else {}),
                 "fused_over_none_memory": round(mem[1] / max(mem[0], 1), 2),
                 "explicit_over_none_memory": round(mem[2] / max(mem[0], 1), 2)}
         rope = point(models, "step_seconds", model=f"{kind} rope", length=model_length)
