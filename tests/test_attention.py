@@ -114,7 +114,9 @@ def test_fused_alibi_matches_eager_with_gradients_and_builds_no_bias(causal, pad
     """On CPU in fp32 ALiBi runs through the fused kernel (alibi_fused): outputs and the gradients of q, k and v equal
     eager's, and no (heads × L × L) bias is ever built."""
     import dnalm.models.attention as attention
+    from dnalm.models import alibi_fused
 
+    monkeypatch.setattr(alibi_fused, "SYMMETRIC_FROM", 256)  # encoders take it from 2k tokens; 300 keeps the test fast
     q, k, v, pos, mask = inputs(3, length=300)
     q, k, v = (x.requires_grad_() for x in (q, k, v))
     kwargs = dict(causal=causal, q_pos=pos, k_pos=pos, key_mask=mask if padded else None, alibi=alibi_slopes(H))
@@ -140,7 +142,9 @@ def test_alibi_with_restarting_positions_takes_the_explicit_bias():
 
     q, k, v, _, _ = inputs(4)
     pos = torch.cat([torch.arange(20), torch.arange(T - 20)]).expand(B, T)
-    assert not alibi_fused.applicable(q, k, pos, pos, 0.0)
+    assert not alibi_fused.applicable(q, k, pos, pos, 0.0, causal=True)
+    assert alibi_fused.applicable(q, k, *[torch.arange(T).expand(B, T)] * 2, 0.0, causal=True)
+    assert not alibi_fused.applicable(q, k, *[torch.arange(T).expand(B, T)] * 2, 0.0, causal=False), "short encoder input"
     for causal in (False, True):
         kwargs = dict(causal=causal, q_pos=pos, k_pos=pos, alibi=alibi_slopes(H))
         torch.testing.assert_close(ATTENTION["flash"](q, k, v, **kwargs), ATTENTION["eager"](q, k, v, **kwargs),

@@ -2,7 +2,6 @@
 
 import json
 import sys
-import subprocess
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from dnalm import genome
 from dnalm.errors import TokenizerError
 from dnalm.tokenizers import bpe as bpe_module
 from dnalm.tokenizers import train_bpe
-from tests.conftest import CHR20, needs_shared
+from tests.conftest import CHR20, needs_shared, run_fresh
 
 
 def three_contig_fasta(ecoli, write_fasta, order=(0, 1, 2)):
@@ -90,7 +89,7 @@ def test_chr20_with_one_gigabyte_stays_under_it(tmp_path):
         f"rc = main(['tokenizer', 'train-bpe', '{CHR20}', '--vocab-size', '4096', '--max-memory-gb', '1', '--out', '{out}']); "
         "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    result = run_fresh([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     peak_mb = int(result.stdout.split("PEAK_KB")[1].split()[0]) / 1024
     assert peak_mb < 1024, f"peak {peak_mb:.0f} MB"

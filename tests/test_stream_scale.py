@@ -4,7 +4,6 @@ bytes, per-worker state independent of the corpus size, open files bounded."""
 import json
 import os
 import shutil
-import subprocess
 import sys
 from collections import Counter
 from math import lgamma
@@ -18,7 +17,7 @@ from dnalm.data.manifest import Manifest
 from dnalm.data.order import EpochOrder, Permutation
 from dnalm.data.shards import index_path, parse_key
 from dnalm.data.stream import GenomeStream
-from tests.conftest import CHR20, REPO, needs_shared, prep_folder
+from tests.conftest import CHR20, REPO, needs_shared, prep_folder, run_fresh
 
 REGION = 1_000_000
 
@@ -113,7 +112,7 @@ def test_the_order_is_a_permutation_of_every_sample():
 def test_order_of_30m_samples_in_10k_shards_adds_under_100_mb(ecoli_prepared, tmp_path):
     folder = tmp_path / "big"
     shutil.copytree(ecoli_prepared, folder)
-    done = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "order_memory.py"), str(folder), "30000000", "10000"],
+    done = run_fresh([sys.executable, str(REPO / "tests" / "scripts" / "order_memory.py"), str(folder), "30000000", "10000"],
                           capture_output=True, text=True, cwd=REPO, timeout=300, env=os.environ | {"PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -208,9 +208,15 @@ def _without_machine_details(model: bytes) -> bytes:
 
 
 def _training_bases(max_memory_gb: float, longest_contig: int) -> int:
-    """Bases sentencepiece may see: the budget less what this process already holds, ~40 bytes a base."""
+    """Bases sentencepiece may see: the budget less what this process already holds, ~40 bytes a base.
+
+    "Holds" is the resident set now, not ``ru_maxrss``: Linux carries a parent's peak into a child
+    it spawns, so a peak read in a process started by a large one counts memory it never held.
+    """
+    import psutil
+
     budget = max_memory_gb * 1024 * MIB
-    held = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 + 64 * MIB
+    held = psutil.Process().memory_info().rss + 64 * MIB
     streaming = held + 3 * longest_contig + 4 * genome_io.BLOCK_BYTES
     if streaming > budget:
         raise TokenizerError(
