@@ -128,8 +128,10 @@ def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(uninterrupted, d
     assert losses(folder) == {s: v for s, v in losses(uninterrupted).items() if s <= 20}
 
 
-def test_resuming_on_other_data_is_refused_unless_allowed(uninterrupted, damaged_data, tmp_path):
-    other = prep_folder(tmp_path / "other", [genome.DEFAULT_GENOME], seq_len=128, shard_size_mb=2.0, val_fraction=0.1)
+def test_resuming_on_other_data_is_refused_unless_allowed(uninterrupted, damaged_data, tmp_path, ecoli):
+    fasta = tmp_path / "slice.fa"  # data re-prepared from other inputs: a plan with another fingerprint
+    fasta.write_text(f">slice\n{ecoli.sequence[:400_000]}\n")
+    other = prep_folder(tmp_path / "other", [fasta], seq_len=128, val_fraction=0.05)
     old, new = (Manifest.load(d).plan_fingerprint for d in (damaged_data[0], other))
     folder = tmp_path / "run"
     shutil.copytree(uninterrupted, folder)
