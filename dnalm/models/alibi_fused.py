@@ -30,7 +30,7 @@ UNSEEN = -1e20  # a key column value whose score no softmax row notices
 
 
 # Below this length an encoder's two causal halves cost more than one pass with the explicit bias
-# (docs/benchmarks/alibi.json: 0.020 s against 0.016 s at 1,024 tokens, 0.063 s against 0.087 s at 2,048).
+# (docs/benchmarks/alibi.json: 0.019 s against 0.015 s at 1,024 tokens, 0.064 s against 0.089 s at 2,048).
 SYMMETRIC_FROM = 2048
 
 
