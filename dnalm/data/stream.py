@@ -157,17 +157,12 @@ class GenomeStream(IterableDataset):
         if shard in unopenable:
             return None
         try:
-            reader = self._reader(readers, shard)
+            return self._sample(self._reader(readers, shard), index, reverse)
         except ShardError:
             if self.on_error == "raise":
                 raise
-            unopenable.add(shard)
-            return None
-        try:
-            return self._sample(reader, index, reverse)
-        except ShardError:
-            if self.on_error == "raise":
-                raise
+            if shard not in readers:  # the shard itself would not open, not just this sample
+                unopenable.add(shard)
             return None
 
     def _substitute(self, readers: OrderedDict, unopenable: set, epoch: int, position: int, reverse: bool) -> dict:

@@ -27,10 +27,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from dnalm import faults
 from dnalm.data.manifest import Manifest
 from dnalm.data.masking import IGNORE, clm_batch, mlm_batch, view_ranges
 from dnalm.data.stream import GenomeStream, StreamLoader
-from dnalm import faults
 from dnalm.devices import move
 from dnalm.errors import DnalmError
 from dnalm.models import ModelConfig, build_model, get_config
@@ -237,7 +237,7 @@ class Trainer:
             step = ckpt.step_of(self.resume_from) if self.resume_from is not None else 0
             aside = ckpt.set_aside_newer(self.run_dir, step)
             if aside is not None:
-                self._say(f"resuming from step {step}: the newer checkpoints were moved to {aside} (never resumed by "
+                self._say(f"starting from step {step}: the newer checkpoints were moved to {aside} (never resumed by "
                           "--resume auto, never deleted)")
         dist.barrier()
 
