@@ -164,6 +164,16 @@ def test_two_torchrun_nodes_read_disjoint_data_and_write_one_checkpoint(data, tm
     assert (final / "rng-rank0.pt").exists() and (final / "rng-rank1.pt").exists()
 
 
+def test_the_compile_switch_trains_like_eager(data, tmp_path):
+    """compile=true compiles the engine (torch.compile through DeepSpeed) and trains to eager's losses."""
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "compiled_step.py"), str(data), str(tmp_path)],
+                          env=ENV, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["engine_compiled"] == [False, True]
+    assert len(result["eager"]) == 3 and result["compiled"] == pytest.approx(result["eager"], rel=1e-4)
+
+
 def test_decoder_1_5b_is_built_partitioned_under_zero3(tmp_path):
     out = tmp_path / "partition"
     run([sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(free_port()), "--num_gpus", "2",

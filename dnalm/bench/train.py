@@ -4,8 +4,9 @@ FLOPs per token = 6·N + 12·L·d·T (PaLM, appendix B): N parameters in matmuls
 the input embedding lookup), L layers, d model width, T sequence length; the attention term is
 counted in full (causal masking not subtracted). MFU = achieved FLOP/s ÷ peak, where the peak is a
 large matmul in the training dtype timed on the same device in the same run: fp32 on CPU, bf16 on
-CUDA (where decoder-1.5b at 2048 tokens with activation checkpointing is measured too). The JSON
-names the device it measured.
+CUDA (where decoder-1.5b at 2048 tokens with activation checkpointing is measured too). Each model
+is measured again under ``torch.compile`` (what a training config's ``compile: true`` does), with
+the compilation's seconds apart. The JSON names the device it measured.
 """
 
 from __future__ import annotations
@@ -65,6 +66,20 @@ def step_tokens_per_s(model: torch.nn.Module, batch: int, seq_len: int, vocab_si
         if i:
             best = min(best, time.perf_counter() - start)
     return batch * seq_len / best
+
+
+def compiled_tokens_per_s(model: torch.nn.Module, batch: int, seq_len: int, vocab_size: int, device) -> tuple[float, float]:
+    """(tokens/s, seconds of the first step) of ``torch.compile(model)``: the first step pays the compilation."""
+    compiled = torch.compile(model)
+    ids = torch.randint(5, vocab_size, (batch, seq_len), device=device)
+    synchronize(device)
+    start = time.perf_counter()
+    logits = compiled(ids).logits
+    F.cross_entropy(logits.float().view(-1, logits.shape[-1]), ids.view(-1)).backward()
+    model.zero_grad(set_to_none=True)
+    synchronize(device)
+    first = time.perf_counter() - start
+    return step_tokens_per_s(compiled, batch, seq_len, vocab_size, device=device), first
 
 
 def plain_loop_tokens_per_s(data: Path, model_name: str, micro_batch: int, steps: int) -> float:
@@ -203,7 +218,7 @@ def distribution_cost(out: dict, model_name: str = "encoder-small", micro_batch:
                     "the stream, masking and the AdamW step"}
 
 
-def run(out_dir: Path, models=None, with_distribution: bool = True, device: str = "auto") -> dict:
+def run(out_dir: Path, models=None, with_distribution: bool = True, device: str = "auto", with_compile: bool = True) -> dict:
     from dnalm.models import build_model, count_parameters, get_config
 
     target = resolve(device)
@@ -222,9 +237,13 @@ def run(out_dir: Path, models=None, with_distribution: bool = True, device: str 
         per_token = flops_per_token(model, config, seq_len)
         peak_mb = peak_memory_mb(target)
         rows.append({"model": name, "parameters": count_parameters(model), "batch": batch, "seq_len": seq_len,
-                     "attention": config.attention, **changes, "tokens_per_s": round(rate, 1), "flops_per_token": per_token,
-                     "achieved_tflops": round(rate * per_token / 1e12, 4), "mfu": round(rate * per_token / peak, 4),
-                     **({"peak_memory_mb": round(peak_mb)} if peak_mb is not None else {})})
+                     "attention": config.attention, "positions": config.positions, **changes, "tokens_per_s": round(rate, 1),
+                     "flops_per_token": per_token, "achieved_tflops": round(rate * per_token / 1e12, 4),
+                     "mfu": round(rate * per_token / peak, 4), **({"peak_memory_mb": round(peak_mb)} if peak_mb is not None else {})})
+        if with_compile:  # the training config's `compile` switch, measured on the same model in the same run
+            compiled, first = compiled_tokens_per_s(model, batch, seq_len, config.vocab_size, target)
+            rows[-1]["compiled"] = {"tokens_per_s": round(compiled, 1), "over_eager": round(compiled / rate, 3),
+                                    "compile_seconds": round(first - batch * seq_len / rate, 1)}
         del model
     result = {
         "benchmark": "train",

@@ -123,6 +123,8 @@ class TrainConfig(_Section):
     deepspeed: str = Field("zero2", description="zero1 | zero2 | zero3 | zero3-offload, or a path to a DeepSpeed JSON")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
     activation_checkpointing: bool = False
+    compile: bool = Field(False, description="torch.compile the model (DeepSpeed's engine.compile, inductor); the first "
+                          "step pays the compilation. Off by default: see `dnalm bench train` for what it gains")
     seed: int = 0
 
     def to_yaml(self) -> str:

@@ -209,6 +209,8 @@ class Trainer:
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, model_parameters=parameter_groups(model, config.optim.weight_decay), config=self.ds_config,
             lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, self.total_steps)))
+        if config.compile:
+            self.engine.compile()
 
         self.stream = GenomeStream(config.data.path, config.data.train_split, batch_size=config.batch.micro_batch,
                                    rank=self.rank, world_size=self.world, seed=config.seed,
