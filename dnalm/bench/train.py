@@ -69,17 +69,31 @@ def step_tokens_per_s(model: torch.nn.Module, batch: int, seq_len: int, vocab_si
 
 
 def compiled_tokens_per_s(model: torch.nn.Module, batch: int, seq_len: int, vocab_size: int, device) -> tuple[float, float]:
-    """(tokens/s, seconds of the first step) of ``torch.compile(model)``: the first step pays the compilation."""
-    compiled = torch.compile(model)
-    ids = torch.randint(5, vocab_size, (batch, seq_len), device=device)
-    synchronize(device)
-    start = time.perf_counter()
-    logits = compiled(ids).logits
-    F.cross_entropy(logits.float().view(-1, logits.shape[-1]), ids.view(-1)).backward()
-    model.zero_grad(set_to_none=True)
-    synchronize(device)
-    first = time.perf_counter() - start
-    return step_tokens_per_s(compiled, batch, seq_len, vocab_size, device=device), first
+    """(tokens/s, seconds of the first step) of ``torch.compile(model)``: the first step pays the compilation, from
+    a cold cache (inductor's on-disk cache would otherwise hold an earlier run's kernels)."""
+    import os
+    import tempfile
+
+    torch._dynamo.reset()
+    with tempfile.TemporaryDirectory(prefix="dnalm-inductor-") as cache:
+        before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+        try:
+            compiled = torch.compile(model)
+            ids = torch.randint(5, vocab_size, (batch, seq_len), device=device)
+            synchronize(device)
+            start = time.perf_counter()
+            logits = compiled(ids).logits
+            F.cross_entropy(logits.float().view(-1, logits.shape[-1]), ids.view(-1)).backward()
+            model.zero_grad(set_to_none=True)
+            synchronize(device)
+            first = time.perf_counter() - start
+            return step_tokens_per_s(compiled, batch, seq_len, vocab_size, device=device), first
+        finally:
+            if before is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
 
 
 def plain_loop_tokens_per_s(data: Path, model_name: str, micro_batch: int, steps: int) -> float:
