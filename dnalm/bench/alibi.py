@@ -12,19 +12,17 @@ peak memory is that point's.
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
-import psutil
 import torch
 import torch.nn.functional as F
 
 from dnalm.bench import report
-from dnalm.devices import describe, resolve, synchronize, training_dtype
+from dnalm.bench.attention import best_forward_backward
+from dnalm.devices import describe, resolve, training_dtype
 
 LENGTHS = (1024, 2048, 4096, 8192)
 MODEL_LENGTHS = (1024, 8192)
@@ -59,17 +57,7 @@ def measure_attention(path: str, causal: bool, length: int, repeats: int, device
             bias = bias.masked_fill(positions[:, None, None, :] > positions[:, None, :, None], float("-inf"))
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
-    baseline = psutil.Process().memory_info().rss
-    best = float("inf")
-    for _ in range(repeats):
-        synchronize(target)
-        start = time.perf_counter()
-        run().sum().backward()
-        synchronize(target)
-        best = min(best, time.perf_counter() - start)
-        q.grad = k.grad = v.grad = None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"seconds": round(best, 4), "peak_mb": round(max(peak - baseline, 0) / 2**20, 1)}
+    return best_forward_backward(run, (q, k, v), target, repeats)
 
 
 def measure_model(variant: str, changes: dict, length: int, device: str) -> dict:

@@ -51,6 +51,11 @@ def measure(backend: str, causal: bool, length: int, repeats: int, device: str =
         def run():
             return ATTENTION[backend](q, k, v, causal=causal, q_pos=pos, k_pos=pos, performer=performer)
 
+    return best_forward_backward(run, (q, k, v), target, repeats)
+
+
+def best_forward_backward(run, inputs, target: torch.device, repeats: int) -> dict:
+    """Seconds (best of ``repeats``) of ``run().sum().backward()`` and its peak memory above what is held now."""
     on_cuda = target.type == "cuda"
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(target)
@@ -64,7 +69,8 @@ def measure(backend: str, causal: bool, length: int, repeats: int, device: str =
         run().sum().backward()
         synchronize(target)
         best = min(best, time.perf_counter() - start)
-        q.grad = k.grad = v.grad = None
+        for x in inputs:
+            x.grad = None
     peak = peak_memory_mb(target) * 2**20 if on_cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"seconds": round(best, 4), "peak_mb": round(max(peak - baseline, 0) / 2**20, 1)}
 
