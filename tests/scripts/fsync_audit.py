@@ -5,7 +5,8 @@ flushed and each rename moved (the work is still done by the real calls). Checks
 
 - checkpoint: every file and folder of ``step-2`` was synced before the first sync of its
   ``COMPLETE`` marker, and ``checkpoints/`` was synced after the rename to ``step-2``;
-- prep: every file and folder of the prepared data was synced (prep writes each once).
+- prep: every file and folder of the prepared data was synced, and every file renamed into place
+  had its data synced before the rename and its folder synced after.
 
 Prints "checkpoint ok" and "prep ok", or exits 1 naming what was not synced.
 
@@ -81,8 +82,17 @@ def audit_prep(folder: Path) -> list[str]:
     events.clear()
     prep(PrepConfig(genomes=[str(genome.DEFAULT_GENOME)], tokenizers=["nucleotide"], seq_len=128, shard_size_mb=2.0,
                     val_fraction=0.05), folder)
-    return [f"{path.relative_to(folder.parent)} not synced" for path in everything(folder)
-            if not synced_at(_identity(path.stat()))]
+    problems = [f"{path.relative_to(folder.parent)} not synced" for path in everything(folder)
+                if not synced_at(_identity(path.stat()))]
+    for i, event in enumerate(events):  # a file renamed into place: its data synced before, its folder after
+        if event[0] != "rename" or not Path(event[2]).is_file() or folder not in Path(event[2]).parents:
+            continue
+        target = Path(event[2])
+        if not [j for j in synced_at(_identity(target.stat())) if j < i]:
+            problems.append(f"{target.relative_to(folder.parent)} renamed into place before its data was synced")
+        if not [j for j in synced_at(_identity(target.parent.stat())) if j > i]:
+            problems.append(f"{target.parent.relative_to(folder.parent)} not synced after {target.name} was renamed in")
+    return problems
 
 
 def main(work: str) -> int:
