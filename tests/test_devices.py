@@ -214,7 +214,8 @@ def test_safetensors_is_a_core_dependency():
 def test_bench_train_names_the_device_it_measured(tmp_path):
     from dnalm.bench import train
 
-    result = train.run(tmp_path, models=(("encoder-tiny", 2, 64, {}),), with_distribution=False, device="cpu")
+    result = train.run(tmp_path, models=(("encoder-tiny", 2, 64, {}),), with_distribution=False, device="cpu",
+                       with_compile=False)
     assert result["device"]["type"] == "cpu" and result["device"]["name"] == result["machine"]["cpu"]
     assert result["dtype"] == "fp32" and "fp32 matmul on this device" in result["peak"]["what"]
     assert "gpu" not in result
