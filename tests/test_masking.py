@@ -48,6 +48,8 @@ def test_a_masked_base_is_hidden_in_every_view(views_folder):
         for token, before, (start, end) in zip(ids.tolist(), original.tolist(), spans.tolist()):
             if token == before and end > start and before > PAD_ID + 4:
                 assert not hidden & set(range(start, end)), "a token shows a base another view hides"
+    nucleotide, kmer = out["target_rate"]  # a 6-mer touching any masked base is a target: about twice as often
+    assert 0.10 < nucleotide < 0.20 and 0.25 < kmer < 0.45 and kmer > 1.8 * nucleotide
     random_tokens = (out["input_ids"] != batch["input_ids"]) & (out["input_ids"] != MASK_ID)
     for token, segment in zip(out["input_ids"][random_tokens].tolist(), batch["segment_ids"][random_tokens].tolist()):
         low, high = ranges[segment]

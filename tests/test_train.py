@@ -52,6 +52,12 @@ def test_loss_falls_and_checkpoints_are_complete(reference, stage):
     records = metrics(folder)
     assert any("val_loss" in r for r in records)
     assert ("val_masked_accuracy" in records[-1]) == (stage == "zero2")
+    trained = [r for r in records if "loss" in r]
+    if stage == "zero2":  # MLM: the share of (nucleotide) tokens that were targets, per view; 512 tokens a step
+        rates = [r["target_rate"][0] for r in trained if len(r["target_rate"]) == 1]
+        assert len(rates) == len(trained) and 0.10 < sum(rates) / len(rates) < 0.17 and max(rates) < 0.3
+    else:
+        assert not any("target_rate" in r for r in trained)
     complete = ckpt.complete_checkpoints(folder)
     assert [p.name for p in complete] == ["step-10", "step-20", "step-30"]
     meta = ckpt.read_meta(complete[-1])

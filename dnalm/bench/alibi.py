@@ -1,7 +1,7 @@
 """``dnalm bench alibi``: what ALiBi costs over no position bias, fused path against the explicit bias, one run.
 
 Attention alone (forward + backward, 1 × 4 heads × 32, the compare models' shape), for encoders
-and decoders: ``none`` (what a RoPE model's attention runs), ``fused`` (today's ALiBi path,
+and decoders: ``none`` (what a RoPE model's attention runs), ``fused`` (ALiBi's path now,
 ``dnalm.models.alibi_fused``) and ``explicit bias`` (the path before it: SDPA given a heads × L × L
 bias), and at the longest length the fused path with denormals kept (no flush-to-zero). Then whole
 training steps (forward, backward, AdamW) of the comparison's RoPE and ALiBi

@@ -74,7 +74,19 @@ def mlm_batch(batch: dict, ranges, rng: np.random.Generator, **objective) -> dic
     ids, spans = batch["input_ids"].numpy(), batch["spans"].numpy()
     segments = batch["segment_ids"].numpy() if "segment_ids" in batch else np.zeros_like(ids)
     masked, labels = zip(*(mask_sample(i, s, g, ranges, rng, **objective) for i, s, g in zip(ids, spans, segments)))
-    return _model_inputs(batch, torch.from_numpy(np.stack(masked)), torch.from_numpy(np.stack(labels)))
+    labels = np.stack(labels)
+    inputs = _model_inputs(batch, torch.from_numpy(np.stack(masked)), torch.from_numpy(labels))
+    return inputs | {"target_rate": target_rates(ids, labels, segments, ranges)}
+
+
+def target_rates(ids: np.ndarray, labels: np.ndarray, segments: np.ndarray, ranges) -> list[float]:
+    """Per view, the share of its own tokens (not special ones) that are prediction targets. Masking by bases
+    makes a k-mer view's share larger than the nucleotide view's: a k-mer touching any chosen base is a target."""
+    rates = []
+    for view, (low, high) in enumerate(ranges):
+        own = (segments == view) & (ids >= low) & (ids < high)
+        rates.append(float((labels[own] != IGNORE).mean()) if own.any() else 0.0)
+    return rates
 
 
 def clm_batch(batch: dict) -> dict:

@@ -269,6 +269,7 @@ class Trainer:
     def train_step(self, batches) -> dict:
         """One optimizer step (``accumulation`` micro-batches); skipped on every rank if any loss is not finite."""
         started, loss_sums, tokens, bad, bad_gradients = time.perf_counter(), [], 0, False, False
+        target_rates = []  # this rank's, per view (MLM)
         robust = self.config.robust
         inject_nan = self.rank == 0 and (self.step + 1) in robust.inject_nan_at_steps
         inject_inf_grad = self.rank == 0 and (self.step + 1) in robust.inject_inf_grad_at_steps
@@ -279,6 +280,8 @@ class Trainer:
             if bad:  # the rest of a window already lost: consume its data, compute nothing
                 continue
             inputs = self._inputs(batch, micro)
+            if "target_rate" in inputs:
+                target_rates.append(inputs["target_rate"])
             loss = lm_loss(self._logits(inputs), inputs["labels"], self.causal)
             if inject_nan and micro == robust.inject_nan_micro_batch:
                 loss = loss * float("nan")
@@ -311,6 +314,8 @@ class Trainer:
             self.skipped_steps += 1
             return record | {"skipped": True, "skip_reason": "non-finite gradients" if bad_gradients else "non-finite loss"}
         grad_norm = self.engine.get_global_grad_norm()
+        if target_rates:
+            record["target_rate"] = [round(float(r), 4) for r in np.mean(target_rates, axis=0)]
         return record | {"loss": sum(loss_sums) / len(loss_sums) / self.world, "lr": self.scheduler.get_last_lr()[0],
                          "grad_norm": float(grad_norm) if grad_norm is not None else None}
 
