@@ -51,16 +51,6 @@ def write_fasta(tmp_path):
     return write
 
 
-# Linux carries a parent's peak resident set into a child it spawns (ru_maxrss survives fork and exec): a
-# peak measured in a process pytest starts would start at pytest's own. A small Python in between resets it.
-_SMALL_PARENT = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
-
-
-def run_fresh(command: list, **kwargs) -> subprocess.CompletedProcess:
-    """subprocess.run of ``command`` through a small parent, so that its ru_maxrss is its own."""
-    return subprocess.run([sys.executable, "-c", _SMALL_PARENT, *map(str, command)], **kwargs)
-
-
 def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dnalm", *map(str, args)], capture_output=True, text=True, timeout=timeout)
 

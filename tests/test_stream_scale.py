@@ -4,6 +4,7 @@ bytes, per-worker state independent of the corpus size, open files bounded."""
 import json
 import os
 import shutil
+import subprocess
 import sys
 from collections import Counter
 from math import lgamma
@@ -17,7 +18,7 @@ from dnalm.data.manifest import Manifest
 from dnalm.data.order import EpochOrder, Permutation
 from dnalm.data.shards import index_path, parse_key
 from dnalm.data.stream import GenomeStream
-from tests.conftest import CHR20, REPO, needs_shared, prep_folder, run_fresh
+from tests.conftest import CHR20, REPO, needs_shared, prep_folder
 
 REGION = 1_000_000
 
@@ -112,7 +113,7 @@ def test_the_order_is_a_permutation_of_every_sample():
 def test_order_of_30m_samples_in_10k_shards_adds_under_100_mb(ecoli_prepared, tmp_path):
     folder = tmp_path / "big"
     shutil.copytree(ecoli_prepared, folder)
-    done = run_fresh([sys.executable, str(REPO / "tests" / "scripts" / "order_memory.py"), str(folder), "30000000", "10000"],
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "order_memory.py"), str(folder), "30000000", "10000"],
                           capture_output=True, text=True, cwd=REPO, timeout=300, env=os.environ | {"PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

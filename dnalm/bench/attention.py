@@ -10,7 +10,6 @@ measured beside ours at the lengths where it finishes in reasonable time.
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import torch
 
 from dnalm.bench import report
 from dnalm.devices import describe, peak_memory_mb, resolve, synchronize, training_dtype
+from dnalm.memory import peak_rss_bytes
 
 LENGTHS = (512, 1024, 2048, 4096, 8192, 16384)
 HEADS, HEAD_DIM, FEATURES = 8, 64, 256
@@ -71,7 +71,7 @@ def best_forward_backward(run, inputs, target: torch.device, repeats: int) -> di
         best = min(best, time.perf_counter() - start)
         for x in inputs:
             x.grad = None
-    peak = peak_memory_mb(target) * 2**20 if on_cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_memory_mb(target) * 2**20 if on_cuda else peak_rss_bytes()
     return {"seconds": round(best, 4), "peak_mb": round(max(peak - baseline, 0) / 2**20, 1)}
 
 

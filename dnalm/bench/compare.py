@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from dnalm.bench import report
 from dnalm.devices import describe
 from dnalm.errors import DnalmError, validated
+from dnalm.memory import peak_rss_bytes
 
 CHR20 = report.SHARED_DATA / "genomes" / "hs37_chr20.fa.gz"
 GUE = report.SHARED_DATA / "gue"
@@ -181,7 +181,7 @@ def measure_step(variant: Variant, length: int, batch: int, steps: int = 3, devi
     model = build_variant(variant, max_seq_len=max(length, 1024)).to(target)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     rate = step_tokens_per_s(model, batch, length, model.config.vocab_size, steps=steps, device=target, optimizer=optimizer)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 if target.type == "cpu" else peak_memory_mb(target) * 2**20
+    peak = peak_rss_bytes() if target.type == "cpu" else peak_memory_mb(target) * 2**20
     return {"tokens_per_s": round(rate, 1), "step_seconds": round(batch * length / rate, 3),
             "peak_mb": round((peak - baseline) / 2**20, 1)}
 

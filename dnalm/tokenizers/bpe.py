@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import resource
 import tempfile
 import zlib
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dnalm import genome as genome_io
 from dnalm.errors import TokenizerError, validated
+from dnalm.memory import peak_rss_bytes
 from dnalm.tokenizers.base import N_CODE, NUM_SPECIAL, SPECIAL_TOKENS, UNK_ID, Encoding, Tokenizer, base_codes, check_ids
 
 MODEL_FILE = "bpe.model"
@@ -190,7 +190,7 @@ def train_bpe(
         "total_bases": total,
         "sampled_bases": sample.bases,
         "sampled_sentences": sample.sentences,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_rss_bytes() / MIB, 1),
         "contigs": sample.contigs,
     }
     return BpeTokenizer(_without_machine_details(model.getvalue()), sentence_length, report)
@@ -208,15 +208,9 @@ def _without_machine_details(model: bytes) -> bytes:
 
 
 def _training_bases(max_memory_gb: float, longest_contig: int) -> int:
-    """Bases sentencepiece may see: the budget less what this process already holds, ~40 bytes a base.
-
-    "Holds" is the resident set now, not ``ru_maxrss``: Linux carries a parent's peak into a child
-    it spawns, so a peak read in a process started by a large one counts memory it never held.
-    """
-    import psutil
-
+    """Bases sentencepiece may see: the budget less this process's peak so far, ~40 bytes a base."""
     budget = max_memory_gb * 1024 * MIB
-    held = psutil.Process().memory_info().rss + 64 * MIB
+    held = peak_rss_bytes() + 64 * MIB
     streaming = held + 3 * longest_contig + 4 * genome_io.BLOCK_BYTES
     if streaming > budget:
         raise TokenizerError(

@@ -7,15 +7,16 @@ stream and computing the positions of whole global batches reads no shard. Print
 """
 
 import json
-import resource
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from dnalm.memory import peak_rss_bytes
+
 
 def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_bytes() / 2**20
 
 
 def main(folder: str, samples: int, shards: int) -> None:
