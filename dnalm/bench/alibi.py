@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from dnalm.bench import report
-from dnalm.bench.attention import best_forward_backward
-from dnalm.devices import describe, resolve, training_dtype
+from dnalm.bench.attention import best_forward_backward, plot_by_length
+from dnalm.devices import resolve, training_dtype
 
 LENGTHS = (1024, 2048, 4096, 8192)
 MODEL_LENGTHS = (1024, 8192)
@@ -96,12 +96,7 @@ def run(out_dir: Path, lengths=LENGTHS, model_lengths=MODEL_LENGTHS, repeats: in
             models.append({"model": name, "length": length, "batch": max(1, 8192 // length)}
                           | _in_fresh_process("model", name, str(length), str(target)))
             print(json.dumps(models[-1]), file=sys.stderr, flush=True)
-    result = {
-        "benchmark": "alibi",
-        "command": f"dnalm bench alibi --device {target.type}",
-        "machine": report.machine(),
-        "device": describe(target),
-        "dtype": report.dtype_name(training_dtype(target)),
+    result = report.header("alibi", f"dnalm bench alibi --device {target.type}", target) | {
         "attention_shape": {"batch": 1, "heads": HEADS, "head_dim": HEAD_DIM},
         "models": "encoder-tiny (2 layers, d_model 128, 4 heads) as in bench compare; the decoders are decoder-tiny of "
                   "the same size; a step is forward, backward and AdamW on 8,192 tokens",
@@ -142,29 +137,8 @@ def _ratios(attention: list[dict], models: list[dict], length: int, model_length
 
 
 def _plot(result: dict, out_dir: Path) -> None:
-    from dnalm.plots import pyplot
-
-    plt = pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
-    for col, causal in enumerate((False, True)):
-        for path in PATHS:
-            points = [r for r in result["attention"] if r["path"] == path and r["causal"] == causal and "seconds" in r]
-            xs = [r["length"] for r in points]
-            axes[0, col].plot(xs, [r["seconds"] for r in points], marker="o", label=path)
-            axes[1, col].plot(xs, [r["peak_mb"] for r in points], marker="o", label=path)
-        kind = "decoder (causal)" if causal else "encoder (symmetric)"
-        axes[0, col].set_title(f"{kind}: attention forward+backward", fontsize=10)
-        axes[1, col].set_title(f"{kind}: peak memory", fontsize=10)
-        for row in (0, 1):
-            axes[row, col].set_xscale("log", base=2)
-            axes[row, col].set_yscale("log")
-            axes[row, col].grid(alpha=0.3)
-            axes[row, col].legend(fontsize=8)
-        axes[0, col].set_ylabel("seconds")
-        axes[1, col].set_ylabel("MB")
-        axes[1, col].set_xlabel("sequence length (tokens)")
-    fig.suptitle(f"dnalm bench alibi — 1×{HEADS} heads×{HEAD_DIM}, {report.device_label(result)}", fontsize=10)
-    report.save_plot(fig, out_dir, "alibi")
+    plot_by_length(result["attention"], "path", (*PATHS, DENORMALS), ("encoder (symmetric)", "decoder (causal)"),
+                   f"dnalm bench alibi — 1×{HEADS} heads×{HEAD_DIM}, {report.device_label(result)}", out_dir, "alibi")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import psutil
 import torch
 
 from dnalm.bench import report
-from dnalm.devices import describe, peak_memory_mb, resolve, synchronize, training_dtype
+from dnalm.devices import peak_memory_mb, resolve, synchronize, training_dtype
 from dnalm.memory import peak_rss_bytes
 
 LENGTHS = (512, 1024, 2048, 4096, 8192, 16384)
@@ -104,12 +104,7 @@ def run(out_dir: Path, lengths=LENGTHS, repeats: int = 3, device: str = "auto") 
                 continue
             rows.append(row | json.loads(done.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    result = {
-        "benchmark": "attention",
-        "command": f"dnalm bench attention --device {target.type}",
-        "machine": report.machine(),
-        "device": describe(target),
-        "dtype": report.dtype_name(training_dtype(target)),
+    result = report.header("attention", f"dnalm bench attention --device {target.type}", target) | {
         "shape": {"batch": 1, "heads": HEADS, "head_dim": HEAD_DIM, "performer_features": FEATURES},
         "measure": "forward + backward of the attention alone (q, k, v require grad); peak memory above the inputs",
         "rows": rows,
@@ -145,32 +140,37 @@ def _findings(rows) -> dict:
 
 
 def _plot(result: dict, out_dir: Path) -> None:
+    plot_by_length(result["rows"], "backend", (*BACKENDS, "performer-pytorch"), ("non-causal", "causal"),
+                   f"dnalm bench attention — 1×{HEADS} heads×{HEAD_DIM}, {report.device_label(result)}", out_dir, "attention")
+
+
+def plot_by_length(rows: list[dict], key: str, series, kinds: tuple[str, str], title: str, out_dir: Path, name: str) -> None:
+    """Forward+backward seconds (top) and peak MB (bottom) against length, non-causal left and causal right; one line
+    per value of ``row[key]`` in ``series``."""
     from dnalm.plots import pyplot
 
     plt = pyplot()
-
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
     for col, causal in enumerate((False, True)):
-        for backend in (*BACKENDS, "performer-pytorch"):
-            points = [r for r in result["rows"] if r["backend"] == backend and r["causal"] == causal and "seconds" in r]
+        for label in series:
+            points = [r for r in rows if r[key] == label and r["causal"] == causal and "seconds" in r]
             if not points:
                 continue
             xs = [r["length"] for r in points]
-            axes[0, col].plot(xs, [r["seconds"] for r in points], marker="o", label=backend)
-            axes[1, col].plot(xs, [r["peak_mb"] for r in points], marker="o", label=backend)
-        axes[0, col].set_title(f"{'causal' if causal else 'non-causal'}: forward+backward", fontsize=10)
-        axes[1, col].set_title(f"{'causal' if causal else 'non-causal'}: peak memory", fontsize=10)
+            axes[0, col].plot(xs, [r["seconds"] for r in points], marker="o", label=label)
+            axes[1, col].plot(xs, [r["peak_mb"] for r in points], marker="o", label=label)
+        axes[0, col].set_title(f"{kinds[col]}: forward+backward", fontsize=10)
+        axes[1, col].set_title(f"{kinds[col]}: peak memory", fontsize=10)
         for row in (0, 1):
             axes[row, col].set_xscale("log", base=2)
             axes[row, col].set_yscale("log")
             axes[row, col].grid(alpha=0.3)
+            axes[row, col].legend(fontsize=8)
         axes[0, col].set_ylabel("seconds")
         axes[1, col].set_ylabel("MB")
         axes[1, col].set_xlabel("sequence length (tokens)")
-    axes[0, 0].legend(fontsize=8)
-    axes[0, 1].legend(fontsize=8)
-    fig.suptitle(f"dnalm bench attention — 1×{HEADS} heads×{HEAD_DIM}, {report.device_label(result)}", fontsize=10)
-    report.save_plot(fig, out_dir, "attention")
+    fig.suptitle(title, fontsize=10)
+    report.save_plot(fig, out_dir, name)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def run(genome_path: Path | None, out_dir: Path, seq_len: int = 1024, tokenizers
     from data_prep.jobs import prep
     from data_prep.plan import PrepConfig
     from dnalm.data.stream import GenomeStream
-    from dnalm.devices import describe, resolve, training_dtype
+    from dnalm.devices import resolve
 
     target = resolve(device)
     chr20 = report.SHARED_DATA / "genomes" / "hs37_chr20.fa.gz"
@@ -53,11 +53,7 @@ def run(genome_path: Path | None, out_dir: Path, seq_len: int = 1024, tokenizers
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     stream_rate = tokens / stream_seconds
-    result = {
-        "benchmark": "data",
-        "command": "dnalm bench data",
-        "machine": report.machine(),
-        "device": describe(target), "dtype": report.dtype_name(training_dtype(target)),
+    result = report.header("data", "dnalm bench data", target) | {
         "genome": {"path": str(genome_path), "bases": manifest.accounting.genome_bases},
         "prep": {"tokenizers": list(tokenizers), "views": config.views, "seq_len": seq_len, "runs": rows,
                  "target": f"whole chr20 in under {PREP_TARGET_SECONDS_CHR20:.0f} s with 2 processes",

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from dnalm.bench import report
 
-from dnalm.devices import describe, peak_memory_mb, resolve, synchronize, training_dtype
+from dnalm.devices import peak_memory_mb, resolve, synchronize, training_dtype
 
 MODELS = (("encoder-small", 8, 1024, {}), ("decoder-small", 4, 1024, {}))
 CUDA_MODELS = MODELS + (("decoder-1.5b", 4, 2048, {"activation_checkpointing": True}),)
@@ -96,30 +96,47 @@ def compiled_tokens_per_s(model: torch.nn.Module, batch: int, seq_len: int, voca
                 os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
 
 
-def plain_loop_tokens_per_s(data: Path, model_name: str, micro_batch: int, steps: int) -> float:
-    """The same data path (stream, masking) and model in a bare single-process PyTorch loop with AdamW."""
+def _mlm_setup(data: Path, model_name: str, micro_batch: int):
+    """The trainer's MLM data path over a prepared folder, in one process: (model, next batch's inputs, seq_len).
+
+    ``next_inputs(seed)`` takes the stream's next batch (DataLoader, 1 worker) and masks it as the trainer does.
+    """
     import numpy as np
 
     from dnalm.data.manifest import Manifest
     from dnalm.data.masking import mlm_batch, view_ranges
     from dnalm.data.stream import GenomeStream, StreamLoader
     from dnalm.models import build_model, get_config
-    from dnalm.train.trainer import data_tokenizer, lm_loss
+    from dnalm.train.trainer import data_tokenizer
 
     manifest = Manifest.load(data)
-    tokenizer = data_tokenizer(data, manifest)
     torch.manual_seed(0)
-    model = build_model(get_config(model_name, vocab_size=tokenizer.vocab_size, max_seq_len=max(1024, manifest.seq_len)))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model = build_model(get_config(model_name, vocab_size=data_tokenizer(data, manifest).vocab_size,
+                                   max_seq_len=max(1024, manifest.seq_len)))
     ranges = view_ranges([t.vocab_size for t in manifest.tokenizers])
     loader = iter(StreamLoader(GenomeStream(data, batch_size=micro_batch, epochs=None), num_workers=1))
+
+    def next_inputs(seed: int) -> dict:
+        return mlm_batch(next(loader), ranges, np.random.default_rng(seed))
+
+    return model, next_inputs, manifest.seq_len
+
+
+def _mlm_loss(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
+    from dnalm.train.trainer import lm_loss
+
+    return lm_loss(model(inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits, inputs["labels"], causal=False)
+
+
+def plain_loop_tokens_per_s(data: Path, model_name: str, micro_batch: int, steps: int) -> float:
+    """The same data path (stream, masking) and model in a bare single-process PyTorch loop with AdamW."""
+    model, next_inputs, _ = _mlm_setup(data, model_name, micro_batch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     times, tokens = [], 0
     for step in range(steps + 1):
         start = time.perf_counter()
-        inputs = mlm_batch(next(loader), ranges, np.random.default_rng(step))
-        loss = lm_loss(model(inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits, inputs["labels"],
-                       causal=False)
-        loss.backward()
+        inputs = next_inputs(step)
+        _mlm_loss(model, inputs).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if step:
@@ -134,40 +151,29 @@ def mlm_step_overhead(data: Path, model_name: str, micro_batch: int, steps: int)
     one process; medians."""
     import numpy as np
 
-    from dnalm.data.manifest import Manifest
-    from dnalm.data.masking import mlm_batch, view_ranges
-    from dnalm.data.stream import GenomeStream, StreamLoader
-    from dnalm.devices import move
-    from dnalm.models import build_model, get_config
-    from dnalm.train.trainer import data_tokenizer, lm_loss
+    from dnalm.devices import move, model_device
 
-    manifest = Manifest.load(data)
-    torch.manual_seed(0)
-    model = build_model(get_config(model_name, vocab_size=data_tokenizer(data, manifest).vocab_size,
-                                   max_seq_len=max(1024, manifest.seq_len)))
-    ranges = view_ranges([t.vocab_size for t in manifest.tokenizers])
-    loader = iter(StreamLoader(GenomeStream(data, batch_size=micro_batch, epochs=None), num_workers=1))
-    device = torch.device("cpu")
+    model, next_inputs, seq_len = _mlm_setup(data, model_name, micro_batch)
+    device = model_device(model)
 
     def step(inputs: dict) -> None:
-        lm_loss(model(inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits, inputs["labels"],
-                causal=False).backward()
+        _mlm_loss(model, inputs).backward()
         model.zero_grad(set_to_none=True)
 
-    fixed = move(mlm_batch(next(loader), ranges, np.random.default_rng(0)), device)
+    fixed = move(next_inputs(0), device)
     bare, full = [], []
     for i in range(steps + 1):
         start = time.perf_counter()
         step(fixed)
         middle = time.perf_counter()
-        step(move(mlm_batch(next(loader), ranges, np.random.default_rng(i)), device))
+        step(move(next_inputs(i), device))
         end = time.perf_counter()
         if i:
             bare.append(middle - start)
             full.append(end - middle)
-    tokens = micro_batch * manifest.seq_len
+    tokens = micro_batch * seq_len
     bare_rate, full_rate = tokens / float(np.median(bare)), tokens / float(np.median(full))
-    return {"model": model_name, "batch": micro_batch, "seq_len": manifest.seq_len,
+    return {"model": model_name, "batch": micro_batch, "seq_len": seq_len,
             "forward_backward_tokens_per_s": round(bare_rate, 1), "mlm_step_tokens_per_s": round(full_rate, 1),
             "ratio": round(full_rate / bare_rate, 4),
             "what": "mlm step = next stream batch (DataLoader, 1 worker) + masking + move + forward + backward; "
@@ -259,12 +265,7 @@ def run(out_dir: Path, models=None, with_distribution: bool = True, device: str 
             rows[-1]["compiled"] = {"tokens_per_s": round(compiled, 1), "over_eager": round(compiled / rate, 3),
                                     "compile_seconds": round(first - batch * seq_len / rate, 1)}
         del model
-    result = {
-        "benchmark": "train",
-        "command": f"dnalm bench train --device {target.type}",
-        "machine": report.machine(),
-        "device": describe(target),
-        "dtype": report.dtype_name(dtype),
+    result = report.header("train", f"dnalm bench train --device {target.type}", target) | {
         "flop_formula": "6*N + 12*L*d*T per token (N: matmul parameters incl. output head, not the embedding lookup)",
         "peak": {"what": f"{size}x{size} {report.dtype_name(dtype)} matmul on this device, best of {repeats}, in this run",
                  "tflops": round(peak / 1e12, 4)},
