@@ -71,6 +71,17 @@ def test_training_report_and_determinism(bpe_small):
     assert again.fingerprint == bpe_small.fingerprint
 
 
+def test_training_size_does_not_follow_memory_noise(monkeypatch):
+    """The sample size comes from the budget, not from how much this process happens to hold, so a
+    genome larger than the budget allows still trains the same vocabulary every time."""
+    sizes = {}
+    for held_mb in (150, 250, 300, 700):
+        monkeypatch.setattr(bpe_module, "peak_rss_bytes", lambda held_mb=held_mb: held_mb << 20)
+        sizes[held_mb] = bpe_module._training_bases(1.0, 63_000_000)
+    assert sizes[150] == sizes[250] == sizes[300] == (1024 - 384) * 2**20 // bpe_module.BYTES_PER_TRAINING_BASE
+    assert sizes[700] == (1024 - 764) * 2**20 // bpe_module.BYTES_PER_TRAINING_BASE  # a caller already holding more
+
+
 def test_bad_budgets_and_vocab(tmp_path):
     with pytest.raises(TokenizerError, match="too small"):
         train_bpe([genome.DEFAULT_GENOME], 512, max_memory_gb=0.01)

@@ -1,6 +1,6 @@
 """Byte-pair encoding of DNA, trained with sentencepiece from genomes in bounded memory.
 
-Training never feeds a genome whole (sentencepiece needs ~35 bytes of memory per training
+Training never feeds a genome whole (sentencepiece needs ~44 bytes of memory per training
 base): it samples fixed-length chunks from every contig, in proportion to contig length and
 with a generator seeded by the contig's name, so the vocabulary depends neither on file
 order nor on which contigs happen to come first. Chunks never span two contigs, chunks that
@@ -34,7 +34,10 @@ from dnalm.tokenizers.base import N_CODE, NUM_SPECIAL, SPECIAL_TOKENS, UNK_ID, E
 MODEL_FILE = "bpe.model"
 REPORT_FILE = "training_report.json"
 N_ID = NUM_SPECIAL
-BYTES_PER_TRAINING_BASE = 40  # measured ~34 on E. coli chunks (sentencepiece 0.2.3), rounded up
+# Measured on chr20 corpora of 5-20 Mb (sentencepiece 0.2.x, 1-4 threads): 40-44 bytes a base plus ~60 MB,
+# and the same corpus peaks up to ~90 MB apart from run to run.
+BYTES_PER_TRAINING_BASE = 50
+PROCESS_ALLOWANCE_BYTES = 384 << 20  # Python, numpy, torch (~230-290 MB in the CLI) and sentencepiece's fixed part
 MIN_SUB_SENTENCE = 8
 MIB = 1 << 20
 
@@ -208,10 +211,15 @@ def _without_machine_details(model: bytes) -> bytes:
 
 
 def _training_bases(max_memory_gb: float, longest_contig: int) -> int:
-    """Bases sentencepiece may see: the budget less this process's peak so far, ~40 bytes a base."""
+    """Bases sentencepiece may see: the budget less a fixed allowance for the process, ~50 bytes a base.
+
+    The allowance is a constant, not this process's measured memory, so the same genomes and settings
+    always sample the same chunks. Only a process that already holds more than the allowance (a
+    library caller) gets fewer bases, by what it holds beyond it.
+    """
     budget = max_memory_gb * 1024 * MIB
-    held = peak_rss_bytes() + 64 * MIB
-    streaming = held + 3 * longest_contig + 4 * genome_io.BLOCK_BYTES
+    held = max(PROCESS_ALLOWANCE_BYTES, peak_rss_bytes() + 64 * MIB)
+    streaming = peak_rss_bytes() + 3 * longest_contig + 4 * genome_io.BLOCK_BYTES
     if streaming > budget:
         raise TokenizerError(
             f"bpe: --max-memory-gb {max_memory_gb} is too small: streaming the longest contig "
