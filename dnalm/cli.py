@@ -185,13 +185,18 @@ def plot(args) -> None:
 @command("convert", help="turn a training checkpoint (any ZeRO stage or world size) into a bundle or a Hugging Face folder", args=[
     arg("source", type=Path, metavar="RUN_OR_CHECKPOINT", help="a run folder (its newest complete checkpoint) or a step-N folder"),
     arg("--out", type=Path, required=True, help="the folder to create"),
-    arg("--to", choices=("bundle", "hf"), default="bundle", help="bundle (default) or hf (LlamaForCausalLM, decoders only)"),
+    arg("--to", choices=("bundle", "hf"), default="bundle", help="bundle (default) or hf (a transformers folder: Llama, ESM or remote code, with its tokenizer)"),
     arg("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights of the bundle (default float32)"),
 ])
 def convert(args) -> None:
     from dnalm.convert import convert as run_convert
 
-    print(f"wrote {run_convert(args.source, args.out, to=args.to, dtype=args.dtype)}")
+    out = run_convert(args.source, args.out, to=args.to, dtype=args.dtype)
+    print(f"wrote {out}")
+    if args.to == "hf":
+        from dnalm.hf import how_to_load
+
+        print(how_to_load(out))
 
 
 @command("generate", help="sample DNA from a decoder bundle (FASTA on stdout)", args=[

@@ -2,9 +2,7 @@
 
 The checkpoint must be complete: its ``COMPLETE`` marker and every rank's files are checked
 first, and a missing piece is named. The weights are consolidated with DeepSpeed's own
-``zero_to_fp32`` reader. ``--to hf`` writes a ``LlamaForCausalLM`` folder for decoders that match
-Llama's design (RoPE, RMSNorm, SwiGLU, softmax attention); other settings are refused, with the
-supported ones listed.
+``zero_to_fp32`` reader. ``--to hf`` writes a Hugging Face folder (``dnalm.hf``).
 """
 
 from __future__ import annotations
@@ -15,9 +13,8 @@ from pathlib import Path
 
 import torch
 
-from dnalm.bundle import BundleError, save_bundle
+from dnalm.bundle import save_bundle
 from dnalm.errors import DnalmError
-from dnalm.files import staged_folder
 from dnalm.train.checkpoint import MARKER, TAG, complete_checkpoints, read_meta
 
 
@@ -111,65 +108,9 @@ def convert(source: str | Path, out: str | Path, to: str = "bundle", dtype: str 
     checkpoint = resolve_checkpoint(source)
     model, tokenizer, meta = load_checkpoint_model(checkpoint)
     if to == "hf":
-        return export_llama(model, tokenizer, Path(out), model_card(model, tokenizer, meta, checkpoint))
+        from dnalm.hf import export_hf
+
+        return export_hf(model, tokenizer, Path(out), model_card(model, tokenizer, meta, checkpoint))
     return save_bundle(out, model, tokenizer, card=model_card(model, tokenizer, meta, checkpoint),
                        extra={"training": {"step": meta["step"], "tokens_seen": meta.get("tokens_seen")}},
                        dtype=getattr(torch, dtype))
-
-
-HF_SUPPORTED = "arch decoder, positions rope, norm rmsnorm, mlp swiglu, attention eager/sdpa/flash, num_segments 1"
-
-
-def export_llama(model, tokenizer, out: Path, card: str = "") -> Path:
-    """A transformers ``LlamaForCausalLM`` folder with the same logits (fp32)."""
-    config = model.config
-    wanted = {"arch": "decoder", "positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "num_segments": 1}
-    wrong = [f"{k}={getattr(config, k)}" for k, v in wanted.items() if getattr(config, k) != v]
-    if config.attention == "performer":
-        wrong.append("attention=performer")
-    if wrong:
-        raise ConvertError(f"--to hf exports Llama-shaped models only ({HF_SUPPORTED}); this model has {', '.join(wrong)}. "
-                           "Use the default bundle format instead")
-    try:
-        from transformers import LlamaConfig, LlamaForCausalLM
-    except ImportError:
-        raise ConvertError("--to hf needs transformers: pip install -e '.[hf]'") from None
-    hf_config = LlamaConfig(
-        vocab_size=config.vocab_size, hidden_size=config.d_model, intermediate_size=config.hidden,
-        num_hidden_layers=config.n_layers, num_attention_heads=config.n_heads, num_key_value_heads=config.n_heads,
-        max_position_embeddings=config.max_seq_len, rms_norm_eps=config.norm_eps, rope_theta=config.rope_theta,
-        tie_word_embeddings=config.tie_embeddings, attention_bias=False, mlp_bias=False, hidden_act="silu",
-        pad_token_id=0, bos_token_id=1, eos_token_id=2, torch_dtype="float32",
-    )
-    hf = LlamaForCausalLM(hf_config)
-    hf.load_state_dict(llama_state_dict(model), strict=not config.tie_embeddings)
-    with staged_folder(out, BundleError) as staging:
-        hf.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save(staging / "dnalm_tokenizer")
-        (staging / "README.md").write_text(card + "\nExported to transformers' LlamaForCausalLM; token ids are dnalm's "
-                                           "(see dnalm_tokenizer/).\n")
-    return out
-
-
-def llama_state_dict(model) -> dict:
-    """dnalm decoder weights → Llama names. RoPE: dnalm rotates interleaved pairs, Llama rotates halves."""
-    config = model.config
-    heads, head_dim, d = config.n_heads, config.head_dim, config.d_model
-    # within every head, dims (0,1),(2,3)… become (0, D/2),(1, D/2+1)…: take even dims first, then odd
-    order = torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)])
-    state = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.norm.weight,
-             "lm_head.weight": model.head.weight}
-    for i, block in enumerate(model.blocks):
-        q, k, v = block.attn.qkv.weight.view(3, heads, head_dim, d)
-        prefix = f"model.layers.{i}"
-        state[f"{prefix}.self_attn.q_proj.weight"] = q[:, order].reshape(d, d)
-        state[f"{prefix}.self_attn.k_proj.weight"] = k[:, order].reshape(d, d)
-        state[f"{prefix}.self_attn.v_proj.weight"] = v.reshape(d, d)
-        state[f"{prefix}.self_attn.o_proj.weight"] = block.attn.out.weight
-        gate, up = block.mlp.up.weight.chunk(2, dim=0)
-        state[f"{prefix}.mlp.gate_proj.weight"] = gate
-        state[f"{prefix}.mlp.up_proj.weight"] = up
-        state[f"{prefix}.mlp.down_proj.weight"] = block.mlp.down.weight
-        state[f"{prefix}.input_layernorm.weight"] = block.norm1.weight
-        state[f"{prefix}.post_attention_layernorm.weight"] = block.norm2.weight
-    return {k: v.detach().clone().float() for k, v in state.items()}

@@ -69,16 +69,24 @@ def test_bf16_bundle(trained, tmp_path):
 
 
 def test_hugging_face_export_matches_logits(trained, bundles, tmp_path):
-    from transformers import LlamaForCausalLM
+    """The trained decoder as LlamaForCausalLM; the ALiBi encoder trained on 2 processes (ZeRO-3) with remote code."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, LlamaForCausalLM
 
     folder = convert(trained["decoder"], tmp_path / "hf", to="hf")
     hf = LlamaForCausalLM.from_pretrained(folder).eval()
-    model, _ = dnalm.load_pretrained(bundles["decoder"])
+    model, tokenizer = dnalm.load_pretrained(bundles["decoder"])
     ids = torch.randint(5, 10, (2, 64))
     with torch.no_grad():
         assert (hf(ids).logits - model(ids).logits).abs().max() < 1e-4
-    with pytest.raises(ConvertError, match="exports Llama-shaped models only .* arch=encoder, positions=alibi, norm=layernorm"):
-        convert(trained["encoder"], tmp_path / "hf-encoder", to="hf")
+    assert AutoTokenizer.from_pretrained(folder)("ACGTNacgt")["input_ids"] == tokenizer.encode("ACGTNacgt").ids.tolist()
+
+    result = run_cli("convert", trained["encoder"], "--to", "hf", "--out", tmp_path / "hf-encoder")
+    assert result.returncode == 0, result.stderr
+    assert "trust_remote_code=True" in result.stdout and "AutoTokenizer" in result.stdout
+    hf = AutoModelForMaskedLM.from_pretrained(tmp_path / "hf-encoder", trust_remote_code=True).eval()
+    model, _ = dnalm.load_pretrained(bundles["encoder"])
+    with torch.no_grad():
+        assert (hf(input_ids=ids).logits - model(ids).logits).abs().max() < 1e-4
 
 
 def test_incomplete_checkpoints_are_refused_naming_the_piece(trained, tmp_path):

@@ -38,6 +38,8 @@ class ModelConfig(BaseModel):
     max_seq_len: int = Field(2048, ge=8, description="longest input for learned positions (ALiBi and RoPE extrapolate)")
     rope_theta: float = 10_000.0
     tie_embeddings: bool = False
+    lm_head: Literal["linear", "transform"] = Field(
+        "linear", description="transform: dense, GELU and a norm before the output projection (BERT's and ESM's MLM head)")
     num_segments: int = Field(1, ge=1, description="views of a concatenated multi-tokenizer input (segment embeddings)")
     activation_checkpointing: bool = False
     performer_features: int = Field(256, ge=8, description="random features of FAVOR+")
@@ -103,6 +105,8 @@ _DECODER = dict(arch="decoder", positions="rope", attention="sdpa", mlp="swiglu"
 NAMED_CONFIGS: dict[str, dict] = {
     "encoder-tiny": _ENCODER | dict(d_model=128, n_layers=2, n_heads=4),
     "encoder-small": _ENCODER | dict(d_model=256, n_layers=4, n_heads=4),
+    # Nucleotide Transformer v1's design (rotary, LayerNorm, GELU, ESM's LM head): exports to EsmForMaskedLM
+    "encoder-small-esm": _ENCODER | dict(d_model=256, n_layers=4, n_heads=4, positions="rope", mlp="gelu", lm_head="transform"),
     "encoder-base": _ENCODER | dict(d_model=768, n_layers=12, n_heads=12, mlp_hidden=3072),  # DNABERT-2 scale
     "encoder-large": _ENCODER | dict(d_model=1024, n_layers=24, n_heads=16),
     "decoder-tiny": _DECODER | dict(d_model=128, n_layers=2, n_heads=4),

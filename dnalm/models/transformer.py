@@ -94,6 +94,18 @@ class Block(nn.Module):
         return x + self.dropout(self.mlp(self.norm2(x))), new_cache
 
 
+class HeadTransform(nn.Module):
+    """dense → GELU → norm, between the final norm and the output projection (BERT, ESM)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.norm = norm_layer(config)
+
+    def forward(self, hidden):
+        return self.norm(F.gelu(self.dense(hidden)))
+
+
 class Transformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -104,6 +116,7 @@ class Transformer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = norm_layer(config)
+        self.head_transform = HeadTransform(config) if config.lm_head == "transform" else None
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.head.weight = self.embed.weight
@@ -143,7 +156,8 @@ class Transformer(nn.Module):
                 x, layer_cache = block(x, positions, key_mask, layer_cache)
             new_cache.append(layer_cache)
         hidden = self.norm(x)
-        return ModelOutput(self.head(hidden), hidden, new_cache if cache is not None else None)
+        features = self.head_transform(hidden) if self.head_transform is not None else hidden
+        return ModelOutput(self.head(features), hidden, new_cache if cache is not None else None)
 
     def redraw_performer_features(self) -> None:
         for module in self.modules():
