@@ -126,3 +126,24 @@ def test_models_without_an_export_are_refused_naming_why(tmp_path):
         with pytest.raises(HfExportError, match=f"cannot export this model: .*{reason}"):
             export_hf(build_model(config), NucleotideTokenizer(), tmp_path / "out")
         assert not (tmp_path / "out").exists()
+
+
+def test_the_readme_snippet_runs_as_written(tmp_path):
+    """The README's `transformers` snippet, verbatim, on an exported ALiBi encoder and an ESM one."""
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    snippet = next(block.split("```")[0] for block in readme.split("```python\n")[1:] if "AutoModelForMaskedLM" in block)
+    snippet = "\n".join(line[2:] for line in snippet.splitlines())
+    names = ("encoder-tiny", "encoder-small-esm")
+    for name in names:
+        export_hf(build_model(get_config(name, vocab_size=10, n_layers=1)), NucleotideTokenizer(), tmp_path / name / "hf-folder")
+    done = without_dnalm(f"""
+import os
+for name in {names}:
+    os.chdir({str(tmp_path)!r} + "/" + name)
+    exec({snippet!r})
+    print(name, type(model).__name__, tuple(logits.shape))
+""", tmp_path)
+    assert "encoder-tiny DnalmForMaskedLM (1, 9, 10)" in done.stdout and "encoder-small-esm EsmForMaskedLM (1, 9, 10)" in done.stdout
+    assert "Do you wish" not in done.stdout + done.stderr

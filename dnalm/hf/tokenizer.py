@@ -18,6 +18,7 @@ inputs have no equivalent here and are refused with the reason.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from dnalm.errors import DnalmError
@@ -87,3 +88,8 @@ def save_hf_tokenizer(tokenizer: Tokenizer, folder: Path, model_max_length: int)
     hf = PreTrainedTokenizerFast(tokenizer_object=fast_tokenizer(tokenizer), model_max_length=model_max_length,
                                  **SPECIALS)
     hf.save_pretrained(folder)
+    # transformers 5 names the class TokenizersBackend; the older name loads in 4.x and 5.x alike
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(config, indent=2))
