@@ -4,7 +4,7 @@ from dnalm import genome, tokenizers
 from dnalm.errors import DnalmError, GenomeError, TokenizerError
 
 __version__ = "0.1.0"
-__all__ = ["DnalmError", "GenomeError", "TokenizerError", "genome", "load_pretrained", "tokenizers", "__version__"]
+__all__ = ["DnalmError", "GenomeError", "TokenizerError", "embed", "genome", "load_pretrained", "tokenizers", "__version__"]
 
 
 def __getattr__(name: str):
@@ -12,6 +12,10 @@ def __getattr__(name: str):
         from dnalm.bundle import load_pretrained
 
         return load_pretrained
+    if name == "embed":
+        from dnalm.embedding import embed
+
+        return embed
     if name == "models":
         import dnalm.models as models
 

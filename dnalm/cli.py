@@ -232,6 +232,71 @@ def generate(args) -> None:
         print(fasta, end="")
 
 
+@command("embed", help="embeddings of FASTA records, BED regions or CSV sequences from a bundle (.npy/.npz + index)", args=[
+    arg("--model", type=Path, required=True, help="a bundle (dnalm convert)"),
+    arg("--fasta", type=Path, default=None, help="embed every record of this FASTA"),
+    arg("--bed", type=Path, default=None, help="embed these regions (minus strand reverse-complemented) of --genome"),
+    arg("--genome", type=Path, default=None, help="the FASTA the --bed regions refer to"),
+    arg("--csv", type=Path, default=None, help="a CSV (or .tsv) with a sequence column, optional name and label"),
+    arg("--out", type=Path, required=True, help=".npy (pooled) or .npz; OUT.index.tsv names the rows"),
+    arg("--pooling", choices=("mean", "max", "cls", "none"), default="mean", help="none: every token's row with its base span"),
+    arg("--layer", type=int, default=-1, help="1…n_layers, or negative from the end (default -1, the final output)"),
+    arg("--reverse-complement-average", action="store_true", help="average with the reverse complement's embedding"),
+    arg("--batch-size", type=int, default=8, help="windows per forward pass"),
+    _device_arg(),
+])
+def embed(args) -> None:
+    from dnalm import sequences
+    from dnalm.bundle import load_pretrained
+    from dnalm.devices import resolve
+    from dnalm.embedding import embed as run_embed, save
+
+    given = [name for name in ("fasta", "bed", "csv") if getattr(args, name)]
+    if len(given) != 1:
+        raise DnalmError("embed: give exactly one of --fasta, --bed (with --genome) or --csv")
+    if args.bed and not args.genome:
+        raise DnalmError("embed: --bed needs --genome, the FASTA its regions refer to")
+    if args.batch_size < 1:
+        raise DnalmError("--batch-size must be at least 1")
+    inputs = (sequences.from_fasta(args.fasta) if args.fasta else sequences.from_bed(args.bed, args.genome) if args.bed
+              else sequences.from_csv(args.csv))
+    model, tokenizer = load_pretrained(args.model, device=resolve(args.device))
+    result = run_embed(model, tokenizer, [s.sequence for s in inputs], pooling=args.pooling, layer=args.layer,
+                       reverse_complement_average=args.reverse_complement_average, batch_size=args.batch_size,
+                       progress=sys.stderr.isatty())
+    out, index = save(result, inputs, args.out)
+    print(f"wrote {len(inputs)} sequences' embeddings ({args.pooling} pooling, layer {args.layer}) to {out}; rows named in {index}")
+
+
+@command("score-variants", help="zero-shot variant-effect scores from a bundle: likelihood ratio (decoder) or "
+         "masked marginal (encoder), both strands averaged", args=[
+    arg("--model", type=Path, required=True, help="a bundle (dnalm convert): decoder, or encoder with the nucleotide tokenizer"),
+    arg("--vcf", type=Path, required=True, help="VCF, plain or gzip/bgzip"),
+    arg("--genome", type=Path, required=True, help="the FASTA the VCF refers to"),
+    arg("--out", type=Path, required=True, help="TSV of scores (one row per allele); OUT.summary.json beside it"),
+    arg("--window", type=int, default=512, help="bases of genome around each variant (default 512)"),
+    arg("--batch-size", type=int, default=16, help="variants per forward pass"),
+    _device_arg(),
+])
+def score_variants(args) -> None:
+    from dnalm.bundle import load_pretrained
+    from dnalm.devices import resolve
+    from dnalm.genome import IndexedGenome
+    from dnalm.variants import read_vcf, score_variants as score, write_results
+
+    if args.batch_size < 1:
+        raise DnalmError("--batch-size must be at least 1")
+    variants = read_vcf(args.vcf)
+    model, tokenizer = load_pretrained(args.model, device=resolve(args.device))
+    score(model, tokenizer, variants, IndexedGenome(args.genome), window=args.window, batch_size=args.batch_size)
+    summary = write_results(variants, args.out)
+    counts = ", ".join(f"{n} {status}" for status, n in summary["by_status"].items())
+    print(f"{summary['alleles']} alleles: {counts}; wrote {args.out}")
+    if summary["not_scored_lines"]:
+        print(f"not scored (see the status column): VCF lines {', '.join(map(str, summary['not_scored_lines'][:20]))}"
+              + (" …" if len(summary["not_scored_lines"]) > 20 else ""))
+
+
 @command("finetune", help="sequence classification from a bundle or from scratch; metrics.json with accuracy, F1, MCC, AUROC", args=[
     arg("--model", type=Path, default=None, help="a bundle (encoder or decoder) to start from"),
     arg("--arch", default=None, help="or train from scratch: transformer | performer | cnn"),
@@ -348,6 +413,19 @@ def bench_generate(args) -> None:
     from dnalm.bench import generate as bench
 
     print(json.dumps(bench.run(args.model, args.new_tokens, args.out, device=args.device), indent=2))
+
+
+@command("bench", "embed", help="sequences/s of pooled embeddings (dnalm.embed) at three batch sizes", args=[
+    arg("--model", default="encoder-small", help="a named encoder size (random weights)"),
+    arg("--length", type=int, default=1000, help="bases per sequence (default 1000)"),
+    arg("--count", type=int, default=64, help="sequences per measurement (default 64)"),
+    arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for embed.json and embed.png"),
+    _device_arg(),
+])
+def bench_embed(args) -> None:
+    from dnalm.bench import embed
+
+    print(json.dumps(embed.run(args.out, args.model, args.length, args.count, device=args.device), indent=2))
 
 
 @command("bench", "compare", help="the DNA_Performer comparison: pretrain Transformer, ALiBi, Performer, CNN and a "

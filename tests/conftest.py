@@ -84,3 +84,25 @@ def ecoli_prepared(tmp_path_factory) -> Path:
     """The bundled genome as nucleotide windows of 512, in ~1 MB shards, 5% held out."""
     return prep_folder(tmp_path_factory.mktemp("ecoli") / "data", [genome.DEFAULT_GENOME], seq_len=512,
                        shard_size_mb=1.0, val_fraction=0.05)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A decoder trained in one process (ZeRO-2) and an encoder on two (ZeRO-3), 12 steps each."""
+    from tests.launching import CONFIG, deepspeed_cmd, overrides, run
+
+    root = tmp_path_factory.mktemp("use")
+    data = prep_folder(root / "data", [genome.DEFAULT_GENOME], seq_len=128, shard_size_mb=2.0)
+    decoder, encoder = root / "decoder", root / "encoder"
+    run([sys.executable, "-m", "dnalm", "train", "--config", str(CONFIG),
+         *overrides(data, decoder, **{"model.name": "decoder-tiny", "budget.steps": 12, "checkpoint.interval": 6})])
+    run(deepspeed_cmd(2, data, encoder, deepspeed="zero3", **{"budget.steps": 12, "checkpoint.interval": 6}))
+    return {"decoder": decoder, "encoder": encoder, "root": root}
+
+
+@pytest.fixture(scope="session")
+def bundles(trained):
+    from dnalm.convert import convert
+
+    out = trained["root"] / "bundles"
+    return {name: convert(trained[name], out / name) for name in ("decoder", "encoder")}

@@ -12,6 +12,7 @@ import torch
 from dnalm.hf import HfExportError, export_hf
 from dnalm.models import build_model, get_config
 from dnalm.tokenizers import KmerTokenizer, NucleotideTokenizer, ViewTokenizer
+from tests.conftest import REPO
 
 # run in a child whose imports of dnalm fail, as on a machine with only transformers installed
 WITHOUT_DNALM = """
@@ -70,8 +71,15 @@ MODELS = {
 }
 
 
+def readme_snippet() -> str:
+    readme = (REPO / "README.md").read_text()
+    block = next(block.split("```")[0] for block in readme.split("```python\n")[1:] if "AutoModelForMaskedLM" in block)
+    return "\n".join(line[2:] for line in block.splitlines())
+
+
 def test_every_transformer_exports_with_the_same_logits(tmp_path):
-    """Random (not freshly initialised) weights; half of the second sequence is padding."""
+    """Random (not freshly initialised) weights; half of the second sequence is padding. The README's
+    snippet runs as written on the ALiBi (remote code) and ESM folders."""
     torch.manual_seed(0)
     expected, inputs = {}, {}
     for name, (base, changes, _) in MODELS.items():
@@ -95,17 +103,28 @@ def test_every_transformer_exports_with_the_same_logits(tmp_path):
             expected[name] = model(batch["input_ids"], attention_mask=mask, segment_ids=batch.get("token_type_ids"),
                                    positions=batch.get("position_ids")).logits
     torch.save(inputs, tmp_path / "inputs.pt")
-    without_dnalm(f"""
+    done = without_dnalm("""
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
-inputs, out = torch.load("inputs.pt"), {{}}
+inputs, out = torch.load("inputs.pt"), {}
 for name, batch in inputs.items():
     auto = AutoModelForMaskedLM if name.startswith("encoder") else AutoModelForCausalLM
     model = auto.from_pretrained(name, trust_remote_code=True).eval()
     with torch.no_grad():
         out[name] = (type(model).__name__, model(**batch).logits)
 torch.save(out, "logits.pt")
+""" + f"""
+import os
+for name in ("encoder-alibi-remote", "encoder-esm"):
+    os.makedirs(name + "-readme", exist_ok=True)
+    os.chdir(name + "-readme")
+    os.symlink("../" + name, "hf-folder")
+    exec({readme_snippet()!r})
+    print(name, type(model).__name__, tuple(logits.shape))
+    os.chdir("..")
 """, tmp_path)
+    assert "encoder-alibi-remote DnalmForMaskedLM (1, 9, 10)" in done.stdout and "encoder-esm EsmForMaskedLM (1, 9, 10)" in done.stdout
+    assert "Do you wish" not in done.stdout + done.stderr
     got = torch.load(tmp_path / "logits.pt")
     for name, (_, _, cls) in MODELS.items():
         mask = inputs[name]["attention_mask"]
@@ -127,23 +146,3 @@ def test_models_without_an_export_are_refused_naming_why(tmp_path):
             export_hf(build_model(config), NucleotideTokenizer(), tmp_path / "out")
         assert not (tmp_path / "out").exists()
 
-
-def test_the_readme_snippet_runs_as_written(tmp_path):
-    """The README's `transformers` snippet, verbatim, on an exported ALiBi encoder and an ESM one."""
-    from tests.conftest import REPO
-
-    readme = (REPO / "README.md").read_text()
-    snippet = next(block.split("```")[0] for block in readme.split("```python\n")[1:] if "AutoModelForMaskedLM" in block)
-    snippet = "\n".join(line[2:] for line in snippet.splitlines())
-    names = ("encoder-tiny", "encoder-small-esm")
-    for name in names:
-        export_hf(build_model(get_config(name, vocab_size=10, n_layers=1)), NucleotideTokenizer(), tmp_path / name / "hf-folder")
-    done = without_dnalm(f"""
-import os
-for name in {names}:
-    os.chdir({str(tmp_path)!r} + "/" + name)
-    exec({snippet!r})
-    print(name, type(model).__name__, tuple(logits.shape))
-""", tmp_path)
-    assert "encoder-tiny DnalmForMaskedLM (1, 9, 10)" in done.stdout and "encoder-small-esm EsmForMaskedLM (1, 9, 10)" in done.stdout
-    assert "Do you wish" not in done.stdout + done.stderr

@@ -2,7 +2,6 @@
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,28 +12,10 @@ from dnalm import genome
 from dnalm.convert import ConvertError, convert
 from dnalm.finetune import LabelledDataError, finetune, read_labelled
 from dnalm.generate import GenerationError, generate, generate_ids
-from tests.conftest import REPO, SHARED_DATA, needs_shared, prep_folder, run_cli
-from tests.launching import CONFIG, deepspeed_cmd, overrides, run
+from tests.conftest import SHARED_DATA, needs_shared, run_cli
+from tests.launching import deepspeed_cmd, run
 
 GUE = SHARED_DATA / "gue" / "prom_core_all"
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A decoder trained in one process (ZeRO-2) and an encoder on two (ZeRO-3), 12 steps each."""
-    root = tmp_path_factory.mktemp("use")
-    data = prep_folder(root / "data", [genome.DEFAULT_GENOME], seq_len=128, shard_size_mb=2.0)
-    decoder, encoder = root / "decoder", root / "encoder"
-    run([sys.executable, "-m", "dnalm", "train", "--config", str(CONFIG),
-         *overrides(data, decoder, **{"model.name": "decoder-tiny", "budget.steps": 12, "checkpoint.interval": 6})])
-    run(deepspeed_cmd(2, data, encoder, deepspeed="zero3", **{"budget.steps": 12, "checkpoint.interval": 6}))
-    return {"decoder": decoder, "encoder": encoder, "root": root}
-
-
-@pytest.fixture(scope="module")
-def bundles(trained):
-    out = trained["root"] / "bundles"
-    return {name: convert(trained[name], out / name) for name in ("decoder", "encoder")}
 
 
 def test_bundles_load_and_describe_their_training(bundles, trained):
