@@ -123,6 +123,8 @@ class _Embedder:
         for other in starts[1:]:
             cuts = np.intersect1d(cuts, other)
         cuts = np.union1d(cuts, [length])
+        if length == 0:
+            return [_Window(index, [(0, 0)] * len(starts), (0, 0))]
 
         def tokens_between(begin: int, end: int) -> int:
             return sum(int(np.searchsorted(s, end) - np.searchsorted(s, begin)) for s in starts)

@@ -91,6 +91,8 @@ class Classifier(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.backbone.head = nn.Identity()  # the LM head's logits are never used here; with a k-mer vocabulary they cost most of a step
+        if getattr(self.backbone, "head_transform", None) is not None:
+            self.backbone.head_transform = None
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(backbone.config.d_model, num_classes)
 

@@ -65,7 +65,8 @@ def read_vcf(path: str | Path) -> list[Variant]:
     path = Path(path)
     if not path.is_file():
         raise VariantError(f"{path}: no such VCF file")
-    opener = gzip.open if path.read_bytes()[:2] == b"\x1f\x8b" else open
+    with open(path, "rb") as fh:
+        opener = gzip.open if fh.read(2) == b"\x1f\x8b" else open
     variants = []
     with opener(path, "rt") as fh:
         for number, line in enumerate(fh, 1):

@@ -12,7 +12,7 @@ import dnalm
 from dnalm import genome
 from dnalm.sequences import reverse_complement
 from dnalm.tokenizers.base import MASK_ID
-from dnalm.variants import VariantError, read_vcf, score_variants
+from dnalm.variants import Variant, VariantError, read_vcf, score_variants
 from tests.conftest import run_cli
 
 OTHER = {"A": "C", "C": "G", "G": "T", "T": "A"}
@@ -108,3 +108,16 @@ def test_malformed_vcf_stops_with_file_and_line(bundles, tmp_path):
     vcf.write_text("chr\t12\t.\tA\n")
     with pytest.raises(VariantError, match="bad.vcf:1: a VCF record needs"):
         read_vcf(vcf)
+
+
+def test_models_without_a_per_base_likelihood_are_refused():
+    from dnalm.models import build_model, get_config
+    from dnalm.tokenizers import KmerTokenizer, NucleotideTokenizer, ViewTokenizer
+
+    variants = [Variant("chr", 5, ".", "A", "C", 1)]
+    kmer = KmerTokenizer(6)
+    with pytest.raises(VariantError, match="needs one token per base .* kmer:6"):
+        score_variants(build_model(get_config("encoder-tiny", vocab_size=kmer.vocab_size)), kmer, variants, None)
+    views = ViewTokenizer([NucleotideTokenizer(), kmer])
+    with pytest.raises(VariantError, match="multi-view model"):
+        score_variants(build_model(get_config("encoder-tiny", vocab_size=views.vocab_size, num_segments=2)), views, variants, None)
