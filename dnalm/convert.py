@@ -97,7 +97,7 @@ def model_card(model, tokenizer, meta: dict, checkpoint: Path) -> str:
         f"- tokenizer: {tokenizer.name} (vocab {tokenizer.vocab_size}, fingerprint {tokenizer.fingerprint})",
         f"- training data: {', '.join(genomes) or data.get('path', 'unknown')} (prep plan {data.get('plan_fingerprint', '?')})",
         f"- trained: {meta['step']} steps, {meta.get('tokens_seen', 0):,} tokens seen, {meta['world_size']} processes",
-        f"- final losses: " + (", ".join(f"{k} {v:.4f}" for k, v in last.items()) or "not recorded"),
+        "- final losses: " + (", ".join(f"{k} {v:.4f}" for k, v in last.items()) or "not recorded"),
         f"- converted from: {checkpoint}", "",
         "Load it with `model, tokenizer = dnalm.load_pretrained(PATH)`.",
     ]

@@ -62,3 +62,12 @@ def test_plot_draws_the_loss_curves(tmp_path):
     assert (run_dir / "loss.png").stat().st_size > 1000
     missing = run_cli("plot", tmp_path)
     assert missing.returncode == 1 and "no metrics.jsonl" in missing.stderr
+
+
+def test_embed_bench_writes_json_and_plot(tmp_path):
+    from dnalm.bench import embed as embed_bench
+
+    result = embed_bench.run(tmp_path, "encoder-tiny", length=200, count=4, batch_sizes=(1, 2))
+    assert [r["batch_size"] for r in result["rows"]] == [1, 2] and all(r["sequences_per_s"] > 0 for r in result["rows"])
+    assert result["device"]["type"] == "cpu" and result["machine"]["cpu"]
+    assert json.loads((tmp_path / "embed.json").read_text()) == result and (tmp_path / "embed.png").stat().st_size > 1000

@@ -4,14 +4,13 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
 from dnalm import devices
 from dnalm.errors import DnalmError
 from dnalm.models import build_model, get_config
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO
 
 
 def test_trainer_moves_inputs_and_collectives_to_the_engine_device(ecoli_prepared, tmp_path):

@@ -1,6 +1,5 @@
 """dnalm prep end to end on real genomes: windows, accounting, splits, jobs, crash and resume, bad input."""
 
-import json
 import os
 import signal
 import subprocess
@@ -8,7 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import webdataset as wds
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dnalm import genome, tokenizers
+from dnalm import tokenizers
 from dnalm.data.manifest import DataError, Manifest
 from dnalm.data.shards import IndexedShard, ShardError
 from dnalm.data.stream import GenomeStream, StreamLoader
