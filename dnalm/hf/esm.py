@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from dnalm.hf.llama import halves_order
+from dnalm.hf.llama import query_key_value
 from dnalm.tokenizers.base import MASK_ID, PAD_ID
 
 WANTED = {"arch": "encoder", "positions": "rope", "norm": "layernorm", "mlp": "gelu", "num_segments": 1,
@@ -45,10 +45,6 @@ def write(model, folder: Path) -> str:
 
 
 def state_dict(model) -> dict:
-    config = model.config
-    heads, head_dim, d = config.n_heads, config.head_dim, config.d_model
-    order = halves_order(head_dim)
-
     def linear(prefix, layer, weight=None):
         weight = layer.weight if weight is None else weight
         return {f"{prefix}.weight": weight, f"{prefix}.bias": torch.zeros(weight.shape[0])}
@@ -58,11 +54,11 @@ def state_dict(model) -> dict:
 
     state = {"esm.embeddings.word_embeddings.weight": model.embed.weight}
     for i, block in enumerate(model.blocks):
-        q, k, v = block.attn.qkv.weight.view(3, heads, head_dim, d)
         p = f"esm.encoder.layer.{i}"
-        state |= linear(f"{p}.attention.self.query", None, q[:, order].reshape(d, d))
-        state |= linear(f"{p}.attention.self.key", None, k[:, order].reshape(d, d))
-        state |= linear(f"{p}.attention.self.value", None, v.reshape(d, d))
+        q, k, v = query_key_value(block, model.config)
+        state |= linear(f"{p}.attention.self.query", None, q)
+        state |= linear(f"{p}.attention.self.key", None, k)
+        state |= linear(f"{p}.attention.self.value", None, v)
         state |= linear(f"{p}.attention.output.dense", block.attn.out)
         state |= norm(f"{p}.attention.LayerNorm", block.norm1)
         state |= norm(f"{p}.LayerNorm", block.norm2)
@@ -72,5 +68,5 @@ def state_dict(model) -> dict:
     state |= linear("lm_head.dense", model.head_transform.dense)
     state |= norm("lm_head.layer_norm", model.head_transform.norm)
     state["lm_head.decoder.weight"] = model.head.weight
-    state["lm_head.bias"] = torch.zeros(config.vocab_size)
+    state["lm_head.bias"] = torch.zeros(model.config.vocab_size)
     return {k: v.detach().clone().float() for k, v in state.items()}

@@ -14,10 +14,16 @@ def mismatches(config) -> list[str]:
     return wrong + (["attention=performer"] if config.attention == "performer" else [])
 
 
-def halves_order(head_dim: int) -> torch.Tensor:
-    """dnalm rotates interleaved pairs (0,1),(2,3)…; Llama and ESM rotate halves (0, D/2),(1, D/2+1)…:
-    within every head, take the even dims first, then the odd."""
-    return torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)])
+def query_key_value(block, config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A block's (d, d) query, key and value weights, queries and keys permuted for rotation by halves.
+
+    dnalm rotates interleaved pairs (0,1),(2,3)…; Llama and ESM rotate halves (0, D/2),(1, D/2+1)…:
+    within every head, take the even dims first, then the odd.
+    """
+    heads, head_dim, d = config.n_heads, config.head_dim, config.d_model
+    order = torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)])
+    q, k, v = block.attn.qkv.weight.view(3, heads, head_dim, d)
+    return q[:, order].reshape(d, d), k[:, order].reshape(d, d), v.reshape(d, d)
 
 
 def write(model, folder: Path) -> str:
@@ -38,17 +44,14 @@ def write(model, folder: Path) -> str:
 
 
 def state_dict(model) -> dict:
-    config = model.config
-    heads, head_dim, d = config.n_heads, config.head_dim, config.d_model
-    order = halves_order(head_dim)
     state = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.norm.weight,
              "lm_head.weight": model.head.weight}
     for i, block in enumerate(model.blocks):
-        q, k, v = block.attn.qkv.weight.view(3, heads, head_dim, d)
         prefix = f"model.layers.{i}"
-        state[f"{prefix}.self_attn.q_proj.weight"] = q[:, order].reshape(d, d)
-        state[f"{prefix}.self_attn.k_proj.weight"] = k[:, order].reshape(d, d)
-        state[f"{prefix}.self_attn.v_proj.weight"] = v.reshape(d, d)
+        q, k, v = query_key_value(block, model.config)
+        state[f"{prefix}.self_attn.q_proj.weight"] = q
+        state[f"{prefix}.self_attn.k_proj.weight"] = k
+        state[f"{prefix}.self_attn.v_proj.weight"] = v
         state[f"{prefix}.self_attn.o_proj.weight"] = block.attn.out.weight
         gate, up = block.mlp.up.weight.chunk(2, dim=0)
         state[f"{prefix}.mlp.gate_proj.weight"] = gate
