@@ -27,6 +27,7 @@ GROUP_HELP = {
     "genome": "read, validate and report on FASTA genomes",
     "tokenizer": "train tokenizers",
     "bench": "benchmarks that print JSON and draw PNG plots",
+    "eval": "evaluate models on benchmark task suites",
 }
 
 
@@ -297,6 +298,21 @@ def score_variants(args) -> None:
               + (" …" if len(summary["not_scored_lines"]) > 20 else ""))
 
 
+def _recipe_args():
+    return [
+        arg("--no-rc-augment", action="store_true", help="do not read training rows as their reverse complement half the time"),
+        arg("--no-rc-average", action="store_true", help="predict from the forward strand only"),
+        arg("--patience", type=int, default=None, help="stop after this many epochs without a better dev MCC"),
+        arg("--backbone-lr-scale", type=float, default=0.1, help="a pretrained backbone's rate relative to the head's (default 0.1)"),
+        arg("--freeze-backbone", action="store_true", help="train the head only (linear probing of a pretrained --model)"),
+    ]
+
+
+def _recipe(args) -> dict:
+    return {"rc_augment": not args.no_rc_augment, "rc_average": not args.no_rc_average, "patience": args.patience,
+            "backbone_lr_scale": args.backbone_lr_scale, "freeze_backbone": args.freeze_backbone}
+
+
 @command("finetune", help="sequence classification from a bundle or from scratch; metrics.json with accuracy, F1, MCC, AUROC", args=[
     arg("--model", type=Path, default=None, help="a bundle (encoder or decoder) to start from"),
     arg("--arch", default=None, help="or train from scratch: transformer | performer | cnn"),
@@ -310,6 +326,7 @@ def score_variants(args) -> None:
     arg("--epochs", type=int, default=5),
     arg("--lr", type=float, default=1e-3),
     arg("--batch-size", type=int, default=64),
+    *_recipe_args(),
     _device_arg(),
 ])
 def finetune(args) -> None:
@@ -319,10 +336,40 @@ def finetune(args) -> None:
         raise DnalmError("--seeds, --epochs and --batch-size must be at least 1")
     result = run_finetune(args.train, args.dev, args.out, model=args.model, arch=args.arch, test_path=args.test,
                           scratch=args.from_scratch, train_limit=args.train_limit, seeds=args.seeds, epochs=args.epochs,
-                          lr=args.lr, batch_size=args.batch_size, show_progress=sys.stderr.isatty(), device=args.device)
+                          lr=args.lr, batch_size=args.batch_size, show_progress=sys.stderr.isatty(), device=args.device,
+                          **_recipe(args))
     for split, values in result["summary"].items():
         print(f"{split}: " + ", ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in values.items()))
     print(f"metrics: {args.out / 'metrics.json'} ({result['seconds']:.0f} s)")
+
+
+@command("eval", "gue", help="fine-tune and score every task of a GUE-layout folder (dev, and test when present), "
+         "mean ± std over seeds beside published MCC; gue.json, gue.md, gue.png", args=[
+    arg("folder", type=Path, metavar="DIR", help="task folders, each with train.csv, dev.csv and optionally test.csv"),
+    arg("--model", type=Path, default=None, help="a bundle to start from"),
+    arg("--arch", default=None, help="or from scratch: transformer | performer | cnn"),
+    arg("--from-scratch", action="store_true", help="with --model: its architecture, fresh weights"),
+    arg("--tasks", default=None, help="comma-separated task names (default: every task folder)"),
+    arg("--out", type=Path, required=True, help="folder for gue.json, gue.md, gue.png and each task's metrics.json"),
+    arg("--train-limit", type=int, default=None, metavar="N", help="a fixed random N training rows of each task"),
+    arg("--seeds", type=int, default=3, help="seeds 0..S-1 (default 3)"),
+    arg("--epochs", type=int, default=5),
+    arg("--lr", type=float, default=1e-3),
+    arg("--batch-size", type=int, default=64),
+    *_recipe_args(),
+    _device_arg(),
+])
+def eval_gue(args) -> None:
+    from dnalm import eval_gue as harness
+
+    if args.seeds < 1 or args.epochs < 1 or args.batch_size < 1:
+        raise DnalmError("--seeds, --epochs and --batch-size must be at least 1")
+    report = harness.run(args.folder, args.out, tasks=args.tasks.split(",") if args.tasks else None, seeds=args.seeds,
+                         model=args.model, arch=args.arch, scratch=args.from_scratch, train_limit=args.train_limit,
+                         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, device=args.device,
+                         show_progress=sys.stderr.isatty(), **_recipe(args))
+    print(harness.table(report), end="")
+    print(f"wrote {args.out / 'gue.json'}, gue.md, gue.png")
 
 
 @command("demo", help="the whole pipeline on the bundled E. coli genome: prep, 2-process pretraining, convert, generate", args=[

@@ -4,6 +4,12 @@ The backbone (a bundle's encoder or decoder, the same architecture freshly initi
 ``scratch=True``, or a fresh transformer / performer / cnn) is mean-pooled over real tokens into a
 linear head; the epoch with the best dev MCC is kept and scored on the test set: accuracy, F1,
 MCC, AUROC, mean ± std over seeds, in ``metrics.json``.
+
+The recipe is the promoter literature's: AdamW with warm-up and linear decay; each training row
+read as its reverse complement half the time (``rc_augment``) and predictions averaged over both
+strands (``rc_average``); a pretrained backbone learning at ``backbone_lr_scale`` of the head's
+rate, or frozen for linear probing (``freeze_backbone``); training stopped after ``patience``
+epochs without a better dev MCC.
 """
 
 from __future__ import annotations
@@ -103,9 +109,13 @@ class Classifier(nn.Module):
         return self.head(self.dropout(pooled))
 
 
-def encode_set(data: LabelledSet, tokenizer: Tokenizer) -> dict[str, torch.Tensor]:
-    encodings = [tokenizer.encode(s) for s in data.sequences]
-    length = max(len(e) for e in encodings)
+def encode_set(data: LabelledSet, tokenizer: Tokenizer, reverse: bool = False,
+               length: int | None = None) -> dict[str, torch.Tensor]:
+    """Token tensors of a set (its reverse complements with ``reverse``), padded to ``length`` or the longest."""
+    from dnalm.sequences import reverse_complement
+
+    encodings = [tokenizer.encode(reverse_complement(s) if reverse else s) for s in data.sequences]
+    length = length or max(len(e) for e in encodings)
     ids = torch.full((len(encodings), length), PAD_ID, dtype=torch.long)
     segments = torch.zeros_like(ids)
     positions = torch.zeros_like(ids)
@@ -151,6 +161,19 @@ def _auroc(positive: np.ndarray, score: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def encode_strands(data: LabelledSet, tokenizer: Tokenizer) -> dict[str, dict[str, torch.Tensor]]:
+    """Both strands' tensors, padded to one length so that rows can be swapped between them."""
+    longest = max(len(tokenizer.encode(s)) for s in data.sequences)
+    reverse = encode_set(data, tokenizer, reverse=True)
+    length = max(longest, reverse["ids"].shape[1])
+    return {"forward": encode_set(data, tokenizer, length=length), "reverse": encode_set(data, tokenizer, True, length)}
+
+
+def predict_strands(model: Classifier, strands: dict, rc_average: bool) -> np.ndarray:
+    forward = predict(model, strands["forward"])
+    return (forward + predict(model, strands["reverse"])) / 2 if rc_average else forward
+
+
 @torch.no_grad()
 def predict(model: Classifier, data: dict, batch_size: int = 256) -> np.ndarray:
     model.eval()
@@ -186,22 +209,30 @@ def limit(data: LabelledSet, n: int | None) -> LabelledSet:
 
 
 def train_one(seed: int, sets: dict, classes: list[str], bundle, arch, vocab_size, epochs: int, lr: float, batch_size: int,
-              weight_decay: float, progress, scratch: bool = False, device: torch.device = torch.device("cpu")) -> dict:
+              weight_decay: float, progress, scratch: bool = False, device: torch.device = torch.device("cpu"),
+              recipe: dict | None = None) -> dict:
+    recipe = recipe or {}
     model = build_classifier(len(classes), bundle, arch, vocab_size, seed, scratch).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    train = sets["train"]
+    optimizer = torch.optim.AdamW(_parameter_groups(model, lr, pretrained=bundle is not None and not scratch, **recipe),
+                                  lr=lr, weight_decay=weight_decay)
+    train, train_rc = sets["train"]["forward"], sets["train"]["reverse"]
     steps_per_epoch = math.ceil(len(train["ids"]) / batch_size)
     total = epochs * steps_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, total // 20)) *
                                                  max(0.0, (total - s) / total))
     generator = torch.Generator().manual_seed(seed)
     best = {"mcc": -2.0}
-    history = []
+    history, since_best = [], 0
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(train["ids"]), generator=generator)
         for start in range(0, len(order), batch_size):
-            batch = move({k: v[order[start : start + batch_size]] for k, v in train.items()}, device)
+            rows = order[start : start + batch_size]
+            batch = {k: v[rows] for k, v in train.items()}
+            if recipe.get("rc_augment", True):
+                flip = torch.rand(len(rows), generator=generator) < 0.5
+                batch |= {k: torch.where(flip[:, None], train_rc[k][rows], batch[k]) for k in ("ids", "mask", "segment_ids", "positions")}
+            batch = move(batch, device)
             logits = model(batch["ids"], batch["mask"], batch["segment_ids"], batch["positions"])
             loss = F.cross_entropy(logits, batch["labels"])
             optimizer.zero_grad(set_to_none=True)
@@ -210,23 +241,42 @@ def train_one(seed: int, sets: dict, classes: list[str], bundle, arch, vocab_siz
             optimizer.step()
             schedule.step()
             progress(1)
-        dev = metrics(sets["dev"]["labels"].numpy(), predict(model, sets["dev"]))
+        dev = metrics(sets["dev"]["forward"]["labels"].numpy(), predict_strands(model, sets["dev"], recipe.get("rc_average", True)))
         history.append({"epoch": epoch + 1, **{f"dev_{k}": v for k, v in dev.items()}})
         if dev["mcc"] > best["mcc"]:
-            best = {"epoch": epoch + 1, **dev, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+            best, since_best = {"epoch": epoch + 1, **dev, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}, 0
+        else:
+            since_best += 1
+            if recipe.get("patience") and since_best >= recipe["patience"]:
+                progress((epochs - epoch - 1) * steps_per_epoch)
+                break
     model.load_state_dict(best.pop("state"))
-    result = {"seed": seed, "best_epoch": best.pop("epoch"), "dev": best, "history": history}
+    result = {"seed": seed, "best_epoch": best.pop("epoch"), "epochs_run": len(history), "dev": best, "history": history}
     if "test" in sets:
-        result["test"] = metrics(sets["test"]["labels"].numpy(), predict(model, sets["test"]))
+        result["test"] = metrics(sets["test"]["forward"]["labels"].numpy(),
+                                 predict_strands(model, sets["test"], recipe.get("rc_average", True)))
     return result
+
+
+def _parameter_groups(model: Classifier, lr: float, pretrained: bool, backbone_lr_scale: float = 0.1,
+                      freeze_backbone: bool = False, **_) -> list[dict]:
+    """The head at ``lr``; a pretrained backbone at ``lr · backbone_lr_scale``, or frozen (linear probing)."""
+    head = list(model.head.parameters())
+    if freeze_backbone:
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+        return [{"params": head, "lr": lr}]
+    scale = backbone_lr_scale if pretrained else 1.0
+    return [{"params": head, "lr": lr}, {"params": list(model.backbone.parameters()), "lr": lr * scale}]
 
 
 def finetune(train_path, dev_path, out, *, model: str | Path | None = None, arch: str | None = None, test_path=None,
              scratch: bool = False, seeds: int = 1, first_seed: int = 0, train_limit: int | None = None, epochs: int = 5,
              lr: float = 1e-3, batch_size: int = 64, weight_decay: float = 0.01, show_progress: bool = False,
-             device: str = "auto") -> dict:
+             device: str = "auto", rc_augment: bool = True, rc_average: bool = True, patience: int | None = None,
+             backbone_lr_scale: float = 0.1, freeze_backbone: bool = False) -> dict:
     """Seeds ``first_seed`` … ``first_seed + seeds - 1``; ``train_limit`` rows of the training set at most;
-    ``device`` auto | cpu | cuda (auto: CUDA when present)."""
+    ``device`` auto | cpu | cuda (auto: CUDA when present). The recipe settings are described above."""
     if (model is None) == (arch is None):
         raise DnalmError("give exactly one of --model BUNDLE and --arch " + "|".join(ARCHS))
     if scratch and model is None:
@@ -235,6 +285,14 @@ def finetune(train_path, dev_path, out, *, model: str | Path | None = None, arch
         raise DnalmError(f"--train-limit must be at least 2, got {train_limit}")
     if arch is not None and arch not in ARCHS:
         raise DnalmError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    if patience is not None and patience < 1:
+        raise DnalmError(f"--patience must be at least 1 epoch, got {patience}")
+    if not 0 < backbone_lr_scale <= 1:
+        raise DnalmError(f"--backbone-lr-scale must be in (0, 1], got {backbone_lr_scale}")
+    if freeze_backbone and (model is None or scratch):
+        raise DnalmError("--freeze-backbone probes a pretrained backbone: give --model BUNDLE without --from-scratch")
+    recipe = {"rc_augment": rc_augment, "rc_average": rc_average, "patience": patience,
+              "backbone_lr_scale": backbone_lr_scale, "freeze_backbone": freeze_backbone}
     from dnalm.devices import resolve
 
     target = resolve(device)
@@ -256,14 +314,14 @@ def finetune(train_path, dev_path, out, *, model: str | Path | None = None, arch
     raw = {"train": train, "dev": read_labelled(dev_path, classes)}
     if test_path is not None:
         raw["test"] = read_labelled(test_path, classes)
-    sets = {name: encode_set(data, tokenizer) for name, data in raw.items()}
+    sets = {name: encode_strands(data, tokenizer) for name, data in raw.items()}
     bar = None
     if show_progress:
         from tqdm import tqdm
 
         bar = tqdm(total=seeds * epochs * math.ceil(len(train.sequences) / batch_size), unit="batch", desc="finetune")
     runs = [train_one(seed, sets, classes, model, arch, tokenizer.vocab_size, epochs, lr, batch_size, weight_decay,
-                      bar.update if bar else (lambda n: None), scratch, target) for seed in range(first_seed, first_seed + seeds)]
+                      bar.update if bar else (lambda n: None), scratch, target, recipe) for seed in range(first_seed, first_seed + seeds)]
     if bar:
         bar.close()
     summary = {}
@@ -276,7 +334,7 @@ def finetune(train_path, dev_path, out, *, model: str | Path | None = None, arch
               "dev": str(dev_path), "test": str(test_path) if test_path else None,
               "settings": {"seeds": list(range(first_seed, first_seed + seeds)), "epochs": epochs, "lr": lr,
                            "batch_size": batch_size, "weight_decay": weight_decay, "train_limit": train_limit,
-                           "device": str(target)},
+                           "device": str(target), **recipe},
               "seconds": round(time.perf_counter() - started, 1), "summary": summary, "runs": runs}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
