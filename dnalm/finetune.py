@@ -109,13 +109,12 @@ class Classifier(nn.Module):
         return self.head(self.dropout(pooled))
 
 
-def encode_set(data: LabelledSet, tokenizer: Tokenizer, reverse: bool = False,
-               length: int | None = None) -> dict[str, torch.Tensor]:
-    """Token tensors of a set (its reverse complements with ``reverse``), padded to ``length`` or the longest."""
+def encode_set(data: LabelledSet, tokenizer: Tokenizer, reverse: bool = False) -> dict[str, torch.Tensor]:
+    """Token tensors of a set (its reverse complements with ``reverse``), padded to the longest."""
     from dnalm.sequences import reverse_complement
 
     encodings = [tokenizer.encode(reverse_complement(s) if reverse else s) for s in data.sequences]
-    length = length or max(len(e) for e in encodings)
+    length = max(len(e) for e in encodings)
     ids = torch.full((len(encodings), length), PAD_ID, dtype=torch.long)
     segments = torch.zeros_like(ids)
     positions = torch.zeros_like(ids)
@@ -163,10 +162,10 @@ def _auroc(positive: np.ndarray, score: np.ndarray) -> float:
 
 def encode_strands(data: LabelledSet, tokenizer: Tokenizer) -> dict[str, dict[str, torch.Tensor]]:
     """Both strands' tensors, padded to one length so that rows can be swapped between them."""
-    longest = max(len(tokenizer.encode(s)) for s in data.sequences)
-    reverse = encode_set(data, tokenizer, reverse=True)
-    length = max(longest, reverse["ids"].shape[1])
-    return {"forward": encode_set(data, tokenizer, length=length), "reverse": encode_set(data, tokenizer, True, length)}
+    strands = {"forward": encode_set(data, tokenizer), "reverse": encode_set(data, tokenizer, reverse=True)}
+    length = max(tensors["ids"].shape[1] for tensors in strands.values())
+    return {name: {k: v if k == "labels" else F.pad(v, (0, length - v.shape[1]), value=PAD_ID if k == "ids" else 0)
+                   for k, v in tensors.items()} for name, tensors in strands.items()}
 
 
 def predict_strands(model: Classifier, strands: dict, rc_average: bool) -> np.ndarray:

@@ -59,6 +59,8 @@ class ModelConfig(BaseModel):
             raise ValueError("a decoder reads one view (causal LM on one tokenizer); multi-view input is for encoders")
         if self.positions == "rope" and (self.d_model // self.n_heads) % 2:
             raise ValueError(f"RoPE needs an even head dimension, got {self.d_model // self.n_heads}")
+        if self.arch == "cnn" and self.lm_head != "linear":
+            raise ValueError("lm_head transform is a transformer option; the CNN's head is linear")
         if self.arch == "cnn" and self.cnn_kernel % 2 == 0:
             raise ValueError(f"cnn_kernel must be odd (same-length convolution), got {self.cnn_kernel}")
         return self
