@@ -156,7 +156,9 @@ class _Embedder:
         for w in batch:
             own = [encodings[w.sequence][v].ids[a:b] for v, (a, b) in enumerate(w.tokens)]
             if self.multi:
-                inputs.append(concatenate_views(own, self.tokenizer.id_offsets))
+                spans = [encodings[w.sequence][v].offsets[a:b] for v, (a, b) in enumerate(w.tokens)]
+                first = int(spans[0][0, 0]) if len(spans[0]) else 0  # positions count bases from the window's start
+                inputs.append(concatenate_views(own, [s - first for s in spans], self.tokenizer.id_offsets))
             else:
                 ids = own[0].astype(np.int32)
                 inputs.append((ids, np.zeros_like(ids), np.arange(len(ids), dtype=np.int32)))

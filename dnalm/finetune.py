@@ -97,6 +97,7 @@ class Classifier(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.backbone.head = nn.Identity()  # the LM head's logits are never used here; with a k-mer vocabulary they cost most of a step
+        self.backbone.config = backbone.config.replace(mlm_target="tokens")  # nothing left to shape into per-base logits
         if getattr(self.backbone, "head_transform", None) is not None:
             self.backbone.head_transform = None
         self.dropout = nn.Dropout(dropout)

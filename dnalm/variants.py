@@ -32,12 +32,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from dnalm import genome as genome_io
 from dnalm.errors import DnalmError
 from dnalm.sequences import reverse_complement
 from dnalm.tokenizers import NucleotideTokenizer, ViewTokenizer
-from dnalm.tokenizers.base import MASK_ID
+from dnalm.tokenizers.base import MASK_ID, NUM_SPECIAL
 
 DNA = set("ACGTN")
 COLUMNS = ("chrom", "pos", "id", "ref", "alt", "score", "window", "status", "vcf_line")
@@ -188,7 +189,10 @@ def _masked_marginals(model, tokenizer, batch, contexts, device) -> list[float]:
         ids[row, : len(seq)] = torch.from_numpy(seq)
         mask[row, : len(seq)] = True
     with torch.no_grad():
-        log_probs = torch.log_softmax(model(ids.to(device), attention_mask=mask.to(device)).logits.float(), -1).cpu()
+        logits = model(ids.to(device), attention_mask=mask.to(device)).logits.float()
+    if model.config.mlm_target == "bases":  # a nucleotide token's one base: classes A C G T N in the ids' order
+        logits = F.pad(logits[..., 0, :], (NUM_SPECIAL, 0), value=float("-inf"))
+    log_probs = torch.log_softmax(logits, -1).cpu()
     marginals = []
     for row, (start, ref_ids, alt_ids) in enumerate(targets):
         at = torch.arange(start, start + len(ref_ids))

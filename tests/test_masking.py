@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from dnalm.data.masking import IGNORE, clm_batch, mlm_batch, view_ranges
+from dnalm.data.masking import IGNORE, base_targets, clm_batch, mlm_batch, view_ranges
 from dnalm.data.stream import GenomeStream, StreamLoader
+from dnalm import tokenizers
 from dnalm.tokenizers import MASK_ID, PAD_ID
 from tests.conftest import prep_folder
 
@@ -54,6 +55,31 @@ def test_a_masked_base_is_hidden_in_every_view(views_folder):
     for token, segment in zip(out["input_ids"][random_tokens].tolist(), batch["segment_ids"][random_tokens].tolist()):
         low, high = ranges[segment]
         assert low <= token < high, "a random replacement comes from the same view"
+
+
+def test_base_targets_spell_every_token_of_every_view(views_folder):
+    """mlm_target bases: a target token's label is the bases it spells, A C G T N as 0-4, IGNORE past its end."""
+    stream = GenomeStream(views_folder, batch_size=4, seed=1)
+    views = tokenizers.ViewTokenizer([tokenizers.load("nucleotide"), tokenizers.load("kmer:6")])
+    table = base_targets(views.vocab)
+    assert table.shape == (views.vocab_size + 1, 6)
+    assert (table[: tokenizers.NUM_SPECIAL] == IGNORE).all() and (table[-1] == IGNORE).all()
+    assert table[views.vocab.index("0:G")].tolist() == [2] + [IGNORE] * 5
+    assert table[views.vocab.index("1:ACGTTA")].tolist() == [0, 1, 2, 3, 3, 0]
+    assert table[views.vocab.index("1:N")].tolist() == [4] + [IGNORE] * 5
+    batch = next(iter(StreamLoader(stream)))
+    ranges = view_ranges([t.vocab_size for t in stream.manifest.tokenizers])
+    by_token = mlm_batch(batch, ranges, np.random.default_rng(5))
+    by_base = mlm_batch(batch, ranges, np.random.default_rng(5), table)
+    assert torch.equal(by_base["input_ids"], by_token["input_ids"]) and by_base["target_rate"] == by_token["target_rate"]
+    targets = by_token["labels"] != IGNORE
+    assert by_base["labels"].shape == (*targets.shape, 6)
+    assert (by_base["labels"][~targets] == IGNORE).all()
+    for token, bases in zip(by_token["labels"][targets].tolist(), by_base["labels"][targets].tolist()):
+        spelled = views.vocab[token].split(":")[1]
+        assert "".join("ACGTN"[b] for b in bases if b != IGNORE) == spelled
+    with pytest.raises(ValueError, match="does not spell bases"):
+        base_targets(list(tokenizers.SPECIAL_TOKENS) + ["A", "▁AC"])
 
 
 def test_clm_labels_ignore_padding():

@@ -53,6 +53,7 @@ def test_parameter_counts_on_meta():
     (dict(n_heads=5), "not divisible by n_heads"),
     (dict(d_model=36, n_heads=4, positions="rope"), "RoPE needs an even head dimension"),
     (dict(attention="ring"), "attention"),
+    (dict(mlm_target="bases"), "a decoder predicts the next token's id"),
 ])
 def test_invalid_combinations_say_why(changes, reason):
     with pytest.raises(ModelConfigError, match=reason):
@@ -126,6 +127,24 @@ def test_views_input_with_segments_and_positions():
         a = model(x, segment_ids=segments, positions=positions).logits
         b = model(x, segment_ids=torch.zeros_like(segments), positions=positions).logits
     assert a.shape == (2, 20, 16) and not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("arch", ["encoder", "cnn"])
+def test_a_bases_head_gives_five_classes_per_base_of_a_token(arch):
+    """mlm_target bases: bases_per_token × (A C G T N) outputs in place of the vocabulary, the body untouched."""
+    def config(**changes):
+        return get_config("cnn", vocab_size=4111, d_model=32, n_layers=2, **changes) if arch == "cnn" else \
+            tiny(arch, vocab_size=4111, **changes)
+
+    by_token, by_base = built(config()), built(config(mlm_target="bases", bases_per_token=6))
+    x = ids(2, 20)
+    with torch.no_grad():
+        out = by_base(x)
+    assert out.logits.shape == (2, 20, 6, 5)
+    assert by_base.head.weight.shape == (30, by_base.config.d_model)
+    assert count_parameters(by_token) - count_parameters(by_base) == (4111 - 30) * by_base.config.d_model
+    with pytest.raises(ModelConfigError, match="cannot be tied"):
+        tiny("encoder", mlm_target="bases", tie_embeddings=True)
 
 
 @pytest.mark.parametrize("arch", ["encoder", "decoder"])

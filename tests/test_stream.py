@@ -88,6 +88,8 @@ def test_views_batches_are_laid_out_for_the_model(tmp_path, ecoli):
     assert set(segments[1:first_sep].tolist()) == {0} and set(segments[first_sep + 1 : first_sep + 5].tolist()) == {1}
     bases = views.decode(ids.numpy())
     assert bases in ecoli.sequence[:300_000]
+    real = ids != tokenizers.PAD_ID
+    assert batch["positions"][0][real].tolist() == views.encode(bases).positions.tolist(), "the stream lays out positions as encode does"
     GenomeStream(folder, batch_size=2, tokenizer=views)  # the matching tokenizer is accepted
 
 

@@ -51,6 +51,7 @@ def test_loss_falls_and_checkpoints_are_complete(reference, stage):
     assert sum(list(curve.values())[-5:]) / 5 < 0.85 * sum(list(curve.values())[:3]) / 3
     records = metrics(folder)
     assert any("val_loss" in r for r in records)
+    assert {r["val_windows"] for r in records if "val_loss" in r} == {8 * 4 * 2}  # eval.batches × micro_batch × ranks
     assert ("val_masked_accuracy" in records[-1]) == (stage == "zero2")
     trained = [r for r in records if "loss" in r]
     if stage == "zero2":  # MLM: the share of (nucleotide) tokens that were targets, per view; 512 tokens a step

@@ -23,13 +23,25 @@ def test_layout_segments_positions(views, ecoli):
     for v, (a, b) in enumerate(zip(starts, seps)):
         tok = views.tokenizers[v]
         assert np.all(enc.segment_ids[a : b + 1] == v)
-        assert enc.positions[a:b].tolist() == list(range(1, b - a + 1))
+        assert enc.positions[a:b].tolist() == (enc.offsets[a:b, 0] + 1).tolist(), "a token sits at 1 + its first base"
+        assert enc.positions[b] == len(seq) + 1
         own = enc.ids[a:b] - views.id_offsets[v]
         assert np.array_equal(own, tok.encode(seq).ids)
         for gid, (s, e) in zip(enc.ids[a:b].tolist(), enc.offsets[a:b].tolist()):
             assert views.vocab[gid] == f"{v}:{seq[s:e]}"
         assert enc.offsets[a, 0] == 0 and enc.offsets[b - 1, 1] == len(seq)
     assert views.decode(enc.ids) == seq
+
+
+def test_tokens_over_the_same_bases_share_positions_across_views(views, ecoli):
+    """The nucleotide token of base b and the 6-mer starting at b sit at one position; 6-mers lie 6 apart."""
+    enc = views.encode(ecoli.sequence[30_000:30_600])
+    nucleotide = {int(s): int(p) for s, p, g in zip(enc.offsets[:, 0], enc.positions, enc.segment_ids) if g == 0}
+    kmer = enc.segment_ids == 1
+    kmer &= ~np.isin(enc.ids, [SEP_ID])
+    assert kmer.sum() == 100
+    assert all(nucleotide[int(s)] == int(p) for s, p in zip(enc.offsets[kmer, 0], enc.positions[kmer]))
+    assert set(np.diff(enc.positions[kmer]).tolist()) == {6}
 
 
 def test_every_base_can_be_hidden_in_every_view(views, ecoli):

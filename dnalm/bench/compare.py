@@ -51,6 +51,8 @@ VARIANTS = {v.name: v for v in (
     Variant("cnn", "cnn", dict(d_model=128, n_layers=3), description="3 residual dilated convolutions (kernel 9)"),
     Variant("views", "encoder-tiny", dict(attention="flash", positions="rope"), views=True,
             description="the transformer on nucleotide + kmer:6 views concatenated"),
+    Variant("views-bases", "encoder-tiny", dict(attention="flash", positions="rope", mlm_target="bases"), views=True,
+            description="the views encoder predicting each masked token's bases (a 6 × 5 head, not 4,101-way)"),
 )}
 
 
@@ -191,9 +193,14 @@ def build_variant(variant: Variant, **changes) -> torch.nn.Module:
     from dnalm.models import build_model, get_config
     from dnalm.tokenizers import load
 
-    vocab = load("nucleotide+kmer:6" if variant.views else "nucleotide").vocab_size
+    from dnalm.data.masking import base_targets
+
+    tokenizer = load("nucleotide+kmer:6" if variant.views else "nucleotide")
     torch.manual_seed(0)
-    return build_model(get_config(variant.model, vocab_size=vocab, **variant.overrides, **changes))
+    config = get_config(variant.model, vocab_size=tokenizer.vocab_size, **variant.overrides, **changes)
+    if config.mlm_target == "bases":
+        config = config.replace(bases_per_token=base_targets(tokenizer.vocab).shape[1])
+    return build_model(config)
 
 
 def pretrain(variant: Variant, seed: int, budget: Budget, data: Path, work: Path) -> dict:
@@ -232,26 +239,29 @@ def masked_accuracy(bundle: Path, data: Path, windows: int, seed: int = 1234, de
     nucleotide view, so single- and multi-view encoders are scored on the same bases.
     """
     from dnalm.bundle import load_pretrained
-    from dnalm.data.masking import IGNORE, mlm_batch, view_ranges
+    from dnalm.data.masking import IGNORE, base_targets, mlm_batch, view_ranges
     from dnalm.data.stream import GenomeStream, StreamLoader
 
     from dnalm.devices import model_device, move
 
-    model, _ = load_pretrained(bundle, device=device)
+    model, tokenizer = load_pretrained(bundle, device=device)
+    base_table = base_targets(tokenizer.vocab) if model.config.mlm_target == "bases" else None
     batch_size = 8
     stream = GenomeStream(data, "val", batch_size=batch_size, seed=0, epochs=1)  # windows drawn across the whole split
     ranges = view_ranges([t.vocab_size for t in stream.manifest.tokenizers])
-    correct = targets = 0
+    correct = targets = scored_windows = 0
     loss_sum = 0.0
     for i, batch in enumerate(StreamLoader(stream)):
         if i * batch_size >= windows:
             break
-        inputs = move(mlm_batch(batch, ranges, np.random.default_rng([seed, i])), model_device(model))
+        scored_windows += len(batch["input_ids"])
+        inputs = move(mlm_batch(batch, ranges, np.random.default_rng([seed, i]), base_table), model_device(model))
         extra = {k: inputs[k] for k in ("segment_ids", "positions") if k in inputs}
         logits = model(inputs["input_ids"], attention_mask=inputs["attention_mask"], **extra).logits
-        scored = inputs["labels"] != IGNORE
+        scored = inputs["labels"] != IGNORE  # (B, T), or (B, T, bases per token) for mlm_target bases
         if "segment_ids" in inputs:
-            scored &= inputs["segment_ids"] == 0
+            nucleotide_view = inputs["segment_ids"] == 0
+            scored &= nucleotide_view.view(*nucleotide_view.shape, *[1] * (scored.dim() - 2))
         labels = inputs["labels"][scored]
         picked = logits[scored].float()
         correct += int((picked.argmax(-1) == labels).sum())
@@ -259,7 +269,8 @@ def masked_accuracy(bundle: Path, data: Path, windows: int, seed: int = 1234, de
         loss_sum += float(torch.nn.functional.cross_entropy(picked, labels, reduction="sum"))
     if targets == 0:
         raise CompareError(f"{data}: the held-out split gave no masked bases to score")
-    return {"masked_accuracy": correct / targets, "masked_loss": loss_sum / targets, "scored_bases": targets}
+    return {"masked_accuracy": correct / targets, "masked_loss": loss_sum / targets, "scored_bases": targets,
+            "scored_windows": scored_windows}
 
 
 def finetune_one(task: str, rows: int, variant: Variant, seed: int, bundle: Path, pretrained: bool, budget: Budget,

@@ -52,12 +52,15 @@ def step_tokens_per_s(model: torch.nn.Module, batch: int, seq_len: int, vocab_si
     ``steps`` after one warm-up; the model is already on ``device`` in its dtype."""
     model.train()
     ids = torch.randint(5, vocab_size, (batch, seq_len), device=device)
+    targets = None  # the ids, or as many random classes as the head's outputs (a per-base head)
     best = float("inf")
     for i in range(steps + 1):
         synchronize(device)
         start = time.perf_counter()
         logits = model(ids).logits
-        loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), ids.view(-1))
+        if targets is None:
+            targets = ids if logits.dim() == 3 else torch.randint(0, logits.shape[-1], logits.shape[:-1], device=device)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
         loss.backward()
         if optimizer is not None:
             optimizer.step()

@@ -7,6 +7,10 @@ span draws one action, so all views agree: [MASK] (80%), a random token of the s
 or unchanged (10%); a token touching a [MASK] span is always [MASK], so no view can show a base
 that another view hides. Masks are drawn from a generator the caller seeds (by step and rank),
 which makes a resumed run draw the same masks.
+
+With a model whose ``mlm_target`` is ``bases`` the labels name bases, not tokens: every target
+token's label becomes the letters it spells (``base_targets``), so a 6-mer is predicted as six
+5-way choices (A C G T N) instead of one 4,101-way choice.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import numpy as np
 import torch
 
 from dnalm.tokenizers import MASK_ID, NUM_SPECIAL, PAD_ID
+from dnalm.tokenizers.base import BASES
 
 IGNORE = -100
 MASKED, RANDOM, KEPT = 0, 1, 2
@@ -70,13 +75,31 @@ def _paint(n_bases: int, starts: np.ndarray, lengths: np.ndarray, actions: np.nd
     return np.where(best >= 0, 2 - best, -1)  # rank back to action (the ranking reverses the action order)
 
 
-def mlm_batch(batch: dict, ranges, rng: np.random.Generator, **objective) -> dict:
+def base_targets(vocab: list[str]) -> np.ndarray:
+    """(len(vocab) + 1, K): the bases (indices into ``BASES``) each token spells, IGNORE past its end, for special
+    tokens and in the last row (which IGNORE labels index); K is the longest token. Views' ``v:`` prefixes are
+    dropped."""
+    letters = [token.rpartition(":")[2] if i >= NUM_SPECIAL else "" for i, token in enumerate(vocab)]
+    bad = next((t for t in letters if t.strip(BASES)), None)
+    if bad is not None:
+        raise ValueError(f"token {bad!r} does not spell bases: mlm_target bases needs a tokenizer of base strings")
+    table = np.full((len(vocab) + 1, max(map(len, letters))), IGNORE, np.int64)
+    for i, token in enumerate(letters):
+        table[i, : len(token)] = [BASES.index(b) for b in token]
+    return table
+
+
+def mlm_batch(batch: dict, ranges, rng: np.random.Generator, base_table: np.ndarray | None = None, **objective) -> dict:
+    """``base_table`` (from ``base_targets``): labels become the bases of each target token, shape (B, T, K)."""
     ids, spans = batch["input_ids"].numpy(), batch["spans"].numpy()
     segments = batch["segment_ids"].numpy() if "segment_ids" in batch else np.zeros_like(ids)
     masked, labels = zip(*(mask_sample(i, s, g, ranges, rng, **objective) for i, s, g in zip(ids, spans, segments)))
     labels = np.stack(labels)
+    rates = target_rates(ids, labels, segments, ranges)
+    if base_table is not None:
+        labels = base_table[np.where(labels == IGNORE, len(base_table) - 1, labels)]
     inputs = _model_inputs(batch, torch.from_numpy(np.stack(masked)), torch.from_numpy(labels))
-    return inputs | {"target_rate": target_rates(ids, labels, segments, ranges)}
+    return inputs | {"target_rate": rates}
 
 
 def target_rates(ids: np.ndarray, labels: np.ndarray, segments: np.ndarray, ranges) -> list[float]:

@@ -200,7 +200,7 @@ class GenomeStream(IterableDataset):
         sample = {"key": key, "skipped": 0, "reverse_complement": reverse}
         spans = [tok.spans_of(ids) for tok, ids in zip(self.tokenizers, arrays)]
         if self.manifest.views:
-            ids, segments, positions = concatenate_views(arrays, self.id_offsets, self.manifest.seq_len)
+            ids, segments, positions = concatenate_views(arrays, spans, self.id_offsets, self.manifest.seq_len)
             sample.update(segment_ids=torch.from_numpy(segments.astype(np.int64)), positions=torch.from_numpy(positions.astype(np.int64)))
             bases = int(spans[0][-1, 1]) if len(spans[0]) else 0
             edge = np.array([[bases, bases]])

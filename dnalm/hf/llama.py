@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-WANTED = {"arch": "decoder", "positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "num_segments": 1, "lm_head": "linear"}
+WANTED = {"arch": "decoder", "positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "num_segments": 1, "lm_head": "linear",
+          "mlm_target": "tokens"}
 
 
 def mismatches(config) -> list[str]:

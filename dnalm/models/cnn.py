@@ -35,7 +35,7 @@ class ConvNet(nn.Module):
         self.segments = nn.Embedding(config.num_segments, config.d_model) if config.num_segments > 1 else None
         self.blocks = nn.ModuleList(ConvBlock(config, dilation=2 ** (i % 4)) for i in range(config.n_layers))
         self.norm = norm_layer(config)
-        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.head = nn.Linear(config.d_model, config.head_size, bias=False)
 
     def forward(self, input_ids, *, segment_ids=None, positions=None, attention_mask=None, cache=None,
                 use_cache: bool = False) -> ModelOutput:
@@ -47,4 +47,4 @@ class ConvNet(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         hidden = self.norm(x)
-        return ModelOutput(self.head(hidden), hidden, None)
+        return ModelOutput(self.config.shape_logits(self.head(hidden)), hidden, None)

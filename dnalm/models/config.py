@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from dnalm.errors import DnalmError, validated
 
 
+BASE_CLASSES = 5  # A C G T N, as dnalm.tokenizers.BASES
+
+
 class ModelConfigError(DnalmError):
     """A model configuration that cannot be built, with the reason."""
 
@@ -41,6 +44,10 @@ class ModelConfig(BaseModel):
     lm_head: Literal["linear", "transform"] = Field(
         "linear", description="transform: dense, GELU and a norm before the output projection (BERT's and ESM's MLM head)")
     num_segments: int = Field(1, ge=1, description="views of a concatenated multi-tokenizer input (segment embeddings)")
+    mlm_target: Literal["tokens", "bases"] = Field(
+        "tokens", description="what a masked token predicts: its id (a vocab-wide head), or the bases it spells "
+                              "(bases_per_token × 5 outputs: a factorised head, cheap for k-mer vocabularies)")
+    bases_per_token: int = Field(1, ge=1, description="the longest token in bases (mlm_target bases; set from the tokenizer)")
     activation_checkpointing: bool = False
     performer_features: int = Field(256, ge=8, description="random features of FAVOR+")
     performer_kernel: Literal["softmax", "relu"] = "softmax"
@@ -61,6 +68,10 @@ class ModelConfig(BaseModel):
             raise ValueError(f"RoPE needs an even head dimension, got {self.d_model // self.n_heads}")
         if self.arch == "cnn" and self.lm_head != "linear":
             raise ValueError("lm_head transform is a transformer option; the CNN's head is linear")
+        if self.mlm_target == "bases" and self.arch == "decoder":
+            raise ValueError("mlm_target bases is a masked-LM head; a decoder predicts the next token's id")
+        if self.mlm_target == "bases" and self.tie_embeddings:
+            raise ValueError("mlm_target bases has its own output head: it cannot be tied to the token embeddings")
         if self.arch == "cnn" and self.cnn_kernel % 2 == 0:
             raise ValueError(f"cnn_kernel must be odd (same-length convolution), got {self.cnn_kernel}")
         return self
@@ -68,6 +79,15 @@ class ModelConfig(BaseModel):
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def head_size(self) -> int:
+        """Outputs of the LM head per token: the vocabulary, or 5 classes (A C G T N) for each base of a token."""
+        return self.vocab_size if self.mlm_target == "tokens" else self.bases_per_token * BASE_CLASSES
+
+    def shape_logits(self, logits):
+        """(…, head_size) → (…, bases_per_token, 5) for mlm_target bases."""
+        return logits if self.mlm_target == "tokens" else logits.unflatten(-1, (self.bases_per_token, BASE_CLASSES))
 
     @property
     def causal(self) -> bool:

@@ -2,7 +2,8 @@
 
 A plain ``nn.Module``; parallelism and DeepSpeed are applied from outside. Inputs are token
 ids with optional segment ids and position ids (a concatenated multi-view input restarts
-positions per view); the output holds per-token logits and, when asked, the decoding cache:
+positions per view, each token at its first base); the output holds per-token logits (over the
+vocabulary, or per base for ``mlm_target: bases``) and, when asked, the decoding cache:
 keys and values for the softmax backends, the running (S, z) sums for causal Performer.
 """
 
@@ -117,7 +118,7 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = norm_layer(config)
         self.head_transform = HeadTransform(config) if config.lm_head == "transform" else None
-        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.head = nn.Linear(config.d_model, config.head_size, bias=False)
         if config.tie_embeddings:
             self.head.weight = self.embed.weight
         self.apply(self._init)
@@ -157,7 +158,7 @@ class Transformer(nn.Module):
             new_cache.append(layer_cache)
         hidden = self.norm(x)
         features = self.head_transform(hidden) if self.head_transform is not None else hidden
-        return ModelOutput(self.head(features), hidden, new_cache if cache is not None else None)
+        return ModelOutput(self.config.shape_logits(self.head(features)), hidden, new_cache if cache is not None else None)
 
     def redraw_performer_features(self) -> None:
         for module in self.modules():

@@ -2,9 +2,11 @@
 
 Layout: ``[CLS] view₀ [SEP] view₁ [SEP] …``. Ids share the five specials and give each
 view's other tokens their own range, so one embedding table serves every view. Each token
-carries its segment (view index; [CLS] is in segment 0), its position within its view (the
-j-th token of every view is at position j+1, [CLS] at 0, each [SEP] right after its view's
-last token) and its base span, so a masking step can hide a base in every view at once.
+carries its segment (view index; [CLS] is in segment 0), its position and its base span, so a
+masking step can hide a base in every view at once. Positions are aligned to bases: a token sits
+at 1 + the base offset where it starts, [CLS] at 0 and each [SEP] at 1 + the number of bases, so
+the nucleotide token of base b and the 6-mer that starts at b share a position, and a 6-mer's
+neighbour is 6 positions away, as its bases are.
 """
 
 from __future__ import annotations
@@ -26,14 +28,17 @@ class ViewEncoding(Encoding):
     positions: np.ndarray = None
 
 
-def concatenate_views(view_ids: Sequence[np.ndarray], id_offsets: Sequence[int], length: int | None = None):
-    """Each view's own ids → ``[CLS] v0 [SEP] v1 [SEP] …`` (padded with [PAD] to ``length``): ids, segments, positions."""
+def concatenate_views(view_ids: Sequence[np.ndarray], view_spans: Sequence[np.ndarray], id_offsets: Sequence[int],
+                      length: int | None = None):
+    """Each view's own ids and base spans → ``[CLS] v0 [SEP] v1 [SEP] …`` (padded with [PAD] to ``length``):
+    ids, segments, base-aligned positions."""
+    n_bases = int(view_spans[0][-1, 1]) if len(view_spans[0]) else 0
     ids, segments, positions = [[CLS_ID]], [[0]], [[0]]
-    for v, (own, offset) in enumerate(zip(view_ids, id_offsets)):
+    for v, (own, spans, offset) in enumerate(zip(view_ids, view_spans, id_offsets)):
         own = np.asarray(own, np.int32)
         ids += [np.where(own < NUM_SPECIAL, own, own + offset), [SEP_ID]]
         segments.append(np.full(len(own) + 1, v, np.int32))
-        positions.append(np.arange(1, len(own) + 2, dtype=np.int32))
+        positions += [np.asarray(spans, np.int64)[:, 0] + 1, [n_bases + 1]]
     ids, segments, positions = (np.concatenate(x).astype(np.int32) for x in (ids, segments, positions))
     if length is not None:
         if len(ids) > length:
@@ -80,7 +85,7 @@ class ViewTokenizer(Tokenizer):
 
     def encode(self, bases) -> ViewEncoding:
         parts = [t.encode(bases) for t in self.tokenizers]
-        ids, segment_ids, positions = concatenate_views([p.ids for p in parts], self.id_offsets)
+        ids, segment_ids, positions = concatenate_views([p.ids for p in parts], [p.offsets for p in parts], self.id_offsets)
         n_bases = int(parts[0].offsets[-1, 1]) if len(parts[0]) else 0
         edge = [[0, 0]], [[n_bases, n_bases]]
         offsets = np.concatenate([edge[0], *(x for p in parts for x in (p.offsets, edge[1]))]).astype(np.int64)

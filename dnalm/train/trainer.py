@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from dnalm import faults
 from dnalm.data.manifest import Manifest
-from dnalm.data.masking import IGNORE, clm_batch, mlm_batch, view_ranges
+from dnalm.data.masking import IGNORE, base_targets, clm_batch, mlm_batch, view_ranges
 from dnalm.data.stream import GenomeStream, StreamLoader
 from dnalm.devices import move
 from dnalm.errors import DnalmError
@@ -94,9 +94,12 @@ def resolve_model(config: TrainConfig, manifest: Manifest, tokenizer: Tokenizer)
         return ModelConfig(**bundle["model"]).replace(activation_checkpointing=config.activation_checkpointing,
                                                        **config.model.overrides)
     base = ModelConfig.from_yaml(name) if name.endswith((".yaml", ".yml")) else get_config(name)
-    return base.replace(vocab_size=tokenizer.vocab_size, num_segments=len(manifest.tokenizers) if manifest.views else 1,
-                        max_seq_len=max(base.max_seq_len, manifest.seq_len),
-                        activation_checkpointing=config.activation_checkpointing, **config.model.overrides)
+    resolved = base.replace(vocab_size=tokenizer.vocab_size, num_segments=len(manifest.tokenizers) if manifest.views else 1,
+                            max_seq_len=max(base.max_seq_len, manifest.seq_len),
+                            activation_checkpointing=config.activation_checkpointing, **config.model.overrides)
+    if resolved.mlm_target == "bases":
+        resolved = resolved.replace(bases_per_token=base_targets(tokenizer.vocab).shape[1])
+    return resolved
 
 
 def lr_lambda(config: TrainConfig, total_steps: int):
@@ -220,6 +223,7 @@ class Trainer:
                                    on_error=config.data.on_error)
         self.loader = StreamLoader(self.stream, num_workers=config.data.num_workers)
         self.ranges = view_ranges([t.vocab_size for t in self.manifest.tokenizers])
+        self.base_table = base_targets(self.tokenizer.vocab) if self.model_config.mlm_target == "bases" else None
         self.step, self.tokens_seen, self.skipped_steps, self.stream_skipped_before = 0, 0, 0, 0
         if self.resume_from is not None:
             ckpt.load(self.engine, self.resume_from, universal)
@@ -259,7 +263,7 @@ class Trainer:
             return move(clm_batch(batch), self.device)
         rng = np.random.default_rng([self.config.seed, salt, self.step, self.rank, micro])
         objective = self.config.objective
-        return move(mlm_batch(batch, self.ranges, rng, mask_fraction=objective.mask_fraction,
+        return move(mlm_batch(batch, self.ranges, rng, self.base_table, mask_fraction=objective.mask_fraction,
                               mean_span=objective.mean_span, replace=objective.replace), self.device)
 
     def _logits(self, inputs: dict) -> torch.Tensor:
@@ -362,7 +366,7 @@ class Trainer:
                               world_size=self.world, seed=config.seed, epochs=1,  # the same windows, drawn across the split
                               on_error=config.data.on_error)
         self.engine.eval()
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # (loss × targets, targets, correct)
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # (loss × targets, targets, correct, windows)
         for i, batch in enumerate(StreamLoader(stream)):
             if i == config.eval.batches:
                 break
@@ -370,14 +374,15 @@ class Trainer:
             logits = self._logits(inputs)
             targets, correct = prediction_counts(logits, inputs["labels"], self.causal)
             loss = lm_loss(logits, inputs["labels"], self.causal)
-            sums += torch.stack([torch.where(targets > 0, loss * targets, 0), targets, correct]).to(torch.float64)
+            windows = torch.tensor(len(batch["input_ids"]), device=self.device)
+            sums += torch.stack([torch.where(targets > 0, loss * targets, 0), targets, correct, windows]).to(torch.float64)
         self.engine.train()
         dist.all_reduce(sums)
-        loss_total, targets, correct = sums.tolist()
+        loss_total, targets, correct, windows = sums.tolist()
         if targets == 0:
             return {}
         val_loss = loss_total / targets
-        out = {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50))}
+        out = {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50)), "val_windows": int(windows)}
         if not self.causal:
             out["val_masked_accuracy"] = correct / targets
         return out
