@@ -95,3 +95,31 @@ def test_bed_regions_and_csv_rows(bundles, ecoli_records, tmp_path):
     csv.write_text("seq\nACGT\n")
     with pytest.raises(SequenceInputError, match="rows.csv:1: the header needs a 'sequence' column"):
         from_csv(csv)
+
+
+def test_every_window_of_a_views_model_gets_the_positions_encode_gives(ecoli):
+    """A multi-view window is the model input `ViewTokenizer.encode` makes of its bases: positions from its first base."""
+    import torch
+
+    from dnalm.embedding import _Embedder
+    from dnalm.models import build_model, get_config
+    from dnalm.tokenizers import ViewTokenizer, load
+
+    views = ViewTokenizer([load("nucleotide"), load("kmer:6")])
+    torch.manual_seed(0)
+    model = build_model(get_config("encoder-tiny", vocab_size=views.vocab_size, num_segments=2, positions="learned",
+                                   max_seq_len=128)).eval()
+    sequence = ecoli.sequence[70_000:70_400]
+    encodings = [view.encode(sequence) for view in views.tokenizers]
+    embedder = _Embedder(model, views, views.tokenizers, None)
+    windows = embedder._windows(0, encodings)
+    assert len(windows) >= 3
+    for w in windows:
+        with torch.no_grad():
+            embedder._forward([w], [encodings])
+        first, last = w.tokens[0]
+        enc = views.encode(sequence[encodings[0].offsets[first, 0] : encodings[0].offsets[last - 1, 1]])
+        with torch.no_grad():
+            alone = model(torch.from_numpy(enc.ids[None].astype(np.int64)), segment_ids=torch.from_numpy(enc.segment_ids[None].astype(np.int64)),
+                          positions=torch.from_numpy(enc.positions[None].astype(np.int64))).hidden[0]
+        np.testing.assert_allclose(w.result["hidden"], alone.numpy(), atol=1e-5)

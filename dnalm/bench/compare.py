@@ -193,14 +193,12 @@ def build_variant(variant: Variant, **changes) -> torch.nn.Module:
     from dnalm.models import build_model, get_config
     from dnalm.tokenizers import load
 
-    from dnalm.data.masking import base_targets
+    from dnalm.data.masking import sized_head
 
     tokenizer = load("nucleotide+kmer:6" if variant.views else "nucleotide")
     torch.manual_seed(0)
-    config = get_config(variant.model, vocab_size=tokenizer.vocab_size, **variant.overrides, **changes)
-    if config.mlm_target == "bases":
-        config = config.replace(bases_per_token=base_targets(tokenizer.vocab).shape[1])
-    return build_model(config)
+    return build_model(sized_head(get_config(variant.model, vocab_size=tokenizer.vocab_size, **variant.overrides, **changes),
+                                  tokenizer.vocab))
 
 
 def pretrain(variant: Variant, seed: int, budget: Budget, data: Path, work: Path) -> dict:

@@ -89,6 +89,11 @@ def base_targets(vocab: list[str]) -> np.ndarray:
     return table
 
 
+def sized_head(config, vocab: list[str]):
+    """A model config with ``bases_per_token`` set from ``vocab`` when its ``mlm_target`` is bases."""
+    return config.replace(bases_per_token=base_targets(vocab).shape[1]) if config.mlm_target == "bases" else config
+
+
 def mlm_batch(batch: dict, ranges, rng: np.random.Generator, base_table: np.ndarray | None = None, **objective) -> dict:
     """``base_table`` (from ``base_targets``): labels become the bases of each target token, shape (B, T, K)."""
     ids, spans = batch["input_ids"].numpy(), batch["spans"].numpy()

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from dnalm import faults
 from dnalm.data.manifest import Manifest
-from dnalm.data.masking import IGNORE, base_targets, clm_batch, mlm_batch, view_ranges
+from dnalm.data.masking import IGNORE, base_targets, clm_batch, mlm_batch, sized_head, view_ranges
 from dnalm.data.stream import GenomeStream, StreamLoader
 from dnalm.devices import move
 from dnalm.errors import DnalmError
@@ -94,12 +94,10 @@ def resolve_model(config: TrainConfig, manifest: Manifest, tokenizer: Tokenizer)
         return ModelConfig(**bundle["model"]).replace(activation_checkpointing=config.activation_checkpointing,
                                                        **config.model.overrides)
     base = ModelConfig.from_yaml(name) if name.endswith((".yaml", ".yml")) else get_config(name)
-    resolved = base.replace(vocab_size=tokenizer.vocab_size, num_segments=len(manifest.tokenizers) if manifest.views else 1,
-                            max_seq_len=max(base.max_seq_len, manifest.seq_len),
-                            activation_checkpointing=config.activation_checkpointing, **config.model.overrides)
-    if resolved.mlm_target == "bases":
-        resolved = resolved.replace(bases_per_token=base_targets(tokenizer.vocab).shape[1])
-    return resolved
+    return sized_head(base.replace(vocab_size=tokenizer.vocab_size, num_segments=len(manifest.tokenizers) if manifest.views else 1,
+                                   max_seq_len=max(base.max_seq_len, manifest.seq_len),
+                                   activation_checkpointing=config.activation_checkpointing, **config.model.overrides),
+                      tokenizer.vocab)
 
 
 def lr_lambda(config: TrainConfig, total_steps: int):
