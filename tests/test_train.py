@@ -222,3 +222,14 @@ def test_a_decoder_on_multi_view_data_is_refused(tmp_path, ecoli):
     done = run([sys.executable, "-m", "dnalm", "train", "--config", str(CONFIG),
                 *overrides(views, tmp_path / "run", **{"model.name": "decoder-tiny"})], expect_ok=False)
     assert done.returncode == 1 and "a decoder reads one view" in done.stderr
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "train").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_training_configs_are_valid(path):
+    """Every experiment under configs/train/ validates, names a DeepSpeed JSON that exists and a model that builds."""
+    from dnalm.models import build_model, get_config
+    from dnalm.train.config import deepspeed_config, load_config
+
+    config = load_config(path)
+    deepspeed_config(config, world_size=2, on_gpu=False)
+    build_model(get_config(config.model.name, **config.model.overrides), device="meta")
