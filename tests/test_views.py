@@ -36,9 +36,10 @@ def test_layout_segments_positions(views, ecoli):
 def test_tokens_over_the_same_bases_share_positions_across_views(views, ecoli):
     """The nucleotide token of base b and the 6-mer starting at b sit at one position; 6-mers lie 6 apart."""
     enc = views.encode(ecoli.sequence[30_000:30_600])
-    nucleotide = {int(s): int(p) for s, p, g in zip(enc.offsets[:, 0], enc.positions, enc.segment_ids) if g == 0}
-    kmer = enc.segment_ids == 1
-    kmer &= ~np.isin(enc.ids, [SEP_ID])
+    own = ~np.isin(enc.ids, [CLS_ID, SEP_ID])  # the view's own tokens, not [CLS] or [SEP]
+    nucleotide = {int(s): int(p) for s, p in zip(enc.offsets[own & (enc.segment_ids == 0), 0],
+                                                 enc.positions[own & (enc.segment_ids == 0)])}
+    kmer = own & (enc.segment_ids == 1)
     assert kmer.sum() == 100
     assert all(nucleotide[int(s)] == int(p) for s, p in zip(enc.offsets[kmer, 0], enc.positions[kmer]))
     assert set(np.diff(enc.positions[kmer]).tolist()) == {6}
