@@ -300,17 +300,21 @@ def score_variants(args) -> None:
 
 def _recipe_args():
     return [
-        arg("--no-rc-augment", action="store_true", help="do not read training rows as their reverse complement half the time"),
-        arg("--no-rc-average", action="store_true", help="predict from the forward strand only"),
+        arg("--rc-augment", action="store_true",
+            help="read training rows as their reverse complement half the time (for strand-free tasks; off: promoters are oriented)"),
+        arg("--rc-average", action="store_true", help="average the predictions of both strands (default: the forward strand)"),
         arg("--patience", type=int, default=None, help="stop after this many epochs without a better dev MCC"),
-        arg("--backbone-lr-scale", type=float, default=0.1, help="a pretrained backbone's rate relative to the head's (default 0.1)"),
+        arg("--backbone-lr-scale", type=float, default=1.0,
+            help="a pretrained backbone's rate relative to the head's (default 1: one rate; below 1: discriminative)"),
         arg("--freeze-backbone", action="store_true", help="train the head only (linear probing of a pretrained --model)"),
+        arg("--pooling", default="mean", choices=["mean", "mean-max"],
+            help="per-token states to one vector: their mean, or mean and max side by side (default mean)"),
     ]
 
 
 def _recipe(args) -> dict:
-    return {"rc_augment": not args.no_rc_augment, "rc_average": not args.no_rc_average, "patience": args.patience,
-            "backbone_lr_scale": args.backbone_lr_scale, "freeze_backbone": args.freeze_backbone}
+    return {"rc_augment": args.rc_augment, "rc_average": args.rc_average, "patience": args.patience,
+            "backbone_lr_scale": args.backbone_lr_scale, "freeze_backbone": args.freeze_backbone, "pooling": args.pooling}
 
 
 @command("finetune", help="sequence classification from a bundle or from scratch; metrics.json with accuracy, F1, MCC, AUROC", args=[
@@ -430,12 +434,15 @@ def bench_attention(args) -> None:
          "attention alone and whole training steps", args=[
     arg("--lengths", default="1024,2048,4096,8192", help="comma-separated attention lengths"),
     arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for alibi.json and alibi.png"),
+    arg("--rounds", type=int, default=3, help="interleaved passes over the four models; each keeps its best step"),
     _device_arg(),
 ])
 def bench_alibi(args) -> None:
     from dnalm.bench import alibi
 
-    result = alibi.run(args.out, tuple(int(x) for x in args.lengths.split(",")), device=args.device)
+    if args.rounds < 1:
+        raise DnalmError(f"--rounds must be at least 1, got {args.rounds}")
+    result = alibi.run(args.out, tuple(int(x) for x in args.lengths.split(",")), device=args.device, rounds=args.rounds)
     print(json.dumps(result["ratios"], indent=2))
 
 

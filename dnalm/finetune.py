@@ -1,8 +1,8 @@
 """``dnalm finetune``: sequence classification (promoters, binding sites) from a bundle or from scratch.
 
 The backbone (a bundle's encoder or decoder, the same architecture freshly initialised with
-``scratch=True``, or a fresh transformer / performer / cnn) is mean-pooled over real tokens into a
-linear head; the epoch with the best dev MCC is kept and scored on the test set: accuracy, F1,
+``scratch=True``, or a fresh transformer / performer / cnn) is pooled over real tokens (``pooling``:
+the mean, or mean and max side by side) into a linear head; the epoch with the best dev MCC is kept and scored on the test set: accuracy, F1,
 MCC, AUROC, mean ± std over seeds, in ``metrics.json``.
 
 The recipe is the promoter literature's: AdamW with warm-up and linear decay; each training row
@@ -92,8 +92,24 @@ def read_labelled(path: str | Path, classes: list[str] | None = None) -> Labelle
     return LabelledSet(path, sequences, np.array([index[label] for label in labels], np.int64), classes)
 
 
+def _mean_pool(hidden, weights):
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+def _max_pool(hidden, weights):
+    return hidden.masked_fill(weights == 0, torch.finfo(hidden.dtype).min).amax(1)
+
+
+# How the backbone's per-token states become one vector: mean over real tokens, or beside it the max, which keeps a
+# single strong motif (a TATA box) from being averaged away over 300 positions.
+POOLINGS = {
+    "mean": (_mean_pool, 1),
+    "mean-max": (lambda hidden, weights: torch.cat([_mean_pool(hidden, weights), _max_pool(hidden, weights)], -1), 2),
+}
+
+
 class Classifier(nn.Module):
-    def __init__(self, backbone: nn.Module, num_classes: int, dropout: float = 0.1):
+    def __init__(self, backbone: nn.Module, num_classes: int, dropout: float = 0.1, pooling: str = "mean"):
         super().__init__()
         self.backbone = backbone
         self.backbone.head = nn.Identity()  # the LM head's logits are never used here; with a k-mer vocabulary they cost most of a step
@@ -101,13 +117,12 @@ class Classifier(nn.Module):
         if getattr(self.backbone, "head_transform", None) is not None:
             self.backbone.head_transform = None
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(backbone.config.d_model, num_classes)
+        self.pool, widths = POOLINGS[pooling]
+        self.head = nn.Linear(widths * backbone.config.d_model, num_classes)
 
     def forward(self, ids, mask, segment_ids=None, positions=None):
         hidden = self.backbone(ids, attention_mask=mask, segment_ids=segment_ids, positions=positions).hidden
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
-        return self.head(self.dropout(pooled))
+        return self.head(self.dropout(self.pool(hidden, mask.unsqueeze(-1).to(hidden.dtype))))
 
 
 def encode_set(data: LabelledSet, tokenizer: Tokenizer, reverse: bool = False) -> dict[str, torch.Tensor]:
@@ -185,7 +200,7 @@ def predict(model: Classifier, data: dict, batch_size: int = 256) -> np.ndarray:
 
 
 def build_classifier(num_classes: int, bundle: Path | None, arch: str | None, vocab_size: int, seed: int,
-                     scratch: bool = False) -> Classifier:
+                     scratch: bool = False, pooling: str = "mean") -> Classifier:
     from dnalm.bundle import load_pretrained, read_config
     from dnalm.models import ModelConfig, build_model
 
@@ -197,7 +212,7 @@ def build_classifier(num_classes: int, bundle: Path | None, arch: str | None, vo
         backbone = build_model(ModelConfig(**read_config(bundle)["model"]))
     else:
         backbone = build_model(ModelConfig(name=arch, vocab_size=vocab_size, **ARCHS[arch]))
-    return Classifier(backbone, num_classes)
+    return Classifier(backbone, num_classes, pooling=pooling)
 
 
 def limit(data: LabelledSet, n: int | None) -> LabelledSet:
@@ -212,7 +227,7 @@ def train_one(seed: int, sets: dict, classes: list[str], bundle, arch, vocab_siz
               weight_decay: float, progress, scratch: bool = False, device: torch.device = torch.device("cpu"),
               recipe: dict | None = None) -> dict:
     recipe = recipe or {}
-    model = build_classifier(len(classes), bundle, arch, vocab_size, seed, scratch).to(device)
+    model = build_classifier(len(classes), bundle, arch, vocab_size, seed, scratch, recipe.get("pooling", "mean")).to(device)
     optimizer = torch.optim.AdamW(_parameter_groups(model, lr, pretrained=bundle is not None and not scratch, **recipe),
                                   lr=lr, weight_decay=weight_decay)
     train, train_rc = sets["train"]["forward"], sets["train"]["reverse"]
@@ -229,7 +244,7 @@ def train_one(seed: int, sets: dict, classes: list[str], bundle, arch, vocab_siz
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             batch = {k: v[rows] for k, v in train.items()}
-            if recipe.get("rc_augment", True):
+            if recipe.get("rc_augment"):
                 flip = torch.rand(len(rows), generator=generator) < 0.5
                 batch |= {k: torch.where(flip[:, None], train_rc[k][rows], batch[k]) for k in ("ids", "mask", "segment_ids", "positions")}
             batch = move(batch, device)
@@ -241,7 +256,7 @@ def train_one(seed: int, sets: dict, classes: list[str], bundle, arch, vocab_siz
             optimizer.step()
             schedule.step()
             progress(1)
-        dev = metrics(sets["dev"]["forward"]["labels"].numpy(), predict_strands(model, sets["dev"], recipe.get("rc_average", True)))
+        dev = metrics(sets["dev"]["forward"]["labels"].numpy(), predict_strands(model, sets["dev"], recipe.get("rc_average", False)))
         history.append({"epoch": epoch + 1, **{f"dev_{k}": v for k, v in dev.items()}})
         if dev["mcc"] > best["mcc"]:
             best, since_best = {"epoch": epoch + 1, **dev, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}, 0
@@ -254,11 +269,11 @@ def train_one(seed: int, sets: dict, classes: list[str], bundle, arch, vocab_siz
     result = {"seed": seed, "best_epoch": best.pop("epoch"), "epochs_run": len(history), "dev": best, "history": history}
     if "test" in sets:
         result["test"] = metrics(sets["test"]["forward"]["labels"].numpy(),
-                                 predict_strands(model, sets["test"], recipe.get("rc_average", True)))
+                                 predict_strands(model, sets["test"], recipe.get("rc_average", False)))
     return result
 
 
-def _parameter_groups(model: Classifier, lr: float, pretrained: bool, backbone_lr_scale: float = 0.1,
+def _parameter_groups(model: Classifier, lr: float, pretrained: bool, backbone_lr_scale: float = 1.0,
                       freeze_backbone: bool = False, **_) -> list[dict]:
     """The head at ``lr``; a pretrained backbone at ``lr · backbone_lr_scale``, or frozen (linear probing)."""
     head = list(model.head.parameters())
@@ -273,8 +288,8 @@ def _parameter_groups(model: Classifier, lr: float, pretrained: bool, backbone_l
 def finetune(train_path, dev_path, out, *, model: str | Path | None = None, arch: str | None = None, test_path=None,
              scratch: bool = False, seeds: int = 1, first_seed: int = 0, train_limit: int | None = None, epochs: int = 5,
              lr: float = 1e-3, batch_size: int = 64, weight_decay: float = 0.01, show_progress: bool = False,
-             device: str = "auto", rc_augment: bool = True, rc_average: bool = True, patience: int | None = None,
-             backbone_lr_scale: float = 0.1, freeze_backbone: bool = False) -> dict:
+             device: str = "auto", rc_augment: bool = False, rc_average: bool = False, patience: int | None = None,
+             backbone_lr_scale: float = 1.0, freeze_backbone: bool = False, pooling: str = "mean") -> dict:
     """Seeds ``first_seed`` … ``first_seed + seeds - 1``; ``train_limit`` rows of the training set at most;
     ``device`` auto | cpu | cuda (auto: CUDA when present). The recipe settings are described above."""
     if (model is None) == (arch is None):
@@ -289,10 +304,12 @@ def finetune(train_path, dev_path, out, *, model: str | Path | None = None, arch
         raise DnalmError(f"--patience must be at least 1 epoch, got {patience}")
     if not 0 < backbone_lr_scale <= 1:
         raise DnalmError(f"--backbone-lr-scale must be in (0, 1], got {backbone_lr_scale}")
+    if pooling not in POOLINGS:
+        raise DnalmError(f"--pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
     if freeze_backbone and (model is None or scratch):
         raise DnalmError("--freeze-backbone probes a pretrained backbone: give --model BUNDLE without --from-scratch")
     recipe = {"rc_augment": rc_augment, "rc_average": rc_average, "patience": patience,
-              "backbone_lr_scale": backbone_lr_scale, "freeze_backbone": freeze_backbone}
+              "backbone_lr_scale": backbone_lr_scale, "freeze_backbone": freeze_backbone, "pooling": pooling}
     from dnalm.devices import resolve
 
     target = resolve(device)

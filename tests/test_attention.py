@@ -33,6 +33,23 @@ def test_softmax_backends_match_eager(backend, causal, alibi, padded):
     torch.testing.assert_close(got.transpose(1, 2)[rows], expected.transpose(1, 2)[rows], atol=2e-5, rtol=1e-4)
 
 
+def test_alibi_bias_is_built_once_for_rows_that_share_positions():
+    from dnalm.models.attention import additive_mask
+    from dnalm.models.positions import alibi_bias
+
+    q, k, _, pos, mask = inputs()
+    slopes = alibi_slopes(H)
+    common = dict(causal=False, alibi=slopes)
+    shared = additive_mask(q, k, q_pos=pos, k_pos=pos, key_mask=torch.ones_like(mask), **common)
+    assert shared.shape == (1, H, T, T)  # not B copies, and an all-True key mask adds nothing
+    torch.testing.assert_close(shared.expand(B, -1, -1, -1), alibi_bias(slopes, pos, pos, False))
+    shifted = pos + torch.tensor([[0], [3]])
+    assert additive_mask(q, k, q_pos=shifted, k_pos=shifted, key_mask=None, **common).shape == (B, H, T, T)
+    padded = additive_mask(q, k, q_pos=pos, k_pos=pos, key_mask=mask, **common)
+    assert padded.shape == (B, H, T, T) and torch.equal(padded[0], shared[0])
+    assert padded[1, :, :, -9:].eq(float("-inf")).all() and torch.equal(padded[1, :, :, :-9], shared[0, :, :, :-9])
+
+
 @pytest.mark.parametrize("backend", ["sdpa", "flash"])
 def test_rope_inputs_match_eager(backend):
     q, k, v, pos, _ = inputs(1)

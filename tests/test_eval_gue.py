@@ -27,14 +27,15 @@ def test_every_task_is_run_and_reported_beside_published_numbers(tmp_path):
     slice_task(GUE / "tf0", folder / "tf0", 96, with_test=False)
     (folder / "not_a_task").mkdir()
     result = run_cli("eval", "gue", folder, "--arch", "cnn", "--seeds", "1", "--epochs", "2", "--patience", "1",
-                     "--out", tmp_path / "out")
+                     "--rc-augment", "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "out" / "gue.json").read_text())
     assert [r["task"] for r in report["tasks"]] == ["prom_300_tata", "tf0"]
     first, second = report["tasks"]
     assert set(first) >= {"dev_mcc", "test_mcc"} and "test_mcc" not in second
     assert first["published_test_mcc"] == PUBLISHED["prom_300_tata"] and first["train_rows"] == 96
-    assert report["settings"]["seeds"] == [0] and report["settings"]["rc_augment"] and report["settings"]["patience"] == 1
+    settings = report["settings"]
+    assert settings["seeds"] == [0] and settings["rc_augment"] and not settings["rc_average"] and settings["patience"] == 1
     table = (tmp_path / "out" / "gue.md").read_text()
     assert "| prom_300_tata | 96 |" in table and "NT-2500M-multi 79.4" in table and table in result.stdout
     assert (tmp_path / "out" / "gue.png").stat().st_size > 1000
@@ -54,8 +55,9 @@ def test_recipe_switches_change_what_is_trained(bundles, tmp_path):
     task = tmp_path / "task"
     slice_task(GUE / "prom_300_tata", task, 64, with_test=False)
     common = dict(epochs=1, batch_size=32)
-    plain = finetune(task / "train.csv", task / "dev.csv", tmp_path / "a", arch="cnn", rc_augment=False, rc_average=False, **common)
-    recipe = finetune(task / "train.csv", task / "dev.csv", tmp_path / "b", arch="cnn", **common)
+    plain = finetune(task / "train.csv", task / "dev.csv", tmp_path / "a", arch="cnn", **common)
+    assert not plain["settings"]["rc_augment"] and not plain["settings"]["rc_average"]  # promoters are oriented: off by default
+    recipe = finetune(task / "train.csv", task / "dev.csv", tmp_path / "b", arch="cnn", rc_augment=True, rc_average=True, **common)
     assert plain["runs"][0]["dev"] != recipe["runs"][0]["dev"]
     probe = finetune(task / "train.csv", task / "dev.csv", tmp_path / "c", model=bundles["encoder"], freeze_backbone=True, **common)
     assert probe["settings"]["freeze_backbone"] is True
@@ -68,3 +70,23 @@ def test_recipe_switches_change_what_is_trained(bundles, tmp_path):
     assert not any(p.requires_grad for p in model.backbone.parameters())
     with pytest.raises(Exception, match="--freeze-backbone probes a pretrained backbone"):
         finetune(task / "train.csv", task / "dev.csv", tmp_path / "d", arch="cnn", freeze_backbone=True)
+
+
+def test_mean_max_pooling_reads_real_tokens_only():
+    import torch
+
+    from dnalm.finetune import Classifier, build_classifier
+
+    model = build_classifier(2, None, "cnn", 8, seed=0, pooling="mean-max").eval()
+    assert model.head.in_features == 2 * model.backbone.config.d_model
+    ids = torch.randint(3, 8, (1, 40))
+    padded = torch.cat([ids, torch.zeros(1, 25, dtype=torch.long)], 1)  # PAD_ID is 0
+    positions = torch.arange(65)[None]
+    with torch.no_grad():
+        alone = model(ids, ids != 0, torch.zeros_like(ids), positions[:, :40])
+        with_padding = model(padded, padded != 0, torch.zeros_like(padded), positions)
+        hidden = model.backbone(padded, attention_mask=padded != 0).hidden
+    assert hidden[0, 40:].abs().amax(0).gt(hidden[0, :40].abs().amax(0)).any()  # padded states could win a max
+    torch.testing.assert_close(with_padding, alone, atol=1e-5, rtol=1e-5)
+    with pytest.raises(Exception, match="--pooling must be one of mean, mean-max"):
+        finetune("x.csv", "y.csv", "out", arch="cnn", pooling="sum")
