@@ -1,6 +1,7 @@
 """Device discipline: inputs and collectives follow the engine's device; --device on every command; bf16 safety."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -225,3 +226,29 @@ def test_no_device_sentence_is_hard_coded_in_the_benches():
         text = path.read_text()
         for phrase in ("(CPU)", "not measured here", "CPU processes", ", fp32\""):
             assert phrase not in text, f"{path.name}: {phrase}"
+
+
+FLUSH_CHECK = """
+import sys, numpy as np, torch
+if sys.argv[1] == "pool first":
+    torch.randn(4_000_000).exp().sum()  # PyTorch's thread pool starts before the setting
+    torch.set_flush_denormal(True)
+else:
+    import dnalm.finetune  # what `dnalm finetune` and `dnalm eval gue` import before any tensor work
+tiny = torch.from_numpy(np.full(4_000_000, 1 << 19, dtype=np.uint32).view(np.float32))  # a denormal, written as bits
+print(torch.get_num_threads(), int(((tiny * 1.5) != 0).sum()))
+"""
+
+
+def test_every_thread_flushes_denormals_once_dnalm_is_imported():
+    """A worker thread that keeps denormals made pretrained fine-tuning steps 4.7-6.4x slower (dnalm/devices.py)."""
+
+    def survivors(order: str) -> tuple[int, int]:
+        done = subprocess.run([sys.executable, "-c", FLUSH_CHECK, order], capture_output=True, text=True, check=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "2"})
+        threads, kept = done.stdout.split()
+        return int(threads), int(kept)
+
+    threads, kept = survivors("dnalm first")
+    assert threads == 2 and kept == 0
+    assert survivors("pool first")[1] > 0  # the check sees a thread that does not flush

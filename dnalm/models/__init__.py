@@ -10,19 +10,13 @@ from contextlib import nullcontext
 
 import torch
 
+import dnalm.devices  # noqa: F401  (flush-to-zero for denormals, set there on import)
 from dnalm.models.attention import ATTENTION
 from dnalm.models.cnn import ConvNet
 from dnalm.models.config import NAMED_CONFIGS, ModelConfig, ModelConfigError, get_config
 from dnalm.models.transformer import ModelOutput, Transformer
 
 ARCHITECTURES = {"encoder": Transformer, "decoder": Transformer, "cnn": ConvNet}
-
-# Flush-to-zero for denormal floats, as TensorFlow does on CPU. ALiBi's far keys and attention tails
-# produce exp() values below fp32's normal range, which x86 computes several times slower and which
-# round away in every softmax sum. Set on import, before PyTorch starts its CPU thread pool: threads
-# copy the setting only when they are created (measured: set after the pool exists, only the calling
-# thread flushes and the fused ALiBi path stays 3× slower at 8k).
-torch.set_flush_denormal(True)
 
 
 def build_model(config: ModelConfig | str, device: str | torch.device | None = None) -> torch.nn.Module:
