@@ -2,14 +2,15 @@
 
 The backbone (a bundle's encoder or decoder, the same architecture freshly initialised with
 ``scratch=True``, or a fresh transformer / performer / cnn) is pooled over real tokens (``pooling``:
-the mean, or mean and max side by side) into a linear head; the epoch with the best dev MCC is kept and scored on the test set: accuracy, F1,
-MCC, AUROC, mean ± std over seeds, in ``metrics.json``.
+the mean, or mean and max side by side) into a linear head; the epoch with the best dev MCC is kept
+and scored on the test set: accuracy, F1, MCC, AUROC, mean ± std over seeds, in ``metrics.json``.
 
-The recipe is the promoter literature's: AdamW with warm-up and linear decay; each training row
-read as its reverse complement half the time (``rc_augment``) and predictions averaged over both
-strands (``rc_average``); a pretrained backbone learning at ``backbone_lr_scale`` of the head's
-rate, or frozen for linear probing (``freeze_backbone``); training stopped after ``patience``
-epochs without a better dev MCC.
+The recipe: AdamW with warm-up and linear decay; a pretrained backbone learning at
+``backbone_lr_scale`` of the head's rate (1 by default), or frozen for linear probing
+(``freeze_backbone``); training stopped after ``patience`` epochs without a better dev MCC. For
+tasks where the strand carries no meaning, each training row can be read as its reverse complement
+half the time (``rc_augment``) and predictions averaged over both strands (``rc_average``); both
+are off by default, since promoter rows are oriented (docs/benchmarks.md, "Quality").
 """
 
 from __future__ import annotations
@@ -176,9 +177,12 @@ def _auroc(positive: np.ndarray, score: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def encode_strands(data: LabelledSet, tokenizer: Tokenizer) -> dict[str, dict[str, torch.Tensor]]:
-    """Both strands' tensors, padded to one length so that rows can be swapped between them."""
-    strands = {"forward": encode_set(data, tokenizer), "reverse": encode_set(data, tokenizer, reverse=True)}
+def encode_strands(data: LabelledSet, tokenizer: Tokenizer, reverse: bool = True) -> dict[str, dict[str, torch.Tensor]]:
+    """The forward strand's tensors and, with ``reverse``, the reverse complement's, padded to one length so that
+    rows can be swapped between them."""
+    strands = {"forward": encode_set(data, tokenizer)}
+    if reverse:
+        strands["reverse"] = encode_set(data, tokenizer, reverse=True)
     length = max(tensors["ids"].shape[1] for tensors in strands.values())
     return {name: {k: v if k == "labels" else F.pad(v, (0, length - v.shape[1]), value=PAD_ID if k == "ids" else 0)
                    for k, v in tensors.items()} for name, tensors in strands.items()}
@@ -230,7 +234,7 @@ def train_one(seed: int, sets: dict, classes: list[str], bundle, arch, vocab_siz
     model = build_classifier(len(classes), bundle, arch, vocab_size, seed, scratch, recipe.get("pooling", "mean")).to(device)
     optimizer = torch.optim.AdamW(_parameter_groups(model, lr, pretrained=bundle is not None and not scratch, **recipe),
                                   lr=lr, weight_decay=weight_decay)
-    train, train_rc = sets["train"]["forward"], sets["train"]["reverse"]
+    train, train_rc = sets["train"]["forward"], sets["train"].get("reverse")
     steps_per_epoch = math.ceil(len(train["ids"]) / batch_size)
     total = epochs * steps_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, total // 20)) *
@@ -331,7 +335,8 @@ def finetune(train_path, dev_path, out, *, model: str | Path | None = None, arch
     raw = {"train": train, "dev": read_labelled(dev_path, classes)}
     if test_path is not None:
         raw["test"] = read_labelled(test_path, classes)
-    sets = {name: encode_strands(data, tokenizer) for name, data in raw.items()}
+    sets = {name: encode_strands(data, tokenizer, reverse=rc_average or (rc_augment and name == "train"))
+            for name, data in raw.items()}
     bar = None
     if show_progress:
         from tqdm import tqdm
