@@ -34,11 +34,8 @@ def register(name: str):
 def additive_mask(q, k, *, causal, q_pos, k_pos, key_mask, alibi) -> torch.Tensor | None:
     """Everything but the scores as one additive (B or 1, H or 1, T, S) float mask, or None."""
     mask = None
-    if q_pos.shape[0] > 1 and bool((q_pos == q_pos[:1]).all()) and bool((k_pos == k_pos[:1]).all()):
-        q_pos, k_pos = q_pos[:1], k_pos[:1]  # positions every row shares (the usual case): one bias, broadcast
-    if key_mask is not None and bool(key_mask.all()):
-        key_mask = None  # nothing padded: no (B, H, T, S) sum of the bias and a mask of zeros
     if alibi is not None:
+        q_pos, k_pos, key_mask = _one_bias_for_the_batch(q_pos, k_pos, key_mask)
         mask = alibi_bias(alibi.to(q.device), q_pos, k_pos, causal).to(q.dtype)
     blocked = None
     if causal:
@@ -50,6 +47,20 @@ def additive_mask(q, k, *, causal, q_pos, k_pos, key_mask, alibi) -> torch.Tenso
         minus_inf = torch.zeros(blocked.shape, dtype=q.dtype, device=q.device).masked_fill(blocked, float("-inf"))
         mask = minus_inf if mask is None else mask + minus_inf
     return mask
+
+
+def _one_bias_for_the_batch(q_pos, k_pos, key_mask):
+    """On CPU, rows that share positions (the usual case) share one (1, H, T, S) ALiBi bias, and a key mask with
+    nothing padded is dropped, so that no (B, H, T, S) copy is built. The checks read tensor values, which costs
+    nothing on CPU and a device sync elsewhere (on CUDA, flash-attn takes the slopes itself), so other devices
+    keep the per-row bias."""
+    if q_pos.device.type != "cpu":
+        return q_pos, k_pos, key_mask
+    if q_pos.shape[0] > 1 and bool((q_pos == q_pos[:1]).all()) and bool((k_pos == k_pos[:1]).all()):
+        q_pos, k_pos = q_pos[:1], k_pos[:1]
+    if key_mask is not None and bool(key_mask.all()):
+        key_mask = None
+    return q_pos, k_pos, key_mask
 
 
 @register("eager")
@@ -71,9 +82,10 @@ def sdpa(q, k, v, *, causal, q_pos, k_pos, key_mask=None, alibi=None, dropout=0.
         return alibi_fused.fused_alibi(q, k, v, slopes=alibi, positions=q_pos, key_mask=key_mask, causal=causal)
     plain_causal = causal and q.shape[2] == k.shape[2] and key_mask is None and alibi is None
     mask = None if plain_causal else additive_mask(q, k, causal=causal, q_pos=q_pos, k_pos=k_pos, key_mask=key_mask, alibi=alibi)
-    empty_rows = None if key_mask is None else ~key_mask.any(-1)
-    if mask is not None and empty_rows is not None and bool(empty_rows.any()):
-        mask = mask.masked_fill(empty_rows[:, None, None, None], 0.0)  # keep all-padding rows finite
+    if mask is not None and key_mask is not None:
+        empty_rows = ~key_mask.any(-1)
+        if alibi is None or q.device.type != "cpu" or bool(empty_rows.any()):  # a shared CPU ALiBi bias stays unexpanded
+            mask = mask.masked_fill(empty_rows[:, None, None, None], 0.0)  # keep all-padding rows finite
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=plain_causal)
 
 
