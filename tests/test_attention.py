@@ -50,6 +50,20 @@ def test_alibi_bias_is_built_once_for_rows_that_share_positions():
     assert padded[1, :, :, -9:].eq(float("-inf")).all() and torch.equal(padded[1, :, :, :-9], shared[0, :, :, :-9])
 
 
+@pytest.mark.parametrize("backend", ["eager", "sdpa", "flash"])
+@pytest.mark.parametrize("alibi", [False, True])
+def test_a_row_of_padding_only_stays_finite_and_leaves_the_others_alone(backend, alibi):
+    q, k, v, pos, mask = inputs(3)
+    mask[1] = False
+    q.requires_grad_(True)
+    kwargs = dict(causal=False, q_pos=pos, k_pos=pos, alibi=alibi_slopes(H) if alibi else None)
+    out = ATTENTION[backend](q, k, v, key_mask=mask, **kwargs)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(q.grad).all()
+    alone = ATTENTION["eager"](q[:1], k[:1], v[:1], **{**kwargs, "q_pos": pos[:1], "k_pos": pos[:1]})
+    torch.testing.assert_close(out[:1], alone, atol=2e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("backend", ["sdpa", "flash"])
 def test_rope_inputs_match_eager(backend):
     q, k, v, pos, _ = inputs(1)

@@ -40,8 +40,8 @@ def additive_mask(q, k, *, causal, q_pos, k_pos, key_mask, alibi) -> torch.Tenso
     blocked = None
     if causal:
         blocked = (k_pos[:, None, None, :] > q_pos[:, None, :, None])
-    if key_mask is not None:
-        padded = ~key_mask[:, None, None, :]
+    if key_mask is not None:  # a row of padding only keeps its keys, so that its softmax stays finite
+        padded = (~key_mask & key_mask.any(-1, keepdim=True))[:, None, None, :]
         blocked = padded if blocked is None else blocked | padded
     if blocked is not None:
         minus_inf = torch.zeros(blocked.shape, dtype=q.dtype, device=q.device).masked_fill(blocked, float("-inf"))
@@ -53,8 +53,9 @@ def _one_bias_for_the_batch(q_pos, k_pos, key_mask):
     """On CPU, rows that share positions (the usual case) share one (1, H, T, S) ALiBi bias, and a key mask with
     nothing padded is dropped, so that no (B, H, T, S) copy is built. The checks read tensor values, which costs
     nothing on CPU and a device sync elsewhere (on CUDA, flash-attn takes the slopes itself), so other devices
-    keep the per-row bias."""
-    if q_pos.device.type != "cpu":
+    keep the per-row bias. Under torch.compile the checks are skipped too: the graph break they force around a
+    (1, H, T, S) bias corrupted memory in Inductor (torch 2.13, CPU)."""
+    if q_pos.device.type != "cpu" or torch.compiler.is_compiling():
         return q_pos, k_pos, key_mask
     if q_pos.shape[0] > 1 and bool((q_pos == q_pos[:1]).all()) and bool((k_pos == k_pos[:1]).all()):
         q_pos, k_pos = q_pos[:1], k_pos[:1]
@@ -70,7 +71,6 @@ def eager(q, k, v, *, causal, q_pos, k_pos, key_mask=None, alibi=None, dropout=0
     if mask is not None:
         scores = scores + mask
     weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-    weights = torch.nan_to_num(weights)  # a query whose every key is masked (padding) attends to nothing
     return F.dropout(weights, dropout) @ v
 
 
@@ -82,10 +82,6 @@ def sdpa(q, k, v, *, causal, q_pos, k_pos, key_mask=None, alibi=None, dropout=0.
         return alibi_fused.fused_alibi(q, k, v, slopes=alibi, positions=q_pos, key_mask=key_mask, causal=causal)
     plain_causal = causal and q.shape[2] == k.shape[2] and key_mask is None and alibi is None
     mask = None if plain_causal else additive_mask(q, k, causal=causal, q_pos=q_pos, k_pos=k_pos, key_mask=key_mask, alibi=alibi)
-    if mask is not None and key_mask is not None:
-        empty_rows = ~key_mask.any(-1)
-        if alibi is None or q.device.type != "cpu" or bool(empty_rows.any()):  # a shared CPU ALiBi bias stays unexpanded
-            mask = mask.masked_fill(empty_rows[:, None, None, None], 0.0)  # keep all-padding rows finite
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=plain_causal)
 
 
