@@ -51,17 +51,21 @@ def test_alibi_bias_is_built_once_for_rows_that_share_positions():
 
 
 @pytest.mark.parametrize("backend", ["eager", "sdpa", "flash"])
+@pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("alibi", [False, True])
-def test_a_row_of_padding_only_stays_finite_and_leaves_the_others_alone(backend, alibi):
+def test_queries_with_no_key_to_see_stay_finite_and_leave_the_others_alone(backend, causal, alibi):
+    """A row of padding only, and (causal) queries left of a left-padded row's first real key, see no key."""
     q, k, v, pos, mask = inputs(3)
     mask[1] = False
+    mask[0, :5] = False
     q.requires_grad_(True)
-    kwargs = dict(causal=False, q_pos=pos, k_pos=pos, alibi=alibi_slopes(H) if alibi else None)
+    kwargs = dict(causal=causal, q_pos=pos, k_pos=pos, alibi=alibi_slopes(H) if alibi else None)
     out = ATTENTION[backend](q, k, v, key_mask=mask, **kwargs)
     out.sum().backward()
     assert torch.isfinite(out).all() and torch.isfinite(q.grad).all()
-    alone = ATTENTION["eager"](q[:1], k[:1], v[:1], **{**kwargs, "q_pos": pos[:1], "k_pos": pos[:1]})
-    torch.testing.assert_close(out[:1], alone, atol=2e-5, rtol=1e-4)
+    real = {**kwargs, "q_pos": pos[:1, 5:], "k_pos": pos[:1, 5:]}
+    alone = ATTENTION["eager"](q[:1, :, 5:], k[:1, :, 5:], v[:1, :, 5:], **real)
+    torch.testing.assert_close(out[:1, :, 5:], alone, atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "flash"])

@@ -40,10 +40,11 @@ def additive_mask(q, k, *, causal, q_pos, k_pos, key_mask, alibi) -> torch.Tenso
     blocked = None
     if causal:
         blocked = (k_pos[:, None, None, :] > q_pos[:, None, :, None])
-    if key_mask is not None:  # a row of padding only keeps its keys, so that its softmax stays finite
-        padded = (~key_mask & key_mask.any(-1, keepdim=True))[:, None, None, :]
+    if key_mask is not None:
+        padded = ~key_mask[:, None, None, :]
         blocked = padded if blocked is None else blocked | padded
     if blocked is not None:
+        blocked = blocked & ~blocked.all(-1, keepdim=True)  # a query with no key to see (padding) keeps them all: finite
         minus_inf = torch.zeros(blocked.shape, dtype=q.dtype, device=q.device).masked_fill(blocked, float("-inf"))
         mask = minus_inf if mask is None else mask + minus_inf
     return mask
