@@ -181,6 +181,14 @@ def test_the_compile_switch_trains_like_eager(data, tmp_path):
     assert len(result["eager"]) == 3 and result["compiled"] == pytest.approx(result["eager"], rel=1e-4)
 
 
+def test_zero3_builds_the_same_initial_weights_as_a_plain_build():
+    """Every initialisation reaches ZeRO-3's partitioned parameters (none is lost to an empty partitioned tensor)."""
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "zero3_init.py"), "encoder-tiny", "decoder-tiny",
+                           "cnn"], env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"encoder-tiny": 0.0, "decoder-tiny": 0.0, "cnn": 0.0}
+
+
 def test_decoder_1_5b_is_built_partitioned_under_zero3(tmp_path):
     out = tmp_path / "partition"
     run([sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(free_port()), "--num_gpus", "2",

@@ -121,14 +121,15 @@ class Transformer(nn.Module):
         self.head = nn.Linear(config.d_model, config.head_size, bias=False)
         if config.tie_embeddings:
             self.head.weight = self.embed.weight
-        self.apply(self._init)
-        for block in self.blocks:  # residual projections scaled down with depth (GPT-2)
-            for proj in (block.attn.out, block.mlp.down):
-                nn.init.normal_(proj.weight, std=config.init_std / (2 * config.n_layers) ** 0.5)
+        residual = {proj for block in self.blocks for proj in (block.attn.out, block.mlp.down)}
+        # all through Module.apply, which deepspeed.zero.Init wraps to gather each module's partitioned weights
+        self.apply(lambda module: self._init(module, scaled_down=module in residual))
 
-    def _init(self, module: nn.Module) -> None:
+    def _init(self, module: nn.Module, scaled_down: bool) -> None:
+        """Weights ~ N(0, init_std); residual projections scaled down with depth (GPT-2)."""
         if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=self.config.init_std)
+            std = self.config.init_std / (2 * self.config.n_layers) ** 0.5 if scaled_down else self.config.init_std
+            nn.init.normal_(module.weight, std=std)
 
     def forward(self, input_ids, *, segment_ids=None, positions=None, attention_mask=None, cache=None,
                 use_cache: bool = False) -> ModelOutput:
