@@ -44,7 +44,7 @@ def command(*path: str, help: str, args: list[tuple[tuple, dict]] = (), configur
 
 
 def _device_arg():
-    from dnalm.devices import CHOICES
+    from dnalm.device_names import CHOICES
 
     return arg("--device", choices=CHOICES, default="auto", help="where the model runs: auto (CUDA when present), cpu or cuda")
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from dnalm.device_names import CHOICES
 from dnalm.errors import DnalmError
-
-CHOICES = ("auto", "cpu", "cuda")
 
 # Flush-to-zero for denormal floats, as TensorFlow does on CPU. ALiBi's far keys and attention tails
 # produce exp() values below fp32's normal range, and a pretrained network's small gradients do too;

@@ -29,6 +29,35 @@ class ModelOutput:
     cache: list | None = None
 
 
+class NormalLinear(nn.Linear):
+    """A bias-free ``nn.Linear`` whose weight is drawn N(0, std) by its own constructor. ``deepspeed.zero.Init``
+    partitions each layer as soon as it is built, so weights set afterwards would need a gather per layer (a
+    1.5B-parameter model spent most of its build there); set here, the partition simply receives them."""
+
+    def __init__(self, in_features: int, out_features: int, std: float):
+        self.std = std
+        super().__init__(in_features, out_features, bias=False)
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=self.std)
+
+
+class NormalEmbedding(nn.Embedding):
+    """``nn.Embedding`` drawn N(0, std) by its own constructor, as ``NormalLinear``."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, std: float):
+        self.std = std
+        super().__init__(num_embeddings, embedding_dim)
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=self.std)
+
+
+def residual_std(config: ModelConfig) -> float:
+    """Projections back into the residual stream start smaller with depth (GPT-2): init_std / sqrt(2 · layers)."""
+    return config.init_std / (2 * config.n_layers) ** 0.5
+
+
 def norm_layer(config: ModelConfig) -> nn.Module:
     if config.norm == "rmsnorm":
         return nn.RMSNorm(config.d_model, eps=config.norm_eps)
@@ -39,8 +68,8 @@ class Attention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
-        self.out = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.qkv = NormalLinear(config.d_model, 3 * config.d_model, config.init_std)
+        self.out = NormalLinear(config.d_model, config.d_model, residual_std(config))
         self.backend = ATTENTION[config.attention]
         self.rotary = Rotary(config.head_dim, config.rope_theta) if config.positions == "rope" else None
         self.performer = (PerformerFeatures(config.head_dim, config.performer_features, config.performer_kernel,
@@ -71,8 +100,8 @@ class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.swiglu = config.mlp == "swiglu"
-        self.up = nn.Linear(config.d_model, config.hidden * (2 if self.swiglu else 1), bias=False)
-        self.down = nn.Linear(config.hidden, config.d_model, bias=False)
+        self.up = NormalLinear(config.d_model, config.hidden * (2 if self.swiglu else 1), config.init_std)
+        self.down = NormalLinear(config.hidden, config.d_model, residual_std(config))
 
     def forward(self, x):
         h = self.up(x)
@@ -100,7 +129,7 @@ class HeadTransform(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.dense = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.dense = NormalLinear(config.d_model, config.d_model, config.init_std)
         self.norm = norm_layer(config)
 
     def forward(self, hidden):
@@ -111,25 +140,17 @@ class Transformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        self.segments = nn.Embedding(config.num_segments, config.d_model) if config.num_segments > 1 else None
-        self.positions = nn.Embedding(config.max_seq_len, config.d_model) if config.positions == "learned" else None
+        std = config.init_std
+        self.embed = NormalEmbedding(config.vocab_size, config.d_model, std)
+        self.segments = NormalEmbedding(config.num_segments, config.d_model, std) if config.num_segments > 1 else None
+        self.positions = NormalEmbedding(config.max_seq_len, config.d_model, std) if config.positions == "learned" else None
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = norm_layer(config)
         self.head_transform = HeadTransform(config) if config.lm_head == "transform" else None
-        self.head = nn.Linear(config.d_model, config.head_size, bias=False)
+        self.head = NormalLinear(config.d_model, config.head_size, std)
         if config.tie_embeddings:
             self.head.weight = self.embed.weight
-        residual = {proj for block in self.blocks for proj in (block.attn.out, block.mlp.down)}
-        # all through Module.apply, which deepspeed.zero.Init wraps to gather each module's partitioned weights
-        self.apply(lambda module: self._init(module, scaled_down=module in residual))
-
-    def _init(self, module: nn.Module, scaled_down: bool) -> None:
-        """Weights ~ N(0, init_std); residual projections scaled down with depth (GPT-2)."""
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            std = self.config.init_std / (2 * self.config.n_layers) ** 0.5 if scaled_down else self.config.init_std
-            nn.init.normal_(module.weight, std=std)
 
     def forward(self, input_ids, *, segment_ids=None, positions=None, attention_mask=None, cache=None,
                 use_cache: bool = False) -> ModelOutput:

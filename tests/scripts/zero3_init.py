@@ -1,6 +1,6 @@
 """Build each named model twice from the same seed, plainly and under ``deepspeed.zero.Init`` (ZeRO-3, a group of one),
 and print as JSON the largest difference of any parameter. ZeRO-3 partitions each submodule as soon as it is built, so an
-initialisation written outside ``Module.apply`` would silently do nothing there.
+initialisation written after a layer's constructor would silently do nothing there.
 
     python tests/scripts/zero3_init.py NAME [NAME ...]
 """
