@@ -87,17 +87,24 @@ def ecoli_prepared(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory):
+def ecoli128(tmp_path_factory) -> Path:
+    """The bundled genome as nucleotide windows of 128 in ~2 MB shards, 5% held out; shared by the training tests,
+    which only read it (a test that damages data damages a copy)."""
+    return prep_folder(tmp_path_factory.mktemp("ecoli128") / "data", [genome.DEFAULT_GENOME], seq_len=128,
+                       shard_size_mb=2.0, val_fraction=0.05)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, ecoli128):
     """A decoder trained in one process (ZeRO-2) and an encoder on two (ZeRO-3), 12 steps each."""
-    from tests.launching import CONFIG, deepspeed_cmd, overrides, run
+    from tests.launching import CONFIG, overrides, run, torchrun_cmd
 
     root = tmp_path_factory.mktemp("use")
-    data = prep_folder(root / "data", [genome.DEFAULT_GENOME], seq_len=128, shard_size_mb=2.0)
     decoder, encoder = root / "decoder", root / "encoder"
     run([sys.executable, "-m", "dnalm", "train", "--config", str(CONFIG),
-         *overrides(data, decoder, **{"model.name": "decoder-tiny", "budget.steps": 12, "checkpoint.interval": 6})])
-    run(deepspeed_cmd(2, data, encoder, deepspeed="zero3", **{"budget.steps": 12, "checkpoint.interval": 6}))
-    return {"decoder": decoder, "encoder": encoder, "root": root}
+         *overrides(ecoli128, decoder, **{"model.name": "decoder-tiny", "budget.steps": 12, "checkpoint.interval": 6})])
+    run(torchrun_cmd(2, ecoli128, encoder, deepspeed="zero3", **{"budget.steps": 12, "checkpoint.interval": 6}))
+    return {"decoder": decoder, "encoder": encoder, "root": root, "data": ecoli128}
 
 
 @pytest.fixture(scope="session")

@@ -19,23 +19,21 @@ import numpy as np
 import psutil
 import pytest
 
-from dnalm import genome
 from dnalm.data.manifest import Manifest
 from dnalm.data.shards import IndexedShard
 from dnalm.data.stream import GenomeStream
 from dnalm.train import checkpoint as ckpt
 from tests.conftest import REPO, prep_folder
-from tests.launching import CONFIG, ENV, deepspeed_cmd, free_port, losses, metrics, overrides, run, sample_keys
+from tests.launching import CONFIG, ENV, deepspeed_cmd, free_port, launch_cmd, losses, metrics, overrides, run, sample_keys, torchrun_cmd
 
 SKIP = {"data.on_error": "skip", "logging.record_sample_keys": "true"}
 
 
 @pytest.fixture(scope="module")
-def damaged_data(tmp_path_factory) -> tuple[Path, set[str]]:
-    """E. coli windows of 128 where the shard of a sample drawn at step 25 is truncated and the sample drawn at
-    step 15 has a flipped byte; returns the folder and the keys that can no longer be read."""
-    folder = prep_folder(tmp_path_factory.mktemp("faults") / "ecoli128", [genome.DEFAULT_GENOME], seq_len=128,
-                         shard_size_mb=2.0, val_fraction=0.05)
+def damaged_data(ecoli128, tmp_path_factory) -> tuple[Path, set[str]]:
+    """A copy of the E. coli windows of 128 where the shard of a sample drawn at step 25 is truncated and the sample
+    drawn at step 15 has a flipped byte; returns the folder and the keys that can no longer be read."""
+    folder = shutil.copytree(ecoli128, tmp_path_factory.mktemp("faults") / "ecoli128")
     stream = GenomeStream(folder, batch_size=4, world_size=2)
     (bad_shard, step25_shard), (bad_sample, _) = stream.order(0, np.array([14 * 8 + 5, 24 * 8 + 2]))
     shards = stream.shards
@@ -59,7 +57,7 @@ def damaged_data(tmp_path_factory) -> tuple[Path, set[str]]:
 @pytest.fixture(scope="module")
 def uninterrupted(damaged_data, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("uninterrupted") / "run"
-    run(deepspeed_cmd(2, damaged_data[0], folder, **SKIP))
+    run(torchrun_cmd(2, damaged_data[0], folder, **SKIP))
     return folder
 
 
@@ -101,13 +99,14 @@ def _survivors(run_dir: Path) -> list[psutil.Process]:
     return found
 
 
-@pytest.mark.parametrize("fault", ["raise@train.step:5:1", "raise@save.gathered:10:0"])
-def test_a_rank_that_fails_ends_every_rank(damaged_data, tmp_path, fault):
-    """Rank 1 raising inside a step while rank 0 waits in the step's collective, or rank 0 raising mid-save while
-    rank 1 waits at the save's last barrier: the job ends non-zero within a minute, every rank gone."""
+@pytest.mark.parametrize("fault, launcher", [("raise@train.step:5:1", "torchrun"), ("raise@save.gathered:10:0", "deepspeed")])
+def test_a_rank_that_fails_ends_every_rank(damaged_data, tmp_path, fault, launcher):
+    """Rank 1 raising inside a step while rank 0 waits in the step's collective (under torchrun), or rank 0 raising
+    mid-save while rank 1 waits at the save's last barrier (under deepspeed): the job ends non-zero within a minute,
+    every rank gone."""
     folder = tmp_path / "run"
     started = time.monotonic()
-    done = run(deepspeed_cmd(2, damaged_data[0], folder, **SKIP), expect_ok=False, timeout=300, faults=fault)
+    done = run(launch_cmd(launcher, 2, damaged_data[0], folder, **SKIP), expect_ok=False, timeout=300, faults=fault)
     assert done.returncode != 0 and "InjectedFault" in done.stdout + done.stderr
     assert time.monotonic() - started < 60
     assert not _survivors(folder)
@@ -118,7 +117,7 @@ def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(uninterrupted, d
     folder = tmp_path / "run"
     shutil.copytree(uninterrupted, folder)
     older = folder / "checkpoints" / "step-10"
-    done = run(deepspeed_cmd(2, damaged_data[0], folder, "--resume", str(older), **SKIP, **{"budget.steps": 20}))
+    done = run(torchrun_cmd(2, damaged_data[0], folder, "--resume", str(older), **SKIP, **{"budget.steps": 20}))
     aside = list((folder / "checkpoints").glob("abandoned-*-from-step-10"))
     assert len(aside) == 1 and f"moved to {aside[0]}" in done.stderr
     assert sorted(p.name for p in aside[0].iterdir()) == ["metrics.jsonl", "step-20", "step-30"]
@@ -135,7 +134,7 @@ def test_resuming_on_other_data_is_refused_unless_allowed(uninterrupted, damaged
     old, new = (Manifest.load(d).plan_fingerprint for d in (damaged_data[0], other))
     folder = tmp_path / "run"
     shutil.copytree(uninterrupted, folder)
-    cmd = deepspeed_cmd(2, other, folder, **SKIP, **{"budget.steps": 32})
+    cmd = torchrun_cmd(2, other, folder, **SKIP, **{"budget.steps": 32})
     refused = run(cmd, expect_ok=False)
     assert refused.returncode != 0
     assert f"trained on data plan {old}" in refused.stderr and f"has plan {new}" in refused.stderr

@@ -1,4 +1,5 @@
-"""Training with the real deepspeed launcher on CPU (gloo, 2 processes) on E. coli shards.
+"""Training under the real launchers (deepspeed; torchrun where the launcher is not the subject) on CPU (gloo,
+2 processes) on E. coli shards.
 
 ZeRO-2 and ZeRO-3 runs whose loss falls; a ZeRO-3 run killed while saving resumes with the same
 losses step for step; 2 → 1 → 2 processes (with a kill mid-conversion) continue the data with
@@ -15,24 +16,24 @@ import torch
 
 import pytest
 
-from dnalm import genome
 from dnalm.train import checkpoint as ckpt
 from tests.conftest import REPO, prep_folder
-from tests.launching import CONFIG, ENV, deepspeed_cmd, free_port, losses, metrics, overrides, run
+from tests.launching import CONFIG, ENV, deepspeed_cmd, free_port, launch_cmd, losses, metrics, overrides, run, torchrun_cmd
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return prep_folder(tmp_path_factory.mktemp("train") / "ecoli128", [genome.DEFAULT_GENOME], seq_len=128,
-                       shard_size_mb=2.0, val_fraction=0.05)
+def data(ecoli128) -> Path:
+    return ecoli128
 
 
 @pytest.fixture(scope="module")
 def reference(data, tmp_path_factory):
-    """Uninterrupted 30-step runs, ZeRO-2 (encoder, MLM) and ZeRO-3 (decoder, CLM), 2 processes."""
+    """Uninterrupted 30-step runs, 2 processes: ZeRO-2 (encoder, MLM) under deepspeed, ZeRO-3 (decoder, CLM) under
+    torchrun."""
     runs, shm_before = {}, set(Path("/dev/shm").glob("deepspeed_*"))
-    for stage, model, wandb in (("zero2", "encoder-tiny", "disabled"), ("zero3", "decoder-tiny", "offline")):
+    for stage, model, wandb, launcher in (("zero2", "encoder-tiny", "disabled", "deepspeed"),
+                                          ("zero3", "decoder-tiny", "offline", "torchrun")):
         folder = tmp_path_factory.mktemp(f"ref-{stage}") / "run"
-        run(deepspeed_cmd(2, data, folder, deepspeed=stage, **{"model.name": model, "logging.wandb": wandb}))
+        run(launch_cmd(launcher, 2, data, folder, deepspeed=stage, **{"model.name": model, "logging.wandb": wandb}))
         runs[stage] = folder
     runs["shm_left"] = set(Path("/dev/shm").glob("deepspeed_*")) - shm_before
     return runs
@@ -73,8 +74,8 @@ def test_loss_falls_and_checkpoints_are_complete(reference, stage):
 def test_offload_trains_and_resumes(data, tmp_path):
     folder = tmp_path / "run"
     settings = {"deepspeed": "zero3-offload", "checkpoint.interval": 6, "eval.interval": 6}
-    run(deepspeed_cmd(2, data, folder, **settings, **{"budget.steps": 6}))
-    run(deepspeed_cmd(2, data, folder, **settings, **{"budget.steps": 12}))
+    run(torchrun_cmd(2, data, folder, **settings, **{"budget.steps": 6}))
+    run(torchrun_cmd(2, data, folder, **settings, **{"budget.steps": 12}))
     curve = losses(folder)
     assert sorted(curve) == list(range(1, 13)) and curve[12] < curve[1]
     assert ckpt.read_meta(ckpt.complete_checkpoints(folder)[-1])["step"] == 12
@@ -97,7 +98,7 @@ def test_world_size_change_continues_the_data(data, tmp_path):
     """2 processes for 10 steps, 1 for the next 10 (dnalm train), 2 again: every sample once, in order."""
     folder = tmp_path / "run"
     keys = {"logging.record_sample_keys": "true"}
-    run(deepspeed_cmd(2, data, folder, **keys, **{"budget.steps": 10}))
+    run(torchrun_cmd(2, data, folder, **keys, **{"budget.steps": 10}))
     one_process = [sys.executable, "-m", "dnalm", "train", "--config", str(CONFIG),
                    *overrides(data, folder, **keys, **{"budget.steps": 20})]
     # killed half-way through the conversion to a universal checkpoint: nothing there is trusted later
@@ -105,7 +106,7 @@ def test_world_size_change_continues_the_data(data, tmp_path):
     step10 = folder / "checkpoints" / "step-10"
     assert any((step10 / f".{ckpt.UNIVERSAL_TAG}.tmp" / "zero").iterdir()) and not (step10 / ckpt.UNIVERSAL_TAG).exists()
     run(one_process)
-    run(deepspeed_cmd(2, data, folder, **keys))
+    run(torchrun_cmd(2, data, folder, **keys))
     records = metrics(folder)
     assert [r["data_index"] for r in records] == [8 * s for s in range(1, 31)]
     assert [r["step"] for r in records] == list(range(1, 31))
@@ -118,7 +119,7 @@ def test_world_size_change_continues_the_data(data, tmp_path):
 
 def test_nan_steps_are_skipped_then_the_run_stops(data, tmp_path):
     folder = tmp_path / "run"
-    done = run(deepspeed_cmd(2, data, folder, **{"robust.inject_nan_at_steps": "[5,12,13,14]",
+    done = run(torchrun_cmd(2, data, folder, **{"robust.inject_nan_at_steps": "[5,12,13,14]",
                                                   "robust.max_consecutive_skips": 3}), expect_ok=False)
     assert done.returncode != 0
     assert "3 steps in a row had a non-finite loss" in done.stdout + done.stderr
@@ -142,7 +143,7 @@ def test_a_window_lost_mid_accumulation_trains_like_one_lost_at_its_start(data, 
                       "robust.inject_inf_grad_at_steps": "[8]"},
             "midway": {"robust.inject_nan_at_steps": "[5,8]", "robust.inject_nan_micro_batch": 1}}
     for name, faults in runs.items():
-        run(deepspeed_cmd(2, data, tmp_path / name, deepspeed=stage, **common, **faults))
+        run(torchrun_cmd(2, data, tmp_path / name, deepspeed=stage, **common, **faults))
     start, midway = losses(tmp_path / "start"), losses(tmp_path / "midway")
     assert sorted(start) == [1, 2, 3, 4, 6, 7, 9]
     assert start == midway

@@ -13,7 +13,7 @@ from dnalm.convert import ConvertError, convert
 from dnalm.finetune import LabelledDataError, finetune, read_labelled
 from dnalm.generate import GenerationError, generate, generate_ids
 from tests.conftest import SHARED_DATA, needs_shared, run_cli
-from tests.launching import deepspeed_cmd, run
+from tests.launching import run, torchrun_cmd
 
 GUE = SHARED_DATA / "gue" / "prom_core_all"
 
@@ -31,8 +31,8 @@ def test_bundles_load_and_describe_their_training(bundles, trained):
 
 def test_continued_pretraining_from_a_bundle(trained, bundles):
     """A run that starts from the decoder bundle begins where that model ended (ZeRO-3, 2 processes)."""
-    data, run_dir = trained["root"] / "data", trained["root"] / "continued"
-    run(deepspeed_cmd(2, data, run_dir, deepspeed="zero3", **{"model.init_from": bundles["decoder"], "budget.steps": 3,
+    data, run_dir = trained["data"], trained["root"] / "continued"
+    run(torchrun_cmd(2, data, run_dir, deepspeed="zero3", **{"model.init_from": bundles["decoder"], "budget.steps": 3,
                                                                "optim.warmup_steps": 1}))
     first = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][0]
     fresh = [json.loads(line) for line in (trained["decoder"] / "metrics.jsonl").read_text().splitlines()][0]
