@@ -2,12 +2,13 @@
 
 import json
 
-from dnalm import genome
 from tests.conftest import run_cli
 
 
-def test_bench_scale_measures_both_corpora(tmp_path):
-    done = run_cli("bench", "scale", "--source", genome.DEFAULT_GENOME, "--copies", "1", "--genomes", "2",
+def test_bench_scale_measures_both_corpora(tmp_path, ecoli):
+    source = tmp_path / "slice.fa"  # 1.5 Mb of E. coli: shorter than a corpus genome (4.6 Mb), so each takes all of it
+    source.write_text(f">slice\n{ecoli.sequence[:1_500_000]}\n")
+    done = run_cli("bench", "scale", "--source", source, "--copies", "1", "--genomes", "2",
                    "--work", tmp_path / "work", "--out", tmp_path / "out")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "scale.json").read_text())

@@ -55,7 +55,8 @@ def grch38_sized(source: Path, out: Path, copies: int = 49, seed: int = 0) -> Pa
 
 def hundred_genomes(source: Path, out: Path, genomes: int = 100, genome_bases: int = 4_600_000,
                     mean_scaffold: int = 4_600, seed: int = 0) -> Path:
-    """A corpus YAML of ``genomes`` FASTAs, each a distinct stretch of the source cut into scaffolds; weights 1, 2, 3."""
+    """A corpus YAML of ``genomes`` FASTAs, each a seeded stretch of the source (all of it when the source is shorter
+    than ``genome_bases``) cut into scaffolds; weights 1, 2, 3."""
     import yaml
 
     from dnalm import genome
@@ -65,10 +66,11 @@ def hundred_genomes(source: Path, out: Path, genomes: int = 100, genome_bases: i
         return corpus
     out.mkdir(parents=True, exist_ok=True)
     bases = genome.read(source).contigs[0].bases
+    genome_bases = min(genome_bases, len(bases))
     rng = np.random.default_rng(seed)
     entries = []
     for g in range(genomes):
-        start = int(rng.integers(0, len(bases) - genome_bases))
+        start = int(rng.integers(0, len(bases) - genome_bases + 1))
         stretch = bases[start : start + genome_bases]
         lengths = np.maximum(50, rng.lognormal(np.log(mean_scaffold) - 0.5, 1.0, 4 * genome_bases // mean_scaffold)).astype(int)
         cuts = np.cumsum(lengths)
