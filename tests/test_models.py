@@ -47,6 +47,19 @@ def test_parameter_counts_on_meta():
     assert 100e6 <= count_parameters(build_model("encoder-base", device="meta")) <= 125e6
 
 
+def test_initial_weights_follow_init_std_and_shrink_with_depth_on_the_residual_projections():
+    torch.manual_seed(0)
+    config = get_config("encoder-small")
+    model = build_model(config)
+    residual = config.init_std / (2 * config.n_layers) ** 0.5
+    stds = {"embed": model.embed.weight.std(), "qkv": model.blocks[0].attn.qkv.weight.std(),
+            "up": model.blocks[-1].mlp.up.weight.std(), "out": model.blocks[0].attn.out.weight.std(),
+            "down": model.blocks[-1].mlp.down.weight.std()}
+    for name, expected in (("embed", config.init_std), ("qkv", config.init_std), ("up", config.init_std),
+                           ("out", residual), ("down", residual)):
+        assert float(stds[name]) == pytest.approx(expected, rel=0.05), name
+
+
 @pytest.mark.parametrize("changes,reason", [
     (dict(attention="performer", positions="alibi"), "ALiBi adds a bias to explicit attention scores"),
     (dict(num_segments=2), "a decoder reads one view"),
