@@ -52,12 +52,11 @@ def test_initial_weights_follow_init_std_and_shrink_with_depth_on_the_residual_p
     config = get_config("encoder-small")
     model = build_model(config)
     residual = config.init_std / (2 * config.n_layers) ** 0.5
-    stds = {"embed": model.embed.weight.std(), "qkv": model.blocks[0].attn.qkv.weight.std(),
-            "up": model.blocks[-1].mlp.up.weight.std(), "out": model.blocks[0].attn.out.weight.std(),
-            "down": model.blocks[-1].mlp.down.weight.std()}
-    for name, expected in (("embed", config.init_std), ("qkv", config.init_std), ("up", config.init_std),
-                           ("out", residual), ("down", residual)):
-        assert float(stds[name]) == pytest.approx(expected, rel=0.05), name
+    first, last = model.blocks[0], model.blocks[-1]
+    for name, layer, expected in (("embed", model.embed, config.init_std), ("qkv", first.attn.qkv, config.init_std),
+                                  ("up", last.mlp.up, config.init_std), ("out", first.attn.out, residual),
+                                  ("down", last.mlp.down, residual)):
+        assert float(layer.weight.detach().std()) == pytest.approx(expected, rel=0.05), name
 
 
 @pytest.mark.parametrize("changes,reason", [
