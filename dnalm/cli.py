@@ -312,6 +312,18 @@ def _recipe_args():
     ]
 
 
+def _first_seed_arg():
+    return arg("--first-seed", type=int, default=0, metavar="F",
+               help="run seeds F..F+S-1 instead of 0..S-1 (to add seeds to an earlier run; default 0)")
+
+
+def _check_counts(args) -> None:
+    if args.seeds < 1 or args.epochs < 1 or args.batch_size < 1:
+        raise DnalmError("--seeds, --epochs and --batch-size must be at least 1")
+    if args.first_seed < 0:
+        raise DnalmError(f"--first-seed must be 0 or more, got {args.first_seed}")
+
+
 def _recipe(args) -> dict:
     return {"rc_augment": args.rc_augment, "rc_average": args.rc_average, "patience": args.patience,
             "backbone_lr_scale": args.backbone_lr_scale, "freeze_backbone": args.freeze_backbone, "pooling": args.pooling}
@@ -326,7 +338,8 @@ def _recipe(args) -> dict:
     arg("--test", type=Path, default=None, help="scored once with the selected epoch (any CSV of the same form)"),
     arg("--out", type=Path, required=True, help="folder for metrics.json"),
     arg("--train-limit", type=int, default=None, metavar="N", help="train on a fixed random N rows of --train (the same rows for every model)"),
-    arg("--seeds", type=int, default=1, help="repeat with seeds 0..S-1; report mean ± std"),
+    arg("--seeds", type=int, default=1, help="repeat with S seeds (0..S-1 unless --first-seed); report mean ± std"),
+    _first_seed_arg(),
     arg("--epochs", type=int, default=5),
     arg("--lr", type=float, default=1e-3),
     arg("--batch-size", type=int, default=64),
@@ -336,12 +349,11 @@ def _recipe(args) -> dict:
 def finetune(args) -> None:
     from dnalm.finetune import finetune as run_finetune
 
-    if args.seeds < 1 or args.epochs < 1 or args.batch_size < 1:
-        raise DnalmError("--seeds, --epochs and --batch-size must be at least 1")
+    _check_counts(args)
     result = run_finetune(args.train, args.dev, args.out, model=args.model, arch=args.arch, test_path=args.test,
-                          scratch=args.from_scratch, train_limit=args.train_limit, seeds=args.seeds, epochs=args.epochs,
-                          lr=args.lr, batch_size=args.batch_size, show_progress=sys.stderr.isatty(), device=args.device,
-                          **_recipe(args))
+                          scratch=args.from_scratch, train_limit=args.train_limit, seeds=args.seeds,
+                          first_seed=args.first_seed, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                          show_progress=sys.stderr.isatty(), device=args.device, **_recipe(args))
     for split, values in result["summary"].items():
         print(f"{split}: " + ", ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in values.items()))
     print(f"metrics: {args.out / 'metrics.json'} ({result['seconds']:.0f} s)")
@@ -356,7 +368,8 @@ def finetune(args) -> None:
     arg("--tasks", default=None, help="comma-separated task names (default: every task folder)"),
     arg("--out", type=Path, required=True, help="folder for gue.json, gue.md, gue.png and each task's metrics.json"),
     arg("--train-limit", type=int, default=None, metavar="N", help="a fixed random N training rows of each task"),
-    arg("--seeds", type=int, default=3, help="seeds 0..S-1 (default 3)"),
+    arg("--seeds", type=int, default=3, help="S seeds, 0..S-1 unless --first-seed (default 3)"),
+    _first_seed_arg(),
     arg("--epochs", type=int, default=5),
     arg("--lr", type=float, default=1e-3),
     arg("--batch-size", type=int, default=64),
@@ -366,11 +379,10 @@ def finetune(args) -> None:
 def eval_gue(args) -> None:
     from dnalm import eval_gue as harness
 
-    if args.seeds < 1 or args.epochs < 1 or args.batch_size < 1:
-        raise DnalmError("--seeds, --epochs and --batch-size must be at least 1")
+    _check_counts(args)
     report = harness.run(args.folder, args.out, tasks=args.tasks.split(",") if args.tasks else None, seeds=args.seeds,
-                         model=args.model, arch=args.arch, scratch=args.from_scratch, train_limit=args.train_limit,
-                         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, device=args.device,
+                         first_seed=args.first_seed, model=args.model, arch=args.arch, scratch=args.from_scratch,
+                         train_limit=args.train_limit, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, device=args.device,
                          show_progress=sys.stderr.isatty(), **_recipe(args))
     print(harness.table(report), end="")
     print(f"wrote {args.out / 'gue.json'}, gue.md, gue.png")

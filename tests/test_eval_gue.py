@@ -26,8 +26,8 @@ def test_every_task_is_run_and_reported_beside_published_numbers(tmp_path):
     slice_task(GUE / "prom_300_tata", folder / "prom_300_tata", 96, with_test=True)
     slice_task(GUE / "tf0", folder / "tf0", 96, with_test=False)
     (folder / "not_a_task").mkdir()
-    result = run_cli("eval", "gue", folder, "--arch", "cnn", "--seeds", "1", "--epochs", "2", "--patience", "1",
-                     "--rc-augment", "--out", tmp_path / "out")
+    result = run_cli("eval", "gue", folder, "--arch", "cnn", "--seeds", "1", "--first-seed", "2", "--epochs", "2",
+                     "--patience", "1", "--rc-augment", "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "out" / "gue.json").read_text())
     assert [r["task"] for r in report["tasks"]] == ["prom_300_tata", "tf0"]
@@ -35,12 +35,16 @@ def test_every_task_is_run_and_reported_beside_published_numbers(tmp_path):
     assert set(first) >= {"dev_mcc", "test_mcc"} and "test_mcc" not in second
     assert first["published_test_mcc"] == PUBLISHED["prom_300_tata"] and first["train_rows"] == 96
     settings = report["settings"]
-    assert settings["seeds"] == [0] and settings["rc_augment"] and not settings["rc_average"] and settings["patience"] == 1
+    assert settings["seeds"] == [2] and settings["rc_augment"] and not settings["rc_average"] and settings["patience"] == 1
     table = (tmp_path / "out" / "gue.md").read_text()
     assert "| prom_300_tata | 96 |" in table and "NT-2500M-multi 79.4" in table and table in result.stdout
     assert (tmp_path / "out" / "gue.png").stat().st_size > 1000
     metrics = json.loads((tmp_path / "out" / "tf0" / "metrics.json").read_text())
     assert all(run["epochs_run"] <= 2 for run in metrics["runs"])
+
+    bad = run_cli("eval", "gue", folder, "--arch", "cnn", "--first-seed", "-1", "--out", tmp_path / "never")
+    assert bad.returncode != 0 and "--first-seed must be 0 or more, got -1" in bad.stderr
+    assert not (tmp_path / "never").exists()
 
     with pytest.raises(GueError, match="no task 'prom_core_all'"):
         find_tasks(folder, ["prom_core_all"])
