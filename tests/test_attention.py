@@ -171,6 +171,36 @@ def test_fused_alibi_matches_eager_with_gradients_and_builds_no_bias(causal, pad
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=lambda m: f"d{name}: {m}")
 
 
+def test_unpadded_encoder_alibi_reads_one_line_of_bias_per_head(monkeypatch):
+    """Rows with consecutive positions (each its own offset) and no padding: one non-causal kernel pass whose mask is a
+    view of 2T−1 values a head, equal to eager with gradients, at a length where the two causal halves never run."""
+    import dnalm.models.attention as attention
+    from dnalm.models import alibi_fused
+
+    length = 300
+    q, k, v, _, _ = inputs(5, length=length)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    pos = torch.arange(length)[None] + torch.tensor([[0], [37]])
+    kwargs = dict(causal=False, q_pos=pos, k_pos=pos, alibi=alibi_slopes(H))
+    expected = ATTENTION["eager"](q, k, v, **kwargs)
+    weights = torch.randn_like(expected)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), (q, k, v))
+
+    masks = []
+    real = alibi_fused.keys_reversed_bias
+    monkeypatch.setattr(alibi_fused, "keys_reversed_bias", lambda *a: masks.append(real(*a)) or masks[-1])
+    monkeypatch.setattr(alibi_fused, "by_causal_passes", None)  # the two causal halves must not run
+    monkeypatch.setattr(attention, "alibi_bias", None)  # nor the explicit bias
+    got = ATTENTION["flash"](q, k, v, **kwargs)
+    grads = torch.autograd.grad((got * weights).sum(), (q, k, v))
+    assert len(masks) == 2, "forward and backward each read the view"
+    assert all(m.shape == (1, H, length, length) and m.untyped_storage().nbytes() == H * (2 * length - 1) * 4
+               for m in masks)
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)
+    for name, a, b in zip("qkv", grads, expected_grads):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=lambda m: f"d{name}: {m}")
+
+
 def test_alibi_with_restarting_positions_takes_the_explicit_bias():
     """Multi-view inputs restart positions per view: j ≤ i no longer means p_j ≤ p_i, so the fused path steps aside."""
     from dnalm.models import alibi_fused
@@ -179,7 +209,10 @@ def test_alibi_with_restarting_positions_takes_the_explicit_bias():
     pos = torch.cat([torch.arange(20), torch.arange(T - 20)]).expand(B, T)
     assert not alibi_fused.applicable(q, k, pos, pos, 0.0, causal=True)
     assert alibi_fused.applicable(q, k, *[torch.arange(T).expand(B, T)] * 2, 0.0, causal=True)
-    assert not alibi_fused.applicable(q, k, *[torch.arange(T).expand(B, T)] * 2, 0.0, causal=False), "short encoder input"
+    indices, padded = torch.arange(T).expand(B, T), inputs(4)[-1]
+    assert alibi_fused.applicable(q, k, indices, indices, 0.0, causal=False), "unpadded encoder: one line of bias"
+    assert not alibi_fused.applicable(q, k, indices, indices, 0.0, causal=False, key_mask=padded), "short, padded"
+    assert not alibi_fused.applicable(q, k, pos, pos, 0.0, causal=False)
     for causal in (False, True):
         kwargs = dict(causal=causal, q_pos=pos, k_pos=pos, alibi=alibi_slopes(H))
         torch.testing.assert_close(ATTENTION["flash"](q, k, v, **kwargs), ATTENTION["eager"](q, k, v, **kwargs),

@@ -2,7 +2,9 @@
 
 Attention alone (forward + backward, 1 × 4 heads × 32, the compare models' shape), for encoders
 and decoders: ``none`` (what a RoPE model's attention runs), ``fused`` (ALiBi's path now,
-``dnalm.models.alibi_fused``) and ``explicit bias`` (the path before it: SDPA given a heads × L × L
+``dnalm.models.alibi_fused``: for an unpadded encoder one pass reading one line of bias a head),
+``causal passes`` (an encoder's path when keys are padded or positions restart: two causal passes on
+(D+1)-wide heads; a decoder's ``fused`` is that one pass) and ``explicit bias`` (SDPA given a heads × L × L
 bias), and at the longest length the fused path with denormals kept (no flush-to-zero). Then whole
 training steps (forward, backward, AdamW) of the comparison's RoPE and ALiBi
 encoders and of RoPE and ALiBi decoders of the same size. Every point runs in a fresh process, so
@@ -27,14 +29,14 @@ from dnalm.devices import resolve, training_dtype
 LENGTHS = (1024, 2048, 4096, 8192)
 MODEL_LENGTHS = (1024, 8192)
 HEADS, HEAD_DIM = 4, 32
-PATHS = ("none", "fused", "explicit bias")
+PATHS = ("none", "fused", "causal passes", "explicit bias")
 DENORMALS = "fused, denormals kept"  # the fused path without flush-to-zero, at the longest length only
 MODELS = {"encoder rope": ("transformer", {}), "encoder alibi": ("alibi", {}),
           "decoder rope": ("transformer", {"causal": True}), "decoder alibi": ("alibi", {"causal": True})}
 
 
 def measure_attention(path: str, causal: bool, length: int, repeats: int, device: str) -> dict:
-    from dnalm.models.alibi_fused import applicable, fused_alibi
+    from dnalm.models.alibi_fused import applicable, by_causal_passes, fused_alibi
     from dnalm.models.positions import alibi_bias, alibi_slopes
 
     target = torch.device(device)
@@ -44,14 +46,18 @@ def measure_attention(path: str, causal: bool, length: int, repeats: int, device
     q, k, v = (torch.randn(1, HEADS, length, HEAD_DIM, device=target, dtype=training_dtype(target), requires_grad=True)
                for _ in range(3))
     positions, slopes = torch.arange(length, device=target)[None], alibi_slopes(HEADS, target)
-    if path in ("fused", DENORMALS) and not applicable(q, k, positions, positions, 0.0, causal=True):
+    if path in ("fused", "causal passes", DENORMALS) and not applicable(q, k, positions, positions, 0.0, causal=True):
         return {"skipped": "the fused path serves CPU fp32 (on CUDA flash-attn takes alibi_slopes)"}
+    if path == "causal passes" and causal:
+        return {"skipped": "a decoder's fused path is its one causal pass"}
 
     def run():
         if path == "none":
             return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         if path in ("fused", DENORMALS):
             return fused_alibi(q, k, v, slopes=slopes, positions=positions, key_mask=None, causal=causal)
+        if path == "causal passes":
+            return by_causal_passes(q, k, v, slopes=slopes, positions=positions, key_mask=None, causal=causal)
         bias = alibi_bias(slopes, positions, positions, causal).to(q.dtype)
         if causal:
             bias = bias.masked_fill(positions[:, None, None, :] > positions[:, None, :, None], float("-inf"))
@@ -133,7 +139,7 @@ def _ratios(attention: list[dict], models: list[dict], length: int, model_length
 
     out = {}
     for causal, kind in ((False, "encoder"), (True, "decoder")):
-        none, fused, bias = (point(attention, "seconds", path=p, causal=causal, length=length) for p in PATHS)
+        none, fused, passes, bias = (point(attention, "seconds", path=p, causal=causal, length=length) for p in PATHS)
         mem = [point(attention, "peak_mb", path=p, causal=causal, length=length) for p in PATHS]
         kept = point(attention, "seconds", path=DENORMALS, causal=causal, length=length)
         if none and fused and bias:
@@ -141,8 +147,9 @@ def _ratios(attention: list[dict], models: list[dict], length: int, model_length
                 "fused_over_none_time": round(fused / none, 2), "explicit_over_none_time": round(bias / none, 2),
                 "explicit_over_fused_time": round(bias / fused, 2),
                 **({"denormals_kept_over_fused_time": round(kept / fused, 2)} if kept else {}),
+                **({"causal_passes_over_none_time": round(passes / none, 2)} if passes else {}),
                 "fused_over_none_memory": round(mem[1] / max(mem[0], 1), 2),
-                "explicit_over_none_memory": round(mem[2] / max(mem[0], 1), 2)}
+                "explicit_over_none_memory": round(mem[3] / max(mem[0], 1), 2)}
         rope = point(models, "step_seconds", model=f"{kind} rope", length=model_length)
         alibi = point(models, "step_seconds", model=f"{kind} alibi", length=model_length)
         rope_mb = point(models, "peak_mb", model=f"{kind} rope", length=model_length)

@@ -1,6 +1,13 @@
 """ALiBi through PyTorch's fused CPU flash-attention kernel, with no (heads × L × L) bias in memory.
 
-For keys at or before the query (positions non-decreasing, so j ≤ i means p_j ≤ p_i) the bias
+Encoders whose rows have consecutive positions and no padded key (pretraining windows): with the keys
+taken in reverse order, key j' sits at T−1−j', so the bias −m·|i − (T−1−j')| depends on i + j' only.
+That (T × T) Hankel matrix is a strided view of one line of 2T−1 values (row i starts one value
+after row i−1), which the kernel reads as its additive mask: one non-causal pass on D-wide heads,
+and memory that grows with T, not T².
+
+Other encoders (padded keys, positions that restart) and every decoder take two causal passes:
+for keys at or before the query (positions non-decreasing, so j ≤ i means p_j ≤ p_i) the bias
 −m·(p_i − p_j) is a row constant −m·p_i, which softmax ignores, plus m·p_j, which one extra
 column folds into the scores: queries get a column of ones, keys the column m·p_j/scale. So the
 causal part is the fused kernel's own causal attention on (D+1)-wide heads, and its log-sum-exp,
@@ -35,16 +42,61 @@ SYMMETRIC_FROM = 2048
 
 
 def applicable(q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, dropout: float,
-               causal: bool) -> bool:
-    return (q.device.type == "cpu" and q.dtype == torch.float32 and dropout == 0.0 and q.shape[2] == k.shape[2]
-            and (causal or q.shape[2] >= SYMMETRIC_FROM)
-            and torch.equal(q_pos, k_pos) and bool((q_pos[:, 1:] >= q_pos[:, :-1]).all()))
+               causal: bool, key_mask: torch.Tensor | None = None) -> bool:
+    if not (q.device.type == "cpu" and q.dtype == torch.float32 and dropout == 0.0 and q.shape[2] == k.shape[2]
+            and torch.equal(q_pos, k_pos)):
+        return False
+    if not causal and _one_line_serves(q_pos, key_mask):
+        return True
+    return (causal or q.shape[2] >= SYMMETRIC_FROM) and bool((q_pos[:, 1:] >= q_pos[:, :-1]).all())
 
 
 def fused_alibi(q, k, v, *, slopes: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor | None,
                 causal: bool) -> torch.Tensor:
     """q, k, v (B, H, T, D); positions (B, T), non-decreasing; key_mask (B, T) True for real tokens."""
-    return _FusedAlibi.apply(q, k, v, slopes, positions, key_mask, causal)
+    if not causal and _one_line_serves(positions, key_mask):
+        return _KeysReversed.apply(q, k, v, slopes)
+    return by_causal_passes(q, k, v, slopes=slopes, positions=positions, key_mask=key_mask, causal=causal)
+
+
+def by_causal_passes(q, k, v, *, slopes, positions, key_mask, causal) -> torch.Tensor:
+    """The (D+1)-wide causal pass(es): a decoder's only path, an encoder's when one line of bias cannot serve."""
+    return _CausalHalves.apply(q, k, v, slopes, positions, key_mask, causal)
+
+
+def _one_line_serves(positions: torch.Tensor, key_mask: torch.Tensor | None) -> bool:
+    """Every row's positions step by one and no key is padded. Under torch.compile the strided view is not
+    offered: Inductor is not known to keep a view whose rows overlap in memory (see attention._one_bias_for_the_batch)."""
+    if torch.compiler.is_compiling() or (key_mask is not None and not bool(key_mask.all())):
+        return False
+    return bool((positions[:, 1:] - positions[:, :-1] == 1).all())
+
+
+def keys_reversed_bias(slopes: torch.Tensor, length: int) -> torch.Tensor:
+    """(1, H, T, T): bias[i, j'] = −m·|i − (T−1−j')|, the ALiBi bias against the keys in reverse order, as a view
+    of one (H, 2T−1) line."""
+    offsets = torch.arange(2 * length - 1, dtype=torch.float32, device=slopes.device) - (length - 1)
+    line = (-slopes.to(torch.float32)[:, None] * offsets.abs()).contiguous()
+    return line.as_strided((1, line.shape[0], length, length), (0, 2 * length - 1, 1, 1))
+
+
+class _KeysReversed(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, slopes):
+        scale = 1 / math.sqrt(q.shape[-1])
+        mask = keys_reversed_bias(slopes, q.shape[2])
+        k, v = k.flip(2), v.flip(2)
+        out, lse = FORWARD(q, k, v, is_causal=False, attn_mask=mask, scale=scale)
+        ctx.scale = scale
+        ctx.save_for_backward(q, k, v, out, lse, slopes)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, out, lse, slopes = ctx.saved_tensors
+        mask = keys_reversed_bias(slopes, q.shape[2])
+        dq, dk, dv = BACKWARD(grad.contiguous(), q, k, v, out, lse, 0.0, False, attn_mask=mask, scale=ctx.scale)
+        return dq, dk.flip(2), dv.flip(2), None
 
 
 def _widen(x: torch.Tensor, column: torch.Tensor) -> torch.Tensor:
@@ -56,7 +108,7 @@ def _reversed_after(x: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
     return torch.cat([first, x.flip(2)[:, :, :-1]], 2)
 
 
-class _FusedAlibi(torch.autograd.Function):
+class _CausalHalves(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, slopes, positions, key_mask, causal):
         scale = 1 / math.sqrt(q.shape[-1])

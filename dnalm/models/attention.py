@@ -77,9 +77,9 @@ def eager(q, k, v, *, causal, q_pos, k_pos, key_mask=None, alibi=None, dropout=0
 
 @register("sdpa")
 def sdpa(q, k, v, *, causal, q_pos, k_pos, key_mask=None, alibi=None, dropout=0.0, performer=None):
-    """PyTorch's fused kernels; ALiBi too on CPU in fp32 (``alibi_fused``: decoders, and encoders from 2k tokens),
-    else as an explicit bias."""
-    if alibi is not None and alibi_fused.applicable(q, k, q_pos, k_pos, dropout, causal):
+    """PyTorch's fused kernels; ALiBi too on CPU in fp32 (``alibi_fused``: decoders, unpadded encoders with
+    consecutive positions, and other encoders from 2k tokens), else as an explicit bias."""
+    if alibi is not None and alibi_fused.applicable(q, k, q_pos, k_pos, dropout, causal, key_mask):
         return alibi_fused.fused_alibi(q, k, v, slopes=alibi, positions=q_pos, key_mask=key_mask, causal=causal)
     plain_causal = causal and q.shape[2] == k.shape[2] and key_mask is None and alibi is None
     mask = None if plain_causal else additive_mask(q, k, causal=causal, q_pos=q_pos, k_pos=k_pos, key_mask=key_mask, alibi=alibi)
