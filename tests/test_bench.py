@@ -17,6 +17,9 @@ def test_alibi_bench_measures_every_path_and_writes_its_ratios(tmp_path, monkeyp
     """Each point in this process (the command runs each in a fresh one): the attention paths (an encoder's causal
     passes only for encoders: a decoder's fused path is its one pass) and the four models, then the ratios, JSON
     and plot."""
+    from dnalm.models import attention
+
+    monkeypatch.setattr(attention, "COPY_HEADS_ON_CPU", True)  # the strided-heads model turns it off in this process
     monkeypatch.setattr(alibi, "_in_fresh_process", lambda kind, *args: (
         alibi.measure_attention(args[0], bool(int(args[1])), int(args[2]), 1, args[4]) if kind == "attention"
         else alibi.measure_model(*alibi.MODELS[args[0]], int(args[1]), args[2])))

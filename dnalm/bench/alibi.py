@@ -7,8 +7,9 @@ and decoders: ``none`` (what a RoPE model's attention runs), ``fused`` (ALiBi's 
 (D+1)-wide heads; a decoder's ``fused`` is that one pass) and ``explicit bias`` (SDPA given a heads × L × L
 bias), and at the longest length the fused path with denormals kept (no flush-to-zero). Then whole
 training steps (forward, backward, AdamW) of the comparison's RoPE and ALiBi
-encoders and of RoPE and ALiBi decoders of the same size. Every point runs in a fresh process, so
-peak memory is that point's.
+encoders, of the ALiBi encoder with its heads handed to the kernel as strided views of the projection
+(``attention.COPY_HEADS_ON_CPU`` off, as before the copies), and of RoPE and ALiBi decoders of the same
+size. Every point runs in a fresh process, so peak memory is that point's.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ MODEL_LENGTHS = (1024, 8192)
 HEADS, HEAD_DIM = 4, 32
 PATHS = ("none", "fused", "causal passes", "explicit bias")
 DENORMALS = "fused, denormals kept"  # the fused path without flush-to-zero, at the longest length only
-MODELS = {"encoder rope": ("transformer", {}), "encoder alibi": ("alibi", {}),
+STRIDED = "encoder alibi, heads strided"  # the attention kernel given views of the projection, as before
+MODELS = {"encoder rope": ("transformer", {}), "encoder alibi": ("alibi", {}), STRIDED: ("alibi", {"strided": True}),
           "decoder rope": ("transformer", {"causal": True}), "decoder alibi": ("alibi", {"causal": True})}
 
 
@@ -72,6 +74,10 @@ def measure_model(variant: str, changes: dict, length: int, device: str) -> dict
     base = VARIANTS[variant]
     if changes.get("causal"):
         base = replace(base, model="decoder-tiny")
+    if changes.get("strided"):
+        from dnalm.models import attention
+
+        attention.COPY_HEADS_ON_CPU = False
     return measure_step(base, length, max(1, 8192 // length), device=device)
 
 
@@ -101,7 +107,8 @@ def run(out_dir: Path, lengths=LENGTHS, model_lengths=MODEL_LENGTHS, repeats: in
     result = report.header("alibi", f"dnalm bench alibi --device {target.type}", target) | {
         "attention_shape": {"batch": 1, "heads": HEADS, "head_dim": HEAD_DIM},
         "models": "encoder-tiny (2 layers, d_model 128, 4 heads) as in bench compare; the decoders are decoder-tiny of "
-                  "the same size; a step is forward, backward and AdamW on 8,192 tokens; each model's best step over "
+                  "the same size; 'heads strided' hands the attention kernel views of the projection (as before the "
+                  "copies); a step is forward, backward and AdamW on 8,192 tokens; each model's best step over "
                   f"{rounds} interleaved rounds (a fresh process each, step times of every round in 'rounds')",
         "attention": attention,
         "model_steps": models,
@@ -154,9 +161,12 @@ def _ratios(attention: list[dict], models: list[dict], length: int, model_length
         alibi = point(models, "step_seconds", model=f"{kind} alibi", length=model_length)
         rope_mb = point(models, "peak_mb", model=f"{kind} rope", length=model_length)
         alibi_mb = point(models, "peak_mb", model=f"{kind} alibi", length=model_length)
+        strided = point(models, "step_seconds", model=STRIDED, length=model_length) if kind == "encoder" else None
         if rope and alibi:
-            out[f"{kind}_step_at_{model_length}"] = {"alibi_over_rope_time": round(alibi / rope, 2),
-                                                     "alibi_over_rope_memory": round(alibi_mb / max(rope_mb, 1), 2)}
+            out[f"{kind}_step_at_{model_length}"] = {
+                "alibi_over_rope_time": round(alibi / rope, 2),
+                "alibi_over_rope_memory": round(alibi_mb / max(rope_mb, 1), 2),
+                **({"heads_strided_over_copied_time": round(strided / alibi, 2)} if strided else {})}
     return out
 
 

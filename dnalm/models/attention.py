@@ -22,6 +22,11 @@ from dnalm.models.positions import alibi_bias
 AttentionFn = Callable[..., torch.Tensor]
 ATTENTION: dict[str, AttentionFn] = {}
 
+# PyTorch's CPU flash kernel reads each head in place, and heads that are strided views of the (B, T, 3·H·D)
+# projection slow it down (an ALiBi encoder's training step at 8k: ``dnalm bench alibi``, heads strided against
+# copied); the copies cost a few MB. False only to measure the difference.
+COPY_HEADS_ON_CPU = True
+
 
 def register(name: str):
     def add(fn: AttentionFn) -> AttentionFn:
@@ -79,6 +84,8 @@ def eager(q, k, v, *, causal, q_pos, k_pos, key_mask=None, alibi=None, dropout=0
 def sdpa(q, k, v, *, causal, q_pos, k_pos, key_mask=None, alibi=None, dropout=0.0, performer=None):
     """PyTorch's fused kernels; ALiBi too on CPU in fp32 (``alibi_fused``: decoders, unpadded encoders with
     consecutive positions, and other encoders from 2k tokens), else as an explicit bias."""
+    if COPY_HEADS_ON_CPU and q.device.type == "cpu":
+        q, k, v = (x.contiguous() for x in (q, k, v))
     if alibi is not None and alibi_fused.applicable(q, k, q_pos, k_pos, dropout, causal, key_mask):
         return alibi_fused.fused_alibi(q, k, v, slopes=alibi, positions=q_pos, key_mask=key_mask, causal=causal)
     plain_causal = causal and q.shape[2] == k.shape[2] and key_mask is None and alibi is None
