@@ -217,3 +217,23 @@ def test_alibi_with_restarting_positions_takes_the_explicit_bias():
         kwargs = dict(causal=causal, q_pos=pos, k_pos=pos, alibi=alibi_slopes(H))
         torch.testing.assert_close(ATTENTION["flash"](q, k, v, **kwargs), ATTENTION["eager"](q, k, v, **kwargs),
                                    atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("alibi", [False, True])
+def test_sdpa_hands_the_cpu_kernel_contiguous_heads(alibi, monkeypatch):
+    """Heads arrive as strided views of the (B, T, 3·H·D) projection; the CPU kernel would read them in place, slower."""
+    import dnalm.models.attention as attention
+    from dnalm.models import alibi_fused
+
+    seen = []
+    for owner, name in ((attention.F, "scaled_dot_product_attention"), (alibi_fused, "fused_alibi")):
+        real = getattr(owner, name)
+        monkeypatch.setattr(owner, name, lambda q, k, v, _real=real, **kw: seen.append((q, k, v)) or _real(q, k, v, **kw))
+    projection = torch.randn(B, T, 3, H, D)
+    q, k, v = projection.permute(2, 0, 3, 1, 4)
+    assert not q.is_contiguous()
+    pos = torch.arange(T).expand(B, T)
+    kwargs = dict(causal=False, q_pos=pos, k_pos=pos, alibi=alibi_slopes(H) if alibi else None)
+    torch.testing.assert_close(ATTENTION["sdpa"](q, k, v, **kwargs), ATTENTION["eager"](q, k, v, **kwargs),
+                               atol=2e-5, rtol=1e-4)
+    assert len(seen) == 1 and all(x.is_contiguous() for x in seen[0])
