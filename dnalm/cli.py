@@ -243,7 +243,7 @@ def generate(args) -> None:
     arg("--pooling", choices=("mean", "max", "cls", "none"), default="mean", help="none: every token's row with its base span"),
     arg("--layer", type=int, default=-1, help="1…n_layers, or negative from the end (default -1, the final output)"),
     arg("--reverse-complement-average", action="store_true", help="average with the reverse complement's embedding"),
-    arg("--batch-size", type=int, default=8, help="windows per forward pass (default 8; on a CPU, 1 is fastest for ALiBi encoders: docs/benchmarks.md)"),
+    arg("--batch-size", type=int, default=8, help="windows per forward pass (default 8)"),
     _device_arg(),
 ])
 def embed(args) -> None:

@@ -237,3 +237,13 @@ def test_sdpa_hands_the_cpu_kernel_contiguous_heads(alibi, monkeypatch):
     torch.testing.assert_close(ATTENTION["sdpa"](q, k, v, **kwargs), ATTENTION["eager"](q, k, v, **kwargs),
                                atol=2e-5, rtol=1e-4)
     assert len(seen) == 1 and all(x.is_contiguous() for x in seen[0])
+
+
+def test_a_compiled_short_alibi_encoder_is_one_graph():
+    """Under torch.compile a short ALiBi encoder is turned away from the fused paths before any check that reads
+    tensor values: such a check breaks the graph, and Inductor crashed (segmentation fault) around those breaks."""
+    from dnalm.models import build_model, get_config
+
+    model = build_model(get_config("encoder-tiny", vocab_size=16))
+    explained = torch._dynamo.explain(model)(torch.randint(5, 16, (2, 64)))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons

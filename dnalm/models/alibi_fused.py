@@ -43,10 +43,15 @@ SYMMETRIC_FROM = 2048
 
 def applicable(q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, dropout: float,
                causal: bool, key_mask: torch.Tensor | None = None) -> bool:
-    if not (q.device.type == "cpu" and q.dtype == torch.float32 and dropout == 0.0 and q.shape[2] == k.shape[2]
-            and torch.equal(q_pos, k_pos)):
+    """The shape checks come first: the value checks after them break a torch.compile graph, and Inductor
+    corrupted memory around such breaks (see attention._one_bias_for_the_batch), so a compiled short encoder
+    must be turned away before them."""
+    if not (q.device.type == "cpu" and q.dtype == torch.float32 and dropout == 0.0 and q.shape[2] == k.shape[2]):
         return False
-    if not causal and _one_line_serves(q_pos, key_mask):
+    one_line = not causal and not torch.compiler.is_compiling()
+    if not (one_line or causal or q.shape[2] >= SYMMETRIC_FROM) or not torch.equal(q_pos, k_pos):
+        return False
+    if one_line and _one_line_serves(q_pos, key_mask):
         return True
     return (causal or q.shape[2] >= SYMMETRIC_FROM) and bool((q_pos[:, 1:] >= q_pos[:, :-1]).all())
 
@@ -65,8 +70,8 @@ def by_causal_passes(q, k, v, *, slopes, positions, key_mask, causal) -> torch.T
 
 
 def _one_line_serves(positions: torch.Tensor, key_mask: torch.Tensor | None) -> bool:
-    """Every row's positions step by one and no key is padded. Under torch.compile the strided view is not
-    offered: Inductor is not known to keep a view whose rows overlap in memory (see attention._one_bias_for_the_batch)."""
+    """Every row's positions step by one and no key is padded. Not under torch.compile (``applicable``), where
+    Inductor is not known to keep a view whose rows overlap in memory."""
     if torch.compiler.is_compiling() or (key_mask is not None and not bool(key_mask.all())):
         return False
     return bool((positions[:, 1:] - positions[:, :-1] == 1).all())

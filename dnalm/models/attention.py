@@ -84,7 +84,7 @@ def eager(q, k, v, *, causal, q_pos, k_pos, key_mask=None, alibi=None, dropout=0
 def sdpa(q, k, v, *, causal, q_pos, k_pos, key_mask=None, alibi=None, dropout=0.0, performer=None):
     """PyTorch's fused kernels; ALiBi too on CPU in fp32 (``alibi_fused``: decoders, unpadded encoders with
     consecutive positions, and other encoders from 2k tokens), else as an explicit bias."""
-    if COPY_HEADS_ON_CPU and q.device.type == "cpu":
+    if COPY_HEADS_ON_CPU and q.device.type == "cpu" and not torch.compiler.is_compiling():
         q, k, v = (x.contiguous() for x in (q, k, v))
     if alibi is not None and alibi_fused.applicable(q, k, q_pos, k_pos, dropout, causal, key_mask):
         return alibi_fused.fused_alibi(q, k, v, slopes=alibi, positions=q_pos, key_mask=key_mask, causal=causal)
