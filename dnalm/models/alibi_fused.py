@@ -6,7 +6,7 @@ That (T × T) Hankel matrix is a strided view of one line of 2T−1 values (row 
 after row i−1), which the kernel reads as its additive mask: one non-causal pass on D-wide heads,
 and memory that grows with T, not T².
 
-Other encoders (padded keys, positions that restart) and every decoder take two causal passes:
+Other encoders (padded keys, positions that restart) take two causal passes, and decoders one:
 for keys at or before the query (positions non-decreasing, so j ≤ i means p_j ≤ p_i) the bias
 −m·(p_i − p_j) is a row constant −m·p_i, which softmax ignores, plus m·p_j, which one extra
 column folds into the scores: queries get a column of ones, keys the column m·p_j/scale. So the

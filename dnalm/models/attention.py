@@ -23,8 +23,8 @@ AttentionFn = Callable[..., torch.Tensor]
 ATTENTION: dict[str, AttentionFn] = {}
 
 # PyTorch's CPU flash kernel reads each head in place, and heads that are strided views of the (B, T, 3·H·D)
-# projection slow it down (an ALiBi encoder's training step at 8k: ``dnalm bench alibi``, heads strided against
-# copied); the copies cost a few MB. False only to measure the difference.
+# projection slow it down (an ALiBi encoder's training step at 1k, batch 8: ``dnalm bench alibi``, heads strided
+# against copied); the copies cost a few MB. False only to measure the difference.
 COPY_HEADS_ON_CPU = True
 
 
