@@ -41,25 +41,37 @@ UNSEEN = -1e20  # a key column value whose score no softmax row notices
 SYMMETRIC_FROM = 2048
 
 
-def applicable(q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, dropout: float,
-               causal: bool, key_mask: torch.Tensor | None = None) -> bool:
-    """The shape checks come first: the value checks after them break a torch.compile graph, and Inductor
-    corrupted memory around such breaks (see attention._one_bias_for_the_batch), so a compiled short encoder
-    must be turned away before them."""
+ONE_LINE, CAUSAL_PASSES = "one line", "causal passes"
+
+
+def path(q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, dropout: float, causal: bool,
+         key_mask: torch.Tensor | None = None) -> str | None:
+    """ONE_LINE, CAUSAL_PASSES, or None (the caller's explicit bias). The shape checks come first: the value checks
+    after them break a torch.compile graph, and Inductor corrupted memory around such breaks (see
+    attention._one_bias_for_the_batch), so a compiled short encoder must be turned away before them."""
     if not (q.device.type == "cpu" and q.dtype == torch.float32 and dropout == 0.0 and q.shape[2] == k.shape[2]):
-        return False
+        return None
     one_line = not causal and not torch.compiler.is_compiling()
     if not (one_line or causal or q.shape[2] >= SYMMETRIC_FROM) or not torch.equal(q_pos, k_pos):
-        return False
+        return None
     if one_line and _one_line_serves(q_pos, key_mask):
-        return True
-    return (causal or q.shape[2] >= SYMMETRIC_FROM) and bool((q_pos[:, 1:] >= q_pos[:, :-1]).all())
+        return ONE_LINE
+    if (causal or q.shape[2] >= SYMMETRIC_FROM) and bool((q_pos[:, 1:] >= q_pos[:, :-1]).all()):
+        return CAUSAL_PASSES
+    return None
+
+
+def applicable(q, k, q_pos, k_pos, dropout: float, causal: bool, key_mask: torch.Tensor | None = None) -> bool:
+    return path(q, k, q_pos, k_pos, dropout, causal, key_mask) is not None
 
 
 def fused_alibi(q, k, v, *, slopes: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor | None,
-                causal: bool) -> torch.Tensor:
-    """q, k, v (B, H, T, D); positions (B, T), non-decreasing; key_mask (B, T) True for real tokens."""
-    if not causal and _one_line_serves(positions, key_mask):
+                causal: bool, chosen: str | None = None) -> torch.Tensor:
+    """q, k, v (B, H, T, D); positions (B, T), non-decreasing; key_mask (B, T) True for real tokens; ``chosen``,
+    when given, is what ``path`` returned for them (so that its checks do not run twice)."""
+    if chosen is None:
+        chosen = ONE_LINE if not causal and _one_line_serves(positions, key_mask) else CAUSAL_PASSES
+    if chosen == ONE_LINE:
         return _KeysReversed.apply(q, k, v, slopes)
     return by_causal_passes(q, k, v, slopes=slopes, positions=positions, key_mask=key_mask, causal=causal)
 
@@ -70,7 +82,7 @@ def by_causal_passes(q, k, v, *, slopes, positions, key_mask, causal) -> torch.T
 
 
 def _one_line_serves(positions: torch.Tensor, key_mask: torch.Tensor | None) -> bool:
-    """Every row's positions step by one and no key is padded. Not under torch.compile (``applicable``), where
+    """Every row's positions step by one and no key is padded. Not under torch.compile (``path``), where
     Inductor is not known to keep a view whose rows overlap in memory."""
     if torch.compiler.is_compiling() or (key_mask is not None and not bool(key_mask.all())):
         return False
