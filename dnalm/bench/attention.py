@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import psutil
@@ -25,33 +26,75 @@ from dnalm.memory import peak_rss_bytes
 LENGTHS = (512, 1024, 2048, 4096, 8192, 16384)
 HEADS, HEAD_DIM, FEATURES = 8, 64, 256
 BACKENDS = ("eager", "sdpa", "flash", "performer")
+ALIBI = "+alibi"  # a series name's suffix: the backend with ALiBi slopes
+ERROR_LENGTH = 2048
 REFERENCE_LENGTHS = (1024, 2048, 4096)  # performer-pytorch's causal_linear_attention_noncuda
 MEMORY_LIMIT = 0.6 * psutil.virtual_memory().total
 
 
 def measure(backend: str, causal: bool, length: int, repeats: int, device: str = "cpu") -> dict:
     """One point, in this process: seconds (best of ``repeats``) and peak memory of forward+backward."""
+    target = torch.device(device)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, HEADS, length, HEAD_DIM, device=target, dtype=training_dtype(target), requires_grad=True)
+               for _ in range(3))
+    run = attend(backend, causal, length, target, q.dtype)
+    return best_forward_backward(lambda: run(q, k, v), (q, k, v), target, repeats)
+
+
+def attend(series: str, causal: bool, length: int, target: torch.device, dtype: torch.dtype):
+    """The function ``(q, k, v) -> out`` that a series names (its Performer features fixed by the seed)."""
     from dnalm.models.attention import ATTENTION
     from dnalm.models.performer import PerformerFeatures
+    from dnalm.models.positions import alibi_slopes
 
-    target = torch.device(device)
-    dtype = training_dtype(target)
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(1, HEADS, length, HEAD_DIM, device=target, dtype=dtype, requires_grad=True) for _ in range(3))
-    pos = torch.arange(length, device=target)[None]
-    performer = PerformerFeatures(HEAD_DIM, FEATURES).to(target)
+    backend, with_alibi = series.removesuffix(ALIBI), series.endswith(ALIBI)
+    slopes = alibi_slopes(HEADS, target) if with_alibi else None
+    if backend == "flex":
+        return partial(_flex_alibi, causal=causal, slopes=slopes)
     if backend == "performer-pytorch":
         from performer_pytorch import FastAttention
 
-        reference = FastAttention(HEAD_DIM, FEATURES, causal=causal).to(target)
+        return FastAttention(HEAD_DIM, FEATURES, causal=causal).to(target, dtype)  # its projection in the inputs' dtype
+    pos = torch.arange(length, device=target)[None]
+    performer = PerformerFeatures(HEAD_DIM, FEATURES).to(target)
+    return partial(ATTENTION[backend], causal=causal, q_pos=pos, k_pos=pos, performer=performer, alibi=slopes)
 
-        def run():
-            return reference(q, k, v)
-    else:
-        def run():
-            return ATTENTION[backend](q, k, v, causal=causal, q_pos=pos, k_pos=pos, performer=performer)
 
-    return best_forward_backward(run, (q, k, v), target, repeats)
+_compiled_flex = None
+
+
+def _flex_alibi(q, k, v, *, causal: bool, slopes: torch.Tensor):
+    """FlexAttention (compiled) with ALiBi's −m·|i − j| as its score_mod; a block mask skips a decoder's future keys."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    global _compiled_flex
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention)
+
+    def alibi(score, b, h, q_idx, kv_idx):
+        return score - slopes[h] * (q_idx - kv_idx).abs()
+
+    length = q.shape[2]
+    blocks = create_block_mask(lambda b, h, q_idx, kv_idx: q_idx >= kv_idx, None, None, length, length,
+                               device=q.device) if causal else None
+    return _compiled_flex(q, k, v, score_mod=alibi, block_mask=blocks)
+
+
+def relative_error(series: str, causal: bool, length: int, target: torch.device) -> float:
+    """‖out − ref‖ / ‖ref‖ of the series in the training dtype against eager attention (Performer: itself) in fp32,
+    float64 on CPU; the same inputs, drawn in the reference's precision."""
+    reference_dtype = torch.float32 if target.type == "cuda" else torch.float64
+    reference = series if series.startswith("performer") else "eager" + (ALIBI if series.endswith(ALIBI) else "")
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(1, HEADS, length, HEAD_DIM, device=target, dtype=reference_dtype) for _ in range(3))
+    with torch.no_grad():
+        torch.manual_seed(0)
+        expected = attend(reference, causal, length, target, reference_dtype)(q, k, v).double()
+        torch.manual_seed(0)
+        dtype = training_dtype(target)
+        got = attend(series, causal, length, target, dtype)(q.to(dtype), k.to(dtype), v.to(dtype)).double()
+    return float((got - expected).norm() / expected.norm())
 
 
 def best_forward_backward(run, inputs, target: torch.device, repeats: int) -> dict:
@@ -82,12 +125,18 @@ def _fits(backend: str, length: int, device: torch.device) -> bool:
     return True
 
 
+def series_list(target: torch.device) -> list[tuple[str, bool]]:
+    series = [(b, c) for b in BACKENDS for c in (False, True)]
+    series += [("performer-pytorch", True), ("sdpa" + ALIBI, False), ("sdpa" + ALIBI, True)]
+    if target.type == "cuda":
+        series += [("flex" + ALIBI, False), ("flex" + ALIBI, True)]
+    return series
+
+
 def run(out_dir: Path, lengths=LENGTHS, repeats: int = 3, device: str = "auto") -> dict:
     target = resolve(device)
     rows = []
-    series = [(b, c) for b in BACKENDS for c in (False, True)]
-    series += [("performer-pytorch", True)]
-    for backend, causal in series:
+    for backend, causal in series_list(target):
         for length in lengths:
             row = {"backend": backend, "causal": causal, "length": length}
             if backend == "performer-pytorch" and length not in REFERENCE_LENGTHS:
@@ -96,23 +145,38 @@ def run(out_dir: Path, lengths=LENGTHS, repeats: int = 3, device: str = "auto") 
                 rows.append(row | {"skipped": "quadratic scores would not fit in memory"})
                 continue
             reps = 1 if backend == "performer-pytorch" else (2 if length >= 8192 else repeats)
-            command = [sys.executable, "-m", "dnalm.bench.attention", backend, str(int(causal)), str(length), str(reps),
-                       str(target)]
-            done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
-            if done.returncode != 0:
-                rows.append(row | {"skipped": f"failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}"})
-                continue
-            rows.append(row | json.loads(done.stdout.strip().splitlines()[-1]))
+            rows.append(row | _point_in_place(backend, causal, length, reps, target))
+            if length == ERROR_LENGTH and "seconds" in rows[-1]:
+                rows[-1]["relative_error"] = float(f"{relative_error(backend, causal, length, target):.3g}")
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     result = report.header("attention", f"dnalm bench attention --device {target.type}", target) | {
         "shape": {"batch": 1, "heads": HEADS, "head_dim": HEAD_DIM, "performer_features": FEATURES},
-        "measure": "forward + backward of the attention alone (q, k, v require grad); peak memory above the inputs",
+        "measure": "forward + backward of the attention alone (q, k, v require grad); peak memory above the inputs; "
+                   f"relative_error at {ERROR_LENGTH} tokens: against eager in "
+                   f"{'fp32' if target.type == 'cuda' else 'float64'} (Performer: against itself)",
         "rows": rows,
         "findings": _findings(rows),
     }
     report.write(result, out_dir, "attention")
     _plot(result, out_dir)
     return result
+
+
+def _point_in_place(backend: str, causal: bool, length: int, repeats: int, target: torch.device) -> dict:
+    """The point measured in this process on CUDA (the allocator's peak resets), in a fresh one on CPU (the peak RSS
+    does not); a failure is a skipped point that says why."""
+    if target.type == "cuda":
+        try:
+            return measure(backend, causal, length, repeats, str(target))
+        except Exception as error:  # noqa: BLE001 - e.g. out of memory: the point says so, the others still run
+            torch.cuda.empty_cache()
+            return {"skipped": f"failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}"}
+    command = [sys.executable, "-m", "dnalm.bench.attention", backend, str(int(causal)), str(length), str(repeats),
+               str(target)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        return {"skipped": f"failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _point(rows, backend, causal, length):
@@ -140,7 +204,8 @@ def _findings(rows) -> dict:
 
 
 def _plot(result: dict, out_dir: Path) -> None:
-    plot_by_length(result["rows"], "backend", (*BACKENDS, "performer-pytorch"), ("non-causal", "causal"),
+    series = dict.fromkeys(backend for backend, _ in series_list(torch.device(result["device"]["type"])))
+    plot_by_length(result["rows"], "backend", tuple(series), ("non-causal", "causal"),
                    f"dnalm bench attention — 1×{HEADS} heads×{HEAD_DIM}, {report.device_label(result)}", out_dir, "attention")
 
 

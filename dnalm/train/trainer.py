@@ -31,7 +31,7 @@ from dnalm import faults
 from dnalm.data.manifest import Manifest
 from dnalm.data.masking import IGNORE, base_targets, clm_batch, mlm_batch, sized_head, view_ranges
 from dnalm.data.stream import GenomeStream, StreamLoader
-from dnalm.devices import move
+from dnalm.devices import move, peak_memory_mb
 from dnalm.errors import DnalmError
 from dnalm.models import ModelConfig, build_model, get_config
 from dnalm.tokenizers import Tokenizer, ViewTokenizer, load_folder
@@ -312,6 +312,8 @@ class Trainer:
         record = {"step": self.step, "tokens_seen": self.tokens_seen, "tokens_per_s": round(tokens / seconds, 1),
                   "skipped_steps": self.skipped_steps + int(bad), "stream_skipped": self.stream_skipped,
                   "data_epoch": position["epoch"], "data_index": position["index"]}
+        if (peak := peak_memory_mb(self.device)) is not None:  # the allocator's high-water mark on a GPU so far
+            record["peak_memory_mb"] = round(peak)
         if bad:
             self.skipped_steps += 1
             return record | {"skipped": True, "skip_reason": "non-finite gradients" if bad_gradients else "non-finite loss"}
