@@ -247,3 +247,72 @@ def test_a_compiled_short_alibi_encoder_is_one_graph():
     model = build_model(get_config("encoder-tiny", vocab_size=16))
     explained = torch._dynamo.explain(model)(torch.randint(5, 16, (2, 64)))
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+def _flex_cases():
+    pos = torch.arange(T).expand(B, T)
+    views = torch.cat([torch.arange(20), torch.arange(T - 20)]).expand(B, T)  # two tokenizers' views, restarting
+    return {"encoder": (pos + torch.tensor([[0], [5]]), False), "decoder": (pos, True), "views": (views, False)}
+
+
+@pytest.mark.parametrize("case", ["encoder", "decoder", "views"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_flex_alibi_matches_eager_forward_on_cpu(case, padded):
+    """FlexAttention computes ALiBi and the masks inside its kernel (CUDA's path; on CPU it has a forward only)."""
+    from dnalm.models.alibi_flex import flex_alibi
+
+    q, k, v, _, mask = inputs(4)
+    pos, causal = _flex_cases()[case]
+    kwargs = dict(causal=causal, key_mask=mask if padded else None)
+    with torch.no_grad():
+        got = flex_alibi(q, k, v, slopes=alibi_slopes(H), q_pos=pos, k_pos=pos, **kwargs)
+        expected = ATTENTION["eager"](q, k, v, q_pos=pos, k_pos=pos, alibi=alibi_slopes(H), **kwargs)
+    rows = mask if padded else torch.ones_like(mask)
+    torch.testing.assert_close(got.transpose(1, 2)[rows], expected.transpose(1, 2)[rows], atol=2e-5, rtol=1e-4)
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (docs/benchmarks/gpu/run.sh runs it)")
+
+
+@CUDA
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_alibi_goes_through_flex_with_the_gradients_of_eager(causal, padded, dtype, monkeypatch):
+    """On a GPU without flash-attn the sdpa backend's ALiBi is FlexAttention's, with no bias built; outputs and q/k/v
+    gradients at real tokens against eager in float64. A row of padding alone gets zeros and finite gradients."""
+    from dnalm.models import alibi_flex, attention
+
+    monkeypatch.setattr(attention, "_flash_attn_usable", lambda q: False)
+    monkeypatch.setattr(attention, "additive_mask", lambda *a, **k: pytest.fail("an explicit bias was built"))
+    device, length = torch.device("cuda"), 300
+    g = torch.Generator(device=device).manual_seed(5)
+    q, k, v = (torch.randn(3, H, length, D, device=device, generator=g, dtype=torch.float64) for _ in range(3))
+    pos = torch.arange(length, device=device).expand(3, length) + torch.tensor([[0], [2], [0]], device=device)
+    mask = torch.ones(3, length, dtype=torch.bool, device=device)
+    if padded:
+        mask[1, -40:] = False
+        mask[2] = False
+    slopes = alibi_slopes(H, device)
+    calls = []
+    monkeypatch.setattr(alibi_flex, "flex_alibi", lambda *a, _f=alibi_flex.flex_alibi, **kw: calls.append(1) or _f(*a, **kw))
+    ours = [x.to(dtype).requires_grad_(True) for x in (q, k, v)]
+    got = ATTENTION["sdpa"](*ours, causal=causal, q_pos=pos, k_pos=pos, key_mask=mask if padded else None, alibi=slopes)
+    weights = torch.randn(got.shape, device=device, generator=g, dtype=torch.float64)
+    real = mask[:, None, :, None]  # outputs at padded queries are unused
+    (got.double() * weights * real).sum().backward()
+    assert calls and torch.isfinite(got).all() and all(torch.isfinite(x.grad).all() for x in ours)
+    monkeypatch.undo()
+    ref = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    expected = ATTENTION["eager"](*ref, causal=causal, q_pos=pos, k_pos=pos, key_mask=mask if padded else None, alibi=slopes)
+    (expected * weights * real).sum().backward()
+    bound = 1e-3 if dtype == torch.float32 else 2e-2
+
+    def relative(a, b):
+        return float((a.double() - b).norm() / b.norm())
+
+    assert relative(got * real, expected * real) < bound
+    for mine, theirs in zip(ours, ref):
+        assert relative(mine.grad * real, theirs.grad * real) < bound
+    if padded:
+        assert got[2].abs().max() == 0

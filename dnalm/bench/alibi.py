@@ -38,7 +38,8 @@ MODELS = {"encoder rope": ("transformer", {}), "encoder alibi": ("alibi", {}), S
 
 
 def measure_attention(path: str, causal: bool, length: int, repeats: int, device: str) -> dict:
-    from dnalm.models.alibi_fused import applicable, by_causal_passes, fused_alibi
+    from dnalm.models import alibi_flex, alibi_fused
+    from dnalm.models.attention import ATTENTION
     from dnalm.models.positions import alibi_bias, alibi_slopes
 
     target = torch.device(device)
@@ -48,18 +49,23 @@ def measure_attention(path: str, causal: bool, length: int, repeats: int, device
     q, k, v = (torch.randn(1, HEADS, length, HEAD_DIM, device=target, dtype=training_dtype(target), requires_grad=True)
                for _ in range(3))
     positions, slopes = torch.arange(length, device=target)[None], alibi_slopes(HEADS, target)
-    if path in ("fused", "causal passes", DENORMALS) and not applicable(q, k, positions, positions, 0.0, causal=True):
-        return {"skipped": "the fused path serves CPU fp32 (on CUDA flash-attn takes alibi_slopes)"}
+    on_cpu = alibi_fused.applicable(q, k, positions, positions, 0.0, causal=True)
+    if path in ("causal passes", DENORMALS) and not on_cpu:
+        return {"skipped": "a path of the CPU kernel in fp32"}
+    if path == "fused" and not (on_cpu or alibi_flex.applicable(q, k, 0.0)):
+        return {"skipped": "no fused ALiBi path on this device and dtype (flash-attn takes alibi_slopes where installed)"}
     if path == "causal passes" and causal:
         return {"skipped": "a decoder's fused path is its one causal pass"}
 
     def run():
         if path == "none":
             return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-        if path in ("fused", DENORMALS):
-            return fused_alibi(q, k, v, slopes=slopes, positions=positions, key_mask=None, causal=causal)
+        if path == "fused":  # what an ALiBi model's sdpa backend runs here
+            return ATTENTION["sdpa"](q, k, v, causal=causal, q_pos=positions, k_pos=positions, alibi=slopes)
+        if path == DENORMALS:
+            return alibi_fused.fused_alibi(q, k, v, slopes=slopes, positions=positions, key_mask=None, causal=causal)
         if path == "causal passes":
-            return by_causal_passes(q, k, v, slopes=slopes, positions=positions, key_mask=None, causal=causal)
+            return alibi_fused.by_causal_passes(q, k, v, slopes=slopes, positions=positions, key_mask=None, causal=causal)
         bias = alibi_bias(slopes, positions, positions, causal).to(q.dtype)
         if causal:
             bias = bias.masked_fill(positions[:, None, None, :] > positions[:, None, :, None], float("-inf"))
@@ -82,11 +88,29 @@ def measure_model(variant: str, changes: dict, length: int, device: str) -> dict
 
 
 def _in_fresh_process(*args: str) -> dict:
+    """One point (the arguments of this module's ``__main__``): in a fresh process on CPU, where the peak resident set
+    cannot be reset; in this one on CUDA, whose allocator's peak is reset for the point."""
+    if args[-1].startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(args[-1])
+        try:
+            return _point(*args)
+        except Exception as error:  # noqa: BLE001 - e.g. out of memory: the point says so, the others still run
+            torch.cuda.empty_cache()
+            return {"failed": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}
     done = subprocess.run([sys.executable, "-m", "dnalm.bench.alibi", *args], capture_output=True, text=True,
                           timeout=1800)
     if done.returncode != 0:
         return {"failed": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _point(kind: str, *args: str) -> dict:
+    if kind == "attention":
+        path, causal, length, repeats, device = args
+        return measure_attention(path, bool(int(causal)), int(length), int(repeats), device)
+    name, length, device = args
+    variant, changes = MODELS[name]
+    return measure_model(variant, changes, int(length), device)
 
 
 def run(out_dir: Path, lengths=LENGTHS, model_lengths=MODEL_LENGTHS, repeats: int = 3, device: str = "auto",
@@ -100,6 +124,8 @@ def run(out_dir: Path, lengths=LENGTHS, model_lengths=MODEL_LENGTHS, repeats: in
                 attention.append(row | _in_fresh_process("attention", path, str(int(causal)), str(length), str(repeats),
                                                          str(target)))
                 print(json.dumps(attention[-1]), file=sys.stderr, flush=True)
+        if target.type != "cpu":
+            continue  # flush-to-zero is a CPU setting
         attention.append({"path": DENORMALS, "causal": causal, "length": max(lengths)}
                          | _in_fresh_process("attention", DENORMALS, str(int(causal)), str(max(lengths)), str(repeats),
                                              str(target)))
@@ -123,14 +149,15 @@ def _model_steps(model_lengths, rounds: int, target: torch.device) -> list[dict]
     """Each model's fastest step over ``rounds`` passes through all of them, so that a noisy minute on a shared
     machine slows one pass of every model rather than one model's every step."""
     passes = []
+    names = [name for name in MODELS if name != STRIDED or target.type == "cpu"]  # the head copies are CPU-only
     for _ in range(rounds):
-        for name in MODELS:
+        for name in names:
             for length in model_lengths:
                 passes.append({"model": name, "length": length, "batch": max(1, 8192 // length)}
                               | _in_fresh_process("model", name, str(length), str(target)))
                 print(json.dumps(passes[-1]), file=sys.stderr, flush=True)
     models = []
-    for name in MODELS:
+    for name in names:
         for length in model_lengths:
             mine = [p for p in passes if p["model"] == name and p["length"] == length]
             timed = [p for p in mine if "step_seconds" in p]
@@ -176,10 +203,4 @@ def _plot(result: dict, out_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "attention":
-        path, causal, length, repeats, device = sys.argv[2], bool(int(sys.argv[3])), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
-        print(json.dumps(measure_attention(path, causal, length, repeats, device)))
-    else:
-        name, length, device = sys.argv[2], int(sys.argv[3]), sys.argv[4]
-        variant, changes = MODELS[name]
-        print(json.dumps(measure_model(variant, changes, length, device)))
+    print(json.dumps(_point(*sys.argv[1:])))

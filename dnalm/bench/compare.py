@@ -176,11 +176,11 @@ def measure_step(variant: Variant, length: int, batch: int, steps: int = 3, devi
     import psutil
 
     from dnalm.bench.train import step_tokens_per_s
-    from dnalm.devices import peak_memory_mb
+    from dnalm.devices import peak_memory_mb, training_dtype
 
     target = torch.device(device)
-    baseline = psutil.Process().memory_info().rss if target.type == "cpu" else 0
-    model = build_variant(variant, max_seq_len=max(length, 1024)).to(target)
+    baseline = psutil.Process().memory_info().rss if target.type == "cpu" else torch.cuda.memory_allocated(target)
+    model = build_variant(variant, max_seq_len=max(length, 1024)).to(target, training_dtype(target))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     rate = step_tokens_per_s(model, batch, length, model.config.vocab_size, steps=steps, device=target, optimizer=optimizer)
     peak = peak_rss_bytes() if target.type == "cpu" else peak_memory_mb(target) * 2**20

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from dnalm.models import alibi_fused
+from dnalm.models import alibi_flex, alibi_fused
 from dnalm.models.positions import alibi_bias
 
 AttentionFn = Callable[..., torch.Tensor]
@@ -82,14 +82,17 @@ def eager(q, k, v, *, causal, q_pos, k_pos, key_mask=None, alibi=None, dropout=0
 
 @register("sdpa")
 def sdpa(q, k, v, *, causal, q_pos, k_pos, key_mask=None, alibi=None, dropout=0.0, performer=None):
-    """PyTorch's fused kernels; ALiBi too on CPU in fp32 (``alibi_fused``: decoders, unpadded encoders with
-    consecutive positions, and other encoders from 2k tokens), else as an explicit bias."""
+    """PyTorch's fused kernels; ALiBi too: on CPU in fp32 (``alibi_fused``: decoders, unpadded encoders with
+    consecutive positions, and other encoders from 2k tokens), on CUDA through FlexAttention (``alibi_flex``),
+    else as an explicit bias."""
     if COPY_HEADS_ON_CPU and q.device.type == "cpu" and not torch.compiler.is_compiling():
         q, k, v = (x.contiguous() for x in (q, k, v))
     chosen = None if alibi is None else alibi_fused.path(q, k, q_pos, k_pos, dropout, causal, key_mask)
     if chosen is not None:
         return alibi_fused.fused_alibi(q, k, v, slopes=alibi, positions=q_pos, key_mask=key_mask, causal=causal,
                                        chosen=chosen)
+    if alibi is not None and alibi_flex.applicable(q, k, dropout):
+        return alibi_flex.flex_alibi(q, k, v, slopes=alibi, q_pos=q_pos, k_pos=k_pos, key_mask=key_mask, causal=causal)
     plain_causal = causal and q.shape[2] == k.shape[2] and key_mask is None and alibi is None
     mask = None if plain_causal else additive_mask(q, k, causal=causal, q_pos=q_pos, k_pos=k_pos, key_mask=key_mask, alibi=alibi)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=plain_causal)

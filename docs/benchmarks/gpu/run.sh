@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU session behind docs/benchmarks/gpu/ (docs/benchmarks.md, "GPU"), run from the repository root on a
-# machine with one CUDA GPU: bash docs/benchmarks/gpu/run.sh. Results go to $OUT/results.tar.gz, rebuilt after
-# every section so that a session cut short keeps what finished. Packages the machine lacks travel as wheels in
+# The GPU sessions behind docs/benchmarks/gpu/ (docs/benchmarks.md, "GPU"), run from the repository root on a
+# machine with one CUDA GPU: [SECTIONS="a b ..."] bash docs/benchmarks/gpu/run.sh (default: every section, in the
+# order below). Results go to $OUT/results.tar.gz, rebuilt after every section so that a session cut short keeps
+# what finished. Packages the machine lacks travel as wheels in
 # .whl/ (DeepSpeed built with DS_BUILD_OPS=0: pip wheel --no-deps --no-build-isolation deepspeed==0.19.8).
 set -u
 OUT=${OUT:-gpu-out}
@@ -21,6 +22,7 @@ pack() { tar -czf "$OUT/results.tar.gz.tmp" -C "$W" results && mv "$OUT/results.
 # without this script), logs to results/NAME.log, records the exit status and seconds.
 section() {
   local name=$1 limit=$2; shift 2
+  [[ -n "${SECTIONS:-}" && " $SECTIONS " != *" $name "* ]] && return
   local now=$(( $(date +%s) - START ))
   (( limit > BUDGET - now )) && limit=$(( BUDGET - now ))
   if (( limit < 20 )); then echo "$name skipped at ${now}s" | tee -a "$R/status.txt"; return; fi
@@ -38,22 +40,37 @@ train() {  # train RUN_NAME DATA CONFIG [key=value ...]: one GPU under the deeps
 }
 export -f train  # `timeout` runs commands, not shell functions: sections call it through bash -c
 export W
-keep() { mkdir -p "$R/$1" && cp "$W/runs/$1/metrics.jsonl" "$R/$1/" 2>/dev/null; ls "$W/runs/$1/checkpoints" > "$R/$1/checkpoints.txt" 2>/dev/null; }
+keep() {  # keep RUN: its metrics and checkpoint names among the results
+  [[ -d "$W/runs/$1" ]] || return 0
+  mkdir -p "$R/$1" && cp "$W/runs/$1/metrics.jsonl" "$R/$1/" 2>/dev/null
+  ls "$W/runs/$1/checkpoints" > "$R/$1/checkpoints.txt" 2>/dev/null
+  pack
+}
 
 { nvidia-smi; python3 -c "import torch, deepspeed, sys; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'deepspeed', deepspeed.__version__)"; nproc; free -g; } > "$R/env.txt" 2>&1
 cat "$R/env.txt" | tail -n 8
 git log -1 --format='%H %s' > "$R/commit.txt" 2>/dev/null
 
-section prep 120 bash -c "python3 -m dnalm prep --out $W/ecoli1024 --seq-len 1024 && python3 -m dnalm prep --out $W/ecoli2048 --seq-len 2048"
+SECTIONS=${SECTIONS:+$SECTIONS prep}  # every selection needs the data
+section prep 120 bash -c "python3 -m dnalm prep --out $W/ecoli1024 --seq-len 1024 --jobs 4 & python3 -m dnalm prep --out $W/ecoli2048 --seq-len 2048 --jobs 4; wait"
+
+# the GPU-only tests (FlexAttention's ALiBi against eager, with gradients)
+section cuda-tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_attention.py -k cuda
 
 SMALL=(budget.steps=50 checkpoint.interval=20 eval.interval=25 eval.batches=4 optim.warmup_steps=10)
 section decoder-small 150 bash -c 'train "$@"' _ decoder-small ecoli1024 decoder-small-ecoli.yaml "${SMALL[@]}"; keep decoder-small
 
-# decoder-1.5b, ZeRO-3, activation checkpointing, 2,048 tokens; the run is killed as its final checkpoint begins
-# (a 21 GB save is not what is measured here; its metrics are written before it)
-BIG=(model.name=decoder-1.5b deepspeed=zero3 activation_checkpointing=true budget.steps=10 batch.micro_batch=16
-     batch.global_batch=16 optim.warmup_steps=2 optim.lr=2e-4 eval.interval=1000000 eval.batches=2 checkpoint.interval=1000000)
-section decoder-1.5b 240 env DNALM_FAULTS=kill@save.begun:10 bash -c 'train "$@"' _ decoder-1.5b ecoli2048 decoder-small-ecoli.yaml "${BIG[@]}"; keep decoder-1.5b
+# decoder-1.5b, activation checkpointing, 2,048 tokens; each run is killed as its final checkpoint begins (a 21 GB
+# save is not what is measured here; its metrics are written before it)
+BIG=(model.name=decoder-1.5b activation_checkpointing=true budget.steps=10 optim.warmup_steps=2 optim.lr=2e-4
+     eval.interval=1000000 eval.batches=2 checkpoint.interval=1000000)
+big() {  # big NAME STAGE MICRO_BATCH [key=value ...]
+  local name=$1 stage=$2 micro=$3; shift 3
+  section "$name" 240 env DNALM_FAULTS=kill@save.begun:10 bash -c 'train "$@"' _ "$name" ecoli2048 decoder-small-ecoli.yaml \
+    "${BIG[@]}" deepspeed="$stage" batch.micro_batch="$micro" batch.global_batch="$micro" "$@"
+  keep "$name"
+}
+big decoder-1.5b zero3 16
 
 # SIGKILL inside step 45 (checkpoints at 20 and 40), then --resume auto: losses against the uninterrupted run
 section decoder-small-killed 150 env DNALM_FAULTS=kill@train.step:45 bash -c 'train "$@"' _ decoder-small-resumed ecoli1024 decoder-small-ecoli.yaml "${SMALL[@]}"
@@ -61,6 +78,11 @@ section decoder-small-resumed 150 bash -c 'train "$@"' _ decoder-small-resumed e
 
 section encoder-small 150 bash -c 'train "$@"' _ encoder-small ecoli1024 encoder-small-ecoli.yaml "${SMALL[@]}"; keep encoder-small
 
+# on a GPU of this size decoder-1.5b's activations at 2,048 tokens fit without recomputation
+big decoder-1.5b-zero2-mb8-no-recompute zero2 8 activation_checkpointing=false
+big decoder-1.5b-zero3-mb32 zero3 32
+section bench-alibi 150 python3 -m dnalm bench alibi --device cuda --lengths 8192,32768 --rounds 1 --out "$R/bench"
+section profile 120 python3 docs/benchmarks/gpu/profile_step.py decoder-1.5b 4 2048 "$R/profile-decoder-1.5b.json"
 section bench-train 240 python3 -m dnalm bench train --device cuda --out "$R/bench"
 section bench-attention 200 python3 -m dnalm bench attention --device cuda --lengths 2048,8192,32768 --out "$R/bench"
 cat "$R/status.txt"
