@@ -28,6 +28,8 @@ HEADS, HEAD_DIM, FEATURES = 8, 64, 256
 BACKENDS = ("eager", "sdpa", "flash", "performer")
 ALIBI = "+alibi"  # a series name's suffix: the backend with ALiBi slopes
 ERROR_LENGTH = 2048
+SERIES = (*((b, c) for b in BACKENDS for c in (False, True)), ("performer-pytorch", True), ("sdpa" + ALIBI, False),
+          ("sdpa" + ALIBI, True))
 REFERENCE_LENGTHS = (1024, 2048, 4096)  # performer-pytorch's causal_linear_attention_noncuda
 MEMORY_LIMIT = 0.6 * psutil.virtual_memory().total
 
@@ -50,8 +52,6 @@ def attend(series: str, causal: bool, length: int, target: torch.device, dtype: 
 
     backend, with_alibi = series.removesuffix(ALIBI), series.endswith(ALIBI)
     slopes = alibi_slopes(HEADS, target) if with_alibi else None
-    if backend == "flex":
-        return partial(_flex_alibi, causal=causal, slopes=slopes)
     if backend == "performer-pytorch":
         from performer_pytorch import FastAttention
 
@@ -59,26 +59,6 @@ def attend(series: str, causal: bool, length: int, target: torch.device, dtype: 
     pos = torch.arange(length, device=target)[None]
     performer = PerformerFeatures(HEAD_DIM, FEATURES).to(target)
     return partial(ATTENTION[backend], causal=causal, q_pos=pos, k_pos=pos, performer=performer, alibi=slopes)
-
-
-_compiled_flex = None
-
-
-def _flex_alibi(q, k, v, *, causal: bool, slopes: torch.Tensor):
-    """FlexAttention (compiled) with ALiBi's −m·|i − j| as its score_mod; a block mask skips a decoder's future keys."""
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    global _compiled_flex
-    if _compiled_flex is None:
-        _compiled_flex = torch.compile(flex_attention)
-
-    def alibi(score, b, h, q_idx, kv_idx):
-        return score - slopes[h] * (q_idx - kv_idx).abs()
-
-    length = q.shape[2]
-    blocks = create_block_mask(lambda b, h, q_idx, kv_idx: q_idx >= kv_idx, None, None, length, length,
-                               device=q.device) if causal else None
-    return _compiled_flex(q, k, v, score_mod=alibi, block_mask=blocks)
 
 
 def relative_error(series: str, causal: bool, length: int, target: torch.device) -> float:
@@ -125,18 +105,10 @@ def _fits(backend: str, length: int, device: torch.device) -> bool:
     return True
 
 
-def series_list(target: torch.device) -> list[tuple[str, bool]]:
-    series = [(b, c) for b in BACKENDS for c in (False, True)]
-    series += [("performer-pytorch", True), ("sdpa" + ALIBI, False), ("sdpa" + ALIBI, True)]
-    if target.type == "cuda":
-        series += [("flex" + ALIBI, False), ("flex" + ALIBI, True)]
-    return series
-
-
 def run(out_dir: Path, lengths=LENGTHS, repeats: int = 3, device: str = "auto") -> dict:
     target = resolve(device)
     rows = []
-    for backend, causal in series_list(target):
+    for backend, causal in SERIES:
         for length in lengths:
             row = {"backend": backend, "causal": causal, "length": length}
             if backend == "performer-pytorch" and length not in REFERENCE_LENGTHS:
@@ -204,8 +176,7 @@ def _findings(rows) -> dict:
 
 
 def _plot(result: dict, out_dir: Path) -> None:
-    series = dict.fromkeys(backend for backend, _ in series_list(torch.device(result["device"]["type"])))
-    plot_by_length(result["rows"], "backend", tuple(series), ("non-causal", "causal"),
+    plot_by_length(result["rows"], "backend", tuple(dict.fromkeys(backend for backend, _ in SERIES)), ("non-causal", "causal"),
                    f"dnalm bench attention — 1×{HEADS} heads×{HEAD_DIM}, {report.device_label(result)}", out_dir, "attention")
 
 

@@ -49,7 +49,6 @@ keep() {  # keep RUN: its metrics and checkpoint names among the results
 
 { nvidia-smi; python3 -c "import torch, deepspeed, sys; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'deepspeed', deepspeed.__version__)"; nproc; free -g; } > "$R/env.txt" 2>&1
 cat "$R/env.txt" | tail -n 8
-git log -1 --format='%H %s' > "$R/commit.txt" 2>/dev/null
 
 SECTIONS=${SECTIONS:+$SECTIONS prep}  # every selection needs the data
 section prep 120 bash -c "python3 -m dnalm prep --out $W/ecoli1024 --seq-len 1024 --jobs 4 & python3 -m dnalm prep --out $W/ecoli2048 --seq-len 2048 --jobs 4; wait"
