@@ -283,7 +283,6 @@ def test_cuda_alibi_goes_through_flex_with_the_gradients_of_eager(causal, padded
     gradients at real tokens against eager in float64. A row of padding alone gets zeros and finite gradients."""
     from dnalm.models import alibi_flex, attention
 
-    monkeypatch.setattr(attention, "_flash_attn_usable", lambda q: False)
     monkeypatch.setattr(attention, "additive_mask", lambda *a, **k: pytest.fail("an explicit bias was built"))
     device, length = torch.device("cuda"), 300
     g = torch.Generator(device=device).manual_seed(5)

@@ -93,7 +93,7 @@ def main() -> None:
                      "python": re.search(r"^(3\.\d+\.\d+) ", env, re.M).group(1),
                      "flash_attn": "not installed: the package index offers no flash-attn wheel for Python 3.12 "
                                    "manylinux (pip download --only-binary=:all: flash-attn finds none), and a source "
-                                   "build was not attempted in a 15-minute lease; the flash backend ran SDPA's kernels"},
+                                   "build was not attempted; the flash backend ran SDPA's kernels"},
         "commands": "bash docs/benchmarks/gpu/run.sh (call 1, tree d9108d0); SECTIONS='cuda-tests encoder-small "
                     "decoder-1.5b-zero2-mb8-no-recompute decoder-1.5b-zero3-mb32 bench-alibi profile' "
                     "bash docs/benchmarks/gpu/run.sh (call 2, tree 4a04bf6); then this script",
