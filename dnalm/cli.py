@@ -331,7 +331,7 @@ def _recipe(args) -> dict:
 
 @command("finetune", help="sequence classification from a bundle or from scratch; metrics.json with accuracy, F1, MCC, AUROC", args=[
     arg("--model", type=Path, default=None, help="a bundle (encoder or decoder) to start from"),
-    arg("--arch", default=None, help="or train from scratch: transformer | performer | cnn"),
+    arg("--arch", default=None, help="or train from scratch: transformer | performer | cnn | hybrid"),
     arg("--from-scratch", action="store_true", help="with --model: its architecture and tokenizer, fresh weights (the no-pretraining baseline)"),
     arg("--train", type=Path, required=True, help="CSV/TSV with columns sequence,label"),
     arg("--dev", type=Path, required=True, help="selects the best epoch"),
@@ -363,7 +363,7 @@ def finetune(args) -> None:
          "mean ± std over seeds beside published MCC; gue.json, gue.md, gue.png", args=[
     arg("folder", type=Path, metavar="DIR", help="task folders, each with train.csv, dev.csv and optionally test.csv"),
     arg("--model", type=Path, default=None, help="a bundle to start from"),
-    arg("--arch", default=None, help="or from scratch: transformer | performer | cnn"),
+    arg("--arch", default=None, help="or from scratch: transformer | performer | cnn | hybrid"),
     arg("--from-scratch", action="store_true", help="with --model: its architecture, fresh weights"),
     arg("--tasks", default=None, help="comma-separated task names (default: every task folder)"),
     arg("--out", type=Path, required=True, help="folder for gue.json, gue.md, gue.png and each task's metrics.json"),

@@ -36,6 +36,8 @@ ARCHS = {
     "performer": dict(arch="encoder", d_model=128, n_layers=4, n_heads=4, attention="performer", positions="rope",
                       performer_features=64),
     "cnn": dict(arch="cnn", d_model=128, n_layers=6, cnn_kernel=9, positions="none"),
+    "hybrid": dict(arch="encoder", d_model=128, n_layers=2, n_heads=4, conv_layers=3, cnn_kernel=9, attention="flash",
+                   positions="rope", norm="layernorm"),  # configs/train/reference-hybrid-human.yaml's model
 }
 _BASES = set("ACGTNacgtn")
 

@@ -66,6 +66,7 @@ def test_initial_weights_follow_init_std_and_shrink_with_depth_on_the_residual_p
     (dict(d_model=36, n_heads=4, positions="rope"), "RoPE needs an even head dimension"),
     (dict(attention="ring"), "attention"),
     (dict(mlm_target="bases"), "a decoder predicts the next token's id"),
+    (dict(conv_layers=2), "conv_layers is a stem for an encoder's attention blocks; arch decoder would see the future"),
 ])
 def test_invalid_combinations_say_why(changes, reason):
     with pytest.raises(ModelConfigError, match=reason):
@@ -128,6 +129,24 @@ def test_padding_does_not_change_real_tokens():
     mask = torch.cat([torch.ones(1, 20, dtype=torch.bool), torch.zeros(1, 6, dtype=torch.bool)], 1)
     with torch.no_grad():
         torch.testing.assert_close(model(padded, attention_mask=mask).logits[:, :20], model(x).logits, atol=1e-5, rtol=1e-4)
+
+
+def test_hybrid_encoder_convolves_before_attending_and_ignores_padding():
+    model = built(tiny("encoder", positions="rope", conv_layers=3, cnn_kernel=5))
+    assert len(model.conv_stem) == 3 and [c.conv.dilation[0] for c in model.conv_stem] == [1, 2, 4]
+    x = ids(1, 20)
+    padded = torch.cat([x, ids(1, 6, seed=7)], 1)
+    mask = torch.cat([torch.ones(1, 20, dtype=torch.bool), torch.zeros(1, 6, dtype=torch.bool)], 1)
+    with torch.no_grad():
+        plain = model(x).logits
+        torch.testing.assert_close(model(padded, attention_mask=mask).logits[:, :20], plain, atol=1e-5, rtol=1e-4)
+        with_stem_removed = built(tiny("encoder", positions="rope"))
+        with_stem_removed.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("conv_stem")})
+        assert not torch.allclose(with_stem_removed(x).logits, plain)
+    with pytest.raises(ModelConfigError, match="arch cnn is convolutions throughout"):
+        get_config("cnn", conv_layers=2)
+    with pytest.raises(ModelConfigError, match="cnn_kernel must be odd"):
+        tiny("encoder", conv_layers=1, cnn_kernel=4)
 
 
 def test_views_input_with_segments_and_positions():

@@ -14,7 +14,7 @@ from dnalm.hf.llama import query_key_value
 from dnalm.tokenizers.base import MASK_ID, PAD_ID
 
 WANTED = {"arch": "encoder", "positions": "rope", "norm": "layernorm", "mlp": "gelu", "num_segments": 1,
-          "lm_head": "transform", "mlm_target": "tokens"}
+          "lm_head": "transform", "mlm_target": "tokens", "conv_layers": 0}
 
 
 def mismatches(config) -> list[str]:

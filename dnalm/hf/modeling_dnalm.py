@@ -2,7 +2,7 @@
 
 Written by dnalm's exporter beside the weights; the same computation as ``dnalm.models.Transformer``
 for every setting it exports (ALiBi, RoPE, learned or no positions; RMSNorm or LayerNorm;
-SwiGLU or GELU; segment ids of multi-view inputs), and tested for equal logits. Attention is
+SwiGLU or GELU; segment ids of multi-view inputs; a convolution stem), and tested for equal logits. Attention is
 computed explicitly (softmax of scores plus ALiBi bias and masks).
 """
 
@@ -106,6 +106,17 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class ConvBlock(nn.Module):
+    def __init__(self, c, dilation):
+        super().__init__()
+        self.norm = _norm(c)
+        self.conv = nn.Conv1d(c.d_model, c.d_model, c.cnn_kernel, dilation=dilation, padding=dilation * (c.cnn_kernel // 2))
+
+    def forward(self, x, mask):
+        h = self.norm(x) * mask
+        return x + F.gelu(self.conv(h.transpose(1, 2)).transpose(1, 2))
+
+
 class HeadTransform(nn.Module):
     def __init__(self, c):
         super().__init__()
@@ -125,6 +136,7 @@ class DnalmPreTrainedModel(PreTrainedModel):
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         self.segments = nn.Embedding(c.num_segments, c.d_model) if c.num_segments > 1 else None
         self.positions = nn.Embedding(c.max_seq_len, c.d_model) if c.positions == "learned" else None
+        self.conv_stem = nn.ModuleList(ConvBlock(c, 2 ** (i % 4)) for i in range(c.conv_layers)) if c.conv_layers else None
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layers))
         self.norm = _norm(c)
         self.head_transform = HeadTransform(c) if c.lm_head == "transform" else None
@@ -145,6 +157,10 @@ class DnalmPreTrainedModel(PreTrainedModel):
         if self.positions is not None:
             x = x + self.positions(position_ids)
         key_mask = attention_mask.bool() if attention_mask is not None else None
+        if self.conv_stem is not None:
+            mask = (key_mask if key_mask is not None else torch.ones_like(input_ids, dtype=torch.bool))[..., None].to(x.dtype)
+            for conv in self.conv_stem:
+                x = conv(x, mask)
         for block in self.blocks:
             x = block(x, position_ids, key_mask)
         hidden = self.norm(x)

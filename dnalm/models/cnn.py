@@ -6,25 +6,10 @@ of attention, so a comparison isolates the mixing layer.
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import nn
 
 from dnalm.models.config import ModelConfig
-from dnalm.models.transformer import ModelOutput, norm_layer
-
-
-class ConvBlock(nn.Module):
-    def __init__(self, config: ModelConfig, dilation: int):
-        super().__init__()
-        self.norm = norm_layer(config)
-        self.conv = nn.Conv1d(config.d_model, config.d_model, config.cnn_kernel, dilation=dilation,
-                              padding=dilation * (config.cnn_kernel // 2))
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x, mask):
-        h = self.norm(x) * mask
-        h = F.gelu(self.conv(h.transpose(1, 2)).transpose(1, 2))
-        return x + self.dropout(h)
+from dnalm.models.transformer import ModelOutput, conv_stack, norm_layer, token_mask
 
 
 class ConvNet(nn.Module):
@@ -33,7 +18,7 @@ class ConvNet(nn.Module):
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.segments = nn.Embedding(config.num_segments, config.d_model) if config.num_segments > 1 else None
-        self.blocks = nn.ModuleList(ConvBlock(config, dilation=2 ** (i % 4)) for i in range(config.n_layers))
+        self.blocks = conv_stack(config, config.n_layers)
         self.norm = norm_layer(config)
         self.head = nn.Linear(config.d_model, config.head_size, bias=False)
 
@@ -42,8 +27,7 @@ class ConvNet(nn.Module):
         x = self.embed(input_ids)
         if self.segments is not None and segment_ids is not None:
             x = x + self.segments(segment_ids)
-        mask = (attention_mask.bool() if attention_mask is not None else input_ids.new_ones(input_ids.shape, dtype=bool))
-        mask = mask[..., None].to(x.dtype)
+        mask = token_mask(input_ids, attention_mask, x.dtype)
         for block in self.blocks:
             x = block(x, mask)
         hidden = self.norm(x)

@@ -53,6 +53,8 @@ class ModelConfig(BaseModel):
     performer_kernel: Literal["softmax", "relu"] = "softmax"
     performer_chunk: int = Field(128, ge=1, description="chunk length of the causal prefix sums")
     cnn_kernel: int = Field(9, ge=1)
+    conv_layers: int = Field(0, ge=0, description="residual dilated convolutions (kernel cnn_kernel) between the embedding "
+                                                  "and the attention blocks of an encoder: a hybrid convolution + attention model")
     init_std: float = 0.02
 
     @model_validator(mode="after")
@@ -72,7 +74,11 @@ class ModelConfig(BaseModel):
             raise ValueError("mlm_target bases is a masked-LM head; a decoder predicts the next token's id")
         if self.mlm_target == "bases" and self.tie_embeddings:
             raise ValueError("mlm_target bases has its own output head: it cannot be tied to the token embeddings")
-        if self.arch == "cnn" and self.cnn_kernel % 2 == 0:
+        if self.conv_layers and self.arch != "encoder":
+            raise ValueError(f"conv_layers is a stem for an encoder's attention blocks; arch {self.arch} "
+                             + ("would see the future through its convolutions" if self.arch == "decoder"
+                                else "is convolutions throughout (n_layers)"))
+        if (self.arch == "cnn" or self.conv_layers) and self.cnn_kernel % 2 == 0:
             raise ValueError(f"cnn_kernel must be odd (same-length convolution), got {self.cnn_kernel}")
         return self
 

@@ -5,6 +5,7 @@ ids with optional segment ids and position ids (a concatenated multi-view input 
 positions per view, each token at its first base); the output holds per-token logits (over the
 vocabulary, or per base for ``mlm_target: bases``) and, when asked, the decoding cache:
 keys and values for the softmax backends, the running (S, z) sums for causal Performer.
+An encoder may put dilated convolutions before its attention blocks (``conv_layers``: a hybrid).
 """
 
 from __future__ import annotations
@@ -124,6 +125,33 @@ class Block(nn.Module):
         return x + self.dropout(self.mlp(self.norm2(x))), new_cache
 
 
+class ConvBlock(nn.Module):
+    """A pre-norm residual dilated convolution: the CNN's block, and the stem of a hybrid encoder (``conv_layers``)."""
+
+    def __init__(self, config: ModelConfig, dilation: int):
+        super().__init__()
+        self.norm = norm_layer(config)
+        self.conv = nn.Conv1d(config.d_model, config.d_model, config.cnn_kernel, dilation=dilation,
+                              padding=dilation * (config.cnn_kernel // 2))
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, mask):
+        """mask (B, T, 1): 1 for real tokens, so padding never reaches a neighbour's convolution."""
+        h = self.norm(x) * mask
+        h = F.gelu(self.conv(h.transpose(1, 2)).transpose(1, 2))
+        return x + self.dropout(h)
+
+
+def conv_stack(config: ModelConfig, count: int) -> nn.ModuleList:
+    """``count`` ConvBlocks with dilations 1, 2, 4, 8, 1, 2, …"""
+    return nn.ModuleList(ConvBlock(config, dilation=2 ** (i % 4)) for i in range(count))
+
+
+def token_mask(input_ids, attention_mask, dtype) -> torch.Tensor:
+    mask = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+    return mask[..., None].to(dtype)
+
+
 class HeadTransform(nn.Module):
     """dense → GELU → norm, between the final norm and the output projection (BERT, ESM)."""
 
@@ -145,6 +173,7 @@ class Transformer(nn.Module):
         self.segments = NormalEmbedding(config.num_segments, config.d_model, std) if config.num_segments > 1 else None
         self.positions = NormalEmbedding(config.max_seq_len, config.d_model, std) if config.positions == "learned" else None
         self.dropout = nn.Dropout(config.dropout)
+        self.conv_stem = conv_stack(config, config.conv_layers) if config.conv_layers else None
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = norm_layer(config)
         self.head_transform = HeadTransform(config) if config.lm_head == "transform" else None
@@ -167,6 +196,10 @@ class Transformer(nn.Module):
         if self.positions is not None:
             x = x + self.positions(positions)
         x = self.dropout(x)
+        if self.conv_stem is not None:
+            mask = token_mask(input_ids, attention_mask, x.dtype)
+            for conv in self.conv_stem:
+                x = conv(x, mask)
         if use_cache and cache is None:
             cache = [{} for _ in self.blocks]
         key_mask = attention_mask.bool() if attention_mask is not None else None
