@@ -1,9 +1,10 @@
 """``dnalm finetune``: sequence classification (promoters, binding sites) from a bundle or from scratch.
 
 The backbone (a bundle's encoder or decoder, the same architecture freshly initialised with
-``scratch=True``, or a fresh transformer / performer / cnn) is pooled over real tokens (``pooling``:
-the mean, or mean and max side by side) into a linear head; the epoch with the best dev MCC is kept
-and scored on the test set: accuracy, F1, MCC, AUROC, mean ± std over seeds, in ``metrics.json``.
+``scratch=True``, or a fresh transformer / performer / cnn / hybrid) is pooled over real tokens
+(``pooling``: the mean, or mean and max side by side) into a linear head; the epoch with the best
+dev MCC is kept and scored on the test set: accuracy, F1, MCC, AUROC, mean ± std over seeds, in
+``metrics.json``.
 
 The recipe: AdamW with warm-up and linear decay; a pretrained backbone learning at
 ``backbone_lr_scale`` of the head's rate (1 by default), or frozen for linear probing

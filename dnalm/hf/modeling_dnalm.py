@@ -2,8 +2,8 @@
 
 Written by dnalm's exporter beside the weights; the same computation as ``dnalm.models.Transformer``
 for every setting it exports (ALiBi, RoPE, learned or no positions; RMSNorm or LayerNorm;
-SwiGLU or GELU; segment ids of multi-view inputs; a convolution stem), and tested for equal logits. Attention is
-computed explicitly (softmax of scores plus ALiBi bias and masks).
+SwiGLU or GELU; segment ids of multi-view inputs; a convolution stem), and tested for equal
+logits. Attention is computed explicitly (softmax of scores plus ALiBi bias and masks).
 """
 
 from __future__ import annotations
