@@ -66,7 +66,9 @@ MODELS = {
     "encoder-learned-remote": ("encoder-tiny", {"positions": "learned", "mlp": "gelu", "norm": "rmsnorm"}, "DnalmForMaskedLM"),
     "encoder-views-remote": ("encoder-tiny", {"num_segments": 2, "vocab_size": VIEWS.vocab_size, "lm_head": "transform"},
                              "DnalmForMaskedLM"),
-    "encoder-hybrid-remote": ("encoder-tiny", {"conv_layers": 5, "cnn_kernel": 5}, "DnalmForMaskedLM"),
+    # shaped like ESM but for its convolution stem, which EsmForMaskedLM has no place for
+    "encoder-hybrid-remote": ("encoder-tiny", {"conv_layers": 5, "cnn_kernel": 5, "positions": "rope", "mlp": "gelu",
+                                               "lm_head": "transform"}, "DnalmForMaskedLM"),
     "decoder-alibi-remote": ("decoder-tiny", {"positions": "alibi", "tie_embeddings": True}, "DnalmForCausalLM"),
     "decoder-llama": ("decoder-tiny", {}, "LlamaForCausalLM"),
 }
