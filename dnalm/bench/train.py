@@ -126,9 +126,10 @@ def _mlm_setup(data: Path, model_name: str, micro_batch: int):
 
 
 def _mlm_loss(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
-    from dnalm.train.trainer import lm_loss
+    from dnalm.data.masking import IGNORE
 
-    return lm_loss(model(inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits, inputs["labels"], causal=False)
+    out = model(inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"])
+    return out.loss_sum / (inputs["labels"] != IGNORE).sum().clamp(min=1)
 
 
 def plain_loop_tokens_per_s(data: Path, model_name: str, micro_batch: int, steps: int) -> float:

@@ -123,6 +123,12 @@ def clm_batch(batch: dict) -> dict:
     return _model_inputs(batch, ids, ids.masked_fill(ids == PAD_ID, IGNORE))
 
 
+def next_token_labels(labels: torch.Tensor) -> torch.Tensor:
+    """A decoder's labels aligned with its logits: position i predicts token i + 1, the last position nothing. Shifted
+    on the whole window, so that a slice of it (sequence parallelism) keeps the target across its right edge."""
+    return torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), IGNORE)], dim=1)
+
+
 def _model_inputs(batch: dict, ids: torch.Tensor, labels: torch.Tensor) -> dict:
     """The model's inputs; ``attention_mask`` is None when nothing is padded, so attention needs no mask
     (SDPA's ``is_causal`` and fused kernels, flash-attn's dense path). ``tokens``: real tokens, counted here on the host."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from dnalm.models.config import ModelConfig
+from dnalm.models.lean import head_loss
 from dnalm.models.transformer import ModelOutput, conv_stack, norm_layer, token_mask
 
 
@@ -23,7 +24,7 @@ class ConvNet(nn.Module):
         self.head = nn.Linear(config.d_model, config.head_size, bias=False)
 
     def forward(self, input_ids, *, segment_ids=None, positions=None, attention_mask=None, cache=None,
-                use_cache: bool = False) -> ModelOutput:
+                use_cache: bool = False, labels=None) -> ModelOutput:
         x = self.embed(input_ids)
         if self.segments is not None and segment_ids is not None:
             x = x + self.segments(segment_ids)
@@ -31,4 +32,10 @@ class ConvNet(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         hidden = self.norm(x)
-        return ModelOutput(self.config.shape_logits(self.head(hidden)), hidden, None)
+        if labels is None:
+            return ModelOutput(self._project(hidden), hidden, None)
+        loss_sum, correct, logits = head_loss(self._project, hidden, labels, self.config.loss_chunk)
+        return ModelOutput(logits, hidden, None, loss_sum, correct)
+
+    def _project(self, hidden):
+        return self.config.shape_logits(self.head(hidden))

@@ -39,7 +39,9 @@ class ModelConfig(BaseModel):
     attention: Literal["eager", "sdpa", "flash", "performer"] = "sdpa"
     positions: Literal["alibi", "rope", "learned", "none"] = "rope"
     max_seq_len: int = Field(2048, ge=8, description="longest input for learned positions (ALiBi and RoPE extrapolate)")
-    rope_theta: float = 10_000.0
+    rope_theta: float = Field(10_000.0, gt=0, description="RoPE base; raised for longer context (continued pretraining)")
+    rope_scale: float = Field(1.0, ge=1, description="RoPE position interpolation: positions divided by this factor, "
+                                                     "so a window this many times longer keeps the trained angles")
     tie_embeddings: bool = False
     lm_head: Literal["linear", "transform"] = Field(
         "linear", description="transform: dense, GELU and a norm before the output projection (BERT's and ESM's MLM head)")
@@ -49,6 +51,10 @@ class ModelConfig(BaseModel):
                               "(bases_per_token × 5 outputs: a factorised head, cheap for k-mer vocabularies)")
     bases_per_token: int = Field(1, ge=1, description="the longest token in bases (mlm_target bases; set from the tokenizer)")
     activation_checkpointing: bool = False
+    mlp_tile: int = Field(0, ge=0, description="training: run each MLP over tiles of this many positions, each "
+                          "recomputed in the backward (0: whole windows); memory, not results")
+    loss_chunk: int = Field(0, ge=0, description="training: the LM head and its loss over chunks of this many "
+                            "positions, recomputed in the backward, so no (T, vocab) fp32 logits exist (0: whole)")
     performer_features: int = Field(256, ge=8, description="random features of FAVOR+")
     performer_kernel: Literal["softmax", "relu"] = "softmax"
     performer_chunk: int = Field(128, ge=1, description="chunk length of the causal prefix sums")

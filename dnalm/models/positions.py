@@ -32,18 +32,20 @@ class Rotary(torch.nn.Module):
     """Rotary position embedding (RoFormer), applied to queries and keys at their position ids.
 
     Frequencies and angles are computed in fp32 in every forward, whatever the module's dtype: a bf16
-    frequency buffer would put positions a few thousand apart at the same angle.
+    frequency buffer would put positions a few thousand apart at the same angle. ``scale`` > 1 is position
+    interpolation (Chen et al. 2023): positions are divided by it, so a window ``scale`` times longer than the
+    trained one spans the angles the model has seen.
     """
 
-    def __init__(self, head_dim: int, theta: float):
+    def __init__(self, head_dim: int, theta: float, scale: float = 1.0):
         super().__init__()
-        self.head_dim, self.theta = head_dim, theta
+        self.head_dim, self.theta, self.scale = head_dim, theta, scale
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x (B, H, T, D) rotated by positions (B, T)."""
         exponents = torch.arange(0, self.head_dim, 2, device=x.device, dtype=torch.float32) / self.head_dim
         inv_freq = self.theta ** -exponents
-        angles = positions[:, None, :, None].to(torch.float32) * inv_freq
+        angles = positions[:, None, :, None].to(torch.float32) * (inv_freq / self.scale)
         cos, sin = angles.cos(), angles.sin()
         x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
         rotated = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)

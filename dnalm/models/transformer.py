@@ -19,15 +19,18 @@ from torch.utils.checkpoint import checkpoint
 
 from dnalm.models.attention import ATTENTION
 from dnalm.models.config import ModelConfig
+from dnalm.models.lean import head_loss, tiled
 from dnalm.models.performer import PerformerFeatures
 from dnalm.models.positions import Rotary, alibi_slopes
 
 
 @dataclass
 class ModelOutput:
-    logits: torch.Tensor
+    logits: torch.Tensor | None  # None when the loss was computed in chunks (``loss_chunk``)
     hidden: torch.Tensor
     cache: list | None = None
+    loss_sum: torch.Tensor | None = None  # with ``labels``: the summed token cross-entropy, and the correct targets
+    correct: torch.Tensor | None = None
 
 
 class NormalLinear(nn.Linear):
@@ -72,7 +75,7 @@ class Attention(nn.Module):
         self.qkv = NormalLinear(config.d_model, 3 * config.d_model, config.init_std)
         self.out = NormalLinear(config.d_model, config.d_model, residual_std(config))
         self.backend = ATTENTION[config.attention]
-        self.rotary = Rotary(config.head_dim, config.rope_theta) if config.positions == "rope" else None
+        self.rotary = Rotary(config.head_dim, config.rope_theta, config.rope_scale) if config.positions == "rope" else None
         self.performer = (PerformerFeatures(config.head_dim, config.performer_features, config.performer_kernel,
                                             config.performer_chunk) if config.attention == "performer" else None)
 
@@ -118,11 +121,12 @@ class Block(nn.Module):
         self.norm1, self.attn = norm_layer(config), Attention(config)
         self.norm2, self.mlp = norm_layer(config), MLP(config)
         self.dropout = nn.Dropout(config.dropout)
+        self.mlp_tile = config.mlp_tile
 
     def forward(self, x, positions, key_mask, cache=None):
         attended, new_cache = self.attn(self.norm1(x), positions, key_mask, cache)
         x = x + self.dropout(attended)
-        return x + self.dropout(self.mlp(self.norm2(x))), new_cache
+        return x + self.dropout(tiled(lambda h: self.mlp(self.norm2(h)), x, self.mlp_tile)), new_cache
 
 
 class ConvBlock(nn.Module):
@@ -182,8 +186,9 @@ class Transformer(nn.Module):
             self.head.weight = self.embed.weight
 
     def forward(self, input_ids, *, segment_ids=None, positions=None, attention_mask=None, cache=None,
-                use_cache: bool = False) -> ModelOutput:
-        """input_ids (B, T); attention_mask (B, T) True for real tokens; cache from a previous call (decoders)."""
+                use_cache: bool = False, labels=None) -> ModelOutput:
+        """input_ids (B, T); attention_mask (B, T) True for real tokens; cache from a previous call (decoders);
+        labels (B, T[, K]) aligned with the logits (a decoder's already shifted): the loss too, chunked by ``loss_chunk``."""
         batch, length = input_ids.shape
         past = _cache_length(cache)
         if positions is None:
@@ -213,7 +218,14 @@ class Transformer(nn.Module):
             new_cache.append(layer_cache)
         hidden = self.norm(x)
         features = self.head_transform(hidden) if self.head_transform is not None else hidden
-        return ModelOutput(self.config.shape_logits(self.head(features)), hidden, new_cache if cache is not None else None)
+        new_cache = new_cache if cache is not None else None
+        if labels is None:
+            return ModelOutput(self._project(features), hidden, new_cache)
+        loss_sum, correct, logits = head_loss(self._project, features, labels, self.config.loss_chunk)
+        return ModelOutput(logits, hidden, new_cache, loss_sum, correct)
+
+    def _project(self, features):
+        return self.config.shape_logits(self.head(features))
 
     def redraw_performer_features(self) -> None:
         for module in self.modules():

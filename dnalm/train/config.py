@@ -108,6 +108,13 @@ class RobustSection(_Section):
                                                 "become infinite on rank 0 while the loss stays finite")
 
 
+class ParallelSection(_Section):
+    sequence: int = Field(1, ge=1, description="sequence-parallel group size S (Ulysses): each window is split into S "
+                          "contiguous slices on S ranks, which exchange q/k/v to attend over all positions for n_heads/S "
+                          "heads; data parallelism runs over world/S groups. A speed and memory setting: results do not "
+                          "depend on it")
+
+
 class TrainConfig(_Section):
     run_dir: str
     model: ModelSection = ModelSection()
@@ -120,6 +127,7 @@ class TrainConfig(_Section):
     objective: ObjectiveSection = ObjectiveSection()
     logging: LoggingSection = LoggingSection()
     robust: RobustSection = RobustSection()
+    parallel: ParallelSection = ParallelSection()
     deepspeed: str = Field("zero2", description="zero1 | zero2 | zero3 | zero3-offload, or a path to a DeepSpeed JSON")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
     activation_checkpointing: bool = False
@@ -159,16 +167,20 @@ def apply_override(values: dict, item: str) -> None:
 
 
 def deepspeed_config(config: TrainConfig, world_size: int, on_gpu: bool) -> dict:
-    """The DeepSpeed JSON named by ``config.deepspeed`` with what the trainer knows filled in."""
+    """The DeepSpeed JSON named by ``config.deepspeed`` with what the trainer knows filled in; ``world_size`` counts
+    processes, of which each sequence-parallel group of ``parallel.sequence`` reads one share of the windows."""
     name = config.deepspeed
     path = Path(name) if name.endswith(".json") else REPO_CONFIGS / "deepspeed" / f"{name}.json"
     if not path.is_file():
         raise TrainConfigError(f"deepspeed: {path} not found (use zero1, zero2, zero3, zero3-offload or a JSON path)")
     ds = json.loads(path.read_text())
-    per_step = config.batch.micro_batch * world_size
+    groups = world_size // config.parallel.sequence
+    per_step = config.batch.micro_batch * groups
     if config.batch.global_batch % per_step:
+        shares = f"{world_size} processes" if groups == world_size else \
+            f"{groups} data-parallel groups ({world_size} processes / parallel.sequence {config.parallel.sequence})"
         raise TrainConfigError(f"batch.global_batch {config.batch.global_batch} is not a multiple of micro_batch "
-                               f"{config.batch.micro_batch} × {world_size} processes")
+                               f"{config.batch.micro_batch} × {shares}")
     optim = config.optim
     bf16 = config.precision == "bf16" or (config.precision == "auto" and on_gpu)
     adam = {"lr": optim.lr, "betas": list(optim.betas), "eps": optim.eps, "weight_decay": optim.weight_decay,

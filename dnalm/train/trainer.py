@@ -3,7 +3,9 @@
 The model is built from its config (partitioned at construction under ZeRO-3) and handed to
 ``deepspeed.initialize``; the stream feeds each rank its share of every global step; masks are
 drawn from a generator seeded by (seed, step, rank, micro-batch), so a resumed run replays
-exactly. A step whose loss is not finite on any rank, or whose gradients are not (DeepSpeed's
+exactly. Under sequence parallelism (``parallel.sequence`` S) the S ranks of a group read the
+same windows and each trains on its slice (``sequence_parallel``); masks are drawn per
+data-parallel rank, so S changes no mask, label or loss. A step whose loss is not finite on any rank, or whose gradients are not (DeepSpeed's
 global grad norm), is skipped on every rank and counted; too many in a row stop the run, leaving
 the last good checkpoint as it was.
 
@@ -25,17 +27,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from dnalm import faults
 from dnalm.data.manifest import Manifest
-from dnalm.data.masking import IGNORE, base_targets, clm_batch, mlm_batch, sized_head, view_ranges
+from dnalm.data.masking import IGNORE, base_targets, clm_batch, mlm_batch, next_token_labels, sized_head, view_ranges
 from dnalm.data.stream import GenomeStream, StreamLoader
 from dnalm.devices import move, peak_memory_mb
 from dnalm.errors import DnalmError
 from dnalm.models import ModelConfig, build_model, get_config
 from dnalm.tokenizers import Tokenizer, ViewTokenizer, load_folder
 from dnalm.train import checkpoint as ckpt
+from dnalm.train import sequence_parallel
 from dnalm.train.config import TrainConfig, deepspeed_config, zero_stage
 from dnalm.train.metrics import MetricsLog
 
@@ -139,24 +141,6 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
-def _targets(logits: torch.Tensor, labels: torch.Tensor, causal: bool):
-    """Flat (logits, labels); a decoder predicts the next token."""
-    if causal:
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    return logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1)
-
-
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> torch.Tensor:
-    return F.cross_entropy(*_targets(logits, labels, causal), ignore_index=IGNORE)
-
-
-def prediction_counts(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(targets, correctly predicted targets) as tensors on the logits' device, for validation accuracy."""
-    logits, labels = _targets(logits, labels, causal)
-    targets = labels != IGNORE
-    return targets.sum(), ((logits.argmax(-1) == labels) & targets).sum()
-
-
 class _PoisonGradient(torch.autograd.Function):
     """Identity forward, infinite gradient backward: a finite loss whose gradients are not (tests)."""
 
@@ -183,6 +167,11 @@ class Trainer:
         self.tokenizer = data_tokenizer(Path(config.data.path), self.manifest)
         self.model_config = resolve_model(config, self.manifest, self.tokenizer)
         self.causal = self.model_config.causal
+        self.sp_size = config.parallel.sequence
+        sequence_parallel.check(self.sp_size, self.world, self.model_config, self.manifest.seq_len)
+        # consecutive ranks form a sequence-parallel group (DeepSpeed's parallel_state_sp); groups are data-parallel ranks
+        self.sp_rank, self.dp_rank, self.dp_world = self.rank % self.sp_size, self.rank // self.sp_size, self.world // self.sp_size
+        mpu = sequence_parallel.groups(self.sp_size) if self.sp_size > 1 else None
         on_gpu = torch.cuda.is_available()
         self.ds_config = deepspeed_config(config, self.world, on_gpu)
         self.accumulation = self.ds_config["gradient_accumulation_steps"]
@@ -201,20 +190,22 @@ class Trainer:
         torch.manual_seed(config.seed)
         np.random.seed(config.seed)
         if zero_stage(self.ds_config) == 3:
-            with deepspeed.zero.Init(config_dict_or_path=self.ds_config):
+            with deepspeed.zero.Init(config_dict_or_path=self.ds_config, mpu=mpu):
                 model = build_model(self.model_config)
         else:
             model = build_model(self.model_config)
         if config.model.init_from and self.resume_from is None:
             load_bundle_weights(model, config.model.init_from, partitioned=zero_stage(self.ds_config) == 3)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=model, model_parameters=parameter_groups(model, config.optim.weight_decay), config=self.ds_config,
+            model=model, model_parameters=parameter_groups(model, config.optim.weight_decay), config=self.ds_config, mpu=mpu,
             lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, self.total_steps)))
+        if mpu is not None:
+            sequence_parallel.wrap_attention(self.engine.module, mpu.get_sequence_parallel_group())
         if config.compile:
             self.engine.compile()
 
         self.stream = GenomeStream(config.data.path, config.data.train_split, batch_size=config.batch.micro_batch,
-                                   rank=self.rank, world_size=self.world, seed=config.seed,
+                                   rank=self.dp_rank, world_size=self.dp_world, seed=config.seed,
                                    shuffle=config.data.shuffle, max_open_shards=config.data.max_open_shards,
                                    reverse_complement=config.data.reverse_complement,
                                    epochs=None, tokenizer=self.tokenizer,
@@ -256,17 +247,25 @@ class Trainer:
 
     # --- one step ------------------------------------------------------------------------
     def _inputs(self, batch: dict, micro: int, salt: int = 0) -> dict:
-        """The model inputs of one micro-batch, built on the host and moved to the engine's device."""
+        """The model inputs of one micro-batch, built on the host and moved to the engine's device: labels aligned
+        with the logits, ``targets`` counted over the whole windows, and under sequence parallelism this rank's slice."""
         if self.causal:
-            return move(clm_batch(batch), self.device)
-        rng = np.random.default_rng([self.config.seed, salt, self.step, self.rank, micro])
-        objective = self.config.objective
-        return move(mlm_batch(batch, self.ranges, rng, self.base_table, mask_fraction=objective.mask_fraction,
-                              mean_span=objective.mean_span, replace=objective.replace), self.device)
+            inputs = clm_batch(batch)
+            inputs["labels"] = next_token_labels(inputs["labels"])
+        else:
+            rng = np.random.default_rng([self.config.seed, salt, self.step, self.dp_rank, micro])
+            objective = self.config.objective
+            inputs = mlm_batch(batch, self.ranges, rng, self.base_table, mask_fraction=objective.mask_fraction,
+                               mean_span=objective.mean_span, replace=objective.replace)
+        inputs["targets"] = int((inputs["labels"] != IGNORE).sum())
+        if self.sp_size > 1:
+            inputs = sequence_parallel.shard(inputs, self.sp_rank, self.sp_size)
+        return move(inputs, self.device)
 
-    def _logits(self, inputs: dict) -> torch.Tensor:
+    def _forward(self, inputs: dict):
+        """The model's output with its loss sum over this rank's tokens (in chunks when ``loss_chunk`` is set)."""
         extra = {k: inputs[k] for k in ("segment_ids", "positions") if k in inputs}
-        return self.engine(inputs["input_ids"], attention_mask=inputs["attention_mask"], **extra).logits
+        return self.engine(inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"], **extra)
 
     def train_step(self, batches) -> dict:
         """One optimizer step (``accumulation`` micro-batches); skipped on every rank if any loss is not finite."""
@@ -284,7 +283,8 @@ class Trainer:
             inputs = self._inputs(batch, micro)
             if "target_rate" in inputs:
                 target_rates.append(inputs["target_rate"])
-            loss = lm_loss(self._logits(inputs), inputs["labels"], self.causal)
+            # this rank's share of the micro-batch's token mean: a sequence group's shares add up to it
+            loss = self._forward(inputs).loss_sum / max(inputs["targets"], 1)
             if inject_nan and micro == robust.inject_nan_micro_batch:
                 loss = loss * float("nan")
             if inject_inf_grad:
@@ -295,7 +295,7 @@ class Trainer:
                                  torch.full((), inputs["tokens"], dtype=torch.float64, device=self.device)])
             dist.all_reduce(stats)
             any_bad, loss_sum, window_tokens = stats.tolist()
-            tokens += int(window_tokens)
+            tokens += round(window_tokens / self.sp_size)  # every rank of a sequence group counted its windows
             if any_bad > 0:
                 bad = True
                 self._discard_window(micro)
@@ -320,7 +320,7 @@ class Trainer:
         grad_norm = self.engine.get_global_grad_norm()
         if target_rates:
             record["target_rate"] = [round(float(r), 4) for r in np.mean(target_rates, axis=0)]
-        return record | {"loss": sum(loss_sums) / len(loss_sums) / self.world, "lr": self.scheduler.get_last_lr()[0],
+        return record | {"loss": sum(loss_sums) / len(loss_sums) / self.dp_world, "lr": self.scheduler.get_last_lr()[0],
                          "grad_norm": float(grad_norm) if grad_norm is not None else None}
 
     def _discard_window(self, micro: int) -> None:
@@ -360,10 +360,10 @@ class Trainer:
     def evaluate(self) -> dict:
         config = self.config
         if config.data.val_split not in self.manifest.splits or self.manifest.splits[config.data.val_split].num_samples < \
-                self.world * config.batch.micro_batch:
+                self.dp_world * config.batch.micro_batch:
             return {}
-        stream = GenomeStream(config.data.path, config.data.val_split, batch_size=config.batch.micro_batch, rank=self.rank,
-                              world_size=self.world, seed=config.seed, epochs=1,  # the same windows, drawn across the split
+        stream = GenomeStream(config.data.path, config.data.val_split, batch_size=config.batch.micro_batch, rank=self.dp_rank,
+                              world_size=self.dp_world, seed=config.seed, epochs=1,  # the same windows, drawn across the split
                               on_error=config.data.on_error)
         self.engine.eval()
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # (loss × targets, targets, correct, windows)
@@ -371,18 +371,17 @@ class Trainer:
             if i == config.eval.batches:
                 break
             inputs = self._inputs(batch, i, salt=1)
-            logits = self._logits(inputs)
-            targets, correct = prediction_counts(logits, inputs["labels"], self.causal)
-            loss = lm_loss(logits, inputs["labels"], self.causal)
-            windows = torch.tensor(len(batch["input_ids"]), device=self.device)
-            sums += torch.stack([torch.where(targets > 0, loss * targets, 0), targets, correct, windows]).to(torch.float64)
+            out = self._forward(inputs)
+            targets = (inputs["labels"] != IGNORE).sum()  # this rank's slice
+            windows = torch.tensor(len(batch["input_ids"]) / self.sp_size, device=self.device)
+            sums += torch.stack([out.loss_sum, targets, out.correct, windows]).to(torch.float64)
         self.engine.train()
         dist.all_reduce(sums)
         loss_total, targets, correct, windows = sums.tolist()
         if targets == 0:
             return {}
         val_loss = loss_total / targets
-        out = {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50)), "val_windows": int(windows)}
+        out = {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50)), "val_windows": round(windows)}
         if not self.causal:
             out["val_masked_accuracy"] = correct / targets
         return out

@@ -1,0 +1,144 @@
+"""Ulysses sequence parallelism, applied from outside the model: the trainer wraps every attention backend.
+
+The S ranks of a sequence-parallel group hold the same windows, each a contiguous 1/S slice of
+their tokens. Everything outside attention is per token, so it runs on the slice as it is. Each
+attention layer exchanges q, k, v all-to-all, so that every rank holds all T positions for its
+H/S heads; it attends with the model's own backend (eager, sdpa, flash, FlexAttention ALiBi,
+performer), then exchanges the output back. Positions are global (the trainer slices the window's
+position ids), ALiBi uses the slopes of the rank's own heads, and key masks are gathered whole.
+
+Groups are DeepSpeed's own ``parallel_state_sp`` (consecutive ranks form a sequence group, as in
+its HF Ulysses path): handed to ``deepspeed.initialize`` as ``mpu``, it makes DeepSpeed reduce
+gradients over all ranks, divide them by the data-parallel size, and partition ZeRO states over
+the world. The loss of a rank is its slice's share of the window's token-weighted mean, so the sum
+over the group is the loss of S = 1 and DeepSpeed's sum gives S = 1's gradients.
+
+DeepSpeed's ``DistributedAttention`` is not used: it asserts (T, B, H, D)-style layouts, knows
+nothing of positions or key masks, and its HF path refuses non-causal attention, which encoders need.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from dnalm.errors import DnalmError
+
+
+class SequenceParallelError(DnalmError):
+    """A sequence-parallel setting that cannot run, with the reason."""
+
+
+def check(size: int, world: int, model, seq_len: int) -> None:
+    """Refuse settings Ulysses cannot split (``model`` a ModelConfig), naming the numbers."""
+    if size <= 1:
+        return
+    if model.arch == "cnn":
+        raise SequenceParallelError(f"parallel.sequence {size}: the CNN has no attention to exchange; use parallel.sequence 1")
+    n_heads, conv_layers = model.n_heads, model.conv_layers
+    if world % size:
+        raise SequenceParallelError(f"parallel.sequence {size} does not divide the world size {world}")
+    if n_heads % size:
+        raise SequenceParallelError(f"parallel.sequence {size} does not divide the model's n_heads {n_heads} "
+                                    "(each rank attends with n_heads / S heads)")
+    if seq_len % size:
+        raise SequenceParallelError(f"parallel.sequence {size} does not divide the window length seq_len {seq_len}")
+    if conv_layers:
+        raise SequenceParallelError(f"parallel.sequence {size}: the hybrid's convolution stem (conv_layers "
+                                    f"{conv_layers}) would need its neighbours' tokens; train it at parallel.sequence 1")
+
+
+def groups(size: int):
+    """DeepSpeed's sequence-parallel groups (an ``mpu`` for ``deepspeed.initialize``), made once per process."""
+    from deepspeed.runtime.sequence_parallel import parallel_state_sp as mpu
+
+    if mpu._SEQUENCE_PARALLEL_GROUP is not None:
+        mpu._release_sequence_parallel_groups()  # a previous run in this process (tests run several)
+    mpu.initialize_sequence_parallel(size)
+    return mpu
+
+
+class _AllToAll(torch.autograd.Function):
+    """(B, H, T/S, D) slices of all heads ⇄ (B, H/S, T, D) all positions of a share of the heads.
+
+    ``to_heads`` True goes from sequence slices to head shares; the backward is the other direction."""
+
+    @staticmethod
+    def forward(ctx, x, group, to_heads: bool):
+        ctx.group, ctx.to_heads = group, to_heads
+        return _exchange(x, group, to_heads)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _exchange(grad.contiguous(), ctx.group, not ctx.to_heads), None, None
+
+
+def _exchange(x: torch.Tensor, group, to_heads: bool) -> torch.Tensor:
+    size = dist.get_world_size(group)
+    batch, heads, length, dim = x.shape
+    if to_heads:  # send head share j to rank j; receive every rank's slice of my share, in rank order
+        send = x.reshape(batch, size, heads // size, length, dim).transpose(0, 1).contiguous()
+        received = torch.empty_like(send)
+        dist.all_to_all_single(received, send, group=group)
+        return received.permute(1, 2, 0, 3, 4).reshape(batch, heads // size, size * length, dim)
+    send = x.reshape(batch, heads, size, length // size, dim).permute(2, 0, 1, 3, 4).contiguous()
+    received = torch.empty_like(send)
+    dist.all_to_all_single(received, send, group=group)
+    return received.permute(1, 0, 2, 3, 4).reshape(batch, size * heads, length // size, dim)
+
+
+def gather_sequence(x: torch.Tensor | None, group) -> torch.Tensor | None:
+    """(B, T/S) position ids or key masks of every rank's slice → (B, T); no gradient."""
+    if x is None:
+        return None
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, x.contiguous(), group=group)
+    return torch.cat(parts, dim=1)
+
+
+class UlyssesAttention:
+    """An attention backend of the registry's signature that runs ``local`` over the whole window for H/S heads."""
+
+    def __init__(self, local, group):
+        self.local, self.group = local, group
+        self.size, self.rank = dist.get_world_size(group), dist.get_rank(group)
+
+    def __call__(self, q, k, v, *, causal, q_pos, k_pos, key_mask=None, alibi=None, dropout=0.0, performer=None):
+        if q.shape[2] != k.shape[2]:
+            raise SequenceParallelError("sequence parallelism splits training windows; incremental decoding runs at S = 1")
+        q, k, v = (_AllToAll.apply(x, self.group, True) for x in (q, k, v))
+        positions = gather_sequence(q_pos, self.group)
+        key_mask = gather_sequence(key_mask, self.group)
+        if alibi is not None:
+            share = alibi.shape[0] // self.size
+            alibi = alibi[self.rank * share:(self.rank + 1) * share]
+        out = self.local(q, k, v, causal=causal, q_pos=positions, k_pos=positions, key_mask=key_mask, alibi=alibi,
+                         dropout=dropout, performer=performer)
+        return _AllToAll.apply(out, self.group, False)
+
+
+def wrap_attention(model: torch.nn.Module, group) -> int:
+    """Replace every attention module's backend by its Ulysses form; the number of modules wrapped."""
+    from dnalm.models.transformer import Attention
+
+    wrapped = 0
+    for module in model.modules():
+        if isinstance(module, Attention) and not isinstance(module.backend, UlyssesAttention):
+            module.backend = UlyssesAttention(module.backend, group)
+            wrapped += 1
+    return wrapped
+
+
+def shard(inputs: dict, rank: int, size: int) -> dict:
+    """This rank's contiguous 1/S slice of every per-token tensor of a micro-batch (B, T, …); positions are made
+    explicit first, so that RoPE, ALiBi and learned positions see global ones."""
+    ids = inputs["input_ids"]
+    length = ids.shape[1]
+    out = dict(inputs)
+    if "positions" not in out:
+        out["positions"] = torch.arange(length, device=ids.device).expand(ids.shape[0], length)
+    piece = length // size
+    for key in ("input_ids", "labels", "attention_mask", "segment_ids", "positions"):
+        if out.get(key) is not None:
+            out[key] = out[key][:, rank * piece:(rank + 1) * piece]
+    return out
