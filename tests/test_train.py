@@ -215,10 +215,12 @@ def test_bad_configs_say_what_is_wrong(data, tmp_path, capsys):
         (overrides(data, tmp_path / "b", **{"batch.global_batch": 6}), "not a multiple of micro_batch"),
         (overrides(data, tmp_path / "c", deepspeed="zero9"), "zero9.json not found"),
         (overrides(tmp_path / "nodata", tmp_path / "d"), "no manifest"),
+        (overrides(data, tmp_path / "e", **{"parallel.sequence": 3}), "parallel.sequence 3 does not divide the world size 1"),
     ]
     for extra, pattern in cases:
         done = run(cli + extra, expect_ok=False)
         assert done.returncode == 1 and pattern in done.stderr, (pattern, done.stderr[-1500:])
+        assert "Traceback" not in done.stderr, done.stderr[-1500:]
     done = run(cli + overrides(data, tmp_path / "f") + ["--resume", str(tmp_path)], expect_ok=False)
     assert done.returncode == 1 and "incomplete checkpoint" in done.stderr
 

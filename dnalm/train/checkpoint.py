@@ -239,12 +239,26 @@ def ensure_universal(checkpoint: Path) -> None:
     dist.barrier()
 
 
+def _base_optimizer(engine):
+    """The torch optimizer under DeepSpeed's ZeRO wrapper (or the engine's own where there is none)."""
+    return getattr(engine.optimizer, "optimizer", engine.optimizer)
+
+
 def load(engine, checkpoint: Path, universal: bool) -> None:
     tag = UNIVERSAL_TAG if universal else TAG
+    groups = _base_optimizer(engine).param_groups
+    decay = [group["weight_decay"] for group in groups]
     path, _ = engine.load_checkpoint(str(checkpoint), tag=tag, load_module_strict=True, load_optimizer_states=True,
                                      load_lr_scheduler_states=True)
     if path is None:
         raise CheckpointError(f"{checkpoint}: DeepSpeed found no state under tag '{tag}'")
+    # DeepSpeed 0.19.8's ZeRO-3 universal load copies the first parameter group's saved settings onto every group
+    # (stage3.load_hp_checkpoint_state_from_checkpoint_dir_stage3), which puts weight decay on norms and embeddings;
+    # the groups' own decay is put back. (A ZeRO-3 run resumed on another world size still drifts from the
+    # uninterrupted one at its second step, by 2.8e-4 in the loss of decoder-tiny, with or without sequence
+    # parallelism; ZeRO-1/2 resume exactly. See docs/benchmarks.md, "Long context".)
+    for group, value in zip(groups, decay):
+        group["weight_decay"] = value
     rank_file = Path(checkpoint) / f"rng-rank{dist.get_rank()}.pt"
     if not universal and rank_file.is_file():
         try:

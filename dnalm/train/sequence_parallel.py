@@ -48,14 +48,50 @@ def check(size: int, world: int, model, seq_len: int) -> None:
                                     f"{conv_layers}) would need its neighbours' tokens; train it at parallel.sequence 1")
 
 
-def groups(size: int):
-    """DeepSpeed's sequence-parallel groups (an ``mpu`` for ``deepspeed.initialize``), made once per process."""
-    from deepspeed.runtime.sequence_parallel import parallel_state_sp as mpu
+def gradient_scale(size: int, ds_config: dict) -> float:
+    """The factor on a rank's loss that makes DeepSpeed's reduced gradients S = 1's.
 
-    if mpu._SEQUENCE_PARALLEL_GROUP is not None:
-        mpu._release_sequence_parallel_groups()  # a previous run in this process (tests run several)
-    mpu.initialize_sequence_parallel(size)
-    return mpu
+    DeepSpeed 0.19.8 divides the summed gradients of a sequence-parallel run by world/S under ZeRO-1/2, but its
+    ZeRO-3 reduce-scatter (the default path) divides by the world: measured, the gradients came out 1/S of S = 1's.
+    ZeRO-3 without reduce-scatter divides by world/S for some buckets and not others, so it is refused."""
+    zero = ds_config.get("zero_optimization", {})
+    if size == 1 or int(zero.get("stage", 0)) != 3:
+        return 1.0
+    if not zero.get("reduce_scatter", True):
+        raise SequenceParallelError("parallel.sequence > 1 with ZeRO-3 needs zero_optimization.reduce_scatter true "
+                                    "(DeepSpeed averages the other path's buckets inconsistently)")
+    return float(size)
+
+
+def groups(size: int) -> "SequenceGroups":
+    """DeepSpeed's sequence-parallel groups, as the ``mpu`` that ``deepspeed.initialize`` takes."""
+    from deepspeed.runtime.sequence_parallel import parallel_state_sp
+
+    if parallel_state_sp._SEQUENCE_PARALLEL_GROUP is not None:
+        parallel_state_sp._release_sequence_parallel_groups()  # a previous run in this process (tests run several)
+    parallel_state_sp.initialize_sequence_parallel(size)
+    return SequenceGroups(parallel_state_sp)
+
+
+class SequenceGroups:
+    """DeepSpeed's ``parallel_state_sp`` with no tensor parallelism declared. Its ZeRO optimizers already treat that
+    module as model-parallel size 1, but checkpoints record its "model-parallel" size (the sequence size, through
+    its Megatron-era names) as their tensor-parallel degree, and the universal conversion then refuses them. With
+    the degree 1, a checkpoint does not depend on S and resumes at any S and world size."""
+
+    def __init__(self, state):
+        self._state = state
+
+    def __getattr__(self, name):
+        return getattr(self._state, name)
+
+    @staticmethod
+    def get_tensor_model_parallel_world_size() -> int:
+        return 1
+
+    @staticmethod
+    def get_tensor_model_parallel_rank() -> int:
+        return 0
 
 
 class _AllToAll(torch.autograd.Function):

@@ -175,6 +175,7 @@ class Trainer:
         on_gpu = torch.cuda.is_available()
         self.ds_config = deepspeed_config(config, self.world, on_gpu)
         self.accumulation = self.ds_config["gradient_accumulation_steps"]
+        self.gradient_scale = sequence_parallel.gradient_scale(self.sp_size, self.ds_config)
         tokens_per_step = config.batch.global_batch * self.manifest.seq_len
         self.total_steps = config.budget.steps or math.ceil(config.budget.tokens / tokens_per_step)
 
@@ -300,7 +301,7 @@ class Trainer:
                 bad = True
                 self._discard_window(micro)
                 continue
-            self.engine.backward(loss)
+            self.engine.backward(loss * self.gradient_scale if self.gradient_scale != 1 else loss)
             self.engine.step()
             loss_sums.append(loss_sum)
         if not bad and not self.engine.was_step_applied():  # finite loss, non-finite gradients: DeepSpeed skipped it

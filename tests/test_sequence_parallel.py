@@ -1,0 +1,180 @@
+"""Ulysses sequence parallelism: the attention exchange against whole-window attention on real process groups (gloo),
+and real DeepSpeed training at S = 1, 2, 2 × data-parallel 2 and 4, on E. coli windows.
+
+The training runs share three launches (1, 2 and 4 processes), each running several trainings in one process group
+(tests/scripts/train_runs.py): an encoder with ALiBi on ZeRO-2 and a decoder with RoPE on ZeRO-3, 5 steps each.
+"""
+
+import json
+import os
+import shutil
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from dnalm.models import get_config
+from dnalm.train.sequence_parallel import SequenceParallelError, check, shard
+from tests.conftest import REPO
+from tests.launching import CONFIG, LAUNCHERS, free_port, losses, metrics, overrides, run
+
+STEPS = 5
+
+
+def _attention_cases():
+    """(backend, causal, alibi, padded, restarting positions): the registry's backends on CPU, masks and positions."""
+    for backend in ("eager", "sdpa", "flash"):
+        for causal in (False, True):
+            yield backend, causal, False, False, False
+            yield backend, causal, True, False, False
+            yield backend, causal, True, True, False
+            yield backend, causal, False, True, True
+    yield "performer", False, False, True, False
+    yield "performer", True, False, False, False
+
+
+def _compare_on_two_ranks(rank: int, port: int, results):
+    from dnalm.models.attention import ATTENTION
+    from dnalm.models.performer import PerformerFeatures
+    from dnalm.models.positions import alibi_slopes
+    from dnalm.train.sequence_parallel import UlyssesAttention
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    performer = PerformerFeatures(16, 32)
+    errors = []
+    for case in [(dtype, *c) for dtype in (torch.float64, torch.float32) for c in _attention_cases()]:
+        dtype, backend, causal, alibi, padded, restart = case
+        gen = torch.Generator().manual_seed(1)
+        batch, heads, length, dim = 2, 4, 64, 16
+        q, k, v = (torch.randn(batch, heads, length, dim, generator=gen, dtype=dtype) for _ in range(3))
+        positions = torch.arange(length).expand(batch, length)
+        if restart:  # two views of 32 tokens each, positions restarting at the second
+            positions = (torch.arange(length) % 32).expand(batch, length)
+        key_mask = torch.ones(batch, length, dtype=torch.bool)
+        if padded:
+            key_mask[1, 50:] = False
+        mask = key_mask if padded else None
+        slopes = alibi_slopes(heads) if alibi else None
+        full = [x.clone().requires_grad_() for x in (q, k, v)]
+        reference = ATTENTION[backend](*full, causal=causal, q_pos=positions, k_pos=positions, key_mask=mask, alibi=slopes,
+                                       performer=performer)
+        reference.backward(torch.ones_like(reference))
+        part = slice(rank * length // 2, (rank + 1) * length // 2)
+        mine = [x[:, :, part].clone().requires_grad_() for x in (q, k, v)]
+        wrapped = UlyssesAttention(ATTENTION[backend], dist.group.WORLD)
+        out = wrapped(*mine, causal=causal, q_pos=positions[:, part], k_pos=positions[:, part],
+                      key_mask=None if mask is None else mask[:, part], alibi=slopes, performer=performer)
+        out.backward(torch.ones_like(out))
+        difference = max([float((out - reference[:, :, part]).abs().max())] +
+                         [float((m.grad - f.grad[:, :, part]).abs().max()) for m, f in zip(mine, full)])
+        errors.append((case, difference / (1e-9 if dtype == torch.float64 else 1e-4)))
+    results[rank] = errors
+    dist.destroy_process_group()
+
+
+def test_the_exchange_attends_like_whole_windows_for_every_backend():
+    """Two ranks, each with half of every window: outputs and q/k/v gradients equal whole-window attention (within
+    1e-9 in float64; 1e-4 in float32, where sdpa takes the fused CPU kernels) for eager, sdpa and flash (causal or not,
+    ALiBi on each rank's own heads, padded keys, restarting positions of views) and Performer (the projection shared
+    by both ranks)."""
+    results = mp.Manager().dict()
+    mp.spawn(_compare_on_two_ranks, args=(free_port(), results), nprocs=2)
+    for rank in (0, 1):
+        bad = [(case, err) for case, err in results[rank] if err > 1]  # errors in units of the dtype's tolerance
+        assert len(results[rank]) == 2 * len(list(_attention_cases())) and not bad, bad
+
+
+def test_a_slice_keeps_global_positions_and_whole_window_labels():
+    ids = torch.arange(12).view(2, 6)
+    inputs = {"input_ids": ids, "labels": ids + 100, "attention_mask": None, "tokens": 12, "targets": 10}
+    second = shard(inputs, 1, 3)
+    assert second["input_ids"].tolist() == [[2, 3], [8, 9]] and second["positions"].tolist() == [[2, 3], [2, 3]]
+    assert second["labels"].tolist() == [[102, 103], [108, 109]] and second["attention_mask"] is None
+    assert second["targets"] == 10, "the loss divides by the whole windows' targets"
+
+
+def test_settings_ulysses_cannot_split_are_refused_with_the_numbers():
+    decoder = get_config("decoder-small")  # 6 heads
+    with pytest.raises(SequenceParallelError, match="does not divide the model's n_heads 6"):
+        check(4, 4, decoder, 1024)
+    with pytest.raises(SequenceParallelError, match="does not divide the window length seq_len 1001"):
+        check(2, 2, decoder, 1001)
+    with pytest.raises(SequenceParallelError, match="does not divide the world size 3"):
+        check(2, 3, decoder, 1024)
+    with pytest.raises(SequenceParallelError, match="convolution stem"):
+        check(2, 2, get_config("encoder-tiny", conv_layers=2), 1024)
+    check(3, 6, decoder, 1026)
+
+
+# --- real DeepSpeed training --------------------------------------------------------------------------------------
+MODELS = {"encoder": {"model.name": "encoder-tiny", "deepspeed": "zero2"},  # ALiBi
+          "decoder": {"model.name": "decoder-tiny", "deepspeed": "zero3"}}  # RoPE
+
+
+def _run(data, folder, model: str, sequence: int, resume: str = "none") -> dict:
+    settings = MODELS[model] | {"budget.steps": STEPS, "checkpoint.interval": 3, "eval.interval": STEPS,
+                                "data.num_workers": 0, "parallel.sequence": sequence, "precision": "fp32"}
+    return {"config": str(CONFIG), "resume": resume, "overrides": overrides(data, folder, **settings)}
+
+
+def _launch(processes: int, runs: list[dict], folder) -> None:
+    spec = folder / f"runs-{processes}.json"
+    spec.write_text(json.dumps(runs))
+    run([*LAUNCHERS["torchrun"](processes), str(REPO / "tests" / "scripts" / "train_runs.py"), str(spec)])
+
+
+@pytest.fixture(scope="module")
+def runs(ecoli128, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sequence")
+    folder = {f"{model}-{name}": root / f"{model}-{name}" for model in MODELS
+              for name in ("s1", "s2", "s1dp2", "s2dp2")} | {"s2-to-s4": root / "s2-to-s4", "s2-to-s1": root / "s2-to-s1"}
+    _launch(2, [_run(ecoli128, folder[f"{m}-s2"], m, 2) for m in MODELS] +
+            [_run(ecoli128, folder[f"{m}-s1dp2"], m, 1) for m in MODELS], root)
+    for resumed in ("s2-to-s4", "s2-to-s1"):  # the encoder saved at step 3 by S = 2, continued at another S
+        shutil.copytree(folder["encoder-s2"], folder[resumed])
+    step3 = "checkpoints/step-3"
+    _launch(4, [_run(ecoli128, folder[f"{m}-s2dp2"], m, 2) for m in MODELS] +
+            [_run(ecoli128, folder["s2-to-s4"], "encoder", 4, resume=str(folder["s2-to-s4"] / step3))], root)
+    _launch(1, [_run(ecoli128, folder[f"{m}-s1"], m, 1) for m in MODELS] +
+            [_run(ecoli128, folder["s2-to-s1"], "encoder", 1, resume=str(folder["s2-to-s1"] / step3))], root)
+    return folder
+
+
+def _curves(folder) -> dict[int, tuple[float, float]]:
+    return {r["step"]: (r["loss"], r["grad_norm"]) for r in metrics(folder) if "loss" in r}
+
+
+def _assert_same(curve, reference, steps):
+    for step in steps:
+        for got, want in zip(curve[step], reference[step]):
+            assert got == pytest.approx(want, rel=1e-5), (step, curve, reference)
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize("parallel, reference", [("s2", "s1"), ("s2dp2", "s1dp2")])
+def test_sequence_parallel_training_matches_s1(runs, model, parallel, reference):
+    """Losses and gradient norms of 5 fp32 steps at S = 2 (2 processes) equal S = 1's (1 process), and at
+    S = 2 × data-parallel 2 (4 processes) those of data-parallel 2 (2 processes), within 1e-5 relative; the held-out
+    loss too, over the same windows."""
+    got, want = _curves(runs[f"{model}-{parallel}"]), _curves(runs[f"{model}-{reference}"])
+    assert sorted(got) == list(range(1, STEPS + 1))
+    _assert_same(got, want, range(1, STEPS + 1))
+    last = [metrics(runs[f"{model}-{name}"])[-1] for name in (parallel, reference)]
+    assert last[0]["val_loss"] == pytest.approx(last[1]["val_loss"], rel=1e-5)
+    assert last[0]["val_windows"] == last[1]["val_windows"] and last[0]["tokens_seen"] == last[1]["tokens_seen"]
+    assert losses(runs[f"{model}-{parallel}"])[STEPS] < losses(runs[f"{model}-{parallel}"])[1]
+
+
+@pytest.mark.parametrize("resumed", ["s2-to-s4", "s2-to-s1"])
+def test_a_checkpoint_saved_at_s2_resumes_at_another_s(runs, resumed):
+    """The encoder's ZeRO-2 checkpoint of step 3 at S = 2 on 2 processes continues at S = 4 on 4 processes and at
+    S = 1 on 1 process (both through universal checkpoints) with the next losses of the uninterrupted run: the
+    masks too, which are drawn per data-parallel rank. (ZeRO-3 on another world size drifts, S or not: see
+    checkpoint.load.)"""
+    got, want = _curves(runs[resumed]), _curves(runs["encoder-s1"])
+    assert sorted(got) == list(range(1, STEPS + 1))
+    _assert_same(got, want, range(4, STEPS + 1))
