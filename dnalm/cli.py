@@ -469,6 +469,28 @@ def bench_train(args) -> None:
     print(json.dumps(train.run(args.out, device=args.device), indent=2))
 
 
+@command("bench", "context", help="long windows: lean training-step tokens/s and peak memory per rank by window length, "
+         "in one process and at sequence-parallel S = 2, 4", args=[
+    arg("--lengths", default="2048,8192,32768", help="window lengths of every series (comma-separated; default 2k, 8k, 32k)"),
+    arg("--long-lengths", default="131072", help="further lengths for the Performer series only (default 128k)"),
+    arg("--sizes", default="2,4", help="sequence-parallel sizes besides 1 (processes per window)"),
+    arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for context.json and context.png"),
+    _device_arg(),
+])
+def bench_context(args) -> None:
+    from dnalm.bench import context
+
+    def numbers(text: str, flag: str) -> tuple[int, ...]:
+        try:
+            return tuple(int(x) for x in text.split(",") if x)
+        except ValueError:
+            raise DnalmError(f"{flag} takes comma-separated integers, got {text!r}") from None
+
+    result = context.run(args.out, numbers(args.lengths, "--lengths"), numbers(args.sizes, "--sizes"), device=args.device,
+                         long_lengths=numbers(args.long_lengths, "--long-lengths"))
+    print(json.dumps(result["findings"], indent=2))
+
+
 @command("bench", "generate", help="tokens/s of cached decoding against full recomputation", args=[
     arg("--model", default="decoder-small", help="a named decoder size (random weights) or a decoder bundle"),
     arg("--new-tokens", type=int, default=1000),
