@@ -175,8 +175,9 @@ class _Embedder:
             hook = self.model.blocks[self.block].register_forward_hook(
                 lambda module, args, out: captured.__setitem__("x", out[0] if isinstance(out, tuple) else out))
         try:
+            # no key mask when nothing is padded (a long window alone), so attention takes its fused kernels; no head
             out = self.model(ids, segment_ids=segments if self.multi else None, positions=positions,
-                             attention_mask=torch.from_numpy(mask).to(self.device))
+                             attention_mask=None if mask.all() else torch.from_numpy(mask).to(self.device), logits=False)
         finally:
             if hook is not None:
                 hook.remove()

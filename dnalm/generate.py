@@ -59,11 +59,12 @@ def generate_ids(model, prompt_ids: torch.Tensor, max_new_tokens: int, *, temper
     cache, step_input = None, ids
     for _ in range(max_new_tokens):
         if use_cache:
-            out = model(step_input, cache=cache, use_cache=True)
+            out = model(step_input, cache=cache, use_cache=True, logits=False)
             cache = out.cache
         else:
-            out = model(ids)
-        logits = filter_logits(out.logits[:, -1], temperature, top_k, top_p)
+            out = model(ids, logits=False)
+        # the head on the last position only: a long prompt never makes (T, vocab) logits
+        logits = filter_logits(model.head_logits(out.hidden[:, -1]), temperature, top_k, top_p)
         chosen = torch.multinomial(logits.softmax(-1), 1, generator=generator)
         ids = torch.cat([ids, chosen], 1)
         step_input = chosen

@@ -41,6 +41,7 @@ from dnalm.tokenizers import NucleotideTokenizer, ViewTokenizer
 from dnalm.tokenizers.base import MASK_ID, NUM_SPECIAL
 
 DNA = set("ACGTN")
+HEAD_CHUNK = 4096  # positions whose logits exist at once when a window's log-likelihood is summed
 COLUMNS = ("chrom", "pos", "id", "ref", "alt", "score", "window", "status", "vcf_line")
 
 
@@ -164,9 +165,16 @@ def _log_likelihoods(model, encoded: list[np.ndarray], device) -> list[float]:
         mask[row, : len(seq)] = True
     ids, mask = ids.to(device), mask.to(device)
     with torch.no_grad():
-        logits = model(ids, attention_mask=mask).logits.float()
-    log_probs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-    return (log_probs * mask[:, 1:]).sum(1).tolist()
+        # right padding sits after every real token, where causal attention never looks: no key mask, so no (T, T)
+        # one; the head runs in chunks, so no (T, vocab) logits
+        hidden = model(ids, logits=False).hidden
+        sums = torch.zeros(len(encoded), dtype=torch.float64, device=device)
+        for start in range(0, longest - 1, HEAD_CHUNK):
+            end = min(start + HEAD_CHUNK, longest - 1)
+            log_probs = torch.log_softmax(model.head_logits(hidden[:, start:end]).float(), dim=-1)
+            picked = log_probs.gather(-1, ids[:, start + 1:end + 1, None]).squeeze(-1)
+            sums += (picked * mask[:, start + 1:end + 1]).sum(1)
+    return sums.tolist()
 
 
 def _masked_marginals(model, tokenizer, batch, contexts, device) -> list[float]:
@@ -189,15 +197,16 @@ def _masked_marginals(model, tokenizer, batch, contexts, device) -> list[float]:
         ids[row, : len(seq)] = torch.from_numpy(seq)
         mask[row, : len(seq)] = True
     with torch.no_grad():
-        logits = model(ids.to(device), attention_mask=mask.to(device)).logits.float()
-    if model.config.mlm_target == "bases":  # a nucleotide token's one base: classes A C G T N in the ids' order
-        logits = F.pad(logits[..., 0, :], (NUM_SPECIAL, 0), value=float("-inf"))
-    log_probs = torch.log_softmax(logits, -1).cpu()
-    marginals = []
-    for row, (start, ref_ids, alt_ids) in enumerate(targets):
-        at = torch.arange(start, start + len(ref_ids))
-        marginals.append(float((log_probs[row, at, torch.as_tensor(alt_ids, dtype=torch.long)]
-                                - log_probs[row, at, torch.as_tensor(ref_ids, dtype=torch.long)]).sum()))
+        hidden = model(ids.to(device), attention_mask=mask.to(device), logits=False).hidden
+        marginals = []
+        for row, (start, ref_ids, alt_ids) in enumerate(targets):  # the head on the masked bases only
+            logits = model.head_logits(hidden[row, start:start + len(ref_ids)]).float()
+            if model.config.mlm_target == "bases":  # a nucleotide token's one base: classes A C G T N in the ids' order
+                logits = F.pad(logits[..., 0, :], (NUM_SPECIAL, 0), value=float("-inf"))
+            log_probs = torch.log_softmax(logits, -1).cpu()
+            at = torch.arange(len(ref_ids))
+            marginals.append(float((log_probs[at, torch.as_tensor(alt_ids, dtype=torch.long)]
+                                    - log_probs[at, torch.as_tensor(ref_ids, dtype=torch.long)]).sum()))
     return [(marginals[i] + marginals[i + 1]) / 2 for i in range(0, len(marginals), 2)]
 
 

@@ -2,6 +2,7 @@
 linearly in memory; RoPE position interpolation."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -71,3 +72,88 @@ def test_rope_interpolation_maps_a_longer_window_onto_the_trained_angles():
     assert torch.allclose(scaled, Rotary(16, 10_000.0)(x, positions), atol=1e-5)
     with pytest.raises(Exception, match="rope_scale"):
         get_config("decoder-tiny", rope_scale=0.5)
+
+
+# --- long inputs at use time ------------------------------------------------------------------------------------
+class LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
+    """The largest storage (bytes) any operation produced while active: a (T, T) score matrix or (T, vocab) fp32
+    logits at 32k tokens would be gigabytes; activations of a tiny model at 32k tokens are tens of MB."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in torch.utils._pytree.tree_leaves(out):
+            if isinstance(tensor, torch.Tensor):
+                self.largest = max(self.largest, tensor.untyped_storage().nbytes())
+        return out
+
+
+LONG = 32_768  # tokens: 196,608 bases of 6-mers
+
+
+@pytest.fixture(scope="module")
+def long_models():
+    """decoder-tiny (RoPE) and encoder-tiny (ALiBi) cut to one layer of 2 × 32 heads (attention at 32k tokens is
+    what costs), over 6-mers (vocabulary 4,101), and the encoder over nucleotides (an encoder's variant score needs
+    one token per base), built for 32k-token windows."""
+    from dnalm.tokenizers import load
+
+    tokenizers = {"kmer": load("kmer:6"), "nucleotide": load("nucleotide")}
+    torch.manual_seed(0)
+    models = {(name, kind): (build_model(get_config(name, vocab_size=tok.vocab_size, max_seq_len=LONG, n_layers=1,
+                                                  d_model=64, n_heads=2)).eval(), tok)
+              for name, kind in (("decoder-tiny", "kmer"), ("encoder-tiny", "kmer"), ("encoder-tiny", "nucleotide"))
+              for tok in [tokenizers[kind]]}
+    return models
+
+
+def _watched(work):
+    with torch.no_grad(), LargestTensor() as watch:
+        result = work()
+    return result, watch.largest
+
+
+def test_long_inputs_embed_score_and_generate_in_one_pass(long_models, ecoli, tmp_path):
+    """32,768-token inputs (196,608 bases of E. coli): per-token embeddings in one window, variant scores of a
+    decoder and an encoder over a 196k-base window, and generation from a 32k-token prompt. No operation makes a
+    (T, T) tensor or (T, vocab) fp32 logits: the largest tensor made is smaller than one row's logits (the decoder's
+    variant score runs 4 windows at once: alt, ref and their reverse complements)."""
+    from dnalm.embedding import embed
+    from dnalm.generate import generate_ids
+    from dnalm.genome import IndexedGenome
+    from dnalm.variants import Variant, score_variants
+
+    bases = ecoli.sequence[:6 * LONG]
+    limit = LONG * 4101 * 4  # one row's (T, vocab) fp32 logits of the 6-mer models: 537 MB; a (T, T) bool mask is 1 GB
+    model, kmers = long_models[("encoder-tiny", "kmer")]
+    rows, largest = _watched(lambda: embed(model, kmers, [bases], pooling="none"))
+    assert rows[0].rows.shape == (LONG, 64) and largest < limit, largest
+
+    fasta = tmp_path / "slice.fa"
+    fasta.write_text(f">slice\n{ecoli.sequence[:400_000]}\n")
+    position = 200_001
+    reference = ecoli.sequence[position - 1]
+    variant = dict(chrom="slice", pos=position, id="v", ref=reference, alt="A" if reference != "A" else "C", line=1)
+    for key, window in ((("decoder-tiny", "kmer"), 6 * LONG), (("encoder-tiny", "nucleotide"), LONG)):
+        model, tokenizer = long_models[key]
+        [scored], largest = _watched(lambda: score_variants(model, tokenizer, [Variant(**variant)], IndexedGenome(fasta),
+                                                            window=window, batch_size=1))
+        assert scored.status == "scored" and math.isfinite(scored.score) and largest < limit, (key, largest)
+
+    model, kmers = long_models[("decoder-tiny", "kmer")]
+    prompt = torch.from_numpy(kmers.encode(bases).ids.astype("int64"))
+    out, largest = _watched(lambda: generate_ids(model, prompt, 4, top_k=4))
+    assert out.shape == (1, LONG + 4) and largest < limit, largest
+
+
+def test_learned_positions_refuse_inputs_past_their_limit():
+    from dnalm.generate import GenerationError, generate_ids
+
+    model = build_model(get_config("decoder-tiny", positions="learned", max_seq_len=64, vocab_size=16)).eval()
+    with pytest.raises(GenerationError, match="learned positions stop at 64 tokens"):
+        generate_ids(model, torch.full((60,), 5), 10)
+    with pytest.raises(ValueError, match="beyond max_seq_len 64"):
+        model(torch.full((1, 80), 5))

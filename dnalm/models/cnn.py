@@ -24,7 +24,7 @@ class ConvNet(nn.Module):
         self.head = nn.Linear(config.d_model, config.head_size, bias=False)
 
     def forward(self, input_ids, *, segment_ids=None, positions=None, attention_mask=None, cache=None,
-                use_cache: bool = False, labels=None) -> ModelOutput:
+                use_cache: bool = False, labels=None, logits: bool = True) -> ModelOutput:
         x = self.embed(input_ids)
         if self.segments is not None and segment_ids is not None:
             x = x + self.segments(segment_ids)
@@ -32,10 +32,10 @@ class ConvNet(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         hidden = self.norm(x)
-        if labels is None:
-            return ModelOutput(self._project(hidden), hidden, None)
-        loss_sum, correct, logits = head_loss(self._project, hidden, labels, self.config.loss_chunk)
-        return ModelOutput(logits, hidden, None, loss_sum, correct)
+        if labels is not None:
+            loss_sum, correct, all_logits = head_loss(self.head_logits, hidden, labels, self.config.loss_chunk)
+            return ModelOutput(all_logits, hidden, None, loss_sum, correct)
+        return ModelOutput(self.head_logits(hidden) if logits else None, hidden, None)
 
-    def _project(self, hidden):
+    def head_logits(self, hidden):
         return self.config.shape_logits(self.head(hidden))

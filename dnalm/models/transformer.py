@@ -186,9 +186,10 @@ class Transformer(nn.Module):
             self.head.weight = self.embed.weight
 
     def forward(self, input_ids, *, segment_ids=None, positions=None, attention_mask=None, cache=None,
-                use_cache: bool = False, labels=None) -> ModelOutput:
+                use_cache: bool = False, labels=None, logits: bool = True) -> ModelOutput:
         """input_ids (B, T); attention_mask (B, T) True for real tokens; cache from a previous call (decoders);
-        labels (B, T[, K]) aligned with the logits (a decoder's already shifted): the loss too, chunked by ``loss_chunk``."""
+        labels (B, T[, K]) aligned with the logits (a decoder's already shifted): the loss too, chunked by ``loss_chunk``;
+        ``logits`` False: the hidden states alone (``head_logits`` projects the rows a caller needs)."""
         batch, length = input_ids.shape
         past = _cache_length(cache)
         if positions is None:
@@ -217,14 +218,15 @@ class Transformer(nn.Module):
                 x, layer_cache = block(x, positions, key_mask, layer_cache)
             new_cache.append(layer_cache)
         hidden = self.norm(x)
-        features = self.head_transform(hidden) if self.head_transform is not None else hidden
         new_cache = new_cache if cache is not None else None
-        if labels is None:
-            return ModelOutput(self._project(features), hidden, new_cache)
-        loss_sum, correct, logits = head_loss(self._project, features, labels, self.config.loss_chunk)
-        return ModelOutput(logits, hidden, new_cache, loss_sum, correct)
+        if labels is not None:
+            loss_sum, correct, all_logits = head_loss(self.head_logits, hidden, labels, self.config.loss_chunk)
+            return ModelOutput(all_logits, hidden, new_cache, loss_sum, correct)
+        return ModelOutput(self.head_logits(hidden) if logits else None, hidden, new_cache)
 
-    def _project(self, features):
+    def head_logits(self, hidden):
+        """The LM head on (…, d_model) final hidden states."""
+        features = self.head_transform(hidden) if self.head_transform is not None else hidden
         return self.config.shape_logits(self.head(features))
 
     def redraw_performer_features(self) -> None:
