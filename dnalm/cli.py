@@ -388,6 +388,31 @@ def eval_gue(args) -> None:
     print(f"wrote {args.out / 'gue.json'}, gue.md, gue.png")
 
 
+@command("eval", "context", help="the same held-out bases scored with more context: perplexity per base (decoders) or "
+         "masked accuracy (encoders) by window length, past the training length too", args=[
+    arg("bundle", type=Path, help="a bundle (dnalm convert)"),
+    arg("--genome", type=Path, required=True, help="FASTA whose longest contigs hold the windows (held out from training)"),
+    arg("--lengths", default="1024,4096,16384,65536", help="window lengths in tokens (comma-separated)"),
+    arg("--windows", type=int, default=8, help="windows per length (default 8), ending at the same positions"),
+    arg("--target", type=int, default=1024, help="tokens scored at the end of every window (default 1024)"),
+    arg("--out", type=Path, required=True, help="folder for context.json, context.md and context.png"),
+    _device_arg(),
+])
+def eval_context(args) -> None:
+    from dnalm import eval_context as harness
+
+    try:
+        lengths = [int(x) for x in args.lengths.split(",") if x]
+    except ValueError:
+        raise DnalmError(f"--lengths takes comma-separated integers, got {args.lengths!r}") from None
+    if args.windows < 1 or args.target < 1:
+        raise DnalmError("--windows and --target must be at least 1")
+    result = harness.run(args.bundle, args.genome, lengths, args.out, windows=args.windows, target=args.target,
+                         device=args.device, progress=sys.stderr.isatty())
+    print(harness.table([result]), end="")
+    print(f"wrote {args.out / 'context.json'}, context.md, context.png")
+
+
 @command("demo", help="the whole pipeline on the bundled E. coli genome: prep, 2-process pretraining, convert, generate", args=[
     arg("--out", type=Path, default=Path("runs/demo"), help="where everything goes (default runs/demo)"),
     arg("--steps", type=int, default=300, help="pretraining steps of each model (default 300)"),

@@ -112,5 +112,6 @@ def convert(source: str | Path, out: str | Path, to: str = "bundle", dtype: str 
 
         return export_hf(model, tokenizer, Path(out), model_card(model, tokenizer, meta, checkpoint))
     return save_bundle(out, model, tokenizer, card=model_card(model, tokenizer, meta, checkpoint),
-                       extra={"training": {"step": meta["step"], "tokens_seen": meta.get("tokens_seen")}},
+                       extra={"training": {"step": meta["step"], "tokens_seen": meta.get("tokens_seen"),
+                                       "seq_len": meta.get("data", {}).get("seq_len")}},
                        dtype=getattr(torch, dtype))

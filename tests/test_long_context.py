@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from dnalm.bundle import load_pretrained
 from dnalm.data.masking import IGNORE, next_token_labels
 from dnalm.models import build_model, get_config
 from dnalm.models.positions import Rotary
@@ -157,3 +158,49 @@ def test_learned_positions_refuse_inputs_past_their_limit():
         generate_ids(model, torch.full((60,), 5), 10)
     with pytest.raises(ValueError, match="beyond max_seq_len 64"):
         model(torch.full((1, 80), 5))
+
+
+@pytest.fixture(scope="module")
+def random_bundles(tmp_path_factory):
+    """Untrained decoder-tiny and encoder-tiny bundles over nucleotides, and one with learned positions."""
+    from dnalm.bundle import save_bundle
+    from dnalm.tokenizers import load
+
+    tokenizer, root = load("nucleotide"), tmp_path_factory.mktemp("context-bundles")
+    torch.manual_seed(0)
+    made = {}
+    for name, extra in (("decoder-tiny", {}), ("encoder-tiny", {}), ("learned", {"positions": "learned", "max_seq_len": 512})):
+        config = get_config("decoder-tiny" if name == "learned" else name, vocab_size=tokenizer.vocab_size, **extra)
+        made[name] = save_bundle(root / name, build_model(config), tokenizer, extra={"training": {"seq_len": 256}})
+    return made
+
+
+def test_eval_context_scores_the_same_bases_at_every_length(random_bundles, tmp_path):
+    """E. coli windows of 256 and 1,024 tokens ending at the same positions, their last 128 tokens scored: perplexity
+    per base of a decoder, masked accuracy of an encoder, as JSON, markdown and a plot; the CLI prints the table."""
+    from dnalm import eval_context
+    from dnalm.genome import DEFAULT_GENOME, IndexedGenome
+
+    genome = IndexedGenome(DEFAULT_GENOME)
+    decoder = eval_context.run(random_bundles["decoder-tiny"], DEFAULT_GENOME, [256, 1024], tmp_path / "d", windows=3, target=128)
+    assert decoder["metric"] == "perplexity_per_base" and len(decoder["windows"]) == 3
+    for point in decoder["lengths"].values():  # untrained: about 4-way uncertain per base, and 3 × 128 bases scored
+        assert 2 < point["perplexity_per_base"] < 20 and point["bases_scored"] == 3 * 128
+    assert all((tmp_path / "d" / f"context.{ext}").stat().st_size > 0 for ext in ("json", "md", "png"))
+    assert json.loads((tmp_path / "d" / "context.json").read_text())["genome"] == DEFAULT_GENOME.name
+
+    model, tokenizer = load_pretrained(random_bundles["encoder-tiny"])
+    encoder = eval_context.score(model, tokenizer, genome, [256, 1024], windows=3, target=128)
+    assert encoder["metric"] == "masked_accuracy"
+    assert [p["targets_scored"] for p in encoder["lengths"].values()] == [3 * 19, 3 * 19]
+    assert all(0 <= p["masked_accuracy"] <= 1 for p in encoder["lengths"].values())
+
+    from tests.conftest import run_cli
+
+    done = run_cli("eval", "context", random_bundles["learned"], "--genome", DEFAULT_GENOME, "--lengths", "256,1024",
+                   "--target", "128", "--out", tmp_path / "l")
+    assert done.returncode == 1 and "learned positions stop at max_seq_len 512" in done.stderr
+    assert not (tmp_path / "l" / "context.json").exists() and "Traceback" not in done.stderr
+    done = run_cli("eval", "context", random_bundles["decoder-tiny"], "--genome", DEFAULT_GENOME, "--lengths", "256",
+                   "--target", "128", "--windows", "2", "--out", tmp_path / "c")
+    assert done.returncode == 0 and "perplexity per base by context length" in done.stdout, done.stderr

@@ -425,7 +425,8 @@ class Trainer:
     def save(self) -> Path:
         meta = {"tokens_seen": self.tokens_seen, "skipped_steps": self.skipped_steps, "stream": self.loader.state_dict(),
                 "stream_skipped": self.stream_skipped,
-                "data": {"path": self.config.data.path, "plan_fingerprint": self.manifest.plan_fingerprint},
+                "data": {"path": self.config.data.path, "plan_fingerprint": self.manifest.plan_fingerprint,
+                         "seq_len": self.manifest.seq_len},
                 "model": self.model_config.model_dump()}
         files = {"config.yaml": self.run_dir / "config.yaml", "model.yaml": self.run_dir / "model.yaml",
                  "tokenizer": self.run_dir / "tokenizer"}
