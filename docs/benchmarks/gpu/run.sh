@@ -85,3 +85,9 @@ section profile 120 python3 docs/benchmarks/gpu/profile_step.py decoder-1.5b 4 2
 section bench-train 240 python3 -m dnalm bench train --device cuda --out "$R/bench"
 section bench-attention 200 python3 -m dnalm bench attention --device cuda --lengths 2048,8192,32768 --out "$R/bench"
 cat "$R/status.txt"
+
+# long context (issue 27): the longest window decoder-1.5b's lean step trains on this GPU, by bisection, and its
+# tokens/s at 8k, 32k and 128k; encoder-base with ALiBi at 32k and 128k; the context bench up to 1M tokens
+section longest-window 240 bash -c "python3 docs/benchmarks/gpu/longest_window.py decoder-1.5b 65536 1048576 --speed 8192,32768,131072 > $R/longest-window-decoder-1.5b.json"
+section encoder-base-long 90 bash -c "python3 docs/benchmarks/gpu/longest_window.py encoder-base 131072 131072 --speed 32768,131072 > $R/long-encoder-base.json"
+section bench-context 200 python3 -m dnalm bench context --device cuda --lengths 8192,32768,131072 --long-lengths 262144,1048576 --sizes "" --out "$R/bench"
