@@ -167,10 +167,9 @@ def table(results: list[dict]) -> str:
 
 
 def plot(results: list[dict], path: Path) -> Path:
-    import matplotlib
+    from dnalm.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from dnalm.plots import save
 

@@ -8,7 +8,6 @@ The training runs share three launches (1, 2 and 4 processes), each running seve
 import json
 import os
 import shutil
-import sys
 
 import pytest
 import torch
