@@ -89,6 +89,8 @@ def score(model, tokenizer, genome, lengths: list[int], windows: int = 8, target
         raise ContextEvalError(f"--lengths must all be at least --target {target}, got {lengths}")
     if config.positions == "learned" and max(lengths) > config.max_seq_len:
         raise ContextEvalError(f"--lengths {max(lengths)}: learned positions stop at max_seq_len {config.max_seq_len}")
+    if config.causal:  # a decoder's first token has nothing before it: every length scores the same target tokens
+        target = min(target, min(lengths) - 1)
     stride = _bases_per_token(tokenizer)
     ends = window_ends(genome, max(lengths) * (stride or 12), windows)
     device = next(model.parameters()).device

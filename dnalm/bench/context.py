@@ -1,5 +1,5 @@
 """``dnalm bench context``: training-step throughput and peak memory by window length, in one process and per rank
-of a sequence-parallel group (S = 2, 4: CPU processes here, GPUs where there are some).
+of a sequence-parallel group (S = 2, 4 processes on the device asked for).
 
 Each series (a model, a backend, S) is one launch of S processes (``torchrun``); every rank runs the memory-lean
 step (activation checkpointing, MLP tiles, chunked head and loss) on its 1/S slice of the same window of real
