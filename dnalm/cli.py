@@ -183,8 +183,12 @@ def plot(args) -> None:
     print(draw(args.run_dir, args.out))
 
 
-@command("convert", help="turn a training checkpoint (any ZeRO stage or world size) into a bundle or a Hugging Face folder", args=[
-    arg("source", type=Path, metavar="RUN_OR_CHECKPOINT", help="a run folder (its newest complete checkpoint) or a step-N folder"),
+@command("convert", help="turn a training checkpoint (any ZeRO stage or world size) into a bundle or a Hugging Face "
+                          "folder, or a Hugging Face folder into a bundle (--from-hf)", args=[
+    arg("source", type=Path, nargs="?", metavar="RUN_OR_CHECKPOINT", help="a run folder (its newest complete checkpoint) or a step-N folder"),
+    arg("--from-hf", type=Path, metavar="FOLDER", help="instead: a transformers folder (EsmForMaskedLM, LlamaForCausalLM "
+                                                        "or a dnalm export) to import as a bundle"),
+    arg("--tokenizer", metavar="SPEC|DIR", help="with --from-hf: the dnalm tokenizer whose ids the model's are (kept as they are)"),
     arg("--out", type=Path, required=True, help="the folder to create"),
     arg("--to", choices=("bundle", "hf"), default="bundle", help="bundle (default) or hf (a transformers folder: Llama, ESM or remote code, with its tokenizer)"),
     arg("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights of the bundle (default float32)"),
@@ -192,6 +196,17 @@ def plot(args) -> None:
 def convert(args) -> None:
     from dnalm.convert import convert as run_convert
 
+    if (args.source is None) == (args.from_hf is None):
+        raise DnalmError("convert: give either a run or checkpoint folder, or --from-hf FOLDER")
+    if args.from_hf is not None:
+        from dnalm.hf.importing import import_hf
+
+        if args.to != "bundle":
+            raise DnalmError("convert --from-hf writes a bundle; --to hf is for training checkpoints")
+        print(f"wrote {import_hf(args.from_hf, args.out, args.tokenizer)}")
+        return
+    if args.tokenizer is not None:
+        raise DnalmError("convert --tokenizer goes with --from-hf (a checkpoint carries its tokenizer)")
     out = run_convert(args.source, args.out, to=args.to, dtype=args.dtype)
     print(f"wrote {out}")
     if args.to == "hf":

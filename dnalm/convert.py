@@ -88,17 +88,18 @@ def model_card(model, tokenizer, meta: dict, checkpoint: Path) -> str:
     genomes = []
     manifest = Path(data.get("path", "")) / "manifest.json"
     if manifest.is_file():
-        genomes = [g["path"] for g in json.loads(manifest.read_text())["genomes"]]
+        genomes = [Path(g["path"]).name for g in json.loads(manifest.read_text())["genomes"]]
     lines = [
         f"# {config.name} ({'masked' if config.arch != 'decoder' else 'causal'} DNA language model, dnalm)", "",
         f"- architecture: {config.arch}, {config.n_layers} layers, d_model {config.d_model}, {config.n_heads} heads, "
         f"{config.attention} attention, {config.positions} positions, {config.norm}, {config.mlp}",
         f"- parameters: {count_parameters(model):,}",
         f"- tokenizer: {tokenizer.name} (vocab {tokenizer.vocab_size}, fingerprint {tokenizer.fingerprint})",
-        f"- training data: {', '.join(genomes) or data.get('path', 'unknown')} (prep plan {data.get('plan_fingerprint', '?')})",
+        f"- training data: {', '.join(genomes) or Path(data.get('path', 'unknown')).name} "
+        f"(prep fingerprint {data.get('plan_fingerprint', '?')})",
         f"- trained: {meta['step']} steps, {meta.get('tokens_seen', 0):,} tokens seen, {meta['world_size']} processes",
         "- final losses: " + (", ".join(f"{k} {v:.4f}" for k, v in last.items()) or "not recorded"),
-        f"- converted from: {checkpoint}", "",
+        f"- converted from: {run_dir.name}/checkpoints/{checkpoint.name}", "",
         "Load it with `model, tokenizer = dnalm.load_pretrained(PATH)`.",
     ]
     return "\n".join(lines) + "\n"

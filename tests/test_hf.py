@@ -80,11 +80,75 @@ def readme_snippet() -> str:
     return "\n".join(line[2:] for line in block.splitlines())
 
 
-def test_every_transformer_exports_with_the_same_logits(tmp_path):
-    """Random (not freshly initialised) weights; half of the second sequence is padding. The README's
-    snippet runs as written on the ALiBi (remote code) and ESM folders."""
+def block_states(model, batch) -> list[torch.Tensor]:
+    """dnalm's input to the first block and every block's output, the last one normalised."""
+    states = []
+    hooks = [model.blocks[0].register_forward_pre_hook(lambda module, args: states.append(args[0]))]
+    hooks += [block.register_forward_hook(lambda module, args, out: states.append(out[0])) for block in model.blocks]
+    with torch.no_grad():
+        out = model(batch["input_ids"], attention_mask=batch["attention_mask"], segment_ids=batch.get("token_type_ids"),
+                    positions=batch.get("position_ids"))
+    for hook in hooks:
+        hook.remove()
+    return states[:-1] + [out.hidden]
+
+
+# one child process loads every folder with every class; the tests below read what it wrote
+IN_TRANSFORMERS = """
+import torch
+from transformers import (AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification,
+                          AutoModelForTokenClassification)
+inputs, out = torch.load("inputs.pt"), {}
+for name, batch in inputs.items():
+    encoder = name.startswith("encoder")
+    lm = (AutoModelForMaskedLM if encoder else AutoModelForCausalLM).from_pretrained(name, trust_remote_code=True).eval()
+    backbone = AutoModel.from_pretrained(name, trust_remote_code=True).eval()
     torch.manual_seed(0)
-    expected, inputs = {}, {}
+    sequence = AutoModelForSequenceClassification.from_pretrained(name, trust_remote_code=True, num_labels=3).eval()
+    regression = AutoModelForSequenceClassification.from_pretrained(name, trust_remote_code=True, num_labels=1).eval()
+    tokens = AutoModelForTokenClassification.from_pretrained(name, trust_remote_code=True, num_labels=4).eval()
+    length = batch["input_ids"].shape[1]
+    with torch.no_grad():
+        hidden = backbone(**batch, output_hidden_states=True)
+        row = {"lm": (type(lm).__name__, lm(**batch).logits), "backbone": type(backbone).__name__,
+               "last": hidden.last_hidden_state, "states": hidden.hidden_states,
+               "sequence": (type(sequence).__name__, sequence(**batch, labels=torch.tensor([0, 2])).loss,
+                            sequence(**batch).logits.shape, sequence.config.problem_type),
+               "multi": AutoModelForSequenceClassification.from_pretrained(name, trust_remote_code=True, num_labels=3)(
+                   **batch, labels=torch.tensor([[1.0, 0, 1], [0, 1, 0]])).loss,
+               "regression": (regression(**batch, labels=torch.tensor([0.5, -1.0])).loss, regression.config.problem_type),
+               "tokens": (type(tokens).__name__, tokens(**batch).logits.shape,
+                          tokens(**batch, labels=torch.randint(0, 4, (2, length))).loss)}
+    if not encoder:
+        prompts = batch["input_ids"][:, :12]
+        with torch.no_grad():
+            greedy = lm.generate(prompts[:1], max_new_tokens=10, do_sample=False, output_logits=True,
+                                 return_dict_in_generate=True)
+            uncached = lm.generate(prompts[:1], max_new_tokens=10, do_sample=False, use_cache=False)
+            # the second prompt 4 tokens shorter, left-padded: each row continues as it would alone
+            padded = prompts.clone()
+            padded[1] = torch.cat([torch.zeros(4, dtype=torch.long), prompts[1, :8]])
+            mask = torch.ones_like(padded)
+            mask[1, :4] = 0
+            batched = lm.generate(padded, attention_mask=mask, max_new_tokens=6, do_sample=False)
+            alone = lm.generate(prompts[1:, :8], max_new_tokens=6, do_sample=False)
+            torch.manual_seed(1)
+            sampled = lm.generate(prompts[:1], max_new_tokens=40, top_k=3, top_p=0.9, temperature=0.8)
+        row["generate"] = {"greedy": greedy.sequences, "logits": torch.stack(greedy.logits, 1), "uncached": uncached,
+                           "batched": batched, "alone": alone, "sampled": sampled}
+    out[name] = row
+torch.save(out, "results.pt")
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Every kind of export with random (not freshly initialised) weights, loaded by transformers in a process
+    that cannot import dnalm; half of the second sequence is padding. The README's snippet runs as written
+    on the ALiBi (remote code) and ESM folders."""
+    tmp_path = tmp_path_factory.mktemp("exports")
+    torch.manual_seed(0)
+    models, inputs = {}, {}
     for name, (base, changes, _) in MODELS.items():
         model = build_model(get_config(base, **({"vocab_size": 10} | changes))).eval()
         with torch.no_grad():
@@ -101,22 +165,9 @@ def test_every_transformer_exports_with_the_same_logits(tmp_path):
         mask = torch.ones_like(batch["input_ids"], dtype=torch.bool)
         mask[1, mask.shape[1] // 2 :] = False
         batch["attention_mask"] = mask
-        inputs[name] = batch
-        with torch.no_grad():
-            expected[name] = model(batch["input_ids"], attention_mask=mask, segment_ids=batch.get("token_type_ids"),
-                                   positions=batch.get("position_ids")).logits
+        inputs[name], models[name] = batch, model
     torch.save(inputs, tmp_path / "inputs.pt")
-    done = without_dnalm("""
-import torch
-from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
-inputs, out = torch.load("inputs.pt"), {}
-for name, batch in inputs.items():
-    auto = AutoModelForMaskedLM if name.startswith("encoder") else AutoModelForCausalLM
-    model = auto.from_pretrained(name, trust_remote_code=True).eval()
-    with torch.no_grad():
-        out[name] = (type(model).__name__, model(**batch).logits)
-torch.save(out, "logits.pt")
-""" + f"""
+    done = without_dnalm(IN_TRANSFORMERS + f"""
 import os
 for name in ("encoder-alibi-remote", "encoder-esm"):
     os.makedirs(name + "-readme", exist_ok=True)
@@ -126,19 +177,77 @@ for name in ("encoder-alibi-remote", "encoder-esm"):
     print(name, type(model).__name__, tuple(logits.shape))
     os.chdir("..")
 """, tmp_path)
-    assert "encoder-alibi-remote DnalmForMaskedLM (1, 9, 10)" in done.stdout and "encoder-esm EsmForMaskedLM (1, 9, 10)" in done.stdout
-    assert "Do you wish" not in done.stdout + done.stderr
-    got = torch.load(tmp_path / "logits.pt")
+    return {"folder": tmp_path, "models": models, "inputs": inputs, "stdout": done.stdout + done.stderr,
+            "results": torch.load(tmp_path / "results.pt")}
+
+
+def test_every_transformer_exports_with_the_same_logits(exported):
+    tmp_path, inputs, got = exported["folder"], exported["inputs"], exported["results"]
+    assert "encoder-alibi-remote DnalmForMaskedLM (1, 9, 10)" in exported["stdout"]
+    assert "encoder-esm EsmForMaskedLM (1, 9, 10)" in exported["stdout"]
+    assert "Do you wish" not in exported["stdout"]
     for name, (_, _, cls) in MODELS.items():
-        mask = inputs[name]["attention_mask"]
-        assert got[name][0] == cls, name
-        assert (got[name][1] - expected[name])[mask].abs().max() < 1e-4, name
+        batch = inputs[name]
+        with torch.no_grad():
+            expected = exported["models"][name](batch["input_ids"], attention_mask=batch["attention_mask"],
+                                                segment_ids=batch.get("token_type_ids"), positions=batch.get("position_ids")).logits
+        assert got[name]["lm"][0] == cls, name
+        assert (got[name]["lm"][1] - expected)[batch["attention_mask"]].abs().max() < 1e-4, name
     readme = (tmp_path / "encoder-esm" / "README.md").read_text()
     assert "EsmForMaskedLM.from_pretrained(folder)" in readme and "AutoTokenizer.from_pretrained(folder)" in readme
     assert not (tmp_path / "encoder-esm" / "modeling_dnalm.py").exists()
     views_readme = (tmp_path / "encoder-views-remote" / "README.md").read_text()
     assert "No transformers tokenizer: nucleotide+kmer:3" in views_readme and "multi-view" in views_readme
     assert not (tmp_path / "encoder-views-remote" / "tokenizer.json").exists()
+
+
+def test_every_export_has_the_auto_classes_of_transformers(exported):
+    """AutoModel: the backbone, with dnalm's final hidden states and one state per layer; sequence and token
+    classification with transformers' problem_type and num_labels conventions. Llama and ESM get them from
+    transformers, the remote-code folders from modeling_dnalm.py through auto_map."""
+    for name, (_, _, cls) in MODELS.items():
+        got, batch, model = exported["results"][name], exported["inputs"][name], exported["models"][name]
+        family = cls.removesuffix("ForMaskedLM").removesuffix("ForCausalLM")
+        mask = batch["attention_mask"]
+        expected = block_states(model, batch)
+        assert got["backbone"] == f"{family}Model", name
+        assert (got["last"] - expected[-1])[mask].abs().max() < 1e-4, name
+        assert len(got["states"]) == model.config.n_layers + 1, name
+        assert (got["states"][-1] - got["last"]).abs().max() < 1e-6, name
+        if family == "Dnalm":  # every layer's state is dnalm's (Llama and ESM number theirs their own way)
+            for i, (state, mine) in enumerate(zip(got["states"], expected)):
+                assert (state - mine)[mask].abs().max() < 1e-4, (name, i)
+            readme = (exported["folder"] / name / "README.md").read_text()
+            for auto in ("AutoModel", "AutoModelForSequenceClassification", "AutoModelForTokenClassification"):
+                assert f"model = {auto}.from_pretrained(folder, trust_remote_code=True" in readme, (name, auto)
+        sequence_cls, loss, shape, problem = got["sequence"]
+        assert sequence_cls == f"{family}ForSequenceClassification" and tuple(shape) == (2, 3), name
+        assert torch.isfinite(loss) and problem == "single_label_classification", name
+        assert torch.isfinite(got["multi"]), name
+        assert torch.isfinite(got["regression"][0]) and got["regression"][1] == "regression", name
+        token_cls, shape, loss = got["tokens"]
+        assert token_cls == f"{family}ForTokenClassification" and tuple(shape) == (2, batch["input_ids"].shape[1], 4), name
+        assert torch.isfinite(loss), name
+
+
+def test_exported_decoders_generate_as_dnalm_does(exported):
+    """model.generate with the key-value cache: greedy continuations and every step's logits are dnalm's,
+    with or without the cache; a left-padded prompt continues as it would alone; sampling (top-k, top-p,
+    temperature) never draws a special token, as dnalm generate never does."""
+    from dnalm.generate import generate_ids
+    from dnalm.tokenizers.base import NUM_SPECIAL
+
+    for name in [n for n in MODELS if n.startswith("decoder")]:
+        got, model = exported["results"][name]["generate"], exported["models"][name]
+        prompt = exported["inputs"][name]["input_ids"][0, :12]
+        mine = generate_ids(model, prompt, 10, temperature=0)
+        assert torch.equal(got["greedy"], mine) and torch.equal(got["uncached"], mine), name
+        with torch.no_grad():
+            steps = model(mine[:, :-1]).logits[0, 11:]
+        assert (got["logits"][0] - steps).abs().max() < 1e-4, name
+        assert torch.equal(got["batched"][1, 4:], got["alone"][0]), name
+        assert got["sampled"].shape == (1, 52) and int(got["sampled"][0, 12:].min()) >= NUM_SPECIAL, name
+        assert len(set(got["sampled"][0, 12:].tolist())) > 1, name
 
 
 def test_models_without_an_export_are_refused_naming_why(tmp_path):

@@ -1,9 +1,13 @@
 """dnalm's transformer for ``transformers`` (``trust_remote_code=True``), with no dnalm installed.
 
 Written by dnalm's exporter beside the weights; the same computation as ``dnalm.models.Transformer``
-for every setting it exports (ALiBi, RoPE, learned or no positions; RMSNorm or LayerNorm;
-SwiGLU or GELU; segment ids of multi-view inputs; a convolution stem), and tested for equal
-logits. Attention is computed explicitly (softmax of scores plus ALiBi bias and masks).
+for every setting it exports (ALiBi, RoPE with interpolation, learned or no positions; RMSNorm or
+LayerNorm; SwiGLU or GELU; linear biases; segment ids of multi-view inputs; a convolution stem), and
+tested for equal logits. Attention is computed explicitly (softmax of scores plus ALiBi bias and masks).
+
+The classes follow ``transformers``' conventions: ``DnalmModel`` is the backbone (``last_hidden_state``,
+per-layer ``hidden_states``), the heads hold it as ``.dnalm``; ``DnalmForCausalLM`` generates with a
+key-value cache; the sequence classifier mean-pools real tokens, as ``dnalm finetune`` does.
 """
 
 from __future__ import annotations
@@ -13,14 +17,22 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutput, MaskedLMOutput
+from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.cache_utils import DynamicCache
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast, CausalLMOutputWithPast, MaskedLMOutput, SequenceClassifierOutput, TokenClassifierOutput,
+)
+
+# transformers 5 renamed past_key_values to cache, in arguments and outputs
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 class DnalmConfig(PretrainedConfig):
     """dnalm's model settings as flat attributes (``positions``, ``mlp``, ``d_model``, …)."""
 
     model_type = "dnalm"
+    # the names transformers' generation and caches read
+    attribute_map = {"num_hidden_layers": "n_layers", "hidden_size": "d_model", "num_attention_heads": "n_heads"}
 
 
 def _norm(c):
@@ -34,6 +46,10 @@ def _hidden(c) -> int:
     return int(-(-width // 64) * 64)
 
 
+def _linear(c, n_in, n_out):
+    return nn.Linear(n_in, n_out, bias=c.linear_bias)
+
+
 def alibi_slopes(n_heads: int, device) -> torch.Tensor:
     closest = 2 ** math.floor(math.log2(n_heads))
     exponents = torch.arange(1, closest + 1, device=device, dtype=torch.float32) * (-8 / closest)
@@ -43,31 +59,33 @@ def alibi_slopes(n_heads: int, device) -> torch.Tensor:
     return torch.exp2(exponents)
 
 
-def rotate(x, positions, theta):
-    """Rotary embedding on interleaved pairs (dims 0-1, 2-3, …), angles in fp32."""
+def rotate(x, positions, theta, scale=1.0):
+    """Rotary embedding on interleaved pairs (dims 0-1, 2-3, …), angles in fp32; ``scale`` interpolates positions."""
     dim = x.shape[-1]
     inv_freq = theta ** -(torch.arange(0, dim, 2, device=x.device, dtype=torch.float32) / dim)
-    angles = positions[:, None, :, None].float() * inv_freq
+    angles = positions[:, None, :, None].float() * (inv_freq / scale)
     cos, sin = angles.cos(), angles.sin()
     x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2).to(x.dtype)
 
 
 class Attention(nn.Module):
-    def __init__(self, c):
+    def __init__(self, c, layer_idx):
         super().__init__()
-        self.c = c
-        self.qkv = nn.Linear(c.d_model, 3 * c.d_model, bias=False)
-        self.out = nn.Linear(c.d_model, c.d_model, bias=False)
+        self.c, self.layer_idx = c, layer_idx
+        self.qkv = _linear(c, c.d_model, 3 * c.d_model)
+        self.out = _linear(c, c.d_model, c.d_model)
 
-    def forward(self, x, positions, key_mask):
+    def forward(self, x, positions, key_positions, key_mask, cache):
         c, (batch, length, _) = self.c, x.shape
         heads, head_dim = c.n_heads, c.d_model // c.n_heads
         q, k, v = self.qkv(x).view(batch, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
         if c.positions == "rope":
-            q, k = rotate(q, positions, c.rope_theta), rotate(k, positions, c.rope_theta)
+            q, k = rotate(q, positions, c.rope_theta, c.rope_scale), rotate(k, positions, c.rope_theta, c.rope_scale)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
         scores = (q @ k.transpose(-1, -2)).float() / math.sqrt(head_dim)
-        distance = positions[:, None, :, None] - positions[:, None, None, :]
+        distance = positions[:, None, :, None] - key_positions[:, None, None, :]
         causal = c.arch == "decoder"
         if c.positions == "alibi":
             distance_used = distance.clamp(min=0) if causal else distance.abs()
@@ -85,8 +103,8 @@ class MLP(nn.Module):
     def __init__(self, c):
         super().__init__()
         self.swiglu = c.mlp == "swiglu"
-        self.up = nn.Linear(c.d_model, _hidden(c) * (2 if self.swiglu else 1), bias=False)
-        self.down = nn.Linear(_hidden(c), c.d_model, bias=False)
+        self.up = _linear(c, c.d_model, _hidden(c) * (2 if self.swiglu else 1))
+        self.down = _linear(c, _hidden(c), c.d_model)
 
     def forward(self, x):
         h = self.up(x)
@@ -97,12 +115,12 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, c):
+    def __init__(self, c, layer_idx):
         super().__init__()
-        self.norm1, self.attn, self.norm2, self.mlp = _norm(c), Attention(c), _norm(c), MLP(c)
+        self.norm1, self.attn, self.norm2, self.mlp = _norm(c), Attention(c, layer_idx), _norm(c), MLP(c)
 
-    def forward(self, x, positions, key_mask):
-        x = x + self.attn(self.norm1(x), positions, key_mask)
+    def forward(self, x, positions, key_positions, key_mask, cache):
+        x = x + self.attn(self.norm1(x), positions, key_positions, key_mask, cache)
         return x + self.mlp(self.norm2(x))
 
 
@@ -120,7 +138,7 @@ class ConvBlock(nn.Module):
 class HeadTransform(nn.Module):
     def __init__(self, c):
         super().__init__()
-        self.dense, self.norm = nn.Linear(c.d_model, c.d_model, bias=False), _norm(c)
+        self.dense, self.norm = _linear(c, c.d_model, c.d_model), _norm(c)
 
     def forward(self, hidden):
         return self.norm(F.gelu(self.dense(hidden)))
@@ -130,6 +148,16 @@ class DnalmPreTrainedModel(PreTrainedModel):
     config_class = DnalmConfig
     base_model_prefix = "dnalm"
 
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.config.init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+class DnalmModel(DnalmPreTrainedModel):
+    """The backbone: embeddings, convolution stem, blocks and final norm."""
+
     def __init__(self, config: DnalmConfig):
         super().__init__(config)
         c = config
@@ -137,49 +165,152 @@ class DnalmPreTrainedModel(PreTrainedModel):
         self.segments = nn.Embedding(c.num_segments, c.d_model) if c.num_segments > 1 else None
         self.positions = nn.Embedding(c.max_seq_len, c.d_model) if c.positions == "learned" else None
         self.conv_stem = nn.ModuleList(ConvBlock(c, 2 ** (i % 4)) for i in range(c.conv_layers)) if c.conv_layers else None
-        self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layers))
+        self.blocks = nn.ModuleList(Block(c, i) for i in range(c.n_layers))
         self.norm = _norm(c)
-        self.head_transform = HeadTransform(c) if c.lm_head == "transform" else None
-        self.head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         self.post_init()
 
-    def _init_weights(self, module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=self.config.init_std)
+    def get_input_embeddings(self):
+        return self.embed
 
-    def run(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
+    def set_input_embeddings(self, value):
+        self.embed = value
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, cache=None, use_cache=None,
+                output_hidden_states=None, past_key_values=None, **kwargs):
+        cache = cache if cache is not None else past_key_values
+        if use_cache and cache is None:
+            cache = DynamicCache()
         batch, length = input_ids.shape
-        if position_ids is None:
-            position_ids = torch.arange(length, device=input_ids.device).expand(batch, length)
+        past = cache.get_seq_length() if cache is not None else 0
+        key_mask = attention_mask.bool() if attention_mask is not None else None
+        if cache is not None:
+            # generation: positions count real tokens (left padding), queries and keys alike
+            every = (key_mask.long().cumsum(-1) - 1).clamp(min=0) if key_mask is not None else \
+                torch.arange(past + length, device=input_ids.device).expand(batch, -1)
+            key_positions = every
+            position_ids = position_ids if position_ids is not None else every[:, past:]
+        else:
+            if position_ids is None:
+                position_ids = torch.arange(length, device=input_ids.device).expand(batch, length)
+            key_positions = position_ids
         x = self.embed(input_ids)
         if self.segments is not None:
             x = x + self.segments(token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids))
         if self.positions is not None:
             x = x + self.positions(position_ids)
-        key_mask = attention_mask.bool() if attention_mask is not None else None
         if self.conv_stem is not None:
             mask = (key_mask if key_mask is not None else torch.ones_like(input_ids, dtype=torch.bool))[..., None].to(x.dtype)
             for conv in self.conv_stem:
                 x = conv(x, mask)
+        states = [x]
         for block in self.blocks:
-            x = block(x, position_ids, key_mask)
+            x = block(x, position_ids, key_positions, key_mask, cache)
+            states.append(x)
         hidden = self.norm(x)
-        features = self.head_transform(hidden) if self.head_transform is not None else hidden
-        return self.head(features), hidden
+        states[-1] = hidden
+        return BaseModelOutputWithPast(last_hidden_state=hidden, hidden_states=tuple(states) if output_hidden_states else None,
+                                       **{CACHE_FIELD: cache if use_cache else None})
 
 
-class DnalmForMaskedLM(DnalmPreTrainedModel):
+class _WithBackbone(DnalmPreTrainedModel):
+    def __init__(self, config: DnalmConfig):
+        super().__init__(config)
+        self.dnalm = DnalmModel(config)
+
+    def backbone(self, input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, **kwargs):
+        return self.dnalm(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, position_ids=position_ids,
+                          output_hidden_states=output_hidden_states, **kwargs)
+
+
+class _LanguageModel(_WithBackbone):
+    def __init__(self, config: DnalmConfig):
+        super().__init__(config)
+        self.head_transform = HeadTransform(config) if config.lm_head == "transform" else None
+        self.head = _linear(config, config.d_model, config.vocab_size)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.head
+
+    def head_logits(self, hidden):
+        return self.head(self.head_transform(hidden) if self.head_transform is not None else hidden)
+
+
+class DnalmForMaskedLM(_LanguageModel):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
                 output_hidden_states=None, **kwargs):
-        logits, hidden = self.run(input_ids, attention_mask, token_type_ids, position_ids)
+        out = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states)
+        logits = self.head_logits(out.last_hidden_state)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100) if labels is not None else None
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=(hidden,) if output_hidden_states else None)
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
 
 
-class DnalmForCausalLM(DnalmPreTrainedModel):
-    def forward(self, input_ids, attention_mask=None, position_ids=None, labels=None, output_hidden_states=None, **kwargs):
-        logits, hidden = self.run(input_ids, attention_mask, None, position_ids)
+class DnalmForCausalLM(_LanguageModel, GenerationMixin):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, labels=None, cache=None, use_cache=None,
+                output_hidden_states=None, past_key_values=None, logits_to_keep=0, **kwargs):
+        out = self.backbone(input_ids, attention_mask, None, position_ids, output_hidden_states,
+                            cache=cache if cache is not None else past_key_values, use_cache=use_cache)
+        hidden = out.last_hidden_state
+        logits = self.head_logits(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-        return CausalLMOutput(loss=loss, logits=logits, hidden_states=(hidden,) if output_hidden_states else None)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=out.hidden_states,
+                                      **{CACHE_FIELD: getattr(out, CACHE_FIELD)})
+
+
+def _mean_pool(hidden, attention_mask):
+    weights = (attention_mask if attention_mask is not None else torch.ones(hidden.shape[:2], device=hidden.device))
+    weights = weights[..., None].to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+def _classification_loss(config, logits, labels):
+    """transformers' convention: problem_type from num_labels and the labels' dtype when not set."""
+    if config.problem_type is None:
+        if config.num_labels == 1:
+            config.problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if config.problem_type == "regression":
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float().view(logits.shape[:-1])) if config.num_labels == 1 \
+            else F.mse_loss(logits.float(), labels.float())
+    if config.problem_type == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, config.num_labels).float(), labels.view(-1), ignore_index=-100)
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
+class DnalmForSequenceClassification(_WithBackbone):
+    """The backbone's final hidden states, mean-pooled over real tokens, into a linear classifier."""
+
+    def __init__(self, config: DnalmConfig):
+        super().__init__(config)
+        self.dropout = nn.Dropout(getattr(config, "classifier_dropout", None) or 0.1)
+        self.classifier = nn.Linear(config.d_model, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
+                output_hidden_states=None, **kwargs):
+        out = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states)
+        logits = self.classifier(self.dropout(_mean_pool(out.last_hidden_state, attention_mask)))
+        loss = _classification_loss(self.config, logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+
+
+class DnalmForTokenClassification(_WithBackbone):
+    """A label per token (segmentation), from the backbone's final hidden states."""
+
+    def __init__(self, config: DnalmConfig):
+        super().__init__(config)
+        self.dropout = nn.Dropout(getattr(config, "classifier_dropout", None) or 0.1)
+        self.classifier = nn.Linear(config.d_model, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
+                output_hidden_states=None, **kwargs):
+        out = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states)
+        logits = self.classifier(self.dropout(out.last_hidden_state))
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100) if labels is not None else None
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)

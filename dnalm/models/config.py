@@ -42,6 +42,8 @@ class ModelConfig(BaseModel):
     rope_theta: float = Field(10_000.0, gt=0, description="RoPE base; raised for longer context (continued pretraining)")
     rope_scale: float = Field(1.0, ge=1, description="RoPE position interpolation: positions divided by this factor, "
                                                      "so a window this many times longer keeps the trained angles")
+    linear_bias: bool = Field(False, description="biases in every linear layer of the transformer (ESM's and Nucleotide "
+                                                  "Transformer v1's layout, for imported checkpoints)")
     tie_embeddings: bool = False
     lm_head: Literal["linear", "transform"] = Field(
         "linear", description="transform: dense, GELU and a norm before the output projection (BERT's and ESM's MLM head)")
@@ -74,6 +76,8 @@ class ModelConfig(BaseModel):
             raise ValueError("a decoder reads one view (causal LM on one tokenizer); multi-view input is for encoders")
         if self.positions == "rope" and (self.d_model // self.n_heads) % 2:
             raise ValueError(f"RoPE needs an even head dimension, got {self.d_model // self.n_heads}")
+        if self.arch == "cnn" and self.linear_bias:
+            raise ValueError("linear_bias is a transformer option; the CNN's layers are its own")
         if self.arch == "cnn" and self.lm_head != "linear":
             raise ValueError("lm_head transform is a transformer option; the CNN's head is linear")
         if self.mlm_target == "bases" and self.arch == "decoder":

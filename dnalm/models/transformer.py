@@ -34,16 +34,18 @@ class ModelOutput:
 
 
 class NormalLinear(nn.Linear):
-    """A bias-free ``nn.Linear`` whose weight is drawn N(0, std) by its own constructor. ``deepspeed.zero.Init``
+    """An ``nn.Linear`` (bias-free unless ``bias``, zeros) whose weight is drawn N(0, std) by its own constructor. ``deepspeed.zero.Init``
     partitions each layer as soon as it is built, so weights set afterwards would need a gather per layer (the
     decoder-1.5b partition launch on 2 CPU ranks took 47 s that way, 28 s this way); set here, the partition simply receives them."""
 
-    def __init__(self, in_features: int, out_features: int, std: float):
+    def __init__(self, in_features: int, out_features: int, std: float, bias: bool = False):
         self.std = std
-        super().__init__(in_features, out_features, bias=False)
+        super().__init__(in_features, out_features, bias=bias)
 
     def reset_parameters(self) -> None:
         nn.init.normal_(self.weight, std=self.std)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
 
 
 class NormalEmbedding(nn.Embedding):
@@ -72,8 +74,8 @@ class Attention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.qkv = NormalLinear(config.d_model, 3 * config.d_model, config.init_std)
-        self.out = NormalLinear(config.d_model, config.d_model, residual_std(config))
+        self.qkv = NormalLinear(config.d_model, 3 * config.d_model, config.init_std, config.linear_bias)
+        self.out = NormalLinear(config.d_model, config.d_model, residual_std(config), config.linear_bias)
         self.backend = ATTENTION[config.attention]
         self.rotary = Rotary(config.head_dim, config.rope_theta, config.rope_scale) if config.positions == "rope" else None
         self.performer = (PerformerFeatures(config.head_dim, config.performer_features, config.performer_kernel,
@@ -104,8 +106,9 @@ class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.swiglu = config.mlp == "swiglu"
-        self.up = NormalLinear(config.d_model, config.hidden * (2 if self.swiglu else 1), config.init_std)
-        self.down = NormalLinear(config.hidden, config.d_model, residual_std(config))
+        self.up = NormalLinear(config.d_model, config.hidden * (2 if self.swiglu else 1), config.init_std,
+                               config.linear_bias)
+        self.down = NormalLinear(config.hidden, config.d_model, residual_std(config), config.linear_bias)
 
     def forward(self, x):
         h = self.up(x)
@@ -161,7 +164,7 @@ class HeadTransform(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.dense = NormalLinear(config.d_model, config.d_model, config.init_std)
+        self.dense = NormalLinear(config.d_model, config.d_model, config.init_std, config.linear_bias)
         self.norm = norm_layer(config)
 
     def forward(self, hidden):
@@ -181,7 +184,7 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = norm_layer(config)
         self.head_transform = HeadTransform(config) if config.lm_head == "transform" else None
-        self.head = NormalLinear(config.d_model, config.head_size, std)
+        self.head = NormalLinear(config.d_model, config.head_size, std, config.linear_bias)
         if config.tie_embeddings:
             self.head.weight = self.embed.weight
 
