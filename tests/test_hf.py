@@ -2,6 +2,7 @@
 dnalm's ids, all loaded by transformers in a process that cannot import dnalm."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -71,12 +72,17 @@ MODELS = {
                                                "lm_head": "transform"}, "DnalmForMaskedLM"),
     "decoder-alibi-remote": ("decoder-tiny", {"positions": "alibi", "tie_embeddings": True}, "DnalmForCausalLM"),
     "decoder-llama": ("decoder-tiny", {}, "LlamaForCausalLM"),
+    # RoPE with position interpolation and learned positions: not Llama's design, so remote code
+    "decoder-rope-remote": ("decoder-tiny", {"rope_scale": 4.0, "attention": "eager"}, "DnalmForCausalLM"),
+    "decoder-learned-remote": ("decoder-tiny", {"positions": "learned", "norm": "layernorm"}, "DnalmForCausalLM"),
 }
 
 
-def readme_snippet() -> str:
+def readme_snippet(name: str = "AutoModelForMaskedLM") -> str:
+    """The README's first python block that uses ``name``, unindented."""
     readme = (REPO / "README.md").read_text()
-    block = next(block.split("```")[0] for block in readme.split("```python\n")[1:] if "AutoModelForMaskedLM" in block)
+    blocks = [chunk.split("```")[0] for chunk in readme.split("```python\n")[1:]]
+    block = next(block for block in blocks if name in block)
     return "\n".join(line[2:] for line in block.splitlines())
 
 
@@ -175,6 +181,8 @@ for name in ("encoder-alibi-remote", "encoder-esm"):
     os.symlink("../" + name, "hf-folder")
     exec({readme_snippet()!r})
     print(name, type(model).__name__, tuple(logits.shape))
+    exec({readme_snippet("AutoModelForSequenceClassification")!r})
+    print(name, type(model).__name__, "loss", float(loss), all(p.grad is not None for n, p in model.named_parameters() if "classifier" in n))
     os.chdir("..")
 """, tmp_path)
     return {"folder": tmp_path, "models": models, "inputs": inputs, "stdout": done.stdout + done.stderr,
@@ -185,6 +193,8 @@ def test_every_transformer_exports_with_the_same_logits(exported):
     tmp_path, inputs, got = exported["folder"], exported["inputs"], exported["results"]
     assert "encoder-alibi-remote DnalmForMaskedLM (1, 9, 10)" in exported["stdout"]
     assert "encoder-esm EsmForMaskedLM (1, 9, 10)" in exported["stdout"]
+    for name, cls in (("encoder-alibi-remote", "DnalmForSequenceClassification"), ("encoder-esm", "EsmForSequenceClassification")):
+        assert re.search(f"{name} {cls} loss [0-9.]+ True", exported["stdout"]), exported["stdout"][-2000:]
     assert "Do you wish" not in exported["stdout"]
     for name, (_, _, cls) in MODELS.items():
         batch = inputs[name]
