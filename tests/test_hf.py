@@ -75,6 +75,12 @@ MODELS = {
     # RoPE with position interpolation and learned positions: not Llama's design, so remote code
     "decoder-rope-remote": ("decoder-tiny", {"rope_scale": 4.0, "attention": "eager"}, "DnalmForCausalLM"),
     "decoder-learned-remote": ("decoder-tiny", {"positions": "learned", "norm": "layernorm"}, "DnalmForCausalLM"),
+    # Performer: the trained random features travel as buffers; the decoder's cache goes through prefix sums
+    "encoder-performer-remote": ("encoder-tiny", {"attention": "performer", "positions": "rope", "performer_features": 32,
+                                                 "performer_kernel": "relu"},
+                                 "DnalmForMaskedLM"),
+    "decoder-performer-remote": ("decoder-tiny", {"attention": "performer", "performer_features": 32, "performer_chunk": 16},
+                                 "DnalmForCausalLM"),
 }
 
 
@@ -262,8 +268,7 @@ def test_exported_decoders_generate_as_dnalm_does(exported):
 
 def test_models_without_an_export_are_refused_naming_why(tmp_path):
     for config, reason in [(get_config("cnn", vocab_size=10), "arch=cnn"),
-                           (get_config("encoder-tiny", attention="performer", positions="rope", vocab_size=10),
-                            "attention=performer")]:
+                           (get_config("encoder-tiny", mlm_target="bases", vocab_size=10), "mlm_target=bases")]:
         with pytest.raises(HfExportError, match=f"cannot export this model: .*{reason}"):
             export_hf(build_model(config), NucleotideTokenizer(), tmp_path / "out")
         assert not (tmp_path / "out").exists()

@@ -2,12 +2,14 @@
 
 Written by dnalm's exporter beside the weights; the same computation as ``dnalm.models.Transformer``
 for every setting it exports (ALiBi, RoPE with interpolation, learned or no positions; RMSNorm or
-LayerNorm; SwiGLU or GELU; linear biases; segment ids of multi-view inputs; a convolution stem), and
-tested for equal logits. Attention is computed explicitly (softmax of scores plus ALiBi bias and masks).
+LayerNorm; SwiGLU or GELU; linear biases; segment ids of multi-view inputs; a convolution stem;
+Performer's FAVOR+ with the trained random features), and tested for equal logits. Softmax attention
+is computed explicitly (softmax of scores plus ALiBi bias and masks).
 
 The classes follow ``transformers``' conventions: ``DnalmModel`` is the backbone (``last_hidden_state``,
 per-layer ``hidden_states``), the heads hold it as ``.dnalm``; ``DnalmForCausalLM`` generates with a
-key-value cache; the sequence classifier mean-pools real tokens, as ``dnalm finetune`` does.
+key-value cache (a Performer decoder's new tokens attend through the prefix sums of the cached keys); the
+sequence classifier mean-pools real tokens, as ``dnalm finetune`` does.
 """
 
 from __future__ import annotations
@@ -69,12 +71,68 @@ def rotate(x, positions, theta, scale=1.0):
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2).to(x.dtype)
 
 
+class _Projection(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.register_buffer("projection_matrix", torch.zeros(c.performer_features, c.d_model // c.n_heads))
+
+
+class Performer(nn.Module):
+    """FAVOR+ attention as dnalm computes it: the trained model's random projection, positive softmax
+    (or ReLU) features, linear attention; causal by chunked prefix sums, keys unstabilised."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.fast, self.kernel, self.chunk = _Projection(c), c.performer_kernel, c.performer_chunk
+
+    def features(self, x, is_query, key_mask=None, stabilise=True):
+        projection = self.fast.projection_matrix.to(x.dtype)
+        normaliser = x.shape[-1] ** -0.25
+        projected = (x * normaliser) @ projection.t()
+        if self.kernel == "relu":
+            features = F.relu(projected) + 1e-3
+        else:
+            offset = (x * x).sum(-1, keepdim=True) * (normaliser**2 / 2)
+            if is_query:
+                offset = offset + projected.detach().amax(-1, keepdim=True)
+            elif stabilise:
+                real = projected.detach()
+                if key_mask is not None:
+                    real = real.masked_fill(~key_mask[:, None, :, None], float("-inf"))
+                offset = offset + real.amax((-1, -2), keepdim=True)
+            features = (torch.exp(projected - offset) + 1e-4) * projection.shape[0] ** -0.5
+        if key_mask is not None and not is_query:
+            features = features * key_mask[:, None, :, None].to(features.dtype)
+        return features
+
+    def forward(self, q, k, v, causal, key_mask, past):
+        """q: the new tokens; k, v: every token so far (a cache's first ``past`` are earlier ones)."""
+        fq = self.features(q, True)
+        if not causal:
+            fk = self.features(k, False, key_mask)
+            return (fq @ (fk.transpose(-1, -2) @ v)) / (fq @ fk.sum(-2)[..., None])
+        fk = self.features(k, False, key_mask, stabilise=False)
+        compute = torch.promote_types(q.dtype, torch.float32)
+        fq, fk, v32 = fq.to(compute), fk.to(compute), v.to(compute)
+        kv = fk[:, :, :past].transpose(-1, -2) @ v32[:, :, :past]
+        k_sum = fk[:, :, :past].sum(2)
+        outputs = []
+        for qc, kc, vc in zip(*(t.split(self.chunk, dim=2) for t in (fq, fk[:, :, past:], v32[:, :, past:]))):
+            scores = torch.tril(qc @ kc.transpose(-1, -2))
+            numerator = qc @ kv + scores @ vc
+            denominator = (qc * k_sum[:, :, None, :]).sum(-1) + scores.sum(-1)
+            outputs.append(numerator / (denominator[..., None] + 1e-6))
+            kv, k_sum = kv + kc.transpose(-1, -2) @ vc, k_sum + kc.sum(2)
+        return torch.cat(outputs, dim=2).to(v.dtype)
+
+
 class Attention(nn.Module):
     def __init__(self, c, layer_idx):
         super().__init__()
         self.c, self.layer_idx = c, layer_idx
         self.qkv = _linear(c, c.d_model, 3 * c.d_model)
         self.out = _linear(c, c.d_model, c.d_model)
+        self.performer = Performer(c) if c.attention == "performer" else None
 
     def forward(self, x, positions, key_positions, key_mask, cache):
         c, (batch, length, _) = self.c, x.shape
@@ -82,8 +140,13 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(batch, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
         if c.positions == "rope":
             q, k = rotate(q, positions, c.rope_theta, c.rope_scale), rotate(k, positions, c.rope_theta, c.rope_scale)
+        past = 0
         if cache is not None:
+            past = cache.get_seq_length(self.layer_idx)
             k, v = cache.update(k, v, self.layer_idx)
+        if self.performer is not None:
+            out = self.performer(q, k, v, c.arch == "decoder", key_mask, past)
+            return self.out(out.transpose(1, 2).reshape(batch, length, -1))
         scores = (q @ k.transpose(-1, -2)).float() / math.sqrt(head_dim)
         distance = positions[:, None, :, None] - key_positions[:, None, None, :]
         causal = c.arch == "decoder"

@@ -18,8 +18,6 @@ def mismatches(config) -> list[str]:
     wrong = []
     if config.arch == "cnn":
         wrong.append("arch=cnn")
-    if config.attention == "performer":
-        wrong.append("attention=performer (its random features are not exported)")
     if config.mlm_target != "tokens":
         wrong.append("mlm_target=bases (transformers' masked-LM heads predict token ids)")
     return wrong
