@@ -51,7 +51,27 @@ def test_train_bench_reports_mfu(tmp_path):
     for row in result["rows"]:
         assert row["tokens_per_s"] > 0 and 0 < row["mfu"] < 1.5
     assert result["peak"]["tflops"] > 0 and "6*N + 12*L*d*T" in result["flop_formula"]
+    # a CPU has no nominal peak: MFU is against the matmul measured in the run, and says so
+    assert result["peak"]["nominal"] is None and result["mfu_basis"].startswith("measured 4096x4096 matmul")
+    assert all(row["mfu"] == row["mfu_of_measured_matmul"] for row in result["rows"])
     assert (tmp_path / "train.json").exists() and (tmp_path / "train.png").exists()
+
+
+def test_mfu_uses_the_nominal_peak_of_the_device_by_the_fields_formula():
+    """The table matches CUDA device names; the H200 run of decoder-1.5b (34,410 tokens/s, ZeRO-2, 2,048 tokens)
+    with nucleotide tokens is 36.9% of 989 TFLOP/s by 6·N + 12·L·d·T, where it was 46.6% of the measured 784.3 TFLOP/s
+    matmul."""
+    from dnalm.bench.mfu import flops_per_token, nominal_peak
+    from dnalm.models import build_model, get_config
+
+    assert nominal_peak("NVIDIA H200", "bf16") == ("H200 SXM", 989e12)
+    assert nominal_peak("NVIDIA H100 80GB HBM3", "fp8") == ("H100 SXM", 1979e12)
+    assert nominal_peak("NVIDIA H100 PCIe", "bf16") == ("H100 PCIe", 756e12)
+    assert nominal_peak("NVIDIA A100-SXM4-80GB", "bf16") == ("A100", 312e12)
+    assert nominal_peak("NVIDIA A100-SXM4-80GB", "fp8") is None and nominal_peak("Tesla V100-SXM2-32GB", "bf16") is None
+    config = get_config("decoder-1.5b", vocab_size=10)
+    per_token = flops_per_token(build_model(config, device="meta"), config, 2048)
+    assert round(34_410 * per_token / 989e12, 3) == 0.369 and round(34_410 * per_token / 784.3e12, 3) == 0.466
 
 
 def test_plot_draws_the_loss_curves(tmp_path):

@@ -1,10 +1,10 @@
 """``dnalm bench train``: model forward+backward tokens/s and model-FLOPs utilisation (MFU).
 
-FLOPs per token = 6·N + 12·L·d·T (PaLM, appendix B): N parameters in matmuls (everything but
-the input embedding lookup), L layers, d model width, T sequence length; the attention term is
-counted in full (causal masking not subtracted). MFU = achieved FLOP/s ÷ peak, where the peak is a
-large matmul in the training dtype timed on the same device in the same run: fp32 on CPU, bf16 on
-CUDA (where decoder-1.5b at 2048 tokens with activation checkpointing is measured too). Each small
+FLOPs per token = 6·N + 12·L·d·T (``dnalm.bench.mfu``). ``mfu`` divides the achieved FLOP/s by the
+device's nominal dense peak for the precision (``dnalm.bench.mfu.NOMINAL``: H100, H200, A100), the
+field's convention; where the table has no entry (CPUs) by a large matmul in the training dtype timed
+on the same device in the same run, and ``mfu_basis`` says which. ``mfu_of_measured_matmul`` is
+always beside it. On CUDA decoder-1.5b at 2048 tokens with activation checkpointing is measured too. Each small
 model is measured again under ``torch.compile`` (what a training config's ``compile: true`` does),
 with the compilation's seconds apart. The JSON names the device it measured.
 """
@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from dnalm.bench import report
+from dnalm.bench.mfu import SOURCE, device_peak, flops_per_token
 
 from dnalm.devices import peak_memory_mb, resolve, synchronize, training_dtype
 
@@ -37,13 +38,6 @@ def matmul_flops(n: int = 4096, repeats: int = 3, device="cpu", dtype=torch.floa
         synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
-
-
-def flops_per_token(model: torch.nn.Module, config, seq_len: int) -> float:
-    matmul_params = sum(p.numel() for name, p in model.named_parameters() if not name.startswith(("embed.", "segments.", "positions.")))
-    if config.tie_embeddings:
-        matmul_params += model.embed.weight.numel()
-    return 6 * matmul_params + 12 * config.n_layers * config.d_model * seq_len
 
 
 def step_tokens_per_s(model: torch.nn.Module, batch: int, seq_len: int, vocab_size: int, steps: int = 3,
@@ -249,6 +243,9 @@ def run(out_dir: Path, models=None, with_distribution: bool = True, device: str 
     dtype, on_cuda = training_dtype(target), target.type == "cuda"
     size, repeats = (8192, 20) if on_cuda else (4096, 3)
     peak = matmul_flops(size, repeats, target, dtype)
+    nominal = device_peak(target, dtype)
+    basis, divisor = (f"nominal {report.dtype_name(dtype)} peak of {nominal[0]}", nominal[1]) if nominal else \
+        (f"measured {size}x{size} matmul (no nominal peak for this device)", peak)
     rows = []
     for name, batch, seq_len, changes in models or (CUDA_MODELS if on_cuda else MODELS):
         config = get_config(name, **changes)
@@ -263,7 +260,8 @@ def run(out_dir: Path, models=None, with_distribution: bool = True, device: str 
         rows.append({"model": name, "parameters": count_parameters(model), "batch": batch, "seq_len": seq_len,
                      "attention": config.attention, "positions": config.positions, **changes, "tokens_per_s": round(rate, 1),
                      "flops_per_token": per_token, "achieved_tflops": round(rate * per_token / 1e12, 4),
-                     "mfu": round(rate * per_token / peak, 4), **({"peak_memory_mb": round(peak_mb)} if peak_mb is not None else {})})
+                     "mfu": round(rate * per_token / divisor, 4), "mfu_of_measured_matmul": round(rate * per_token / peak, 4),
+                     **({"peak_memory_mb": round(peak_mb)} if peak_mb is not None else {})})
         # the training config's `compile` switch, measured on the same model in the same run; decoder-1.5b is
         # measured eager only (its compilation time is unknown)
         if with_compile and (name, batch, seq_len, changes) in MODELS:
@@ -274,7 +272,9 @@ def run(out_dir: Path, models=None, with_distribution: bool = True, device: str 
     result = report.header("train", f"dnalm bench train --device {target.type}", target) | {
         "flop_formula": "6*N + 12*L*d*T per token (N: matmul parameters incl. output head, not the embedding lookup)",
         "peak": {"what": f"{size}x{size} {report.dtype_name(dtype)} matmul on this device, best of {repeats}, in this run",
-                 "tflops": round(peak / 1e12, 4)},
+                 "tflops": round(peak / 1e12, 4),
+                 "nominal": {"device": nominal[0], "tflops": nominal[1] / 1e12, "source": SOURCE} if nominal else None},
+        "mfu_basis": basis,
         "rows": rows,
     }
     if with_distribution and not on_cuda:  # a 2-process ZeRO-2 run against one process on the same CPU cores
@@ -295,7 +295,7 @@ def _plot(result: dict, out_dir: Path) -> None:
     left.bar(names, [r["tokens_per_s"] for r in rows], color="#3b7dd8")
     left.set_ylabel("tokens / s (forward+backward)")
     right.bar(names, [100 * r["mfu"] for r in rows], color="#3b7dd8")
-    right.set_ylabel("MFU (% of measured matmul peak)")
+    right.set_ylabel("MFU (%, " + ("nominal peak" if result["peak"].get("nominal") else "measured matmul peak") + ")")
     fig.suptitle(f"dnalm bench train — {report.device_label(result)}; "
                  f"measured matmul peak {result['peak']['tflops'] * 1000:.0f} GFLOP/s", fontsize=9)
     report.save_plot(fig, out_dir, "train")

@@ -132,6 +132,16 @@ def load_bundle_weights(model: torch.nn.Module, bundle: str, partitioned: bool) 
                 target.data.copy_(tensor.float())
 
 
+def _nominal_mfu_per_token(model, model_config, seq_len: int, ds_config: dict) -> float | None:
+    """FLOPs per token ÷ the device's nominal peak for the run's precision (``dnalm.bench.mfu``), or None."""
+    from dnalm.bench.mfu import device_peak, flops_per_token
+    from dnalm.devices import model_device
+
+    dtype = torch.bfloat16 if ds_config.get("bf16", {}).get("enabled") else torch.float32
+    peak = device_peak(model_device(model), dtype)
+    return flops_per_token(model, model_config, seq_len) / peak[1] if peak else None
+
+
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices, none on norms, biases and embeddings."""
     decay, plain = [], []
@@ -204,6 +214,9 @@ class Trainer:
             sequence_parallel.wrap_attention(self.engine.module, mpu.get_sequence_parallel_group())
         if config.compile:
             self.engine.compile()
+
+        # MFU by the field's formula where the device has a nominal peak (H100, H200, A100); CPUs have none
+        self.mfu_per_token = _nominal_mfu_per_token(model, self.model_config, self.manifest.seq_len, self.ds_config)
 
         self.stream = GenomeStream(config.data.path, config.data.train_split, batch_size=config.batch.micro_batch,
                                    rank=self.dp_rank, world_size=self.dp_world, seed=config.seed,
@@ -313,6 +326,8 @@ class Trainer:
         record = {"step": self.step, "tokens_seen": self.tokens_seen, "tokens_per_s": round(tokens / seconds, 1),
                   "skipped_steps": self.skipped_steps + int(bad), "stream_skipped": self.stream_skipped,
                   "data_epoch": position["epoch"], "data_index": position["index"]}
+        if self.mfu_per_token:  # tokens/s per device × FLOPs per token ÷ the nominal peak
+            record["mfu"] = round(tokens / seconds / self.world * self.mfu_per_token, 4)
         if (peak := peak_memory_mb(self.device)) is not None:  # the allocator's high-water mark on a GPU so far
             record["peak_memory_mb"] = round(peak)
         if bad:
