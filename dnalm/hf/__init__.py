@@ -1,12 +1,14 @@
-"""``dnalm convert --to hf``: a Hugging Face folder for every transformer dnalm trains, with its tokenizer.
+"""``dnalm convert --to hf``: a Hugging Face folder for every transformer dnalm trains, with its tokenizer
+(``dnalm.hf.importing`` is the other direction, ``dnalm convert --from-hf``).
 
 The first exporter of ``EXPORTERS`` whose design matches the model writes it:
 
 - ``llama``: decoders with RoPE, RMSNorm and SwiGLU → ``LlamaForCausalLM``, no remote code;
 - ``esm``: encoders with RoPE, LayerNorm, GELU and the dense-GELU-norm LM head (``encoder-small-esm``)
   → ``EsmForMaskedLM``, no remote code;
-- ``remote``: every other transformer (ALiBi, learned positions, multi-view segments, …) →
-  ``modeling_dnalm.py`` beside the weights, loaded with ``trust_remote_code=True``.
+- ``remote``: every other transformer (ALiBi, learned positions, multi-view segments, Performer, …) →
+  ``modeling_dnalm.py`` beside the weights, loaded with ``trust_remote_code=True``, its ``auto_map``
+  naming the backbone, the language model and sequence and token classification.
 
 Each writes the same logits as dnalm in fp32 (tested), ``tokenizer.json`` for ``AutoTokenizer``
 where one reproduces dnalm's ids (``dnalm.hf.tokenizer``), dnalm's own tokenizer under
