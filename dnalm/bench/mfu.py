@@ -44,10 +44,6 @@ def flops_per_token(model: torch.nn.Module, config, seq_len: int) -> float:
     return 6 * matmul_params + 12 * config.n_layers * config.d_model * seq_len
 
 
-def precision_name(dtype: torch.dtype | str) -> str:
-    return {torch.bfloat16: "bf16", torch.float16: "bf16", torch.float32: "fp32"}.get(dtype, str(dtype))
-
-
 def nominal_peak(device_name: str, precision: str) -> tuple[str, float] | None:
     """(the table's name for the device, peak FLOP/s) for a CUDA device name and a precision (bf16, fp8), or None."""
     for name, peak in NOMINAL.items():
@@ -59,6 +55,9 @@ def nominal_peak(device_name: str, precision: str) -> tuple[str, float] | None:
 
 def device_peak(device: torch.device, dtype: torch.dtype) -> tuple[str, float] | None:
     """``nominal_peak`` of a torch device (None on CPU and on CUDA devices the table does not hold)."""
+    from dnalm.bench.report import dtype_name
+
     if device.type != "cuda":
         return None
-    return nominal_peak(torch.cuda.get_device_name(device), precision_name(dtype))
+    # fp16's dense Tensor Core peak is bf16's on every device of the table
+    return nominal_peak(torch.cuda.get_device_name(device), {"fp16": "bf16"}.get(dtype_name(dtype), dtype_name(dtype)))

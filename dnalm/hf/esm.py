@@ -117,36 +117,33 @@ def dnalm_state(hf: dict, config, hf_config: dict) -> dict:
     if not any(k.startswith("esm.") for k in hf):
         hf = {f"esm.{k}" if not k.startswith("lm_head.") else k: v for k, v in hf.items()}
     back = torch.argsort(halves_order(config.head_dim))
-    heads, head_dim, d = config.n_heads, config.head_dim, config.d_model
+    heads, head_dim = config.n_heads, config.head_dim
+    rotated = config.positions == "rope"
 
-    def rows(tensor, rotated):
+    def unrotated(tensor):
+        """Query or key rows (weights or biases) from ESM's rotation by halves to dnalm's interleaved pairs, per head."""
         return tensor.view(heads, head_dim, -1)[:, back].reshape(tensor.shape) if rotated else tensor
 
-    def linear(target, source, rotated=False):
-        return {f"{target}.weight": rows(hf[f"{source}.weight"], rotated),
-                f"{target}.bias": rows(hf[f"{source}.bias"].unsqueeze(-1), rotated).squeeze(-1)}
+    def pair(target, source):
+        return {f"{target}.{n}": hf[f"{source}.{n}"] for n in ("weight", "bias")}
 
-    def norm(target, source):
-        return {f"{target}.weight": hf[f"{source}.weight"], f"{target}.bias": hf[f"{source}.bias"]}
-
-    rotated = config.positions == "rope"
     embed = hf["esm.embeddings.word_embeddings.weight"]
     state = {"embed.weight": embed}
     if config.positions == "learned":
         state["positions.weight"] = hf["esm.embeddings.position_embeddings.weight"][hf_config["pad_token_id"] + 1 :]
     for i in range(config.n_layers):
         p = f"esm.encoder.layer.{i}"
-        q, k, v = (linear("x", f"{p}.attention.self.{n}", rotated and n != "value") for n in ("query", "key", "value"))
-        state[f"blocks.{i}.attn.qkv.weight"] = torch.cat([q["x.weight"], k["x.weight"], v["x.weight"]])
-        state[f"blocks.{i}.attn.qkv.bias"] = torch.cat([q["x.bias"], k["x.bias"], v["x.bias"]])
-        state |= linear(f"blocks.{i}.attn.out", f"{p}.attention.output.dense")
-        state |= norm(f"blocks.{i}.norm1", f"{p}.attention.LayerNorm")
-        state |= norm(f"blocks.{i}.norm2", f"{p}.LayerNorm")
-        state |= linear(f"blocks.{i}.mlp.up", f"{p}.intermediate.dense")
-        state |= linear(f"blocks.{i}.mlp.down", f"{p}.output.dense")
-    state |= norm("norm", "esm.encoder.emb_layer_norm_after")
-    state |= linear("head_transform.dense", "lm_head.dense")
-    state |= norm("head_transform.norm", "lm_head.layer_norm")
+        for n in ("weight", "bias"):
+            q, k, v = (hf[f"{p}.attention.self.{name}.{n}"] for name in ("query", "key", "value"))
+            state[f"blocks.{i}.attn.qkv.{n}"] = torch.cat([unrotated(q), unrotated(k), v])
+        state |= pair(f"blocks.{i}.attn.out", f"{p}.attention.output.dense")
+        state |= pair(f"blocks.{i}.norm1", f"{p}.attention.LayerNorm")
+        state |= pair(f"blocks.{i}.norm2", f"{p}.LayerNorm")
+        state |= pair(f"blocks.{i}.mlp.up", f"{p}.intermediate.dense")
+        state |= pair(f"blocks.{i}.mlp.down", f"{p}.output.dense")
+    state |= pair("norm", "esm.encoder.emb_layer_norm_after")
+    state |= pair("head_transform.dense", "lm_head.dense")
+    state |= pair("head_transform.norm", "lm_head.layer_norm")
     state["head.weight"] = hf.get("lm_head.decoder.weight", embed)
     state["head.bias"] = hf["lm_head.bias"]
     return state

@@ -87,7 +87,7 @@ def normalized(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def build(folder: Path, tokenizer_spec: str | None = None):
-    """(dnalm model with the folder's weights, tokenizer, notes for the card)."""
+    """(dnalm model with the folder's weights in eval mode, the mapped tokenizer, the folder's config.json)."""
     from dnalm.models import ModelConfig, build_model
     from dnalm.errors import validated
     from dnalm.models.config import ModelConfigError

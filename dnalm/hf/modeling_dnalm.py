@@ -8,8 +8,8 @@ is computed explicitly (softmax of scores plus ALiBi bias and masks).
 
 The classes follow ``transformers``' conventions: ``DnalmModel`` is the backbone (``last_hidden_state``,
 per-layer ``hidden_states``), the heads hold it as ``.dnalm``; ``DnalmForCausalLM`` generates with a
-key-value cache (a Performer decoder's new tokens attend through the prefix sums of the cached keys); the
-sequence classifier mean-pools real tokens, as ``dnalm finetune`` does.
+key-value cache (a Performer decoder also keeps each layer's running sums, so a new token does not recompute
+the features of every earlier key); the sequence classifier mean-pools real tokens, as ``dnalm finetune`` does.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ class _Projection(nn.Module):
 
 class Performer(nn.Module):
     """FAVOR+ attention as dnalm computes it: the trained model's random projection, positive softmax
-    (or ReLU) features, linear attention; causal by chunked prefix sums, keys unstabilised."""
+    (or ReLU) features, linear attention; causal by chunked prefix sums, keys unstabilised. A copy of
+    ``dnalm.models.performer``'s arithmetic, since this file runs where dnalm is not installed."""
 
     def __init__(self, c):
         super().__init__()
@@ -105,24 +106,35 @@ class Performer(nn.Module):
             features = features * key_mask[:, None, :, None].to(features.dtype)
         return features
 
-    def forward(self, q, k, v, causal, key_mask, past):
-        """q: the new tokens; k, v: every token so far (a cache's first ``past`` are earlier ones)."""
+    def forward(self, q, k, v, causal, key_mask, past, sums=None):
+        """q: the new tokens; k, v: every token so far (a cache's first ``past`` are earlier ones). ``sums``: this
+        layer's running (S, z) over the first ``past`` keys, kept between decoding steps so that a new token does not
+        recompute every earlier key's features; rebuilt from the cached keys when they do not match ``past``."""
         fq = self.features(q, True)
         if not causal:
             fk = self.features(k, False, key_mask)
             return (fq @ (fk.transpose(-1, -2) @ v)) / (fq @ fk.sum(-2)[..., None])
-        fk = self.features(k, False, key_mask, stabilise=False)
         compute = torch.promote_types(q.dtype, torch.float32)
-        fq, fk, v32 = fq.to(compute), fk.to(compute), v.to(compute)
-        kv = fk[:, :, :past].transpose(-1, -2) @ v32[:, :, :past]
-        k_sum = fk[:, :, :past].sum(2)
+
+        def key_features(start, end):
+            mask = key_mask[:, start:end] if key_mask is not None else None
+            return self.features(k[:, :, start:end], False, mask, stabilise=False).to(compute), v[:, :, start:end].to(compute)
+
+        if sums is not None and sums.get("length") == past:
+            kv, k_sum = sums["kv"], sums["k_sum"]
+        else:
+            fk, vp = key_features(0, past)
+            kv, k_sum = fk.transpose(-1, -2) @ vp, fk.sum(2)
+        fk, vn = key_features(past, k.shape[2])
         outputs = []
-        for qc, kc, vc in zip(*(t.split(self.chunk, dim=2) for t in (fq, fk[:, :, past:], v32[:, :, past:]))):
+        for qc, kc, vc in zip(*(t.split(self.chunk, dim=2) for t in (fq.to(compute), fk, vn))):
             scores = torch.tril(qc @ kc.transpose(-1, -2))
             numerator = qc @ kv + scores @ vc
             denominator = (qc * k_sum[:, :, None, :]).sum(-1) + scores.sum(-1)
             outputs.append(numerator / (denominator[..., None] + 1e-6))
             kv, k_sum = kv + kc.transpose(-1, -2) @ vc, k_sum + kc.sum(2)
+        if sums is not None:
+            sums.update(kv=kv, k_sum=k_sum, length=k.shape[2])
         return torch.cat(outputs, dim=2).to(v.dtype)
 
 
@@ -145,7 +157,10 @@ class Attention(nn.Module):
             past = cache.get_seq_length(self.layer_idx)
             k, v = cache.update(k, v, self.layer_idx)
         if self.performer is not None:
-            out = self.performer(q, k, v, c.arch == "decoder", key_mask, past)
+            # the running sums ride on the cache object, per layer (transformers' caches hold keys and values only)
+            sums = cache.__dict__.setdefault("dnalm_performer_sums", {}).setdefault(self.layer_idx, {}) \
+                if cache is not None else None
+            out = self.performer(q, k, v, c.arch == "decoder", key_mask, past, sums)
             return self.out(out.transpose(1, 2).reshape(batch, length, -1))
         scores = (q @ k.transpose(-1, -2)).float() / math.sqrt(head_dim)
         distance = positions[:, None, :, None] - key_positions[:, None, None, :]
@@ -345,8 +360,10 @@ def _classification_loss(config, logits, labels):
     return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
 
 
-class DnalmForSequenceClassification(_WithBackbone):
-    """The backbone's final hidden states, mean-pooled over real tokens, into a linear classifier."""
+class _Classifier(_WithBackbone):
+    """A linear classifier on the backbone's final hidden states, pooled by ``pool``, scored by ``loss``."""
+
+    output = None  # the transformers output class
 
     def __init__(self, config: DnalmConfig):
         super().__init__(config)
@@ -357,23 +374,30 @@ class DnalmForSequenceClassification(_WithBackbone):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
                 output_hidden_states=None, **kwargs):
         out = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states)
-        logits = self.classifier(self.dropout(_mean_pool(out.last_hidden_state, attention_mask)))
-        loss = _classification_loss(self.config, logits, labels) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+        logits = self.classifier(self.dropout(self.pool(out.last_hidden_state, attention_mask)))
+        loss = self.loss(logits, labels) if labels is not None else None
+        return self.output(loss=loss, logits=logits, hidden_states=out.hidden_states)
 
 
-class DnalmForTokenClassification(_WithBackbone):
-    """A label per token (segmentation), from the backbone's final hidden states."""
+class DnalmForSequenceClassification(_Classifier):
+    """The backbone's final hidden states, mean-pooled over real tokens (as ``dnalm finetune`` pools)."""
 
-    def __init__(self, config: DnalmConfig):
-        super().__init__(config)
-        self.dropout = nn.Dropout(getattr(config, "classifier_dropout", None) or 0.1)
-        self.classifier = nn.Linear(config.d_model, config.num_labels)
-        self.post_init()
+    output = SequenceClassifierOutput
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
-                output_hidden_states=None, **kwargs):
-        out = self.backbone(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states)
-        logits = self.classifier(self.dropout(out.last_hidden_state))
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100) if labels is not None else None
-        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+    def pool(self, hidden, attention_mask):
+        return _mean_pool(hidden, attention_mask)
+
+    def loss(self, logits, labels):
+        return _classification_loss(self.config, logits, labels)
+
+
+class DnalmForTokenClassification(_Classifier):
+    """A label per token (segmentation)."""
+
+    output = TokenClassifierOutput
+
+    def pool(self, hidden, attention_mask):
+        return hidden
+
+    def loss(self, logits, labels):
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)

@@ -34,8 +34,8 @@ class ModelOutput:
 
 
 class NormalLinear(nn.Linear):
-    """An ``nn.Linear`` (bias-free unless ``bias``, zeros) whose weight is drawn N(0, std) by its own constructor. ``deepspeed.zero.Init``
-    partitions each layer as soon as it is built, so weights set afterwards would need a gather per layer (the
+    """An ``nn.Linear`` (bias-free unless ``bias``, zeros) whose weight is drawn N(0, std) by its own constructor.
+    ``deepspeed.zero.Init`` partitions each layer as soon as it is built, so weights set afterwards would need a gather per layer (the
     decoder-1.5b partition launch on 2 CPU ranks took 47 s that way, 28 s this way); set here, the partition simply receives them."""
 
     def __init__(self, in_features: int, out_features: int, std: float, bias: bool = False):
