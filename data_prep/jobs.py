@@ -17,11 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep import publish
 from data_prep.merge import merge, try_merge
 from data_prep.packing import FragmentPacker
 from data_prep.plan import Plan, PrepConfig, ShardPlan, prepare_folder
 from dnalm import genome as genome_io
+from dnalm.data.manifest import DataError
 from dnalm.data.shards import INDEX_ENTRY, ShardWriter, encode_sample, file_sha256, index_path, sample_key, token_dtype
+from dnalm.data.sources import open_source
 from dnalm.files import write_atomic
 from dnalm.data.windows import covered_bases, cut_windows
 
@@ -56,9 +59,11 @@ def slice_of(plan: Plan, job_index: int, num_jobs: int) -> list[ShardPlan]:
     return plan.shards[job_index * n // num_jobs : (job_index + 1) * n // num_jobs]
 
 
-def run_slice(folder: Path, job_index: int, num_jobs: int, progress: bool = False) -> dict:
-    """Write every shard of job ``job_index`` of ``num_jobs`` that is not done yet; return counts."""
+def run_slice(folder: Path, job_index: int, num_jobs: int, progress: bool = False, upload: str | None = None) -> dict:
+    """Write every shard of job ``job_index`` of ``num_jobs`` that is not done yet; return counts. With ``upload``
+    (a URL), each shard goes up as soon as it is finished."""
     folder = Path(folder)
+    source = open_source(upload) if upload else None
     plan = Plan.load(folder)
     tokenizers = plan.load_tokenizers(folder)
     mine = slice_of(plan, job_index, num_jobs)
@@ -94,6 +99,8 @@ def run_slice(folder: Path, job_index: int, num_jobs: int, progress: bool = Fals
                     if remaining[shard.index] == 0:
                         _close(folder, plan, shard, *writers.pop(shard.index))
                         counts["written"] += 1
+                        if source is not None:
+                            publish.upload_shard(source, folder, shard, counts["written"])
                 if not wanted:  # every contig this job needs from this genome is written: stop parsing it
                     break
     except BaseException:
@@ -169,7 +176,7 @@ def _close(folder: Path, plan: Plan, shard: ShardPlan, writer: ShardWriter, stat
     digest = writer.close()
     tar = Path(folder) / shard.path
     info = {"index": shard.index, "split": shard.split, "plan_fingerprint": plan.fingerprint, "sha256": digest,
-            "bytes": tar.stat().st_size, "bases": shard.bases, **stats}
+            "index_sha256": writer.index_sha256, "bytes": tar.stat().st_size, "bases": shard.bases, **stats}
     write_atomic(sidecar_path(folder, shard), json.dumps(info, indent=1))
 
 
@@ -182,26 +189,32 @@ def _bar(total: int, enabled: bool):
 
 
 def _run_one(args) -> dict:
-    folder, index, jobs = args
-    return run_slice(Path(folder), index, jobs)
+    folder, index, jobs, upload = args
+    return run_slice(Path(folder), index, jobs, upload=upload)
 
 
 def prep(config: PrepConfig, folder: Path, *, jobs: int = 1, job_index: int | None = None, num_jobs: int | None = None,
-         progress: bool = False) -> dict:
-    """Plan (or resume) a prep run in ``folder`` and run all of it locally, or one slice of it."""
+         progress: bool = False, publish_to: str | None = None) -> dict:
+    """Plan (or resume) a prep run in ``folder`` and run all of it locally, or one slice of it. With
+    ``publish_to`` (s3://…), ``folder`` is the local work folder and every shard, then the manifest, goes there."""
     started = time.perf_counter()
     plan = prepare_folder(folder, config, processes=jobs)
+    source = open_source(publish_to) if publish_to else None
+    if source is not None:
+        publish.start(source, Path(folder), plan)
     if job_index is not None:
-        counts = [run_slice(folder, job_index, num_jobs, progress=progress)]
-        manifest = try_merge(folder)
-    elif jobs <= 1:
-        counts = [run_slice(folder, 0, 1, progress=progress)]
-        manifest = merge(folder)
+        counts = [run_slice(folder, job_index, num_jobs, progress=progress, upload=publish_to)]
+        manifest = try_merge(folder) if source is None else publish.publish(source, folder)
     else:
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(jobs) as pool:
-            counts = pool.map(_run_one, [(str(folder), i, jobs) for i in range(jobs)])
-        manifest = merge(folder, processes=jobs)
+        if jobs <= 1:
+            counts = [run_slice(folder, 0, 1, progress=progress, upload=publish_to)]
+        else:
+            context = multiprocessing.get_context("spawn")
+            with context.Pool(jobs) as pool:
+                counts = pool.map(_run_one, [(str(folder), i, jobs, publish_to) for i in range(jobs)])
+        manifest = merge(folder, processes=jobs) if source is None else publish.publish(source, folder)
+        if manifest is None:
+            raise DataError(f"{publish_to}: not every shard reached it; run the same `dnalm prep` again to finish")
     seconds = time.perf_counter() - started
     bases = sum(c["bases"] for c in counts)
     return {"manifest": manifest, "plan": plan, "seconds": seconds, "bases_processed": bases,

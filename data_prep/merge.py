@@ -7,7 +7,34 @@ from pathlib import Path
 
 from data_prep.plan import SPLITS, Plan
 from dnalm.data.manifest import (Accounting, DataError, GenomeMix, Manifest, ManifestGenome, ShardEntry, SplitEntry,
-                                 write_contigs)
+                                 TokenizerEntry, write_contigs)
+
+
+def verified_sidecars(folder: Path, plan: Plan, processes: int = 1) -> dict[int, dict]:
+    """Every shard's sidecar, once every shard is here and matches its checksum."""
+    from data_prep.jobs import shard_done, sidecar_path
+
+    missing = missing_shards(folder, plan)
+    if missing:
+        raise DataError(f"{folder}: {len(missing)} of {len(plan.shards)} shards are not finished (first: {missing[0]}); "
+                        "run the missing job slices (or `dnalm prep` again) before merging")
+    if processes > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            good = pool.map(_verified, [(folder, plan.fingerprint, s) for s in plan.shards], chunksize=max(1, len(plan.shards) // (4 * processes)))
+    else:
+        good = [shard_done(folder, plan.fingerprint, s, verify=True) for s in plan.shards]
+    corrupt = [s.path for s, ok in zip(plan.shards, good) if not ok]
+    if corrupt:
+        raise DataError(f"{folder}: {len(corrupt)} shards do not match their checksum (first: {corrupt[0]}); run `dnalm prep` again to redo them")
+    return {s.index: json.loads(sidecar_path(folder, s).read_text()) for s in plan.shards}
+
+
+def listed(folder: Path, entry: TokenizerEntry) -> TokenizerEntry:
+    """The tokenizer's entry with the files of its folder, which a remote reader fetches by name."""
+    root = Path(folder) / entry.folder
+    return entry.model_copy(update={"files": sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())})
 
 
 def missing_shards(folder: Path, plan: Plan) -> list[str]:
@@ -28,27 +55,16 @@ def _verified(args) -> bool:
     return shard_done(*args, verify=True)
 
 
-def merge(folder: Path, processes: int = 1) -> Manifest:
-    """Check every shard against its checksum (in ``processes`` processes) and write the manifest."""
-    from data_prep.jobs import shard_done, sidecar_path
+def merge(folder: Path, processes: int = 1, infos: dict[int, dict] | None = None) -> Manifest:
+    """Check every shard against its checksum (in ``processes`` processes) and write the manifest.
 
+    ``infos`` (shard index → sidecar) stands for shards checked elsewhere: uploaded by ``data_prep.publish``,
+    perhaps from other machines, so their files need not be here.
+    """
     folder = Path(folder)
     plan = Plan.load(folder)
-    missing = missing_shards(folder, plan)
-    if missing:
-        raise DataError(f"{folder}: {len(missing)} of {len(plan.shards)} shards are not finished (first: {missing[0]}); "
-                        "run the missing job slices (or `dnalm prep` again) before merging")
-    if processes > 1:
-        import multiprocessing
-
-        with multiprocessing.get_context("spawn").Pool(processes) as pool:
-            good = pool.map(_verified, [(folder, plan.fingerprint, s) for s in plan.shards], chunksize=max(1, len(plan.shards) // (4 * processes)))
-    else:
-        good = [shard_done(folder, plan.fingerprint, s, verify=True) for s in plan.shards]
-    corrupt = [s.path for s, ok in zip(plan.shards, good) if not ok]
-    if corrupt:
-        raise DataError(f"{folder}: {len(corrupt)} shards do not match their checksum (first: {corrupt[0]}); run `dnalm prep` again to redo them")
-    infos = {s.index: json.loads(sidecar_path(folder, s).read_text()) for s in plan.shards}
+    if infos is None:
+        infos = verified_sidecars(folder, plan, processes)
     genomes = range(len(plan.genomes))
 
     def per_genome(info: dict, g: int, field: str) -> int:
@@ -58,7 +74,8 @@ def merge(folder: Path, processes: int = 1) -> Manifest:
     for split in SPLITS:
         mine = [s for s in plan.shards if s.split == split]
         entries = [ShardEntry(path=s.path, num_samples=infos[s.index]["num_samples"], num_tokens=infos[s.index]["num_tokens"],
-                              sha256=infos[s.index]["sha256"], bytes=infos[s.index]["bytes"]) for s in mine]
+                              sha256=infos[s.index]["sha256"], bytes=infos[s.index]["bytes"],
+                              index_sha256=infos[s.index].get("index_sha256")) for s in mine]
         splits[split] = SplitEntry(num_samples=sum(e.num_samples for e in entries),
                                    num_tokens=sum(e.num_tokens for e in entries), shards=entries,
                                    genome_samples=[sum(per_genome(infos[s.index], g, "num_samples") for s in mine)
@@ -81,7 +98,7 @@ def merge(folder: Path, processes: int = 1) -> Manifest:
     num_samples = total("num_samples")
     padding = total("padding_tokens")
     manifest = Manifest(
-        plan_fingerprint=plan.fingerprint, tokenizers=plan.tokenizers, views=plan.config.views,
+        plan_fingerprint=plan.fingerprint, tokenizers=[listed(folder, t) for t in plan.tokenizers], views=plan.config.views,
         genomes=[ManifestGenome(path=g.path, sha256=g.sha256, num_contigs=len(g.contigs), bases=sum(c.length for c in g.contigs))
                  for g in plan.genomes],
         seq_len=plan.config.seq_len, reverse_complement=plan.config.reverse_complement, num_samples=num_samples,

@@ -121,7 +121,10 @@ def tokenizer_train_bpe(args) -> None:
 @command("prep", help="shard genomes into WebDataset token windows with a manifest (resumable, splits into jobs)", args=[
     arg("genomes", nargs="*", type=Path, metavar="GENOME", help="FASTA files, or one corpus YAML (genomes with names, "
         "weights, tags and contig include/exclude patterns; see data_prep/corpus.py); default: the bundled E. coli genome"),
-    arg("--out", type=Path, required=True, help="the data folder (created; re-running resumes an unfinished prep)"),
+    arg("--out", required=True, help="the data folder (created; re-running resumes an unfinished prep), or s3://bucket/prefix: "
+        "the prep runs in --work and uploads each finished shard, then the manifest last"),
+    arg("--work", type=Path, default=None, help="with --out s3://…: the local work folder (default: under the node-local "
+        "cache, $DNALM_CACHE_DIR or ~/.cache/dnalm, one per URL)"),
     arg("--tokenizers", default="nucleotide", help="comma-separated: nucleotide, kmer:K[:1], bpe:PATH (default nucleotide)"),
     *(_prep_setting(name) for name in ("seq_len", "views", "val_fraction", "val_block_bases", "reverse_complement",
                                        "shard_size_mb", "min_n_run", "seed", "pack_fragments")),
@@ -133,7 +136,9 @@ def prep(args) -> None:
     from data_prep.corpus import is_corpus, load_corpus
     from data_prep.jobs import prep as run_prep, summary
     from data_prep.plan import PrepConfig
+    from data_prep.publish import work_folder
     from dnalm import genome
+    from dnalm.data.sources import is_remote
 
     if (args.job_index is None) != (args.num_jobs is None):
         raise DnalmError("--job-index and --num-jobs go together")
@@ -153,8 +158,12 @@ def prep(args) -> None:
         reverse_complement=args.reverse_complement, shard_size_mb=args.shard_size_mb, min_n_run=args.min_n_run, seed=args.seed,
         pack_fragments=args.pack_fragments,
     )
-    result = run_prep(config, args.out, jobs=args.jobs, job_index=args.job_index, num_jobs=args.num_jobs,
-                      progress=sys.stderr.isatty())
+    remote = is_remote(args.out)
+    if args.work is not None and not remote:
+        raise DnalmError("--work goes with a remote --out (s3://…); a local --out is the work folder")
+    folder = (args.work or work_folder(args.out)) if remote else Path(args.out)
+    result = run_prep(config, folder, jobs=args.jobs, job_index=args.job_index, num_jobs=args.num_jobs,
+                      progress=sys.stderr.isatty(), publish_to=args.out if remote else None)
     summary(result)
 
 

@@ -22,6 +22,7 @@ POINTS = {
     "save.marked": "the COMPLETE marker is written and synced, the folder not yet renamed",
     "save.renamed": "the folder has its final name, older checkpoints not yet pruned",
     "universal.converting": "DeepSpeed's universal-checkpoint converter is half-way through writing",
+    "prep.uploaded": "`dnalm prep --out s3://…` has uploaded this many shards (the step number), not yet the manifest",
 }
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from tests.conftest import REPO
 
-ENV = os.environ | {"DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+LAUNCH_ENV = {"DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+ENV = os.environ | LAUNCH_ENV
 CONFIG = REPO / "configs" / "train" / "encoder-small-ecoli.yaml"
 
 
@@ -51,7 +52,7 @@ def torchrun_cmd(n: int, data: Path, run: Path, *args: str, **extra) -> list[str
 
 def run(cmd, expect_ok=True, timeout=600, faults: str | None = None) -> subprocess.CompletedProcess:
     """Run a launch in its own process group (a fault that kills its group never reaches pytest)."""
-    env = ENV | ({"DNALM_FAULTS": faults} if faults else {})
+    env = os.environ | LAUNCH_ENV | ({"DNALM_FAULTS": faults} if faults else {})  # as it is now (a test may set AWS_*)
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO, start_new_session=True)
     if expect_ok:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -35,7 +35,7 @@ def damaged_data(ecoli128, tmp_path_factory) -> tuple[Path, set[str]]:
     drawn at step 15 has a flipped byte; returns the folder and the keys that can no longer be read."""
     folder = shutil.copytree(ecoli128, tmp_path_factory.mktemp("faults") / "ecoli128")
     stream = GenomeStream(folder, batch_size=4, world_size=2)
-    (bad_shard, step25_shard), (bad_sample, _) = stream.order(0, np.array([14 * 8 + 5, 24 * 8 + 2]))
+    (bad_shard, step25_shard), (bad_sample, _) = stream.order(0)(0, np.array([14 * 8 + 5, 24 * 8 + 2]))
     shards = stream.shards
     reader = IndexedShard(folder / shards[bad_shard].path, shards[bad_shard].num_samples)
     offset, length, _ = reader.entry(int(bad_sample))

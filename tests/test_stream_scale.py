@@ -118,5 +118,5 @@ def test_order_of_30m_samples_in_10k_shards_adds_under_100_mb(ecoli_prepared, tm
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["total"] == 30_000_000 and result["added_peak_mb"] < 100, result
-    shards_seen = {s for shards, _ in result["positions"] for s in shards}
+    shards_seen = {s for shards, _ in result["positions"]["global"] for s in shards}
     assert len(shards_seen) > 40, "one batch's windows come from many shards"

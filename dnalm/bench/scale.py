@@ -167,7 +167,7 @@ def batch_diversity(folder: Path, batch: int = 64, batches: int = 40) -> dict:
     readers: dict[int, IndexedShard] = {}
     random = []
     for _ in range(batches):
-        shards, within = stream.order.locate(rng.choice(stream.total, batch, replace=False))
+        shards, within = stream.order(0).locate(rng.choice(stream.total, batch, replace=False))
         regions = set()
         for s, i in zip(shards.tolist(), within.tolist()):
             if s not in readers:
@@ -189,7 +189,7 @@ def genome_shares(folder: Path) -> dict:
 
     manifest = Manifest.load(folder)
     stream = GenomeStream(folder, batch_size=8, seed=0, epochs=None)
-    drawn_samples = stream.order.samples(0, np.arange(stream.total))
+    drawn_samples = stream.order(0).samples(0, np.arange(stream.total))
     ends = np.cumsum(manifest.splits["train"].genome_samples)
     counts = Counter(np.searchsorted(ends, drawn_samples, side="right").tolist())
     weights = np.array([g.weight for g in manifest.mix], float)

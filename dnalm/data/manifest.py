@@ -57,6 +57,7 @@ class TokenizerEntry(_Model):
     fingerprint: str
     vocab_size: int
     folder: str  # relative to the data folder: the saved tokenizer
+    files: list[str] = Field(default_factory=list, description="the files in `folder` (what a remote reader fetches)")
 
 
 class ShardEntry(_Model):
@@ -65,6 +66,7 @@ class ShardEntry(_Model):
     num_tokens: int
     sha256: str
     bytes: int
+    index_sha256: str | None = None  # of shard-N.tar.idx (absent in folders prepared before remote sources)
 
 
 class SplitEntry(_Model):

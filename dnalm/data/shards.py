@@ -98,6 +98,7 @@ class ShardWriter:
             entries = np.array([(a, n, zlib.crc32(data[a : a + n])) for a, n in self.ranges], "<u8").reshape(-1, 3)
         index = index_path(self.path)
         index_tmp = index.with_name(f"{index.name}.tmp{os.getpid()}")
+        self.index_sha256 = hashlib.sha256(entries.tobytes()).hexdigest()
         with open(index_tmp, "wb") as fh:
             fh.write(entries.tobytes())
             fh.flush()
@@ -125,8 +126,9 @@ class IndexedShard:
     shard is refused at once); nothing is read until a sample is asked for.
     """
 
-    def __init__(self, path: Path, num_samples: int, size: int | None = None):
+    def __init__(self, path: Path, num_samples: int, size: int | None = None, source_url: str | None = None):
         self.path, self.num_samples = Path(path), num_samples
+        self.name = f"{source_url} (cached as {self.path})" if source_url else str(self.path)  # what messages call it
         self.bytes_read = 0
         index = index_path(self.path)
         if not self.path.is_file():
@@ -137,7 +139,7 @@ class IndexedShard:
             raise ShardError(f"{index}: holds {index.stat().st_size // INDEX_ENTRY} entries, the manifest says {num_samples} samples")
         actual = self.path.stat().st_size
         if size is not None and actual != size:
-            raise ShardError(f"{self.path}: does not match its checksum ({actual:,} bytes, the manifest says {size:,}: "
+            raise ShardError(f"{self.name}: does not match its checksum ({actual:,} bytes, the manifest says {size:,}: "
                              f"corrupt or truncated); {self._last_good(actual)}")
         self._tar = os.open(self.path, os.O_RDONLY)
         self._index = os.open(index, os.O_RDONLY)
@@ -149,13 +151,13 @@ class IndexedShard:
 
     def read(self, index: int) -> tuple[str, dict, list[np.ndarray]]:
         if not 0 <= index < self.num_samples:
-            raise IndexError(f"{self.path}: sample {index} of {self.num_samples}")
+            raise IndexError(f"{self.name}: sample {index} of {self.num_samples}")
         offset, length, crc = self.entry(index)
         data = os.pread(self._tar, length, offset)
         self.bytes_read += len(data)
         if len(data) != length or zlib.crc32(data) != crc:
-            raise ShardError(f"{self.path}: sample {index} does not match its checksum (corrupt); {self._last_good_before(index)}")
-        members = {name: (start, size) for name, start, size in walk_tar(data, self.path)}
+            raise ShardError(f"{self.name}: sample {index} does not match its checksum (corrupt); {self._last_good_before(index)}")
+        members = {name: (start, size) for name, start, size in walk_tar(data, self.name)}
         key = next(iter(members)).partition(".")[0]
         try:
             meta = json.loads(_member(data, members, f"{key}.json"))
@@ -164,7 +166,7 @@ class IndexedShard:
                 arrays.append(np.load(io.BytesIO(_member(data, members, f"{key}.tok{i}.npy")), allow_pickle=False))
                 i += 1
         except (KeyError, ValueError, OSError) as exc:
-            raise ShardError(f"{self.path}: sample {key} is damaged ({exc!r})") from None
+            raise ShardError(f"{self.name}: sample {key} is damaged ({exc!r})") from None
         return key, meta, arrays
 
     def key(self, index: int) -> str:

@@ -1,26 +1,41 @@
 """The training stream: samples of a prepared split, in one deterministic global order, resumable exactly.
 
-Order. Epoch ``e`` visits every sample once in a pseudo-random permutation keyed by (seed, e)
-(``dnalm.data.order``): a global batch is as diverse as random draws from the whole split, and
-the order is computed position by position from the shard counts, so a worker holds O(shards)
-state however large the corpus. ``shuffle=False`` keeps genome order (shard after shard).
+Source. The split is read from a local folder in place, or from ``s3://`` or ``http(s)://``
+(``dnalm.data.sources``): then its manifest and tokenizers are copied once into the node-local cache
+(``dnalm.data.cache``), shards come whole into that cache, verified, when first needed, and a
+``Prefetcher`` downloads the next ``prefetch_shards`` shards the order needs while the current ones
+are read.
+
+Order. Epoch ``e`` visits every sample once in a pseudo-random order keyed by (seed, e):
+
+- ``global`` (``dnalm.data.order``, the default for local folders): a permutation of the whole split,
+  so a global batch is as diverse as random draws; a rank's samples come from every shard, which costs
+  nothing on a local disk;
+- ``blocks`` (``dnalm.data.blocks``, the default for remote sources): the split is cut into partitions
+  of shards, each shuffled in blocks that span many shards; a rank reads only its partitions' shards
+  (about 1/W of the bytes) while a global batch still mixes the whole corpus.
+
+Both are computed position by position from the shard counts, so a worker holds O(shards) state
+however large the corpus. ``shuffle=False`` keeps genome order (shard after shard).
 
 Sharing. Step ``s`` of the epoch takes the ``world_size × batch_size`` positions that follow the
-resume point; rank ``r`` gets the ``r``-th run of ``batch_size`` of them, and within a rank the
+resume point; rank ``r`` gets those ``≡ r (mod world_size)`` among them, and within a rank the
 DataLoader workers take steps in turn (worker ``w`` of ``W`` builds every ``W``-th batch, which is
 the order in which a DataLoader hands batches out). So after ``K`` steps every rank together has
 consumed exactly the first ``K × world_size × batch_size`` positions of the epoch, whatever the
-number of ranks or workers: the state is just ``(epoch, index)`` and a resumed stream, with any
-world size, continues with the next sample. The last ``< world_size × batch_size`` samples of an
-epoch are dropped (they come back in the next epoch's order), so every rank steps together.
+number of ranks or workers: the state is ``(epoch, index)`` plus the order's settings for that epoch,
+and a resumed stream, with any world size, continues with the next sample. The last
+``< world_size × batch_size`` samples of an epoch are dropped (they come back in the next epoch's
+order), so every rank steps together. An epoch keeps the order settings it started with; the next
+one takes the stream's own.
 
-Reading. A sample is read through its shard's index (two positioned reads and a CRC check), so
-a rank reads only the samples it consumes: about 1/W of the bytes. Each worker keeps at most
-``max_open_shards`` shards open (least recently used closed first, bounded by the process's file
-limit). A corrupt shard stops the stream with the shard named and its last good sample key; with
-``on_error="skip"`` each corrupt sample is replaced by the next readable one of the epoch's order
-and counted (``skipped``), so batches stay full and a resumed run reads exactly what an
-uninterrupted one would.
+Reading. A sample is read through its shard's index (two positioned reads and a CRC check). Each
+worker keeps at most ``max_open_shards`` shards open (least recently used closed first, bounded by
+the process's file limit). A corrupt shard stops the stream with the shard named and its last good
+sample key; with ``on_error="skip"`` each corrupt sample is replaced by the next readable one of the
+epoch's order and counted (``skipped``), so batches stay full and a resumed run reads exactly what an
+uninterrupted one would. A remote shard that cannot be fetched after its retries always stops the
+stream, naming its URL.
 
 Augmentation. With ``reverse_complement`` half the positions of each epoch (a keyed hash of the
 position) are read on the other strand (``dnalm.data.augment``); resuming flips the same ones.
@@ -29,23 +44,30 @@ position) are read on the other strand (``dnalm.data.augment``); resuming flips 
 from __future__ import annotations
 
 import resource
-from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from collections import OrderedDict, deque
+from dataclasses import asdict, dataclass, replace
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from dnalm.data.manifest import DataError, Manifest
 from dnalm.data.augment import flip, flipped, reverse_complement_table
+from dnalm.data.blocks import BlockOrder, block_for, default_partitions
+from dnalm.data.cache import ShardCache, local_folder
+from dnalm.data.manifest import DataError, Manifest
 from dnalm.data.order import EpochOrder
+from dnalm.data.prefetch import Prefetcher
 from dnalm.data.shards import IndexedShard, ShardError
+from dnalm.data.sources import open_source
 from dnalm.tokenizers import NUM_SPECIAL, Tokenizer, ViewTokenizer, load_folder
 from dnalm.tokenizers.views import concatenate_views
 
-STATE_VERSION = 2  # 1: shard shuffle + shuffle buffer (not resumable with this order)
+STATE_VERSION = 3  # 2: the global order only, ranks took contiguous runs of a step's positions; 1: shard shuffle
 ON_ERROR = ("raise", "skip")
+ORDERS = ("global", "blocks")
+LOOKAHEAD = 32  # batches of this worker whose shards the prefetcher may see
 
 
 @dataclass
@@ -54,36 +76,51 @@ class StreamState:
     index: int = 0  # samples of this epoch's global order already consumed
     seed: int = 0
     version: int = STATE_VERSION
+    order: str = "global"  # this epoch's order, and for "blocks" its partitions and block size
+    partitions: int = 0
+    block_size: int = 0
 
 
 class GenomeStream(IterableDataset):
-    def __init__(self, folder: str | Path, split: str = "train", *, batch_size: int, rank: int = 0, world_size: int = 1,
+    def __init__(self, source: str | Path, split: str = "train", *, batch_size: int, rank: int = 0, world_size: int = 1,
                  seed: int = 0, shuffle: bool = True, epochs: int | None = 1, tokenizer: Tokenizer | None = None,
-                 on_error: str = "raise", max_open_shards: int = 64, reverse_complement: bool = False):
-        self.folder = Path(folder)
+                 on_error: str = "raise", max_open_shards: int = 64, reverse_complement: bool = False,
+                 order: str | None = None, partitions: int | None = None, block_size: int | None = None,
+                 cache_dir: str | Path | None = None, cache_limit: int | None = None, prefetch_shards: int = 2,
+                 retries: int = 5, retry_wait_s: float = 0.5):
+        self.source = open_source(source, retries, retry_wait_s)
+        self.cache = ShardCache(cache_dir, cache_limit) if self.source.remote else None
+        self.folder = local_folder(self.source, self.cache) if self.cache else Path(source)
+        self.location = self.source.url if self.source.remote else self.folder  # what messages call the data
         self.manifest = Manifest.load(self.folder)
         if split not in self.manifest.splits:
-            raise DataError(f"{self.folder}: no split '{split}' (have {', '.join(self.manifest.splits)})")
+            raise DataError(f"{self.location}: no split '{split}' (have {', '.join(self.manifest.splits)})")
         if on_error not in ON_ERROR:
             raise DataError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-        if not 0 <= rank < world_size or batch_size < 1:
-            raise DataError(f"need 0 <= rank < world_size and batch_size >= 1 (rank {rank}, world {world_size}, batch {batch_size})")
+        self.order_kind = order or ("blocks" if self.source.remote else "global")
+        if self.order_kind not in ORDERS:
+            raise DataError(f"order must be one of {ORDERS}, got {order!r}")
+        if not 0 <= rank < world_size or batch_size < 1 or prefetch_shards < 0:
+            raise DataError(f"need 0 <= rank < world_size, batch_size >= 1 and prefetch_shards >= 0 (rank {rank}, "
+                            f"world {world_size}, batch {batch_size}, prefetch {prefetch_shards})")
         if tokenizer is not None:
-            check_tokenizer(self.manifest, tokenizer, self.folder)
+            check_tokenizer(self.manifest, tokenizer, self.location)
         self.split, self.batch_size, self.rank, self.world_size = split, batch_size, rank, world_size
-        self.epochs, self.on_error = epochs, on_error
+        self.epochs, self.on_error, self.shuffle = epochs, on_error, shuffle
         soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.max_open_shards = max(1, min(max_open_shards, soft_limit // 8))  # two files a shard, room for the rest
         self.shards = [s for s in self.manifest.splits[split].shards if s.num_samples > 0]
         self.counts = np.array([s.num_samples for s in self.shards], np.int64)
         self.total = int(self.counts.sum())
         if self.total < world_size * batch_size:
-            raise DataError(f"{self.folder}: split '{split}' has {self.total} samples, fewer than one global batch "
+            raise DataError(f"{self.location}: split '{split}' has {self.total} samples, fewer than one global batch "
                             f"({world_size} ranks × {batch_size})")
-        self.state = StreamState(seed=seed)
-        split_entry = self.manifest.splits[split]
-        weights = [g.weight for g in self.manifest.mix] if self.manifest.mix else None
-        self.order = EpochOrder(self.counts, seed, shuffle, genome_samples=split_entry.genome_samples, weights=weights)
+        self.prefetch_shards = prefetch_shards
+        if self.cache is not None:
+            self.cache.check_limit(self.shards, prefetch_shards + 2)
+        self.partitions_setting, self.block_size_setting = partitions, block_size
+        self.state = StreamState(seed=seed, **self._configured_order())
+        self._orders: dict[tuple, EpochOrder | BlockOrder] = {}
         self.bytes_read = 0  # by this process's readers (in-process iteration; workers count their own)
         sizes = [t.vocab_size - NUM_SPECIAL for t in self.manifest.tokenizers]
         self.id_offsets = np.cumsum([0] + sizes[:-1]).tolist()
@@ -95,29 +132,51 @@ class GenomeStream(IterableDataset):
     def global_batch(self) -> int:
         return self.world_size * self.batch_size
 
+    def _configured_order(self) -> dict:
+        """The order a new epoch takes: this stream's settings, resolved for its world size and batch."""
+        if self.order_kind == "global":
+            return {"order": "global", "partitions": 0, "block_size": 0}
+        partitions = self.partitions_setting or default_partitions(self.world_size, len(self.shards))
+        bases = self.manifest.accounting.in_samples / max(self.manifest.num_samples, 1)
+        block = self.block_size_setting or block_for(self.global_batch, partitions, bases, self.total / len(self.shards))
+        return {"order": "blocks", "partitions": partitions, "block_size": block}
+
+    def order(self, epoch: int) -> EpochOrder | BlockOrder:
+        spec = self.state if epoch == self.state.epoch else StreamState(**self._configured_order())
+        key = (self.state.seed, spec.order, spec.partitions, spec.block_size)
+        if key not in self._orders:
+            split = self.manifest.splits[self.split]
+            weights = [g.weight for g in self.manifest.mix] if self.manifest.mix else None
+            shared = {"genome_samples": split.genome_samples, "weights": weights}
+            self._orders[key] = (EpochOrder(self.counts, self.state.seed, self.shuffle, **shared) if spec.order == "global"
+                                 else BlockOrder(self.counts, self.state.seed, spec.partitions, spec.block_size,
+                                                 self.shuffle, **shared))
+        return self._orders[key]
+
     def steps(self, epoch_start_index: int) -> int:
         return (self.total - epoch_start_index) // self.global_batch
 
     def position_after(self, steps: int) -> StreamState:
         """The state once ``steps`` more global steps have been consumed from the current state."""
-        epoch, index = self.state.epoch, self.state.index
+        state = replace(self.state)
         while steps > 0:
-            left = self.steps(index)
+            left = self.steps(state.index)
             if steps < left:
-                index += steps * self.global_batch
+                state.index += steps * self.global_batch
                 break
             steps -= left
-            epoch, index = epoch + 1, 0
-        if self.steps(index) == 0:
-            epoch, index = epoch + 1, 0
-        return StreamState(epoch, index, self.state.seed)
+            state = StreamState(state.epoch + 1, 0, state.seed, **self._configured_order())
+        if self.steps(state.index) == 0:
+            state = StreamState(state.epoch + 1, 0, state.seed, **self._configured_order())
+        return state
 
     def _rank_batches(self):
-        """(epoch, first global position) of each batch of this rank, in consumption order."""
+        """(epoch, positions) of each batch of this rank, in consumption order."""
         epoch, index = self.state.epoch, self.state.index
+        mine = self.rank + self.world_size * np.arange(self.batch_size)
         while self.epochs is None or epoch < self.epochs:
             for step in range(self.steps(index)):
-                yield epoch, index + (step * self.world_size + self.rank) * self.batch_size
+                yield epoch, index + step * self.global_batch + mine
             epoch, index = epoch + 1, 0
 
     # --- state -----------------------------------------------------------------------------
@@ -125,29 +184,45 @@ class GenomeStream(IterableDataset):
         return asdict(self.state)
 
     def load_state_dict(self, state: dict) -> None:
+        version = state.get("version")
+        if version == 2:  # the global order, whose positions mean the same samples; the ranks' layout does not matter
+            state = {**state, "version": STATE_VERSION}
         if state.get("version") != STATE_VERSION:
-            raise DataError(f"stream state version {state.get('version')} is not {STATE_VERSION}: it counts positions of "
+            raise DataError(f"stream state version {version} is not {STATE_VERSION}: it counts positions of "
                             "another epoch order, so resuming would repeat and skip samples")
         self.state = StreamState(**state)
-        self.order.reseed(self.state.seed)
+        self._orders.clear()
 
     # --- reading ---------------------------------------------------------------------------
+    def _planned(self, worker: int, workers: int):
+        """This worker's batches with their shards and samples, each computed once."""
+        for k, (epoch, positions) in enumerate(self._rank_batches()):
+            if k % workers == worker:
+                yield (epoch, positions, *self.order(epoch)(epoch, positions))
+
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         readers: OrderedDict[int, IndexedShard] = OrderedDict()
         unopenable: set[int] = set()  # missing or truncated shards: known after one try, the same in every run
+        prefetcher = Prefetcher(self.cache, self.source, self.shards, self.prefetch_shards) \
+            if self.cache is not None and self.prefetch_shards else None
+        planned = self._planned(worker, workers)
+        ahead = deque(islice(planned, LOOKAHEAD if prefetcher else 1))
         try:
-            for k, (epoch, start) in enumerate(self._rank_batches()):
-                if k % workers != worker:
-                    continue
-                positions = np.arange(start, start + self.batch_size)
-                shards, samples = self.order(epoch, positions)
+            while ahead:
+                if prefetcher is not None:
+                    upcoming = dict.fromkeys(s for batch in ahead for s in batch[2].tolist())
+                    prefetcher.want(upcoming, skip=readers)
+                epoch, positions, shards, samples = ahead.popleft()
+                ahead.extend(islice(planned, 1))
                 flips = flipped(self.state.seed, epoch, positions) if self.flip_tables else np.zeros(len(positions), bool)
                 for position, shard, index, reverse in zip(positions.tolist(), shards.tolist(), samples.tolist(), flips.tolist()):
                     sample = self._read(readers, unopenable, shard, index, reverse)
                     yield sample if sample is not None else self._substitute(readers, unopenable, epoch, position, reverse)
         finally:
+            if prefetcher is not None:
+                prefetcher.close()
             for reader in readers.values():
                 self.bytes_read += reader.bytes_read
                 reader.close()
@@ -173,11 +248,11 @@ class GenomeStream(IterableDataset):
         """
         reach = max(1024, 2 * int(self.counts.max()))  # genome order: past a whole corrupt shard
         for step in range(1, reach + 1):
-            shards, samples = self.order(epoch, np.array([(position + step) % self.total]))
+            shards, samples = self.order(epoch)(epoch, np.array([(position + step) % self.total]))
             sample = self._read(readers, unopenable, int(shards[0]), int(samples[0]), reverse)
             if sample is not None:
                 return sample | {"skipped": 1}
-        raise DataError(f"{self.folder}: split '{self.split}' has no readable sample within {reach} positions after "
+        raise DataError(f"{self.location}: split '{self.split}' has no readable sample within {reach} positions after "
                         f"position {position} of epoch {epoch}: most of it is corrupt; re-run `dnalm prep`")
 
     def _reader(self, readers: OrderedDict, shard: int) -> IndexedShard:
@@ -185,7 +260,8 @@ class GenomeStream(IterableDataset):
             readers.move_to_end(shard)
             return readers[shard]
         entry = self.shards[shard]
-        reader = IndexedShard(self.folder / entry.path, entry.num_samples, entry.bytes)
+        reader = self.cache.open(self.source, entry) if self.cache is not None else \
+            IndexedShard(self.folder / entry.path, entry.num_samples, entry.bytes)
         readers[shard] = reader
         while len(readers) > self.max_open_shards:
             _, closed = readers.popitem(last=False)
@@ -213,7 +289,7 @@ class GenomeStream(IterableDataset):
         return sample
 
 
-def check_tokenizer(manifest: Manifest, tokenizer: Tokenizer, folder: Path) -> None:
+def check_tokenizer(manifest: Manifest, tokenizer: Tokenizer, folder) -> None:
     """The model's tokenizer must be the one the shards were made with."""
     wanted = [t.fingerprint for t in manifest.tokenizers]
     given = [t.fingerprint for t in tokenizer.tokenizers] if isinstance(tokenizer, ViewTokenizer) else [tokenizer.fingerprint]

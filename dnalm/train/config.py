@@ -34,10 +34,27 @@ class ModelSection(_Section):
 
 
 class DataSection(_Section):
-    path: str = Field(description="a folder made by `dnalm prep`")
+    path: str = Field(description="a folder made by `dnalm prep`, or one in object storage: s3://bucket/prefix, "
+                                  "http(s)://host/prefix")
     train_split: str = "train"
     val_split: str = "val"
-    shuffle: bool = Field(True, description="each epoch a pseudo-random permutation of the whole split (False: genome order)")
+    shuffle: bool = Field(True, description="each epoch a pseudo-random order of the whole split (False: genome order)")
+    order: Literal["global", "blocks"] | None = Field(None, description="global: a permutation of every sample (each "
+                                                      "rank reads from every shard); blocks: partitions of shards shuffled "
+                                                      "in blocks, a rank reads ~1/W of the shards. Default: global for a "
+                                                      "local path, blocks for s3:// and http(s)://")
+    partitions: int | None = Field(None, ge=1, description="blocks order: partitions of the shards (default: a multiple "
+                                   "of the data-parallel world, up to 64, about 10 shards each); a multiple of every world "
+                                   "size the run may resume at keeps each rank's share disjoint")
+    block_size: int | None = Field(None, ge=1, description="blocks order: samples shuffled together (default: ≥ 8 Mb of "
+                                   "sequence per sample a partition gives each step, ≥ one shard)")
+    cache_dir: str | None = Field(None, description="remote sources: the node-local shard cache, shared by the node's "
+                                  "ranks and workers (default $DNALM_CACHE_DIR or ~/.cache/dnalm)")
+    cache_limit: int | None = Field(None, ge=1, description="remote sources: bytes the cache may hold (least recently "
+                                    "used shards evicted first; none: no limit)")
+    prefetch_shards: int = Field(2, ge=0, description="remote sources: shards downloaded ahead of the reader")
+    retries: int = Field(5, ge=0, description="remote sources: attempts after a failed request, with exponential backoff")
+    retry_wait_s: float = Field(0.5, gt=0, description="remote sources: the first wait before a retry (doubled each time)")
     max_open_shards: int = Field(64, ge=1, description="shard files each DataLoader worker keeps open (least recently used closed)")
     reverse_complement: bool = Field(False, description="read half the windows (seeded by position) on the reverse "
                                      "strand, instead of doubling the shards at prep")
@@ -46,6 +63,11 @@ class DataSection(_Section):
                                                "readable sample of the epoch's order in its place (counted)")
     allow_changed: bool = Field(False, description="resume on a data folder whose plan differs from the checkpoint's "
                                 "(the stream restarts at epoch 0); refused otherwise")
+
+    def stream_settings(self) -> dict:
+        """The GenomeStream keywords these settings stand for."""
+        return self.model_dump(include={"shuffle", "order", "partitions", "block_size", "cache_dir", "cache_limit",
+                                        "prefetch_shards", "retries", "retry_wait_s", "max_open_shards", "on_error"})
 
 
 class OptimSection(_Section):

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from dnalm import faults
+from dnalm.data.cache import data_folder
 from dnalm.data.manifest import Manifest
 from dnalm.data.masking import IGNORE, base_targets, clm_batch, mlm_batch, next_token_labels, sized_head, view_ranges
 from dnalm.data.stream import GenomeStream, StreamLoader
@@ -173,8 +174,9 @@ class Trainer:
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         dist.barrier()
-        self.manifest = Manifest.load(config.data.path)
-        self.tokenizer = data_tokenizer(Path(config.data.path), self.manifest)
+        self.data_folder = data_folder(config.data.path, config.data.cache_dir, config.data.retries, config.data.retry_wait_s)
+        self.manifest = Manifest.load(self.data_folder)
+        self.tokenizer = data_tokenizer(self.data_folder, self.manifest)
         self.model_config = resolve_model(config, self.manifest, self.tokenizer)
         self.causal = self.model_config.causal
         self.sp_size = config.parallel.sequence
@@ -219,11 +221,9 @@ class Trainer:
         self.mfu_per_token = _nominal_mfu_per_token(model, self.model_config, self.manifest.seq_len, self.ds_config)
 
         self.stream = GenomeStream(config.data.path, config.data.train_split, batch_size=config.batch.micro_batch,
-                                   rank=self.dp_rank, world_size=self.dp_world, seed=config.seed,
-                                   shuffle=config.data.shuffle, max_open_shards=config.data.max_open_shards,
-                                   reverse_complement=config.data.reverse_complement,
-                                   epochs=None, tokenizer=self.tokenizer,
-                                   on_error=config.data.on_error)
+                                   rank=self.dp_rank, world_size=self.dp_world, seed=config.seed, epochs=None,
+                                   tokenizer=self.tokenizer, reverse_complement=config.data.reverse_complement,
+                                   **config.data.stream_settings())
         self.loader = StreamLoader(self.stream, num_workers=config.data.num_workers)
         self.ranges = view_ranges([t.vocab_size for t in self.manifest.tokenizers])
         self.base_table = base_targets(self.tokenizer.vocab) if self.model_config.mlm_target == "bases" else None
@@ -378,9 +378,9 @@ class Trainer:
         if config.data.val_split not in self.manifest.splits or self.manifest.splits[config.data.val_split].num_samples < \
                 self.dp_world * config.batch.micro_batch:
             return {}
+        settings = config.data.stream_settings() | {"shuffle": True}  # the same windows each time, drawn across the split
         stream = GenomeStream(config.data.path, config.data.val_split, batch_size=config.batch.micro_batch, rank=self.dp_rank,
-                              world_size=self.dp_world, seed=config.seed, epochs=1,  # the same windows, drawn across the split
-                              on_error=config.data.on_error)
+                              world_size=self.dp_world, seed=config.seed, epochs=1, **settings)
         self.engine.eval()
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # (loss × targets, targets, correct, windows)
         for i, batch in enumerate(StreamLoader(stream)):

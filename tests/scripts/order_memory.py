@@ -1,4 +1,4 @@
-"""Peak RSS added by a GenomeStream over a manifest of SAMPLES samples in SHARDS shards, and by its order.
+"""Peak RSS added by GenomeStreams over a manifest of SAMPLES samples in SHARDS shards, and by both orders.
 
 The manifest is written with the real tokenizer folder beside it but no shard files: building the
 stream and computing the positions of whole global batches reads no shard. Prints JSON.
@@ -33,13 +33,15 @@ def main(folder: str, samples: int, shards: int) -> None:
                                                 for i, c in enumerate(counts)]})
     manifest.model_copy(update={"splits": {"train": split}}).save(folder)
     before = peak_mb()
-    stream = GenomeStream(folder, batch_size=8, rank=3, world_size=64, seed=1)
-    positions = []
-    for epoch in (0, 1):
-        for step in (0, 1000, (samples // 512) - 1):
-            start = step * stream.global_batch + stream.rank * stream.batch_size
-            shard, index = stream.order(epoch, np.arange(start, start + stream.batch_size))
-            positions.append([shard.tolist(), index.tolist()])
+    positions = {}
+    for order in ("global", "blocks"):
+        stream = GenomeStream(folder, batch_size=8, rank=3, world_size=64, seed=1, order=order)
+        positions[order] = []
+        for epoch in (0, 1):
+            for step in (0, 1000, (samples // 512) - 1):
+                mine = step * stream.global_batch + stream.rank + stream.world_size * np.arange(stream.batch_size)
+                shard, index = stream.order(epoch)(epoch, mine)
+                positions[order].append([shard.tolist(), index.tolist()])
     print(json.dumps({"added_peak_mb": peak_mb() - before, "positions": positions, "total": stream.total}))
 
 

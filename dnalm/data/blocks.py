@@ -1,0 +1,160 @@
+"""``data.order: blocks``: a shard-aware epoch order, for shards that come from object storage.
+
+The epoch's shards are put in a seeded order and laid end to end. That run of samples is cut into
+``partitions`` P of equal length (±1), and each partition into blocks of ``block_size`` B samples,
+each block shuffled by its own keyed permutation. Position ``i`` of the epoch is the ``i // P``-th
+place of partition ``i mod P`` (the last ``n mod P`` positions go to the partitions one sample longer).
+
+- Shares. Rank ``r`` of ``W`` takes the positions of each global batch that are ``≡ r (mod W)``
+  (``GenomeStream``), so when W divides P a rank reads only the partitions ``≡ r + index (mod W)``: a
+  disjoint share of the shards but for the one at each partition's edge, about (1 + P/shards)/W of
+  the bytes, and the ranks of one node (one cache) download about 1/N of them between them.
+- Resumption. The order depends on (seed, epoch, P, B) and the shard counts, never on W, so
+  ``(epoch, index)`` resumes exactly at any world size; P and B are fixed when an epoch starts and
+  travel in the stream state.
+- Mixing. A global batch of G positions takes ``G / P`` consecutive places of every partition's
+  current block; ``block_for`` makes a block span at least 8 Mb of sequence for each of those
+  samples, so a batch's windows fall in distinct regions about as often as random draws would.
+- Memory: O(shards) numbers per epoch; nothing the size of the epoch.
+
+Weighted corpora: a genome drawn ``d = k·a + rem`` times in an epoch (it has ``a`` samples) gives
+each of its pieces (its samples in one shard) k times, plus ``rem`` samples as whole pieces in a
+seeded order and a seeded subset of one more piece; so shards still come whole.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from dnalm.data.order import EpochOrder, Permutation, weighted_counts
+
+MOST_PARTITIONS = 64  # per world, unless the world is larger
+SHARDS_PER_PARTITION = 10  # a partition's edge shards, shared with its neighbours, cost ≤ 1/10 more bytes
+BLOCK_BASES = 8_000_000  # sequence a block spans per sample its partition gives each global batch
+
+
+def default_partitions(world: int, shards: int) -> int:
+    """A multiple of the data-parallel world size (each rank owns whole partitions): up to 64, and few enough
+    that a partition holds about 10 shards, since the shard at each partition's edge is read by two ranks."""
+    return world * max(1, min(MOST_PARTITIONS // world, shards // (SHARDS_PER_PARTITION * world)))
+
+
+def block_for(global_batch: int, partitions: int, bases_per_sample: float, samples_per_shard: float) -> int:
+    """Samples in a block: ≥ BLOCK_BASES of sequence per sample a partition gives a step, and ≥ one shard."""
+    per_step = math.ceil(global_batch / partitions)
+    return max(1, math.ceil(samples_per_shard), math.ceil(per_step * BLOCK_BASES / max(bases_per_sample, 1.0)))
+
+
+class _Epoch:
+    """One epoch's pieces in order: global sample number of each piece's first sample, its count, and for a
+    piece taken in part the length of the piece it is drawn from (0 when taken whole)."""
+
+    def __init__(self, start: np.ndarray, count: np.ndarray, partial_of: np.ndarray):
+        self.start, self.count, self.partial_of = start, count, partial_of
+        self.ends = np.cumsum(count)
+
+
+class BlockOrder:
+    """Epoch ``e``'s sample at each position: (shard index, sample within that shard)."""
+
+    def __init__(self, counts, seed: int, partitions: int, block_size: int, shuffle: bool = True,
+                 genome_samples=None, weights=None):
+        self.counts = np.asarray(counts, np.int64)
+        self.ends = np.cumsum(self.counts)
+        self.total = int(self.ends[-1]) if len(self.ends) else 0
+        self.seed, self.shuffle = seed, shuffle
+        self.partitions, self.block_size = int(partitions), int(block_size)
+        if self.partitions < 1 or self.block_size < 1:
+            raise ValueError(f"partitions and block_size must be >= 1 (got {partitions}, {block_size})")
+        genome_ends = np.cumsum(genome_samples) if genome_samples else np.array([self.total], np.int64)
+        cuts = np.union1d(np.concatenate(([0], self.ends)), np.concatenate(([0], genome_ends)))
+        cuts = cuts[cuts <= self.total]
+        self.piece_start, self.piece_len = cuts[:-1], np.diff(cuts)
+        keep = self.piece_len > 0
+        self.piece_start, self.piece_len = self.piece_start[keep], self.piece_len[keep]
+        self.piece_genome = np.searchsorted(genome_ends, self.piece_start, side="right")
+        self.weighted = bool(genome_samples) and weights is not None and len(set(weights)) > 1
+        if self.weighted:
+            self.available = np.asarray(genome_samples, np.int64)
+            self.drawn = weighted_counts(self.available.tolist(), weights, self.total)
+        self._epochs: dict[int, _Epoch] = {}
+        self._permutations: dict[tuple, Permutation] = {}
+
+    def reseed(self, seed: int) -> None:
+        self.seed = seed
+        self._epochs.clear()
+        self._permutations.clear()
+
+    def _permutation(self, n: int, *key) -> Permutation:
+        if key not in self._permutations:
+            if len(self._permutations) > 4096:
+                self._permutations.clear()
+            self._permutations[key] = Permutation(n, [self.seed, *key, 0xB10C])
+        return self._permutations[key]
+
+    def _epoch(self, epoch: int) -> _Epoch:
+        if epoch not in self._epochs:
+            if len(self._epochs) > 2:
+                self._epochs.clear()
+            self._epochs[epoch] = self._build(epoch)
+        return self._epochs[epoch]
+
+    def _build(self, epoch: int) -> _Epoch:
+        start, count = self.piece_start, self.piece_len
+        partial_of = np.zeros(len(start), np.int64)
+        if self.weighted:
+            parts = []
+            rng = np.random.default_rng([self.seed, epoch, 0xD4A3])
+            for g in range(len(self.available)):
+                mine = np.nonzero(self.piece_genome == g)[0]
+                if not len(mine):
+                    continue
+                whole, rem = divmod(int(self.drawn[g]), int(self.available[g]))
+                parts += [(i, int(self.piece_len[i]), 0) for _ in range(whole) for i in mine]
+                for i in rng.permutation(mine):
+                    if rem == 0:
+                        break
+                    take = min(rem, int(self.piece_len[i]))
+                    parts.append((i, take, 0 if take == self.piece_len[i] else int(self.piece_len[i])))
+                    rem -= take
+            index = np.array([p[0] for p in parts], np.int64)
+            start, count = self.piece_start[index], np.array([p[1] for p in parts], np.int64)
+            partial_of = np.array([p[2] for p in parts], np.int64)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch, 0x5A4D]).permutation(len(start))
+            start, count, partial_of = start[order], count[order], partial_of[order]
+        return _Epoch(start, count, partial_of)
+
+    def samples(self, epoch: int, positions) -> np.ndarray:
+        """Global sample numbers (shard after shard) at ``positions`` of ``epoch``."""
+        positions = np.asarray(positions, np.int64)
+        n, parts, block = self.total, self.partitions, self.block_size
+        per = n // parts
+        lengths = (np.arange(1, parts + 1) * n) // parts - (np.arange(parts) * n) // parts
+        longer = np.nonzero(lengths > per)[0]
+        body = positions < parts * per
+        partition = np.where(body, positions % parts, longer[np.clip(positions - parts * per, 0, max(len(longer) - 1, 0))]
+                             if len(longer) else 0)
+        place = np.where(body, positions // parts, per)
+        first = partition * n // parts
+        block_index, offset = np.divmod(place, block)
+        inner = offset.copy()
+        if self.shuffle:
+            block_len = np.minimum(block, lengths[partition] - block_index * block)
+            for p, b in set(zip(partition.tolist(), block_index.tolist())):
+                rows = (partition == p) & (block_index == b)
+                inner[rows] = self._permutation(int(block_len[rows][0]), epoch, 0, p, b)(offset[rows])
+        run = first + block_index * block + inner  # place in the epoch's run of pieces
+        table = self._epoch(epoch)
+        piece = np.searchsorted(table.ends, run, side="right")
+        within = run - (table.ends[piece] - table.count[piece])
+        partial = table.partial_of[piece] > 0
+        for k in set(piece[partial].tolist()):
+            rows = piece == k
+            within[rows] = self._permutation(int(table.partial_of[k]), epoch, 1, k)(within[rows])
+        return table.start[piece] + within
+
+    locate = EpochOrder.locate
+    __call__ = EpochOrder.__call__
