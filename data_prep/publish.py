@@ -97,3 +97,13 @@ def publish(source: Source, folder: Path) -> Manifest | None:
     source.upload(folder / CONTIGS_FILE, CONTIGS_FILE)
     source.upload(folder / MANIFEST_FILE, MANIFEST_FILE)
     return manifest
+
+
+def upload_folder(folder: Path, source: Source) -> Manifest:
+    """A prep finished in a local folder, up to ``source``: plan and tokenizers, every shard, the manifest last."""
+    folder = Path(folder)
+    start(source, folder, Plan.load(folder))
+    manifest = publish(source, folder)
+    if manifest is None:
+        raise DataError(f"{folder}: not every shard is finished here; run its `dnalm prep` to the end first")
+    return manifest

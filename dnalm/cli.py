@@ -624,6 +624,34 @@ def bench_scale(args) -> None:
     print(json.dumps(scale.run(args.out, args.work, source, args.copies, args.genomes, jobs=args.jobs), indent=2))
 
 
+@command("bench", "stream", help="shards read from object storage against local disk: one rank's samples/s and MB/s, "
+         "bytes each rank downloads per epoch at W=1..8, cache hit rates, the masked input path against an encoder-small step",
+         args=[
+    arg("--source", default=None, help="a remote data folder (s3://…, http(s)://…) holding the same prep as --work's; "
+        "default: a loopback server started by the bench (--serve)"),
+    arg("--serve", choices=("s3", "http"), default="s3", help="without --source: moto's S3 server (dev extra) or the "
+        "standard library's HTTP server on 127.0.0.1 (default s3)"),
+    arg("--genome", type=Path, default=None, help="FASTA to prep (default ../shared/data/genomes/hs37_chr20.fa.gz if present, "
+        "else the bundled genome)"),
+    arg("--seq-len", type=int, default=1024),
+    arg("--shard-size-mb", type=float, default=2.0, help="shard size of the prep (default 2)"),
+    arg("--samples", type=int, default=20_000, help="samples per throughput measurement (default 20000)"),
+    arg("--work", type=Path, default=Path("runs/bench-stream"), help="the local prep (reused when present)"),
+    arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for stream.json and stream.png"),
+])
+def bench_stream(args) -> None:
+    from dnalm.bench import stream
+    from dnalm.data.sources import is_remote
+
+    if args.source is not None and not is_remote(args.source):
+        raise DnalmError(f"--source {args.source}: not a remote location (s3://, http://, https://)")
+    if args.samples < 100 or args.seq_len < 8:
+        raise DnalmError("--samples must be at least 100 and --seq-len at least 8")
+    result = stream.run(args.out, args.work, args.source, args.serve, args.genome, args.seq_len, args.shard_size_mb,
+                        args.samples)
+    print(json.dumps({k: result[k] for k in ("throughput", "shares", "pipeline", "diversity")}, indent=2))
+
+
 def _integer(flag: str, text: str) -> int:
     try:
         return int(text)

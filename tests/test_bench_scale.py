@@ -17,9 +17,11 @@ def test_bench_scale_measures_both_corpora(tmp_path, ecoli):
         assert corpus["prep"]["samples"] > 0 and corpus["prep"]["plan_bytes"] > 0
         assert [r["world_size"] for r in corpus["bytes_per_rank"]] == [1, 2, 4, 8]
         assert all(r["max_share"] <= 1.2 / r["world_size"] for r in corpus["bytes_per_rank"])
-        assert corpus["diversity"]["ratio"] > 0.8
+        assert corpus["diversity"]["ratio"] > 0.8 and corpus["blocks"]["diversity"]["ratio"] > 0.8
+        assert [r["world_size"] for r in corpus["blocks"]["shard_bytes_per_rank_per_epoch"]] == [1, 2, 4, 8]
         assert corpus["worker"]["max_files_open"] <= 2 * corpus["worker"]["max_open_shards"]
     assert result["corpora"]["hundred_genomes"]["genome_shares"]["max_relative_error"] < 0.02
+    assert result["corpora"]["hundred_genomes"]["blocks"]["genome_shares"]["max_relative_error"] < 0.02
     assert (tmp_path / "out" / "scale.png").stat().st_size > 1000
     refused = run_cli("bench", "scale", "--source", tmp_path / "absent.fa", "--work", tmp_path / "w2", "--out", tmp_path / "o2")
     assert refused.returncode == 1 and "absent.fa: no such file" in refused.stderr

@@ -39,23 +39,40 @@ def test_resume_yields_exactly_the_uninterrupted_samples(ecoli_prepared):
     assert len(set(uninterrupted)) == len(uninterrupted) == 400
 
 
-def test_world_size_change_continues_the_epoch(ecoli_prepared):
-    """2 ranks for 30 steps, then 1 rank to the end of the epoch, then 1 → 2: every sample once."""
+@pytest.mark.parametrize("order", ["global", "blocks"])
+def test_world_size_change_continues_the_epoch(ecoli_prepared, order):
+    """2 ranks for 30 steps, then 1 rank for 500, then 4 to the end of the epoch: every sample once."""
     total = Manifest.load(ecoli_prepared).splits["train"].num_samples
-    ranks = [StreamLoader(stream(ecoli_prepared, rank=r, world_size=2, epochs=1)) for r in range(2)]
+    ranks = [StreamLoader(stream(ecoli_prepared, rank=r, world_size=2, epochs=1, order=order)) for r in range(2)]
     seen = [key for loader in ranks for key in take(loader, 30)]
     state = ranks[0].state_dict()
-    assert state == ranks[1].state_dict() and (state["epoch"], state["index"]) == (0, 240)
-    alone = StreamLoader(stream(ecoli_prepared, epochs=1))
+    assert state == ranks[1].state_dict() and (state["epoch"], state["index"], state["order"]) == (0, 240, order)
+    alone = StreamLoader(stream(ecoli_prepared, epochs=1, order=order))
     alone.load_state_dict(state)
     seen += take(alone, 500)
     state = alone.state_dict()
-    again = [StreamLoader(stream(ecoli_prepared, rank=r, world_size=2, epochs=1)) for r in range(2)]
+    again = [StreamLoader(stream(ecoli_prepared, rank=r, world_size=4, epochs=1, order=order)) for r in range(4)]
     for loader in again:
         loader.load_state_dict(state)
         seen += take(loader, 10_000)
     assert len(seen) == len(set(seen)), "no sample repeated"
-    assert total - len(seen) < 2 * 4, "only the last partial global batch of the epoch is dropped"
+    assert total - len(seen) < 4 * 4, "only the last partial global batch of the epoch is dropped"
+
+
+def test_an_epoch_keeps_the_order_it_began_with(ecoli_prepared):
+    """A checkpoint of the global order resumed by a stream set to blocks finishes its epoch in the global order."""
+    uninterrupted = take(StreamLoader(stream(ecoli_prepared, batch_size=64, epochs=2)), 10_000)
+    first = StreamLoader(stream(ecoli_prepared, batch_size=64, epochs=2))
+    head = take(first, 50)
+    switched = StreamLoader(stream(ecoli_prepared, batch_size=64, epochs=2, order="blocks"))
+    switched.load_state_dict(first.state_dict())
+    rest = take(switched, 10_000)
+    per_epoch = len(uninterrupted) // 2
+    assert head + rest[: per_epoch - len(head)] == uninterrupted[:per_epoch]
+    second, dropped = rest[per_epoch - len(head):], Manifest.load(ecoli_prepared).splits["train"].num_samples - per_epoch
+    assert len(set(second)) == per_epoch and second != uninterrupted[per_epoch:], "the next epoch is in the blocks order"
+    assert len(set(second) ^ set(uninterrupted[per_epoch:])) <= 2 * dropped, "each order drops its own last partial batch"
+    assert switched.state_dict()["order"] == "blocks"
 
 
 def test_epochs_reshuffle_and_end(ecoli_prepared):

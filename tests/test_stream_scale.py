@@ -39,9 +39,11 @@ def expected_distinct(region_sizes: list[int], batch: int) -> float:
                for n in region_sizes)
 
 
-def batch_diversity(folder: Path, batch: int = 64, batches: int = 40) -> tuple[float, float]:
-    stream = GenomeStream(folder, batch_size=batch, seed=0, epochs=1)
-    keys = [s["key"] for _, s in zip(range(batch * batches), stream)]
+def batch_diversity(folder: Path, batch: int = 64, batches: int = 40, order: str = "global", world: int = 1) -> tuple[float, float]:
+    """Distinct regions per global batch of ``batch`` windows, taken by ``world`` ranks; and by random draws."""
+    ranks = [iter(GenomeStream(folder, batch_size=batch // world, rank=r, world_size=world, seed=0, order=order))
+             for r in range(world)]
+    keys = [next(rank)["key"] for _ in range(batches) for rank in ranks for _ in range(batch // world)]
     measured = np.mean([len({region(k) for k in keys[i : i + batch]}) for i in range(0, len(keys), batch)])
     every = [s["key"] for s in GenomeStream(folder, batch_size=1, shuffle=False, epochs=1)]
     return float(measured), expected_distinct(list(Counter(region(k) for k in every).values()), batch)
@@ -55,8 +57,9 @@ def chr20_data(tmp_path_factory):
 
 
 @needs_shared(CHR20)
-def test_global_batches_of_chr20_are_as_diverse_as_random_draws(chr20_data):
-    measured, random = batch_diversity(chr20_data)
+@pytest.mark.parametrize("order, world", [("global", 1), ("blocks", 4)])
+def test_global_batches_of_chr20_are_as_diverse_as_random_draws(chr20_data, order, world):
+    measured, random = batch_diversity(chr20_data, order=order, world=world)
     assert measured >= 0.9 * random, (measured, random)
 
 

@@ -75,14 +75,14 @@ def run(genome_path: Path | None, out_dir: Path, seq_len: int = 1024, tokenizers
     return result
 
 
-def _pipeline_tokens_per_s(folder: Path, samples: int, batch_size: int = 8) -> float:
+def _pipeline_tokens_per_s(folder, samples: int, batch_size: int = 8, **stream_settings) -> float:
     """Tokens/s of masked batches out of a one-worker StreamLoader (after its first batch, which starts the worker)."""
     import numpy as np
 
     from dnalm.data.masking import mlm_batch, view_ranges
     from dnalm.data.stream import GenomeStream, StreamLoader
 
-    stream = GenomeStream(folder, batch_size=batch_size, epochs=None)
+    stream = GenomeStream(folder, batch_size=batch_size, epochs=None, **stream_settings)
     ranges = view_ranges([t.vocab_size for t in stream.manifest.tokenizers])
     loader = iter(StreamLoader(stream, num_workers=1))
     mlm_batch(next(loader), ranges, np.random.default_rng(0))

@@ -10,7 +10,10 @@ the JSON names:
 
 Measured on each: prep throughput (Mbases/s per job; 1 against 2 jobs on the 100-genome corpus),
 plan and manifest sizes, per-worker peak RSS and open files while streaming, the bytes each rank
-reads at W = 1…8, and the diversity of global batches against random draws of the same windows.
+reads at W = 1…8, and the diversity of global batches against random draws of the same windows;
+for the shard-aware ``blocks`` order (remote sources), the shard bytes each rank's epoch touches at
+W = 1…8 (what its node cache downloads), the diversity of a global batch taken by 8 ranks, and the
+genomes' shares of an epoch against their weights.
 """
 
 from __future__ import annotations
@@ -151,8 +154,30 @@ def bytes_per_rank(folder: Path, steps: int = 100, micro_batch: int = 8) -> list
     return rows
 
 
-def batch_diversity(folder: Path, batch: int = 64, batches: int = 40) -> dict:
-    """Distinct 1-Mb regions (genome, contig, start // 1e6) per global batch: the stream against random draws."""
+def epoch_shard_shares(folder: Path, micro_batch: int = 8) -> list[dict]:
+    """Blocks order: the shard bytes (tars and indexes) each rank's whole epoch touches, which is what a rank with a
+    node cache of its own downloads, at each world size; computed from the order, without reading a sample."""
+    from dnalm.data.cache import shard_bytes
+    from dnalm.data.stream import GenomeStream
+
+    rows = []
+    for world in WORLD_SIZES:
+        touched = []
+        for rank in range(world):
+            stream = GenomeStream(folder, batch_size=micro_batch, rank=rank, world_size=world, seed=0, order="blocks")
+            positions = stream.positions(0, stream.steps(0)).ravel()
+            shards = np.unique(np.concatenate([stream.order(0)(0, chunk)[0] for chunk in np.array_split(positions, 16)]))
+            touched.append(sum(shard_bytes(stream.shards[s]) for s in shards.tolist()))
+        split = sum(shard_bytes(s) for s in stream.shards)
+        rows.append({"world_size": world, "partitions": stream.state.partitions, "block_size": stream.state.block_size,
+                     "bytes_per_rank": touched, "max_share": round(max(touched) / split, 4), "ideal_share": round(1 / world, 4),
+                     "max_share_over_ideal": round(max(touched) / split * world, 3)})
+    return rows
+
+
+def batch_diversity(folder: Path, batch: int = 64, batches: int = 40, order: str = "global", world: int = 1) -> dict:
+    """Distinct 1-Mb regions (genome, contig, start // 1e6) per global batch, taken by ``world`` ranks in ``order``:
+    the stream against random draws."""
     from dnalm.data.shards import IndexedShard, parse_key
     from dnalm.data.stream import GenomeStream
 
@@ -160,9 +185,10 @@ def batch_diversity(folder: Path, batch: int = 64, batches: int = 40) -> dict:
         k = parse_key(key)
         return k["genome"], k["contig"], k["start"] // REGION
 
-    stream = GenomeStream(folder, batch_size=batch, seed=0, epochs=None)
-    keys = [s["key"] for _, s in zip(range(batch * batches), stream)]
-    measured = [len({region(k) for k in keys[i : i + batch]}) for i in range(0, len(keys), batch)]
+    ranks = [iter(GenomeStream(folder, batch_size=batch // world, rank=r, world_size=world, seed=0, epochs=None, order=order))
+             for r in range(world)]
+    measured = [len({region(next(rank)["key"]) for rank in ranks for _ in range(batch // world)}) for _ in range(batches)]
+    stream = GenomeStream(folder, batch_size=1, seed=0)
     rng = np.random.default_rng(1)
     readers: dict[int, IndexedShard] = {}
     random = []
@@ -177,25 +203,25 @@ def batch_diversity(folder: Path, batch: int = 64, batches: int = 40) -> dict:
         random.append(len(regions))
     for reader in readers.values():
         reader.close()
-    return {"batch": batch, "batches": batches, "stream_mean_regions": round(float(np.mean(measured)), 2),
-            "random_mean_regions": round(float(np.mean(random)), 2),
+    return {"order": order, "ranks": world, "batch": batch, "batches": batches,
+            "stream_mean_regions": round(float(np.mean(measured)), 2), "random_mean_regions": round(float(np.mean(random)), 2),
             "ratio": round(float(np.mean(measured)) / float(np.mean(random)), 3)}
 
 
-def genome_shares(folder: Path) -> dict:
-    """Each genome's share of a whole epoch against its weight's share."""
+def genome_shares(folder: Path, order: str = "global") -> dict:
+    """Each genome's share of a whole epoch in ``order`` against its weight's share."""
     from dnalm.data.manifest import Manifest
     from dnalm.data.stream import GenomeStream
 
     manifest = Manifest.load(folder)
-    stream = GenomeStream(folder, batch_size=8, seed=0, epochs=None)
+    stream = GenomeStream(folder, batch_size=8, seed=0, epochs=None, order=order)
     drawn_samples = stream.order(0).samples(0, np.arange(stream.total))
     ends = np.cumsum(manifest.splits["train"].genome_samples)
     counts = Counter(np.searchsorted(ends, drawn_samples, side="right").tolist())
     weights = np.array([g.weight for g in manifest.mix], float)
     drawn = np.array([counts.get(g, 0) for g in range(len(weights))], float)
     error = np.abs(drawn / drawn.sum() - weights / weights.sum()) / (weights / weights.sum())
-    return {"samples": int(drawn.sum()), "max_relative_error": round(float(error.max()), 4),
+    return {"order": order, "samples": int(drawn.sum()), "max_relative_error": round(float(error.max()), 4),
             "mean_relative_error": round(float(error.mean()), 4)}
 
 
@@ -226,8 +252,11 @@ def run(out_dir: Path, work: Path, source: Path | None = None, copies: int = 49,
         corpus["worker"] = worker_footprint(folder, stream_samples)
         corpus["bytes_per_rank"] = bytes_per_rank(folder, rank_steps)
         corpus["diversity"] = batch_diversity(folder)
-        print(json.dumps({k: corpus[k] for k in ("worker", "diversity")}), file=sys.stderr, flush=True)
+        corpus["blocks"] = {"shard_bytes_per_rank_per_epoch": epoch_shard_shares(folder),
+                            "diversity": batch_diversity(folder, order="blocks", world=8)}
+        print(json.dumps({k: corpus[k] for k in ("worker", "diversity", "blocks")}), file=sys.stderr, flush=True)
     hundred["genome_shares"] = genome_shares(work / "hundred_data")
+    hundred["blocks"]["genome_shares"] = genome_shares(work / "hundred_data", order="blocks")
     result["seconds"] = round(time.perf_counter() - started, 1)
     report.write(result, out_dir, "scale")
     _plot(result, out_dir)
@@ -242,16 +271,22 @@ def _plot(result: dict, out_dir: Path) -> None:
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(13, 3.8))
     for key, label in names.items():
         rows = result["corpora"][key]["bytes_per_rank"]
-        left.plot([r["world_size"] for r in rows], [r["max_share"] for r in rows], marker="o", label=label)
+        left.plot([r["world_size"] for r in rows], [r["max_share"] for r in rows], marker="o", label=f"{label}: bytes read")
+        blocks = result["corpora"][key]["blocks"]["shard_bytes_per_rank_per_epoch"]
+        left.plot([r["world_size"] for r in blocks], [r["max_share"] for r in blocks], marker="s", linestyle="-.",
+                  label=f"{label}: shards touched, blocks order")
     left.plot(WORLD_SIZES, [1 / w for w in WORLD_SIZES], linestyle="--", color="grey", label="1/W")
     left.plot(WORLD_SIZES, [1.2 / w for w in WORLD_SIZES], linestyle=":", color="#d83b3b", label="1.2/W bound")
     left.set_xscale("log", base=2)
     left.set_xlabel("ranks W")
-    left.set_ylabel("largest rank's share of bytes read")
-    left.legend(fontsize=7)
+    left.set_ylabel("largest rank's share of the split")
+    left.legend(fontsize=6)
     x = np.arange(len(names))
-    middle.bar(x - 0.2, [result["corpora"][k]["diversity"]["stream_mean_regions"] for k in names], 0.4, label="stream")
-    middle.bar(x + 0.2, [result["corpora"][k]["diversity"]["random_mean_regions"] for k in names], 0.4, label="random draws")
+    bars = (("stream, global order", lambda c: c["diversity"]["stream_mean_regions"]),
+            ("8 ranks, blocks order", lambda c: c["blocks"]["diversity"]["stream_mean_regions"]),
+            ("random draws", lambda c: c["diversity"]["random_mean_regions"]))
+    for i, (label, value) in enumerate(bars):
+        middle.bar(x + (i - 1) * 0.27, [value(result["corpora"][k]) for k in names], 0.27, label=label)
     middle.set_xticks(x, list(names.values()), fontsize=8)
     middle.set_ylabel("distinct 1-Mb regions per batch of 64")
     middle.legend(fontsize=7)

@@ -47,6 +47,12 @@ def block_for(global_batch: int, partitions: int, bases_per_sample: float, sampl
     return max(1, math.ceil(samples_per_shard), math.ceil(per_step * BLOCK_BASES / max(bases_per_sample, 1.0)))
 
 
+def _groups(keys: np.ndarray) -> list[np.ndarray]:
+    """Indices of ``keys`` grouped by equal key (one sort, not one pass per key)."""
+    order = np.argsort(keys, kind="stable")
+    return np.split(order, np.flatnonzero(np.diff(keys[order])) + 1) if len(keys) else []
+
+
 class _Epoch:
     """One epoch's pieces in order: global sample number of each piece's first sample, its count, and for a
     piece taken in part the length of the piece it is drawn from (0 when taken whole)."""
@@ -143,17 +149,17 @@ class BlockOrder:
         inner = offset.copy()
         if self.shuffle:
             block_len = np.minimum(block, lengths[partition] - block_index * block)
-            for p, b in set(zip(partition.tolist(), block_index.tolist())):
-                rows = (partition == p) & (block_index == b)
-                inner[rows] = self._permutation(int(block_len[rows][0]), epoch, 0, p, b)(offset[rows])
+            for rows in _groups(partition * (n // block + 1) + block_index):
+                p, b = int(partition[rows[0]]), int(block_index[rows[0]])
+                inner[rows] = self._permutation(int(block_len[rows[0]]), epoch, 0, p, b)(offset[rows])
         run = first + block_index * block + inner  # place in the epoch's run of pieces
         table = self._epoch(epoch)
         piece = np.searchsorted(table.ends, run, side="right")
         within = run - (table.ends[piece] - table.count[piece])
-        partial = table.partial_of[piece] > 0
-        for k in set(piece[partial].tolist()):
-            rows = piece == k
-            within[rows] = self._permutation(int(table.partial_of[k]), epoch, 1, k)(within[rows])
+        partial = np.flatnonzero(table.partial_of[piece] > 0)
+        for rows in _groups(piece[partial]):
+            k = int(piece[partial[rows[0]]])
+            within[partial[rows]] = self._permutation(int(table.partial_of[k]), epoch, 1, k)(within[partial[rows]])
         return table.start[piece] + within
 
     locate = EpochOrder.locate

@@ -122,16 +122,12 @@ class ShardCache:
     def open(self, source: Source, entry: ShardEntry) -> IndexedShard:
         """The shard, downloaded if it is not here, opened while its lock is held (so it cannot be evicted first).
 
-        Counted as a hit (here already), a wait (another thread or process was downloading it) or a miss."""
-        with self._lock(entry.sha256, blocking=False) as free:
-            if free:
-                return self._open(source, entry, "hits")
+        Counted as a hit (here when asked for), a wait (another thread or process brought it meanwhile) or a miss."""
+        here = self._present(entry)  # a look without the lock, for the count only
         with self._lock(entry.sha256):
-            return self._open(source, entry, "waits")
-
-    def _open(self, source: Source, entry: ShardEntry, found: str) -> IndexedShard:
-        self._count(**{found if self._ensure(source, entry) else "misses": 1})
-        return IndexedShard(self.paths(entry)[0], entry.num_samples, entry.bytes, source_url=source.url_of(entry.path))
+            arrived = self._ensure(source, entry)
+            self._count(**{"hits" if here else "waits" if arrived else "misses": 1})
+            return IndexedShard(self.paths(entry)[0], entry.num_samples, entry.bytes, source_url=source.url_of(entry.path))
 
     def _reserve(self, entry: ShardEntry) -> Path | None:
         """Evict least recently used shards until this one fits, and hold its room with a ``.reserve`` file of its

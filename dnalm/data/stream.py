@@ -170,13 +170,17 @@ class GenomeStream(IterableDataset):
             state = StreamState(state.epoch + 1, 0, state.seed, **self._configured_order())
         return state
 
+    def positions(self, index: int, steps: int) -> np.ndarray:
+        """This rank's positions in the ``steps`` global steps from position ``index`` of an epoch, one row a step:
+        of each step's ``world_size × batch_size`` positions, those ``≡ rank (mod world_size)``."""
+        return index + np.arange(steps)[:, None] * self.global_batch + self.rank + self.world_size * np.arange(self.batch_size)
+
     def _rank_batches(self):
         """(epoch, positions) of each batch of this rank, in consumption order."""
         epoch, index = self.state.epoch, self.state.index
-        mine = self.rank + self.world_size * np.arange(self.batch_size)
         while self.epochs is None or epoch < self.epochs:
             for step in range(self.steps(index)):
-                yield epoch, index + step * self.global_batch + mine
+                yield epoch, self.positions(index + step * self.global_batch, 1)[0]
             epoch, index = epoch + 1, 0
 
     # --- state -----------------------------------------------------------------------------
