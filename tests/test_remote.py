@@ -309,3 +309,20 @@ def test_training_reads_its_windows_from_a_bucket(published, ecoli_prepared, tmp
                                                       epochs=None), range(16))] for r in range(2)]
     assert [[line.split("\t")[1] for line in rank] for rank in keys] == expected
     assert all(np.isfinite(v) for v in losses(run_dir).values())
+
+
+def test_bench_stream_measures_throughput_shares_and_the_input_path(ecoli, tmp_path):
+    from dnalm.bench import stream
+
+    source = tmp_path / "slice.fa"
+    source.write_text(f">slice\n{ecoli.sequence[:1_000_000]}\n")
+    result = stream.run(tmp_path / "out", tmp_path / "work", serve="http", genome=source, seq_len=512, shard_size_mb=0.1,
+                        samples=300, worlds=(1, 4))
+    assert result["data"]["local_copy_compared"] and result["data"]["shards"] >= 16
+    rates = result["throughput"]
+    assert all(rates[k]["samples_per_s"] > 0 for k in rates)
+    assert rates["remote_warm"]["cache"]["misses"] == 0 and rates["remote_cold_no_prefetch"]["cache"]["prefetched"] == 0
+    assert [r["world_size"] for r in result["shares"]] == [1, 4] and all(r["meets_goal"] for r in result["shares"])
+    assert all(r["samples_read"] > 0.95 * result["data"]["samples"] for r in result["shares"])
+    assert result["pipeline"]["meets_goal"] and result["diversity"]["ratio"] > 0.8
+    assert (tmp_path / "out" / "stream.png").stat().st_size > 5000

@@ -113,6 +113,23 @@ def test_the_order_is_a_permutation_of_every_sample():
     assert order(0, np.arange(15))[0].tolist() != order(1, np.arange(15))[0].tolist()
 
 
+def test_the_blocks_order_is_a_permutation_and_draws_genomes_by_weight():
+    from dnalm.data.blocks import BlockOrder
+
+    counts = [316] * 29 + [100]
+    for partitions, block, shuffle in ((1, 1, True), (3, 5, True), (64, 700, True), (4, 100, False)):
+        order = BlockOrder(counts, 1, partitions, block, shuffle=shuffle)
+        shards, samples = order(0, np.arange(order.total))
+        assert sorted(zip(shards.tolist(), samples.tolist())) == [(s, i) for s, n in enumerate(counts) for i in range(n)]
+    genome_samples, weights = [4000, 3000, 2264], [1, 2, 3]  # genome boundaries fall inside shards
+    order = BlockOrder(counts, 2, 8, 500, genome_samples=genome_samples, weights=weights)
+    drawn = order.samples(0, np.arange(order.total))
+    per_genome = np.bincount(np.searchsorted(np.cumsum(genome_samples), drawn, side="right"), minlength=3)
+    assert per_genome.tolist() == order.drawn.tolist() and abs(per_genome[2] / per_genome[0] - 3) < 0.01
+    assert len(set(drawn[np.searchsorted(np.cumsum(genome_samples), drawn, side="right") == 0].tolist())) == per_genome[0], \
+        "an under-drawn genome gives distinct samples"
+
+
 def test_order_of_30m_samples_in_10k_shards_adds_under_100_mb(ecoli_prepared, tmp_path):
     folder = tmp_path / "big"
     shutil.copytree(ecoli_prepared, folder)

@@ -132,7 +132,8 @@ def diversity(url: str, scratch: Path, world: int = 8, batch: int = 64, batches:
         k = parse_key(key)
         return k["genome"], k["contig"], k["start"] // REGION
 
-    ranks = [iter(GenomeStream(url, batch_size=batch // world, rank=r, world_size=world, cache_dir=scratch / "diversity"))
+    ranks = [iter(GenomeStream(url, batch_size=batch // world, rank=r, world_size=world, epochs=None,
+                               cache_dir=scratch / "diversity"))
              for r in range(world)]
     measured = [len({region(next(rank)["key"]) for rank in ranks for _ in range(batch // world)}) for _ in range(batches)]
     every = GenomeStream(url, batch_size=1, shuffle=False, order="global", cache_dir=scratch / "diversity")
