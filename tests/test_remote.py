@@ -23,7 +23,7 @@ from dnalm.data.sources import SourceError, open_source
 from dnalm.data.stream import GenomeStream, StreamLoader
 from tests.conftest import REPO
 from tests.launching import losses, run, sample_keys, torchrun_cmd
-from tests.servers import FAULTS, FileServer, free_port, s3_server
+from tests.servers import FAULTS, FaultProxy, FileServer, free_port, s3_server
 
 PREP = ["--seq-len", "512", "--shard-size-mb", "1.0", "--val-fraction", "0.05"]  # the settings of conftest's ecoli_prepared
 
@@ -213,22 +213,36 @@ def test_the_cache_evicts_the_least_recently_used_shard_and_refuses_a_tiny_limit
         GenomeStream(published["url"], batch_size=8, cache_dir=tmp_path / "tiny", cache_limit=1_000_000)
 
 
+@pytest.fixture(scope="module")
+def s3_proxy(s3, published):
+    """moto behind a proxy that spoils chosen GETs, reached by boto3 as users reach S3."""
+    proxy = FaultProxy(s3)
+    yield proxy
+    proxy.close()
+
+
 @pytest.mark.parametrize("fault", FAULTS)
-def test_network_faults_are_retried_then_named(http, ecoli_prepared, tmp_path, fault):
+@pytest.mark.parametrize("kind", ["http", "s3"])
+def test_network_faults_are_retried_then_named(request, ecoli_prepared, tmp_path, monkeypatch, kind, fault):
+    if kind == "http":
+        server, url, prefix = request.getfixturevalue("http"), request.getfixturevalue("http").url, ""
+    else:
+        server, url, prefix = request.getfixturevalue("s3_proxy"), "s3://dnalm/ecoli", "dnalm/ecoli/"
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
     settings = {"batch_size": 4, "seed": 5, "order": "global", "retries": 2, "retry_wait_s": 0.01, "prefetch_shards": 0}
     first = GenomeStream(ecoli_prepared, **settings)
     shard = first.shards[int(first.order(0)(0, [0])[0][0])].path
     expected = samples(first, 4)
-    http.faults[shard].extend([fault, fault])
-    http.requests[shard] = 0
-    assert samples(GenomeStream(http.url, cache_dir=tmp_path / "passes", **settings), 4) == expected
-    assert http.requests[shard] == 3, "two faults, then the good copy"
+    server.faults[prefix + shard].extend([fault, fault])
+    server.requests[prefix + shard] = 0
+    assert samples(GenomeStream(url, cache_dir=tmp_path / "passes", **settings), 4) == expected
+    assert server.requests[prefix + shard] == 3, "two faults, then the good copy"
 
-    http.faults[shard].extend([fault] * 3)
+    server.faults[prefix + shard].extend([fault] * 3)
     started = time.monotonic()
     with pytest.raises(SourceError) as failed:
-        samples(GenomeStream(http.url, cache_dir=tmp_path / "fails", **settings), 4)
-    assert f"{http.url}/{shard}:" in str(failed.value) and "gave up after 3 attempts" in str(failed.value)
+        samples(GenomeStream(url, cache_dir=tmp_path / "fails", **settings), 4)
+    assert f"{url}/{shard}:" in str(failed.value) and "gave up after 3 attempts" in str(failed.value)
     assert time.monotonic() - started < 30
     assert not [p for p in (tmp_path / "fails" / "shards").iterdir() if p.name.endswith(".tar")], "nothing partial kept"
 

@@ -1,25 +1,32 @@
 """``data.order: blocks``: a shard-aware epoch order, for shards that come from object storage.
 
-The epoch's shards are put in a seeded order and laid end to end. That run of samples is cut into
-``partitions`` P of equal length (±1), and each partition into blocks of ``block_size`` B samples,
-each block shuffled by its own keyed permutation. Position ``i`` of the epoch is the ``i // P``-th
-place of partition ``i mod P`` (the last ``n mod P`` positions go to the partitions one sample longer).
+The epoch's shards are put in a seeded order and laid end to end (a shard's samples stay together).
+That run of samples is cut into ``partitions`` P contiguous stretches of equal length (±1), and each
+stretch into blocks of ``block_size`` B samples, each block shuffled by its own keyed permutation.
+Position ``i`` of the epoch is the ``i // P``-th place of the partition in slot ``i mod P`` (the last
+``n mod P`` positions go to the partitions one sample longer). Slot ``s`` holds the stretch at
+``location(s)``: with P = q·2^e (q odd), ``(s mod q)·2^e + bit-reversal of s // q`` over e bits.
 
 - Shares. Rank ``r`` of ``W`` takes the positions of each global batch that are ``≡ r (mod W)``
-  (``GenomeStream``), so when W divides P a rank reads only the partitions ``≡ r + index (mod W)``: a
-  disjoint share of the shards but for the one at each partition's edge, about (1 + P/shards)/W of
-  the bytes, and the ranks of one node (one cache) download about 1/N of them between them.
+  (``GenomeStream``): the slots ``≡ r + index (mod W)``. When W = q·2^i divides P these slots are,
+  after the bit reversal, one contiguous run of stretches, so a rank reads a contiguous 1/W of the
+  epoch's shards: it shares at most the two shards at its run's ends with other ranks, whatever
+  W (and 2 → 1 → 4 keeps that), and the ranks of one node (one cache) download about 1/N between them.
 - Resumption. The order depends on (seed, epoch, P, B) and the shard counts, never on W, so
   ``(epoch, index)`` resumes exactly at any world size; P and B are fixed when an epoch starts and
   travel in the stream state.
 - Mixing. A global batch of G positions takes ``G / P`` consecutive places of every partition's
   current block; ``block_for`` makes a block span at least 8 Mb of sequence for each of those
   samples, so a batch's windows fall in distinct regions about as often as random draws would.
+- Cache. A rank needs its partitions' current blocks at once: (P/W)·(B / samples per shard + 1)
+  shards, whatever the size of the corpus; that is its cache's warm-up, and ``default_partitions``
+  keeps P at most a tenth of the shards.
 - Memory: O(shards) numbers per epoch; nothing the size of the epoch.
 
 Weighted corpora: a genome drawn ``d = k·a + rem`` times in an epoch (it has ``a`` samples) gives
 each of its pieces (its samples in one shard) k times, plus ``rem`` samples as whole pieces in a
-seeded order and a seeded subset of one more piece; so shards still come whole.
+seeded order and a seeded subset of one more piece; a shard's pieces stay together, so shards
+still come whole.
 """
 
 from __future__ import annotations
@@ -30,15 +37,32 @@ import numpy as np
 
 from dnalm.data.order import EpochOrder, Permutation, weighted_counts
 
-MOST_PARTITIONS = 64  # per world, unless the world is larger
-SHARDS_PER_PARTITION = 10  # a partition's edge shards, shared with its neighbours, cost ≤ 1/10 more bytes
+MOST_PARTITIONS = 64  # unless the world is larger
+SHARDS_PER_PARTITION = 10  # a rank needs its partitions' current blocks at once: few partitions, a small warm-up
 BLOCK_BASES = 8_000_000  # sequence a block spans per sample its partition gives each global batch
 
 
 def default_partitions(world: int, shards: int) -> int:
-    """A multiple of the data-parallel world size (each rank owns whole partitions): up to 64, and few enough
-    that a partition holds about 10 shards, since the shard at each partition's edge is read by two ranks."""
-    return world * max(1, min(MOST_PARTITIONS // world, shards // (SHARDS_PER_PARTITION * world)))
+    """The world size times the largest power of two that keeps P ≤ 64 and P ≤ shards / 10 (but P ≥ world): each
+    rank owns whole partitions, and so does each rank of a world 2, 4, … times smaller or larger, up to P."""
+    most = max(world, min(MOST_PARTITIONS, shards // SHARDS_PER_PARTITION))
+    partitions = world
+    while 2 * partitions <= most:
+        partitions *= 2
+    return partitions
+
+
+def location(slots: np.ndarray, partitions: int) -> np.ndarray:
+    """Where in the epoch's run of shards the stretch of each slot lies (a bijection of [0, P)): the odd part of P
+    in order, then the bits of the rest reversed, so the slots one rank takes form one contiguous run."""
+    odd, bits = partitions, 0
+    while odd % 2 == 0:
+        odd, bits = odd // 2, bits + 1
+    high, low = np.divmod(np.asarray(slots, np.int64), odd)
+    reversed_bits = np.zeros_like(high)
+    for bit in range(bits):
+        reversed_bits |= ((high >> bit) & 1) << (bits - 1 - bit)
+    return low * (1 << bits) + reversed_bits
 
 
 def block_for(global_batch: int, partitions: int, bases_per_sample: float, samples_per_shard: float) -> int:
@@ -128,8 +152,10 @@ class BlockOrder:
             index = np.array([p[0] for p in parts], np.int64)
             start, count = self.piece_start[index], np.array([p[1] for p in parts], np.int64)
             partial_of = np.array([p[2] for p in parts], np.int64)
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, epoch, 0x5A4D]).permutation(len(start))
+        if self.shuffle:  # shards in a seeded order, a shard's pieces together (in a seeded order too)
+            rng = np.random.default_rng([self.seed, epoch, 0x5A4D])
+            shard_rank = rng.permutation(len(self.counts))[np.searchsorted(self.ends, start, side="right")]
+            order = np.lexsort((rng.random(len(start)), shard_rank))
             start, count, partial_of = start[order], count[order], partial_of[order]
         return _Epoch(start, count, partial_of)
 
@@ -141,8 +167,8 @@ class BlockOrder:
         lengths = (np.arange(1, parts + 1) * n) // parts - (np.arange(parts) * n) // parts
         longer = np.nonzero(lengths > per)[0]
         body = positions < parts * per
-        partition = np.where(body, positions % parts, longer[np.clip(positions - parts * per, 0, max(len(longer) - 1, 0))]
-                             if len(longer) else 0)
+        partition = np.where(body, location(positions % parts, parts),
+                             longer[np.clip(positions - parts * per, 0, max(len(longer) - 1, 0))] if len(longer) else 0)
         place = np.where(body, positions // parts, per)
         first = partition * n // parts
         block_index, offset = np.divmod(place, block)
