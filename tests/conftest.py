@@ -55,6 +55,24 @@ def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dnalm", *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 
+def refused_by_cli(*args: str) -> subprocess.CompletedProcess:
+    """The command line's answer to bad input, run in this process: ``dnalm.cli.main`` with its argument parsing and
+    error handling, as ``python -m dnalm`` runs it, without the 2 s of a new interpreter importing torch. For input
+    refused before any work starts; anything else goes through ``run_cli``."""
+    import contextlib
+    import io
+
+    from dnalm.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse's own refusals
+            code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(["dnalm", *map(str, args)], code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="session")
 def any_genome_contig(request):
     """chr20 where the shared data is present, else the bundled E. coli genome."""

@@ -68,7 +68,7 @@ class _Faulty:
 
     def answer(self, handler, fault, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
         """Send a response to ``handler``'s GET, spoiled by ``fault``."""
-        if fault in ("500", "503"):
+        if fault in ("404", "500", "503"):
             return handler.send_error(int(fault))
         if fault == "truncate":
             body = body[: len(body) // 2]

@@ -6,7 +6,7 @@ import pytest
 
 from dnalm import genome
 from dnalm.cli import COMMANDS, main
-from tests.conftest import run_cli
+from tests.conftest import refused_by_cli, run_cli
 
 
 def test_every_command_explains_itself(capsys):
@@ -19,7 +19,7 @@ def test_every_command_explains_itself(capsys):
 
 
 def test_unknown_command_fails():
-    result = run_cli("frobnicate")
+    result = refused_by_cli("frobnicate")
     assert result.returncode == 2 and "invalid choice" in result.stderr
 
 
@@ -44,9 +44,9 @@ def test_train_bpe_cli_and_existing_output(tmp_path):
     result = run_cli("tokenizer", "train-bpe", "--vocab-size", "256", "--max-memory-gb", "2", "--out", out)
     assert result.returncode == 0, result.stderr
     assert "K-12-MG1655" in result.stdout and (out / "tokenizer.json").exists() and (out / "bpe.model").exists()
-    again = run_cli("tokenizer", "train-bpe", "--vocab-size", "256", "--out", out)
+    again = refused_by_cli("tokenizer", "train-bpe", "--vocab-size", "256", "--out", out)
     assert again.returncode == 1 and "exists and is not an empty folder" in again.stderr
-    bad = run_cli("tokenizer", "train-bpe", tmp_path / "missing.fa", "--out", tmp_path / "other")
+    bad = refused_by_cli("tokenizer", "train-bpe", tmp_path / "missing.fa", "--out", tmp_path / "other")
     assert bad.returncode == 1 and "no such file" in bad.stderr and not (tmp_path / "other").exists()
 
 

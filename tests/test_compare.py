@@ -6,7 +6,7 @@ import math
 import pytest
 
 from dnalm import genome
-from tests.conftest import SHARED_DATA, needs_shared, run_cli
+from tests.conftest import SHARED_DATA, needs_shared, refused_by_cli, run_cli
 
 GUE = SHARED_DATA / "gue"
 SMALL = ["--genome", str(genome.DEFAULT_GENOME), "--variants", "cnn,views-bases", "--seeds", "1", "--pretrain-tokens", "4096",
@@ -69,7 +69,7 @@ def test_compare_resumes_from_finished_pieces_and_refuses_another_budget(compare
     (["--lengths", "1024,4"], "at least 8 tokens"),
 ])
 def test_compare_refuses_bad_input_before_writing_anything(tmp_path, flags, message):
-    done = run_cli("bench", "compare", "--genome", str(genome.DEFAULT_GENOME), *flags, "--work", tmp_path / "work",
-                   "--out", tmp_path / "out")
+    done = refused_by_cli("bench", "compare", "--genome", str(genome.DEFAULT_GENOME), *flags, "--work", tmp_path / "work",
+                          "--out", tmp_path / "out")
     assert done.returncode == 1 and message in done.stderr, done.stderr
     assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()

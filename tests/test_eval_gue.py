@@ -6,7 +6,7 @@ import pytest
 
 from dnalm.eval_gue import PUBLISHED, GueError, find_tasks
 from dnalm.finetune import finetune
-from tests.conftest import SHARED_DATA, needs_shared, run_cli
+from tests.conftest import SHARED_DATA, needs_shared, refused_by_cli, run_cli
 
 GUE = SHARED_DATA / "gue"
 
@@ -42,7 +42,7 @@ def test_every_task_is_run_and_reported_beside_published_numbers(tmp_path):
     metrics = json.loads((tmp_path / "out" / "tf0" / "metrics.json").read_text())
     assert all(run["epochs_run"] <= 2 for run in metrics["runs"])
 
-    bad = run_cli("eval", "gue", folder, "--arch", "cnn", "--first-seed", "-1", "--out", tmp_path / "never")
+    bad = refused_by_cli("eval", "gue", folder, "--arch", "cnn", "--first-seed", "-1", "--out", tmp_path / "never")
     assert bad.returncode != 0 and "--first-seed must be 0 or more, got -1" in bad.stderr
     assert not (tmp_path / "never").exists()
 

@@ -6,7 +6,7 @@ import pytest
 
 from dnalm import genome
 from dnalm.errors import GenomeError
-from tests.conftest import run_cli
+from tests.conftest import refused_by_cli, run_cli
 
 ECOLI_GZ = genome.DEFAULT_GENOME.read_bytes()
 
@@ -60,7 +60,7 @@ def test_cli_prints_one_line_and_exits_nonzero(case, tmp_path):
     content, name, pattern = BAD_INPUTS[case]
     path = tmp_path / name
     path.write_bytes(content)
-    result = run_cli("genome", "inspect", path)
+    result = refused_by_cli("genome", "inspect", path)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dnalm: error: ") and str(path) in lines[0]

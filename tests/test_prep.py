@@ -16,7 +16,7 @@ from data_prep.plan import PrepConfig, prepare_folder
 from dnalm import genome, tokenizers
 from dnalm.data.manifest import DataError, Manifest
 from dnalm.data.shards import IndexedShard, parse_key
-from tests.conftest import CHR20, needs_shared, prep_folder, run_cli
+from tests.conftest import CHR20, needs_shared, prep_folder, refused_by_cli, run_cli
 
 COMPLEMENT = str.maketrans("ACGTN", "TGCAN")
 
@@ -183,12 +183,12 @@ def test_kill_nine_then_resume_equals_uninterrupted(tmp_path, one_job):
 
 
 def test_other_inputs_into_the_same_folder_are_refused(tmp_path, one_job):
-    result = run_cli("prep", genome.DEFAULT_GENOME, "--out", one_job, "--seq-len", "256")
+    result = refused_by_cli("prep", genome.DEFAULT_GENOME, "--out", one_job, "--seq-len", "256")
     assert result.returncode == 1 and "holds a prep of different inputs" in result.stderr
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    result = run_cli("prep", "--out", foreign, "--seq-len", "256")
+    result = refused_by_cli("prep", "--out", foreign, "--seq-len", "256")
     assert result.returncode == 1 and "not a dnalm prep folder" in result.stderr
 
 
@@ -202,13 +202,13 @@ def test_other_inputs_into_the_same_folder_are_refused(tmp_path, one_job):
 ])
 def test_bad_settings(tmp_path, args, pattern):
     base = ["prep", "--out", tmp_path / "out", "--seq-len", "256"]
-    result = run_cli(*base, *args)
+    result = refused_by_cli(*base, *args)
     assert result.returncode == 1 and pattern in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_genome_leaves_nothing(tmp_path):
-    result = run_cli("prep", tmp_path / "absent.fa", "--out", tmp_path / "out", "--seq-len", "256")
+    result = refused_by_cli("prep", tmp_path / "absent.fa", "--out", tmp_path / "out", "--seq-len", "256")
     assert result.returncode == 1 and "no such file" in result.stderr
     assert not (tmp_path / "out").exists()
 

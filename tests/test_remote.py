@@ -209,7 +209,7 @@ def test_the_cache_evicts_the_least_recently_used_shard_and_refuses_a_tiny_limit
         if len(got) == 3000:
             break
     assert got == local and most <= limit
-    with pytest.raises(DataError, match=r"data.cache_limit 1,000,000 bytes cannot hold 4 of the largest shards"):
+    with pytest.raises(DataError, match=r"data.cache_limit 1,000,000 bytes cannot hold 6 of the largest shards"):
         GenomeStream(published["url"], batch_size=8, cache_dir=tmp_path / "tiny", cache_limit=1_000_000)
 
 
@@ -245,6 +245,25 @@ def test_network_faults_are_retried_then_named(request, ecoli_prepared, tmp_path
     assert f"{url}/{shard}:" in str(failed.value) and "gave up after 3 attempts" in str(failed.value)
     assert time.monotonic() - started < 30
     assert not [p for p in (tmp_path / "fails" / "shards").iterdir() if p.name.endswith(".tar")], "nothing partial kept"
+
+
+@pytest.mark.parametrize("kind", ["http", "s3"])
+def test_a_missing_object_fails_at_once(request, ecoli_prepared, tmp_path, monkeypatch, kind):
+    if kind == "http":
+        server, url, prefix = request.getfixturevalue("http"), request.getfixturevalue("http").url, ""
+    else:
+        server, url, prefix = request.getfixturevalue("s3_proxy"), "s3://dnalm/ecoli", "dnalm/ecoli/"
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
+    settings = {"batch_size": 4, "seed": 5, "order": "global", "retries": 3, "retry_wait_s": 5, "prefetch_shards": 0}
+    first = GenomeStream(ecoli_prepared, **settings)
+    shard = first.shards[int(first.order(0)(0, [0])[0][0])].path
+    server.faults[prefix + shard].append("404")
+    server.requests[prefix + shard] = 0
+    started = time.monotonic()
+    with pytest.raises(SourceError, match=rf"{url}/{shard}: .*(404|NoSuchKey)") as failed:
+        samples(GenomeStream(url, cache_dir=tmp_path, **settings), 4)
+    assert "gave up" not in str(failed.value) and server.requests[prefix + shard] == 1
+    assert time.monotonic() - started < 5, "not retried"
 
 
 def test_missing_buckets_wrong_credentials_and_dead_endpoints_fail_clearly(published, s3, tmp_path, monkeypatch):

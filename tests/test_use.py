@@ -12,7 +12,7 @@ from dnalm import genome
 from dnalm.convert import ConvertError, convert
 from dnalm.finetune import LabelledDataError, finetune, read_labelled
 from dnalm.generate import GenerationError, generate, generate_ids
-from tests.conftest import SHARED_DATA, needs_shared, run_cli
+from tests.conftest import SHARED_DATA, needs_shared, refused_by_cli, run_cli
 from tests.launching import run, torchrun_cmd
 
 GUE = SHARED_DATA / "gue" / "prom_core_all"
@@ -82,7 +82,7 @@ def test_incomplete_checkpoints_are_refused_naming_the_piece(trained, tmp_path):
     with pytest.raises(ConvertError, match="state/zero_pp_rank_1_mp_rank_00_model_states.pt is missing"):
         convert(broken, tmp_path / "out")
     (broken / "COMPLETE").unlink()
-    result = run_cli("convert", broken, "--out", tmp_path / "out2")
+    result = refused_by_cli("convert", broken, "--out", tmp_path / "out2")
     assert result.returncode == 1 and "no COMPLETE marker" in result.stderr and not (tmp_path / "out2").exists()
 
 
@@ -108,7 +108,7 @@ def test_generate_cli_writes_fasta(bundles, tmp_path):
     assert result.returncode == 0, result.stderr
     records = genome.read(out)
     assert records.names == ["sample_0", "sample_1"] and all(len(c) == 58 for c in records)
-    bad = run_cli("generate", "--model", bundles["decoder"], "--prompt", "ACGU")
+    bad = refused_by_cli("generate", "--model", bundles["decoder"], "--prompt", "ACGU")
     assert bad.returncode == 1 and "'U' is not one of A, C, G, T, N" in bad.stderr
 
 
@@ -183,8 +183,8 @@ def test_finetune_cli_from_a_bundle(bundles, tmp_path):
                          "--out", tmp_path / bundle.name, "--epochs", "1")
         assert result.returncode == 0, result.stderr
         assert "test: accuracy" in result.stdout and (tmp_path / bundle.name / "metrics.json").exists()
-    both = run_cli("finetune", "--model", bundles["encoder"], "--arch", "cnn", "--train", sets["train"], "--dev", sets["dev"],
-                   "--out", tmp_path / "x")
+    both = refused_by_cli("finetune", "--model", bundles["encoder"], "--arch", "cnn", "--train", sets["train"],
+                          "--dev", sets["dev"], "--out", tmp_path / "x")
     assert both.returncode == 1 and "exactly one of --model BUNDLE and --arch" in both.stderr
 
 

@@ -5,8 +5,10 @@ the prepared folder: ``--serve s3`` (moto's S3 server, needs the dev extra; the 
 same upload that ``dnalm prep --out s3://`` does) or ``--serve http`` (the standard library's file
 server). Measured:
 
-- one rank's throughput, samples/s and MB/s: local disk; remote with a cold cache and prefetch; the
-  same without prefetch; remote with a warm cache;
+- one rank's throughput, samples/s and MB/s: local disk; remote with a cold cache and the default
+  prefetch; the same without prefetch; remote with a warm cache; and, with and without prefetch, from an HTTP
+  server that answers every request 50 ms late (an object store's time to first byte: loopback has
+  none, so there prefetching only competes with the reader for the same cores);
 - the bytes each rank downloads in one epoch at W = 1, 2, 4, 8 (each rank with a cache of its own, as
   one rank per node), against the goal of 1.2/W of the split; the cache hit rate of each;
 - the input path as training uses it (one DataLoader worker, MLM masking) from the remote source,
@@ -32,10 +34,31 @@ PIPELINE_GOAL = 10.0
 REGION = 1_000_000
 
 
+LATENCY_S = 0.05  # an object store's time to first byte, for the prefetch comparison
+
+
+def serve_with_latency(folder: str, port: int, latency: float) -> None:
+    """A static file server on 127.0.0.1 that answers every request after ``latency`` seconds."""
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Slow(SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=folder, **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+        def send_head(self):
+            time.sleep(latency)
+            return super().send_head()
+
+    ThreadingHTTPServer(("127.0.0.1", port), Slow).serve_forever()
+
+
 @contextmanager
-def loopback(kind: str, folder: Path):
+def loopback(kind: str, folder: Path, latency: float = 0.0):
     """A server on 127.0.0.1 holding ``folder``, in a process of its own (so it does not share this one's
-    interpreter lock); yields the data's URL."""
+    interpreter lock); yields the data's URL. ``latency`` (http only) delays every answer."""
     import os
     import socket
     import subprocess
@@ -53,6 +76,9 @@ def loopback(kind: str, folder: Path):
 
             raise DnalmError("--serve s3 needs moto's server (pip install -e '.[dev]')") from None
         command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    elif latency:
+        command = [sys.executable, "-c", f"from dnalm.bench.stream import serve_with_latency; "
+                                         f"serve_with_latency({str(folder)!r}, {port}, {latency})"]
     else:
         command = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(folder), str(port)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -161,7 +187,7 @@ def run(out_dir: Path, work: Path, source: str | None = None, serve: str = "s3",
     from dnalm import genome as genome_io
     from dnalm.bench.data import _encoder_small_step, _pipeline_tokens_per_s
     from dnalm.data.cache import shard_bytes
-    from dnalm.data.stream import GenomeStream
+    from dnalm.data.stream import PREFETCH_SHARDS, GenomeStream
     from dnalm.devices import resolve
 
     chr20 = report.SHARED_DATA / "genomes" / "hs37_chr20.fa.gz"
@@ -176,13 +202,22 @@ def run(out_dir: Path, work: Path, source: str | None = None, serve: str = "s3",
             remote = GenomeStream(url, batch_size=micro_batch, cache_dir=scratch / "probe")
             same = remote.manifest.plan_fingerprint == GenomeStream(local, batch_size=1).manifest.plan_fingerprint
             split = sum(shard_bytes(s) for s in remote.shards)
+            depth = PREFETCH_SHARDS
+
+            def rate(location, cache: str, prefetch: int) -> dict:
+                stream = GenomeStream(location, batch_size=micro_batch, prefetch_shards=prefetch, cache_dir=scratch / cache)
+                return read_rate(stream, samples) | {"prefetch_shards": prefetch}
+
             throughput = {
                 "local_disk": read_rate(GenomeStream(local, batch_size=micro_batch, order="blocks"), samples) if same else None,
-                "remote_cold_prefetch_2": read_rate(GenomeStream(url, batch_size=micro_batch, cache_dir=scratch / "cold"), samples),
-                "remote_cold_no_prefetch": read_rate(GenomeStream(url, batch_size=micro_batch, cache_dir=scratch / "cold0",
-                                                                  prefetch_shards=0), samples),
-                "remote_warm": read_rate(GenomeStream(url, batch_size=micro_batch, cache_dir=scratch / "cold"), samples),
+                "remote_cold": rate(url, "cold", depth),
+                "remote_cold_no_prefetch": rate(url, "cold0", 0),
+                "remote_warm": rate(url, "cold", depth),
             }
+            with loopback("http", local, LATENCY_S) as slow:
+                late = f"remote_{LATENCY_S * 1000:.0f}ms"
+                throughput[f"{late}_cold"] = rate(slow, "late", depth)
+                throughput[f"{late}_cold_no_prefetch"] = rate(slow, "late0", 0)
             shares = epoch_shares(url, scratch, split, micro_batch, worlds)
             pipeline = _pipeline_tokens_per_s(url, samples, micro_batch, cache_dir=scratch / "pipeline")
             step = _encoder_small_step(remote.manifest, remote.manifest.seq_len, resolve("cpu"))
@@ -216,10 +251,9 @@ def _plot(result: dict, out_dir: Path) -> None:
 
     plt = pyplot()
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(13, 3.8))
-    names = {"local_disk": "local disk", "remote_cold_prefetch_2": "remote, cold,\nprefetch 2",
-             "remote_cold_no_prefetch": "remote, cold,\nno prefetch", "remote_warm": "remote, warm"}
     rows = {k: v for k, v in result["throughput"].items() if v}
-    left.bar([names[k] for k in rows], [r["samples_per_s"] for r in rows.values()], color="#3b7dd8")
+    left.bar([k.replace("remote_", "").replace("_", "\n", 2).replace("_", " ") for k in rows],
+             [r["samples_per_s"] for r in rows.values()], color="#3b7dd8")
     left.set_ylabel("samples / s, one rank")
     left.tick_params(axis="x", labelsize=7)
     shares = result["shares"]

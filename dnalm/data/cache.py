@@ -72,7 +72,7 @@ class ShardCache:
         tar = self.shards / f"{entry.sha256}.tar"
         return tar, tar.with_name(f"{tar.name}.idx")
 
-    def _present(self, entry: ShardEntry) -> bool:
+    def present(self, entry: ShardEntry) -> bool:
         tar, index = self.paths(entry)
         try:
             return tar.stat().st_size == entry.bytes and index.stat().st_size == entry.num_samples * INDEX_ENTRY
@@ -96,7 +96,7 @@ class ShardCache:
     def _ensure(self, source: Source, entry: ShardEntry) -> bool:
         """With the shard's lock held: download it unless present (index first, the tar last); whether it was."""
         tar, index = self.paths(entry)
-        if self._present(entry):
+        if self.present(entry):
             os.utime(tar)
             return True
         for stale in self.shards.glob(f".{entry.sha256}.*"):  # left by a process killed mid-download
@@ -123,7 +123,7 @@ class ShardCache:
         """The shard, downloaded if it is not here, opened while its lock is held (so it cannot be evicted first).
 
         Counted as a hit (here when asked for), a wait (another thread or process brought it meanwhile) or a miss."""
-        here = self._present(entry)  # a look without the lock, for the count
+        here = self.present(entry)  # a look without the lock, for the count
         if here and self.limit is None:  # nothing is ever evicted: no lock needed to open it
             self._count(hits=1)
             return IndexedShard(self.paths(entry)[0], entry.num_samples, entry.bytes, source_url=source.url_of(entry.path))

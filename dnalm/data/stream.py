@@ -68,6 +68,7 @@ STATE_VERSION = 3  # 2: the global order only, ranks took contiguous runs of a s
 ON_ERROR = ("raise", "skip")
 ORDERS = ("global", "blocks")
 LOOKAHEAD = 32  # batches of this worker whose shards the prefetcher may see
+PREFETCH_SHARDS = 4  # downloads in flight beside the reader: an object store gives each GET a fraction of the bandwidth
 
 
 @dataclass
@@ -86,7 +87,7 @@ class GenomeStream(IterableDataset):
                  seed: int = 0, shuffle: bool = True, epochs: int | None = 1, tokenizer: Tokenizer | None = None,
                  on_error: str = "raise", max_open_shards: int = 64, reverse_complement: bool = False,
                  order: str | None = None, partitions: int | None = None, block_size: int | None = None,
-                 cache_dir: str | Path | None = None, cache_limit: int | None = None, prefetch_shards: int = 2,
+                 cache_dir: str | Path | None = None, cache_limit: int | None = None, prefetch_shards: int = PREFETCH_SHARDS,
                  retries: int = 5, retry_wait_s: float = 0.5):
         self.source = open_source(source, retries, retry_wait_s)
         self.cache = ShardCache(cache_dir, cache_limit) if self.source.remote else None

@@ -52,7 +52,8 @@ class DataSection(_Section):
                                   "ranks and workers (default $DNALM_CACHE_DIR or ~/.cache/dnalm)")
     cache_limit: int | None = Field(None, ge=1, description="remote sources: bytes the cache may hold (least recently "
                                     "used shards evicted first; none: no limit)")
-    prefetch_shards: int = Field(2, ge=0, description="remote sources: shards downloaded ahead of the reader")
+    prefetch_shards: int = Field(4, ge=0, description="remote sources: shards downloaded ahead of the reader, in "
+                                 "parallel (default 4)")
     retries: int = Field(5, ge=0, description="remote sources: attempts after a failed request, with exponential backoff")
     retry_wait_s: float = Field(0.5, gt=0, description="remote sources: the first wait before a retry (doubled each time)")
     max_open_shards: int = Field(64, ge=1, description="shard files each DataLoader worker keeps open (least recently used closed)")
