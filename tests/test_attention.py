@@ -80,10 +80,11 @@ def test_rope_inputs_match_eager(backend):
 
 def test_rope_scores_depend_on_relative_position_only():
     rotary = Rotary(D, 10_000.0)
-    q, k = torch.randn(1, 1, 1, D), torch.randn(1, 1, 1, D)
+    g = torch.Generator().manual_seed(0)  # unseeded, a score near 0 once failed a purely relative tolerance
+    q, k = torch.randn(1, 1, 1, D, generator=g), torch.randn(1, 1, 1, D, generator=g)
     def score(i, j):
         return float(rotary(q, torch.tensor([[i]])) @ rotary(k, torch.tensor([[j]])).transpose(-1, -2))
-    assert score(5, 2) == pytest.approx(score(105, 102), rel=1e-4)
+    assert score(5, 2) == pytest.approx(score(105, 102), rel=1e-4, abs=1e-5)
 
 
 def test_alibi_slopes_follow_press_et_al():
