@@ -9,7 +9,7 @@ from dnalm import genome
 from tests.conftest import SHARED_DATA, needs_shared, refused_by_cli, run_cli
 
 GUE = SHARED_DATA / "gue"
-SMALL = ["--genome", str(genome.DEFAULT_GENOME), "--variants", "cnn,views-bases", "--seeds", "1", "--pretrain-tokens", "4096",
+SMALL = ["--genome", str(genome.DEFAULT_GENOME), "--variants", "views-bases", "--seeds", "1", "--pretrain-tokens", "4096",
          "--seq-len", "256", "--lengths", "128", "--tasks", "prom_300_tata=64", "--epochs", "1"]
 
 
@@ -25,17 +25,17 @@ def compared(tmp_path_factory):
 def test_compare_reports_every_stage(compared):
     root, done = compared
     result = json.loads((root / "out" / "compare.json").read_text())
-    assert set(result["variants"]) == {"cnn", "views-bases"}  # views with the per-base head: its trainer, scoring, timing
-    assert set(result["data"]) == {"nucleotide", "views"}  # one prep per input form
+    assert set(result["variants"]) == {"views-bases"}  # views with the per-base head: its trainer, scoring, timing
+    assert set(result["data"]) == {"views"}  # one prep per input form
     for row in result["pretrain"]:
         assert row["steps"] == 2 and row["tokens_seen"] > 0 and math.isfinite(row["final_loss"])
         assert 0 < row["masked_accuracy"] < 1 and row["scored_bases"] > 1000 and row["scored_windows"] > 8
-    assert {(r["variant"], r["length"]) for r in result["throughput"]} == {(v, n) for v in ("cnn", "views-bases") for n in (128,)}
+    assert {(r["variant"], r["length"]) for r in result["throughput"]} == {("views-bases", 128)}
     assert all(r["tokens_per_s"] > 0 and r["peak_mb"] > 0 for r in result["throughput"])
-    assert {(r["variant"], r["pretrained"]) for r in result["finetune"]} == {(v, p) for v in ("cnn", "views-bases") for p in (True, False)}
+    assert {(r["variant"], r["pretrained"]) for r in result["finetune"]} == {("views-bases", p) for p in (True, False)}
     assert all(-1 <= r["dev_mcc"] <= 1 and r["train_rows"] == 64 for r in result["finetune"])
     table = (root / "out" / "compare.md").read_text()
-    assert "held-out masked-base accuracy" in table and "| cnn | " in table and "prom_300_tata" in table
+    assert "held-out masked-base accuracy" in table and "| views-bases | " in table and "prom_300_tata" in table
     assert result["command"].startswith("dnalm bench compare --genome") and "--seeds 1" in result["command"]
     for plot in ("compare_loss", "compare_throughput", "compare_finetune"):
         assert (root / "out" / f"{plot}.png").stat().st_size > 5000

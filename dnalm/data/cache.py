@@ -53,6 +53,12 @@ class ShardCache:
         self.counts = dict.fromkeys(("hits", "waits", "misses", "prefetched", "bytes_downloaded", "evicted"), 0)
         self._counting = threading.Lock()  # prefetch threads count too
 
+    def __getstate__(self) -> dict:  # a DataLoader worker started by spawn counts on its own
+        return {k: v for k, v in self.__dict__.items() if k != "_counting"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _counting=threading.Lock())
+
     def _count(self, **amounts) -> None:
         with self._counting:
             for name, amount in amounts.items():

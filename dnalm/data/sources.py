@@ -212,6 +212,9 @@ class S3Source(Source):
     def key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
 
+    def __getstate__(self) -> dict:  # a DataLoader worker started by spawn makes its own client
+        return {**self.__dict__, "_client": None, "_pid": None}
+
     @property
     def client(self):
         if self._client is None or self._pid != os.getpid():

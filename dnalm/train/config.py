@@ -7,11 +7,12 @@ sizes, optimizer, clipping, precision) is written into the DeepSpeed config here
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from dnalm.errors import DnalmError, validated
 
@@ -33,6 +34,20 @@ class ModelSection(_Section):
                                                     "architecture and weights replace `name`")
 
 
+UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
+         "TIB": 2**40}
+
+
+def byte_count(value):
+    """A number of bytes, or a string such as "200GB" or "1.5 TiB"."""
+    if not isinstance(value, str):
+        return value
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", value)
+    if not match or match.group(2).upper() not in UNITS:
+        raise ValueError(f"{value!r} is not a size (a number of bytes, or e.g. 200GB, 1.5TiB)")
+    return int(float(match.group(1)) * UNITS[match.group(2).upper()])
+
+
 class DataSection(_Section):
     path: str = Field(description="a folder made by `dnalm prep`, or one in object storage: s3://bucket/prefix, "
                                   "http(s)://host/prefix")
@@ -50,8 +65,9 @@ class DataSection(_Section):
                                    "sequence per sample a partition gives each step, ≥ one shard)")
     cache_dir: str | None = Field(None, description="remote sources: the node-local shard cache, shared by the node's "
                                   "ranks and workers (default $DNALM_CACHE_DIR or ~/.cache/dnalm)")
-    cache_limit: int | None = Field(None, ge=1, description="remote sources: bytes the cache may hold (least recently "
-                                    "used shards evicted first; none: no limit)")
+    cache_limit: Annotated[int | None, BeforeValidator(byte_count)] = Field(
+        None, ge=1, description="remote sources: bytes the cache may hold, e.g. 200000000000 or 200GB (least recently "
+                                "used shards evicted first; none: no limit)")
     prefetch_shards: int = Field(4, ge=0, description="remote sources: shards downloaded ahead of the reader, in "
                                  "parallel (default 4)")
     retries: int = Field(5, ge=0, description="remote sources: attempts after a failed request, with exponential backoff")
@@ -206,8 +222,10 @@ def deepspeed_config(config: TrainConfig, world_size: int, on_gpu: bool) -> dict
                                f"{config.batch.micro_batch} × {shares}")
     optim = config.optim
     bf16 = config.precision == "bf16" or (config.precision == "auto" and on_gpu)
+    # offloading from a GPU steps the host's copy with DeepSpeedCPUAdam (SIMD, compiled on first use); a CPU-only run
+    # has no device to offload from, and torch's AdamW does the same step without that minute of g++
     adam = {"lr": optim.lr, "betas": list(optim.betas), "eps": optim.eps, "weight_decay": optim.weight_decay,
-            "torch_adam": not _offloads(ds)}
+            "torch_adam": not (_offloads(ds) and on_gpu)}
     if on_gpu and adam["torch_adam"]:
         adam["fused"] = True  # PyTorch's fused CUDA AdamW: one kernel for all parameters
     ds.update({
