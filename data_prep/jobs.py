@@ -198,8 +198,10 @@ def prep(config: PrepConfig, folder: Path, *, jobs: int = 1, job_index: int | No
     """Plan (or resume) a prep run in ``folder`` and run all of it locally, or one slice of it. With
     ``publish_to`` (s3://…), ``folder`` is the local work folder and every shard, then the manifest, goes there."""
     started = time.perf_counter()
-    plan = prepare_folder(folder, config, processes=jobs)
     source = open_source(publish_to) if publish_to else None
+    if source is not None:
+        publish.check_destination(source)  # a missing bucket or refused credentials, before the plan's work
+    plan = prepare_folder(folder, config, processes=jobs)
     if source is not None:
         publish.start(source, Path(folder), plan)
     if job_index is not None:

@@ -23,7 +23,7 @@ from dnalm import faults
 from dnalm.data.cache import default_cache_dir
 from dnalm.data.manifest import CONTIGS_FILE, MANIFEST_FILE, DataError, Manifest
 from dnalm.data.shards import index_path
-from dnalm.data.sources import Source
+from dnalm.data.sources import HttpSource, Source
 
 PARALLEL = 16  # object requests in flight while checking a whole plan's shards
 
@@ -35,6 +35,13 @@ def work_folder(url: str) -> Path:
 
 def sidecar_name(shard: ShardPlan) -> str:
     return f"{shard.path}.json"
+
+
+def check_destination(source: Source) -> None:
+    """A destination that can take shards: not a read-only http(s) server, reachable, the credentials accepted."""
+    if isinstance(source, HttpSource):
+        raise DataError(f"--out {source.url}: http(s) sources are read-only; write to s3://… or a local folder")
+    source.size(MANIFEST_FILE)
 
 
 def start(source: Source, folder: Path, plan: Plan) -> None:

@@ -21,7 +21,7 @@ from dnalm.data.manifest import DataError, Manifest
 from dnalm.data.shards import IndexedShard
 from dnalm.data.sources import SourceError, open_source
 from dnalm.data.stream import GenomeStream, StreamLoader
-from tests.conftest import REPO
+from tests.conftest import REPO, refused_by_cli
 from tests.launching import losses, run, sample_keys, torchrun_cmd
 from tests.servers import FAULTS, FaultProxy, FileServer, free_port, s3_server
 
@@ -272,6 +272,11 @@ def test_missing_buckets_wrong_credentials_and_dead_endpoints_fail_clearly(publi
     started = time.monotonic()
     with pytest.raises(DataError, match=r"s3://no-such-bucket/data/manifest.json: NoSuchBucket"):
         GenomeStream("s3://no-such-bucket/data", batch_size=4, cache_dir=tmp_path)
+    for out, message in (("s3://no-such-bucket/data", "s3://no-such-bucket/data/manifest.json: NoSuchBucket"),
+                         ("https://example.org/data", "--out https://example.org/data: http(s) sources are read-only")):
+        done = refused_by_cli("prep", "--out", out, "--work", tmp_path / "work", "--seq-len", "256")
+        assert done.returncode == 1 and message in done.stderr, done.stderr
+        assert not (tmp_path / "work").exists(), "refused before any plan was made"
     requests.post(f"{s3}/moto-api/reset-auth", data=b"0")  # from now on moto checks credentials
     try:
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG0")
@@ -350,7 +355,7 @@ def test_bench_stream_measures_throughput_shares_and_the_input_path(ecoli, tmp_p
     source = tmp_path / "slice.fa"
     source.write_text(f">slice\n{ecoli.sequence[:1_000_000]}\n")
     result = stream.run(tmp_path / "out", tmp_path / "work", serve="http", genome=source, seq_len=512, shard_size_mb=0.1,
-                        samples=300, worlds=(1, 4))
+                        samples=300, worlds=(1, 4), latency_s=0.005)
     assert result["data"]["local_copy_compared"] and result["data"]["shards"] >= 16
     rates = result["throughput"]
     assert all(rates[k]["samples_per_s"] > 0 for k in rates)

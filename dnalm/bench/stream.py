@@ -183,7 +183,7 @@ def prepare(genome: Path, folder: Path, seq_len: int, shard_size_mb: float) -> P
 
 def run(out_dir: Path, work: Path, source: str | None = None, serve: str = "s3", genome: Path | None = None,
         seq_len: int = 1024, shard_size_mb: float = 2.0, samples: int = 20_000, micro_batch: int = 8,
-        worlds=WORLD_SIZES) -> dict:
+        worlds=WORLD_SIZES, latency_s: float = LATENCY_S) -> dict:
     from dnalm import genome as genome_io
     from dnalm.bench.data import _encoder_small_step, _pipeline_tokens_per_s
     from dnalm.data.cache import shard_bytes
@@ -214,8 +214,8 @@ def run(out_dir: Path, work: Path, source: str | None = None, serve: str = "s3",
                 "remote_cold_no_prefetch": rate(url, "cold0", 0),
                 "remote_warm": rate(url, "cold", depth),
             }
-            with loopback("http", local, LATENCY_S) as slow:
-                late = f"remote_{LATENCY_S * 1000:.0f}ms"
+            with loopback("http", local, latency_s) as slow:
+                late = f"remote_{latency_s * 1000:.0f}ms"
                 throughput[f"{late}_cold"] = rate(slow, "late", depth)
                 throughput[f"{late}_cold_no_prefetch"] = rate(slow, "late0", 0)
             shares = epoch_shares(url, scratch, split, micro_batch, worlds)

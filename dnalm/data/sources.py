@@ -18,6 +18,7 @@ import hashlib
 import os
 import random
 import shutil
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -32,6 +33,10 @@ MAX_WAIT_S = 30.0
 
 class SourceError(DataError):
     """A remote object that could not be read or written: the message names its URL."""
+
+
+class _LocalWriteError(Exception):
+    """Writing a download to local disk failed (carries the OSError)."""
 
 
 class Transient(Exception):
@@ -89,7 +94,10 @@ class Source:
                 with open(tmp, "wb") as fh:
                     def sink(chunk: bytes) -> None:
                         nonlocal written
-                        fh.write(chunk)
+                        try:
+                            fh.write(chunk)
+                        except OSError as exc:  # the disk, not the network: not worth a retry
+                            raise _LocalWriteError(exc) from None
                         digest.update(chunk)
                         written += len(chunk)
 
@@ -103,7 +111,12 @@ class Source:
             finally:
                 tmp.unlink(missing_ok=True)
 
-        return self._retried(once, name)
+        try:
+            return self._retried(once, name)
+        except (_LocalWriteError, OSError) as exc:
+            cause = exc.args[0] if isinstance(exc, _LocalWriteError) else exc
+            raise SourceError(f"{target}: cannot write the download of {self.url_of(name)} "
+                              f"({cause.strerror or cause}); free space or point data.cache_dir elsewhere") from None
 
     def size(self, name: str) -> int | None:
         """The object's size in bytes, or None when there is no such object."""
@@ -208,23 +221,28 @@ class S3Source(Source):
         if not self.bucket:
             raise SourceError(f"{url}: no bucket (expected s3://bucket/prefix)")
         self._client, self._pid = None, None
+        self._making = threading.Lock()  # prefetch threads may ask for the client together
 
     def key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
 
     def __getstate__(self) -> dict:  # a DataLoader worker started by spawn makes its own client
-        return {**self.__dict__, "_client": None, "_pid": None}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_making")} | {"_client": None, "_pid": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _making=threading.Lock())
 
     @property
     def client(self):
-        if self._client is None or self._pid != os.getpid():
-            import boto3
-            from botocore.config import Config
+        with self._making:
+            if self._client is None or self._pid != os.getpid():
+                import boto3
+                from botocore.config import Config
 
-            config = Config(retries={"total_max_attempts": 1}, connect_timeout=CONNECT_TIMEOUT_S,
-                            read_timeout=READ_TIMEOUT_S)
-            self._client, self._pid = boto3.session.Session().client("s3", config=config), os.getpid()
-        return self._client
+                config = Config(retries={"total_max_attempts": 1}, connect_timeout=CONNECT_TIMEOUT_S,
+                                read_timeout=READ_TIMEOUT_S)
+                self._client, self._pid = boto3.session.Session().client("s3", config=config), os.getpid()
+            return self._client
 
     def _calling(self, call):
         """Run one boto3 call, sorting its failures into Transient and Permanent."""
