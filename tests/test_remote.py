@@ -23,6 +23,7 @@ from dnalm.data.sources import SourceError, open_source
 from dnalm.data.stream import GenomeStream, StreamLoader
 from tests.conftest import REPO, refused_by_cli
 from tests.launching import losses, run, sample_keys, torchrun_cmd
+from tests.test_stream import take
 from tests.servers import FAULTS, FaultProxy, FileServer, free_port, s3_server
 
 PREP = ["--seq-len", "512", "--shard-size-mb", "1.0", "--val-fraction", "0.05"]  # the settings of conftest's ecoli_prepared
@@ -42,15 +43,6 @@ def samples(stream, n: int) -> list[tuple[str, list[int]]]:
         if len(out) == n:
             break
     return out
-
-
-def batch_keys(loader, n_batches: int) -> list[str]:
-    keys = []
-    for k, batch in enumerate(loader):
-        keys += batch["key"]
-        if k + 1 == n_batches:
-            break
-    return keys
 
 
 @pytest.fixture(scope="module")
@@ -120,12 +112,12 @@ def test_a_remote_stream_resumes_exactly_with_other_workers_and_a_cold_cache(pub
         return StreamLoader(GenomeStream(published["url"], batch_size=4, seed=3, epochs=None, cache_dir=tmp_path / cache),
                             num_workers=workers)
 
-    uninterrupted = batch_keys(loader("a", 2), 60)
+    uninterrupted = take(loader("a", 2), 60)
     first = loader("b", 2)
-    head = batch_keys(first, 25)
+    head = take(first, 25)
     resumed = loader("c", 1)
     resumed.load_state_dict(first.state_dict())
-    assert head + batch_keys(resumed, 35) == uninterrupted
+    assert head + take(resumed, 35) == uninterrupted
 
 
 def test_webdataset_reads_the_shards_over_http(http, ecoli_prepared):
@@ -221,18 +213,29 @@ def s3_proxy(s3, published):
     proxy.close()
 
 
+def faulty_server(request, monkeypatch, kind: str):
+    """(server, data URL, the server's path prefix of that data) for a spoilable loopback HTTP or S3 server."""
+    if kind == "http":
+        server = request.getfixturevalue("http")
+        return server, server.url, ""
+    server = request.getfixturevalue("s3_proxy")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
+    return server, "s3://dnalm/ecoli", "dnalm/ecoli/"
+
+
+def first_shard(folder, settings: dict) -> str:
+    """The shard the stream with ``settings`` reads first."""
+    stream = GenomeStream(folder, **settings)
+    return stream.shards[int(stream.order(0)(0, [0])[0][0])].path
+
+
 @pytest.mark.parametrize("fault", FAULTS)
 @pytest.mark.parametrize("kind", ["http", "s3"])
 def test_network_faults_are_retried_then_named(request, ecoli_prepared, tmp_path, monkeypatch, kind, fault):
-    if kind == "http":
-        server, url, prefix = request.getfixturevalue("http"), request.getfixturevalue("http").url, ""
-    else:
-        server, url, prefix = request.getfixturevalue("s3_proxy"), "s3://dnalm/ecoli", "dnalm/ecoli/"
-        monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
+    server, url, prefix = faulty_server(request, monkeypatch, kind)
     settings = {"batch_size": 4, "seed": 5, "order": "global", "retries": 2, "retry_wait_s": 0.01, "prefetch_shards": 0}
-    first = GenomeStream(ecoli_prepared, **settings)
-    shard = first.shards[int(first.order(0)(0, [0])[0][0])].path
-    expected = samples(first, 4)
+    shard = first_shard(ecoli_prepared, settings)
+    expected = samples(GenomeStream(ecoli_prepared, **settings), 4)
     server.faults[prefix + shard].extend([fault, fault])
     server.requests[prefix + shard] = 0
     assert samples(GenomeStream(url, cache_dir=tmp_path / "passes", **settings), 4) == expected
@@ -249,14 +252,9 @@ def test_network_faults_are_retried_then_named(request, ecoli_prepared, tmp_path
 
 @pytest.mark.parametrize("kind", ["http", "s3"])
 def test_a_missing_object_fails_at_once(request, ecoli_prepared, tmp_path, monkeypatch, kind):
-    if kind == "http":
-        server, url, prefix = request.getfixturevalue("http"), request.getfixturevalue("http").url, ""
-    else:
-        server, url, prefix = request.getfixturevalue("s3_proxy"), "s3://dnalm/ecoli", "dnalm/ecoli/"
-        monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
+    server, url, prefix = faulty_server(request, monkeypatch, kind)
     settings = {"batch_size": 4, "seed": 5, "order": "global", "retries": 3, "retry_wait_s": 5, "prefetch_shards": 0}
-    first = GenomeStream(ecoli_prepared, **settings)
-    shard = first.shards[int(first.order(0)(0, [0])[0][0])].path
+    shard = first_shard(ecoli_prepared, settings)
     server.faults[prefix + shard].append("404")
     server.requests[prefix + shard] = 0
     started = time.monotonic()
