@@ -69,7 +69,8 @@ def run_slice(folder: Path, job_index: int, num_jobs: int, progress: bool = Fals
     mine = slice_of(plan, job_index, num_jobs)
     pending = [s for s in mine if not shard_done(folder, plan.fingerprint, s)]
     for shard in pending:
-        for pattern in (f"{Path(shard.path).name}.tmp*", f"{Path(shard.path).name}.idx.tmp*"):
+        name = Path(shard.path).name  # the tar's, the index's and the sidecar's (write_atomic's) temporary names
+        for pattern in (f"{name}.tmp*", f"{name}.idx.tmp*", f".{name}.json.tmp*"):
             for stale in (folder / shard.path).parent.glob(pattern):
                 stale.unlink(missing_ok=True)
     counts = {"shards": len(mine), "skipped_done": len(mine) - len(pending), "written": 0, "bases": 0}

@@ -611,6 +611,8 @@ def bench_compare(args) -> None:
     arg("--genomes", type=int, default=100, help="genomes of the multi-genome corpus (default 100)"),
     arg("--jobs", type=int, default=2, help="prep processes (default 2)"),
     arg("--work", type=Path, default=Path("runs/scale"), help="corpora and prepared folders (several GB; default runs/scale)"),
+    arg("--stream-samples", type=int, default=20_000, help="samples one worker streams for its memory and files (default 20000)"),
+    arg("--rank-steps", type=int, default=100, help="global steps each rank reads for the bytes-per-rank rows (default 100)"),
     arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for scale.json and scale.png"),
 ])
 def bench_scale(args) -> None:
@@ -621,7 +623,10 @@ def bench_scale(args) -> None:
     source = args.source or scale.CHR20
     if not Path(source).is_file():
         raise DnalmError(f"--source {source}: no such file")
-    print(json.dumps(scale.run(args.out, args.work, source, args.copies, args.genomes, jobs=args.jobs), indent=2))
+    if args.stream_samples < 100 or args.rank_steps < 1:
+        raise DnalmError("--stream-samples must be at least 100 and --rank-steps at least 1")
+    print(json.dumps(scale.run(args.out, args.work, source, args.copies, args.genomes, jobs=args.jobs,
+                               stream_samples=args.stream_samples, rank_steps=args.rank_steps), indent=2))
 
 
 @command("bench", "stream", help="shards read from object storage against local disk: one rank's samples/s and MB/s, "

@@ -26,7 +26,7 @@ def test_compare_reports_every_stage(compared):
     root, done = compared
     result = json.loads((root / "out" / "compare.json").read_text())
     assert set(result["variants"]) == {"views-bases"}  # views with the per-base head: its trainer, scoring, timing
-    assert set(result["data"]) == {"views"}  # one prep per input form
+    assert set(result["data"]) == {"nucleotide", "views"}  # one prep per input form
     for row in result["pretrain"]:
         assert row["steps"] == 2 and row["tokens_seen"] > 0 and math.isfinite(row["final_loss"])
         assert 0 < row["masked_accuracy"] < 1 and row["scored_bases"] > 1000 and row["scored_windows"] > 8

@@ -18,7 +18,7 @@ import pytest
 
 from dnalm.train import checkpoint as ckpt
 from tests.conftest import REPO, prep_folder
-from tests.launching import CONFIG, ENV, deepspeed_cmd, free_port, launch_cmd, losses, metrics, overrides, run, torchrun_cmd
+from tests.launching import CONFIG, ENV, LAUNCHERS, deepspeed_cmd, free_port, launch_cmd, losses, metrics, overrides, run, torchrun_cmd
 
 @pytest.fixture(scope="module")
 def data(ecoli128) -> Path:
@@ -191,8 +191,7 @@ def test_zero3_builds_the_same_initial_weights_as_a_plain_build():
 
 def test_decoder_1_5b_is_built_partitioned_under_zero3(tmp_path):
     out = tmp_path / "partition"
-    run([sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(free_port()), "--num_gpus", "2",
-         "--module", "dnalm.train.partition", "decoder-1.5b", str(out)])
+    run([*LAUNCHERS["torchrun"](2), "-m", "dnalm.train.partition", "decoder-1.5b", str(out)])
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     for rank in ranks:
         assert 1.4e9 < rank["total_parameters"] < 1.6e9

@@ -62,13 +62,14 @@ def alibi_slopes(n_heads: int, device) -> torch.Tensor:
 
 
 def rotate(x, positions, theta, scale=1.0):
-    """Rotary embedding on interleaved pairs (dims 0-1, 2-3, …), angles in fp32; ``scale`` interpolates positions."""
+    """Rotary embedding on interleaved pairs (dims 0-1, 2-3, …), angles in fp32 and the rotation in x's dtype, as
+    dnalm's; ``scale`` interpolates positions."""
     dim = x.shape[-1]
     inv_freq = theta ** -(torch.arange(0, dim, 2, device=x.device, dtype=torch.float32) / dim)
     angles = positions[:, None, :, None].float() * (inv_freq / scale)
-    cos, sin = angles.cos(), angles.sin()
-    x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
-    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2).to(x.dtype)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
 
 
 class _Projection(nn.Module):

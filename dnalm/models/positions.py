@@ -32,7 +32,9 @@ class Rotary(torch.nn.Module):
     """Rotary position embedding (RoFormer), applied to queries and keys at their position ids.
 
     Frequencies and angles are computed in fp32 in every forward, whatever the module's dtype: a bf16
-    frequency buffer would put positions a few thousand apart at the same angle. ``scale`` > 1 is position
+    frequency buffer would put positions a few thousand apart at the same angle. The rotation itself runs in
+    the activations' dtype (cos and sin cast to it, as Llama's does), so bf16 queries and keys are not copied
+    to fp32 and back. ``scale`` > 1 is position
     interpolation (Chen et al. 2023): positions are divided by it, so a window ``scale`` times longer than the
     trained one spans the angles the model has seen.
     """
@@ -46,7 +48,6 @@ class Rotary(torch.nn.Module):
         exponents = torch.arange(0, self.head_dim, 2, device=x.device, dtype=torch.float32) / self.head_dim
         inv_freq = self.theta ** -exponents
         angles = positions[:, None, :, None].to(torch.float32) * (inv_freq / self.scale)
-        cos, sin = angles.cos(), angles.sin()
-        x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
-        rotated = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
-        return rotated.to(x.dtype)
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
