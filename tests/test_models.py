@@ -243,3 +243,15 @@ def test_cnn_baseline():
     assert out.shape == (2, 24, 16)
     with pytest.raises(ModelConfigError, match="cnn_kernel must be odd"):
         get_config("cnn", cnn_kernel=4)
+
+
+def test_fp8_takes_the_block_linears_and_leaves_the_head():
+    """precision fp8 would convert exactly the blocks' linear layers of decoder-small (qkv, out, up, down: all
+    multiples of 16), never the LM head; on this CPU it is refused before any of that (tests/test_train.py)."""
+    from dnalm.train.fp8 import Fp8Error, check, qualifies
+
+    model = build_model(get_config("decoder-small", vocab_size=10))
+    taken = [name for name, module in model.named_modules() if qualifies(module, name)]
+    assert len(taken) == 4 * model.config.n_layers and "head" not in taken
+    with pytest.raises(Fp8Error, match="this run is on cpu"):
+        check(torch.device("cpu"))

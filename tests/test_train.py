@@ -171,14 +171,32 @@ def test_two_torchrun_nodes_read_disjoint_data_and_write_one_checkpoint(data, tm
     assert (final / "rng-rank0.pt").exists() and (final / "rng-rank1.pt").exists()
 
 
-def test_the_compile_switch_trains_like_eager(data, tmp_path):
-    """compile=true compiles the engine (torch.compile through DeepSpeed) and trains to eager's losses."""
-    done = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "compiled_step.py"), str(data), str(tmp_path)],
-                          env=ENV, cwd=REPO, capture_output=True, text=True, timeout=600)
+# every model and stage once; compile=model (DeepSpeed's engine.compile of the whole model) on one of them
+COMPILED = [{"name": f"{model}-{stage}", "model": f"{model}-tiny", "deepspeed": stage,
+             "compile": "model" if (model, stage) == ("encoder", "zero2") else "blocks",
+             "resume": (model, stage) == ("decoder", "zero3")} for model in ("encoder", "decoder") for stage in ("zero2", "zero3")]
+
+
+def test_compiled_training_matches_eager_and_resumes_uncompiled(data, tmp_path):
+    """An encoder and a decoder under ZeRO-2 and ZeRO-3, compiled (compile=blocks: each block's forward, ZeRO-3
+    gathering a block's parameters around it; the encoder under ZeRO-2 with compile=model, DeepSpeed's engine.compile),
+    train 3 steps to eager's losses; a compiled run's checkpoint resumes uncompiled with the compiled run's next loss."""
+    cases = tmp_path / "cases.json"
+    cases.write_text(json.dumps(COMPILED))
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "compiled_step.py"), str(data), str(tmp_path),
+                           str(cases)], env=ENV, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["engine_compiled"] == [False, True]
-    assert len(result["eager"]) == 3 and result["compiled"] == pytest.approx(result["eager"], rel=1e-4)
+    for case in COMPILED:
+        runs = result[case["name"]]
+        assert runs["eager"]["compiled"] == {"engine": False, "blocks": False, "graphs": 0}, case
+        assert runs["compiled"]["compiled"]["engine" if case["compile"] == "model" else "blocks"], case
+        assert 1 <= runs["compiled"]["compiled"]["graphs"] <= 4, (case, "one block graph, not a graph per layer")
+        eager, compiled = runs["eager"]["losses"], runs["compiled"]["losses"]
+        assert sorted(compiled) == ["1", "2", "3"] and list(compiled.values()) == pytest.approx(list(eager.values()), rel=1e-4)
+        if case.get("resume"):
+            resumed = runs["resumed_uncompiled"]
+            assert resumed["compiled"]["graphs"] == 0 and resumed["losses"]["3"] == pytest.approx(compiled["3"], rel=1e-4)
 
 
 def test_zero3_builds_the_same_initial_weights_as_a_plain_build():
@@ -217,6 +235,8 @@ def test_bad_configs_say_what_is_wrong(data, tmp_path, capsys):
         (overrides(data, tmp_path / "c", deepspeed="zero9"), "zero9.json not found"),
         (overrides(tmp_path / "nodata", tmp_path / "d"), "no manifest"),
         (overrides(data, tmp_path / "e", **{"parallel.sequence": 3}), "parallel.sequence 3 does not divide the world size 1"),
+        (overrides(data, tmp_path / "g", precision="fp8"), "precision fp8: float8 training needs an NVIDIA GPU of compute "
+                                                           "capability 8.9 or newer (Ada, Hopper); this run is on cpu"),
     ]
     for extra, pattern in cases:
         done = run(cli + extra, expect_ok=False)

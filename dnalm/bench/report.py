@@ -42,7 +42,8 @@ def device_label(result: dict) -> str:
 
 
 def dtype_name(dtype) -> str:
-    return {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(dtype), str(dtype))
+    return {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16",
+            "torch.float8_e4m3fn": "fp8"}.get(str(dtype), str(dtype))
 
 
 def write(result: dict, out_dir: Path, name: str) -> Path:

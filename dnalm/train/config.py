@@ -48,6 +48,11 @@ def byte_count(value):
     return int(float(match.group(1)) * UNITS[match.group(2).upper()])
 
 
+def compile_mode(value):
+    """``compile``: true/false as before the modes, else the mode's name."""
+    return {True: "model", False: "none"}.get(value, value) if isinstance(value, bool) else value
+
+
 class DataSection(_Section):
     path: str = Field(description="a folder made by `dnalm prep`, or one in object storage: s3://bucket/prefix, "
                                   "http(s)://host/prefix")
@@ -168,10 +173,14 @@ class TrainConfig(_Section):
     robust: RobustSection = RobustSection()
     parallel: ParallelSection = ParallelSection()
     deepspeed: str = Field("zero2", description="zero1 | zero2 | zero3 | zero3-offload, or a path to a DeepSpeed JSON")
-    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+    precision: Literal["auto", "bf16", "fp32", "fp8"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU; fp8: "
+                                                             "float8 linear layers (torchao), the rest bf16, on GPUs of "
+                                                             "compute capability 8.9+ (refused elsewhere)")
     activation_checkpointing: bool = False
-    compile: bool = Field(False, description="torch.compile the model (DeepSpeed's engine.compile, inductor); the first "
-                          "step pays the compilation. Off by default: see `dnalm bench train` for what it gains")
+    compile: Annotated[Literal["none", "model", "blocks"], BeforeValidator(compile_mode)] = Field(
+        "none", description="torch.compile: none; model (DeepSpeed's engine.compile, the whole model); blocks (each "
+                            "block compiled in place, one graph all blocks reuse; embedding, head and loss eager). true "
+                            "means model. The first step pays the compilation: see `dnalm bench train` for what it gains")
     seed: int = 0
 
     def to_yaml(self) -> str:
@@ -221,7 +230,7 @@ def deepspeed_config(config: TrainConfig, world_size: int, on_gpu: bool) -> dict
         raise TrainConfigError(f"batch.global_batch {config.batch.global_batch} is not a multiple of micro_batch "
                                f"{config.batch.micro_batch} × {shares}")
     optim = config.optim
-    bf16 = config.precision == "bf16" or (config.precision == "auto" and on_gpu)
+    bf16 = config.precision in ("bf16", "fp8") or (config.precision == "auto" and on_gpu)
     # offloading from a GPU steps the host's copy with DeepSpeedCPUAdam (SIMD, compiled on first use); a CPU-only run
     # has no device to offload from, and torch's AdamW does the same step without that minute of g++
     adam = {"lr": optim.lr, "betas": list(optim.betas), "eps": optim.eps, "weight_decay": optim.weight_decay,

@@ -38,6 +38,7 @@ from dnalm.errors import DnalmError
 from dnalm.models import ModelConfig, build_model, get_config
 from dnalm.tokenizers import Tokenizer, ViewTokenizer, load_folder
 from dnalm.train import checkpoint as ckpt
+from dnalm.train import compiled, fp8
 from dnalm.train import sequence_parallel
 from dnalm.train.config import TrainConfig, deepspeed_config, zero_stage
 from dnalm.train.metrics import MetricsLog
@@ -133,12 +134,14 @@ def load_bundle_weights(model: torch.nn.Module, bundle: str, partitioned: bool) 
                 target.data.copy_(tensor.float())
 
 
-def _nominal_mfu_per_token(model, model_config, seq_len: int, ds_config: dict) -> float | None:
-    """FLOPs per token ÷ the device's nominal peak for the run's precision (``dnalm.bench.mfu``), or None."""
+def _nominal_mfu_per_token(model, model_config, seq_len: int, ds_config: dict, precision: str) -> float | None:
+    """FLOPs per token ÷ the device's nominal peak for the run's precision (``dnalm.bench.mfu``; fp8 runs against the
+    fp8 peak), or None."""
     from dnalm.bench.mfu import device_peak, flops_per_token
     from dnalm.devices import model_device
 
-    dtype = torch.bfloat16 if ds_config.get("bf16", {}).get("enabled") else torch.float32
+    dtype = torch.float8_e4m3fn if precision == "fp8" else \
+        torch.bfloat16 if ds_config.get("bf16", {}).get("enabled") else torch.float32
     peak = device_peak(model_device(model), dtype)
     return flops_per_token(model, model_config, seq_len) / peak[1] if peak else None
 
@@ -185,6 +188,8 @@ class Trainer:
         self.sp_rank, self.dp_rank, self.dp_world = self.rank % self.sp_size, self.rank // self.sp_size, self.world // self.sp_size
         mpu = sequence_parallel.groups(self.sp_size) if self.sp_size > 1 else None
         on_gpu = torch.cuda.is_available()
+        if config.precision == "fp8":
+            fp8.check(torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu"))
         self.ds_config = deepspeed_config(config, self.world, on_gpu)
         self.accumulation = self.ds_config["gradient_accumulation_steps"]
         self.gradient_scale = sequence_parallel.gradient_scale(self.sp_size, self.ds_config)
@@ -209,16 +214,19 @@ class Trainer:
             model = build_model(self.model_config)
         if config.model.init_from and self.resume_from is None:
             load_bundle_weights(model, config.model.init_from, partitioned=zero_stage(self.ds_config) == 3)
+        if config.precision == "fp8":
+            self._say(f"precision fp8: {fp8.convert(model)} linear layers in float8")
+        compiled.prepare(model, config.compile)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, model_parameters=parameter_groups(model, config.optim.weight_decay), config=self.ds_config, mpu=mpu,
             lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, self.total_steps)))
         if mpu is not None:
             sequence_parallel.wrap_attention(self.engine.module, mpu.get_sequence_parallel_group())
-        if config.compile:
-            self.engine.compile()
+        compiled.compile_engine(self.engine, config.compile)
 
         # MFU by the field's formula where the device has a nominal peak (H100, H200, A100); CPUs have none
-        self.mfu_per_token = _nominal_mfu_per_token(model, self.model_config, self.manifest.seq_len, self.ds_config)
+        self.mfu_per_token = _nominal_mfu_per_token(model, self.model_config, self.manifest.seq_len, self.ds_config,
+                                                   config.precision)
 
         self.stream = GenomeStream(config.data.path, config.data.train_split, batch_size=config.batch.micro_batch,
                                    rank=self.dp_rank, world_size=self.dp_world, seed=config.seed, epochs=None,

@@ -91,3 +91,15 @@ cat "$R/status.txt"
 section longest-window 240 bash -c "python3 docs/benchmarks/gpu/longest_window.py decoder-1.5b 65536 1048576 --speed 8192,32768,131072 > $R/longest-window-decoder-1.5b.json"
 section encoder-base-long 90 bash -c "python3 docs/benchmarks/gpu/longest_window.py encoder-base 131072 131072 --speed 32768,131072 > $R/long-encoder-base.json"
 section bench-context 200 python3 -m dnalm bench context --device cuda --lengths 8192,32768,131072 --long-lengths 262144,1048576 --sizes "" --out "$R/bench"
+
+# the fused step (issue 28): decoder-1.5b at 2,048 tokens compiled as a whole (DeepSpeed's engine.compile) and block by
+# block (each block's forward; under ZeRO-3 each block a ZeRO-3 leaf), against the eager runs above; then fp8 (torchao's
+# float8 linears, carried as a wheel matching the image's torch) against bf16, on decoder-1.5b and on decoder-small's
+# loss over 200 steps. Not yet run on a GPU: compile=blocks is tested on CPU (tests/test_train.py), fp8 only refused there.
+big decoder-1.5b-zero2-mb8-compile-model zero2 8 activation_checkpointing=false compile=model
+big decoder-1.5b-zero2-mb8-compile-blocks zero2 8 activation_checkpointing=false compile=blocks
+big decoder-1.5b-zero3-mb32-compile-blocks zero3 32 compile=blocks
+big decoder-1.5b-zero2-mb8-fp8 zero2 8 activation_checkpointing=false compile=blocks precision=fp8
+LOSS=(budget.steps=200 checkpoint.interval=1000 eval.interval=100 eval.batches=4 optim.warmup_steps=20 compile=blocks)
+section decoder-small-bf16-200 200 bash -c 'train "$@"' _ decoder-small-bf16-200 ecoli1024 decoder-small-ecoli.yaml "${LOSS[@]}"; keep decoder-small-bf16-200
+section decoder-small-fp8-200 200 bash -c 'train "$@"' _ decoder-small-fp8-200 ecoli1024 decoder-small-ecoli.yaml "${LOSS[@]}" precision=fp8; keep decoder-small-fp8-200
