@@ -353,12 +353,12 @@ def test_bench_stream_measures_throughput_shares_and_the_input_path(ecoli, tmp_p
     source = tmp_path / "slice.fa"
     source.write_text(f">slice\n{ecoli.sequence[:1_000_000]}\n")
     result = stream.run(tmp_path / "out", tmp_path / "work", serve="http", genome=source, seq_len=512, shard_size_mb=0.1,
-                        samples=300, worlds=(1, 4), latency_s=0.005)
+                        samples=200, worlds=(4,), latency_s=0.005)
     assert result["data"]["local_copy_compared"] and result["data"]["shards"] >= 16
     rates = result["throughput"]
     assert all(rates[k]["samples_per_s"] > 0 for k in rates)
     assert rates["remote_warm"]["cache"]["misses"] == 0 and rates["remote_cold_no_prefetch"]["cache"]["prefetched"] == 0
-    assert [r["world_size"] for r in result["shares"]] == [1, 4] and all(r["meets_goal"] for r in result["shares"])
+    assert [r["world_size"] for r in result["shares"]] == [4] and all(r["meets_goal"] for r in result["shares"])
     assert all(r["samples_read"] > 0.95 * result["data"]["samples"] for r in result["shares"])
     assert result["pipeline"]["meets_goal"] and result["diversity"]["ratio"] > 0.8
     assert (tmp_path / "out" / "stream.png").stat().st_size > 5000
