@@ -20,7 +20,7 @@ import numpy as np
 from data_prep import publish
 from data_prep.merge import merge, try_merge
 from data_prep.packing import FragmentPacker
-from data_prep.plan import Plan, PrepConfig, ShardPlan, prepare_folder
+from data_prep.plan import Plan, PrepConfig, ShardPlan, checked_fingerprint, prepare_folder
 from dnalm import genome as genome_io
 from dnalm.data.manifest import DataError
 from dnalm.data.shards import INDEX_ENTRY, ShardWriter, encode_sample, file_sha256, index_path, sample_key, token_dtype
@@ -200,8 +200,8 @@ def prep(config: PrepConfig, folder: Path, *, jobs: int = 1, job_index: int | No
     ``publish_to`` (s3://…), ``folder`` is the local work folder and every shard, then the manifest, goes there."""
     started = time.perf_counter()
     source = open_source(publish_to) if publish_to else None
-    if source is not None:
-        publish.check_destination(source)  # a missing bucket or refused credentials, before the plan's work
+    if source is not None:  # a missing bucket, refused credentials or another prep there: before the plan's work
+        publish.check_destination(source, checked_fingerprint(config)[1])
     plan = prepare_folder(folder, config, processes=jobs)
     if source is not None:
         publish.start(source, Path(folder), plan)

@@ -231,6 +231,14 @@ def build_plan(config: PrepConfig, tokenizers: list[Tokenizer], processes: int =
     return Plan(fingerprint, config, genomes, entries, sum(g["segment_bases"] for g in per_genome), shards, per_genome)
 
 
+def checked_fingerprint(config: PrepConfig) -> tuple[list[Tokenizer], str]:
+    """The tokenizers and the plan fingerprint of ``config``, once its genomes and tokenizers check out (no plan built)."""
+    tokenizers = check_tokenizers(config)
+    for path in config.genomes:
+        genome_io.check_path(path)
+    return tokenizers, plan_fingerprint(config, tokenizers, [genome_io.file_sha256(p) for p in config.genomes])
+
+
 def prepare_folder(folder: Path, config: PrepConfig, wait_seconds: float = 3 * 3600, poll_seconds: float = 0.5,
                    processes: int = 1) -> Plan:
     """Write (or find) the plan of ``config`` in ``folder``; refuse a folder made from other inputs.
@@ -239,10 +247,7 @@ def prepare_folder(folder: Path, config: PrepConfig, wait_seconds: float = 3 * 3
     that creates the lock file builds the plan, the others wait for ``plan.json`` and reuse it.
     """
     folder = Path(folder)
-    tokenizers = check_tokenizers(config)
-    for path in config.genomes:
-        genome_io.check_path(path)
-    fingerprint = plan_fingerprint(config, tokenizers, [genome_io.file_sha256(p) for p in config.genomes])
+    tokenizers, fingerprint = checked_fingerprint(config)
     created = not folder.exists()
     deadline = time.monotonic() + wait_seconds
     while True:

@@ -1,7 +1,7 @@
 """``dnalm prep --out s3://…``: prepare in a local work folder, upload each shard once it is finished, the manifest last.
 
-- Before any shard is written, the destination is checked (a manifest or plan of other inputs there is
-  refused) and the plan and tokenizers go up.
+- Before the plan is built, the destination is checked (unreachable, read-only, or holding a manifest or
+  plan of other inputs: refused); once it is built, the plan and tokenizers go up.
 - Each finished shard goes up as its tar, its index, then its sidecar: a sidecar in the bucket means its
   shard is whole there.
 - ``publish`` runs when a prep (or a job slice) ends: it uploads every shard finished here that is not up
@@ -37,23 +37,23 @@ def sidecar_name(shard: ShardPlan) -> str:
     return f"{shard.path}.json"
 
 
-def check_destination(source: Source) -> None:
-    """A destination that can take shards: not a read-only http(s) server, reachable, the credentials accepted."""
+def check_destination(source: Source, fingerprint: str) -> None:
+    """Before any work: a destination that can take shards (not a read-only http(s) server, reachable, credentials
+    accepted) and holds no prep of other inputs (a manifest or plan of another fingerprint)."""
     if isinstance(source, HttpSource):
         raise DataError(f"--out {source.url}: http(s) sources are read-only; write to s3://… or a local folder")
-    source.size(MANIFEST_FILE)
-
-
-def start(source: Source, folder: Path, plan: Plan) -> None:
-    """Refuse a destination that holds another prep; put the plan and tokenizers up."""
     for name in (MANIFEST_FILE, PLAN_FILE):
         if source.size(name) is None:
             continue
         raw = json.loads(source.read(name))
         theirs = raw.get("plan_fingerprint") or raw.get("fingerprint")
-        if theirs != plan.fingerprint:
+        if theirs != fingerprint:
             raise DataError(f"{source.url_of(name)}: holds a prep of different inputs (plan {theirs}, this run "
-                            f"{plan.fingerprint}); choose another --out")
+                            f"{fingerprint}); choose another --out")
+
+
+def start(source: Source, folder: Path, plan: Plan) -> None:
+    """Put the plan and tokenizers up (the destination checked by ``check_destination``)."""
     for entry in plan.tokenizers:
         root = folder / entry.folder
         for path in sorted(p for p in root.rglob("*") if p.is_file()):
@@ -109,7 +109,9 @@ def publish(source: Source, folder: Path) -> Manifest | None:
 def upload_folder(folder: Path, source: Source) -> Manifest:
     """A prep finished in a local folder, up to ``source``: plan and tokenizers, every shard, the manifest last."""
     folder = Path(folder)
-    start(source, folder, Plan.load(folder))
+    plan = Plan.load(folder)
+    check_destination(source, plan.fingerprint)
+    start(source, folder, plan)
     manifest = publish(source, folder)
     if manifest is None:
         raise DataError(f"{folder}: not every shard is finished here; run its `dnalm prep` to the end first")

@@ -97,6 +97,28 @@ def test_prep_to_s3_uploads_every_shard_before_the_manifest(published, ecoli_pre
     assert all(f"ecoli/{t.folder}/{name}" in up for t in remote.tokenizers for name in t.files)
 
 
+def test_job_slices_on_two_machines_publish_one_prep_and_other_inputs_are_refused(published, ecoli_prepared, tmp_path):
+    """Two slices of the same prep, each with its own work folder (as on two nodes): the first leaves no manifest, the
+    second writes it from both slices' sidecars, with the shards of a local prep. Another prep into the same prefix is
+    refused before it uploads anything."""
+    url = "s3://dnalm/sliced"
+    config = PrepConfig(genomes=[str(genome.DEFAULT_GENOME)], tokenizers=["nucleotide"], seq_len=512, shard_size_mb=1.0,
+                        val_fraction=0.05)
+    first = prep(config, tmp_path / "node0", job_index=0, num_jobs=2, publish_to=url)
+    assert first["manifest"] is None and "sliced/manifest.json" not in bucket_keys("sliced/")
+    second = prep(config, tmp_path / "node1", job_index=1, num_jobs=2, publish_to=url)
+    local = Manifest.load(ecoli_prepared)
+    assert second["manifest"].plan_fingerprint == local.plan_fingerprint
+    remote = Manifest.model_validate_json(open_source(url).read("manifest.json"))
+    assert [(s.path, s.sha256) for s in remote.splits["train"].shards] == [(s.path, s.sha256) for s in local.splits["train"].shards]
+    assert not list((tmp_path / "node1" / "train").glob("shard-000000.tar")), "node 1 never wrote node 0's shards"
+
+    done = refused_by_cli("prep", "--out", url, "--work", tmp_path / "other", "--seq-len", "256")
+    assert done.returncode == 1 and "holds a prep of different inputs" in done.stderr
+    assert len(bucket_keys("sliced/")) == len(bucket_keys("ecoli/")), "nothing of the other prep went up"
+    assert not (tmp_path / "other").exists(), "refused before a plan was made"
+
+
 def test_remote_streams_read_what_the_local_folder_gives(published, http, ecoli_prepared, tmp_path):
     for order in ("global", "blocks"):
         local = samples(GenomeStream(ecoli_prepared, batch_size=8, seed=2, order=order), 400)
