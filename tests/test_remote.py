@@ -154,10 +154,12 @@ def test_webdataset_reads_the_shards_over_http(http, ecoli_prepared):
         assert np.array_equal(np.load(__import__("io").BytesIO(sample["tok0.npy"])), ids)
 
 
-def test_each_rank_downloads_its_share_and_every_sample_is_read_once(tmp_path):
-    folder = tmp_path / "small-shards"  # ~115 shards: a partition's edge shards cost little
-    prep(PrepConfig(genomes=[str(genome.DEFAULT_GENOME)], tokenizers=["nucleotide"], seq_len=512, shard_size_mb=0.25,
-                    val_fraction=0.0), folder)
+def test_each_rank_downloads_its_share_and_every_sample_is_read_once(ecoli, tmp_path):
+    half = tmp_path / "half.fa"  # 2.3 Mb in ~60 shards: each of 8 ranks has ~8, so its two end shards cost little
+    half.write_text(f">half\n{ecoli.sequence[:2_300_000]}\n")
+    folder = tmp_path / "small-shards"
+    prep(PrepConfig(genomes=[str(half)], tokenizers=["nucleotide"], seq_len=512, shard_size_mb=0.125, val_fraction=0.0),
+         folder)
     manifest = Manifest.load(folder)
     split = sum(shard_bytes(s) for s in manifest.splits["train"].shards)
     server = FileServer(folder)
@@ -375,7 +377,7 @@ def test_bench_stream_measures_throughput_shares_and_the_input_path(ecoli, tmp_p
     source = tmp_path / "slice.fa"
     source.write_text(f">slice\n{ecoli.sequence[:1_000_000]}\n")
     result = stream.run(tmp_path / "out", tmp_path / "work", serve="http", genome=source, seq_len=512, shard_size_mb=0.1,
-                        samples=200, worlds=(4,), latency_s=0.005)
+                        samples=200, worlds=(4,), latency_s=0.002)
     assert result["data"]["local_copy_compared"] and result["data"]["shards"] >= 16
     rates = result["throughput"]
     assert all(rates[k]["samples_per_s"] > 0 for k in rates)

@@ -214,10 +214,11 @@ def run(out_dir: Path, work: Path, source: str | None = None, serve: str = "s3",
                 "remote_cold_no_prefetch": rate(url, "cold0", 0),
                 "remote_warm": rate(url, "cold", depth),
             }
-            with loopback("http", local, latency_s) as slow:
-                late = f"remote_{latency_s * 1000:.0f}ms"
-                throughput[f"{late}_cold"] = rate(slow, "late", depth)
-                throughput[f"{late}_cold_no_prefetch"] = rate(slow, "late0", 0)
+            if latency_s:
+                with loopback("http", local, latency_s) as slow:
+                    late = f"remote_{latency_s * 1000:.0f}ms"
+                    throughput[f"{late}_cold"] = rate(slow, "late", depth)
+                    throughput[f"{late}_cold_no_prefetch"] = rate(slow, "late0", 0)
             shares = epoch_shares(url, scratch, split, micro_batch, worlds)
             pipeline = _pipeline_tokens_per_s(url, samples, micro_batch, cache_dir=scratch / "pipeline")
             step = _encoder_small_step(remote.manifest, remote.manifest.seq_len, resolve("cpu"))
