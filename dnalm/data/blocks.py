@@ -10,8 +10,10 @@ Position ``i`` of the epoch is the ``i // P``-th place of the partition in slot 
 - Shares. Rank ``r`` of ``W`` takes the positions of each global batch that are ``≡ r (mod W)``
   (``GenomeStream``): the slots ``≡ r + index (mod W)``. When W = q·2^i divides P these slots are,
   after the bit reversal, one contiguous run of stretches, so a rank reads a contiguous 1/W of the
-  epoch's shards: it shares at most the two shards at its run's ends with other ranks, whatever
-  W (and 2 → 1 → 4 keeps that), and the ranks of one node (one cache) download about 1/N between them.
+  epoch's shards and shares at most the two shards at its run's ends with other ranks. That holds for
+  every such W at once (a run moving from 2 to 1 to 4 ranks keeps it when 4 divides P); for a W that
+  does not divide P the order is as exact, only the shares overlap more. The ranks of one node (one
+  cache) download about 1/N of the shards between them.
 - Resumption. The order depends on (seed, epoch, P, B) and the shard counts, never on W, so
   ``(epoch, index)`` resumes exactly at any world size; P and B are fixed when an epoch starts and
   travel in the stream state.
