@@ -5,6 +5,7 @@ The training runs share three launches (1, 2 and 4 processes), each running seve
 (tests/scripts/train_runs.py): an encoder with ALiBi on ZeRO-2 and a decoder with RoPE on ZeRO-3, 5 steps each.
 """
 
+import itertools
 import json
 import os
 import shutil
@@ -130,16 +131,19 @@ def _launch(processes: int, runs: list[dict], folder) -> None:
 def runs(ecoli128, tmp_path_factory):
     root = tmp_path_factory.mktemp("sequence")
     folder = {f"{model}-{name}": root / f"{model}-{name}" for model in MODELS
-              for name in ("s1", "s2", "s1dp2", "s2dp2")} | {"s2-to-s4": root / "s2-to-s4", "s2-to-s1": root / "s2-to-s1"}
+              for name in ("s1", "s2", "s1dp2", "s2dp2", "s2-to-s4", "s2-to-s1")}
     _launch(2, [_run(ecoli128, folder[f"{m}-s2"], m, 2) for m in MODELS] +
             [_run(ecoli128, folder[f"{m}-s1dp2"], m, 1) for m in MODELS], root)
-    for resumed in ("s2-to-s4", "s2-to-s1"):  # the encoder saved at step 3 by S = 2, continued at another S
-        shutil.copytree(folder["encoder-s2"], folder[resumed])
     step3 = "checkpoints/step-3"
-    _launch(4, [_run(ecoli128, folder[f"{m}-s2dp2"], m, 2) for m in MODELS] +
-            [_run(ecoli128, folder["s2-to-s4"], "encoder", 4, resume=str(folder["s2-to-s4"] / step3))], root)
-    _launch(1, [_run(ecoli128, folder[f"{m}-s1"], m, 1) for m in MODELS] +
-            [_run(ecoli128, folder["s2-to-s1"], "encoder", 1, resume=str(folder["s2-to-s1"] / step3))], root)
+    for m, resumed in itertools.product(MODELS, ("s2-to-s4", "s2-to-s1")):  # saved at step 3 by S = 2, continued at S'
+        shutil.copytree(folder[f"{m}-s2"], folder[f"{m}-{resumed}"])
+
+    def resume(m, resumed, sequence):
+        return _run(ecoli128, folder[f"{m}-{resumed}"], m, sequence, resume=str(folder[f"{m}-{resumed}"] / step3))
+    _launch(4, [_run(ecoli128, folder[f"{m}-s2dp2"], m, 2) for m in MODELS] + [resume(m, "s2-to-s4", 4) for m in MODELS],
+            root)
+    _launch(1, [_run(ecoli128, folder[f"{m}-s1"], m, 1) for m in MODELS] + [resume(m, "s2-to-s1", 1) for m in MODELS],
+            root)
     return folder
 
 
@@ -168,12 +172,13 @@ def test_sequence_parallel_training_matches_s1(runs, model, parallel, reference)
     assert losses(runs[f"{model}-{parallel}"])[STEPS] < losses(runs[f"{model}-{parallel}"])[1]
 
 
+@pytest.mark.parametrize("model", list(MODELS))
 @pytest.mark.parametrize("resumed", ["s2-to-s4", "s2-to-s1"])
-def test_a_checkpoint_saved_at_s2_resumes_at_another_s(runs, resumed):
-    """The encoder's ZeRO-2 checkpoint of step 3 at S = 2 on 2 processes continues at S = 4 on 4 processes and at
-    S = 1 on 1 process (both through universal checkpoints) with the next losses of the uninterrupted run: the
-    masks too, which are drawn per data-parallel rank. (ZeRO-3 on another world size drifts, S or not: see
-    checkpoint.load.)"""
-    got, want = _curves(runs[resumed]), _curves(runs["encoder-s1"])
+def test_a_checkpoint_saved_at_s2_resumes_at_another_s(runs, model, resumed):
+    """The checkpoint of step 3 at S = 2 on 2 processes continues at S = 4 on 4 processes and at S = 1 on 1 process
+    (both through universal checkpoints) with the next losses and gradient norms of the uninterrupted run: the
+    encoder's masks too, which are drawn per data-parallel rank, and the ZeRO-3 decoder's Adam steps, which DeepSpeed's
+    universal load would otherwise share between parameters (checkpoint.load)."""
+    got, want = _curves(runs[f"{model}-{resumed}"]), _curves(runs[f"{model}-s1"])
     assert sorted(got) == list(range(1, STEPS + 1))
     _assert_same(got, want, range(4, STEPS + 1))

@@ -252,13 +252,16 @@ def load(engine, checkpoint: Path, universal: bool) -> None:
                                      load_lr_scheduler_states=True)
     if path is None:
         raise CheckpointError(f"{checkpoint}: DeepSpeed found no state under tag '{tag}'")
-    # DeepSpeed 0.19.8's ZeRO-3 universal load copies the first parameter group's saved settings onto every group
-    # (stage3.load_hp_checkpoint_state_from_checkpoint_dir_stage3), which puts weight decay on norms and embeddings;
-    # the groups' own decay is put back. (A ZeRO-3 run resumed on another world size still drifts from the
-    # uninterrupted one at its second step, by 2.8e-4 in the loss of decoder-tiny, with or without sequence
-    # parallelism; ZeRO-1/2 resume exactly. See docs/benchmarks.md, "Long context".)
+    # DeepSpeed 0.19.8's ZeRO-3 universal load (stage3.load_hp_checkpoint_state_from_checkpoint_dir_stage3) copies the
+    # first parameter group's saved settings onto every group, which puts weight decay on norms and embeddings: the
+    # groups' own decay is put back. It also hands every parameter's state one and the same `step` tensor, which torch's
+    # Adam then advances once per sub-group step, so bias correction ran ahead from the second step after a resume on
+    # another world size (2.8e-4 in decoder-tiny's loss): each state gets its own copy.
     for group, value in zip(groups, decay):
         group["weight_decay"] = value
+    for state in _base_optimizer(engine).state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()
     rank_file = Path(checkpoint) / f"rng-rank{dist.get_rank()}.pt"
     if not universal and rank_file.is_file():
         try:
