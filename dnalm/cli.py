@@ -523,6 +523,8 @@ def bench_train(args) -> None:
     arg("--lengths", default="2048,8192,32768", help="window lengths of every series (comma-separated; default 2k, 8k, 32k)"),
     arg("--long-lengths", default="131072", help="further lengths for the Performer series only (default 128k)"),
     arg("--sizes", default="2,4", help="sequence-parallel sizes besides 1 (processes per window)"),
+    arg("--series", action="append", help="only the series of this label, as context.json names them "
+        "(repeatable; default all)"),
     arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for context.json and context.png"),
     _device_arg(),
 ])
@@ -535,8 +537,11 @@ def bench_context(args) -> None:
         except ValueError:
             raise DnalmError(f"{flag} takes comma-separated integers, got {text!r}") from None
 
+    unknown = sorted(set(args.series or ()) - set(context.SERIES))
+    if unknown:
+        raise DnalmError(f"--series {unknown[0]!r} is not a series; choose from {', '.join(map(repr, context.SERIES))}")
     result = context.run(args.out, numbers(args.lengths, "--lengths"), numbers(args.sizes, "--sizes"), device=args.device,
-                         long_lengths=numbers(args.long_lengths, "--long-lengths"))
+                         long_lengths=numbers(args.long_lengths, "--long-lengths"), series=args.series)
     print(json.dumps(result["findings"], indent=2))
 
 

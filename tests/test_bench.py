@@ -5,7 +5,7 @@ import json
 import torch
 
 from dnalm.bench import alibi, attention, train
-from tests.conftest import run_cli
+from tests.conftest import refused_by_cli, run_cli
 
 
 def test_attention_point_measures_time_and_memory():
@@ -42,6 +42,27 @@ def test_attention_bench_cli(tmp_path):
     measured = {(r["backend"], r["causal"]) for r in saved["rows"] if "seconds" in r}
     assert measured >= {(b, c) for b in attention.BACKENDS for c in (False, True)}
     assert (tmp_path / "attention.png").stat().st_size > 1000
+
+
+def test_context_bench_cli_measures_a_series_at_s1_and_s2(tmp_path):
+    """One series at one length, in one process and split over 2 (torchrun, gloo): tokens/s and a peak per rank, the
+    S = 2 ÷ S = 1 ratios the issue's goals are read from, and the plot. An unknown series is refused by name."""
+    label = "encoder-small sdpa (ALiBi)"
+    result = run_cli("bench", "context", "--series", label, "--lengths", "512", "--long-lengths", "", "--sizes", "2",
+                     "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / "context.json").read_text())
+    assert sorted(saved["series"]) == [f"{label}, S=1", f"{label}, S=2"]
+    for size in (1, 2):
+        [point] = saved["series"][f"{label}, S={size}"]["points"]
+        assert point["length"] == 512 and point["tokens_per_s"] > 0 and len(point["ranks"]) == size
+        assert all(rank["peak_mb"] > 0 for rank in point["ranks"])
+    ratios = saved["findings"][f"{label}: S=2 ÷ S=1 at each length"]["512"]
+    assert ratios["peak_memory_per_rank"] > 0 and ratios["throughput"] > 0
+    assert (tmp_path / "context.png").stat().st_size > 1000
+    refused = refused_by_cli("bench", "context", "--series", "decoder-huge", "--out", tmp_path / "other")
+    assert refused.returncode == 1 and "'decoder-huge' is not a series" in refused.stderr
+    assert not (tmp_path / "other").exists()
 
 
 def test_train_bench_reports_mfu(tmp_path):

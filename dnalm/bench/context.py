@@ -116,8 +116,9 @@ def _launch(model_name: str, overrides: dict, lengths: list[int], size: int, dev
 
 
 def run(out_dir: Path, lengths: tuple[int, ...], sizes: tuple[int, ...], device: str = "auto",
-        long_lengths: tuple[int, ...] = ()) -> dict:
-    """Every series at ``lengths`` for each S in ``sizes`` (S = 1 included), Performer also at ``long_lengths``."""
+        long_lengths: tuple[int, ...] = (), series: list[str] | None = None) -> dict:
+    """Each series (all, or those named) at ``lengths`` for each S in ``sizes`` (S = 1 included), Performer also at
+    ``long_lengths``."""
     from dnalm.devices import resolve
 
     target = resolve(device)
@@ -125,6 +126,8 @@ def run(out_dir: Path, lengths: tuple[int, ...], sizes: tuple[int, ...], device:
     result = report.header("context", "dnalm bench context", target) | {
         "what": __doc__.strip().split("\n\n")[1].replace("\n", " "), "lean": LEAN, "series": {}}
     for label, (model_name, overrides) in SERIES.items():
+        if series and label not in series:
+            continue
         series_lengths = sorted(set(lengths) | (set(long_lengths) if overrides.get("attention") == "performer" else set()))
         for size in sorted({1, *sizes}):
             from dnalm.models import get_config
