@@ -20,6 +20,7 @@ import random
 import shutil
 import threading
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -51,7 +52,7 @@ def is_remote(location: str | os.PathLike) -> bool:
     return isinstance(location, str) and urlparse(location).scheme in SOURCES
 
 
-class Source:
+class Source(ABC):
     """A data folder's location; object names are relative paths inside it (``train/shard-000000.tar``)."""
 
     remote = True
@@ -63,12 +64,13 @@ class Source:
         return f"{self.url}/{name}"
 
     # --- what a backend provides: one attempt each, raising Transient or Permanent ---------------
+    @abstractmethod
     def _get(self, name: str, sink) -> None:
         """Write the object's bytes to ``sink(chunk)``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _size(self, name: str) -> int | None:
-        raise NotImplementedError
+        """The object's size in bytes; None where it is absent or its size is not told."""
 
     def _put(self, path: Path, name: str) -> None:
         raise Permanent(f"{type(self).__name__} is read-only: write to a local folder or to s3://")
