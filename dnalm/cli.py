@@ -28,6 +28,7 @@ GROUP_HELP = {
     "tokenizer": "train tokenizers",
     "bench": "benchmarks that print JSON and draw PNG plots",
     "eval": "evaluate models on benchmark task suites",
+    "checkpoint": "work on training checkpoints",
 }
 
 
@@ -222,6 +223,27 @@ def convert(args) -> None:
         from dnalm.hf import how_to_load
 
         print(how_to_load(out))
+
+
+@command("checkpoint", "universal", help="convert a checkpoint to DeepSpeed's universal form ahead of a relaunch on "
+                                         "another number of processes (no GPU needed: run it on a login node)", args=[
+    arg("source", type=Path, metavar="RUN_OR_CHECKPOINT", help="a run folder (its newest complete checkpoint) or a step-N folder"),
+    arg("--workers", type=int, default=None, metavar="N", help="extract and merge workers (default: this machine's "
+                                                                "cores, as many as its free memory holds)"),
+])
+def checkpoint_universal(args) -> None:
+    from dnalm.convert import check_complete, resolve_checkpoint
+    from dnalm.train.checkpoint import UNIVERSAL_TAG, conversion_workers, convert_universal
+
+    checkpoint = resolve_checkpoint(args.source)
+    check_complete(checkpoint)
+    if args.workers is not None and args.workers < 1:
+        raise DnalmError(f"--workers {args.workers}: give 1 or more")
+    workers = args.workers or conversion_workers(checkpoint)
+    print(f"converting {checkpoint} with {workers} worker{'s' * (workers > 1)} ...", file=sys.stderr, flush=True)
+    target = convert_universal(checkpoint, workers)
+    print(f"wrote {target} (a run on any number of processes now resumes from {checkpoint.name} without converting; "
+          f"it reads {UNIVERSAL_TAG}/ whenever the world size differs)")
 
 
 @command("generate", help="sample DNA from a decoder bundle (FASTA on stdout)", args=[

@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.conftest import REPO
@@ -70,3 +71,21 @@ def losses(run_dir: Path) -> dict[int, float]:
 def sample_keys(run_dir: Path, ranks: int = 2) -> list[list[str]]:
     """Each rank's consumed sample keys, in order (``logging.record_sample_keys``)."""
     return [(run_dir / f"sample-keys-rank{r}.txt").read_text().splitlines() for r in range(ranks)]
+
+
+def start(cmd, log: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start a launch in its own session, its output to ``log`` (read it with ``log.read_text()``)."""
+    with open(log, "w") as fh:
+        return subprocess.Popen(cmd, env=env or ENV, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+
+
+def wait_for_step(run_dir: Path, step: int, job: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    """Until the run has logged ``step`` (``logging.interval=1``); fails with the log if the job ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert job.poll() is None, log.read_text()[-3000:]
+        path = run_dir / "metrics.jsonl"
+        if path.exists() and any(f'"step": {step},' in line for line in path.read_text().splitlines()):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"step {step} not reached in {timeout} s: " + log.read_text()[-3000:])

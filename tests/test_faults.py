@@ -7,8 +7,12 @@ re-prepared data is refused unless allowed; the SLURM script passes overrides un
 docs/reliability.md lists them all.
 """
 
+import json
 import os
+import re
 import shutil
+import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -23,8 +27,10 @@ from dnalm.data.manifest import Manifest
 from dnalm.data.shards import IndexedShard
 from dnalm.data.stream import GenomeStream
 from dnalm.train import checkpoint as ckpt
+from dnalm.train.ownership import LOCK, read_owner
 from tests.conftest import REPO, prep_folder
-from tests.launching import CONFIG, ENV, deepspeed_cmd, free_port, launch_cmd, losses, metrics, overrides, run, sample_keys, torchrun_cmd
+from tests.launching import (CONFIG, ENV, deepspeed_cmd, free_port, launch_cmd, losses, metrics, overrides, run, sample_keys,
+                             start, torchrun_cmd, wait_for_step)
 
 SKIP = {"data.on_error": "skip", "logging.record_sample_keys": "true"}
 
@@ -66,8 +72,9 @@ def _keys(run_dir: Path) -> list[list[str]]:
 
 
 def test_kills_inside_checkpoint_writing_lose_nothing(damaged_data, uninterrupted, tmp_path):
-    """Killed at three points of step 20's save, one after another, then left to finish: the losses and every
-    rank's samples equal the uninterrupted run's, corrupt samples included (read around the same way)."""
+    """Killed at three points of step 20's save, one after another, then left to finish (rank 1's listing of the
+    checkpoints stale): the losses and every rank's samples equal the uninterrupted run's, corrupt samples included
+    (read around the same way)."""
     data, lost = damaged_data
     folder, checkpoints = tmp_path / "run", tmp_path / "run" / "checkpoints"
     cmd = deepspeed_cmd(2, data, folder, **SKIP)
@@ -77,7 +84,9 @@ def test_kills_inside_checkpoint_writing_lose_nothing(damaged_data, uninterrupte
         assert ckpt.complete_checkpoints(folder)[-1].name == newest, point
         if newest == "step-10":  # the partial save is there, and is never taken for a checkpoint
             assert (checkpoints / ".step-20.tmp").is_dir() and ckpt.find_resume(folder, "auto").name == "step-10"
-    run(cmd)
+    # resumed after the second save with rank 1's listing lagging one checkpoint behind (a stale NFS cache): rank 0's
+    # choice, step 20, is every rank's
+    run(cmd, faults="stale@checkpoints.list::1")
     assert losses(folder) == losses(uninterrupted)
     assert _keys(folder) == _keys(uninterrupted)
     consumed = {key for rank in _keys(folder) for key in rank}
@@ -97,6 +106,71 @@ def _survivors(run_dir: Path) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return found
+
+
+def _gone_within(run_dir: Path, job: subprocess.Popen, seconds: float) -> float:
+    """Seconds until the job and every process naming the run folder are gone (fails past ``seconds``)."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        if job.poll() is not None and not _survivors(run_dir):
+            return time.monotonic() - started
+        time.sleep(0.2)
+    raise AssertionError(f"still running {seconds} s after the signal: {_survivors(run_dir)}")
+
+
+def _lock_of_a_gone_job(run_dir: Path) -> int:
+    """Leave the lock a job SIGKILLed on this host would leave; returns its pid."""
+    import psutil
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    started = psutil.Process(child.pid).create_time()
+    child.wait()
+    (run_dir / LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": child.pid, "started": started}))
+    return child.pid
+
+
+def test_a_signal_saves_at_the_next_step_and_the_run_resumes_exactly(damaged_data, uninterrupted, tmp_path):
+    """checkpoint.on_signal=SIGTERM, SIGTERM to torchrun mid-run: every rank saves the same step and exits within 30 s;
+    a second job on the folder meanwhile is refused with the owner named; the resume (taking over a lock whose owner is
+    gone) has the uninterrupted run's losses."""
+    data, folder, log = damaged_data[0], tmp_path / "run", tmp_path / "first.log"
+    slow = ENV | {"DNALM_FAULTS": "sleep=0.7@train.step::0"}  # 30 steps outlast the second job's start
+    job = start(torchrun_cmd(2, data, folder, **SKIP, **{"checkpoint.on_signal": "SIGTERM"}), log, slow)
+    wait_for_step(folder, 4, job, log)
+    second = run([sys.executable, "-m", "dnalm", "train", "--config", str(CONFIG), *overrides(data, folder, **SKIP)],
+                 expect_ok=False)
+    owner = read_owner(folder)
+    assert second.returncode == 1 and f"is in use by another job (pid {owner.pid} on {owner.host}" in second.stderr
+    assert [line for line in second.stderr.splitlines() if line.startswith("dnalm: error:")] == \
+        [second.stderr.strip().splitlines()[-1]]
+    job.send_signal(signal.SIGTERM)
+    _gone_within(folder, job, 30)
+    said = re.search(r"dnalm: SIGTERM: saved step (\d+) to (\S+) and stopped", log.read_text())
+    assert said, log.read_text()[-3000:]
+    step = int(said.group(1))
+    assert ckpt.complete_checkpoints(folder)[-1].name == f"step-{step}" and 4 <= step < 30
+    assert max(losses(folder)) == step and not (folder / LOCK).exists()
+    gone = _lock_of_a_gone_job(folder)
+    done = run(torchrun_cmd(2, data, folder, **SKIP))
+    assert f"took over {folder / LOCK} from pid {gone} on {socket.gethostname()}" in done.stderr
+    assert losses(folder) == losses(uninterrupted)
+
+
+@pytest.mark.parametrize("launcher", ["deepspeed", "dnalm train"])
+def test_sigterm_to_the_launcher_ends_every_rank(damaged_data, tmp_path, launcher):
+    """Without checkpoint.on_signal: the deepspeed runner dies of SIGTERM and leaves its launch process, whose ranks
+    see their launcher gone and exit; `dnalm train` stops at once. Within 30 s, the run folder's lock let go."""
+    folder, log = tmp_path / "run", tmp_path / "job.log"
+    settings = {**SKIP, "budget.steps": 5000, "checkpoint.interval": 5000, "eval.interval": 5000}
+    cmd = deepspeed_cmd(2, damaged_data[0], folder, **settings) if launcher == "deepspeed" else \
+        [sys.executable, "-m", "dnalm", "train", "--config", str(CONFIG), *overrides(damaged_data[0], folder, **settings)]
+    job = start(cmd, log)
+    wait_for_step(folder, 2, job, log)
+    job.send_signal(signal.SIGTERM)
+    _gone_within(folder, job, 30)
+    assert not (folder / LOCK).exists(), log.read_text()[-2000:]
+    expected = "dnalm: the launcher (pid" if launcher == "deepspeed" else "dnalm: SIGTERM: stopping now without saving"
+    assert expected in log.read_text()
 
 
 @pytest.mark.parametrize("fault, launcher", [("raise@train.step:5:1", "torchrun"), ("raise@save.gathered:10:0", "deepspeed")])

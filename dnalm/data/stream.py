@@ -43,6 +43,7 @@ position) are read on the other strand (``dnalm.data.augment``); resuming flips 
 
 from __future__ import annotations
 
+import os
 import resource
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, replace
@@ -304,6 +305,13 @@ def check_tokenizer(manifest: Manifest, tokenizer: Tokenizer, folder) -> None:
                         f"{tokenizer.name} ({', '.join(given)}); re-run prep or use the data's tokenizer")
 
 
+def _own_process_group(worker_id: int) -> None:
+    """A DataLoader worker leaves its rank's process group. torchrun ends (or asks to save) with a signal to the
+    group, and torch's worker dies of SIGTERM, which took the rank down before it could save; a worker still ends
+    with its rank (torch's watchdog sees its parent go)."""
+    os.setpgrp()
+
+
 class StreamLoader:
     """A DataLoader over a GenomeStream that counts consumed batches, so its state is exact to the step."""
 
@@ -313,7 +321,8 @@ class StreamLoader:
         self.skipped = 0  # corrupt samples read around so far (on_error="skip")
 
     def __iter__(self):
-        loader = DataLoader(self.stream, batch_size=self.stream.batch_size, num_workers=self.num_workers)
+        loader = DataLoader(self.stream, batch_size=self.stream.batch_size, num_workers=self.num_workers,
+                            worker_init_fn=_own_process_group)
         for batch in loader:
             self.steps_taken += 1
             self.skipped += int(batch["skipped"].sum())

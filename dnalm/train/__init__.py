@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -31,4 +32,8 @@ def main(argv=None) -> int:
     except DnalmError as exc:
         print(f"dnalm: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C reaches every rank of the terminal's process group: one line, not a traceback each
+        if os.environ.get("RANK", "0") == "0":
+            print("dnalm: interrupted", file=sys.stderr)
+        return 130
     return 0

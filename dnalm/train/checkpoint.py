@@ -11,6 +11,11 @@ Branches: resuming from a checkpoint older than the newest (or starting afresh o
 moves the newer ones into ``checkpoints/abandoned-…/`` with the run's metrics so far: nothing is
 deleted, and ``--resume auto`` never continues the abandoned branch.
 
+Cluster: rank 0 alone decides what a run resumes from (a shared filesystem's listing can lag on
+another node) and tells the others; after loading, every rank checks it holds the same step and
+checkpoint id as rank 0. A conversion to a universal checkpoint (another world size) runs on rank 0
+outside any collective: the other ranks poll for its marker under their own deadline.
+
 Trust: our RNG files load with ``weights_only=True``; DeepSpeed's own shards (``state/*.pt``)
 are unpickled by DeepSpeed, so resume or convert only checkpoints you trust.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import uuid
 import random
 import re
 import shutil
@@ -40,6 +46,7 @@ from dnalm.files import fsync_path, fsync_tree, rename_durably, write_atomic
 MARKER = "COMPLETE"
 TAG = "state"
 UNIVERSAL_TAG = "universal"
+UNIVERSAL_FAILED = ".universal.failed"
 META = "meta.json"
 _STEP = re.compile(r"^step-(\d+)$")
 
@@ -52,13 +59,68 @@ def checkpoints_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
 def complete_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
     folder = checkpoints_dir(run_dir)
     if not folder.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP.match(p.name)) and (p / MARKER).is_file()]
-    return [p for _, p in sorted(found)]
+    listed = [p for _, p in sorted(found)]
+    return listed[:-1] if faults.hit("checkpoints.list", "stale", rank=_rank()) else listed
+
+
+def decide_resume(run_dir: Path, resume: str | None) -> tuple[Path | None, Path | None]:
+    """Collective: rank 0 resolves ``resume`` (``find_resume``) and sets newer checkpoints aside; every rank gets
+    (its choice, the folder the newer ones went to). A refusal is raised on every rank."""
+    def choose():
+        chosen = find_resume(run_dir, resume)
+        aside = set_aside_newer(run_dir, step_of(chosen) if chosen is not None else 0)
+        return (str(chosen) if chosen else None, str(aside) if aside else None)
+
+    chosen, aside = decided_by_rank0(choose)
+    return (Path(chosen) if chosen else None), (Path(aside) if aside else None)
+
+
+def decided_by_rank0(decide):
+    """Collective: ``decide()`` runs on rank 0 alone and its result (or its DnalmError) reaches every rank."""
+    answer = [None]
+    if _rank() == 0:
+        try:
+            answer = [("ok", decide())]
+        except DnalmError as exc:
+            answer = [("error", exc)]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(answer, src=0)
+    kind, value = answer[0]
+    if kind == "error":
+        raise value
+    return value
+
+
+def identity(checkpoint: Path) -> dict:
+    """What a rank loaded: the step and the checkpoint's id (older checkpoints have none: their folder's name)."""
+    meta = read_meta(checkpoint)
+    return {"step": meta["step"], "id": meta.get("id", Path(checkpoint).name)}
+
+
+def check_same_checkpoint(loaded: list[dict]) -> None:
+    """Every rank's ``identity`` (in rank order) must be rank 0's; a disagreement is named with both."""
+    for rank, other in enumerate(loaded):
+        if other != loaded[0]:
+            raise CheckpointError(f"rank {rank} loaded step {other['step']} (checkpoint {other['id']}) but rank 0 "
+                                  f"loaded step {loaded[0]['step']} (checkpoint {loaded[0]['id']}); stopping before "
+                                  "the ranks train on different states. Check that every node sees the same run folder")
+
+
+def verify_loaded(checkpoint: Path) -> None:
+    """Collective: every rank checks that it loaded the checkpoint rank 0 did."""
+    loaded = [None] * dist.get_world_size()
+    dist.all_gather_object(loaded, identity(checkpoint))
+    check_same_checkpoint(loaded)
 
 
 def find_resume(run_dir: Path, resume: str | None) -> Path | None:
@@ -127,7 +189,7 @@ def save(engine, run_dir: Path, step: int, meta: dict, files: dict[str, Path | s
         for name, source in files.items():
             source = Path(source)
             (shutil.copytree if source.is_dir() else shutil.copy2)(source, tmp / name)
-        (tmp / META).write_text(json.dumps(meta | {"step": step, "world_size": world}, indent=1))
+        (tmp / META).write_text(json.dumps(meta | {"step": step, "world_size": world, "id": uuid.uuid4().hex}, indent=1))
         faults.strike("save.gathered", step, rank)
         fsync_tree(tmp)  # the data of every file first: a marker must never outlive what it vouches for
         write_atomic(tmp / MARKER, json.dumps({"step": step, "world_size": world}))
@@ -206,42 +268,115 @@ def check_data(checkpoint: Path, data_path: str, fingerprint: str, allow_changed
     return False
 
 
-def ensure_universal(checkpoint: Path) -> None:
-    """Convert a checkpoint to DeepSpeed's universal format (rank 0), so another world size can load it.
+def ensure_universal(checkpoint: Path, timeout_s: float, workers: int | None = None) -> None:
+    """Collective: make sure the checkpoint has a universal form, so another world size can load it.
+
+    Rank 0 converts (``convert_universal``) outside any collective, since a big model's conversion
+    outlasts a collective's timeout; the other ranks poll for its marker, or for the failure rank 0
+    writes, for at most ``timeout_s`` (``checkpoint.convert_timeout_s``).
+    """
+    checkpoint = Path(checkpoint)
+    target, failed = checkpoint / UNIVERSAL_TAG, checkpoint / UNIVERSAL_FAILED
+
+    def converted() -> bool:  # rank 0's view decides; a failure file from an earlier attempt goes first
+        if (target / MARKER).is_file():
+            return True
+        failed.unlink(missing_ok=True)
+        return False
+
+    if decided_by_rank0(converted):
+        return
+    if dist.get_rank() == 0:
+        try:
+            convert_universal(checkpoint, workers)
+        except CheckpointError as exc:
+            write_atomic(failed, str(exc))
+            raise
+    else:
+        _wait_for_conversion(checkpoint, timeout_s)
+    dist.barrier()
+
+
+def _wait_for_conversion(checkpoint: Path, timeout_s: float, poll_s: float = 1.0) -> None:
+    target, failed = checkpoint / UNIVERSAL_TAG / MARKER, checkpoint / UNIVERSAL_FAILED
+    deadline = time.monotonic() + timeout_s
+    while not target.is_file():
+        if failed.is_file():
+            raise CheckpointError(f"rank 0 could not convert {checkpoint}: {failed.read_text().strip()}")
+        if time.monotonic() > deadline:
+            raise CheckpointError(f"{checkpoint}: rank 0's conversion to a universal checkpoint took over "
+                                  f"checkpoint.convert_timeout_s={timeout_s:g} s; convert it ahead with `dnalm checkpoint "
+                                  "universal` and relaunch, or raise checkpoint.convert_timeout_s")
+        time.sleep(poll_s)
+
+
+def conversion_workers(checkpoint: Path) -> int:
+    """DeepSpeed's extract and merge workers for this node: one a core, as many as memory holds at twice the largest
+    rank's optimizer file each (a worker loads one such file, or one parameter's gathered states, smaller still)."""
+    import psutil
+
+    files = list((Path(checkpoint) / TAG).glob("*optim_states.pt"))
+    largest = max((f.stat().st_size for f in files), default=1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, len(files) or 1, psutil.virtual_memory().available // (2 * largest)))
+
+
+def convert_universal(checkpoint: Path, workers: int | None = None) -> Path:
+    """Convert a complete checkpoint to DeepSpeed's universal format in ``CHECKPOINT/universal`` (no process group).
 
     The converter writes into ``.universal.tmp``; only a finished conversion, marked and synced, is
-    renamed to ``universal``, so a run killed mid-conversion leaves nothing that a later one trusts.
+    renamed to ``universal``, so one killed half-way leaves nothing that a later one trusts.
     """
-    target = Path(checkpoint) / UNIVERSAL_TAG
-    if dist.get_rank() == 0 and not (target / MARKER).is_file():
-        shutil.rmtree(target, ignore_errors=True)  # a conversion without the marker (an older dnalm's) may be partial
-        staging = Path(checkpoint) / f".{UNIVERSAL_TAG}.tmp"
+    checkpoint = Path(checkpoint)
+    target = checkpoint / UNIVERSAL_TAG
+    if (target / MARKER).is_file():
+        return target
+    shutil.rmtree(target, ignore_errors=True)  # a conversion without the marker (an older dnalm's) may be partial
+    staging = checkpoint / f".{UNIVERSAL_TAG}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    workers = workers or conversion_workers(checkpoint)
+    command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+               str(checkpoint / TAG), "--output_folder", str(staging), "--inject_missing_state",
+               "--num_extract_workers", str(workers), "--num_merge_workers", str(workers)]
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        while faults.armed("universal.converting") and process.poll() is None:  # tests: kill it half-way
+            if any(staging.glob("zero/*")):
+                faults.strike("universal.converting", step_of(checkpoint))
+            time.sleep(0.05)
+        process.wait()
+        log.seek(0)
+        lines = log.read().strip().splitlines()
+    if process.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
-        command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-                   str(Path(checkpoint) / TAG), "--output_folder", str(staging), "--inject_missing_state",
-                   "--num_extract_workers", "1", "--num_merge_workers", "1"]
-        with tempfile.TemporaryFile("w+") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-            while faults.armed("universal.converting") and process.poll() is None:  # tests: kill it half-way
-                if any(staging.glob("zero/*")):
-                    faults.strike("universal.converting", step_of(checkpoint))
-                time.sleep(0.05)
-            process.wait()
-            log.seek(0)
-            lines = log.read().strip().splitlines()
-        if process.returncode != 0:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise CheckpointError(f"{checkpoint}: conversion to a universal checkpoint failed: "
-                                  f"{lines[-1] if lines else process.returncode}")
-        write_atomic(staging / MARKER, "converted\n")
-        fsync_tree(staging)
-        rename_durably(staging, target)
-    dist.barrier()
+        raise CheckpointError(f"{checkpoint}: conversion to a universal checkpoint failed: "
+                              f"{lines[-1] if lines else process.returncode}")
+    faults.strike("universal.converted", step_of(checkpoint))
+    write_atomic(staging / MARKER, "converted\n")
+    fsync_tree(staging)
+    rename_durably(staging, target)
+    return target
 
 
 def _base_optimizer(engine):
     """The torch optimizer under DeepSpeed's ZeRO wrapper (or the engine's own where there is none)."""
     return getattr(engine.optimizer, "optimizer", engine.optimizer)
+
+
+def place_steps(optimizer: torch.optim.Optimizer) -> None:
+    """Give every parameter's Adam ``step`` its own tensor where the optimizer would have made it: on the
+    parameter's device in float32 for fused or capturable Adam (CUDA's fused AdamW refuses a CPU step), else
+    a CPU scalar. DeepSpeed's universal load leaves them on the CPU, shared between parameters."""
+    from torch.optim.optimizer import _get_scalar_dtype
+
+    for group in optimizer.param_groups:
+        on_device = group.get("fused") or group.get("capturable")
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            if torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].detach().to(
+                    device=param.device if on_device else "cpu",
+                    dtype=_get_scalar_dtype(is_fused=bool(group.get("fused"))), copy=True)
 
 
 def load(engine, checkpoint: Path, universal: bool) -> None:
@@ -259,9 +394,7 @@ def load(engine, checkpoint: Path, universal: bool) -> None:
     # another world size (2.8e-4 in decoder-tiny's loss): each state gets its own copy.
     for group, value in zip(groups, decay):
         group["weight_decay"] = value
-    for state in _base_optimizer(engine).state.values():
-        if torch.is_tensor(state.get("step")):
-            state["step"] = state["step"].clone()
+    place_steps(_base_optimizer(engine))
     rank_file = Path(checkpoint) / f"rng-rank{dist.get_rank()}.pt"
     if not universal and rank_file.is_file():
         try:

@@ -126,6 +126,15 @@ class EvalSection(_Section):
 class CheckpointSection(_Section):
     interval: int = Field(100, ge=1)
     keep_last: int = Field(3, ge=1)
+    on_signal: Literal["SIGUSR1", "SIGTERM", "none"] = Field(
+        "none", description="a signal that makes every rank save a checkpoint at the next step boundary and exit "
+                            "cleanly (schedulers send one ahead of preemption or the time limit: launch/slurm_train.sbatch "
+                            "asks for SIGUSR1); none: signals end the run at once")
+    convert_timeout_s: float = Field(4 * 3600, gt=0, description="resuming on another world size: how long the other "
+                                     "ranks wait for rank 0's conversion to a universal checkpoint (run outside any "
+                                     "collective's timeout); `dnalm checkpoint universal` converts ahead")
+    convert_workers: int | None = Field(None, ge=1, description="that conversion's extract and merge workers (default: "
+                                        "the node's cores, as many as memory holds)")
 
 
 class ObjectiveSection(_Section):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import socket
 import sys
 import time
@@ -42,6 +43,8 @@ from dnalm.train import compiled, fp8
 from dnalm.train import sequence_parallel
 from dnalm.train.config import TrainConfig, deepspeed_config, zero_stage
 from dnalm.train.metrics import MetricsLog
+from dnalm.train.ownership import RunLock
+from dnalm.train.stopping import StopRequests
 
 
 # DeepSpeed internals that _discard_window resets (ZeRO-1/2's own overflow clean-up); pyproject.toml pins
@@ -61,7 +64,9 @@ def init_distributed(timeout_s: int = 600) -> tuple[int, int]:
     ``timeout_s`` bounds every collective: a rank whose peer died fails instead of waiting for the
     backend's default (30 minutes), and the launcher then ends the others.
     """
+    global _OWN_GROUP
     if "RANK" not in os.environ:
+        _OWN_GROUP = True
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
@@ -73,6 +78,9 @@ def init_distributed(timeout_s: int = 600) -> tuple[int, int]:
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
                                    timeout=timedelta(seconds=timeout_s))
     return dist.get_rank(), dist.get_world_size()
+
+
+_OWN_GROUP = False  # init_distributed made a group of one itself: no launcher to watch
 
 
 def free_port() -> int:
@@ -168,7 +176,7 @@ class _PoisonGradient(torch.autograd.Function):
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, resume: str | None = "auto"):
+    def __init__(self, config: TrainConfig, resume: str | None = "auto", lock: RunLock | None = None):
         self.config = config
         self.rank, self.world = init_distributed(config.robust.collective_timeout_s)
         import deepspeed
@@ -177,6 +185,9 @@ class Trainer:
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         dist.barrier()
+        self.stop = StopRequests(config.checkpoint.on_signal, watch_launcher=not _OWN_GROUP,
+                                 exit_now=lambda why: lock.release() if lock is not None else None)
+        self.stopping = False
         self.data_folder = data_folder(config.data.path, config.data.cache_dir, config.data.retries, config.data.retry_wait_s)
         self.manifest = Manifest.load(self.data_folder)
         self.tokenizer = data_tokenizer(self.data_folder, self.manifest)
@@ -196,13 +207,15 @@ class Trainer:
         tokens_per_step = config.batch.global_batch * self.manifest.seq_len
         self.total_steps = config.budget.steps or math.ceil(config.budget.tokens / tokens_per_step)
 
-        self.resume_from = ckpt.find_resume(self.run_dir, resume)
+        self.resume_from, aside = ckpt.decide_resume(self.run_dir, resume)  # rank 0's listing, for every rank
+        if aside is not None:
+            self._say(f"starting from step {ckpt.step_of(self.resume_from) if self.resume_from else 0}: the newer "
+                      f"checkpoints were moved to {aside} (never resumed by --resume auto, never deleted)")
         self.data_continues = self.resume_from is None or ckpt.check_data(
             self.resume_from, config.data.path, self.manifest.plan_fingerprint, config.data.allow_changed)
-        self._abandon_newer_checkpoints()
         universal = bool(self.resume_from) and ckpt.read_meta(self.resume_from)["world_size"] != self.world
         if universal:
-            ckpt.ensure_universal(self.resume_from)
+            ckpt.ensure_universal(self.resume_from, config.checkpoint.convert_timeout_s, config.checkpoint.convert_workers)
             self.ds_config["checkpoint"] = {"load_universal": True}
 
         torch.manual_seed(config.seed)
@@ -238,6 +251,7 @@ class Trainer:
         self.step, self.tokens_seen, self.skipped_steps, self.stream_skipped_before = 0, 0, 0, 0
         if self.resume_from is not None:
             ckpt.load(self.engine, self.resume_from, universal)
+            ckpt.verify_loaded(self.resume_from)
             meta = ckpt.read_meta(self.resume_from)
             self.step, self.tokens_seen, self.skipped_steps = meta["step"], meta["tokens_seen"], meta["skipped_steps"]
             if self.data_continues:
@@ -247,16 +261,6 @@ class Trainer:
                 self._say(f"data.allow_changed: {config.data.path} is not the data {self.resume_from} was trained on; "
                           "the data stream restarts at epoch 0")
         self._write_run_files()
-
-    def _abandon_newer_checkpoints(self) -> None:
-        """Resuming from an older checkpoint (or afresh) starts a new branch: the newer checkpoints go aside."""
-        if self.rank == 0:
-            step = ckpt.step_of(self.resume_from) if self.resume_from is not None else 0
-            aside = ckpt.set_aside_newer(self.run_dir, step)
-            if aside is not None:
-                self._say(f"starting from step {step}: the newer checkpoints were moved to {aside} (never resumed by "
-                          "--resume auto, never deleted)")
-        dist.barrier()
 
     def _say(self, message: str) -> None:
         if self.rank == 0:
@@ -312,11 +316,14 @@ class Trainer:
             if inject_inf_grad:
                 loss = _PoisonGradient.apply(loss)
             finite = torch.isfinite(loss.detach())
-            # (non-finite on any rank, loss sum, real tokens) in one collective on the engine's device
+            # (non-finite on any rank, loss sum, real tokens, a stop asked for on any rank) in one collective on the
+            # engine's device: every rank sees the same stop vote, so all stop after the same step
             stats = torch.stack([(~finite).to(torch.float64), torch.where(finite, loss.detach(), 0).to(torch.float64),
-                                 torch.full((), inputs["tokens"], dtype=torch.float64, device=self.device)])
+                                 torch.full((), inputs["tokens"], dtype=torch.float64, device=self.device),
+                                 torch.full((), float(self.stop.reason is not None), dtype=torch.float64, device=self.device)])
             dist.all_reduce(stats)
-            any_bad, loss_sum, window_tokens = stats.tolist()
+            any_bad, loss_sum, window_tokens, stop_votes = stats.tolist()
+            self.stopping = self.stopping or stop_votes > 0
             tokens += round(window_tokens / self.sp_size)  # every rank of a sequence group counted its windows
             if any_bad > 0:
                 bad = True
@@ -434,8 +441,12 @@ class Trainer:
                 notes = {}
                 log.advance()
                 last = record
-                if self.step % config.checkpoint.interval == 0 or self.step == self.total_steps:
-                    self.save()
+                if self.step % config.checkpoint.interval == 0 or self.step == self.total_steps or self.stopping:
+                    saved = self.save()
+                if self.stopping and self.step < self.total_steps:
+                    self._say(f"{self.stop.reason or 'a stop asked for on another rank'}: saved step {self.step} to "
+                              f"{saved} and stopped; the same command with --resume auto continues it")
+                    return last | {"stopped": self.stop.reason or "signal"}
         finally:
             log.close()
         return last
@@ -492,7 +503,29 @@ def release_shared_memory() -> None:
 
 
 def train(config: TrainConfig, resume: str | None = "auto") -> dict:
-    result = Trainer(config, resume).run()
-    dist.barrier()
+    """Own the run folder (one job at a time), train, and let go of it. A start that fails leaves no run folder."""
+    rank, _ = init_distributed(config.robust.collective_timeout_s)
+    run_dir, lock = Path(config.run_dir), None
+    created = rank == 0 and not run_dir.exists()
+
+    def take() -> str | None:
+        nonlocal lock
+        lock = RunLock(run_dir).acquire()
+        return lock.taken_over.describe() if lock.taken_over else None
+
+    trainer = None
+    try:
+        taken_over = ckpt.decided_by_rank0(take)
+        if taken_over and rank == 0:
+            print(f"dnalm: took over {run_dir / '.dnalm-lock'} from {taken_over}, which is gone", file=sys.stderr,
+                  flush=True)
+        trainer = Trainer(config, resume, lock)
+        result = trainer.run()
+        dist.barrier()
+    finally:
+        if lock is not None:
+            lock.release()
+        if trainer is None and created:
+            shutil.rmtree(run_dir, ignore_errors=True)  # a failed start: nothing there a later step could take for a run
     release_shared_memory()
     return result

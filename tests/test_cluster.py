@@ -1,0 +1,111 @@
+"""What a cluster adds, in-process: one resume decision checked on every rank, Adam's step after a universal load,
+the run folder's lock, and the fault points that stand in for a lagging filesystem. The launches that exercise them
+for real are in test_faults.py and test_train.py."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dnalm import faults
+from dnalm.train import checkpoint as ckpt
+from dnalm.train.ownership import LOCK, Owner, RunFolderInUse, RunLock, read_owner
+
+
+def test_ranks_that_loaded_different_checkpoints_are_stopped_with_both_named():
+    same = {"step": 20, "id": "a1"}
+    ckpt.check_same_checkpoint([same, dict(same)])
+    with pytest.raises(ckpt.CheckpointError) as refused:
+        ckpt.check_same_checkpoint([same, {"step": 10, "id": "b2"}])
+    message = str(refused.value)
+    assert "rank 1 loaded step 10 (checkpoint b2)" in message and "rank 0 loaded step 20 (checkpoint a1)" in message
+
+
+def test_a_stale_listing_misses_the_newest_checkpoint_on_the_rank_named(tmp_path, monkeypatch):
+    for step in (10, 20):
+        folder = tmp_path / "checkpoints" / f"step-{step}"
+        folder.mkdir(parents=True)
+        (folder / ckpt.MARKER).write_text("{}")
+    monkeypatch.setenv(faults.ENV, "stale@checkpoints.list::1")
+    assert [p.name for p in ckpt.complete_checkpoints(tmp_path)] == ["step-10", "step-20"]  # rank 0 (no group)
+    assert ckpt.find_resume(tmp_path, "auto").name == "step-20"
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_adam_steps_get_their_own_tensor_where_the_optimizer_keeps_them(fused):
+    """DeepSpeed's universal load hands every parameter one CPU ``step`` tensor; fused (and capturable) AdamW wants
+    each on its parameter's device in float32, the plain one a CPU scalar."""
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2, 2))]
+    optimizer = torch.optim.AdamW(params, lr=0.1, fused=fused)
+    shared = torch.tensor(7.0, dtype=torch.float64)
+    for p in params:
+        optimizer.state[p] = {"step": shared, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+    ckpt.place_steps(optimizer)
+    steps = [optimizer.state[p]["step"] for p in params]
+    assert steps[0] is not steps[1] and steps[0].data_ptr() != steps[1].data_ptr()
+    assert all(s.dtype == torch.float32 and float(s) == 7.0 and s.device == p.device for s, p in zip(steps, params))
+    for p in params:
+        p.grad = torch.ones_like(p)
+    optimizer.step()  # each advances its own count once
+    assert [float(optimizer.state[p]["step"]) for p in params] == [8.0, 8.0]
+
+
+def test_adam_steps_follow_a_parameter_off_the_host():
+    """The device comes from the parameter, never assumed: a fused group's step on the meta device stays there."""
+    param = torch.nn.Parameter(torch.ones(4, device="meta"))
+    optimizer = torch.optim.SGD([param], lr=0.1)  # any optimizer's state dict; the group says fused as AdamW's would
+    optimizer.param_groups[0]["fused"] = True
+    optimizer.state[param] = {"step": torch.tensor(3.0)}
+    ckpt.place_steps(optimizer)
+    assert optimizer.state[param]["step"].device.type == "meta"
+
+
+def _dead_process() -> tuple[int, float]:
+    import psutil
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    started = psutil.Process(child.pid).create_time()
+    child.wait()
+    return child.pid, started
+
+
+def test_a_second_job_on_a_run_folder_is_refused_and_a_gone_owner_is_taken_over(tmp_path, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    first = RunLock(tmp_path / "run").acquire()
+    assert read_owner(tmp_path / "run") == Owner.this_process()
+    with pytest.raises(RunFolderInUse) as refused:  # this very process is a live owner on this host
+        RunLock(tmp_path / "run").acquire()
+    assert f"pid {os.getpid()} on {socket.gethostname()}" in str(refused.value)
+    assert str(tmp_path / "run" / LOCK) in str(refused.value) and "\n" not in str(refused.value)
+    first.release()
+    assert not (tmp_path / "run" / LOCK).exists()
+
+    pid, started = _dead_process()  # an owner on this host that no longer runs
+    (tmp_path / "run" / LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "started": started}))
+    lock = RunLock(tmp_path / "run").acquire()
+    assert lock.taken_over.pid == pid and read_owner(tmp_path / "run") == Owner.this_process()
+    lock.release()
+
+    # another host cannot be checked from here: refused, unless it is this same (requeued) scheduler job
+    other = {"host": "node-elsewhere", "pid": 4242, "started": 1.0, "job": "77"}
+    (tmp_path / "run" / LOCK).write_text(json.dumps(other))
+    with pytest.raises(RunFolderInUse, match="pid 4242 on node-elsewhere, SLURM job 77"):
+        RunLock(tmp_path / "run").acquire()
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    lock = RunLock(tmp_path / "run").acquire()
+    assert lock.taken_over.host == "node-elsewhere"
+    lock.release()
+    assert list((tmp_path / "run").iterdir()) == []
+
+
+def test_fault_actions_are_read_or_refused(monkeypatch):
+    monkeypatch.setenv(faults.ENV, "sleep=0.01@universal.converted,stale@checkpoints.list::1")
+    faults.strike("universal.converted", 3)
+    assert faults.hit("checkpoints.list", "stale", rank=1) and not faults.hit("checkpoints.list", "stale", rank=0)
+    monkeypatch.setenv(faults.ENV, "sleep=soon@universal.converted")
+    with pytest.raises(ValueError, match="sleep=S"):
+        faults.strike("universal.converted", 3)
