@@ -31,8 +31,12 @@ def resolve_checkpoint(source: str | Path) -> Path:
     if (source / "checkpoints").is_dir():
         complete = complete_checkpoints(source)
         if not complete:
-            raise ConvertError(f"{source}: no complete checkpoint under checkpoints/ (none has its {MARKER} marker)")
+            raise ConvertError(f"{source}: the run has no complete checkpoint yet (none under checkpoints/ has its "
+                               f"{MARKER} marker); it saves every checkpoint.interval steps and at its end")
         return complete[-1]
+    if not (source / TAG).is_dir() and not (source / MARKER).is_file():
+        raise ConvertError(f"{source}: neither a run folder (no checkpoints/) nor a checkpoint (no {TAG}/); give RUN "
+                           "or RUN/checkpoints/step-N")
     return source
 
 

@@ -17,7 +17,7 @@ import torch
 import pytest
 
 from dnalm.train import checkpoint as ckpt
-from tests.conftest import REPO, prep_folder
+from tests.conftest import REPO, prep_folder, refused_by_cli
 from tests.launching import CONFIG, ENV, LAUNCHERS, deepspeed_cmd, free_port, launch_cmd, losses, metrics, overrides, run, torchrun_cmd
 
 @pytest.fixture(scope="module")
@@ -95,18 +95,21 @@ def test_zero3_killed_while_saving_resumes_with_the_same_losses(reference, data,
 
 
 def test_world_size_change_continues_the_data(data, tmp_path):
-    """2 processes for 10 steps, 1 for the next 10 (dnalm train), 2 again: every sample once, in order."""
+    """2 processes for 10 steps, 1 for the next 10 (dnalm train), 2 again: every sample once, in order. The last change
+    waits 20 s for rank 0's conversion with a collective timeout of 10 s: rank 1 polls for it outside any collective.
+    (Masks are drawn per data-parallel rank, so losses across world sizes are not comparable step for step; across S
+    they are: tests/test_sequence_parallel.py.)"""
     folder = tmp_path / "run"
     keys = {"logging.record_sample_keys": "true"}
     run(torchrun_cmd(2, data, folder, **keys, **{"budget.steps": 10}))
     one_process = [sys.executable, "-m", "dnalm", "train", "--config", str(CONFIG),
-                   *overrides(data, folder, **keys, **{"budget.steps": 20})]
+                   *overrides(data, folder, **keys)]
     # killed half-way through the conversion to a universal checkpoint: nothing there is trusted later
-    assert run(one_process, expect_ok=False, faults="kill@universal.converting").returncode == -9
+    assert run(one_process + ["budget.steps=20"], expect_ok=False, faults="kill@universal.converting").returncode == -9
     step10 = folder / "checkpoints" / "step-10"
     assert any((step10 / f".{ckpt.UNIVERSAL_TAG}.tmp" / "zero").iterdir()) and not (step10 / ckpt.UNIVERSAL_TAG).exists()
-    run(one_process)
-    run(torchrun_cmd(2, data, folder, **keys))
+    run(one_process + ["budget.steps=20"])
+    run(torchrun_cmd(2, data, folder, **keys, **{"robust.collective_timeout_s": 10}), faults="sleep=20@universal.converted")
     records = metrics(folder)
     assert [r["data_index"] for r in records] == [8 * s for s in range(1, 31)]
     assert [r["step"] for r in records] == list(range(1, 31))
@@ -115,6 +118,22 @@ def test_world_size_change_continues_the_data(data, tmp_path):
     assert ckpt.read_meta(folder / "checkpoints" / "step-20")["world_size"] == 1
     assert (step10 / ckpt.UNIVERSAL_TAG / ckpt.MARKER).is_file() and not (step10 / f".{ckpt.UNIVERSAL_TAG}.tmp").exists()
     assert all(r["loss"] < 2.5 for r in records)
+
+
+def test_checkpoint_universal_converts_ahead_of_a_relaunch(reference, tmp_path):
+    """`dnalm checkpoint universal RUN --workers 2`: DeepSpeed's parallel extract and merge, marked complete; a folder
+    that is no run or checkpoint is refused in one line."""
+    done = run([sys.executable, "-m", "dnalm", "checkpoint", "universal", str(reference["zero2"]), "--workers", "2"])
+    step30 = reference["zero2"] / "checkpoints" / "step-30"
+    assert (step30 / ckpt.UNIVERSAL_TAG / ckpt.MARKER).is_file() and f"wrote {step30 / ckpt.UNIVERSAL_TAG}" in done.stdout
+    assert f"converting {step30} with 2 workers" in done.stderr
+    assert any((step30 / ckpt.UNIVERSAL_TAG / "zero").iterdir())
+    (tmp_path / "empty").mkdir()
+    refused = refused_by_cli("checkpoint", "universal", tmp_path / "empty")
+    assert refused.returncode == 1 and "neither a run folder (no checkpoints/) nor a checkpoint" in refused.stderr
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    refused = refused_by_cli("checkpoint", "universal", tmp_path / "run")
+    assert refused.returncode == 1 and "the run has no complete checkpoint yet" in refused.stderr
 
 
 def test_nan_steps_are_skipped_then_the_run_stops(data, tmp_path):

@@ -369,14 +369,14 @@ def place_steps(optimizer: torch.optim.Optimizer) -> None:
     a CPU scalar. DeepSpeed's universal load leaves them on the CPU, shared between parameters."""
     from torch.optim.optimizer import _get_scalar_dtype
 
-    for group in optimizer.param_groups:
-        on_device = group.get("fused") or group.get("capturable")
-        for param in group["params"]:
-            state = optimizer.state.get(param, {})
-            if torch.is_tensor(state.get("step")):
-                state["step"] = state["step"].detach().to(
-                    device=param.device if on_device else "cpu",
-                    dtype=_get_scalar_dtype(is_fused=bool(group.get("fused"))), copy=True)
+    # every state, not only the groups' current params: ZeRO-3 swaps each sub-group's partition into its group to step it
+    group_of = {id(param): group for group in optimizer.param_groups for param in group["params"]}
+    for param, state in optimizer.state.items():
+        group = group_of.get(id(param), optimizer.param_groups[0])
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].detach().to(
+                device=param.device if group.get("fused") or group.get("capturable") else "cpu",
+                dtype=_get_scalar_dtype(is_fused=bool(group.get("fused"))), copy=True)
 
 
 def load(engine, checkpoint: Path, universal: bool) -> None:
