@@ -220,24 +220,32 @@ def test_resuming_on_other_data_is_refused_unless_allowed(uninterrupted, damaged
     assert records[32]["data_index"] == 16
 
 
-def test_slurm_script_passes_overrides_as_arguments(damaged_data, tmp_path):
+def test_slurm_script_passes_overrides_and_requeues_after_a_save_on_sigusr1(damaged_data, tmp_path):
     """launch/slurm_train.sbatch under stand-ins for srun and scontrol (no SLURM here) and the real torchrun: a value
-    with a space and a $ reaches the config exactly as typed."""
+    with a space and a $ reaches the config exactly as typed; SIGUSR1 to the script (what --signal=B:USR1@120 sends)
+    reaches the ranks through launch/torchrun.sh, they save and exit, and the script requeues the job."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
+    requeued = tmp_path / "requeued"
     shims = {"srun": '#!/usr/bin/env bash\nwhile [[ "$1" == --* ]]; do shift; done\nSLURM_NODEID=0 exec "$@"\n',
-             "scontrol": "#!/usr/bin/env bash\necho 127.0.0.1\n"}
+             "scontrol": f'#!/usr/bin/env bash\nif [[ "$1" == requeue ]]; then echo "$@" > {requeued}; '
+                         'else echo 127.0.0.1; fi\n'}
     for name, text in shims.items():
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(stat.S_IRWXU)
-    folder = tmp_path / "run"
+    folder, log = tmp_path / "run", tmp_path / "job.log"
     name = "two words $HOME `id` ;x"
     env = ENV | {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node1", "SLURM_NNODES": "1",
-                 "SLURM_GPUS_ON_NODE": "1", "MASTER_PORT": str(free_port())}
-    done = subprocess.run(["bash", str(REPO / "launch" / "slurm_train.sbatch"), str(CONFIG),
-                           *overrides(damaged_data[0], folder, **SKIP, **{"budget.steps": 2, "checkpoint.interval": 2}),
-                           f"logging.run_name={name}"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+                 "SLURM_GPUS_ON_NODE": "2", "SLURM_JOB_ID": "4242", "MASTER_PORT": str(free_port()),
+                 "DNALM_FAULTS": "sleep=0.5@train.step::0"}
+    job = start(["bash", str(REPO / "launch" / "slurm_train.sbatch"), str(CONFIG),
+                 *overrides(damaged_data[0], folder, **SKIP), f"logging.run_name={name}"], log, env)
+    wait_for_step(folder, 3, job, log)
+    job.send_signal(signal.SIGUSR1)
+    assert job.wait(timeout=60) == 0, log.read_text()[-3000:]
+    assert "dnalm: SIGUSR1: saved step" in log.read_text() and requeued.read_text().split() == ["requeue", "4242"]
+    step = max(losses(folder))
+    assert step < 30 and ckpt.complete_checkpoints(folder)[-1].name == f"step-{step}"
     import yaml
 
     assert yaml.safe_load((folder / "config.yaml").read_text())["logging"]["run_name"] == name
