@@ -7,6 +7,9 @@ tensor it builds afterwards follows the model (``move``); benchmarks name the de
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
 import torch
 
 from dnalm.device_names import CHOICES
@@ -21,6 +24,26 @@ from dnalm.errors import DnalmError
 torch.set_flush_denormal(True)
 
 
+def local_gpu_index(env: Mapping[str, str], visible: int) -> int | None:
+    """The GPU a process drives: its launcher's ``LOCAL_RANK`` (0 without a launcher); None without a GPU. Every rank
+    of a node would otherwise start on cuda:0."""
+    if visible == 0:
+        return None
+    index = int(env.get("LOCAL_RANK", "0"))
+    if not 0 <= index < visible:
+        raise DnalmError(f"LOCAL_RANK {index}, but this process sees {visible} GPU(s) (CUDA_VISIBLE_DEVICES="
+                         f"{env.get('CUDA_VISIBLE_DEVICES', 'unset')}); start as many processes per node as it has GPUs")
+    return index
+
+
+def bind_local_gpu() -> None:
+    """``torch.cuda.set_device(LOCAL_RANK)`` where there is a GPU: before a process group starts (NCCL binds its
+    communicator to the current device) and before anything is placed on ``cuda``."""
+    index = local_gpu_index(os.environ, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    if index is not None:
+        torch.cuda.set_device(index)
+
+
 def resolve(name: str = "auto") -> torch.device:
     """``auto``: CUDA when present, else CPU; ``cuda`` without a GPU is an error naming the flag."""
     if name not in CHOICES:
@@ -31,6 +54,7 @@ def resolve(name: str = "auto") -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
+        bind_local_gpu()
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 

@@ -109,3 +109,15 @@ def test_fault_actions_are_read_or_refused(monkeypatch):
     monkeypatch.setenv(faults.ENV, "sleep=soon@universal.converted")
     with pytest.raises(ValueError, match="sleep=S"):
         faults.strike("universal.converted", 3)
+
+
+def test_each_process_drives_its_launchers_local_rank_gpu():
+    """The rule every CUDA process applies before its process group starts (trainer, benches, eval), as a function of
+    the environment: no launcher, GPU 0; LOCAL_RANK 3 of 8, GPU 3; no GPU, none; more ranks than GPUs, one line."""
+    from dnalm.devices import local_gpu_index
+    from dnalm.errors import DnalmError
+
+    assert local_gpu_index({}, 8) == 0 and local_gpu_index({"LOCAL_RANK": "3"}, 8) == 3
+    assert local_gpu_index({"LOCAL_RANK": "3"}, 0) is None
+    with pytest.raises(DnalmError, match="LOCAL_RANK 2, but this process sees 2 GPU"):
+        local_gpu_index({"LOCAL_RANK": "2", "CUDA_VISIBLE_DEVICES": "0,1"}, 2)

@@ -58,7 +58,7 @@ def worker(model_name: str, overrides: dict, lengths: list[int], device_name: st
     from dnalm.models import build_model, get_config
     from dnalm.train import sequence_parallel
 
-    device = resolve(device_name)
+    device = resolve(device_name)  # cuda: this rank's LOCAL_RANK GPU, bound before the group starts
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank, size = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)

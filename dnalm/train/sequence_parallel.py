@@ -2,10 +2,11 @@
 
 The S ranks of a sequence-parallel group hold the same windows, each a contiguous 1/S slice of
 their tokens. Everything outside attention is per token, so it runs on the slice as it is. Each
-attention layer exchanges q, k, v all-to-all, so that every rank holds all T positions for its
-H/S heads; it attends with the model's own backend (eager, sdpa, flash, FlexAttention ALiBi,
-performer), then exchanges the output back. Positions are global (the trainer slices the window's
-position ids), ALiBi uses the slopes of the rank's own heads, and key masks are gathered whole.
+attention layer exchanges q, k and v in one all-to-all, so that every rank holds all T positions
+for its H/S heads; it attends with the model's own backend (eager, sdpa, flash, FlexAttention ALiBi,
+performer), then exchanges the output back: two all-to-alls a layer. Positions are global (the
+trainer slices the window's position ids), ALiBi uses the slopes of the rank's own heads, and the
+window's positions and key mask are gathered once per forward for every layer and recomputation.
 
 Groups are DeepSpeed's own ``parallel_state_sp`` (consecutive ranks form a sequence group, as in
 its HF Ulysses path): handed to ``deepspeed.initialize`` as ``mpu``, it makes DeepSpeed reduce
@@ -132,19 +133,36 @@ def gather_sequence(x: torch.Tensor | None, group) -> torch.Tensor | None:
     return torch.cat(parts, dim=1)
 
 
-class UlyssesAttention:
-    """An attention backend of the registry's signature that runs ``local`` over the whole window for H/S heads."""
+class WindowGather:
+    """The whole window's positions and key mask, gathered once per forward and shared by every layer's wrapper
+    (the model hands each layer the same tensors; recomputation hands them again)."""
 
-    def __init__(self, local, group):
-        self.local, self.group = local, group
+    def __init__(self, group):
+        self.group, self.seen, self.whole = group, (None, None), (None, None)
+
+    def __call__(self, q_pos, key_mask):
+        if self.seen[0] is not q_pos or self.seen[1] is not key_mask:
+            self.seen = (q_pos, key_mask)
+            self.whole = (gather_sequence(q_pos, self.group), gather_sequence(key_mask, self.group))
+        return self.whole
+
+
+class UlyssesAttention:
+    """An attention backend of the registry's signature that runs ``local`` over the whole window for H/S heads:
+    one all-to-all for q, k and v together, one for the output."""
+
+    def __init__(self, local, group, window: WindowGather | None = None):
+        self.local, self.group, self.window = local, group, window or WindowGather(group)
         self.size, self.rank = dist.get_world_size(group), dist.get_rank(group)
 
     def __call__(self, q, k, v, *, causal, q_pos, k_pos, key_mask=None, alibi=None, dropout=0.0, performer=None):
         if q.shape[2] != k.shape[2]:
             raise SequenceParallelError("sequence parallelism splits training windows; incremental decoding runs at S = 1")
-        q, k, v = (_AllToAll.apply(x, self.group, True) for x in (q, k, v))
-        positions = gather_sequence(q_pos, self.group)
-        key_mask = gather_sequence(key_mask, self.group)
+        if q.shape == k.shape == v.shape:
+            q, k, v = _AllToAll.apply(torch.cat((q, k, v)), self.group, True).chunk(3)
+        else:
+            q, k, v = (_AllToAll.apply(x, self.group, True) for x in (q, k, v))
+        positions, key_mask = self.window(q_pos, key_mask)
         if alibi is not None:
             share = alibi.shape[0] // self.size
             alibi = alibi[self.rank * share:(self.rank + 1) * share]
@@ -157,10 +175,10 @@ def wrap_attention(model: torch.nn.Module, group) -> int:
     """Replace every attention module's backend by its Ulysses form; the number of modules wrapped."""
     from dnalm.models.transformer import Attention
 
-    wrapped = 0
+    wrapped, window = 0, WindowGather(group)
     for module in model.modules():
         if isinstance(module, Attention) and not isinstance(module.backend, UlyssesAttention):
-            module.backend = UlyssesAttention(module.backend, group)
+            module.backend = UlyssesAttention(module.backend, group, window)
             wrapped += 1
     return wrapped
 

@@ -34,7 +34,7 @@ from dnalm.data.cache import data_folder
 from dnalm.data.manifest import Manifest
 from dnalm.data.masking import IGNORE, base_targets, clm_batch, mlm_batch, next_token_labels, sized_head, view_ranges
 from dnalm.data.stream import GenomeStream, StreamLoader
-from dnalm.devices import move, peak_memory_mb
+from dnalm.devices import bind_local_gpu, move, peak_memory_mb
 from dnalm.errors import DnalmError
 from dnalm.models import ModelConfig, build_model, get_config
 from dnalm.tokenizers import Tokenizer, ViewTokenizer, load_folder
@@ -68,9 +68,8 @@ def init_distributed(timeout_s: int = 600) -> tuple[int, int]:
     if "RANK" not in os.environ:
         _OWN_GROUP = True
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    else:
+    bind_local_gpu()
+    if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
