@@ -316,3 +316,33 @@ def test_cuda_alibi_goes_through_flex_with_the_gradients_of_eager(causal, padded
         assert relative(mine.grad * real, theirs.grad * real) < bound
     if padded:
         assert got[2].abs().max() == 0
+
+
+def test_alibis_explicit_bias_stays_fp32_and_bf16_cached_decoding_matches_the_full_forward():
+    """The explicit ALiBi bias is fp32 over bf16 queries (a bf16 bias rounds −slope·distance), and a bf16 decoder's
+    cached logits, token by token, equal its full forward's within bf16 noise."""
+    from dnalm.models import build_model, get_config
+    from dnalm.models.attention import additive_mask
+    from dnalm.models.positions import alibi_slopes
+
+    q = torch.zeros(1, 4, 1, 8, dtype=torch.bfloat16)
+    k = torch.zeros(1, 4, 2048, 8, dtype=torch.bfloat16)
+    mask = additive_mask(q, k, causal=True, q_pos=torch.tensor([[2047]]), k_pos=torch.arange(2048)[None], key_mask=None,
+                         alibi=alibi_slopes(4))
+    assert mask.dtype == torch.float32 and float(mask[0, -1, 0, 0]) == -2047 * float(alibi_slopes(4)[-1])
+
+    torch.manual_seed(0)
+    model = build_model(get_config("decoder-tiny", positions="alibi", vocab_size=16, max_seq_len=1024))
+    model = model.to(torch.bfloat16).eval()
+    ids = torch.randint(5, 16, (2, 512), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model(ids).logits[:, -32:].float()
+        cache = model(ids[:, :-32], use_cache=True, logits=False).cache
+        steps = []
+        for t in range(ids.shape[1] - 32, ids.shape[1]):
+            out = model(ids[:, t:t + 1], cache=cache, use_cache=True)
+            cache = out.cache
+            steps.append(out.logits[:, -1].float())
+    cached = torch.stack(steps, 1)
+    spread = float(full.abs().max())
+    assert float((cached - full).abs().max()) <= 2 ** -6 * spread, (float((cached - full).abs().max()), spread)

@@ -24,6 +24,11 @@ from dnalm.models.performer import PerformerFeatures
 from dnalm.models.positions import Rotary, alibi_slopes
 
 
+def check_learned_positions(last: int | None, max_seq_len: int) -> None:
+    if last is not None and last >= max_seq_len:
+        raise ValueError(f"position {last} is beyond max_seq_len {max_seq_len} of learned positions")
+
+
 @dataclass
 class ModelOutput:
     logits: torch.Tensor | None  # None when the loss was computed in chunks (``loss_chunk``)
@@ -195,10 +200,12 @@ class Transformer(nn.Module):
         ``logits`` False: the hidden states alone (``head_logits`` projects the rows a caller needs)."""
         batch, length = input_ids.shape
         past = _cache_length(cache)
+        if self.positions is not None:  # learned positions end at max_seq_len; checked without a device sync
+            last = past + length - 1 if positions is None else int(positions.max()) if positions.device.type == "cpu" \
+                else None  # on an accelerator the caller checks the host batch (the trainer does)
+            check_learned_positions(last, self.config.max_seq_len)
         if positions is None:
             positions = torch.arange(past, past + length, device=input_ids.device).expand(batch, length)
-        if self.positions is not None and int(positions.max()) >= self.config.max_seq_len:
-            raise ValueError(f"position {int(positions.max())} is beyond max_seq_len {self.config.max_seq_len} of learned positions")
         x = self.embed(input_ids)
         if self.segments is not None:
             x = x + self.segments(segment_ids if segment_ids is not None else torch.zeros_like(input_ids))

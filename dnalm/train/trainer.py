@@ -37,6 +37,7 @@ from dnalm.data.stream import GenomeStream, StreamLoader
 from dnalm.devices import bind_local_gpu, move, peak_memory_mb
 from dnalm.errors import DnalmError
 from dnalm.models import ModelConfig, build_model, get_config
+from dnalm.models.transformer import check_learned_positions
 from dnalm.tokenizers import Tokenizer, ViewTokenizer, load_folder
 from dnalm.train import checkpoint as ckpt
 from dnalm.train import compiled, fp8
@@ -283,8 +284,13 @@ class Trainer:
             inputs = mlm_batch(batch, self.ranges, rng, self.base_table, mask_fraction=objective.mask_fraction,
                                mean_span=objective.mean_span, replace=objective.replace)
         inputs["targets"] = int((inputs["labels"] != IGNORE).sum())
+        if self.model_config.positions == "learned":  # on the host batch: the model would need a device sync
+            check_learned_positions(int(inputs["positions"].max()) if "positions" in inputs else
+                                    inputs["input_ids"].shape[1] - 1, self.model_config.max_seq_len)
         if self.sp_size > 1:
             inputs = sequence_parallel.shard(inputs, self.sp_rank, self.sp_size)
+        if self.device.type == "cuda":  # page-locked, so the copy to the GPU is asynchronous
+            inputs = {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in inputs.items()}
         return move(inputs, self.device)
 
     def _forward(self, inputs: dict):
