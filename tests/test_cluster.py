@@ -121,3 +121,36 @@ def test_each_process_drives_its_launchers_local_rank_gpu():
     assert local_gpu_index({"LOCAL_RANK": "3"}, 0) is None
     with pytest.raises(DnalmError, match="LOCAL_RANK 2, but this process sees 2 GPU"):
         local_gpu_index({"LOCAL_RANK": "2", "CUDA_VISIBLE_DEVICES": "0,1"}, 2)
+
+
+def test_a_zero3_rank_other_than_0_never_holds_the_bundle(tmp_path):
+    """model.init_from under ZeRO-3 on 2 processes: rank 0 alone reads the bundle, a tensor at a time, and the weights
+    arrive whole. Rank 1's added host memory stays flat from a 1.7 MB bundle to a 41 MB one (measured 3.5 and 6.0 MB;
+    it held the whole bundle before). Rank 0's resident set takes in the file's pages as it reads them (mapped, not
+    copied)."""
+    from safetensors.torch import save_file
+
+    from dnalm.models import build_model, get_config
+    from tests.conftest import REPO
+    from tests.launching import LAUNCHERS, LAUNCH_ENV
+
+    pairs, sizes, sums = [], {}, {}
+    for name in ("decoder-tiny", "decoder-small"):
+        torch.manual_seed(1)
+        model = build_model(get_config(name, vocab_size=16))
+        folder = tmp_path / name
+        folder.mkdir()
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+        sizes[name] = (folder / "model.safetensors").stat().st_size / 2**20
+        sums[name] = float(sum(p.double().sum() for p in model.parameters()))
+        pairs.append(f"{name}={folder}")
+    env = os.environ | LAUNCH_ENV | {"MALLOC_MMAP_THRESHOLD_": "65536"}
+    done = subprocess.run([*LAUNCHERS["torchrun"](2), str(REPO / "tests" / "scripts" / "bundle_load_memory.py"), *pairs],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    for name in sizes:
+        assert found[name]["checksum"] == pytest.approx(sums[name], rel=1e-6)
+    small, large = (found[name]["added_mb"] for name in ("decoder-tiny", "decoder-small"))
+    assert sizes["decoder-small"] > 40 and large[1] - small[1] < 0.15 * (sizes["decoder-small"] - sizes["decoder-tiny"]), \
+        (found, sizes)

@@ -125,21 +125,34 @@ def lr_lambda(config: TrainConfig, total_steps: int):
 
 
 def load_bundle_weights(model: torch.nn.Module, bundle: str, partitioned: bool) -> None:
-    """Copy a bundle's weights into a freshly built model (gathering each parameter under ZeRO-3)."""
+    """Copy a bundle's weights into a freshly built model.
+
+    Under ZeRO-3 only rank 0 reads the file, one tensor at a time (safetensors opens it lazily); each parameter is
+    gathered, filled by rank 0 and partitioned again, so another rank holds one parameter at most, not the bundle:
+    8 ranks a node each reading a whole 7B model would need over 200 GB of host memory.
+    """
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
-    state = load_file(str(Path(bundle) / "model.safetensors"))
+    path = str(Path(bundle) / "model.safetensors")
     if not partitioned:
+        state = load_file(path)
         model.load_state_dict({k: v.float() for k, v in state.items()}, strict=not model.config.tie_embeddings)
         return
     import deepspeed
 
     named = dict(model.named_parameters()) | dict(model.named_buffers())
-    for name, tensor in state.items():
+    reader = safe_open(path, framework="pt") if dist.get_rank() == 0 else None
+    names = ckpt.decided_by_rank0(lambda: list(reader.keys()))
+    for name in names:
         target = named[name]
-        with deepspeed.zero.GatheredParameters([target] if hasattr(target, "ds_id") else [], modifier_rank=0):
-            if dist.get_rank() == 0 or not hasattr(target, "ds_id"):
-                target.data.copy_(tensor.float())
+        partitioned_here = hasattr(target, "ds_id")
+        with deepspeed.zero.GatheredParameters([target] if partitioned_here else [], modifier_rank=0):
+            with torch.no_grad():
+                if dist.get_rank() == 0:
+                    target.data.copy_(reader.get_tensor(name).float())
+                if not partitioned_here and dist.get_world_size() > 1:  # a whole tensor on every rank: rank 0's
+                    dist.broadcast(target.data, src=0)
 
 
 def _nominal_mfu_per_token(model, model_config, seq_len: int, ds_config: dict, precision: str) -> float | None:
