@@ -246,6 +246,31 @@ def checkpoint_universal(args) -> None:
           f"it reads {UNIVERSAL_TAG}/ whenever the world size differs)")
 
 
+@command("bench", "universal", help="a world-size change's conversion: seconds and peak host memory by worker count, "
+                                    "extrapolated to decoder-1.5b", args=[
+    arg("--model", default="decoder-medium", help="the model whose checkpoint one 2-process ZeRO-3 step writes (default "
+                                                  "decoder-medium)"),
+    arg("--checkpoint", type=Path, default=None, help="measure this complete checkpoint instead of writing one"),
+    arg("--workers", default="1,2", help="worker counts to compare (default 1,2)"),
+    arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for universal.json and universal.png"),
+])
+def bench_universal(args) -> None:
+    from dnalm.bench import universal
+
+    workers = tuple(_integer("--workers", w) for w in args.workers.split(","))
+    if min(workers) < 1:
+        raise DnalmError(f"--workers {args.workers}: every count must be 1 or more")
+    checkpoint = None
+    if args.checkpoint is not None:
+        from dnalm.convert import check_complete, resolve_checkpoint
+
+        checkpoint = resolve_checkpoint(args.checkpoint)
+        check_complete(checkpoint)
+    result = universal.run(args.out, args.model, workers, checkpoint)
+    print(universal.summary(result))
+    print(f"wrote {args.out / 'universal.json'} and {args.out / 'universal.png'}", file=sys.stderr)
+
+
 @command("generate", help="sample DNA from a decoder bundle (FASTA on stdout)", args=[
     arg("--model", type=Path, required=True, help="a decoder bundle (dnalm convert)"),
     arg("--prompt", required=True, help="the bases to continue (A, C, G, T, N)"),

@@ -121,13 +121,21 @@ def test_world_size_change_continues_the_data(data, tmp_path):
 
 
 def test_checkpoint_universal_converts_ahead_of_a_relaunch(reference, tmp_path):
-    """`dnalm checkpoint universal RUN --workers 2`: DeepSpeed's parallel extract and merge, marked complete; a folder
-    that is no run or checkpoint is refused in one line."""
+    """`dnalm checkpoint universal RUN --workers 2`: DeepSpeed's parallel extract and merge, marked complete; `dnalm
+    bench universal` times it with 1 and 2 workers; a folder that is no run or checkpoint is refused in one line."""
     done = run([sys.executable, "-m", "dnalm", "checkpoint", "universal", str(reference["zero2"]), "--workers", "2"])
     step30 = reference["zero2"] / "checkpoints" / "step-30"
     assert (step30 / ckpt.UNIVERSAL_TAG / ckpt.MARKER).is_file() and f"wrote {step30 / ckpt.UNIVERSAL_TAG}" in done.stdout
     assert f"converting {step30} with 2 workers" in done.stderr
     assert any((step30 / ckpt.UNIVERSAL_TAG / "zero").iterdir())
+    # the bench's measurement, on this checkpoint: each worker count converts it afresh
+    bench = run([sys.executable, "-m", "dnalm", "bench", "universal", "--checkpoint", str(reference["zero2"]),
+                 "--workers", "1,2", "--out", str(tmp_path / "bench")])
+    result = json.loads((tmp_path / "bench" / "universal.json").read_text())
+    assert [r["workers"] for r in result["rows"]] == [1, 2] and all(r["seconds"] > 0 for r in result["rows"])
+    assert all(r["peak_resident_gb"] > 0 for r in result["rows"]) and (tmp_path / "bench" / "universal.png").is_file()
+    assert result["decoder_1_5b_extrapolated"][0]["seconds"] > result["rows"][0]["seconds"], bench.stdout
+    assert (step30 / ckpt.UNIVERSAL_TAG / ckpt.MARKER).is_file()
     (tmp_path / "empty").mkdir()
     refused = refused_by_cli("checkpoint", "universal", tmp_path / "empty")
     assert refused.returncode == 1 and "neither a run folder (no checkpoints/) nor a checkpoint" in refused.stderr
