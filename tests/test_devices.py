@@ -27,7 +27,8 @@ def test_trainer_moves_inputs_and_collectives_to_the_engine_device(ecoli_prepare
     assert all(device == "meta" for call in seen["engine_inputs"] for device in call.values()), seen
     assert seen["reached"] == {"train_step": "collective", "evaluate": "collective"}, seen["reached"]
     assert seen["collectives"] == ["meta", "meta"] and seen["trainer_device"] == "meta"
-    assert len(seen["engine_inputs"]) == 1 + 2  # one micro-batch, then two evaluation batches
+    assert len(seen["engine_inputs"]) == 2 + 2  # a step's two micro-batches (its statistics reduced once, after them),
+    # then two evaluation batches
 
 
 def test_device_choice():
@@ -183,24 +184,19 @@ def test_deepspeed_configs_accumulate_fp32_under_bf16_and_fuse_adamw_on_gpu():
     assert not cpu["bf16"]["enabled"] and "data_types" not in cpu and "fused" not in cpu["optimizer"]["params"]
 
 
-def test_deepspeed_is_pinned_to_the_range_the_window_discard_was_written_for():
-    """pyproject pins DeepSpeed; the installed one is inside the pin and has every private name the trainer resets."""
+def test_deepspeed_is_pinned_to_the_range_its_repairs_were_written_for():
+    """pyproject pins DeepSpeed (the universal load's repairs in checkpoint.load are for 0.19.8's behaviour); the installed
+    one is inside the pin."""
     import tomllib
 
     import deepspeed
-    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
     from packaging.requirements import Requirement
     from packaging.version import Version
-
-    from dnalm.train.trainer import ZERO_PRIVATE_STATE
 
     requirements = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     pin = next(Requirement(r) for r in requirements if Requirement(r).name == "deepspeed")
     assert pin.specifier.contains("0.19.8") and not pin.specifier.contains("0.20.0") and not pin.specifier.contains("0.19.7")
     assert Version(deepspeed.__version__) in pin.specifier
-    source = __import__("inspect").getsource(DeepSpeedZeroOptimizer)
-    for name in ZERO_PRIVATE_STATE:
-        assert f"self.{name}" in source or f"def {name}" in source, name
 
 
 def test_safetensors_is_a_core_dependency():

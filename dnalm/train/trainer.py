@@ -10,8 +10,8 @@ global grad norm), is skipped on every rank and counted; too many in a row stop 
 the last good checkpoint as it was.
 
 Device discipline: batches are built on the host and moved to the engine's device; every tensor
-handed to a collective lives there too (NCCL takes only CUDA tensors, gloo CPU ones), and each
-micro-batch needs one collective and one host sync.
+handed to a collective lives there too (NCCL takes only CUDA tensors, gloo CPU ones), and a step
+needs one collective and one read of its statistics, after the optimizer step.
 """
 
 from __future__ import annotations
@@ -46,13 +46,6 @@ from dnalm.train.config import TrainConfig, deepspeed_config, zero_stage
 from dnalm.train.metrics import MetricsLog
 from dnalm.train.ownership import RunLock
 from dnalm.train.stopping import StopRequests
-
-
-# DeepSpeed internals that _discard_window resets (ZeRO-1/2's own overflow clean-up); pyproject.toml pins
-# DeepSpeed to the versions they were checked on; tests/test_devices.py checks the pin and the names, and
-# tests/test_train.py checks that a discarded window trains exactly like one never started.
-ZERO_PRIVATE_STATE = ("_release_preflattened_grad_buffers", "_release_ipg_buffers", "averaged_gradients",
-                      "all_grad_tensors", "micro_step_id")
 
 
 class TrainingStopped(DnalmError):
@@ -312,9 +305,16 @@ class Trainer:
         return self.engine(inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"], **extra)
 
     def train_step(self, batches) -> dict:
-        """One optimizer step (``accumulation`` micro-batches); skipped on every rank if any loss is not finite."""
-        started, loss_sums, tokens, bad, bad_gradients = time.perf_counter(), [], 0, False, False
-        target_rates = []  # this rank's, per view (MLM)
+        """One optimizer step (``accumulation`` micro-batches); skipped on every rank if any loss is not finite.
+
+        Nothing is read back per micro-batch: a non-finite loss makes non-finite gradients, which DeepSpeed's own
+        overflow check drops from the step on every rank, with the window's earlier micro-batches (tested against a
+        window lost at its start). The step's statistics (non-finite micro-batches, loss sum, tokens, stop votes)
+        stay on the device and take one collective and one read per step, after the optimizer step, where DeepSpeed
+        has already synchronized for that check.
+        """
+        started, tokens, target_rates = time.perf_counter(), 0, []  # target rates: this rank's, per view (MLM)
+        stats = torch.zeros(2, dtype=torch.float64, device=self.device)  # (non-finite losses, finite loss sum)
         robust = self.config.robust
         inject_nan = self.rank == 0 and (self.step + 1) in robust.inject_nan_at_steps
         inject_inf_grad = self.rank == 0 and (self.step + 1) in robust.inject_inf_grad_at_steps
@@ -322,8 +322,6 @@ class Trainer:
         for micro in range(self.accumulation):
             batch = next(batches)
             self._record_keys(batch)
-            if bad:  # the rest of a window already lost: consume its data, compute nothing
-                continue
             inputs = self._inputs(batch, micro)
             if "target_rate" in inputs:
                 target_rates.append(inputs["target_rate"])
@@ -334,24 +332,20 @@ class Trainer:
             if inject_inf_grad:
                 loss = _PoisonGradient.apply(loss)
             finite = torch.isfinite(loss.detach())
-            # (non-finite on any rank, loss sum, real tokens, a stop asked for on any rank) in one collective on the
-            # engine's device: every rank sees the same stop vote, so all stop after the same step
-            stats = torch.stack([(~finite).to(torch.float64), torch.where(finite, loss.detach(), 0).to(torch.float64),
-                                 torch.full((), inputs["tokens"], dtype=torch.float64, device=self.device),
-                                 torch.full((), float(self.stop.reason is not None), dtype=torch.float64, device=self.device)])
-            dist.all_reduce(stats)
-            any_bad, loss_sum, window_tokens, stop_votes = stats.tolist()
-            self.stopping = self.stopping or stop_votes > 0
-            tokens += round(window_tokens / self.sp_size)  # every rank of a sequence group counted its windows
-            if any_bad > 0:
-                bad = True
-                self._discard_window(micro)
-                continue
+            stats += torch.stack([(~finite).to(torch.float64), torch.where(finite, loss.detach(), 0).to(torch.float64)])
+            tokens += inputs["tokens"]
             self.engine.backward(loss * self.gradient_scale if self.gradient_scale != 1 else loss)
             self.engine.step()
-            loss_sums.append(loss_sum)
-        if not bad and not self.engine.was_step_applied():  # finite loss, non-finite gradients: DeepSpeed skipped it
-            bad = bad_gradients = True
+        # (non-finite losses, loss sum, real tokens, a stop asked for) over every rank: each sees the same stop vote,
+        # so all stop after the same step
+        votes = torch.tensor([tokens, float(self.stop.reason is not None)], dtype=torch.float64, device=self.device)
+        totals = torch.cat([stats, votes])
+        dist.all_reduce(totals)
+        nonfinite, loss_sum, window_tokens, stop_votes = totals.tolist()
+        self.stopping = self.stopping or stop_votes > 0
+        tokens = round(window_tokens / self.sp_size)  # every rank of a sequence group counted its windows
+        bad_loss = nonfinite > 0
+        bad = bad_loss or not self.engine.was_step_applied()  # a finite loss, non-finite gradients: DeepSpeed skipped it
         self.step += 1
         self.tokens_seen += tokens
         seconds = time.perf_counter() - started
@@ -365,39 +359,12 @@ class Trainer:
             record["peak_memory_mb"] = round(peak)
         if bad:
             self.skipped_steps += 1
-            return record | {"skipped": True, "skip_reason": "non-finite gradients" if bad_gradients else "non-finite loss"}
+            return record | {"skipped": True, "skip_reason": "non-finite loss" if bad_loss else "non-finite gradients"}
         grad_norm = self.engine.get_global_grad_norm()
         if target_rates:
             record["target_rate"] = [round(float(r), 4) for r in np.mean(target_rates, axis=0)]
-        return record | {"loss": sum(loss_sums) / len(loss_sums) / self.dp_world, "lr": self.scheduler.get_last_lr()[0],
+        return record | {"loss": loss_sum / self.accumulation / self.dp_world, "lr": self.scheduler.get_last_lr()[0],
                          "grad_norm": float(grad_norm) if grad_norm is not None else None}
-
-    def _discard_window(self, micro: int) -> None:
-        """Drop the gradients of this window's earlier micro-batches and realign DeepSpeed's micro-step count.
-
-        ZeRO-1/2 get the clean-up their own step() does on a gradient overflow; ZeRO-3 and no-ZeRO
-        keep nothing beyond the module's and optimizer's grads. (tests: a window lost at its second
-        micro-batch trains exactly like one lost at its first.)
-        """
-        if micro == 0:
-            return
-        self.engine.zero_grad()
-        optimizer = self.engine.optimizer
-        optimizer.zero_grad(set_to_none=True)
-        from deepspeed.runtime.zero.stage_1_and_2 import INITIAL_MICRO_STEP_ID, DeepSpeedZeroOptimizer
-
-        if isinstance(optimizer, DeepSpeedZeroOptimizer):  # ZeRO-1/2 (the names are ZERO_PRIVATE_STATE)
-            missing = [name for name in ZERO_PRIVATE_STATE if not hasattr(optimizer, name)]
-            if missing:
-                raise TrainingStopped(f"DeepSpeed {deepspeed_version()} lacks {', '.join(missing)}: a lost window cannot "
-                                      "be discarded exactly; use the DeepSpeed range pyproject.toml pins")
-            optimizer._release_preflattened_grad_buffers()
-            optimizer._release_ipg_buffers()
-            for k in optimizer.averaged_gradients.keys():
-                optimizer.averaged_gradients[k] = None
-                optimizer.all_grad_tensors[k] = None
-            optimizer.micro_step_id = INITIAL_MICRO_STEP_ID
-        self.engine.micro_steps -= micro
 
     def _record_keys(self, batch: dict) -> None:
         if self.config.logging.record_sample_keys:
@@ -500,12 +467,6 @@ class Trainer:
         if self.config.logging.record_sample_keys and path.exists():
             kept = [line for line in path.read_text().splitlines() if int(line.split("\t")[0]) <= self.step]
             path.write_text("".join(line + "\n" for line in kept))
-
-
-def deepspeed_version() -> str:
-    import deepspeed
-
-    return deepspeed.__version__
 
 
 def release_shared_memory() -> None:

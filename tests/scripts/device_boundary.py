@@ -37,6 +37,12 @@ class OtherDeviceEngine:
         self.inputs.append({k: str(v.device) for k, v in tensors.items()})
         return self.module(input_ids, **inputs)
 
+    def backward(self, loss):  # the step's statistics are reduced after the optimizer step: nothing to do here
+        pass
+
+    def step(self):
+        pass
+
     def eval(self):
         self.module.eval()
 
