@@ -179,8 +179,7 @@ def _train_arguments(parser) -> None:
 def train(args) -> None:
     from dnalm.train import run_from_args
 
-    last = run_from_args(args)
-    print(f"done: step {last.get('step')}, loss {last.get('loss')}, val_loss {last.get('val_loss')}")
+    run_from_args(args)  # the trainer says where the run went
 
 
 @command("plot", help="draw a run's training and validation loss curves to RUN/loss.png", args=[

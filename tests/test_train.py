@@ -33,8 +33,8 @@ def reference(data, tmp_path_factory):
     for stage, model, wandb, launcher in (("zero2", "encoder-tiny", "disabled", "deepspeed"),
                                           ("zero3", "decoder-tiny", "offline", "torchrun")):
         folder = tmp_path_factory.mktemp(f"ref-{stage}") / "run"
-        run(launch_cmd(launcher, 2, data, folder, deepspeed=stage, **{"model.name": model, "logging.wandb": wandb}))
-        runs[stage] = folder
+        done = run(launch_cmd(launcher, 2, data, folder, deepspeed=stage, **{"model.name": model, "logging.wandb": wandb}))
+        runs[stage], runs[f"{stage}-console"] = folder, done.stdout + done.stderr
     runs["shm_left"] = set(Path("/dev/shm").glob("deepspeed_*")) - shm_before
     return runs
 
@@ -71,6 +71,33 @@ def test_loss_falls_and_checkpoints_are_complete(reference, stage):
         assert list((folder / "wandb").glob("offline-run-*"))
 
 
+def test_a_run_says_what_it_does_once_and_nothing_else(reference):
+    """The console of a 2-process run under the deepspeed launcher (stderr is a pipe, so lines, not a bar): rank 0's
+    start line, a loss line a logged step, each checkpoint, and where the run went; no DeepSpeed or torch chatter."""
+    console = reference["zero2-console"]
+    lines = console.splitlines()
+    start = [line for line in lines if line.startswith("dnalm: training ")]
+    assert len(start) == 1 and "encoder-tiny (0.4M parameters)" in start[0] and "8 windows x 128 tokens = 1,024 " \
+        "tokens a step, steps 1-30; 2 processes, ZeRO-2, sequence parallel 1, fp32; fresh start" in start[0], start
+    steps = [line for line in lines if line.startswith("step ")]
+    assert [int(line.split()[1].split("/")[0]) for line in steps] == list(range(1, 31)) and "| loss " in steps[-1]
+    assert "| eta " in steps[1] and "val_loss" in steps[9]
+    folder = reference["zero2"]
+    assert [line for line in lines if line.startswith("dnalm: saved step")] == \
+        [f"dnalm: saved step {n}: {folder / 'checkpoints' / f'step-{n}'}" for n in (10, 20, 30)]
+    final = [line for line in lines if line.startswith("dnalm: finished step 30 of 30")]
+    assert len(final) == 1 and f"loss plot {folder / 'loss.png'}" in final[0] and (folder / "loss.png").is_file()
+    for chatter in ("built successfully", "is deprecated", "return func(*args"):
+        assert chatter not in console, chatter
+
+
+def test_a_refusal_under_the_launcher_is_said_once_and_leaves_no_run_folder(data, tmp_path):
+    done = run(deepspeed_cmd(2, data, tmp_path / "run", **{"parallel.sequence": 3}), expect_ok=False)
+    said = [line for line in (done.stdout + done.stderr).splitlines() if "dnalm: error" in line]
+    assert done.returncode != 0 and said == ["dnalm: error: parallel.sequence 3 does not divide the world size 2"], said
+    assert not (tmp_path / "run").exists()
+
+
 def test_offload_trains_and_resumes(data, tmp_path):
     folder = tmp_path / "run"
     settings = {"deepspeed": "zero3-offload", "checkpoint.interval": 6, "eval.interval": 6}
@@ -88,7 +115,8 @@ def test_zero3_killed_while_saving_resumes_with_the_same_losses(reference, data,
     assert run(cmd, expect_ok=False, faults="kill@save.written:20").returncode == -9
     assert (folder / "checkpoints" / ".step-20.tmp" / "state").is_dir()
     assert [p.name for p in ckpt.complete_checkpoints(folder)] == ["step-10"]
-    run(cmd)
+    done = run(cmd)
+    assert f"; resuming step 10 from {folder / 'checkpoints' / 'step-10'};" in done.stderr
     assert losses(folder) == losses(reference["zero3"])
     assert [p.name for p in ckpt.complete_checkpoints(folder)] == ["step-10", "step-20", "step-30"]
     assert not list((folder / "checkpoints").glob(".step-*"))

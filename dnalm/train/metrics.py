@@ -12,8 +12,11 @@ METRICS = "metrics.jsonl"
 
 class MetricsLog:
     def __init__(self, run_dir: Path, config, total_steps: int, start_step: int, enabled: bool):
+        from dnalm.train.console import Progress
+
         self.enabled, self.path = enabled, Path(run_dir) / METRICS
         self.wandb = self.bar = None
+        self.progress = Progress(total_steps, start_step, enabled)  # lines where there is no terminal for a bar
         if not enabled:
             return
         _drop_after(self.path, start_step)  # a resumed run rewrites the steps after its checkpoint
@@ -38,6 +41,7 @@ class MetricsLog:
             self.wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["step"])
         if self.bar is not None and "loss" in record:
             self.bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+        self.progress.show(record)
 
     def advance(self, steps: int = 1) -> None:
         if self.bar is not None:

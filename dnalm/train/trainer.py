@@ -40,7 +40,7 @@ from dnalm.models import ModelConfig, build_model, get_config
 from dnalm.models.transformer import check_learned_positions
 from dnalm.tokenizers import Tokenizer, ViewTokenizer, load_folder
 from dnalm.train import checkpoint as ckpt
-from dnalm.train import compiled, fp8
+from dnalm.train import compiled, console, fp8
 from dnalm.train import sequence_parallel
 from dnalm.train.config import TrainConfig, deepspeed_config, zero_stage
 from dnalm.train.metrics import MetricsLog
@@ -68,8 +68,9 @@ def init_distributed(timeout_s: int = 600) -> tuple[int, int]:
     import deepspeed
 
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
-                                   timeout=timedelta(seconds=timeout_s))
+        with console.quietly():
+            deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
+                                       timeout=timedelta(seconds=timeout_s))
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -267,10 +268,25 @@ class Trainer:
                 self._say(f"data.allow_changed: {config.data.path} is not the data {self.resume_from} was trained on; "
                           "the data stream restarts at epoch 0")
         self._write_run_files()
+        self._say(self.start_line())
 
     def _say(self, message: str) -> None:
         if self.rank == 0:
-            print(f"dnalm: {message}", file=sys.stderr, flush=True)
+            console.say(message)
+
+    def start_line(self) -> str:
+        from dnalm.models import count_parameters
+
+        parameters = count_parameters(build_model(self.model_config, device="meta"))
+        per_step = self.config.batch.global_batch * self.manifest.seq_len
+        precision = self.config.precision if self.config.precision != "auto" else \
+            ("bf16" if self.ds_config["bf16"]["enabled"] else "fp32")
+        start = f"resuming step {self.step} from {self.resume_from}" if self.resume_from else "fresh start"
+        return (f"training {self.model_config.name} ({parameters / 1e6:,.1f}M parameters) on {self.config.data.path}: "
+                f"{self.config.batch.global_batch} windows x {self.manifest.seq_len:,} tokens = {per_step:,} tokens a step, "
+                f"steps {self.step + 1}-{self.total_steps}; {self.world} process{'es' * (self.world > 1)}, ZeRO-"
+                f"{zero_stage(self.ds_config)}, sequence parallel {self.sp_size}, {precision}; {start}; run folder "
+                f"{self.run_dir}")
 
     @property
     def device(self) -> torch.device:
@@ -449,7 +465,9 @@ class Trainer:
                 "model": self.model_config.model_dump()}
         files = {"config.yaml": self.run_dir / "config.yaml", "model.yaml": self.run_dir / "model.yaml",
                  "tokenizer": self.run_dir / "tokenizer"}
-        return ckpt.save(self.engine, self.run_dir, self.step, meta, files, self.config.checkpoint.keep_last)
+        saved = ckpt.save(self.engine, self.run_dir, self.step, meta, files, self.config.checkpoint.keep_last)
+        self._say(f"saved step {self.step}: {saved}")
+        return saved
 
     def _write_run_files(self) -> None:
         if self.rank == 0:
@@ -467,6 +485,21 @@ class Trainer:
         if self.config.logging.record_sample_keys and path.exists():
             kept = [line for line in path.read_text().splitlines() if int(line.split("\t")[0]) <= self.step]
             path.write_text("".join(line + "\n" for line in kept))
+
+
+def finished_line(trainer: Trainer, last: dict, seconds: float) -> str:
+    """Where the run, its metrics and its loss plot are (drawn here), and how it ended."""
+    from dnalm.train.metrics import METRICS, plot
+
+    scores = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "val_loss") if isinstance(last.get(k), float))
+    try:
+        figure = plot(trainer.run_dir)
+    except Exception as exc:  # a plot is a convenience: never fail a finished run over it
+        figure = f"not drawn ({type(exc).__name__}: {exc})"
+    how = f"stopped at step {trainer.step} of {trainer.total_steps}" if "stopped" in last else \
+        f"finished step {trainer.step} of {trainer.total_steps}"
+    return (f"{how} in {console.duration(seconds)}{': ' + scores if scores else ''}. Run folder {trainer.run_dir} "
+            f"(metrics {trainer.run_dir / METRICS}, loss plot {figure})")
 
 
 def release_shared_memory() -> None:
@@ -499,8 +532,11 @@ def train(config: TrainConfig, resume: str | None = "auto") -> dict:
             print(f"dnalm: took over {run_dir / '.dnalm-lock'} from {taken_over}, which is gone", file=sys.stderr,
                   flush=True)
         trainer = Trainer(config, resume, lock)
+        started = time.monotonic()
         result = trainer.run()
         dist.barrier()
+        if rank == 0:
+            console.say(finished_line(trainer, result, time.monotonic() - started))
     finally:
         if lock is not None:
             lock.release()
