@@ -251,6 +251,7 @@ def checkpoint_universal(args) -> None:
                                                   "decoder-medium)"),
     arg("--checkpoint", type=Path, default=None, help="measure this complete checkpoint instead of writing one"),
     arg("--workers", default="1,2", help="worker counts to compare (default 1,2)"),
+    arg("--repeats", type=int, default=2, help="conversions per worker count, alternated; the fastest is kept (default 2)"),
     arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for universal.json and universal.png"),
 ])
 def bench_universal(args) -> None:
@@ -265,7 +266,9 @@ def bench_universal(args) -> None:
 
         checkpoint = resolve_checkpoint(args.checkpoint)
         check_complete(checkpoint)
-    result = universal.run(args.out, args.model, workers, checkpoint)
+    if args.repeats < 1:
+        raise DnalmError(f"--repeats {args.repeats}: give 1 or more")
+    result = universal.run(args.out, args.model, workers, checkpoint, args.repeats)
     print(universal.summary(result))
     print(f"wrote {args.out / 'universal.json'} and {args.out / 'universal.png'}", file=sys.stderr)
 

@@ -158,7 +158,7 @@ def test_checkpoint_universal_converts_ahead_of_a_relaunch(reference, tmp_path):
     assert any((step30 / ckpt.UNIVERSAL_TAG / "zero").iterdir())
     # the bench's measurement, on this checkpoint: each worker count converts it afresh
     bench = run([sys.executable, "-m", "dnalm", "bench", "universal", "--checkpoint", str(reference["zero2"]),
-                 "--workers", "1,2", "--out", str(tmp_path / "bench")])
+                 "--workers", "1,2", "--repeats", "1", "--out", str(tmp_path / "bench")])
     result = json.loads((tmp_path / "bench" / "universal.json").read_text())
     assert [r["workers"] for r in result["rows"]] == [1, 2] and all(r["seconds"] > 0 for r in result["rows"])
     assert all(r["peak_resident_gb"] > 0 for r in result["rows"]) and (tmp_path / "bench" / "universal.png").is_file()
