@@ -45,6 +45,15 @@ def save_bundle(folder: str | Path, model: torch.nn.Module, tokenizer, *, card: 
 
 def read_config(folder: str | Path) -> dict:
     folder = Path(folder)
+    if not folder.is_dir():
+        raise BundleError(f"{folder}: no such bundle folder")
+    if (folder / "checkpoints").is_dir() or (folder / "meta.json").is_file():
+        raise BundleError(f"{folder}: a training run or checkpoint, not a bundle; make one with `dnalm convert {folder} "
+                          "--out BUNDLE`")
+    if (folder / "config.json").is_file() and not (folder / TOKENIZER).exists() and \
+            json.loads((folder / "config.json").read_text()).get("format") != FORMAT:
+        raise BundleError(f"{folder}: a Hugging Face folder, not a dnalm bundle; import it with `dnalm convert --from-hf "
+                          f"{folder} --out BUNDLE`")
     for piece in (CONFIG, WEIGHTS, TOKENIZER):
         if not (folder / piece).exists():
             raise BundleError(f"{folder}: not a dnalm bundle (missing {piece})")

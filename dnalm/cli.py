@@ -189,7 +189,7 @@ def train(args) -> None:
 def plot(args) -> None:
     from dnalm.train.metrics import plot as draw
 
-    print(draw(args.run_dir, args.out))
+    print(f"wrote {draw(args.run_dir, args.out)}")
 
 
 @command("convert", help="turn a training checkpoint (any ZeRO stage or world size) into a bundle or a Hugging Face "
@@ -349,7 +349,7 @@ def embed(args) -> None:
     arg("--genome", type=Path, required=True, help="the FASTA the VCF refers to"),
     arg("--out", type=Path, required=True, help="TSV of scores (one row per allele); OUT.summary.json beside it"),
     arg("--window", type=int, default=512, help="bases of genome around each variant (default 512)"),
-    arg("--batch-size", type=int, default=16, help="variants per forward pass"),
+    arg("--batch-size", type=int, default=16, help="variants per forward pass (default 16)"),
     _device_arg(),
 ])
 def score_variants(args) -> None:
@@ -376,7 +376,7 @@ def _recipe_args():
         arg("--rc-augment", action="store_true",
             help="read training rows as their reverse complement half the time (for strand-free tasks; off: promoters are oriented)"),
         arg("--rc-average", action="store_true", help="average the predictions of both strands (default: the forward strand)"),
-        arg("--patience", type=int, default=None, help="stop after this many epochs without a better dev MCC"),
+        arg("--patience", type=int, default=None, help="stop after this many epochs without a better dev MCC (default: none, every epoch runs)"),
         arg("--backbone-lr-scale", type=float, default=1.0,
             help="a pretrained backbone's rate relative to the head's (default 1: one rate; below 1: discriminative)"),
         arg("--freeze-backbone", action="store_true", help="train the head only (linear probing of a pretrained --model)"),
@@ -413,9 +413,9 @@ def _recipe(args) -> dict:
     arg("--train-limit", type=int, default=None, metavar="N", help="train on a fixed random N rows of --train (the same rows for every model)"),
     arg("--seeds", type=int, default=1, help="repeat with S seeds (0..S-1 unless --first-seed); report mean ± std"),
     _first_seed_arg(),
-    arg("--epochs", type=int, default=5),
-    arg("--lr", type=float, default=1e-3),
-    arg("--batch-size", type=int, default=64),
+    arg("--epochs", type=int, default=5, help="passes over --train"),
+    arg("--lr", type=float, default=1e-3, help="AdamW's learning rate (the head's; see --backbone-lr-scale)"),
+    arg("--batch-size", type=int, default=64, help="rows per step"),
     *_recipe_args(),
     _device_arg(),
 ])
@@ -426,9 +426,10 @@ def finetune(args) -> None:
     result = run_finetune(args.train, args.dev, args.out, model=args.model, arch=args.arch, test_path=args.test,
                           scratch=args.from_scratch, train_limit=args.train_limit, seeds=args.seeds,
                           first_seed=args.first_seed, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                          show_progress=sys.stderr.isatty(), device=args.device, **_recipe(args))
+                          show_progress=sys.stderr.isatty(), report_epochs=True, device=args.device, **_recipe(args))
     for split, values in result["summary"].items():
-        print(f"{split}: " + ", ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in values.items()))
+        spread = (lambda v: f" ± {v['std']:.4f}") if args.seeds > 1 else (lambda v: "")  # one seed has no spread
+        print(f"{split}: " + ", ".join(f"{k} {v['mean']:.4f}{spread(v)}" for k, v in values.items()))
     print(f"metrics: {args.out / 'metrics.json'} ({result['seconds']:.0f} s)")
 
 
@@ -443,9 +444,9 @@ def finetune(args) -> None:
     arg("--train-limit", type=int, default=None, metavar="N", help="a fixed random N training rows of each task"),
     arg("--seeds", type=int, default=3, help="S seeds, 0..S-1 unless --first-seed (default 3)"),
     _first_seed_arg(),
-    arg("--epochs", type=int, default=5),
-    arg("--lr", type=float, default=1e-3),
-    arg("--batch-size", type=int, default=64),
+    arg("--epochs", type=int, default=5, help="passes over --train"),
+    arg("--lr", type=float, default=1e-3, help="AdamW's learning rate (the head's; see --backbone-lr-scale)"),
+    arg("--batch-size", type=int, default=64, help="rows per step"),
     *_recipe_args(),
     _device_arg(),
 ])
@@ -495,10 +496,15 @@ def demo(args) -> None:
     from dnalm.demo import run as run_demo
 
     summary = run_demo(args.out, steps=args.steps, processes=args.processes)
+    def shown(value) -> str:  # a dict of models as "name value, name value", numbers to 4 places
+        if isinstance(value, dict):
+            return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
+        return str(value)
+
     print(f"\ndone in {summary['seconds']:.0f} s")
     for label, key in (("shards", "data"), ("training runs", "runs"), ("bundles", "bundles"), ("generated", "generated"),
                        ("loss curves", "loss_plot"), ("final losses", "final_loss"), ("final validation losses", "final_val_loss")):
-        print(f"  {label:<24} {summary[key]}")
+        print(f"  {label:<24} {shown(summary[key])}")
 
 
 @command("bench", "tokenize", help="genome reading and tokenizer throughput (bases/s) on one core", args=[
@@ -718,6 +724,16 @@ def _integer(flag: str, text: str) -> int:
         raise DnalmError(f"{flag}: {text!r} is not a whole number") from None
 
 
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help, unless the help already says it or there is none to say."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dnalm", description="Pretrain DNA language models: genomes → tokens → models.")
     groups = {(): parser.add_subparsers(dest="command", metavar="COMMAND", required=True)}
@@ -728,7 +744,8 @@ def build_parser() -> argparse.ArgumentParser:
                 group = groups[prefix[:-1]].add_parser(prefix[-1], help=GROUP_HELP.get(prefix[-1]),
                                                        description=GROUP_HELP.get(prefix[-1]))
                 groups[prefix] = group.add_subparsers(dest="_".join(prefix), metavar="COMMAND", required=True)
-        sub = groups[cmd.path[:-1]].add_parser(cmd.path[-1], help=cmd.help, description=cmd.help)
+        sub = groups[cmd.path[:-1]].add_parser(cmd.path[-1], help=cmd.help, description=cmd.help,
+                                               formatter_class=_HelpWithDefaults)
         for flags, options in cmd.args:
             sub.add_argument(*flags, **options)
         if cmd.configure is not None:

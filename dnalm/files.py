@@ -40,8 +40,10 @@ def rename_durably(source: str | Path, target: str | Path) -> None:
 
 
 def write_atomic(path: str | Path, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` so that a reader (or a crash) sees the old file or the new one, never a part."""
+    """Write ``data`` to ``path`` so that a reader (or a crash) sees the old file or the new one, never a part; a
+    missing folder is made first (an output named in a folder not made yet is what the user asked for)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as fh:
         fh.write(data.encode() if isinstance(data, str) else data)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,7 +233,7 @@ def limit(data: LabelledSet, n: int | None) -> LabelledSet:
 
 def train_one(seed: int, sets: dict, classes: list[str], bundle, arch, vocab_size, epochs: int, lr: float, batch_size: int,
               weight_decay: float, progress, scratch: bool = False, device: torch.device = torch.device("cpu"),
-              recipe: dict | None = None) -> dict:
+              recipe: dict | None = None, tell=None) -> dict:
     recipe = recipe or {}
     model = build_classifier(len(classes), bundle, arch, vocab_size, seed, scratch, recipe.get("pooling", "mean")).to(device)
     optimizer = torch.optim.AdamW(_parameter_groups(model, lr, pretrained=bundle is not None and not scratch, **recipe),
@@ -265,6 +266,8 @@ def train_one(seed: int, sets: dict, classes: list[str], bundle, arch, vocab_siz
             progress(1)
         dev = metrics(sets["dev"]["forward"]["labels"].numpy(), predict_strands(model, sets["dev"], recipe.get("rc_average", False)))
         history.append({"epoch": epoch + 1, **{f"dev_{k}": v for k, v in dev.items()}})
+        if tell is not None:
+            tell(f"seed {seed} epoch {epoch + 1}/{epochs}: dev mcc {dev['mcc']:.4f}, accuracy {dev['accuracy']:.4f}")
         if dev["mcc"] > best["mcc"]:
             best, since_best = {"epoch": epoch + 1, **dev, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}, 0
         else:
@@ -295,6 +298,7 @@ def _parameter_groups(model: Classifier, lr: float, pretrained: bool, backbone_l
 def finetune(train_path, dev_path, out, *, model: str | Path | None = None, arch: str | None = None, test_path=None,
              scratch: bool = False, seeds: int = 1, first_seed: int = 0, train_limit: int | None = None, epochs: int = 5,
              lr: float = 1e-3, batch_size: int = 64, weight_decay: float = 0.01, show_progress: bool = False,
+             report_epochs: bool = False,
              device: str = "auto", rc_augment: bool = False, rc_average: bool = False, patience: int | None = None,
              backbone_lr_scale: float = 1.0, freeze_backbone: bool = False, pooling: str = "mean") -> dict:
     """Seeds ``first_seed`` … ``first_seed + seeds - 1``; ``train_limit`` rows of the training set at most;
@@ -345,8 +349,12 @@ def finetune(train_path, dev_path, out, *, model: str | Path | None = None, arch
         from tqdm import tqdm
 
         bar = tqdm(total=seeds * epochs * math.ceil(len(train.sequences) / batch_size), unit="batch", desc="finetune")
+    tell = None
+    if report_epochs:  # a line per epoch (through the bar on a terminal, so it is not torn)
+        tell = bar.write if bar else (lambda line: print(line, file=sys.stderr, flush=True))
     runs = [train_one(seed, sets, classes, model, arch, tokenizer.vocab_size, epochs, lr, batch_size, weight_decay,
-                      bar.update if bar else (lambda n: None), scratch, target, recipe) for seed in range(first_seed, first_seed + seeds)]
+                      bar.update if bar else (lambda n: None), scratch, target, recipe, tell)
+            for seed in range(first_seed, first_seed + seeds)]
     if bar:
         bar.close()
     summary = {}

@@ -103,7 +103,7 @@ def test_plot_draws_the_loss_curves(tmp_path):
         for s in range(1, 21)))
     result = run_cli("plot", run_dir)
     assert result.returncode == 0, result.stderr
-    assert (run_dir / "loss.png").stat().st_size > 1000
+    assert (run_dir / "loss.png").stat().st_size > 1000 and result.stdout.strip() == f"wrote {run_dir / 'loss.png'}"
     missing = run_cli("plot", tmp_path)
     assert missing.returncode == 1 and "no metrics.jsonl" in missing.stderr
 

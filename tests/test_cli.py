@@ -18,6 +18,15 @@ def test_every_command_explains_itself(capsys):
         assert done.value.code == 0 and cmd.help.split()[0] in capsys.readouterr().out, cmd.path
 
 
+def test_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for option in ("passes over --train (default: 5)", "rows per step (default: 64)", "(default: 0.001)",
+                   "report mean ± std (default: 1)"):
+        assert option in shown, option
+
+
 def test_unknown_command_fails():
     result = refused_by_cli("frobnicate")
     assert result.returncode == 2 and "invalid choice" in result.stderr

@@ -183,6 +183,8 @@ def test_finetune_cli_from_a_bundle(bundles, tmp_path):
                          "--out", tmp_path / bundle.name, "--epochs", "1")
         assert result.returncode == 0, result.stderr
         assert "test: accuracy" in result.stdout and (tmp_path / bundle.name / "metrics.json").exists()
+        assert "±" not in result.stdout, "one seed has no spread to show"
+        assert "seed 0 epoch 1/1: dev mcc" in result.stderr, "fine-tuning says how each epoch scored on dev"
     both = refused_by_cli("finetune", "--model", bundles["encoder"], "--arch", "cnn", "--train", sets["train"],
                           "--dev", sets["dev"], "--out", tmp_path / "x")
     assert both.returncode == 1 and "exactly one of --model BUNDLE and --arch" in both.stderr

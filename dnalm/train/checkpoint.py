@@ -268,6 +268,30 @@ def check_data(checkpoint: Path, data_path: str, fingerprint: str, allow_changed
     return False
 
 
+def check_model(checkpoint: Path, model_config) -> None:
+    """The checkpoint must hold the model this run builds (the same parameter names and shapes); otherwise one line
+    names both, before DeepSpeed reports missing state-dict keys."""
+    from dnalm.models import ModelConfig, build_model
+
+    saved = read_meta(checkpoint).get("model")
+    if saved is None:
+        return
+    saved_config = ModelConfig(**saved)
+
+    def shapes(config):
+        return {name: tuple(p.shape) for name, p in build_model(config, device="meta").named_parameters()}
+
+    if shapes(saved_config) != shapes(model_config):
+        raise CheckpointError(f"{checkpoint}: holds {_describe(saved_config)}, but this run builds "
+                              f"{_describe(model_config)}; resume it with the config it was trained with, or start this "
+                              "one afresh (--resume none, or another run_dir)")
+
+
+def _describe(config) -> str:
+    return (f"{config.name} (an {config.arch}, d_model {config.d_model}, {config.n_layers} layers, vocabulary "
+            f"{config.vocab_size})").replace("an decoder", "a decoder").replace("an cnn", "a cnn")
+
+
 def ensure_universal(checkpoint: Path, timeout_s: float, workers: int | None = None) -> None:
     """Collective: make sure the checkpoint has a universal form, so another world size can load it.
 

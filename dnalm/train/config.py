@@ -205,9 +205,28 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise TrainConfigError(f"{path}: not YAML ({exc})") from None
+    _refuse_unknown_keys(TrainConfig, values, str(path))
     for item in overrides:
         apply_override(values, item)
+        _refuse_unknown_keys(TrainConfig, values, f"override '{item}'")
     return validated(TrainConfig, values, TrainConfigError, str(path))
+
+
+def _refuse_unknown_keys(model: type[BaseModel], values: dict, where: str, prefix: str = "") -> None:
+    """A key no section has, named where it was written (the YAML file or the override), with the nearest known key."""
+    import difflib
+
+    if not isinstance(values, dict):
+        return
+    for key, value in values.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            near = difflib.get_close_matches(str(key), model.model_fields, n=1)
+            hint = f" (did you mean {prefix}{near[0]}?)" if near else f" (known: {', '.join(model.model_fields)})"
+            raise TrainConfigError(f"{where}: unknown key {prefix}{key}{hint}")
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, _Section):
+            _refuse_unknown_keys(section, value, where, f"{prefix}{key}.")
 
 
 def apply_override(values: dict, item: str) -> None:

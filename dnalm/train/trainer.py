@@ -218,6 +218,8 @@ class Trainer:
         if aside is not None:
             self._say(f"starting from step {ckpt.step_of(self.resume_from) if self.resume_from else 0}: the newer "
                       f"checkpoints were moved to {aside} (never resumed by --resume auto, never deleted)")
+        if self.resume_from is not None:
+            ckpt.check_model(self.resume_from, self.model_config)
         self.data_continues = self.resume_from is None or ckpt.check_data(
             self.resume_from, config.data.path, self.manifest.plan_fingerprint, config.data.allow_changed)
         universal = bool(self.resume_from) and ckpt.read_meta(self.resume_from)["world_size"] != self.world
