@@ -21,9 +21,10 @@ from data_prep import publish
 from data_prep.merge import merge, try_merge
 from data_prep.packing import FragmentPacker
 from data_prep.plan import Plan, PrepConfig, ShardPlan, checked_fingerprint, prepare_folder
+from data_prep.sidecars import shard_done, sidecar_path
 from dnalm import genome as genome_io
 from dnalm.data.manifest import DataError
-from dnalm.data.shards import INDEX_ENTRY, ShardWriter, encode_sample, file_sha256, index_path, sample_key, token_dtype
+from dnalm.data.shards import ShardWriter, encode_sample, sample_key, token_dtype
 from dnalm.data.sources import open_source
 from dnalm.files import write_atomic
 from dnalm.data.windows import covered_bases, cut_windows
@@ -31,26 +32,6 @@ from dnalm.data.windows import covered_bases, cut_windows
 _COMPLEMENT = np.zeros(256, np.uint8)
 for _a, _b in zip(b"ACGTN", b"TGCAN"):
     _COMPLEMENT[_a] = _b
-
-
-def sidecar_path(folder: Path, shard: ShardPlan) -> Path:
-    return Path(folder) / f"{shard.path}.json"
-
-
-def shard_done(folder: Path, fingerprint: str, shard: ShardPlan, verify: bool = True) -> bool:
-    side, tar = sidecar_path(folder, shard), Path(folder) / shard.path
-    if not (side.is_file() and tar.is_file()):
-        return False
-    try:
-        info = json.loads(side.read_text())
-    except json.JSONDecodeError:
-        return False
-    if info.get("plan_fingerprint") != fingerprint or info.get("bytes") != tar.stat().st_size:
-        return False
-    index = index_path(tar)
-    if not index.is_file() or index.stat().st_size != info.get("num_samples", -1) * INDEX_ENTRY:
-        return False
-    return not verify or file_sha256(tar) == info["sha256"]
 
 
 def slice_of(plan: Plan, job_index: int, num_jobs: int) -> list[ShardPlan]:

@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 from data_prep.plan import SPLITS, Plan
+from data_prep.sidecars import shard_done, sidecar_path
 from dnalm.data.manifest import (Accounting, DataError, GenomeMix, Manifest, ManifestGenome, ShardEntry, SplitEntry,
                                  TokenizerEntry, write_contigs)
 
 
 def verified_sidecars(folder: Path, plan: Plan, processes: int = 1) -> dict[int, dict]:
     """Every shard's sidecar, once every shard is here and matches its checksum."""
-    from data_prep.jobs import shard_done, sidecar_path
 
     missing = missing_shards(folder, plan)
     if missing:
@@ -38,7 +38,6 @@ def listed(folder: Path, entry: TokenizerEntry) -> TokenizerEntry:
 
 
 def missing_shards(folder: Path, plan: Plan) -> list[str]:
-    from data_prep.jobs import shard_done
 
     return [s.path for s in plan.shards if not shard_done(folder, plan.fingerprint, s, verify=False)]
 
@@ -50,7 +49,6 @@ def try_merge(folder: Path) -> Manifest | None:
 
 
 def _verified(args) -> bool:
-    from data_prep.jobs import shard_done
 
     return shard_done(*args, verify=True)
 

@@ -18,7 +18,9 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from data_prep.merge import merge
 from data_prep.plan import PLAN_FILE, Plan, ShardPlan
+from data_prep.sidecars import shard_done, sidecar_path
 from dnalm import faults
 from dnalm.data.cache import default_cache_dir
 from dnalm.data.manifest import CONTIGS_FILE, MANIFEST_FILE, DataError, Manifest
@@ -63,7 +65,6 @@ def start(source: Source, folder: Path, plan: Plan) -> None:
 
 def upload_shard(source: Source, folder: Path, shard: ShardPlan, count: int = 0) -> None:
     """The shard's tar, its index, then its sidecar (which says the other two are whole in the bucket)."""
-    from data_prep.jobs import sidecar_path
 
     tar = Path(folder) / shard.path
     source.upload(tar, shard.path)
@@ -74,8 +75,6 @@ def upload_shard(source: Source, folder: Path, shard: ShardPlan, count: int = 0)
 
 def publish(source: Source, folder: Path) -> Manifest | None:
     """Upload what is finished here and missing there; the manifest once every shard is up (else None)."""
-    from data_prep.jobs import shard_done, sidecar_path
-    from data_prep.merge import merge
 
     folder = Path(folder)
     plan = Plan.load(folder)
