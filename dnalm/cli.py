@@ -232,7 +232,8 @@ def convert(args) -> None:
 ])
 def checkpoint_universal(args) -> None:
     from dnalm.convert import check_complete, resolve_checkpoint
-    from dnalm.train.checkpoint import UNIVERSAL_TAG, conversion_workers, convert_universal
+    from dnalm.train.checkpoint import UNIVERSAL_TAG
+    from dnalm.train.universal import conversion_workers, convert_universal
 
     checkpoint = resolve_checkpoint(args.source)
     check_complete(checkpoint)

@@ -82,7 +82,7 @@ def test_mfu_uses_the_nominal_peak_of_the_device_by_the_fields_formula():
     """The table matches CUDA device names; the H200 run of decoder-1.5b (34,410 tokens/s, ZeRO-2, 2,048 tokens)
     with nucleotide tokens is 36.9% of 989 TFLOP/s by 6·N + 12·L·d·T, where it was 46.6% of the measured 784.3 TFLOP/s
     matmul."""
-    from dnalm.bench.mfu import flops_per_token, nominal_peak
+    from dnalm.train.flops import flops_per_token, nominal_peak
     from dnalm.models import build_model, get_config
 
     assert nominal_peak("NVIDIA H200", "bf16") == ("H200 SXM", 989e12)

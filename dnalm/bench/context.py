@@ -102,7 +102,7 @@ def worker(model_name: str, overrides: dict, lengths: list[int], device_name: st
 
 
 def _launch(model_name: str, overrides: dict, lengths: list[int], size: int, device: str, threads: int) -> list[dict]:
-    from dnalm.train.trainer import free_port
+    from dnalm.train.spawn import free_port
 
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(size), "--master_addr", "127.0.0.1",
                "--master_port", str(free_port()), "-m", "dnalm.bench.context", "--worker", model_name,

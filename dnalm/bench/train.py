@@ -1,7 +1,7 @@
 """``dnalm bench train``: model forward+backward tokens/s and model-FLOPs utilisation (MFU).
 
-FLOPs per token = 6·N + 12·L·d·T (``dnalm.bench.mfu``). ``mfu`` divides the achieved FLOP/s by the
-device's nominal dense peak for the precision (``dnalm.bench.mfu.NOMINAL``: H100, H200, A100), the
+FLOPs per token = 6·N + 12·L·d·T (``dnalm.train.flops``). ``mfu`` divides the achieved FLOP/s by the
+device's nominal dense peak for the precision (``dnalm.train.flops.NOMINAL``: H100, H200, A100), the
 field's convention; where the table has no entry (CPUs) by a large matmul in the training dtype timed
 on the same device in the same run, and ``mfu_basis`` says which. ``mfu_of_measured_matmul`` is
 always beside it. On CUDA decoder-1.5b at 2048 tokens with activation checkpointing is measured too. Each small
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from dnalm.bench import report
-from dnalm.bench.mfu import SOURCE, device_peak, flops_per_token
+from dnalm.train.flops import SOURCE, device_peak, flops_per_token
 
 from dnalm.devices import peak_memory_mb, resolve, synchronize, training_dtype
 
@@ -186,7 +186,7 @@ def zero2_tokens_per_s(data: Path, model_name: str, micro_batch: int, steps: int
     import sys
     import tempfile
 
-    from dnalm.train.trainer import free_port
+    from dnalm.train.spawn import free_port
 
     repo = Path(__file__).resolve().parents[2]
     with tempfile.TemporaryDirectory(prefix="dnalm-bench-zero2-") as run_dir:

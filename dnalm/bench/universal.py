@@ -20,6 +20,7 @@ import psutil
 
 from dnalm.bench.report import machine, save_plot, write
 from dnalm.train import checkpoint as ckpt
+from dnalm.train.universal import convert_universal
 
 
 def write_checkpoint(model: str, scratch: Path, processes: int = 2) -> Path:
@@ -71,7 +72,7 @@ def measure(checkpoint: Path, workers: int) -> dict:
     shutil.rmtree(checkpoint / ckpt.UNIVERSAL_TAG, ignore_errors=True)
     started = time.perf_counter()
     with _PeakResident() as memory:
-        ckpt.convert_universal(checkpoint, workers)
+        convert_universal(checkpoint, workers)
     return {"workers": workers, "seconds": round(time.perf_counter() - started, 2),
             "peak_resident_gb": round(memory.peak / 1e9, 3)}
 

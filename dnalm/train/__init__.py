@@ -22,7 +22,7 @@ def run_from_args(args) -> dict:
 
     quiet_libraries(getattr(args, "verbose", False))  # before DeepSpeed is imported
     from dnalm.train.config import load_config
-    from dnalm.train.trainer import train
+    from dnalm.train.run import train
 
     return train(load_config(args.config, args.overrides), resume=args.resume)
 

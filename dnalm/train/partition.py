@@ -17,7 +17,7 @@ from dnalm.train.config import REPO_CONFIGS
 
 
 def report(name: str) -> dict:
-    from dnalm.train.trainer import init_distributed
+    from dnalm.train.distributed import init_distributed
 
     rank, world = init_distributed()
     import deepspeed
@@ -41,6 +41,6 @@ if __name__ == "__main__":
     Path(args[1]).mkdir(parents=True, exist_ok=True)
     (Path(args[1]) / f"rank{result['rank']}.json").write_text(json.dumps(result))
     dist.barrier()
-    from dnalm.train.trainer import release_shared_memory
+    from dnalm.train.distributed import release_shared_memory
 
     release_shared_memory()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +14,18 @@ import yaml
 from dnalm.errors import DnalmError
 
 
+def free_port() -> int:
+    """A TCP port free on this machine now, for a launcher's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def spawn_training(config: dict, config_path: Path, processes: int, log_file: Path) -> None:
     """Write ``config`` to ``config_path`` and train it on ``processes`` local ranks; output goes to ``log_file``.
 
     On CPU each rank gets an equal share of the cores (DS_ACCELERATOR=cpu, gloo).
     """
-    from dnalm.train.trainer import free_port
-
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     env = os.environ.copy()

@@ -17,12 +17,7 @@ needs one collective and one read of its statistics, after the optimizer step.
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import socket
-import sys
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +29,7 @@ from dnalm.data.cache import data_folder
 from dnalm.data.manifest import Manifest
 from dnalm.data.masking import IGNORE, base_targets, clm_batch, mlm_batch, next_token_labels, sized_head, view_ranges
 from dnalm.data.stream import GenomeStream, StreamLoader
-from dnalm.devices import bind_local_gpu, move, peak_memory_mb
+from dnalm.devices import move, peak_memory_mb
 from dnalm.errors import DnalmError
 from dnalm.models import ModelConfig, build_model, get_config
 from dnalm.models.transformer import check_learned_positions
@@ -42,45 +37,17 @@ from dnalm.tokenizers import Tokenizer, ViewTokenizer, load_folder
 from dnalm.train import checkpoint as ckpt
 from dnalm.train import compiled, console, fp8
 from dnalm.train import sequence_parallel
+from dnalm.train import universal as universal_form
 from dnalm.train.config import TrainConfig, deepspeed_config, zero_stage
 from dnalm.train.metrics import MetricsLog
+from dnalm.train.distributed import init_distributed, launched, release_shared_memory  # noqa: F401 (re-exported)
 from dnalm.train.ownership import RunLock
+from dnalm.train.spawn import free_port  # noqa: F401 (re-exported)
 from dnalm.train.stopping import StopRequests
 
 
 class TrainingStopped(DnalmError):
     """The run stopped on purpose (too many non-finite steps); the last good checkpoint is intact."""
-
-
-def init_distributed(timeout_s: int = 600) -> tuple[int, int]:
-    """Join the launcher's process group (deepspeed, torchrun, srun) or make a group of one.
-
-    ``timeout_s`` bounds every collective: a rank whose peer died fails instead of waiting for the
-    backend's default (30 minutes), and the launcher then ends the others.
-    """
-    global _OWN_GROUP
-    if "RANK" not in os.environ:
-        _OWN_GROUP = True
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    bind_local_gpu()
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    import deepspeed
-
-    if not dist.is_initialized():
-        with console.quietly():
-            deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
-                                       timeout=timedelta(seconds=timeout_s))
-    return dist.get_rank(), dist.get_world_size()
-
-
-_OWN_GROUP = False  # init_distributed made a group of one itself: no launcher to watch
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def data_tokenizer(folder: Path, manifest: Manifest) -> Tokenizer:
@@ -150,9 +117,9 @@ def load_bundle_weights(model: torch.nn.Module, bundle: str, partitioned: bool) 
 
 
 def _nominal_mfu_per_token(model, model_config, seq_len: int, ds_config: dict, precision: str) -> float | None:
-    """FLOPs per token ÷ the device's nominal peak for the run's precision (``dnalm.bench.mfu``; fp8 runs against the
+    """FLOPs per token ÷ the device's nominal peak for the run's precision (``dnalm.train.flops``; fp8 runs against the
     fp8 peak), or None."""
-    from dnalm.bench.mfu import device_peak, flops_per_token
+    from dnalm.train.flops import device_peak, flops_per_token
     from dnalm.devices import model_device
 
     dtype = torch.float8_e4m3fn if precision == "fp8" else \
@@ -192,7 +159,7 @@ class Trainer:
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         dist.barrier()
-        self.stop = StopRequests(config.checkpoint.on_signal, watch_launcher=not _OWN_GROUP,
+        self.stop = StopRequests(config.checkpoint.on_signal, watch_launcher=launched(),
                                  exit_now=lambda why: lock.release() if lock is not None else None)
         self.stopping = False
         self.data_folder = data_folder(config.data.path, config.data.cache_dir, config.data.retries, config.data.retry_wait_s)
@@ -224,7 +191,8 @@ class Trainer:
             self.resume_from, config.data.path, self.manifest.plan_fingerprint, config.data.allow_changed)
         universal = bool(self.resume_from) and ckpt.read_meta(self.resume_from)["world_size"] != self.world
         if universal:
-            ckpt.ensure_universal(self.resume_from, config.checkpoint.convert_timeout_s, config.checkpoint.convert_workers)
+            universal_form.ensure_universal(self.resume_from, config.checkpoint.convert_timeout_s,
+                                            config.checkpoint.convert_workers)
             self.ds_config["checkpoint"] = {"load_universal": True}
 
         torch.manual_seed(config.seed)
@@ -487,62 +455,3 @@ class Trainer:
         if self.config.logging.record_sample_keys and path.exists():
             kept = [line for line in path.read_text().splitlines() if int(line.split("\t")[0]) <= self.step]
             path.write_text("".join(line + "\n" for line in kept))
-
-
-def finished_line(trainer: Trainer, last: dict, seconds: float) -> str:
-    """Where the run, its metrics and its loss plot are (drawn here), and how it ended."""
-    from dnalm.train.metrics import METRICS, plot
-
-    scores = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "val_loss") if isinstance(last.get(k), float))
-    try:
-        figure = plot(trainer.run_dir)
-    except Exception as exc:  # a plot is a convenience: never fail a finished run over it
-        figure = f"not drawn ({type(exc).__name__}: {exc})"
-    how = f"stopped at step {trainer.step} of {trainer.total_steps}" if "stopped" in last else \
-        f"finished step {trainer.step} of {trainer.total_steps}"
-    return (f"{how} in {console.duration(seconds)}{': ' + scores if scores else ''}. Run folder {trainer.run_dir} "
-            f"(metrics {trainer.run_dir / METRICS}, loss plot {figure})")
-
-
-def release_shared_memory() -> None:
-    """Remove this rank's DeepSpeed CPU comm buffer (``/dev/shm/deepspeed_*_ADDR_PORT_RANK``, ~66 MB).
-
-    DeepSpeed's shared-memory all-reduce never deletes it, so every CPU run would leave one per
-    rank behind until /dev/shm fills memory. Called after the last collective of the run.
-    """
-    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
-    if addr and port and dist.is_initialized():
-        for path in Path("/dev/shm").glob(f"deepspeed_*_{addr}_{port}_{dist.get_rank()}"):
-            path.unlink(missing_ok=True)
-
-
-def train(config: TrainConfig, resume: str | None = "auto") -> dict:
-    """Own the run folder (one job at a time), train, and let go of it. A start that fails leaves no run folder."""
-    rank, _ = init_distributed(config.robust.collective_timeout_s)
-    run_dir, lock = Path(config.run_dir), None
-    created = rank == 0 and not run_dir.exists()
-
-    def take() -> str | None:
-        nonlocal lock
-        lock = RunLock(run_dir).acquire()
-        return lock.taken_over.describe() if lock.taken_over else None
-
-    trainer = None
-    try:
-        taken_over = ckpt.decided_by_rank0(take)
-        if taken_over and rank == 0:
-            print(f"dnalm: took over {run_dir / '.dnalm-lock'} from {taken_over}, which is gone", file=sys.stderr,
-                  flush=True)
-        trainer = Trainer(config, resume, lock)
-        started = time.monotonic()
-        result = trainer.run()
-        dist.barrier()
-        if rank == 0:
-            console.say(finished_line(trainer, result, time.monotonic() - started))
-    finally:
-        if lock is not None:
-            lock.release()
-        if trainer is None and created:
-            shutil.rmtree(run_dir, ignore_errors=True)  # a failed start: nothing there a later step could take for a run
-    release_shared_memory()
-    return result

@@ -14,7 +14,8 @@ import torch.distributed as dist
 from dnalm.bench.memory import peak_memory_mb
 from dnalm.models import build_model, get_config
 from dnalm.train.config import REPO_CONFIGS
-from dnalm.train.trainer import init_distributed, load_bundle_weights
+from dnalm.train.distributed import init_distributed
+from dnalm.train.trainer import load_bundle_weights
 
 
 def main(pairs: list[str]) -> int:

@@ -53,7 +53,7 @@ def everything(folder: Path) -> list[Path]:
 
 def audit_checkpoint(data: Path, run_dir: Path) -> list[str]:
     from dnalm.train.config import load_config
-    from dnalm.train.trainer import train
+    from dnalm.train.run import train
 
     config = load_config("configs/train/encoder-small-ecoli.yaml", [
         f"data.path={data}", f"run_dir={run_dir}", "model.name=encoder-tiny", "budget.steps=2", "batch.micro_batch=2",

@@ -16,7 +16,7 @@ def main(path: str) -> int:
     from deepspeed.utils import groups
 
     from dnalm.train.config import load_config
-    from dnalm.train.trainer import train
+    from dnalm.train.run import train
 
     for run in json.loads(open(path).read()):
         train(load_config(run["config"], run["overrides"]), resume=run.get("resume", "auto"))

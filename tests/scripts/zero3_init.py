@@ -12,7 +12,7 @@ import torch
 
 from dnalm.models import build_model, get_config
 from dnalm.train.config import REPO_CONFIGS
-from dnalm.train.trainer import init_distributed
+from dnalm.train.distributed import init_distributed
 
 
 def largest_difference(name: str) -> float:

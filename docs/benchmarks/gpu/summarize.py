@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from dnalm.bench.mfu import SOURCE, flops_per_token, nominal_peak
+from dnalm.train.flops import SOURCE, flops_per_token, nominal_peak
 from dnalm.models import build_model, get_config
 from dnalm.tokenizers import load
 
