@@ -35,9 +35,9 @@ class GenomeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, description="the genome's name in the manifest, samples' keys and metrics")
     weight: float = Field(1.0, gt=0, description="relative share of an epoch's samples (per genome, not per base)")
-    tags: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list, description="labels a training config can select genomes by")
     include: list[str] = Field(default_factory=lambda: ["*"], description="fnmatch patterns: contigs kept")
     exclude: list[str] = Field(default_factory=list, description="fnmatch patterns: contigs dropped (wins over include)")
 
@@ -52,7 +52,7 @@ class CorpusGenome(GenomeSettings):
 class Corpus(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    genomes: list[CorpusGenome] = Field(min_length=1)
+    genomes: list[CorpusGenome] = Field(min_length=1, description="the genomes, each with its own settings")
 
     @model_validator(mode="after")
     def _unique(self) -> "Corpus":

@@ -25,26 +25,30 @@ class ModelConfigError(DnalmError):
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    name: str = "custom"
-    arch: Literal["encoder", "decoder", "cnn"] = "encoder"
+    name: str = Field("custom", description="the named size it came from, or custom")
+    arch: Literal["encoder", "decoder", "cnn"] = Field("encoder", description="encoder (masked LM), decoder (causal "
+                                                      "LM) or cnn (residual dilated convolutions)")
     vocab_size: int = Field(4096, ge=6, description="token ids the embedding holds (the tokenizer's vocab_size)")
-    d_model: int = Field(256, ge=8)
-    n_layers: int = Field(4, ge=1)
-    n_heads: int = Field(4, ge=1)
-    mlp: Literal["swiglu", "gelu"] = "swiglu"
+    d_model: int = Field(256, ge=8, description="the width of every token's vector")
+    n_layers: int = Field(4, ge=1, description="transformer blocks (CNN: residual blocks)")
+    n_heads: int = Field(4, ge=1, description="attention heads; d_model must divide by it")
+    mlp: Literal["swiglu", "gelu"] = Field("swiglu", description="the blocks' feed-forward layer")
     mlp_hidden: int | None = Field(None, ge=8, description="MLP width; default 8/3·d (SwiGLU) or 4·d (GELU), rounded up to 64")
-    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
-    norm_eps: float = 1e-5
-    dropout: float = Field(0.0, ge=0, lt=1)
-    attention: Literal["eager", "sdpa", "flash", "performer"] = "sdpa"
-    positions: Literal["alibi", "rope", "learned", "none"] = "rope"
+    norm: Literal["rmsnorm", "layernorm"] = Field("rmsnorm", description="pre-norm kind")
+    norm_eps: float = Field(1e-5, description="the norms' ε")
+    dropout: float = Field(0.0, ge=0, lt=1, description="on attention weights and block outputs while training")
+    attention: Literal["eager", "sdpa", "flash", "performer"] = Field(
+        "sdpa", description="the backend (dnalm.models.attention): eager reference, PyTorch SDPA, flash-attn when "
+                            "installed (else SDPA's flash kernel), Performer's FAVOR+")
+    positions: Literal["alibi", "rope", "learned", "none"] = Field("rope", description="ALiBi biases, rotary, a "
+                                                                   "learned table (up to max_seq_len), or none")
     max_seq_len: int = Field(2048, ge=8, description="longest input for learned positions (ALiBi and RoPE extrapolate)")
     rope_theta: float = Field(10_000.0, gt=0, description="RoPE base; raised for longer context (continued pretraining)")
     rope_scale: float = Field(1.0, ge=1, description="RoPE position interpolation: positions divided by this factor, "
                                                      "so a window this many times longer keeps the trained angles")
     linear_bias: bool = Field(False, description="biases in every linear layer of the transformer (ESM's and Nucleotide "
                                                   "Transformer v1's layout, for imported checkpoints)")
-    tie_embeddings: bool = False
+    tie_embeddings: bool = Field(False, description="the output head shares the input embedding's weights")
     lm_head: Literal["linear", "transform"] = Field(
         "linear", description="transform: dense, GELU and a norm before the output projection (BERT's and ESM's MLM head)")
     num_segments: int = Field(1, ge=1, description="views of a concatenated multi-tokenizer input (segment embeddings)")
@@ -52,18 +56,19 @@ class ModelConfig(BaseModel):
         "tokens", description="what a masked token predicts: its id (a vocab-wide head), or the bases it spells "
                               "(bases_per_token × 5 outputs: a factorised head, cheap for k-mer vocabularies)")
     bases_per_token: int = Field(1, ge=1, description="the longest token in bases (mlm_target bases; set from the tokenizer)")
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = Field(False, description="recompute each block in the backward pass (set by the "
+                                           "training config's key of the same name)")
     mlp_tile: int = Field(0, ge=0, description="training: run each MLP over tiles of this many positions, each "
                           "recomputed in the backward (0: whole windows); memory, not results")
     loss_chunk: int = Field(0, ge=0, description="training: the LM head and its loss over chunks of this many "
                             "positions, recomputed in the backward, so no (T, vocab) fp32 logits exist (0: whole)")
     performer_features: int = Field(256, ge=8, description="random features of FAVOR+")
-    performer_kernel: Literal["softmax", "relu"] = "softmax"
+    performer_kernel: Literal["softmax", "relu"] = Field("softmax", description="FAVOR+ feature map")
     performer_chunk: int = Field(128, ge=1, description="chunk length of the causal prefix sums")
-    cnn_kernel: int = Field(9, ge=1)
+    cnn_kernel: int = Field(9, ge=1, description="the CNN's (and the hybrid stem's) convolution width")
     conv_layers: int = Field(0, ge=0, description="residual dilated convolutions (kernel cnn_kernel) between the embedding "
                                                   "and the attention blocks of an encoder: a hybrid convolution + attention model")
-    init_std: float = 0.02
+    init_std: float = Field(0.02, description="the normal initialisation's standard deviation")
 
     @model_validator(mode="after")
     def _check(self) -> "ModelConfig":

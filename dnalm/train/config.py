@@ -56,8 +56,8 @@ def compile_mode(value):
 class DataSection(_Section):
     path: str = Field(description="a folder made by `dnalm prep`, or one in object storage: s3://bucket/prefix, "
                                   "http(s)://host/prefix")
-    train_split: str = "train"
-    val_split: str = "val"
+    train_split: str = Field("train", description="the split the stream trains on")
+    val_split: str = Field("val", description="the held-out split `eval` scores (skipped when smaller than a step)")
     shuffle: bool = Field(True, description="each epoch a pseudo-random order of the whole split (False: genome order)")
     order: Literal["global", "blocks"] | None = Field(None, description="global: a permutation of every sample (each "
                                                       "rank reads from every shard); blocks: partitions of shards shuffled "
@@ -80,7 +80,7 @@ class DataSection(_Section):
     max_open_shards: int = Field(64, ge=1, description="shard files each DataLoader worker keeps open (least recently used closed)")
     reverse_complement: bool = Field(False, description="read half the windows (seeded by position) on the reverse "
                                      "strand, instead of doubling the shards at prep")
-    num_workers: int = Field(1, ge=0)
+    num_workers: int = Field(1, ge=0, description="DataLoader worker processes per rank (0: read in the rank itself)")
     on_error: Literal["raise", "skip"] = Field("raise", description="a corrupt sample or shard: stop, or read the next "
                                                "readable sample of the epoch's order in its place (counted)")
     allow_changed: bool = Field(False, description="resume on a data folder whose plan differs from the checkpoint's "
@@ -93,13 +93,13 @@ class DataSection(_Section):
 
 
 class OptimSection(_Section):
-    lr: float = Field(3e-4, gt=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    weight_decay: float = Field(0.1, ge=0)
-    warmup_steps: int = Field(100, ge=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    grad_clip: float = Field(1.0, ge=0)
+    lr: float = Field(3e-4, gt=0, description="AdamW's peak learning rate")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW's β1, β2")
+    eps: float = Field(1e-8, description="AdamW's ε")
+    weight_decay: float = Field(0.1, ge=0, description="on matrices only (not on norms, biases or embeddings)")
+    warmup_steps: int = Field(100, ge=0, description="linear warm-up from lr/warmup_steps to lr")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decay ends at lr × this, at the budget's last step")
+    grad_clip: float = Field(1.0, ge=0, description="global gradient-norm clipping (0: off)")
 
 
 class BatchSection(_Section):
@@ -108,8 +108,8 @@ class BatchSection(_Section):
 
 
 class BudgetSection(_Section):
-    steps: int | None = Field(None, ge=1)
-    tokens: int | None = Field(None, ge=1)
+    steps: int | None = Field(None, ge=1, description="optimizer steps to train (give this or tokens)")
+    tokens: int | None = Field(None, ge=1, description="tokens to train on, rounded up to whole steps (or steps)")
 
     @model_validator(mode="after")
     def _one(self) -> "BudgetSection":
@@ -119,13 +119,13 @@ class BudgetSection(_Section):
 
 
 class EvalSection(_Section):
-    interval: int = Field(100, ge=1)
-    batches: int = Field(10, ge=1)
+    interval: int = Field(100, ge=1, description="steps between held-out evaluations (and one at the end)")
+    batches: int = Field(10, ge=1, description="micro-batches per rank each evaluation scores, drawn across the split")
 
 
 class CheckpointSection(_Section):
-    interval: int = Field(100, ge=1)
-    keep_last: int = Field(3, ge=1)
+    interval: int = Field(100, ge=1, description="steps between checkpoints (and one at the end)")
+    keep_last: int = Field(3, ge=1, description="complete checkpoints kept; older ones are deleted once a newer is complete")
     on_signal: Literal["SIGUSR1", "SIGTERM", "none"] = Field(
         "none", description="a signal that makes every rank save a checkpoint at the next step boundary and exit "
                             "cleanly (schedulers send one ahead of preemption or the time limit: launch/slurm_train.sbatch "
@@ -144,15 +144,17 @@ class ObjectiveSection(_Section):
 
 
 class LoggingSection(_Section):
-    wandb: Literal["offline", "online", "disabled"] = "offline"
-    project: str = "dnalm"
-    run_name: str | None = None
-    interval: int = Field(10, ge=1)
-    record_sample_keys: bool = Field(False, description="write each rank's consumed sample keys (tests, audits)")
+    wandb: Literal["offline", "online", "disabled"] = Field("offline", description="wandb logging: offline (files "
+                                                            "under RUN/wandb, `wandb sync` later), online, or disabled")
+    project: str = Field("dnalm", description="the wandb project")
+    run_name: str | None = Field(None, description="the wandb run's name (default: the run folder's)")
+    interval: int = Field(10, ge=1, description="steps between records in metrics.jsonl and loss lines on the console")
+    record_sample_keys: bool = Field(False, description="testing: write each rank's consumed sample keys (audits)")
 
 
 class RobustSection(_Section):
-    max_consecutive_skips: int = Field(5, ge=1)
+    max_consecutive_skips: int = Field(5, ge=1, description="steps in a row with a non-finite loss or gradients "
+                                       "that stop the run (the last good checkpoint stays)")
     collective_timeout_s: int = Field(600, ge=10, description="a collective (or barrier) that waits longer fails the "
                                       "rank instead of hanging the job (gloo and NCCL)")
     inject_nan_at_steps: list[int] = Field(default_factory=list, description="testing: make these steps' loss NaN on rank 0")
@@ -169,7 +171,7 @@ class ParallelSection(_Section):
 
 
 class TrainConfig(_Section):
-    run_dir: str
+    run_dir: str = Field(description="the run's folder: config, metrics.jsonl, checkpoints/ (one job at a time)")
     model: ModelSection = ModelSection()
     data: DataSection
     optim: OptimSection = OptimSection()
@@ -185,12 +187,13 @@ class TrainConfig(_Section):
     precision: Literal["auto", "bf16", "fp32", "fp8"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU; fp8: "
                                                              "float8 linear layers (torchao), the rest bf16, on GPUs of "
                                                              "compute capability 8.9+ (refused elsewhere)")
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = Field(False, description="recompute each block's activations in the backward "
+                                           "pass: less memory, about a third more compute")
     compile: Annotated[Literal["none", "model", "blocks"], BeforeValidator(compile_mode)] = Field(
         "none", description="torch.compile: none; model (DeepSpeed's engine.compile, the whole model); blocks (each "
                             "block compiled in place, one graph all blocks reuse; embedding, head and loss eager). true "
                             "means model. The first step pays the compilation: see `dnalm bench train` for what it gains")
-    seed: int = 0
+    seed: int = Field(0, description="weights, masks and the data order are drawn from it")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(json.loads(self.model_dump_json()), sort_keys=False)
