@@ -19,6 +19,7 @@ ENV = "DNALM_FAULTS"
 
 # every point the code strikes at, in the order a run reaches them (docs/reliability.md's fault table)
 POINTS = {
+    "cache.flock": "the node's shard cache takes a file lock (refuse: a filesystem without flock, e.g. Lustre)",
     "train.step": "inside a training step, before its first forward",
     "save.begun": "the checkpoint's temporary folder exists, nothing written yet",
     "save.written": "this rank's DeepSpeed shard and RNG state are written, other ranks may still be writing",

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from data_prep.jobs import prep
 from data_prep.plan import PrepConfig
 from dnalm import genome
-from dnalm.data.cache import ShardCache, shard_bytes
+from dnalm.data.cache import ShardCache, default_cache_dir, shard_bytes
 from dnalm.data.manifest import DataError, Manifest
 from dnalm.data.shards import IndexedShard
 from dnalm.data.sources import SourceError, open_source
@@ -227,6 +228,43 @@ def test_the_cache_evicts_the_least_recently_used_shard_and_refuses_a_tiny_limit
     assert got == local and most <= limit
     with pytest.raises(DataError, match=r"data.cache_limit 1,000,000 bytes cannot hold 6 of the largest shards"):
         GenomeStream(published["url"], batch_size=8, cache_dir=tmp_path / "tiny", cache_limit=1_000_000)
+
+
+def test_the_cache_limit_counts_every_rank_and_worker_of_the_node(http, ecoli_prepared, tmp_path, monkeypatch):
+    largest = max(shard_bytes(e) for e in Manifest.load(ecoli_prepared).splits["train"].shards)
+    settings = {"batch_size": 8, "cache_dir": tmp_path / "cache", "cache_limit": 12 * largest}  # 2 × (4 + 2) shards
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun's
+    stream = GenomeStream(http.url, **settings)
+    StreamLoader(stream, num_workers=0)
+    with pytest.raises(DataError, match=r"cannot hold 24 of the largest shards \([\d,]+ bytes\): 2 local ranks × 2 workers "
+                                         r"× \(4 prefetched \+ the one read \+ one arriving\)"):
+        StreamLoader(stream, num_workers=2)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.setenv("LOCAL_SIZE", "3")  # DeepSpeed's launcher's
+    with pytest.raises(DataError, match=r"cannot hold 18 .*: 3 local ranks × 1 worker × \(4 prefetched"):
+        GenomeStream(http.url, **settings)
+
+
+def test_the_cache_defaults_to_a_node_local_folder(monkeypatch, tmp_path):
+    for name in ("DNALM_CACHE", "DNALM_CACHE_DIR", "TMPDIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("USER", "ada")
+    assert default_cache_dir() == Path("/tmp/dnalm-cache-ada")
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "job"))
+    assert default_cache_dir() == tmp_path / "job" / "dnalm-cache-ada"
+    monkeypatch.setenv("DNALM_CACHE_DIR", str(tmp_path / "older-name"))
+    assert default_cache_dir() == tmp_path / "older-name"
+    monkeypatch.setenv("DNALM_CACHE", str(tmp_path / "chosen"))
+    assert default_cache_dir() == tmp_path / "chosen"
+
+
+def test_a_filesystem_that_refuses_flock_is_named_with_the_setting_to_change(http, tmp_path, monkeypatch):
+    monkeypatch.setenv("DNALM_FAULTS", "refuse@cache.flock")  # flock raises ENOLCK, as on Lustre without -o flock
+    with pytest.raises(DataError) as refused:
+        GenomeStream(http.url, batch_size=8, cache_dir=tmp_path / "lustre")
+    message = str(refused.value)
+    assert message.startswith(f"{tmp_path / 'lustre'}: this filesystem refuses file locks (flock: No locks available)")
+    assert "set data.cache_dir to a node-local folder" in message and "\n" not in message
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """The training stream: exact resume (workers, world size), epochs, corrupt shards, tokenizer checks."""
 
 import shutil
+from itertools import islice
 
 import numpy as np
 import pytest
@@ -158,7 +159,7 @@ def test_a_resumed_stream_replaces_corrupt_samples_exactly_as_an_uninterrupted_o
     """Each rank keeps its position; resuming (with another number of workers) reads the same samples."""
     folder, _, lost = damaged
     for rank in (0, 1):
-        settings = {"on_error": "skip", "rank": rank, "world_size": 2}
+        settings = {"on_error": "skip", "rank": rank, "world_size": 2, "order": "global"}  # every rank meets the damage
         uninterrupted = StreamLoader(stream(folder, **settings), num_workers=2)
         keys = take(uninterrupted, 300)
         first = StreamLoader(stream(folder, **settings), num_workers=2)
@@ -167,6 +168,25 @@ def test_a_resumed_stream_replaces_corrupt_samples_exactly_as_an_uninterrupted_o
         resumed.load_state_dict(first.state_dict())
         assert head + take(resumed, 180) == keys
         assert uninterrupted.skipped == first.skipped + resumed.skipped > 0 and not lost & set(keys)
+
+
+def test_samples_read_ahead_of_a_closing_shard_are_the_samples_and_faults_it_would_give(damaged):
+    """One shard open at a time: each shard closes with its planned samples read ahead, a corrupt one among them;
+    the stream gives what one keeping every shard open gives, and raises at the same sample."""
+    folder, _, lost = damaged
+    settings = {"order": "blocks", "reverse_complement": True}
+    keys, skipped = [], []
+    for most in (64, 1):
+        loader = StreamLoader(stream(folder, on_error="skip", max_open_shards=most, **settings))
+        keys.append([(k, int(ids.sum())) for b in islice(loader, 300) for k, ids in zip(b["key"], b["input_ids"])])
+        skipped.append(loader.skipped)
+    assert keys[0] == keys[1] and skipped[0] == skipped[1] > 0 and not lost & {k for k, _ in keys[0]}
+    failed = []
+    for most in (64, 1):
+        with pytest.raises(ShardError) as error:
+            take(StreamLoader(stream(folder, max_open_shards=most, **settings)), 300)
+        failed.append(str(error.value))
+    assert failed[0] == failed[1]
 
 
 def test_bad_stream_settings(ecoli_prepared):
@@ -236,3 +256,16 @@ def test_a_closed_shard_reader_never_closes_another_files_descriptor(ecoli_prepa
     del first
     assert second.key(0) and second.read(1)[0]
     second.close()
+
+
+def test_ranks_of_a_local_folder_default_to_the_blocks_order_and_a_global_epoch_stays_global(ecoli_prepared):
+    """One process keeps the global order; several take blocks, but an epoch begun in the global order (a checkpoint
+    from before this default) ends in it."""
+    assert stream(ecoli_prepared).state.order == "global"
+    assert stream(ecoli_prepared, rank=1, world_size=2).state.order == "blocks"
+    uninterrupted = take(StreamLoader(stream(ecoli_prepared, rank=1, world_size=2, order="global")), 20)
+    first = StreamLoader(stream(ecoli_prepared, rank=1, world_size=2, order="global"))
+    head = take(first, 8)
+    resumed = StreamLoader(stream(ecoli_prepared, rank=1, world_size=2))
+    resumed.load_state_dict(first.state_dict())
+    assert head + take(resumed, 12) == uninterrupted and resumed.state_dict()["order"] == "global"

@@ -83,7 +83,7 @@ def test_each_rank_reads_its_share_and_the_ranks_read_every_sample_once(ecoli_pr
     biggest = max(s.bytes for s in shards)
     seen = []
     for rank in range(world):
-        stream = GenomeStream(ecoli_prepared, batch_size=4, rank=rank, world_size=world, seed=5, epochs=1)
+        stream = GenomeStream(ecoli_prepared, batch_size=4, rank=rank, world_size=world, seed=5, epochs=1, order="global")
         keys = [sample["key"] for sample in stream]
         assert stream.bytes_read <= 1.2 * total_bytes / world + biggest, (rank, stream.bytes_read, total_bytes)
         seen += keys
@@ -140,3 +140,18 @@ def test_order_of_30m_samples_in_10k_shards_adds_under_100_mb(ecoli_prepared, tm
     assert result["total"] == 30_000_000 and result["added_peak_mb"] < 100, result
     shards_seen = {s for shards, _ in result["positions"]["global"] for s in shards}
     assert len(shards_seen) > 40, "one batch's windows come from many shards"
+
+
+def test_a_rank_opens_each_shard_it_reads_at_most_about_twice_an_epoch(tmp_path, ecoli):
+    """Several ranks of a local folder read in the blocks order; its blocks span more tiny shards than a worker keeps
+    open, so a shard closed early has read ahead what its block still needs (before, 8 opens a shard read here)."""
+    path = tmp_path / "slice.fa"
+    path.write_text(f">slice\n{ecoli.sequence[:300_000]}\n")
+    folder = prep_folder(tmp_path / "tiny", [path], seq_len=128, shard_size_mb=0.02, val_fraction=0)
+    assert len(Manifest.load(folder).splits["train"].shards) > 250
+    for block_size in (None, 10):  # the default (one block a partition here), and blocks of about a shard each
+        stream = GenomeStream(folder, batch_size=4, rank=1, world_size=4, seed=0, epochs=1, max_open_shards=4,
+                              block_size=block_size)
+        assert stream.state.order == "blocks" and sum(1 for _ in stream) == 161 * 4
+        opens = stream.shard_opens
+        assert len(opens) > 10 * stream.max_open_shards and sum(opens.values()) <= 2 * len(opens), (block_size, opens)

@@ -111,14 +111,14 @@ def prep_corpus(genomes: list[str], corpus: list, folder: Path, jobs: int, seq_l
 
 
 def worker_footprint(folder: Path, samples: int = 20_000) -> dict:
-    """Resident memory and files open while one worker (rank 0 of 8) streams ``samples`` samples, in a fresh
+    """Resident memory and files open while one worker (rank 0 of 8, global order) streams ``samples`` samples, in a fresh
     process: RSS once the libraries are imported, after the stream is built, and the most seen while streaming
     (sampled every 50 samples)."""
     code = ("import json, os, sys, psutil\n"
             "from dnalm.data.stream import GenomeStream\n"
             "rss = lambda: psutil.Process().memory_info().rss / 2**20\n"
             "imported, fds0 = rss(), len(os.listdir('/proc/self/fd'))\n"
-            "stream = GenomeStream(sys.argv[1], batch_size=8, rank=0, world_size=8, seed=0, epochs=None)\n"
+            "stream = GenomeStream(sys.argv[1], batch_size=8, rank=0, world_size=8, seed=0, epochs=None, order='global')\n"
             "built, most_rss, most_files = rss(), 0.0, 0\n"
             "for i, s in enumerate(stream):\n"
             "    if i % 50 == 0:\n"
@@ -136,14 +136,16 @@ def worker_footprint(folder: Path, samples: int = 20_000) -> dict:
 
 
 def bytes_per_rank(folder: Path, steps: int = 100, micro_batch: int = 8) -> list[dict]:
-    """Bytes each rank reads over ``steps`` global steps at each world size, as a share of what all ranks read."""
+    """Global order: bytes each rank reads over ``steps`` global steps at each world size, as a share of what all ranks
+    read."""
     from dnalm.data.stream import GenomeStream
 
     rows = []
     for world in WORLD_SIZES:
         read = []
         for rank in range(world):
-            stream = GenomeStream(folder, batch_size=micro_batch, rank=rank, world_size=world, seed=0, epochs=None)
+            stream = GenomeStream(folder, batch_size=micro_batch, rank=rank, world_size=world, seed=0, epochs=None,
+                                  order="global")
             iterator = iter(stream)
             for _ in range(steps * micro_batch):
                 next(iterator)

@@ -7,7 +7,11 @@ Layout under ``cache_dir``:
   checked against the manifest's sizes and sha256s, and renamed into place;
 - ``folders/<manifest sha256>/``: a remote data folder's manifest and tokenizers (``local_folder``);
 - ``locks/``: one lock file per stripe of shards (``flock``, so threads and processes of the node
-  exclude each other); a shard is downloaded once per node, whoever asks first.
+  exclude each other); a shard is downloaded once per node, whoever asks first. A filesystem that
+  refuses ``flock`` (Lustre mounted without ``-o flock``) is named at once, with ``data.cache_dir``.
+
+The folder defaults to a node-local one (``default_cache_dir``), never the home directory, which
+clusters share between nodes.
 
 Shards are evicted least recently used first (a hit refreshes a shard's time) to keep the total under
 ``limit`` bytes; a shard being downloaded or opened holds its stripe's lock and is never evicted then.
@@ -17,7 +21,9 @@ never a wrong read.
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import getpass
 import hashlib
 import os
 import shutil
@@ -26,16 +32,37 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+from dnalm import faults
 from dnalm.data.manifest import MANIFEST_FILE, DataError, Manifest, ShardEntry
 from dnalm.data.shards import INDEX_ENTRY, IndexedShard
 from dnalm.data.sources import Source, open_source
 
 STRIPES = 4096
 TOKENIZER_FILES = {"bpe": ["tokenizer.json", "bpe.model"]}  # manifests without tokenizer file lists
+NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)  # what a filesystem without flock answers
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("DNALM_CACHE_DIR") or Path.home() / ".cache" / "dnalm")
+    """``$DNALM_CACHE`` (or ``$DNALM_CACHE_DIR``, its older name), else ``dnalm-cache-$USER`` under ``$TMPDIR``, else
+    under ``/tmp``: on the node, where every local rank finds the same folder."""
+    named = os.environ.get("DNALM_CACHE") or os.environ.get("DNALM_CACHE_DIR")
+    if named:
+        return Path(named)
+    try:
+        user = os.environ.get("USER") or getpass.getuser()
+    except (KeyError, OSError):  # no login name and no passwd entry (some containers)
+        user = str(os.getuid())
+    return Path(os.environ.get("TMPDIR") or "/tmp") / f"dnalm-cache-{user}"
+
+
+def local_ranks() -> int:
+    """Processes of the run on this node, as the launcher tells them: torchrun's ``LOCAL_WORLD_SIZE``, DeepSpeed's
+    ``LOCAL_SIZE``; 1 without a launcher."""
+    for name in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
 
 
 def shard_bytes(entry: ShardEntry) -> int:
@@ -50,6 +77,8 @@ class ShardCache:
         self.locks = self.folder / "locks"
         for path in (self.shards, self.locks):
             path.mkdir(parents=True, exist_ok=True)
+        with open(self.locks / "probe.lock", "a") as fh:  # a filesystem without flock, named now, not mid-epoch
+            self._flock(fh, fcntl.LOCK_SH)
         self.counts = dict.fromkeys(("hits", "waits", "misses", "prefetched", "bytes_downloaded", "evicted"), 0)
         self._counting = threading.Lock()  # prefetch threads count too
 
@@ -64,15 +93,30 @@ class ShardCache:
             for name, amount in amounts.items():
                 self.counts[name] += amount
 
-    def check_limit(self, entries: list[ShardEntry], resident: int) -> None:
-        """Refuse a limit that cannot hold ``resident`` of the largest shards at once."""
+    def check_limit(self, entries: list[ShardEntry], prefetch: int, workers: int = 1) -> None:
+        """Refuse a limit that cannot hold what everything sharing the node's cache may hold at once: each of the
+        ``workers`` of each local rank reads a shard, has ``prefetch`` more downloaded ahead and one arriving."""
         if self.limit is None or not entries:
             return
-        need = resident * max(shard_bytes(e) for e in entries)
-        if self.limit < need:
+        ranks, workers = local_ranks(), max(1, workers)
+        resident, largest = ranks * workers * (prefetch + 2), max(shard_bytes(e) for e in entries)
+        if self.limit < resident * largest:
             raise DataError(f"data.cache_limit {self.limit:,} bytes cannot hold {resident} of the largest shards "
-                            f"({need:,} bytes: the shard being read, the prefetched ones and one arriving); "
-                            f"raise it or lower data.prefetch_shards")
+                            f"({resident * largest:,} bytes): {ranks} local rank{'s' * (ranks != 1)} × {workers} "
+                            f"worker{'s' * (workers != 1)} × ({prefetch} prefetched + the one read + one arriving) share "
+                            f"this node's cache; raise it, or lower data.prefetch_shards or data.num_workers")
+
+    def _flock(self, fh, flags: int) -> None:
+        try:
+            if faults.hit("cache.flock", "refuse"):
+                raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+            fcntl.flock(fh, flags)
+        except OSError as exc:
+            if exc.errno in NO_FLOCK:
+                raise DataError(f"{self.folder}: this filesystem refuses file locks (flock: {exc.strerror}), which the "
+                                "node's shard cache needs; set data.cache_dir to a node-local folder (or mount Lustre "
+                                "with -o flock)") from None
+            raise
 
     def paths(self, entry: ShardEntry) -> tuple[Path, Path]:
         tar = self.shards / f"{entry.sha256}.tar"
@@ -90,7 +134,7 @@ class ShardCache:
         stripe = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % STRIPES
         with open(self.locks / f"{stripe:04d}.lock", "a") as fh:
             try:
-                fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+                self._flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
             except BlockingIOError:
                 yield False
                 return
@@ -145,7 +189,7 @@ class ShardCache:
             return None
         incoming = shard_bytes(entry)
         with open(self.folder / "evict.lock", "a") as guard:
-            fcntl.flock(guard, fcntl.LOCK_EX)
+            self._flock(guard, fcntl.LOCK_EX)
             used, tars = self._scan()
             for _, sha in sorted(tars):
                 if used + incoming <= self.limit:

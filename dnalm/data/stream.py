@@ -8,12 +8,14 @@ are read.
 
 Order. Epoch ``e`` visits every sample once in a pseudo-random order keyed by (seed, e):
 
-- ``global`` (``dnalm.data.order``, the default for local folders): a permutation of the whole split,
-  so a global batch is as diverse as random draws; a rank's samples come from every shard, which costs
-  nothing on a local disk;
-- ``blocks`` (``dnalm.data.blocks``, the default for remote sources): the split is cut into partitions
-  of shards, each shuffled in blocks that span many shards; a rank reads only its partitions' shards
-  (about 1/W of the bytes) while a global batch still mixes the whole corpus.
+- ``global`` (``dnalm.data.order``, the default for one process on a local folder): a permutation of
+  the whole split, so a global batch is as diverse as random draws; a rank's samples come from every
+  shard, which costs nothing on a local disk but an open of a shard for nearly every sample once the
+  shards outnumber the ones a worker keeps open;
+- ``blocks`` (``dnalm.data.blocks``, the default for remote sources and for several ranks, whose
+  shared filesystem pays for every open): the split is cut into partitions of shards, each shuffled in
+  blocks that span many shards; a rank reads only its partitions' shards (about 1/W of the bytes) while
+  a global batch still mixes the whole corpus.
 
 Both are computed position by position from the shard counts, so a worker holds O(shards) state
 however large the corpus. ``shuffle=False`` keeps genome order (shard after shard).
@@ -31,11 +33,15 @@ one takes the stream's own.
 
 Reading. A sample is read through its shard's index (two positioned reads and a CRC check). Each
 worker keeps at most ``max_open_shards`` shards open (least recently used closed first, bounded by
-the process's file limit). A corrupt shard stops the stream with the shard named and its last good
-sample key; with ``on_error="skip"`` each corrupt sample is replaced by the next readable one of the
-epoch's order and counted (``skipped``), so batches stay full and a resumed run reads exactly what an
-uninterrupted one would. A remote shard that cannot be fetched after its retries always stops the
-stream, naming its URL.
+the process's file limit), and plans its batches ahead: in the blocks order as far as its rank's
+current blocks last (at most ``READ_AHEAD_BYTES`` of shard bytes). A shard that closes first reads the
+samples those planned batches still need of it and holds them, so it opens again only for a later
+block: a rank opens each shard it reads at most about twice an epoch, however small the shards, and
+holds at most its current blocks' samples (8 Mb of bases is ~16 MB of tokens). A corrupt shard stops
+the stream with the shard named and its last good sample key; with ``on_error="skip"`` each corrupt
+sample is replaced by the next readable one of the epoch's order and counted (``skipped``), so
+batches stay full and a resumed run reads exactly what an uninterrupted one would. A remote shard
+that cannot be fetched after its retries always stops the stream, naming its URL.
 
 Augmentation. With ``reverse_complement`` half the positions of each epoch (a keyed hash of the
 position) are read on the other strand (``dnalm.data.augment``); resuming flips the same ones.
@@ -45,7 +51,7 @@ from __future__ import annotations
 
 import os
 import resource
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import asdict, dataclass, replace
 from itertools import islice
 from pathlib import Path
@@ -68,7 +74,9 @@ from dnalm.tokenizers.views import concatenate_views
 STATE_VERSION = 3  # 2: the global order only, ranks took contiguous runs of a step's positions; 1: shard shuffle
 ON_ERROR = ("raise", "skip")
 ORDERS = ("global", "blocks")
+PLAN_CHUNK = 64  # batches whose samples are located with one call of the order
 LOOKAHEAD = 32  # batches of this worker whose shards the prefetcher may see
+READ_AHEAD_BYTES = 1 << 30  # shard bytes of the samples a worker plans ahead (and may hold read early) at most
 PREFETCH_SHARDS = 4  # downloads in flight beside the reader: an object store gives each GET a fraction of the bandwidth
 
 
@@ -99,7 +107,7 @@ class GenomeStream(IterableDataset):
             raise DataError(f"{self.location}: no split '{split}' (have {', '.join(self.manifest.splits)})")
         if on_error not in ON_ERROR:
             raise DataError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-        self.order_kind = order or ("blocks" if self.source.remote else "global")
+        self.order_kind = order or ("blocks" if self.source.remote or world_size > 1 else "global")
         if self.order_kind not in ORDERS:
             raise DataError(f"order must be one of {ORDERS}, got {order!r}")
         if not 0 <= rank < world_size or batch_size < 1 or prefetch_shards < 0:
@@ -118,16 +126,22 @@ class GenomeStream(IterableDataset):
             raise DataError(f"{self.location}: split '{split}' has {self.total} samples, fewer than one global batch "
                             f"({world_size} ranks × {batch_size})")
         self.prefetch_shards = prefetch_shards
-        if self.cache is not None:
-            self.cache.check_limit(self.shards, prefetch_shards + 2)
+        self.check_cache(workers=1)
         self.partitions_setting, self.block_size_setting = partitions, block_size
         self.state = StreamState(seed=seed, **self._configured_order())
         self._orders: dict[tuple, EpochOrder | BlockOrder] = {}
         self.bytes_read = 0  # by this process's readers (in-process iteration; workers count their own)
+        self.shard_opens: Counter[int] = Counter()  # each shard's opens by this process, likewise
+        self.held_most = 0  # the most samples this process held read early at once (``_Reading``)
         sizes = [t.vocab_size - NUM_SPECIAL for t in self.manifest.tokenizers]
         self.id_offsets = np.cumsum([0] + sizes[:-1]).tolist()
         self.tokenizers = [load_folder(self.folder / t.folder) for t in self.manifest.tokenizers]
         self.flip_tables = [reverse_complement_table(t) for t in self.tokenizers] if reverse_complement else None
+
+    def check_cache(self, workers: int) -> None:
+        """Refuse a cache limit too small for this node's ranks, each read by ``workers`` workers (0 counts as 1)."""
+        if self.cache is not None:
+            self.cache.check_limit(self.shards, self.prefetch_shards, workers)
 
     # --- order -----------------------------------------------------------------------------
     @property
@@ -177,14 +191,6 @@ class GenomeStream(IterableDataset):
         of each step's ``world_size × batch_size`` positions, those ``≡ rank (mod world_size)``."""
         return index + np.arange(steps)[:, None] * self.global_batch + self.rank + self.world_size * np.arange(self.batch_size)
 
-    def _rank_batches(self):
-        """(epoch, positions) of each batch of this rank, in consumption order."""
-        epoch, index = self.state.epoch, self.state.index
-        while self.epochs is None or epoch < self.epochs:
-            for step in range(self.steps(index)):
-                yield epoch, self.positions(index + step * self.global_batch, 1)[0]
-            epoch, index = epoch + 1, 0
-
     # --- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return asdict(self.state)
@@ -201,52 +207,84 @@ class GenomeStream(IterableDataset):
 
     # --- reading ---------------------------------------------------------------------------
     def _planned(self, worker: int, workers: int):
-        """This worker's batches with their shards and samples, each computed once."""
-        for k, (epoch, positions) in enumerate(self._rank_batches()):
-            if k % workers == worker:
-                yield (epoch, positions, *self.order(epoch)(epoch, positions))
+        """This worker's batches, in consumption order, with their shards and samples: (epoch, positions, shards,
+        samples), computed PLAN_CHUNK batches at a time (the order costs far less per call than per position)."""
+        epoch, index, taken = self.state.epoch, self.state.index, 0  # taken: this rank's batches before the epoch
+        while self.epochs is None or epoch < self.epochs:
+            steps = self.steps(index)
+            mine = np.arange((worker - taken) % workers, steps, workers)
+            for first in range(0, len(mine), PLAN_CHUNK):
+                positions = self.positions(index, 1) + mine[first : first + PLAN_CHUNK, None] * self.global_batch
+                shards, samples = (a.reshape(positions.shape) for a in self.order(epoch)(epoch, positions.ravel()))
+                yield from zip([epoch] * len(positions), positions, shards, samples)
+            epoch, index, taken = epoch + 1, 0, taken + steps
+
+    def _window(self, workers: int) -> int:
+        """Batches a worker plans ahead: LOOKAHEAD, and in the blocks order the time its rank's current blocks last
+        (their samples this worker takes), so that a shard closed early still has read what it owes those blocks
+        (``_Reading``) and opens again at most once, for the next block; at most READ_AHEAD_BYTES of shards' bytes."""
+        samples = 0
+        for spec in (self.state, StreamState(**self._configured_order())):  # this epoch's order and the next ones'
+            if spec.order == "blocks":
+                block = min(spec.block_size, -(-self.total // spec.partitions))  # a partition may be shorter
+                samples = max(samples, -(-block * spec.partitions // (self.world_size * workers)))
+        most = READ_AHEAD_BYTES * self.total // max(1, sum(s.bytes for s in self.shards))
+        return max(LOOKAHEAD, -(-min(samples, most) // self.batch_size) + 1)
 
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        readers: OrderedDict[int, IndexedShard] = OrderedDict()
-        unopenable: set[int] = set()  # missing or truncated shards: known after one try, the same in every run
+        reading = _Reading()
         prefetcher = Prefetcher(self.cache, self.source, self.shards, self.prefetch_shards) \
             if self.cache is not None and self.prefetch_shards else None
         planned = self._planned(worker, workers)
-        ahead = deque(islice(planned, LOOKAHEAD if prefetcher else 1))
+        ahead: deque = deque()
+
+        def plan(batches: int) -> None:
+            for batch in islice(planned, batches):
+                ahead.append(batch)
+                reading.plan(batch[2], batch[3])
+
+        plan(self._window(workers))
         try:
             while ahead:
                 if prefetcher is not None:
-                    upcoming = dict.fromkeys(s for batch in ahead for s in batch[2].tolist())
-                    prefetcher.want(upcoming, skip=readers)
+                    upcoming = dict.fromkeys(s for batch in islice(ahead, LOOKAHEAD) for s in batch[2].tolist())
+                    prefetcher.want(upcoming, skip=reading.open)
                 epoch, positions, shards, samples = ahead.popleft()
-                ahead.extend(islice(planned, 1))
+                plan(1)
                 flips = flipped(self.state.seed, epoch, positions) if self.flip_tables else np.zeros(len(positions), bool)
                 for position, shard, index, reverse in zip(positions.tolist(), shards.tolist(), samples.tolist(), flips.tolist()):
-                    sample = self._read(readers, unopenable, shard, index, reverse)
-                    yield sample if sample is not None else self._substitute(readers, unopenable, epoch, position, reverse)
+                    sample = self._read(reading, shard, index, reverse, reading.take(shard))
+                    yield sample if sample is not None else self._substitute(reading, epoch, position, reverse)
         finally:
             if prefetcher is not None:
                 prefetcher.close()
-            for reader in readers.values():
-                self.bytes_read += reader.bytes_read
-                reader.close()
+            while reading.open:
+                self.bytes_read += reading.close_oldest(keep=False)
+            self.held_most = max(self.held_most, reading.held_most)
 
-    def _read(self, readers: OrderedDict, unopenable: set, shard: int, index: int, reverse: bool) -> dict | None:
-        """The sample, or None when it is corrupt (or its shard is) and ``on_error`` is "skip"."""
-        if shard in unopenable:
-            return None
+    def _read(self, reading: _Reading, shard: int, index: int, reverse: bool, early=None) -> dict | None:
+        """The sample, or None when it is corrupt (or its shard is) and ``on_error`` is "skip". ``early``: the sample as
+        read before its shard closed (key and token arrays), or the ShardError that reading it raised."""
         try:
-            return self._sample(self._reader(readers, shard), index, reverse)
+            if early is None:
+                if shard in reading.unopenable:
+                    return None
+                key, _, arrays = self._reader(reading, shard).read(index)
+            elif isinstance(early, ShardError):
+                raise early
+            else:
+                key, arrays = early
+            return self._sample(key, arrays, reverse)
         except ShardError:
             if self.on_error == "raise":
                 raise
-            if shard not in readers:  # the shard itself would not open, not just this sample
-                unopenable.add(shard)
+            if early is None and shard not in reading.open:  # the shard itself would not open, not just this sample
+                reading.unopenable.add(shard)
             return None
 
-    def _substitute(self, readers: OrderedDict, unopenable: set, epoch: int, position: int, reverse: bool) -> dict:
+    def _substitute(self, reading: _Reading, epoch: int, position: int, reverse: bool) -> dict:
         """In place of a corrupt sample, the next readable one in the epoch's order, marked ``skipped``.
 
         Batches stay full, so every rank keeps its position and the state stays exact; and since
@@ -255,28 +293,26 @@ class GenomeStream(IterableDataset):
         reach = max(1024, 2 * int(self.counts.max()))  # genome order: past a whole corrupt shard
         for step in range(1, reach + 1):
             shards, samples = self.order(epoch)(epoch, np.array([(position + step) % self.total]))
-            sample = self._read(readers, unopenable, int(shards[0]), int(samples[0]), reverse)
+            sample = self._read(reading, int(shards[0]), int(samples[0]), reverse)
             if sample is not None:
                 return sample | {"skipped": 1}
         raise DataError(f"{self.location}: split '{self.split}' has no readable sample within {reach} positions after "
                         f"position {position} of epoch {epoch}: most of it is corrupt; re-run `dnalm prep`")
 
-    def _reader(self, readers: OrderedDict, shard: int) -> IndexedShard:
-        if shard in readers:
-            readers.move_to_end(shard)
-            return readers[shard]
+    def _reader(self, reading: _Reading, shard: int) -> IndexedShard:
+        if shard in reading.open:
+            reading.open.move_to_end(shard)
+            return reading.open[shard]
         entry = self.shards[shard]
         reader = self.cache.open(self.source, entry) if self.cache is not None else \
             IndexedShard(self.folder / entry.path, entry.num_samples, entry.bytes)
-        readers[shard] = reader
-        while len(readers) > self.max_open_shards:
-            _, closed = readers.popitem(last=False)
-            self.bytes_read += closed.bytes_read
-            closed.close()
+        reading.open[shard] = reader
+        self.shard_opens[shard] += 1
+        while len(reading.open) > self.max_open_shards:
+            self.bytes_read += reading.close_oldest()
         return reader
 
-    def _sample(self, reader: IndexedShard, index: int, reverse: bool = False) -> dict:
-        key, meta, arrays = reader.read(index)
+    def _sample(self, key: str, arrays: list[np.ndarray], reverse: bool = False) -> dict:
         if reverse:
             arrays = [flip(ids.astype(np.int64), table) for ids, table in zip(arrays, self.flip_tables)]
         sample = {"key": key, "skipped": 0, "reverse_complement": reverse}
@@ -293,6 +329,59 @@ class GenomeStream(IterableDataset):
         sample["input_ids"] = torch.from_numpy(ids.astype(np.int64))
         sample["spans"] = torch.from_numpy(np.asarray(spans, np.int64))
         return sample
+
+
+class _Reading:
+    """One worker's open shards (least recently used first), the shards that would not open (missing or truncated:
+    known after one try, the same in every run), and the samples its planned batches still need of each shard, in
+    the order they will be read.
+
+    A shard closed while planned samples still need it has those read first and held (``early``), so it opens
+    again only for samples planned after it closed. In the blocks order a rank's current blocks span more shards
+    than a worker keeps open, and without this nearly every sample would open its shard again."""
+
+    def __init__(self):
+        self.open: OrderedDict[int, IndexedShard] = OrderedDict()
+        self.unopenable: set[int] = set()
+        self.needs: dict[int, deque[int]] = {}  # shard → its samples in the planned batches, in reading order
+        self.early: dict[int, deque] = {}  # shard → the first of those, read before it closed (or their ShardError)
+        self.held = self.held_most = 0
+
+    def plan(self, shards: np.ndarray, samples: np.ndarray) -> None:
+        for shard, index in zip(shards.tolist(), samples.tolist()):
+            self.needs.setdefault(shard, deque()).append(index)
+
+    def take(self, shard: int):
+        """The next planned sample of ``shard`` is being read: what was read of it early, else None."""
+        needs = self.needs[shard]
+        needs.popleft()
+        if not needs:
+            del self.needs[shard]
+        early = self.early.get(shard)
+        if not early:
+            return None
+        self.held -= 1
+        if len(early) == 1:
+            del self.early[shard]
+        return early.popleft()
+
+    def close_oldest(self, keep: bool = True) -> int:
+        """Close the least recently used shard, first reading what planned batches still need of it (``keep``);
+        the bytes it read."""
+        shard, reader = self.open.popitem(last=False)
+        owed = self.needs.get(shard, ()) if keep else ()
+        if owed:
+            early = self.early.setdefault(shard, deque())
+            for index in islice(owed, len(early), None):
+                try:
+                    key, _, arrays = reader.read(index)
+                    early.append((key, arrays))
+                except ShardError as exc:  # raised (or skipped) when its turn comes, as a read then would be
+                    early.append(exc)
+                self.held += 1
+            self.held_most = max(self.held_most, self.held)
+        reader.close()
+        return reader.bytes_read
 
 
 def check_tokenizer(manifest: Manifest, tokenizer: Tokenizer, folder) -> None:
@@ -316,6 +405,7 @@ class StreamLoader:
     """A DataLoader over a GenomeStream that counts consumed batches, so its state is exact to the step."""
 
     def __init__(self, stream: GenomeStream, num_workers: int = 0):
+        stream.check_cache(num_workers)
         self.stream, self.num_workers = stream, num_workers
         self.steps_taken = 0
         self.skipped = 0  # corrupt samples read around so far (on_error="skip")
