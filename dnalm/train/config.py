@@ -59,25 +59,31 @@ class DataSection(_Section):
     train_split: str = Field("train", description="the split the stream trains on")
     val_split: str = Field("val", description="the held-out split `eval` scores (skipped when smaller than a step)")
     shuffle: bool = Field(True, description="each epoch a pseudo-random order of the whole split (False: genome order)")
-    order: Literal["global", "blocks"] | None = Field(None, description="global: a permutation of every sample (each "
-                                                      "rank reads from every shard); blocks: partitions of shards shuffled "
-                                                      "in blocks, a rank reads ~1/W of the shards. Default: global for a "
-                                                      "local path, blocks for s3:// and http(s)://")
+    order: Literal["global", "blocks"] | None = Field(
+        None, description="global: a permutation of every sample (each rank reads from every shard); blocks: partitions "
+                          "of shards shuffled in blocks, a rank reads ~1/W of the shards and opens each about once an "
+                          "epoch. Default: global for one process on a local path, blocks for several ranks and for "
+                          "s3:// and http(s)://")
     partitions: int | None = Field(None, ge=1, description="blocks order: partitions of the shards (default: a multiple "
                                    "of the data-parallel world, up to 64, about 10 shards each); a multiple of every world "
                                    "size the run may resume at keeps each rank's share disjoint")
     block_size: int | None = Field(None, ge=1, description="blocks order: samples shuffled together (default: ≥ 8 Mb of "
                                    "sequence per sample a partition gives each step, ≥ one shard)")
     cache_dir: str | None = Field(None, description="remote sources: the node-local shard cache, shared by the node's "
-                                  "ranks and workers (default $DNALM_CACHE_DIR or ~/.cache/dnalm)")
+                                  "ranks and workers; its filesystem must allow flock (default $DNALM_CACHE or "
+                                  "$DNALM_CACHE_DIR, else $TMPDIR/dnalm-cache-$USER, else /tmp/dnalm-cache-$USER; never "
+                                  "the home directory)")
     cache_limit: Annotated[int | None, BeforeValidator(byte_count)] = Field(
-        None, ge=1, description="remote sources: bytes the cache may hold, e.g. 200000000000 or 200GB (least recently "
-                                "used shards evicted first; none: no limit)")
+        None, ge=1, description="remote sources: bytes the node's cache may hold, e.g. 200000000000 or 200GB (least "
+                                "recently used shards evicted first; none: no limit); must hold local ranks × num_workers "
+                                "× (prefetch_shards + 2) of the largest shards")
     prefetch_shards: int = Field(4, ge=0, description="remote sources: shards downloaded ahead of the reader, in "
                                  "parallel (default 4)")
     retries: int = Field(5, ge=0, description="remote sources: attempts after a failed request, with exponential backoff")
     retry_wait_s: float = Field(0.5, gt=0, description="remote sources: the first wait before a retry (doubled each time)")
-    max_open_shards: int = Field(64, ge=1, description="shard files each DataLoader worker keeps open (least recently used closed)")
+    max_open_shards: int = Field(64, ge=1, description="shard files each DataLoader worker keeps open (least recently "
+                                 "used closed first; in the blocks order a closing shard first reads what its current "
+                                 "blocks still need)")
     reverse_complement: bool = Field(False, description="read half the windows (seeded by position) on the reverse "
                                      "strand, instead of doubling the shards at prep")
     num_workers: int = Field(1, ge=0, description="DataLoader worker processes per rank (0: read in the rank itself)")
