@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from data_prep.merge import merge
-from dnalm.errors import DnalmError
+from dnalm.utils.errors import DnalmError
 
 
 def main(argv=None) -> int:

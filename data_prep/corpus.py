@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dnalm.data.manifest import DataError
-from dnalm.errors import validated
+from dnalm.utils.errors import validated
 
 CORPUS_SUFFIXES = (".yaml", ".yml")
 

@@ -26,7 +26,7 @@ from dnalm import genome as genome_io
 from dnalm.data.manifest import DataError
 from dnalm.data.shards import ShardWriter, encode_sample, sample_key, token_dtype
 from dnalm.data.sources import open_source
-from dnalm.files import write_atomic
+from dnalm.utils.files import write_atomic
 from dnalm.data.windows import covered_bases, cut_windows
 
 _COMPLEMENT = np.zeros(256, np.uint8)

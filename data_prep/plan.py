@@ -25,9 +25,9 @@ from dnalm import genome as genome_io
 from dnalm import tokenizers as tokenizer_registry
 from dnalm.data.manifest import DataError, GenomeEntry, TokenizerEntry
 from dnalm.data.shards import token_dtype
-from dnalm.errors import validated
+from dnalm.utils.errors import validated
 from dnalm.tokenizers import KmerTokenizer, Tokenizer
-from dnalm.files import fsync_path, fsync_tree, rename_durably, write_atomic
+from dnalm.utils.files import fsync_path, fsync_tree, rename_durably, write_atomic
 
 PLAN_FILE = "plan.json"
 LOCK_FILE = ".plan.lock"  # created atomically by the one job that builds the plan

@@ -21,7 +21,7 @@ from pathlib import Path
 from data_prep.merge import merge
 from data_prep.plan import PLAN_FILE, Plan, ShardPlan
 from data_prep.sidecars import shard_done, sidecar_path
-from dnalm import faults
+from dnalm.utils import faults
 from dnalm.data.cache import default_cache_dir
 from dnalm.data.manifest import CONTIGS_FILE, MANIFEST_FILE, DataError, Manifest
 from dnalm.data.shards import index_path

@@ -1,7 +1,9 @@
 """dnalm: pretraining DNA language models, from whole genomes to sharded token streams to models."""
 
-from dnalm import genome, tokenizers
-from dnalm.errors import DnalmError, GenomeError, TokenizerError
+from dnalm import _moved, genome, tokenizers
+from dnalm.utils.errors import DnalmError, GenomeError, TokenizerError
+
+_moved.install()  # the module names of 0.1 (dnalm.finetune, dnalm.errors, ...) for one more release
 
 __version__ = "0.1.0"
 __all__ = ["DnalmError", "GenomeError", "TokenizerError", "embed", "genome", "load_pretrained", "tokenizers", "__version__"]
@@ -13,7 +15,7 @@ def __getattr__(name: str):
 
         return load_pretrained
     if name == "embed":
-        from dnalm.embedding import embed
+        from dnalm.use.embedding import embed
 
         return embed
     if name == "models":

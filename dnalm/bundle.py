@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from dnalm.errors import DnalmError
-from dnalm.files import staged_folder
+from dnalm.utils.errors import DnalmError
+from dnalm.utils.files import staged_folder
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from dnalm.errors import DnalmError
+from dnalm.utils.errors import DnalmError
 
 
 @dataclass
@@ -45,7 +45,7 @@ def command(*path: str, help: str, args: list[tuple[tuple, dict]] = (), configur
 
 
 def _device_arg():
-    from dnalm.device_names import CHOICES
+    from dnalm.utils.device_names import CHOICES
 
     return arg("--device", choices=CHOICES, default="auto", help="where the model runs: auto (CUDA when present), cpu or cuda")
 
@@ -125,7 +125,7 @@ def tokenizer_train_bpe(args) -> None:
     arg("--out", required=True, help="the data folder (created; re-running resumes an unfinished prep), or s3://bucket/prefix: "
         "the prep runs in --work and uploads each finished shard, then the manifest last"),
     arg("--work", type=Path, default=None, help="with --out s3://…: the local work folder (default: under the node-local "
-        "cache, $DNALM_CACHE_DIR or ~/.cache/dnalm, one per URL)"),
+        "cache, $DNALM_CACHE, else $TMPDIR/dnalm-cache-$USER, else /tmp/dnalm-cache-$USER, one per URL)"),
     arg("--tokenizers", default="nucleotide", help="comma-separated: nucleotide, kmer:K[:1], bpe:PATH (default nucleotide)"),
     *(_prep_setting(name) for name in ("seq_len", "views", "val_fraction", "val_block_bases", "reverse_complement",
                                        "shard_size_mb", "min_n_run", "seed", "pack_fragments")),
@@ -288,8 +288,8 @@ def bench_universal(args) -> None:
 ])
 def generate(args) -> None:
     from dnalm.bundle import load_pretrained
-    from dnalm.devices import resolve
-    from dnalm.generate import generate as sample, to_fasta
+    from dnalm.utils.devices import resolve
+    from dnalm.use.generate import generate as sample, to_fasta
 
     if args.max_new_tokens < 1 or args.num_samples < 1:
         raise DnalmError("--max-new-tokens and --num-samples must be at least 1")
@@ -321,10 +321,10 @@ def generate(args) -> None:
     _device_arg(),
 ])
 def embed(args) -> None:
-    from dnalm import sequences
+    from dnalm.use import sequences
     from dnalm.bundle import load_pretrained
-    from dnalm.devices import resolve
-    from dnalm.embedding import embed as run_embed, save
+    from dnalm.utils.devices import resolve
+    from dnalm.use.embedding import embed as run_embed, save
 
     given = [name for name in ("fasta", "bed", "csv") if getattr(args, name)]
     if len(given) != 1:
@@ -355,9 +355,9 @@ def embed(args) -> None:
 ])
 def score_variants(args) -> None:
     from dnalm.bundle import load_pretrained
-    from dnalm.devices import resolve
+    from dnalm.utils.devices import resolve
     from dnalm.genome import IndexedGenome
-    from dnalm.variants import read_vcf, score_variants as score, write_results
+    from dnalm.use.variants import read_vcf, score_variants as score, write_results
 
     if args.batch_size < 1:
         raise DnalmError("--batch-size must be at least 1")
@@ -405,7 +405,7 @@ def _recipe(args) -> dict:
 
 @command("finetune", help="sequence classification from a bundle or from scratch; metrics.json with accuracy, F1, MCC, AUROC", args=[
     arg("--model", type=Path, default=None, help="a bundle (encoder or decoder) to start from"),
-    arg("--arch", default=None, help="or train from scratch: transformer | performer | cnn | hybrid"),
+    arg("--arch", default=None, help="or train from scratch: transformer | performer | cnn-small | hybrid (cnn: the old name of cnn-small)"),
     arg("--from-scratch", action="store_true", help="with --model: its architecture and tokenizer, fresh weights (the no-pretraining baseline)"),
     arg("--train", type=Path, required=True, help="CSV/TSV with columns sequence,label"),
     arg("--dev", type=Path, required=True, help="selects the best epoch"),
@@ -421,7 +421,7 @@ def _recipe(args) -> dict:
     _device_arg(),
 ])
 def finetune(args) -> None:
-    from dnalm.finetune import finetune as run_finetune
+    from dnalm.eval.finetune import finetune as run_finetune
 
     _check_counts(args)
     result = run_finetune(args.train, args.dev, args.out, model=args.model, arch=args.arch, test_path=args.test,
@@ -438,7 +438,7 @@ def finetune(args) -> None:
          "mean ± std over seeds beside published MCC; gue.json, gue.md, gue.png", args=[
     arg("folder", type=Path, metavar="DIR", help="task folders, each with train.csv, dev.csv and optionally test.csv"),
     arg("--model", type=Path, default=None, help="a bundle to start from"),
-    arg("--arch", default=None, help="or from scratch: transformer | performer | cnn | hybrid"),
+    arg("--arch", default=None, help="or from scratch: transformer | performer | cnn-small | hybrid (cnn: the old name of cnn-small)"),
     arg("--from-scratch", action="store_true", help="with --model: its architecture, fresh weights"),
     arg("--tasks", default=None, help="comma-separated task names (default: every task folder)"),
     arg("--out", type=Path, required=True, help="folder for gue.json, gue.md, gue.png and each task's metrics.json"),
@@ -452,7 +452,7 @@ def finetune(args) -> None:
     _device_arg(),
 ])
 def eval_gue(args) -> None:
-    from dnalm import eval_gue as harness
+    from dnalm.eval import gue as harness
 
     _check_counts(args)
     report = harness.run(args.folder, args.out, tasks=args.tasks.split(",") if args.tasks else None, seeds=args.seeds,
@@ -474,7 +474,7 @@ def eval_gue(args) -> None:
     _device_arg(),
 ])
 def eval_context(args) -> None:
-    from dnalm import eval_context as harness
+    from dnalm.eval import context as harness
 
     try:
         lengths = [int(x) for x in args.lengths.split(",") if x]
@@ -643,8 +643,8 @@ def bench_embed(args) -> None:
     _device_arg(),
 ])
 def bench_compare(args) -> None:
-    from dnalm.bench import compare
-    from dnalm.devices import resolve
+    from dnalm.studies import compare
+    from dnalm.utils.devices import resolve
 
     values = {"genome": str(args.genome or compare.CHR20), "device": resolve(args.device).type}
     for key, value in (("seeds", args.seeds), ("pretrain_tokens", args.pretrain_tokens), ("seq_len", args.seq_len),

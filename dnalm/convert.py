@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from dnalm.bundle import save_bundle
-from dnalm.errors import DnalmError
+from dnalm.utils.errors import DnalmError
 from dnalm.train.checkpoint import MARKER, TAG, complete_checkpoints, read_meta
 
 

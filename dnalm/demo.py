@@ -17,7 +17,7 @@ def run(out: Path, steps: int = 300, processes: int = 2, seq_len: int = 256, log
     from dnalm import genome
     from dnalm.bundle import load_pretrained
     from dnalm.convert import convert
-    from dnalm.generate import generate, to_fasta
+    from dnalm.use.generate import generate, to_fasta
 
     out = Path(out).resolve()
     started = time.perf_counter()
@@ -69,7 +69,7 @@ def _last(run_dir: Path, key: str):
 
 
 def _plot(runs: dict, path: Path) -> Path:
-    from dnalm.plots import pyplot, save
+    from dnalm.utils.plots import pyplot, save
     from dnalm.train.metrics import read
 
     plt = pyplot()

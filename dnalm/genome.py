@@ -24,7 +24,7 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from dnalm.errors import GenomeError
+from dnalm.utils.errors import GenomeError
 
 DEFAULT_GENOME = Path(str(resources.files("dnalm") / "assets" / "genomes" / "ecoli_k12_mg1655.fa.gz"))
 DEFAULT_MIN_N_RUN = 100

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from dnalm import genome
-from dnalm.errors import TokenizerError
+from dnalm.utils.errors import TokenizerError
 from dnalm.tokenizers import bpe as bpe_module
 from dnalm.tokenizers import train_bpe
 from tests.conftest import CHR20, needs_shared
@@ -96,7 +96,7 @@ def test_chr20_with_one_gigabyte_stays_under_it(tmp_path):
     """The CLI on a whole human chromosome, measured in a fresh process: peak RSS under the 1 GB budget."""
     out = tmp_path / "bpe"
     script = (
-        "import sys; from dnalm.cli import main; from dnalm.memory import peak_rss_bytes; "
+        "import sys; from dnalm.cli import main; from dnalm.utils.memory import peak_rss_bytes; "
         f"rc = main(['tokenizer', 'train-bpe', '{CHR20}', '--vocab-size', '4096', '--max-memory-gb', '1', '--out', '{out}']); "
         "print('PEAK_KB', peak_rss_bytes() // 1024); sys.exit(rc)"
     )

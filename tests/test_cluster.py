@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from dnalm import faults
+from dnalm.utils import faults
 from dnalm.train import checkpoint as ckpt
 from dnalm.train.ownership import LOCK, Owner, RunFolderInUse, RunLock, read_owner
 
@@ -114,8 +114,8 @@ def test_fault_actions_are_read_or_refused(monkeypatch):
 def test_each_process_drives_its_launchers_local_rank_gpu():
     """The rule every CUDA process applies before its process group starts (trainer, benches, eval), as a function of
     the environment: no launcher, GPU 0; LOCAL_RANK 3 of 8, GPU 3; no GPU, none; more ranks than GPUs, one line."""
-    from dnalm.devices import local_gpu_index
-    from dnalm.errors import DnalmError
+    from dnalm.utils.devices import local_gpu_index
+    from dnalm.utils.errors import DnalmError
 
     assert local_gpu_index({}, 8) == 0 and local_gpu_index({"LOCAL_RANK": "3"}, 8) == 3
     assert local_gpu_index({"LOCAL_RANK": "3"}, 0) is None

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from dnalm import devices
-from dnalm.errors import DnalmError
+from dnalm.utils import devices
+from dnalm.utils.errors import DnalmError
 from dnalm.models import build_model, get_config
 from tests.conftest import REPO
 
@@ -44,7 +44,7 @@ def test_device_choice():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without CUDA gives")
 @pytest.mark.parametrize("command", [
     ("generate", "--model", "missing", "--prompt", "ACGT"),
-    ("finetune", "--arch", "cnn", "--train", "x.csv", "--dev", "y.csv", "--out", "z"),
+    ("finetune", "--arch", "cnn-small", "--train", "x.csv", "--dev", "y.csv", "--out", "z"),
     ("bench", "train", "--out", "unused"),
     ("bench", "attention", "--out", "unused"),
     ("bench", "generate", "--out", "unused"),
@@ -146,7 +146,7 @@ def test_causal_performer_accumulates_in_fp32():
 
 
 def test_generation_follows_the_model_device_and_seed():
-    from dnalm.generate import generate_ids
+    from dnalm.use.generate import generate_ids
 
     torch.manual_seed(0)
     model = build_model(get_config("decoder-tiny", vocab_size=10)).eval()
@@ -230,14 +230,14 @@ if sys.argv[1] == "pool first":
     torch.randn(4_000_000).exp().sum()  # PyTorch's thread pool starts before the setting
     torch.set_flush_denormal(True)
 else:
-    import dnalm.finetune  # what `dnalm finetune` and `dnalm eval gue` import before any tensor work
+    import dnalm.eval.finetune  # what `dnalm finetune` and `dnalm eval gue` import before any tensor work
 tiny = torch.from_numpy(np.full(4_000_000, 1 << 19, dtype=np.uint32).view(np.float32))  # a denormal, written as bits
 print(torch.get_num_threads(), int(((tiny * 1.5) != 0).sum()))
 """
 
 
 def test_every_thread_flushes_denormals_once_dnalm_is_imported():
-    """A worker thread that keeps denormals made pretrained fine-tuning steps 4.7-6.4x slower (dnalm/devices.py)."""
+    """A worker thread that keeps denormals made pretrained fine-tuning steps 4.7-6.4x slower (dnalm/utils/devices.py)."""
 
     def survivors(order: str) -> tuple[int, int]:
         done = subprocess.run([sys.executable, "-c", FLUSH_CHECK, order], capture_output=True, text=True, check=True,

@@ -5,8 +5,8 @@ import pytest
 
 import dnalm
 from dnalm import genome
-from dnalm.embedding import EmbedError
-from dnalm.sequences import SequenceInputError, from_bed, from_csv, reverse_complement
+from dnalm.use.embedding import EmbedError
+from dnalm.use.sequences import SequenceInputError, from_bed, from_csv, reverse_complement
 from tests.conftest import run_cli
 
 
@@ -101,7 +101,7 @@ def test_every_window_of_a_views_model_gets_the_positions_encode_gives(ecoli):
     """A multi-view window is the model input `ViewTokenizer.encode` makes of its bases: positions from its first base."""
     import torch
 
-    from dnalm.embedding import _Embedder
+    from dnalm.use.embedding import _Embedder
     from dnalm.models import build_model, get_config
     from dnalm.tokenizers import ViewTokenizer, load
 

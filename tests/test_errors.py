@@ -52,6 +52,6 @@ def test_a_run_without_checkpoints_says_so(tmp_path):
 
 
 def test_an_output_in_a_folder_not_made_yet_is_written_there(tmp_path):
-    from dnalm.files import write_atomic
+    from dnalm.utils.files import write_atomic
 
     assert write_atomic(tmp_path / "emb" / "deeper" / "x.txt", "rows").read_text() == "rows"

@@ -1,4 +1,4 @@
-"""Faults a cluster run meets, injected for real (``dnalm.faults``): the launcher, 2 processes, gloo, on CPU.
+"""Faults a cluster run meets, injected for real (``dnalm.utils.faults``): the launcher, 2 processes, gloo, on CPU.
 
 Every rank and the launcher SIGKILLed at several points inside checkpoint writing, on data with
 a corrupt shard read around (``on_error=skip``), then resumed: same losses, same samples. A rank

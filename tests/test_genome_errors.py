@@ -5,7 +5,7 @@ import gzip
 import pytest
 
 from dnalm import genome
-from dnalm.errors import GenomeError
+from dnalm.utils.errors import GenomeError
 from tests.conftest import refused_by_cli, run_cli
 
 ECOLI_GZ = genome.DEFAULT_GENOME.read_bytes()

@@ -250,7 +250,7 @@ def test_exported_decoders_generate_as_dnalm_does(exported):
     """model.generate with the key-value cache: greedy continuations and every step's logits are dnalm's,
     with or without the cache; a left-padded prompt continues as it would alone; sampling (top-k, top-p,
     temperature) never draws a special token, as dnalm generate never does."""
-    from dnalm.generate import generate_ids
+    from dnalm.use.generate import generate_ids
     from dnalm.tokenizers.base import NUM_SPECIAL
 
     for name in [n for n in MODELS if n.startswith("decoder")]:
@@ -267,7 +267,7 @@ def test_exported_decoders_generate_as_dnalm_does(exported):
 
 
 def test_models_without_an_export_are_refused_naming_why(tmp_path):
-    for config, reason in [(get_config("cnn", vocab_size=10), "arch=cnn"),
+    for config, reason in [(get_config("cnn-base", vocab_size=10), "arch=cnn"),
                            (get_config("encoder-tiny", mlm_target="bases", vocab_size=10), "mlm_target=bases")]:
         with pytest.raises(HfExportError, match=f"cannot export this model: .*{reason}"):
             export_hf(build_model(config), NucleotideTokenizer(), tmp_path / "out")

@@ -8,7 +8,7 @@ import pytest
 
 import dnalm
 from dnalm.convert import convert
-from dnalm.embedding import embed
+from dnalm.use.embedding import embed
 from tests.conftest import SHARED_DATA
 from tests.test_hf import without_dnalm
 

@@ -10,8 +10,8 @@ import torch
 
 import dnalm
 from dnalm.cli import main
-from dnalm.embedding import embed
-from dnalm.generate import generate_ids
+from dnalm.use.embedding import embed
+from dnalm.use.generate import generate_ids
 from dnalm.hf import export_hf
 from dnalm.models import build_model, get_config
 from dnalm.tokenizers import KmerTokenizer, NucleotideTokenizer, ViewTokenizer
@@ -89,7 +89,7 @@ def test_an_imported_encoder_embeds_and_fine_tunes(tmp_path, capsys):
     assert pooled.shape == (2, 32) and np.isfinite(pooled).all()
     gue = SHARED_DATA / "gue" / "prom_300_tata"
     if gue.exists():
-        from dnalm.finetune import finetune
+        from dnalm.eval.finetune import finetune
 
         for name in ("train", "dev"):
             lines = (gue / f"{name}.csv").read_text().splitlines()

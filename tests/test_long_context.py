@@ -122,10 +122,10 @@ def test_long_inputs_embed_score_and_generate_in_one_pass(long_models, ecoli, tm
     decoder and an encoder over a 196k-base window, and generation from a 32k-token prompt. No operation makes a
     (T, T) tensor or (T, vocab) fp32 logits: the largest tensor made is smaller than one row's logits (the decoder's
     variant score runs 4 windows at once: alt, ref and their reverse complements)."""
-    from dnalm.embedding import embed
-    from dnalm.generate import generate_ids
+    from dnalm.use.embedding import embed
+    from dnalm.use.generate import generate_ids
     from dnalm.genome import IndexedGenome
-    from dnalm.variants import Variant, score_variants
+    from dnalm.use.variants import Variant, score_variants
 
     bases = ecoli.sequence[:6 * LONG]
     limit = LONG * 4101 * 4  # one row's (T, vocab) fp32 logits of the 6-mer models: 537 MB; a (T, T) bool mask is 1 GB
@@ -151,7 +151,7 @@ def test_long_inputs_embed_score_and_generate_in_one_pass(long_models, ecoli, tm
 
 
 def test_learned_positions_refuse_inputs_past_their_limit():
-    from dnalm.generate import GenerationError, generate_ids
+    from dnalm.use.generate import GenerationError, generate_ids
 
     model = build_model(get_config("decoder-tiny", positions="learned", max_seq_len=64, vocab_size=16)).eval()
     with pytest.raises(GenerationError, match="learned positions stop at 64 tokens"):
@@ -178,7 +178,7 @@ def random_bundles(tmp_path_factory):
 def test_eval_context_scores_the_same_bases_at_every_length(random_bundles, tmp_path):
     """E. coli windows of 256 and 1,024 tokens ending at the same positions, their last 128 tokens scored: perplexity
     per base of a decoder, masked accuracy of an encoder, as JSON, markdown and a plot; the CLI prints the table."""
-    from dnalm import eval_context
+    from dnalm.eval import context as eval_context
     from dnalm.genome import DEFAULT_GENOME, IndexedGenome
 
     genome = IndexedGenome(DEFAULT_GENOME)

@@ -144,7 +144,7 @@ def test_hybrid_encoder_convolves_before_attending_and_ignores_padding():
         with_stem_removed.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("conv_stem")})
         assert not torch.allclose(with_stem_removed(x).logits, plain)
     with pytest.raises(ModelConfigError, match="arch cnn is convolutions throughout"):
-        get_config("cnn", conv_layers=2)
+        get_config("cnn-base", conv_layers=2)
     with pytest.raises(ModelConfigError, match="cnn_kernel must be odd"):
         tiny("encoder", conv_layers=1, cnn_kernel=4)
 
@@ -164,7 +164,7 @@ def test_views_input_with_segments_and_positions():
 def test_a_bases_head_gives_five_classes_per_base_of_a_token(arch):
     """mlm_target bases: bases_per_token × (A C G T N) outputs in place of the vocabulary, the body untouched."""
     def config(**changes):
-        return get_config("cnn", vocab_size=4111, d_model=32, n_layers=2, **changes) if arch == "cnn" else \
+        return get_config("cnn-base", vocab_size=4111, d_model=32, n_layers=2, **changes) if arch == "cnn" else \
             tiny(arch, vocab_size=4111, **changes)
 
     by_token, by_base = built(config()), built(config(mlm_target="bases", bases_per_token=6))
@@ -235,14 +235,14 @@ def test_redraw_reaches_every_layer():
 
 
 def test_cnn_baseline():
-    config = get_config("cnn", vocab_size=16, d_model=32, n_layers=3)
+    config = get_config("cnn-base", vocab_size=16, d_model=32, n_layers=3)
     model = built(config)
     x, mask = ids(), torch.ones(2, 24, dtype=torch.bool)
     with torch.no_grad():
         out = model(x, attention_mask=mask).logits
     assert out.shape == (2, 24, 16)
     with pytest.raises(ModelConfigError, match="cnn_kernel must be odd"):
-        get_config("cnn", cnn_kernel=4)
+        get_config("cnn-base", cnn_kernel=4)
 
 
 def test_fp8_takes_the_block_linears_and_leaves_the_head():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dnalm import tokenizers
-from dnalm.errors import TokenizerError
+from dnalm.utils.errors import TokenizerError
 from dnalm.tokenizers import KmerTokenizer, NucleotideTokenizer
 
 ALL_KMERS = [(k, s) for k in range(1, 9) for s in sorted({1, k})]

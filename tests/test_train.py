@@ -257,9 +257,9 @@ def test_compiled_training_matches_eager_and_resumes_uncompiled(data, tmp_path):
 def test_zero3_builds_the_same_initial_weights_as_a_plain_build():
     """Every initialisation reaches ZeRO-3's partitioned parameters (none is lost to an empty partitioned tensor)."""
     done = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "zero3_init.py"), "encoder-tiny", "decoder-tiny",
-                           "cnn"], env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
+                           "cnn-base"], env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"encoder-tiny": 0.0, "decoder-tiny": 0.0, "cnn": 0.0}
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"encoder-tiny": 0.0, "decoder-tiny": 0.0, "cnn-base": 0.0}
 
 
 def test_decoder_1_5b_is_built_partitioned_under_zero3(tmp_path):

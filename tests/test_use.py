@@ -10,8 +10,8 @@ import torch
 import dnalm
 from dnalm import genome
 from dnalm.convert import ConvertError, convert
-from dnalm.finetune import LabelledDataError, finetune, read_labelled
-from dnalm.generate import GenerationError, generate, generate_ids
+from dnalm.eval.finetune import LabelledDataError, finetune, read_labelled
+from dnalm.use.generate import GenerationError, generate, generate_ids
 from tests.conftest import SHARED_DATA, needs_shared, refused_by_cli, run_cli
 from tests.launching import run, torchrun_cmd
 
@@ -185,14 +185,14 @@ def test_finetune_cli_from_a_bundle(bundles, tmp_path):
         assert "test: accuracy" in result.stdout and (tmp_path / bundle.name / "metrics.json").exists()
         assert "±" not in result.stdout, "one seed has no spread to show"
         assert "seed 0 epoch 1/1: dev mcc" in result.stderr, "fine-tuning says how each epoch scored on dev"
-    both = refused_by_cli("finetune", "--model", bundles["encoder"], "--arch", "cnn", "--train", sets["train"],
+    both = refused_by_cli("finetune", "--model", bundles["encoder"], "--arch", "cnn-small", "--train", sets["train"],
                           "--dev", sets["dev"], "--out", tmp_path / "x")
     assert both.returncode == 1 and "exactly one of --model BUNDLE and --arch" in both.stderr
 
 
 @needs_shared(GUE)
 def test_finetune_from_scratch_keeps_the_bundle_architecture_not_its_weights(bundles, tmp_path):
-    from dnalm.finetune import build_classifier
+    from dnalm.eval.finetune import build_classifier
 
     pretrained = build_classifier(2, bundles["encoder"], None, 0, seed=0)
     fresh = build_classifier(2, bundles["encoder"], None, 0, seed=0, scratch=True)
@@ -208,13 +208,13 @@ def test_finetune_from_scratch_keeps_the_bundle_architecture_not_its_weights(bun
     assert result.returncode == 0, result.stderr
     saved = json.loads((tmp_path / "scratch" / "metrics.json").read_text())
     assert saved["pretrained"] is False and saved["train_rows"] == 120 and saved["settings"]["train_limit"] == 120
-    alone = run_cli("finetune", "--arch", "cnn", "--from-scratch", "--train", sets["train"], "--dev", sets["dev"],
+    alone = run_cli("finetune", "--arch", "cnn-small", "--from-scratch", "--train", sets["train"], "--dev", sets["dev"],
                     "--out", tmp_path / "y")
     assert alone.returncode == 1 and "--from-scratch takes the architecture and tokenizer of --model" in alone.stderr
 
 
 def test_train_limit_takes_the_same_rows_every_time(tmp_path):
-    from dnalm.finetune import limit, read_labelled
+    from dnalm.eval.finetune import limit, read_labelled
 
     path = tmp_path / "set.csv"
     path.write_text("sequence,label\n" + "".join(f"{'ACGT'[i % 4] * 8},{i % 2}\n" for i in range(50)))
@@ -225,7 +225,7 @@ def test_train_limit_takes_the_same_rows_every_time(tmp_path):
 
 
 def test_metrics_against_known_values():
-    from dnalm.finetune import metrics
+    from dnalm.eval.finetune import metrics
 
     labels = torch.tensor([0, 0, 1, 1, 1, 0]).numpy()
     probabilities = torch.tensor([[.9, .1], [.6, .4], [.3, .7], [.2, .8], [.7, .3], [.4, .6]]).numpy()

@@ -10,9 +10,9 @@ import torch
 
 import dnalm
 from dnalm import genome
-from dnalm.sequences import reverse_complement
+from dnalm.use.sequences import reverse_complement
 from dnalm.tokenizers.base import MASK_ID
-from dnalm.variants import Variant, VariantError, read_vcf, score_variants
+from dnalm.use.variants import Variant, VariantError, read_vcf, score_variants
 from tests.conftest import run_cli
 
 OTHER = {"A": "C", "C": "G", "G": "T", "T": "A"}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dnalm import tokenizers
-from dnalm.errors import TokenizerError
+from dnalm.utils.errors import TokenizerError
 from dnalm.tokenizers import CLS_ID, NUM_SPECIAL, SEP_ID, ViewTokenizer
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from dnalm.bench import report
 from dnalm.bench.attention import best_forward_backward, plot_by_length
-from dnalm.devices import resolve, training_dtype
+from dnalm.utils.devices import resolve, training_dtype
 
 LENGTHS = (1024, 2048, 4096, 8192)
 MODEL_LENGTHS = (1024, 8192)
@@ -75,7 +75,7 @@ def measure_attention(path: str, causal: bool, length: int, repeats: int, device
 
 
 def measure_model(variant: str, changes: dict, length: int, device: str) -> dict:
-    from dnalm.bench.compare import VARIANTS, measure_step
+    from dnalm.studies.compare import VARIANTS, measure_step
 
     base = VARIANTS[variant]
     if changes.get("causal"):

@@ -20,8 +20,9 @@ import psutil
 import torch
 
 from dnalm.bench import report
-from dnalm.devices import peak_memory_mb, resolve, synchronize, training_dtype
-from dnalm.memory import peak_rss_bytes
+from dnalm.utils.devices import resolve, synchronize, training_dtype
+from dnalm.utils.memory import allocator_peak_mb
+from dnalm.utils.memory import peak_rss_bytes
 
 LENGTHS = (512, 1024, 2048, 4096, 8192, 16384)
 HEADS, HEAD_DIM, FEATURES = 8, 64, 256
@@ -94,7 +95,7 @@ def best_forward_backward(run, inputs, target: torch.device, repeats: int) -> di
         best = min(best, time.perf_counter() - start)
         for x in inputs:
             x.grad = None
-    peak = peak_memory_mb(target) * 2**20 if on_cuda else peak_rss_bytes()
+    peak = allocator_peak_mb(target) * 2**20 if on_cuda else peak_rss_bytes()
     return {"seconds": round(best, 4), "peak_mb": round(max(peak - baseline, 0) / 2**20, 1)}
 
 
@@ -183,7 +184,7 @@ def _plot(result: dict, out_dir: Path) -> None:
 def plot_by_length(rows: list[dict], key: str, series, kinds: tuple[str, str], title: str, out_dir: Path, name: str) -> None:
     """Forward+backward seconds (top) and peak MB (bottom) against length, non-causal left and causal right; one line
     per value of ``row[key]`` in ``series``."""
-    from dnalm.plots import pyplot
+    from dnalm.utils.plots import pyplot
 
     plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)

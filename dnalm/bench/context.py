@@ -52,9 +52,9 @@ def worker(model_name: str, overrides: dict, lengths: list[int], device_name: st
     """One rank of a series (launched by ``run``): a JSON line per length on rank 0, with every rank's numbers."""
     import torch.distributed as dist
 
-    from dnalm.bench.memory import peak_memory_mb
+    from dnalm.utils.memory import added_peak_mb
     from dnalm.data.masking import mlm_batch, next_token_labels, view_ranges
-    from dnalm.devices import move, resolve, synchronize, training_dtype
+    from dnalm.utils.devices import move, resolve, synchronize, training_dtype
     from dnalm.models import build_model, get_config
     from dnalm.train import sequence_parallel
 
@@ -88,7 +88,7 @@ def worker(model_name: str, overrides: dict, lengths: list[int], device_name: st
         for _ in range(REPEATS if length <= REPEAT_UP_TO else 1):  # short steps are noisy on a shared machine: the best
             dist.barrier()
             started = time.perf_counter()
-            peak = max(peak, peak_memory_mb(device, step)[0])
+            peak = max(peak, added_peak_mb(device, step)[0])
             seconds = min(seconds, time.perf_counter() - started)
             model.zero_grad(set_to_none=True)
         gathered = [None] * size
@@ -119,7 +119,7 @@ def run(out_dir: Path, lengths: tuple[int, ...], sizes: tuple[int, ...], device:
         long_lengths: tuple[int, ...] = (), series: list[str] | None = None) -> dict:
     """Each series (all, or those named) at ``lengths`` for each S in ``sizes`` (S = 1 included), Performer also at
     ``long_lengths``."""
-    from dnalm.devices import resolve
+    from dnalm.utils.devices import resolve
 
     target = resolve(device)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -168,7 +168,7 @@ def findings(result: dict) -> dict:
 
 
 def plot(result: dict, out_dir: Path) -> Path:
-    from dnalm.plots import pyplot
+    from dnalm.utils.plots import pyplot
 
     plt = pyplot()
 

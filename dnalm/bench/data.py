@@ -31,7 +31,7 @@ def run(genome_path: Path | None, out_dir: Path, seq_len: int = 1024, tokenizers
     from data_prep.jobs import prep
     from data_prep.plan import PrepConfig
     from dnalm.data.stream import GenomeStream
-    from dnalm.devices import resolve
+    from dnalm.utils.devices import resolve
 
     target = resolve(device)
     chr20 = report.SHARED_DATA / "genomes" / "hs37_chr20.fa.gz"
@@ -141,7 +141,7 @@ def _encoder_small_step(manifest, seq_len: int, device) -> float:
     import torch
 
     from dnalm.bench.train import step_tokens_per_s
-    from dnalm.devices import training_dtype
+    from dnalm.utils.devices import training_dtype
     from dnalm.models import build_model, get_config
     from dnalm.tokenizers import NUM_SPECIAL
 
@@ -153,7 +153,7 @@ def _encoder_small_step(manifest, seq_len: int, device) -> float:
 
 
 def _plot(result: dict, out_dir: Path) -> None:
-    from dnalm.plots import pyplot
+    from dnalm.utils.plots import pyplot
 
     plt = pyplot()
 

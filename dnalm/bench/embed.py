@@ -13,8 +13,8 @@ from dnalm.bench import report
 
 def run(out_dir: Path, model_name: str = "encoder-small", length: int = 1000, count: int = 64,
         batch_sizes=(1, 8, 32), device: str = "auto") -> dict:
-    from dnalm.devices import resolve
-    from dnalm.embedding import embed
+    from dnalm.utils.devices import resolve
+    from dnalm.use.embedding import embed
     from dnalm.models import build_model, get_config
     from dnalm.tokenizers import NucleotideTokenizer
 
@@ -49,7 +49,7 @@ def run(out_dir: Path, model_name: str = "encoder-small", length: int = 1000, co
 
 
 def _plot(result: dict, out_dir: Path) -> None:
-    from dnalm.plots import pyplot
+    from dnalm.utils.plots import pyplot
 
     plt = pyplot()
     rows = result["rows"]

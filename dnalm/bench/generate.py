@@ -12,8 +12,8 @@ TARGET_SPEEDUP = 10.0
 
 
 def run(model_name: str, new_tokens: int, out_dir: Path, prompt_length: int = 16, device: str = "auto") -> dict:
-    from dnalm.devices import describe, resolve
-    from dnalm.generate import tokens_per_second
+    from dnalm.utils.devices import describe, resolve
+    from dnalm.use.generate import tokens_per_second
     from dnalm.models import build_model, get_config
 
     target = resolve(device)
@@ -51,7 +51,7 @@ def run(model_name: str, new_tokens: int, out_dir: Path, prompt_length: int = 16
 def _plot(result: dict, out_dir: Path) -> None:
     import numpy as np
 
-    from dnalm.plots import pyplot
+    from dnalm.utils.plots import pyplot
 
     plt = pyplot()
 

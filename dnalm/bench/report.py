@@ -14,7 +14,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 def machine() -> dict:
     import numpy
 
-    from dnalm.devices import cpu_name
+    from dnalm.utils.devices import cpu_name
 
     return {
         "cpu": cpu_name(),
@@ -28,7 +28,7 @@ def machine() -> dict:
 
 def header(benchmark: str, command: str, device) -> dict:
     """What every device-aware result starts with: its name, the command, the machine, the device and the dtype."""
-    from dnalm.devices import describe, training_dtype
+    from dnalm.utils.devices import describe, training_dtype
 
     return {"benchmark": benchmark, "command": command, "machine": machine(), "device": describe(device),
             "dtype": dtype_name(training_dtype(device))}
@@ -57,6 +57,6 @@ def write(result: dict, out_dir: Path, name: str) -> Path:
 
 
 def save_plot(figure, out_dir: Path, name: str) -> Path:
-    from dnalm.plots import save
+    from dnalm.utils.plots import save
 
     return save(figure, out_dir / f"{name}.png")

@@ -266,7 +266,7 @@ def run(out_dir: Path, work: Path, source: Path | None = None, copies: int = 49,
 
 
 def _plot(result: dict, out_dir: Path) -> None:
-    from dnalm.plots import pyplot
+    from dnalm.utils.plots import pyplot
 
     plt = pyplot()
     names = {"grch38_sized": "GRCh38-sized (3.1 Gb)", "hundred_genomes": "100 genomes"}

@@ -72,7 +72,7 @@ def loopback(kind: str, folder: Path, latency: float = 0.0):
         try:
             import moto.server  # noqa: F401
         except ImportError:
-            from dnalm.errors import DnalmError
+            from dnalm.utils.errors import DnalmError
 
             raise DnalmError("--serve s3 needs moto's server (pip install -e '.[dev]')") from None
         command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
@@ -188,7 +188,7 @@ def run(out_dir: Path, work: Path, source: str | None = None, serve: str = "s3",
     from dnalm.bench.data import _encoder_small_step, _pipeline_tokens_per_s
     from dnalm.data.cache import shard_bytes
     from dnalm.data.stream import PREFETCH_SHARDS, GenomeStream
-    from dnalm.devices import resolve
+    from dnalm.utils.devices import resolve
 
     chr20 = report.SHARED_DATA / "genomes" / "hs37_chr20.fa.gz"
     genome = Path(genome) if genome else (chr20 if chr20.exists() else genome_io.DEFAULT_GENOME)
@@ -248,7 +248,7 @@ def _given(url: str):
 
 
 def _plot(result: dict, out_dir: Path) -> None:
-    from dnalm.plots import pyplot
+    from dnalm.utils.plots import pyplot
 
     plt = pyplot()
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(13, 3.8))

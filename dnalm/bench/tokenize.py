@@ -12,7 +12,7 @@ import numpy as np
 
 from dnalm import genome as genome_io
 from dnalm.bench import report
-from dnalm.errors import DnalmError
+from dnalm.utils.errors import DnalmError
 from dnalm.tokenizers import KmerTokenizer, NucleotideTokenizer, load_folder
 
 TARGETS_MBASES_PER_S = {"read": 40.0, "nucleotide": 20.0, "kmer": 20.0, "bpe": 1.0}
@@ -77,7 +77,7 @@ def run(genome_path: Path | None, bases: int, out_dir: Path) -> dict:
 def _train_bpe_as_a_user_would(genome_path: Path, out: Path, max_memory_gb: float = 1.0) -> dict:
     """``dnalm tokenizer train-bpe`` in a fresh process, whose whole peak memory is what the budget bounds."""
     script = (
-        "import sys; from dnalm.cli import main; from dnalm.memory import peak_rss_bytes; "
+        "import sys; from dnalm.cli import main; from dnalm.utils.memory import peak_rss_bytes; "
         f"rc = main(['tokenizer', 'train-bpe', {str(genome_path)!r}, '--vocab-size', '4096', "
         f"'--max-memory-gb', '{max_memory_gb}', '--out', {str(out)!r}]); "
         "print('PEAK_BYTES', peak_rss_bytes()); sys.exit(rc)"
@@ -93,7 +93,7 @@ def _train_bpe_as_a_user_would(genome_path: Path, out: Path, max_memory_gb: floa
 
 
 def _plot(result: dict, out_dir: Path) -> None:
-    from dnalm.plots import pyplot
+    from dnalm.utils.plots import pyplot
 
     plt = pyplot()
 

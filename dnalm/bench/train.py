@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from dnalm.bench import report
 from dnalm.train.flops import SOURCE, device_peak, flops_per_token
 
-from dnalm.devices import peak_memory_mb, resolve, synchronize, training_dtype
+from dnalm.utils.devices import resolve, synchronize, training_dtype
+from dnalm.utils.memory import allocator_peak_mb
 
 MODELS = (("encoder-small", 8, 1024, {}), ("decoder-small", 4, 1024, {}))
 CUDA_MODELS = MODELS + (("decoder-1.5b", 4, 2048, {"activation_checkpointing": True}),)
@@ -149,7 +150,7 @@ def mlm_step_overhead(data: Path, model_name: str, micro_batch: int, steps: int)
     one process; medians."""
     import numpy as np
 
-    from dnalm.devices import move, model_device
+    from dnalm.utils.devices import move, model_device
 
     model, next_inputs, seq_len = _mlm_setup(data, model_name, micro_batch)
     device = model_device(model)
@@ -256,7 +257,7 @@ def run(out_dir: Path, models=None, with_distribution: bool = True, device: str 
             torch.cuda.reset_peak_memory_stats(target)
         rate = step_tokens_per_s(model, batch, seq_len, config.vocab_size, device=target)
         per_token = flops_per_token(model, config, seq_len)
-        peak_mb = peak_memory_mb(target)
+        peak_mb = allocator_peak_mb(target)
         rows.append({"model": name, "parameters": count_parameters(model), "batch": batch, "seq_len": seq_len,
                      "attention": config.attention, "positions": config.positions, **changes, "tokens_per_s": round(rate, 1),
                      "flops_per_token": per_token, "achieved_tflops": round(rate * per_token / 1e12, 4),
@@ -285,7 +286,7 @@ def run(out_dir: Path, models=None, with_distribution: bool = True, device: str 
 
 
 def _plot(result: dict, out_dir: Path) -> None:
-    from dnalm.plots import pyplot
+    from dnalm.utils.plots import pyplot
 
     plt = pyplot()
 

@@ -32,7 +32,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from dnalm import faults
+from dnalm.utils import faults
 from dnalm.data.manifest import MANIFEST_FILE, DataError, Manifest, ShardEntry
 from dnalm.data.shards import INDEX_ENTRY, IndexedShard
 from dnalm.data.sources import Source, open_source

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from dnalm.errors import DnalmError
-from dnalm.files import write_atomic
+from dnalm.utils.errors import DnalmError
+from dnalm.utils.files import write_atomic
 
 MANIFEST_FILE = "manifest.json"
 CONTIGS_FILE = "contigs.tsv"

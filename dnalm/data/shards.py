@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dnalm.errors import DnalmError
-from dnalm.files import rename_durably
+from dnalm.utils.errors import DnalmError
+from dnalm.utils.files import rename_durably
 from dnalm.genome import file_sha256
 
 _SAFE = re.compile(rb"[A-Za-z0-9_]")

@@ -163,7 +163,7 @@ class LocalSource(Source):
         return path.stat().st_size if path.is_file() else None
 
     def _put(self, path: Path, name: str) -> None:
-        from dnalm.files import rename_durably
+        from dnalm.utils.files import rename_durably
 
         target = self.folder / name
         target.parent.mkdir(parents=True, exist_ok=True)

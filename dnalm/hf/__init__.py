@@ -21,8 +21,8 @@ import importlib.util
 from pathlib import Path
 
 from dnalm.bundle import BundleError
-from dnalm.errors import DnalmError
-from dnalm.files import staged_folder
+from dnalm.utils.errors import DnalmError
+from dnalm.utils.files import staged_folder
 from dnalm.hf import esm, llama, remote
 from dnalm.hf.tokenizer import NoHfTokenizer, save_hf_tokenizer
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from dnalm.bundle import save_bundle
-from dnalm.errors import DnalmError
+from dnalm.utils.errors import DnalmError
 from dnalm.hf import esm, llama, remote
 from dnalm.hf.vocab import from_folder
 
@@ -89,7 +89,7 @@ def normalized(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def build(folder: Path, tokenizer_spec: str | None = None):
     """(dnalm model with the folder's weights in eval mode, the mapped tokenizer, the folder's config.json)."""
     from dnalm.models import ModelConfig, build_model
-    from dnalm.errors import validated
+    from dnalm.utils.errors import validated
     from dnalm.models.config import ModelConfigError
 
     folder = Path(folder)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dnalm.errors import DnalmError
+from dnalm.utils.errors import DnalmError
 from dnalm.tokenizers import BpeTokenizer, KmerTokenizer, NucleotideTokenizer, Tokenizer
 from dnalm.tokenizers.base import NUM_SPECIAL, SPECIAL_TOKENS
 

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from dnalm.errors import DnalmError
+from dnalm.utils.errors import DnalmError
 from dnalm.tokenizers import KmerTokenizer, NucleotideTokenizer, Tokenizer, load, load_folder
 from dnalm.tokenizers.base import SPECIAL_TOKENS
 

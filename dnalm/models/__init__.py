@@ -10,7 +10,7 @@ from contextlib import nullcontext
 
 import torch
 
-import dnalm.devices  # noqa: F401  (flush-to-zero for denormals, set there on import)
+import dnalm.utils.devices  # noqa: F401  (flush-to-zero for denormals, set there on import)
 from dnalm.models.attention import ATTENTION
 from dnalm.models.cnn import ConvNet
 from dnalm.models.config import NAMED_CONFIGS, ModelConfig, ModelConfigError, get_config

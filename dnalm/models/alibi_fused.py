@@ -19,7 +19,7 @@ log-sum-exps; the backward passes of the two halves with the gradient split by t
 
 Exact up to fp32 rounding of m·p (about 1e-4 relative at 8k positions), so it serves fp32 only.
 Far keys' exp() lands in the denormal range, which x86 computes several times slower: importing
-``dnalm.devices`` (as ``dnalm.models`` does) turns on flush-to-zero (see there), which made this 3× faster at 8k.
+``dnalm.utils.devices`` (as ``dnalm.models`` does) turns on flush-to-zero (see there), which made this 3× faster at 8k.
 The kernel is PyTorch's CPU one (``_scaled_dot_product_flash_attention_for_cpu``, which returns
 the log-sum-exp); on CUDA, flash-attn takes ``alibi_slopes`` itself. Padded keys get the same
 unseen score as the shifted-in key.

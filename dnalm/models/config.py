@@ -6,13 +6,15 @@ serialises to YAML/JSON; ``configs/model/*.yaml`` hold the named sizes.
 
 from __future__ import annotations
 
+import warnings
+
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from dnalm.errors import DnalmError, validated
+from dnalm.utils.errors import DnalmError, validated
 
 
 BASE_CLASSES = 5  # A C G T N, as dnalm.tokenizers.BASES
@@ -156,12 +158,19 @@ NAMED_CONFIGS: dict[str, dict] = {
     "decoder-small": _DECODER | dict(d_model=384, n_layers=6, n_heads=6),
     "decoder-medium": _DECODER | dict(d_model=1024, n_layers=24, n_heads=16),
     "decoder-1.5b": _DECODER | dict(d_model=2048, n_layers=30, n_heads=16, mlp_hidden=5504, max_seq_len=8192),
-    "cnn": dict(arch="cnn", d_model=256, n_layers=8, cnn_kernel=9, positions="none", norm="layernorm"),
+    # the pretraining CNN: 8 residual dilated convolutions of width 256 (6.8M); `finetune --arch cnn-small` and the
+    # DNA_Performer comparison's `cnn-tiny` are smaller ones
+    "cnn-base": dict(arch="cnn", d_model=256, n_layers=8, cnn_kernel=9, positions="none", norm="layernorm"),
 }
+RENAMED = {"cnn": "cnn-base"}  # 0.1's names, accepted for one more release
 
 
 def get_config(name: str, **overrides) -> ModelConfig:
     """A named size (see ``NAMED_CONFIGS``) with optional field overrides."""
+    if name in RENAMED:
+        warnings.warn(f"model '{name}' is now called '{RENAMED[name]}'; the old name goes in the next release",
+                      FutureWarning, stacklevel=2)
+        name = RENAMED[name]
     if name not in NAMED_CONFIGS:
         raise ModelConfigError(f"unknown model '{name}': one of {', '.join(NAMED_CONFIGS)}")
     return checked({"name": name, **NAMED_CONFIGS[name], **overrides}, where=name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dnalm.errors import TokenizerError
+from dnalm.utils.errors import TokenizerError
 from dnalm.tokenizers.base import (
     CLS_ID, MASK_ID, NUM_SPECIAL, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID, CONFIG_FILE, Encoding, Tokenizer,
 )

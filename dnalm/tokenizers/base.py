@@ -17,8 +17,8 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
-from dnalm.errors import TokenizerError
-from dnalm.files import staged_folder
+from dnalm.utils.errors import TokenizerError
+from dnalm.utils.files import staged_folder
 
 SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]")
 PAD_ID, CLS_ID, SEP_ID, MASK_ID, UNK_ID = range(len(SPECIAL_TOKENS))

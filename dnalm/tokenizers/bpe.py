@@ -27,8 +27,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from dnalm import genome as genome_io
-from dnalm.errors import TokenizerError, validated
-from dnalm.memory import peak_rss_bytes
+from dnalm.utils.errors import TokenizerError, validated
+from dnalm.utils.memory import peak_rss_bytes
 from dnalm.tokenizers.base import N_CODE, NUM_SPECIAL, SPECIAL_TOKENS, UNK_ID, Encoding, Tokenizer, base_codes, check_ids
 
 MODEL_FILE = "bpe.model"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dnalm.errors import TokenizerError
+from dnalm.utils.errors import TokenizerError
 from dnalm.tokenizers.base import BASES, N_CODE, NUM_SPECIAL, SPECIAL_TOKENS, Encoding, Tokenizer, base_codes, check_ids
 
 MAX_K = 8

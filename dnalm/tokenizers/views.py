@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from dnalm.errors import TokenizerError
+from dnalm.utils.errors import TokenizerError
 from dnalm.tokenizers.base import CLS_ID, CONFIG_FILE, NUM_SPECIAL, PAD_ID, SEP_ID, SPECIAL_TOKENS, Encoding, Tokenizer, check_ids
 
 

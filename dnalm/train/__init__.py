@@ -28,7 +28,7 @@ def run_from_args(args) -> dict:
 
 
 def main(argv=None) -> int:
-    from dnalm.errors import DnalmError
+    from dnalm.utils.errors import DnalmError
 
     parser = argparse.ArgumentParser(description="dnalm training (run by deepspeed, torchrun or srun)")
     add_arguments(parser)

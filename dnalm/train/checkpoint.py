@@ -37,9 +37,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from dnalm import faults
-from dnalm.errors import DnalmError
-from dnalm.files import fsync_path, fsync_tree, rename_durably, write_atomic
+from dnalm.utils import faults
+from dnalm.utils.errors import DnalmError
+from dnalm.utils.files import fsync_path, fsync_tree, rename_durably, write_atomic
 
 MARKER = "COMPLETE"
 TAG = "state"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from dnalm.errors import DnalmError
+from dnalm.utils.errors import DnalmError
 
 
 def _blocks(model: torch.nn.Module):

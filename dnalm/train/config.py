@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from dnalm.errors import DnalmError, validated
+from dnalm.utils.errors import DnalmError, validated
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from dnalm.devices import bind_local_gpu
+from dnalm.utils.devices import bind_local_gpu
 from dnalm.train import console
 from dnalm.train.spawn import free_port
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from dnalm.errors import DnalmError
+from dnalm.utils.errors import DnalmError
 
 MIN_CAPABILITY = (8, 9)
 

@@ -75,7 +75,7 @@ def _drop_after(path: Path, step: int) -> None:
 def read(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / METRICS
     if not path.is_file():
-        from dnalm.errors import DnalmError
+        from dnalm.utils.errors import DnalmError
 
         raise DnalmError(f"{run_dir}: no {METRICS} (not a dnalm run folder, or no step logged yet)")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -83,7 +83,7 @@ def read(run_dir: Path) -> list[dict]:
 
 def plot(run_dir: Path, out: Path | None = None) -> Path:
     """Training and validation loss against step, to ``RUN/loss.png``."""
-    from dnalm.plots import pyplot, save
+    from dnalm.utils.plots import pyplot, save
 
     plt = pyplot()
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import psutil
 
-from dnalm.errors import DnalmError
-from dnalm.files import write_atomic
+from dnalm.utils.errors import DnalmError
+from dnalm.utils.files import write_atomic
 
 LOCK = ".dnalm-lock"
 

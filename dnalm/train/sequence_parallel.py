@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from dnalm.errors import DnalmError
+from dnalm.utils.errors import DnalmError
 
 
 class SequenceParallelError(DnalmError):

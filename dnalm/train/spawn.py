@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from dnalm.errors import DnalmError
+from dnalm.utils.errors import DnalmError
 
 
 def free_port() -> int:

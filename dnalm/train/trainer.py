@@ -24,13 +24,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from dnalm import faults
+from dnalm.utils import faults
 from dnalm.data.cache import data_folder
 from dnalm.data.manifest import Manifest
 from dnalm.data.masking import IGNORE, base_targets, clm_batch, mlm_batch, next_token_labels, sized_head, view_ranges
 from dnalm.data.stream import GenomeStream, StreamLoader
-from dnalm.devices import move, peak_memory_mb
-from dnalm.errors import DnalmError
+from dnalm.utils.devices import move
+from dnalm.utils.memory import allocator_peak_mb
+from dnalm.utils.errors import DnalmError
 from dnalm.models import ModelConfig, build_model, get_config
 from dnalm.models.transformer import check_learned_positions
 from dnalm.tokenizers import Tokenizer, ViewTokenizer, load_folder
@@ -120,7 +121,7 @@ def _nominal_mfu_per_token(model, model_config, seq_len: int, ds_config: dict, p
     """FLOPs per token ÷ the device's nominal peak for the run's precision (``dnalm.train.flops``; fp8 runs against the
     fp8 peak), or None."""
     from dnalm.train.flops import device_peak, flops_per_token
-    from dnalm.devices import model_device
+    from dnalm.utils.devices import model_device
 
     dtype = torch.float8_e4m3fn if precision == "fp8" else \
         torch.bfloat16 if ds_config.get("bf16", {}).get("enabled") else torch.float32
@@ -341,7 +342,7 @@ class Trainer:
                   "data_epoch": position["epoch"], "data_index": position["index"]}
         if self.mfu_per_token:  # tokens/s per device × FLOPs per token ÷ the nominal peak
             record["mfu"] = round(tokens / seconds / self.world * self.mfu_per_token, 4)
-        if (peak := peak_memory_mb(self.device)) is not None:  # the allocator's high-water mark on a GPU so far
+        if (peak := allocator_peak_mb(self.device)) is not None:  # the allocator's high-water mark on a GPU so far
             record["peak_memory_mb"] = round(peak)
         if bad:
             self.skipped_steps += 1

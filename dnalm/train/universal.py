@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from dnalm import faults
-from dnalm.files import fsync_tree, rename_durably, write_atomic
+from dnalm.utils import faults
+from dnalm.utils.files import fsync_tree, rename_durably, write_atomic
 from dnalm.train.checkpoint import MARKER, TAG, UNIVERSAL_FAILED, UNIVERSAL_TAG, CheckpointError, decided_by_rank0, step_of
 
 

@@ -11,7 +11,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from dnalm.bench.memory import peak_memory_mb
+from dnalm.utils.memory import added_peak_mb
 from dnalm.models import build_model, get_config
 from dnalm.train.config import REPO_CONFIGS
 from dnalm.train.distributed import init_distributed
@@ -28,7 +28,7 @@ def main(pairs: list[str]) -> int:
         name, bundle = pair.split("=", 1)
         with deepspeed.zero.Init(config_dict_or_path=ds_config):
             model = build_model(get_config(name, vocab_size=16))
-        added, _ = peak_memory_mb("cpu", lambda: load_bundle_weights(model, bundle, partitioned=True))
+        added, _ = added_peak_mb("cpu", lambda: load_bundle_weights(model, bundle, partitioned=True))
         every = [None] * dist.get_world_size()
         dist.all_gather_object(every, round(added, 1))
         with deepspeed.zero.GatheredParameters(list(model.parameters())):

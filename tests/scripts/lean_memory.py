@@ -2,14 +2,14 @@
 memory-lean (activation checkpointing, MLP tiles, chunked head and loss); prints one JSON line per length.
 
 Run in a fresh process with MALLOC_MMAP_THRESHOLD_ set low, so that freed tensors go back to the system and the
-resident high-water mark measures the step (dnalm.bench.memory)."""
+resident high-water mark measures the step (dnalm.utils.memory)."""
 
 import json
 import sys
 
 import torch
 
-from dnalm.bench.memory import peak_memory_mb
+from dnalm.utils.memory import added_peak_mb
 from dnalm.data.masking import next_token_labels
 from dnalm.models import build_model, get_config
 
@@ -26,7 +26,7 @@ def main(mode: str, lengths: list[int]) -> None:
             (out.loss_sum / length).backward()
             return out.logits is None
 
-        peak, chunked = peak_memory_mb("cpu", step)
+        peak, chunked = added_peak_mb("cpu", step)
         model.zero_grad(set_to_none=True)
         if length in lengths:
             print(json.dumps({"mode": mode, "length": length, "peak_mb": peak, "logits_chunked": chunked}), flush=True)

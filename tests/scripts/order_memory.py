@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dnalm.memory import peak_rss_bytes
+from dnalm.utils.memory import peak_rss_bytes
 
 
 def peak_mb() -> float:

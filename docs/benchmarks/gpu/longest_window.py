@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from dnalm.bench.memory import peak_memory_mb
+from dnalm.utils.memory import added_peak_mb
 from dnalm.data.masking import next_token_labels
-from dnalm.devices import describe, resolve, synchronize, training_dtype
+from dnalm.utils.devices import describe, resolve, synchronize, training_dtype
 from dnalm.models import build_model, get_config
 
 LEAN = dict(activation_checkpointing=True, mlp_tile=8192, loss_chunk=8192)
@@ -36,7 +36,7 @@ def step_once(model, optimizer, length: int, device) -> dict:
         synchronize(device)
         return time.perf_counter() - started
 
-    peak, seconds = peak_memory_mb(device, work)
+    peak, seconds = added_peak_mb(device, work)
     return {"length": length, "seconds": seconds, "tokens_per_s": length / seconds, "peak_mb": peak}
 
 

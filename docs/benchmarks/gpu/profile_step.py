@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from dnalm.devices import describe, synchronize
+from dnalm.utils.devices import describe, synchronize
 from dnalm.models import build_model, get_config
 
 GROUPS = (("attention", ("flash", "fmha", "attention", "sdpa", "flex")), ("matmul", ("gemm", "cutlass", "sm90", "xmma", "nvjet", "cublas")),

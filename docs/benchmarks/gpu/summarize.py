@@ -118,7 +118,7 @@ def main() -> None:
 
 
 def plot(result: dict) -> None:
-    from dnalm.plots import pyplot
+    from dnalm.utils.plots import pyplot
 
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))

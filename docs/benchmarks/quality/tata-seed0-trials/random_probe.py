@@ -2,7 +2,7 @@
 the baseline for the pretrained probe (dnalm finetune --freeze-backbone refuses --from-scratch, so train_one is called)."""
 import json, sys, time
 from pathlib import Path
-from dnalm.finetune import encode_strands, read_labelled, train_one
+from dnalm.eval.finetune import encode_strands, read_labelled, train_one
 from dnalm.tokenizers import load_folder
 
 bundle = Path("runs/reference-cnn-human-forward.bundle")

@@ -24,9 +24,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dnalm.bench import report
-from dnalm.devices import describe
-from dnalm.errors import DnalmError, validated
-from dnalm.memory import peak_rss_bytes
+from dnalm.utils.devices import describe
+from dnalm.utils.memory import allocator_peak_mb
+from dnalm.utils.errors import DnalmError, validated
+from dnalm.utils.memory import peak_rss_bytes
 
 CHR20 = report.SHARED_DATA / "genomes" / "hs37_chr20.fa.gz"
 GUE = report.SHARED_DATA / "gue"
@@ -48,7 +49,8 @@ VARIANTS = {v.name: v for v in (
             description="softmax attention (flash backend), ALiBi"),
     Variant("performer", "encoder-tiny", dict(attention="performer", positions="rope", performer_features=128),
             description="Performer FAVOR+ (128 features), RoPE"),
-    Variant("cnn", "cnn", dict(d_model=128, n_layers=3), description="3 residual dilated convolutions (kernel 9)"),
+    Variant("cnn", "cnn-base", dict(name="cnn-tiny", d_model=128, n_layers=3),
+            description="cnn-tiny: 3 residual dilated convolutions of width 128 (kernel 9)"),
     Variant("views", "encoder-tiny", dict(attention="flash", positions="rope"), views=True,
             description="the transformer on nucleotide + kmer:6 views concatenated"),
     Variant("views-bases", "encoder-tiny", dict(attention="flash", positions="rope", mlm_target="bases"), views=True,
@@ -162,7 +164,7 @@ def prepare(budget: Budget, work: Path) -> dict:
 
 def throughput(variant: Variant, length: int, batch: int, device: str) -> dict:
     """Training step (forward, backward, AdamW) tokens/s and peak memory, measured in a fresh process."""
-    command = [sys.executable, "-m", "dnalm.bench.compare", variant.name, str(length), str(batch), device]
+    command = [sys.executable, "-m", "dnalm.studies.compare", variant.name, str(length), str(batch), device]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
@@ -176,14 +178,14 @@ def measure_step(variant: Variant, length: int, batch: int, steps: int = 3, devi
     import psutil
 
     from dnalm.bench.train import step_tokens_per_s
-    from dnalm.devices import peak_memory_mb, training_dtype
+    from dnalm.utils.devices import training_dtype
 
     target = torch.device(device)
     baseline = psutil.Process().memory_info().rss if target.type == "cpu" else torch.cuda.memory_allocated(target)
     model = build_variant(variant, max_seq_len=max(length, 1024)).to(target, training_dtype(target))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     rate = step_tokens_per_s(model, batch, length, model.config.vocab_size, steps=steps, device=target, optimizer=optimizer)
-    peak = peak_rss_bytes() if target.type == "cpu" else peak_memory_mb(target) * 2**20
+    peak = peak_rss_bytes() if target.type == "cpu" else allocator_peak_mb(target) * 2**20
     return {"tokens_per_s": round(rate, 1), "step_seconds": round(batch * length / rate, 3),
             "peak_mb": round((peak - baseline) / 2**20, 1)}
 
@@ -240,7 +242,7 @@ def masked_accuracy(bundle: Path, data: Path, windows: int, seed: int = 1234, de
     from dnalm.data.masking import IGNORE, base_targets, mlm_batch, view_ranges
     from dnalm.data.stream import GenomeStream, StreamLoader
 
-    from dnalm.devices import model_device, move
+    from dnalm.utils.devices import model_device, move
 
     model, tokenizer = load_pretrained(bundle, device=device)
     base_table = base_targets(tokenizer.vocab) if model.config.mlm_target == "bases" else None
@@ -273,7 +275,7 @@ def masked_accuracy(bundle: Path, data: Path, windows: int, seed: int = 1234, de
 
 def finetune_one(task: str, rows: int, variant: Variant, seed: int, bundle: Path, pretrained: bool, budget: Budget,
                  gue: Path, work: Path) -> dict:
-    from dnalm.finetune import finetune
+    from dnalm.eval.finetune import finetune
 
     out = work / "finetune" / task / f"{variant.name}-{'pretrained' if pretrained else 'scratch'}-seed{seed}"
     result = finetune(gue / task / "train.csv", gue / task / "dev.csv", out, model=bundle, scratch=not pretrained,
@@ -286,7 +288,7 @@ def finetune_one(task: str, rows: int, variant: Variant, seed: int, bundle: Path
 
 # --- the whole comparison -------------------------------------------------------------------
 def run(budget: Budget, work: Path, out_dir: Path, gue: Path = GUE, log=print) -> dict:
-    from dnalm.bench import compare_report
+    from dnalm.studies import compare_report
 
     check_inputs(budget, gue)
     work = Path(work).resolve()

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from dnalm.errors import DnalmError
+from dnalm.utils.errors import DnalmError
 from dnalm.tokenizers import NUM_SPECIAL
 
 
@@ -89,7 +89,7 @@ def to_fasta(sequences: list[str], prompt_length: int, description: str, width: 
 
 
 def tokens_per_second(model, prompt_ids: torch.Tensor, new_tokens: int, use_cache: bool) -> float:
-    from dnalm.devices import model_device, synchronize
+    from dnalm.utils.devices import model_device, synchronize
 
     synchronize(model_device(model))
     start = time.perf_counter()

@@ -29,19 +29,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnalm.devices import model_device, move
-from dnalm.errors import DnalmError
+from dnalm.utils.devices import model_device, move
+from dnalm.utils.errors import DnalmError
 from dnalm.tokenizers import PAD_ID, Tokenizer, ViewTokenizer, load
 
 ARCHS = {
     "transformer": dict(arch="encoder", d_model=128, n_layers=4, n_heads=4, attention="flash", positions="alibi"),
     "performer": dict(arch="encoder", d_model=128, n_layers=4, n_heads=4, attention="performer", positions="rope",
                       performer_features=64),
-    "cnn": dict(arch="cnn", d_model=128, n_layers=6, cnn_kernel=9, positions="none"),
+    "cnn-small": dict(arch="cnn", d_model=128, n_layers=6, cnn_kernel=9, positions="none"),  # 0.89M
     "hybrid": dict(arch="encoder", d_model=128, n_layers=2, n_heads=4, conv_layers=3, cnn_kernel=9, attention="flash",
                    positions="rope", norm="layernorm"),  # configs/train/reference-hybrid-human.yaml's model
 }
+RENAMED_ARCHS = {"cnn": "cnn-small"}  # 0.1's names, accepted for one more release
 _BASES = set("ACGTNacgtn")
+
+
+def arch_name(arch: str | None) -> str | None:
+    """``--arch`` as it is called now (an old name warns once)."""
+    if arch in RENAMED_ARCHS:
+        import warnings
+
+        warnings.warn(f"--arch {arch} is now called {RENAMED_ARCHS[arch]}; the old name goes in the next release",
+                      FutureWarning, stacklevel=2)
+        return RENAMED_ARCHS[arch]
+    return arch
 
 
 class LabelledDataError(DnalmError):
@@ -132,7 +144,7 @@ class Classifier(nn.Module):
 
 def encode_set(data: LabelledSet, tokenizer: Tokenizer, reverse: bool = False) -> dict[str, torch.Tensor]:
     """Token tensors of a set (its reverse complements with ``reverse``), padded to the longest."""
-    from dnalm.sequences import reverse_complement
+    from dnalm.use.sequences import reverse_complement
 
     encodings = [tokenizer.encode(reverse_complement(s) if reverse else s) for s in data.sequences]
     length = max(len(e) for e in encodings)
@@ -209,6 +221,7 @@ def predict(model: Classifier, data: dict, batch_size: int = 256) -> np.ndarray:
 
 def build_classifier(num_classes: int, bundle: Path | None, arch: str | None, vocab_size: int, seed: int,
                      scratch: bool = False, pooling: str = "mean") -> Classifier:
+    arch = arch_name(arch)
     from dnalm.bundle import load_pretrained, read_config
     from dnalm.models import ModelConfig, build_model
 
@@ -303,6 +316,7 @@ def finetune(train_path, dev_path, out, *, model: str | Path | None = None, arch
              backbone_lr_scale: float = 1.0, freeze_backbone: bool = False, pooling: str = "mean") -> dict:
     """Seeds ``first_seed`` … ``first_seed + seeds - 1``; ``train_limit`` rows of the training set at most;
     ``device`` auto | cpu | cuda (auto: CUDA when present). The recipe settings are described above."""
+    arch = arch_name(arch)
     if (model is None) == (arch is None):
         raise DnalmError("give exactly one of --model BUNDLE and --arch " + "|".join(ARCHS))
     if scratch and model is None:
@@ -321,7 +335,7 @@ def finetune(train_path, dev_path, out, *, model: str | Path | None = None, arch
         raise DnalmError("--freeze-backbone probes a pretrained backbone: give --model BUNDLE without --from-scratch")
     recipe = {"rc_augment": rc_augment, "rc_average": rc_average, "patience": patience,
               "backbone_lr_scale": backbone_lr_scale, "freeze_backbone": freeze_backbone, "pooling": pooling}
-    from dnalm.devices import resolve
+    from dnalm.utils.devices import resolve
 
     target = resolve(device)
     started = time.perf_counter()

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 
 import torch
 
-from dnalm.device_names import CHOICES
-from dnalm.errors import DnalmError
+from dnalm.utils.device_names import CHOICES
+from dnalm.utils.errors import DnalmError
 
 # Flush-to-zero for denormal floats, as TensorFlow does on CPU. ALiBi's far keys and attention tails
 # produce exp() values below fp32's normal range, and a pretrained network's small gradients do too;
@@ -101,12 +101,6 @@ def cpu_name() -> str:
 def training_dtype(device: torch.device) -> torch.dtype:
     """bf16 where the device computes it natively (CUDA), fp32 on CPU."""
     return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-
-
-def peak_memory_mb(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    return torch.cuda.max_memory_allocated(device) / 2**20
 
 
 def _nvidia_driver() -> str | None:

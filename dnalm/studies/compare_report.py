@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from dnalm.bench import report
-from dnalm.plots import pyplot
+from dnalm.utils.plots import pyplot
 
 # 5-mer logistic regression on GUE dev (../shared/data/README.md): what a k-mer count alone reaches
 KMER_BASELINE_DEV_MCC = {"prom_core_all": 0.557, "prom_core_notata": 0.599, "prom_core_tata": 0.468, "prom_300_tata": 0.454,

@@ -23,8 +23,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from dnalm.errors import DnalmError
-from dnalm.sequences import reverse_complement
+from dnalm.utils.errors import DnalmError
+from dnalm.use.sequences import reverse_complement
 from dnalm.tokenizers import Tokenizer, ViewTokenizer
 from dnalm.tokenizers.views import concatenate_views
 
@@ -221,7 +221,7 @@ def save(result, inputs, out) -> tuple:
     import io
     from pathlib import Path
 
-    from dnalm.files import write_atomic
+    from dnalm.utils.files import write_atomic
 
     out = Path(out)
     if out.suffix not in (".npy", ".npz"):

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dnalm.errors import DnalmError
-from dnalm.files import write_atomic
+from dnalm.utils.errors import DnalmError
+from dnalm.utils.files import write_atomic
 
 
 class ContextEvalError(DnalmError):
@@ -136,7 +136,7 @@ def score(model, tokenizer, genome, lengths: list[int], windows: int = 8, target
 def run(bundle: str | Path, genome_path: str | Path, lengths: list[int], out: str | Path, *, windows: int = 8,
         target: int = 1024, device: str = "auto", progress: bool = False) -> dict:
     from dnalm.bundle import load_pretrained, read_config
-    from dnalm.devices import resolve
+    from dnalm.utils.devices import resolve
     from dnalm.genome import IndexedGenome
 
     target_device = resolve(device)
@@ -169,11 +169,11 @@ def table(results: list[dict]) -> str:
 
 
 def plot(results: list[dict], path: Path) -> Path:
-    from dnalm.plots import pyplot
+    from dnalm.utils.plots import pyplot
 
     plt = pyplot()
 
-    from dnalm.plots import save
+    from dnalm.utils.plots import save
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for r in results:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dnalm import genome as genome_io
-from dnalm.errors import DnalmError
+from dnalm.utils.errors import DnalmError
 
 _DNA = re.compile(r"[ACGTNacgtn]*")
 _COMPLEMENT = bytes.maketrans(b"ACGTNacgtn", b"TGCANtgcan")

@@ -1,7 +1,7 @@
 """``dnalm eval gue``: every task of a GUE-layout folder fine-tuned and scored, beside published results.
 
 A task is a folder holding ``train.csv`` and ``dev.csv`` (and ``test.csv`` when given: it is then
-scored with the epoch that was best on dev). Each task runs ``dnalm.finetune`` with the same model
+scored with the epoch that was best on dev). Each task runs ``dnalm.eval.finetune`` with the same model
 and recipe over the same seeds; ``gue.json``, ``gue.md`` and ``gue.png`` hold mean ± std of MCC per
 task, beside the published test MCC below where the task has one.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dnalm.errors import DnalmError
-from dnalm.files import write_atomic
+from dnalm.utils.errors import DnalmError
+from dnalm.utils.files import write_atomic
 
 # Test MCC × 100 on GUE, from the DNABERT-2 paper (Zhou et al. 2023, arXiv:2306.15006, GUE tables).
 PUBLISHED = {
@@ -49,8 +49,8 @@ def find_tasks(folder: str | Path, names: list[str] | None = None) -> list[Path]
 
 
 def run(folder, out, *, tasks: list[str] | None = None, seeds: int = 3, **finetune_settings) -> dict:
-    """``finetune_settings``: what ``dnalm.finetune.finetune`` takes besides the paths and seeds."""
-    from dnalm.finetune import finetune
+    """``finetune_settings``: what ``dnalm.eval.finetune.finetune`` takes besides the paths and seeds."""
+    from dnalm.eval.finetune import finetune
 
     out = Path(out)
     rows = []
@@ -86,7 +86,7 @@ def table(report: dict) -> str:
 def _plot(report: dict, path: Path) -> None:
     import numpy as np
 
-    from dnalm.plots import pyplot
+    from dnalm.utils.plots import pyplot
 
     plt = pyplot()
     rows = report["tasks"]

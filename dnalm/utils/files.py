@@ -13,7 +13,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from dnalm.errors import DnalmError
+from dnalm.utils.errors import DnalmError
 
 
 def fsync_path(path: str | Path) -> None:

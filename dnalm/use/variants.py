@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from dnalm import genome as genome_io
-from dnalm.errors import DnalmError
-from dnalm.sequences import reverse_complement
+from dnalm.utils.errors import DnalmError
+from dnalm.use.sequences import reverse_complement
 from dnalm.tokenizers import NucleotideTokenizer, ViewTokenizer
 from dnalm.tokenizers.base import MASK_ID, NUM_SPECIAL
 
@@ -212,7 +212,7 @@ def _masked_marginals(model, tokenizer, batch, contexts, device) -> list[float]:
 
 def write_results(variants: list[Variant], out: str | Path) -> dict:
     """The TSV (one row per allele, in VCF order) and ``OUT.summary.json``, both atomically; returns the summary."""
-    from dnalm.files import write_atomic
+    from dnalm.utils.files import write_atomic
 
     out = Path(out)
     text = io.StringIO()

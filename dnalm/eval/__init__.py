@@ -1,0 +1,2 @@
+"""Judging models: fine-tuning on labelled sequences (``finetune``), the GUE suite (``gue``), quality by context
+length (``context``)."""

@@ -1,0 +1,41 @@
+"""The house keeps its promises to code written against 0.1: moved modules and renamed sizes still answer, with a
+warning that names the new place."""
+
+import importlib
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.mark.parametrize("old, new", [("dnalm.finetune", "dnalm.eval.finetune"), ("dnalm.errors", "dnalm.utils.errors"),
+                                      ("dnalm.embedding", "dnalm.use.embedding"), ("dnalm.bench.mfu", "dnalm.train.flops"),
+                                      ("dnalm.bench.compare", "dnalm.studies.compare")])
+def test_a_moved_module_answers_to_its_old_name_with_a_deprecation(old, new):
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match=f"{old} moved to {new}"):
+        module = importlib.import_module(old)
+    assert module is importlib.import_module(new)
+
+
+def test_renamed_cnns_answer_to_their_old_names():
+    from dnalm.eval.finetune import arch_name
+    from dnalm.models import get_config
+
+    with pytest.warns(FutureWarning, match="'cnn' is now called 'cnn-base'"):
+        assert get_config("cnn") == get_config("cnn-base")
+    with pytest.warns(FutureWarning, match="--arch cnn is now called cnn-small"):
+        assert arch_name("cnn") == "cnn-small"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert arch_name("cnn-small") == "cnn-small"
+
+
+def test_no_file_imports_another_that_imports_it_back():
+    """Module-level and function-level imports alike, over dnalm/ and data_prep/ (scripts/import_cycles.py)."""
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "import_cycles.py")], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+    assert done.returncode == 0 and ", import cycles: 0" in done.stdout, done.stdout + done.stderr
