@@ -39,3 +39,14 @@ def test_no_file_imports_another_that_imports_it_back():
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "import_cycles.py")], capture_output=True, text=True,
                           cwd=REPO, timeout=60)
     assert done.returncode == 0 and ", import cycles: 0" in done.stdout, done.stdout + done.stderr
+
+
+def test_reading_genomes_and_tokenizing_never_loads_torch():
+    """What prep's jobs and the BPE trainer run on: a process that reads a genome and tokenizes it has no torch."""
+    code = ("import sys, dnalm.genome as g, dnalm.tokenizers as t; "
+            "bases = g.read(g.DEFAULT_GENOME).contigs[0].sequence[:10000]; "
+            "[t.load(s).encode(bases) for s in ('nucleotide', 'kmer:6')]; "
+            "from dnalm.tokenizers import bpe; "
+            "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stdout + done.stderr

@@ -8,6 +8,8 @@ import platform
 import time
 from pathlib import Path
 
+from dnalm.utils.devices import dtype_name  # noqa: F401 (the benches name dtypes through report)
+
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
@@ -39,11 +41,6 @@ def device_label(result: dict) -> str:
     device = result["device"]
     threads = f", {device['threads']} threads" if device["type"] == "cpu" else ""
     return f"{device['name']}{threads}, {result['dtype']}"
-
-
-def dtype_name(dtype) -> str:
-    return {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16",
-            "torch.float8_e4m3fn": "fp8"}.get(str(dtype), str(dtype))
 
 
 def write(result: dict, out_dir: Path, name: str) -> Path:

@@ -55,7 +55,7 @@ def nominal_peak(device_name: str, precision: str) -> tuple[str, float] | None:
 
 def device_peak(device: torch.device, dtype: torch.dtype) -> tuple[str, float] | None:
     """``nominal_peak`` of a torch device (None on CPU and on CUDA devices the table does not hold)."""
-    from dnalm.bench.report import dtype_name
+    from dnalm.utils.devices import dtype_name
 
     if device.type != "cuda":
         return None

@@ -59,6 +59,12 @@ def resolve(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def dtype_name(dtype) -> str:
+    """fp32, bf16, fp16, fp8: how results and logs name a torch dtype."""
+    return {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16",
+            "torch.float8_e4m3fn": "fp8"}.get(str(dtype), str(dtype))
+
+
 def move(tensors: dict, device: torch.device) -> dict:
     """Every tensor of ``tensors`` on ``device`` (asynchronously from pinned memory); other values as they are."""
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}

@@ -16,8 +16,6 @@ import resource
 import sys
 from pathlib import Path
 
-import torch
-
 
 def peak_rss_bytes() -> int:
     try:
@@ -31,8 +29,10 @@ def peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
 
 
-def added_peak_mb(device: torch.device | str, work) -> tuple[float, object]:
+def added_peak_mb(device, work) -> tuple[float, object]:
     """(peak MB that ``work()`` added on ``device``, its result)."""
+    import torch  # here, not at the top: the tokenizers read peak_rss_bytes and never import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -47,10 +47,12 @@ def added_peak_mb(device: torch.device | str, work) -> tuple[float, object]:
     return (_status_kb("VmHWM") - before) / 1024, result
 
 
-def allocator_peak_mb(device: torch.device) -> float | None:
-    """The CUDA allocator's high-water mark on ``device`` so far, in MB; None on other devices."""
+def allocator_peak_mb(device) -> float | None:
+    """The CUDA allocator's high-water mark on ``device`` (a torch.device) so far, in MB; None on other devices."""
     if device.type != "cuda":
         return None
+    import torch
+
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
