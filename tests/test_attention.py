@@ -272,7 +272,7 @@ def test_flex_alibi_matches_eager_forward_on_cpu(case, padded):
     torch.testing.assert_close(got.transpose(1, 2)[rows], expected.transpose(1, 2)[rows], atol=2e-5, rtol=1e-4)
 
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (docs/benchmarks/gpu/run.sh runs it)")
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu/run.sh runs it)")
 
 
 @CUDA

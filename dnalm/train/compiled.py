@@ -8,7 +8,7 @@
   would trace, break at and recompile for).
 
 Either way the parameters keep their names, so a compiled run's checkpoint resumes uncompiled and the other way
-round. Which is faster on a GPU is measured by ``docs/benchmarks/gpu/run.sh``'s compile section.
+round. Which is faster on a GPU is measured by ``scripts/gpu/run.sh``'s compile section.
 """
 
 from __future__ import annotations

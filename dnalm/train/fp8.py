@@ -6,7 +6,7 @@ Refused, with the reason, where it cannot run: without a CUDA GPU, on a GPU olde
 16 (float8 matmuls need them) stay bf16, and so does the LM head, whose logits feed the loss.
 
 Not yet run on a GPU: the refusals are tested on CPU; conversion and its speed are measured by
-``docs/benchmarks/gpu/run.sh``'s fp8 section when a GPU is lent.
+``scripts/gpu/run.sh``'s fp8 section when a GPU is lent.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU sessions behind docs/benchmarks/gpu/ (docs/benchmarks.md, "GPU"), run from the repository root on a
-# machine with one CUDA GPU: [SECTIONS="a b ..."] bash docs/benchmarks/gpu/run.sh (default: every section, in the
+# machine with one CUDA GPU: [SECTIONS="a b ..."] bash scripts/gpu/run.sh (default: every section, in the
 # order below). Results go to $OUT/results.tar.gz, rebuilt after every section so that a session cut short keeps
 # what finished. Packages the machine lacks travel as wheels in
 # .whl/ (DeepSpeed built with DS_BUILD_OPS=0: pip wheel --no-deps --no-build-isolation deepspeed==0.19.8).
@@ -81,15 +81,15 @@ section encoder-small 150 bash -c 'train "$@"' _ encoder-small ecoli1024 encoder
 big decoder-1.5b-zero2-mb8-no-recompute zero2 8 activation_checkpointing=false
 big decoder-1.5b-zero3-mb32 zero3 32
 section bench-alibi 150 python3 -m dnalm bench alibi --device cuda --lengths 8192,32768 --rounds 1 --out "$R/bench"
-section profile 120 python3 docs/benchmarks/gpu/profile_step.py decoder-1.5b 4 2048 "$R/profile-decoder-1.5b.json"
+section profile 120 python3 scripts/gpu/profile_step.py decoder-1.5b 4 2048 "$R/profile-decoder-1.5b.json"
 section bench-train 240 python3 -m dnalm bench train --device cuda --out "$R/bench"
 section bench-attention 200 python3 -m dnalm bench attention --device cuda --lengths 2048,8192,32768 --out "$R/bench"
 cat "$R/status.txt"
 
 # long context (issue 27): the longest window decoder-1.5b's lean step trains on this GPU, by bisection, and its
 # tokens/s at 8k, 32k and 128k; encoder-base with ALiBi at 32k and 128k; the context bench up to 1M tokens
-section longest-window 240 bash -c "python3 docs/benchmarks/gpu/longest_window.py decoder-1.5b 65536 1048576 --speed 8192,32768,131072 > $R/longest-window-decoder-1.5b.json"
-section encoder-base-long 90 bash -c "python3 docs/benchmarks/gpu/longest_window.py encoder-base 131072 131072 --speed 32768,131072 > $R/long-encoder-base.json"
+section longest-window 240 bash -c "python3 scripts/gpu/longest_window.py decoder-1.5b 65536 1048576 --speed 8192,32768,131072 > $R/longest-window-decoder-1.5b.json"
+section encoder-base-long 90 bash -c "python3 scripts/gpu/longest_window.py encoder-base 131072 131072 --speed 32768,131072 > $R/long-encoder-base.json"
 section bench-context 200 python3 -m dnalm bench context --device cuda --lengths 8192,32768,131072 --long-lengths 262144,1048576 --sizes "" --out "$R/bench"
 
 # the fused step (issue 28): decoder-1.5b at 2,048 tokens compiled as a whole (DeepSpeed's engine.compile) and block by

@@ -1,6 +1,6 @@
 """docs/benchmarks/gpu.json and gpu.png from the GPU calls' results (docs/benchmarks/gpu/call*/, made by run.sh).
 
-    python docs/benchmarks/gpu/summarize.py
+    python scripts/gpu/summarize.py
 
 MFU = tokens/s × FLOPs per token (dnalm.bench.mfu.flops_per_token: 6·N + 12·L·d·T, recomputation
 not counted) ÷ the device's nominal dense bf16 peak (dnalm.bench.mfu.NOMINAL: 989 TFLOP/s for the
@@ -20,7 +20,7 @@ from dnalm.train.flops import SOURCE, flops_per_token, nominal_peak
 from dnalm.models import build_model, get_config
 from dnalm.tokenizers import load
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[2] / "docs" / "benchmarks" / "gpu"  # the calls' raw results
 OUT = HERE.parent
 
 # run folder -> (call, model, ZeRO stage, micro-batch, activation recomputation, what it is)
@@ -98,9 +98,9 @@ def main() -> None:
                      "flash_attn": "not installed: the package index offers no flash-attn wheel for Python 3.12 "
                                    "manylinux (pip download --only-binary=:all: flash-attn finds none), and a source "
                                    "build was not attempted; the flash backend ran SDPA's kernels"},
-        "commands": "bash docs/benchmarks/gpu/run.sh (call 1, tree d9108d0); SECTIONS='cuda-tests encoder-small "
+        "commands": "bash scripts/gpu/run.sh (call 1, tree d9108d0); SECTIONS='cuda-tests encoder-small "
                     "decoder-1.5b-zero2-mb8-no-recompute decoder-1.5b-zero3-mb32 bench-alibi profile' "
-                    "bash docs/benchmarks/gpu/run.sh (call 2, tree 4a04bf6); then this script",
+                    "bash scripts/gpu/run.sh (call 2, tree 4a04bf6); then this script",
         "calls": "two device calls, each on a freshly started machine of the same kind",
         "matmul_peak_tflops": bench_train["peak"]["tflops"],
         "nominal_peak": {"device": nominal_name, "bf16_tflops": nominal / 1e12, "source": SOURCE},

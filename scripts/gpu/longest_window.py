@@ -2,7 +2,7 @@
 tiles, chunked head and loss) with AdamW, bf16 on CUDA (fp32 on CPU, for a dry run), and its tokens/s at the
 lengths given. Out-of-memory at a length is caught and bisected below it.
 
-    python docs/benchmarks/gpu/longest_window.py MODEL LOW HIGH [--speed 8192,32768,131072] > result.json
+    python scripts/gpu/longest_window.py MODEL LOW HIGH [--speed 8192,32768,131072] > result.json
 
 This measures the model's step without DeepSpeed (the weights, gradients and AdamW states of one device in
 full, which ZeRO-3 and offload would shrink): its longest window is a lower bound for the trainer's. Every token

@@ -1,6 +1,6 @@
 """Where one training step of a model goes on a GPU: torch.profiler over forward + backward + AdamW (bf16).
 
-    python docs/benchmarks/gpu/profile_step.py decoder-1.5b 4 2048 OUT.json
+    python scripts/gpu/profile_step.py decoder-1.5b 4 2048 OUT.json
 
 Kernels are grouped by what they do (matrix products, attention, the optimizer, the rest); the JSON
 holds the groups' shares of the GPU's busy time, the busy share of the step's wall time, and the 25
