@@ -274,6 +274,29 @@ def bench_universal(args) -> None:
     print(f"wrote {args.out / 'universal.json'} and {args.out / 'universal.png'}", file=sys.stderr)
 
 
+@command("plan", help="what a training run needs before it is launched: memory per rank by component, communication "
+         "and time per step, whether it fits the GPU and if not what would", args=[
+    arg("config", type=Path, metavar="CONFIG", help="an experiment YAML (configs/train/*.yaml)"),
+    arg("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, as dnalm train takes them"),
+    arg("--gpus", type=int, default=None, metavar="N", help="ranks (GPUs) of the run"),
+    arg("--gpu", default=None, metavar="KIND", help="h100, h200, a100-80g, a100-40g, l40s, or cpu (this host)"),
+    arg("--seq-len", type=int, default=None, metavar="N", help="the window in tokens (default: the config's prepared "
+        "data's; needed when the data is not prepared yet)"),
+    arg("--mfu", type=float, default=None, help="model-FLOPs utilisation for the step time (default: the best "
+        "measured in docs/benchmarks/gpu.json, else an assumption, named in the output)"),
+    arg("--json", action="store_true", help="print the plan as JSON"),
+])
+def plan(args) -> None:
+    from dnalm.train.config import load_config
+    from dnalm.train.plan import make_plan, render
+
+    if args.gpus is None or args.gpu is None:
+        raise DnalmError("plan needs --gpus N and --gpu KIND (h100, h200, a100-80g, a100-40g, l40s, cpu)")
+    result = make_plan(load_config(args.config, args.overrides), args.gpus, args.gpu, seq_len=args.seq_len,
+                       mfu=args.mfu, config_name=str(args.config))
+    print(json.dumps(result, indent=2) if args.json else render(result))
+
+
 @command("generate", help="sample DNA from a decoder bundle (FASTA on stdout)", args=[
     arg("--model", type=Path, required=True, help="a decoder bundle (dnalm convert)"),
     arg("--prompt", required=True, help="the bases to continue (A, C, G, T, N)"),
