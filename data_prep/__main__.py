@@ -19,8 +19,10 @@ def main(argv=None) -> int:
     except DnalmError as exc:
         print(f"data_prep: error: {exc}", file=sys.stderr)
         return 1
-    print(f"{args.folder}/manifest.json: {manifest.num_samples:,} samples in "
-          f"{sum(len(s.shards) for s in manifest.splits.values())} shards")
+    print(
+        f"{args.folder}/manifest.json: {manifest.num_samples:,} samples in "
+        f"{sum(len(s.shards) for s in manifest.splits.values())} shards"
+    )
     return 0
 
 

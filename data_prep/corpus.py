@@ -39,10 +39,14 @@ class GenomeSettings(BaseModel):
     weight: float = Field(1.0, gt=0, description="relative share of an epoch's samples (per genome, not per base)")
     tags: list[str] = Field(default_factory=list, description="labels a training config can select genomes by")
     include: list[str] = Field(default_factory=lambda: ["*"], description="fnmatch patterns: contigs kept")
-    exclude: list[str] = Field(default_factory=list, description="fnmatch patterns: contigs dropped (wins over include)")
+    exclude: list[str] = Field(
+        default_factory=list, description="fnmatch patterns: contigs dropped (wins over include)"
+    )
 
     def keeps(self, contig: str) -> bool:
-        return any(fnmatchcase(contig, p) for p in self.include) and not any(fnmatchcase(contig, p) for p in self.exclude)
+        return any(fnmatchcase(contig, p) for p in self.include) and not any(
+            fnmatchcase(contig, p) for p in self.exclude
+        )
 
 
 class CorpusGenome(GenomeSettings):
@@ -55,7 +59,7 @@ class Corpus(BaseModel):
     genomes: list[CorpusGenome] = Field(min_length=1, description="the genomes, each with its own settings")
 
     @model_validator(mode="after")
-    def _unique(self) -> "Corpus":
+    def _unique(self) -> Corpus:
         names = [g.name for g in self.genomes]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:

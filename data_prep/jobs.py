@@ -26,8 +26,8 @@ from dnalm import genome as genome_io
 from dnalm.data.manifest import DataError
 from dnalm.data.shards import ShardWriter, encode_sample, sample_key, token_dtype
 from dnalm.data.sources import open_source
-from dnalm.utils.files import write_atomic
 from dnalm.data.windows import covered_bases, cut_windows
+from dnalm.utils.files import write_atomic
 
 _COMPLEMENT = np.zeros(256, np.uint8)
 for _a, _b in zip(b"ACGTN", b"TGCAN"):
@@ -72,7 +72,9 @@ def run_slice(folder: Path, job_index: int, num_jobs: int, progress: bool = Fals
             for contig in genome_io.iter_contigs(path, only=set(wanted)):
                 wanted.discard(contig.name)
                 for shard, piece in by_contig.get((g, contig.name), ()):
-                    writer, stats = writers.get(shard.index) or writers.setdefault(shard.index, _open(folder, shard, plan))
+                    writer, stats = writers.get(shard.index) or writers.setdefault(
+                        shard.index, _open(folder, shard, plan)
+                    )
                     _write_piece(writer, stats, contig.bases[piece.start : piece.end], piece, plan, tokenizers)
                     counts["bases"] += piece.end - piece.start
                     if bar is not None:
@@ -127,8 +129,14 @@ def _write_piece(writer: ShardWriter, stats: dict, bases: np.ndarray, piece, pla
             start, end = (w.start, w.end) if strand == "+" else (n - w.end, n - w.start)
             start, end = piece.start + start, piece.start + end
             key = sample_key(piece.genome, piece.contig, start, end, strand)
-            meta = {"genome": piece.genome, "contig": piece.contig, "start": start, "end": end, "strand": strand,
-                    "padding": w.padding}
+            meta = {
+                "genome": piece.genome,
+                "contig": piece.contig,
+                "start": start,
+                "end": end,
+                "strand": strand,
+                "padding": w.padding,
+            }
             writer.write(encode_sample(key, meta, [ids.astype(dt) for ids, dt in zip(w.ids, dtypes)]))
             stats["num_samples"] += 1
             genome["num_samples"] += 1
@@ -139,8 +147,15 @@ def _write_piece(writer: ShardWriter, stats: dict, bases: np.ndarray, piece, pla
 def _write_packed(writer: ShardWriter, stats: dict, packed, dtype) -> None:
     contig, start, end = packed.parts[0]
     key = sample_key(packed.genome, contig, start, end, "+")
-    meta = {"genome": packed.genome, "contig": contig, "start": start, "end": end, "strand": "+", "padding": packed.padding,
-            "parts": [list(p) for p in packed.parts]}
+    meta = {
+        "genome": packed.genome,
+        "contig": contig,
+        "start": start,
+        "end": end,
+        "strand": "+",
+        "padding": packed.padding,
+        "parts": [list(p) for p in packed.parts],
+    }
     writer.write(encode_sample(key, meta, [packed.ids.astype(dtype)]))
     genome = stats["genomes"].setdefault(str(packed.genome), {"num_samples": 0, "in_samples": 0, "left_over": 0})
     for where in (stats, genome):
@@ -157,8 +172,16 @@ def _close(folder: Path, plan: Plan, shard: ShardPlan, writer: ShardWriter, stat
             _write_packed(writer, stats, packed, token_dtype(plan.tokenizers[0].vocab_size))
     digest = writer.close()
     tar = Path(folder) / shard.path
-    info = {"index": shard.index, "split": shard.split, "plan_fingerprint": plan.fingerprint, "sha256": digest,
-            "index_sha256": writer.index_sha256, "bytes": tar.stat().st_size, "bases": shard.bases, **stats}
+    info = {
+        "index": shard.index,
+        "split": shard.split,
+        "plan_fingerprint": plan.fingerprint,
+        "sha256": digest,
+        "index_sha256": writer.index_sha256,
+        "bytes": tar.stat().st_size,
+        "bases": shard.bases,
+        **stats,
+    }
     write_atomic(sidecar_path(folder, shard), json.dumps(info, indent=1))
 
 
@@ -175,8 +198,16 @@ def _run_one(args) -> dict:
     return run_slice(Path(folder), index, jobs, upload=upload)
 
 
-def prep(config: PrepConfig, folder: Path, *, jobs: int = 1, job_index: int | None = None, num_jobs: int | None = None,
-         progress: bool = False, publish_to: str | None = None) -> dict:
+def prep(
+    config: PrepConfig,
+    folder: Path,
+    *,
+    jobs: int = 1,
+    job_index: int | None = None,
+    num_jobs: int | None = None,
+    progress: bool = False,
+    publish_to: str | None = None,
+) -> dict:
     """Plan (or resume) a prep run in ``folder`` and run all of it locally, or one slice of it. With
     ``publish_to`` (s3://…), ``folder`` is the local work folder and every shard, then the manifest, goes there."""
     started = time.perf_counter()
@@ -201,27 +232,49 @@ def prep(config: PrepConfig, folder: Path, *, jobs: int = 1, job_index: int | No
             raise DataError(f"{publish_to}: not every shard reached it; run the same `dnalm prep` again to finish")
     seconds = time.perf_counter() - started
     bases = sum(c["bases"] for c in counts)
-    return {"manifest": manifest, "plan": plan, "seconds": seconds, "bases_processed": bases,
-            "shards_written": sum(c["written"] for c in counts), "shards_already_done": sum(c["skipped_done"] for c in counts),
-            "bases_per_second": bases / seconds if seconds else 0.0}
+    return {
+        "manifest": manifest,
+        "plan": plan,
+        "seconds": seconds,
+        "bases_processed": bases,
+        "shards_written": sum(c["written"] for c in counts),
+        "shards_already_done": sum(c["skipped_done"] for c in counts),
+        "bases_per_second": bases / seconds if seconds else 0.0,
+    }
 
 
 def summary(result: dict, file=sys.stdout) -> None:
     manifest = result["manifest"]
     if manifest is None:
-        print(f"slice done: {result['shards_written']} shards written, {result['shards_already_done']} already done; "
-              "the manifest is written when every slice has finished (or by `python -m data_prep merge DIR`)", file=file)
+        print(
+            f"slice done: {result['shards_written']} shards written, {result['shards_already_done']} already done; "
+            "the manifest is written when every slice has finished (or by `python -m data_prep merge DIR`)",
+            file=file,
+        )
         return
     acc = manifest.accounting
-    speed = (f"{result['bases_processed'] / max(result['seconds'], 1e-9) / 1e6:.2f} Mbases/s over {result['seconds']:.1f} s"
-             if result["bases_processed"] else "nothing left to do")
-    print(f"{manifest.num_samples:,} samples ({', '.join(f'{k} {v.num_samples:,}' for k, v in manifest.splits.items())}), "
-          f"{manifest.num_tokens:,} tokens, padding {manifest.padding_fraction:.3%}; "
-          f"{result['shards_written']} shards written, {result['shards_already_done']} already done; {speed}", file=file)
+    speed = (
+        f"{result['bases_processed'] / max(result['seconds'], 1e-9) / 1e6:.2f} Mbases/s over {result['seconds']:.1f} s"
+        if result["bases_processed"]
+        else "nothing left to do"
+    )
+    print(
+        f"{manifest.num_samples:,} samples "
+        f"({', '.join(f'{k} {v.num_samples:,}' for k, v in manifest.splits.items())}), "
+        f"{manifest.num_tokens:,} tokens, padding {manifest.padding_fraction:.3%}; "
+        f"{result['shards_written']} shards written, {result['shards_already_done']} already done; {speed}",
+        file=file,
+    )
     excluded = f" + {acc.excluded:,} in excluded contigs" if acc.excluded else ""
-    print(f"bases: {acc.genome_bases:,} in genome = {acc.in_samples:,} in samples + {acc.dropped_n:,} dropped as N runs "
-          f"+ {acc.left_over:,} left over{excluded}", file=file)
+    print(
+        f"bases: {acc.genome_bases:,} in genome = {acc.in_samples:,} in samples + {acc.dropped_n:,} dropped as N runs "
+        f"+ {acc.left_over:,} left over{excluded}",
+        file=file,
+    )
     if len(manifest.mix) > 1:
         for g in manifest.mix:
-            print(f"  {g.name:<20} weight {g.weight:g}  {g.in_samples:>14,} bases in {sum(g.samples.values()):,} samples "
-                  f"({g.left_over:,} left over, {g.excluded:,} excluded)", file=file)
+            print(
+                f"  {g.name:<20} weight {g.weight:g}  {g.in_samples:>14,} bases in {sum(g.samples.values()):,} samples "
+                f"({g.left_over:,} left over, {g.excluded:,} excluded)",
+                file=file,
+            )

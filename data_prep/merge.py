@@ -7,8 +7,17 @@ from pathlib import Path
 
 from data_prep.plan import SPLITS, Plan
 from data_prep.sidecars import shard_done, sidecar_path
-from dnalm.data.manifest import (Accounting, DataError, GenomeMix, Manifest, ManifestGenome, ShardEntry, SplitEntry,
-                                 TokenizerEntry, write_contigs)
+from dnalm.data.manifest import (
+    Accounting,
+    DataError,
+    GenomeMix,
+    Manifest,
+    ManifestGenome,
+    ShardEntry,
+    SplitEntry,
+    TokenizerEntry,
+    write_contigs,
+)
 
 
 def verified_sidecars(folder: Path, plan: Plan, processes: int = 1) -> dict[int, dict]:
@@ -16,25 +25,36 @@ def verified_sidecars(folder: Path, plan: Plan, processes: int = 1) -> dict[int,
 
     missing = missing_shards(folder, plan)
     if missing:
-        raise DataError(f"{folder}: {len(missing)} of {len(plan.shards)} shards are not finished (first: {missing[0]}); "
-                        "run the missing job slices (or `dnalm prep` again) before merging")
+        raise DataError(
+            f"{folder}: {len(missing)} of {len(plan.shards)} shards are not finished (first: {missing[0]}); "
+            "run the missing job slices (or `dnalm prep` again) before merging"
+        )
     if processes > 1:
         import multiprocessing
 
         with multiprocessing.get_context("spawn").Pool(processes) as pool:
-            good = pool.map(_verified, [(folder, plan.fingerprint, s) for s in plan.shards], chunksize=max(1, len(plan.shards) // (4 * processes)))
+            good = pool.map(
+                _verified,
+                [(folder, plan.fingerprint, s) for s in plan.shards],
+                chunksize=max(1, len(plan.shards) // (4 * processes)),
+            )
     else:
         good = [shard_done(folder, plan.fingerprint, s, verify=True) for s in plan.shards]
     corrupt = [s.path for s, ok in zip(plan.shards, good) if not ok]
     if corrupt:
-        raise DataError(f"{folder}: {len(corrupt)} shards do not match their checksum (first: {corrupt[0]}); run `dnalm prep` again to redo them")
+        raise DataError(
+            f"{folder}: {len(corrupt)} shards do not match their checksum (first: {corrupt[0]}); run `dnalm prep` "
+            "again to redo them"
+        )
     return {s.index: json.loads(sidecar_path(folder, s).read_text()) for s in plan.shards}
 
 
 def listed(folder: Path, entry: TokenizerEntry) -> TokenizerEntry:
     """The tokenizer's entry with the files of its folder, which a remote reader fetches by name."""
     root = Path(folder) / entry.folder
-    return entry.model_copy(update={"files": sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())})
+    return entry.model_copy(
+        update={"files": sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())}
+    )
 
 
 def missing_shards(folder: Path, plan: Plan) -> list[str]:
@@ -71,38 +91,75 @@ def merge(folder: Path, processes: int = 1, infos: dict[int, dict] | None = None
     splits = {}
     for split in SPLITS:
         mine = [s for s in plan.shards if s.split == split]
-        entries = [ShardEntry(path=s.path, num_samples=infos[s.index]["num_samples"], num_tokens=infos[s.index]["num_tokens"],
-                              sha256=infos[s.index]["sha256"], bytes=infos[s.index]["bytes"],
-                              index_sha256=infos[s.index].get("index_sha256")) for s in mine]
-        splits[split] = SplitEntry(num_samples=sum(e.num_samples for e in entries),
-                                   num_tokens=sum(e.num_tokens for e in entries), shards=entries,
-                                   genome_samples=[sum(per_genome(infos[s.index], g, "num_samples") for s in mine)
-                                                   for g in genomes])
+        entries = [
+            ShardEntry(
+                path=s.path,
+                num_samples=infos[s.index]["num_samples"],
+                num_tokens=infos[s.index]["num_tokens"],
+                sha256=infos[s.index]["sha256"],
+                bytes=infos[s.index]["bytes"],
+                index_sha256=infos[s.index].get("index_sha256"),
+            )
+            for s in mine
+        ]
+        splits[split] = SplitEntry(
+            num_samples=sum(e.num_samples for e in entries),
+            num_tokens=sum(e.num_tokens for e in entries),
+            shards=entries,
+            genome_samples=[sum(per_genome(infos[s.index], g, "num_samples") for s in mine) for g in genomes],
+        )
     total = lambda field: sum(info[field] for info in infos.values())  # noqa: E731
-    accounting = Accounting(genome_bases=plan.genome_bases, in_samples=total("in_samples"),
-                            dropped_n=plan.genome_bases - plan.excluded_bases - plan.segment_bases,
-                            left_over=total("left_over"), excluded=plan.excluded_bases)
-    if accounting.in_samples + accounting.dropped_n + accounting.left_over + accounting.excluded != accounting.genome_bases:
+    accounting = Accounting(
+        genome_bases=plan.genome_bases,
+        in_samples=total("in_samples"),
+        dropped_n=plan.genome_bases - plan.excluded_bases - plan.segment_bases,
+        left_over=total("left_over"),
+        excluded=plan.excluded_bases,
+    )
+    if (
+        accounting.in_samples + accounting.dropped_n + accounting.left_over + accounting.excluded
+        != accounting.genome_bases
+    ):
         raise DataError(f"{folder}: base accounting does not add up ({accounting}); the shards do not match the plan")
     mix = []
     for g, entry in enumerate(plan.genomes):
         settings, stats = plan.config.genome_settings(g), plan.per_genome[g]
-        mix.append(GenomeMix(name=settings.name, path=entry.path, weight=settings.weight, tags=settings.tags,
-                             bases=stats["bases"], excluded=stats["excluded"],
-                             dropped_n=stats["bases"] - stats["excluded"] - stats["segment_bases"],
-                             in_samples=sum(per_genome(i, g, "in_samples") for i in infos.values()),
-                             left_over=sum(per_genome(i, g, "left_over") for i in infos.values()),
-                             samples={split: splits[split].genome_samples[g] for split in SPLITS}))
+        mix.append(
+            GenomeMix(
+                name=settings.name,
+                path=entry.path,
+                weight=settings.weight,
+                tags=settings.tags,
+                bases=stats["bases"],
+                excluded=stats["excluded"],
+                dropped_n=stats["bases"] - stats["excluded"] - stats["segment_bases"],
+                in_samples=sum(per_genome(i, g, "in_samples") for i in infos.values()),
+                left_over=sum(per_genome(i, g, "left_over") for i in infos.values()),
+                samples={split: splits[split].genome_samples[g] for split in SPLITS},
+            )
+        )
     num_samples = total("num_samples")
     padding = total("padding_tokens")
     manifest = Manifest(
-        plan_fingerprint=plan.fingerprint, tokenizers=[listed(folder, t) for t in plan.tokenizers], views=plan.config.views,
-        genomes=[ManifestGenome(path=g.path, sha256=g.sha256, num_contigs=len(g.contigs), bases=sum(c.length for c in g.contigs))
-                 for g in plan.genomes],
-        seq_len=plan.config.seq_len, reverse_complement=plan.config.reverse_complement, num_samples=num_samples,
-        num_tokens=total("num_tokens"), padding_tokens=padding,
+        plan_fingerprint=plan.fingerprint,
+        tokenizers=[listed(folder, t) for t in plan.tokenizers],
+        views=plan.config.views,
+        genomes=[
+            ManifestGenome(
+                path=g.path, sha256=g.sha256, num_contigs=len(g.contigs), bases=sum(c.length for c in g.contigs)
+            )
+            for g in plan.genomes
+        ],
+        seq_len=plan.config.seq_len,
+        reverse_complement=plan.config.reverse_complement,
+        num_samples=num_samples,
+        num_tokens=total("num_tokens"),
+        padding_tokens=padding,
         padding_fraction=padding / (num_samples * plan.config.seq_len) if num_samples else 0.0,
-        splits=splits, accounting=accounting, settings=plan.config.model_dump(), mix=mix,
+        splits=splits,
+        accounting=accounting,
+        settings=plan.config.model_dump(),
+        mix=mix,
     )
     write_contigs(folder, plan.genomes)
     manifest.save(folder)

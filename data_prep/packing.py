@@ -37,7 +37,8 @@ class FragmentPacker:
     bases: int = 0
 
     def add(self, genome: int, contig: str, start: int, encoding) -> list[PackedWindow]:
-        """Append one fragment (its encoding, starting at base ``start`` of ``contig``); return the windows it filled."""
+        """Append one fragment (its encoding, starting at base ``start`` of ``contig``); return the windows it
+        filled."""
         out = self.flush() if self.genome is not None and genome != self.genome else []
         self.genome = genome
         ids, offsets, taken = encoding.ids, encoding.offsets, 0
@@ -63,7 +64,8 @@ class FragmentPacker:
     def _emit(self) -> PackedWindow:
         ids = np.concatenate(self.ids)
         padding = self.seq_len - len(ids)
-        window = PackedWindow(self.genome, self.parts, np.concatenate([ids, np.full(padding, PAD_ID, ids.dtype)]),
-                              padding, self.bases)
+        window = PackedWindow(
+            self.genome, self.parts, np.concatenate([ids, np.full(padding, PAD_ID, ids.dtype)]), padding, self.bases
+        )
         self.ids, self.parts, self.length, self.bases = [], [], 0, 0
         return window

@@ -25,8 +25,8 @@ from dnalm import genome as genome_io
 from dnalm import tokenizers as tokenizer_registry
 from dnalm.data.manifest import DataError, GenomeEntry, TokenizerEntry
 from dnalm.data.shards import token_dtype
-from dnalm.utils.errors import validated
 from dnalm.tokenizers import KmerTokenizer, Tokenizer
+from dnalm.utils.errors import validated
 from dnalm.utils.files import fsync_path, fsync_tree, rename_durably, write_atomic
 
 PLAN_FILE = "plan.json"
@@ -42,18 +42,28 @@ class PrepConfig(BaseModel):
 
     genomes: list[str] = Field(min_length=1)
     tokenizers: list[str] = Field(min_length=1, description="tokenizer specs: nucleotide, kmer:6, bpe:PATH")
-    seq_len: int = Field(ge=8, le=1 << 20, description="tokens per sample (with --views: the whole [CLS] v0 [SEP] … input)")
+    seq_len: int = Field(
+        ge=8, le=1 << 20, description="tokens per sample (with --views: the whole [CLS] v0 [SEP] … input)"
+    )
     views: bool = Field(False, description="one sample holds every tokenizer's view of the same bases")
     val_fraction: float = Field(0.02, ge=0, lt=1, description="fraction of blocks held out for validation")
-    val_block_bases: int = Field(100_000, ge=1_000, description="size of the genomic blocks the validation split is drawn in")
+    val_block_bases: int = Field(
+        100_000, ge=1_000, description="size of the genomic blocks the validation split is drawn in"
+    )
     reverse_complement: bool = Field(False, description="also write every window's reverse complement")
     shard_size_mb: float = Field(64.0, gt=0, description="target shard size")
     min_n_run: int = Field(100, ge=1, description="N runs at least this long split contigs; windows never cross them")
     seed: int = Field(0, description="seed of the validation block choice")
-    pack_fragments: bool = Field(False, description="pack pieces shorter than a window into shared windows, separated "
-                                 "by [SEP] (fragmented assemblies); default: windows never cross a contig, short pieces are left over")
-    corpus: list[GenomeSettings] = Field(default_factory=list, description="per genome: name, weight, tags, contig "
-                                         "filters (from a corpus YAML); empty: every contig, weight 1, named by file")
+    pack_fragments: bool = Field(
+        False,
+        description="pack pieces shorter than a window into shared windows, separated "
+        "by [SEP] (fragmented assemblies); default: windows never cross a contig, short pieces are left over",
+    )
+    corpus: list[GenomeSettings] = Field(
+        default_factory=list,
+        description="per genome: name, weight, tags, contig "
+        "filters (from a corpus YAML); empty: every contig, weight 1, named by file",
+    )
 
     @field_validator("genomes")
     @classmethod
@@ -61,12 +71,14 @@ class PrepConfig(BaseModel):
         return [str(Path(p).resolve()) for p in paths]
 
     @model_validator(mode="after")
-    def _one_setting_per_genome(self) -> "PrepConfig":
+    def _one_setting_per_genome(self) -> PrepConfig:
         if self.corpus and len(self.corpus) != len(self.genomes):
             raise ValueError(f"corpus has {len(self.corpus)} genome settings for {len(self.genomes)} genomes")
         if self.pack_fragments and (self.views or self.reverse_complement):
-            raise ValueError("pack_fragments packs one tokenizer's forward strand: it cannot be combined with --views or "
-                             "--reverse-complement")
+            raise ValueError(
+                "pack_fragments packs one tokenizer's forward strand: it cannot be combined with --views or "
+                "--reverse-complement"
+            )
         return self
 
     def genome_settings(self, index: int) -> GenomeSettings:
@@ -78,7 +90,7 @@ class PrepConfig(BaseModel):
         return GenomeSettings(name=name)
 
     @classmethod
-    def checked(cls, **values) -> "PrepConfig":
+    def checked(cls, **values) -> PrepConfig:
         return validated(cls, values, DataError, "prep")
 
 
@@ -121,26 +133,39 @@ class Plan:
         return sum(c.length for g in self.genomes for c in g.contigs)
 
     def to_json(self) -> str:
-        return json.dumps({
-            "fingerprint": self.fingerprint, "config": self.config.model_dump(),
-            "genomes": [g.model_dump() for g in self.genomes], "tokenizers": [t.model_dump() for t in self.tokenizers],
-            "segment_bases": self.segment_bases, "per_genome": self.per_genome,
-            "shards": [{"index": s.index, "split": s.split, "path": s.path, "pieces": [asdict(p) for p in s.pieces]}
-                       for s in self.shards],
-        })
+        return json.dumps(
+            {
+                "fingerprint": self.fingerprint,
+                "config": self.config.model_dump(),
+                "genomes": [g.model_dump() for g in self.genomes],
+                "tokenizers": [t.model_dump() for t in self.tokenizers],
+                "segment_bases": self.segment_bases,
+                "per_genome": self.per_genome,
+                "shards": [
+                    {"index": s.index, "split": s.split, "path": s.path, "pieces": [asdict(p) for p in s.pieces]}
+                    for s in self.shards
+                ],
+            }
+        )
 
     @classmethod
-    def load(cls, folder: Path) -> "Plan":
+    def load(cls, folder: Path) -> Plan:
         path = Path(folder) / PLAN_FILE
         if not path.is_file():
             raise DataError(f"{folder}: no {PLAN_FILE}; not a dnalm prep folder (or prep never started)")
         raw = json.loads(path.read_text())
         return cls(
-            raw["fingerprint"], PrepConfig(**raw["config"]), [GenomeEntry(**g) for g in raw["genomes"]],
-            [TokenizerEntry(**t) for t in raw["tokenizers"]], raw["segment_bases"],
+            raw["fingerprint"],
+            PrepConfig(**raw["config"]),
+            [GenomeEntry(**g) for g in raw["genomes"]],
+            [TokenizerEntry(**t) for t in raw["tokenizers"]],
+            raw["segment_bases"],
             [ShardPlan(s["index"], s["split"], s["path"], [Piece(**p) for p in s["pieces"]]) for s in raw["shards"]],
-            raw.get("per_genome") or [{"bases": sum(c["length"] for c in g["contigs"]), "excluded": 0,
-                                       "segment_bases": raw["segment_bases"]} for g in raw["genomes"]],
+            raw.get("per_genome")
+            or [
+                {"bases": sum(c["length"] for c in g["contigs"]), "excluded": 0, "segment_bases": raw["segment_bases"]}
+                for g in raw["genomes"]
+            ],
         )
 
     def load_tokenizers(self, folder: Path) -> list[Tokenizer]:
@@ -156,27 +181,41 @@ def check_tokenizers(config: PrepConfig) -> list[Tokenizer]:
     if any(isinstance(t, tokenizer_registry.ViewTokenizer) for t in tokenizers):
         raise DataError("prep: name views as --tokenizers A,B with --views, not A+B")
     if len(tokenizers) > 1 and not config.views:
-        raise DataError(f"prep: {len(tokenizers)} tokenizers need --views (one sample holds every view of the same "
-                        "bases); to get separate datasets, run prep once per tokenizer")
+        raise DataError(
+            f"prep: {len(tokenizers)} tokenizers need --views (one sample holds every view of the same "
+            "bases); to get separate datasets, run prep once per tokenizer"
+        )
     if config.views:
         overlapping = [t.name for t in tokenizers if isinstance(t, KmerTokenizer) and t.overlapping]
         if overlapping:
-            raise DataError(f"prep: overlapping k-mers ({', '.join(overlapping)}) cannot be a view: their tokens "
-                            "straddle window edges; use kmer:K (non-overlapping) or prep them alone")
+            raise DataError(
+                f"prep: overlapping k-mers ({', '.join(overlapping)}) cannot be a view: their tokens "
+                "straddle window edges; use kmer:K (non-overlapping) or prep them alone"
+            )
         if config.seq_len < 2 * (len(tokenizers) + 1) + 8:
             raise DataError(f"prep: --seq-len {config.seq_len} leaves almost no room next to [CLS] and the [SEP]s")
     return tokenizers
 
 
 def plan_fingerprint(config: PrepConfig, tokenizers: list[Tokenizer], genome_sha256: list[str]) -> str:
-    return hashlib.sha256(json.dumps({
-        "config": config.model_dump(exclude={k for k in ("corpus", "pack_fragments") if not getattr(config, k)}),
-        "genomes": genome_sha256, "tokenizers": [t.fingerprint for t in tokenizers], "version": 1,
-    }, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(
+        json.dumps(
+            {
+                "config": config.model_dump(
+                    exclude={k for k in ("corpus", "pack_fragments") if not getattr(config, k)}
+                ),
+                "genomes": genome_sha256,
+                "tokenizers": [t.fingerprint for t in tokenizers],
+                "version": 1,
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:16]
 
 
 def scan_genome(config: PrepConfig, g: int) -> dict:
-    """One genome's part of the plan: its contigs, the segments between long N runs of the kept ones, a probe of bases."""
+    """One genome's part of the plan: its contigs, the segments between long N runs of the kept ones, a probe of
+    bases."""
     path, settings = config.genomes[g], config.genome_settings(g)
     contigs, kept, segments, probe = [], [], [], None
     for contig in genome_io.iter_contigs(path):
@@ -187,7 +226,13 @@ def scan_genome(config: PrepConfig, g: int) -> dict:
         segments.append((contig.name, contig.segments(config.min_n_run)))
         if probe is None and len(segments[-1][1]):
             probe = contig.bases[segments[-1][1][0, 0] :][:200_000].copy()
-    return {"contigs": contigs, "kept": kept, "segments": segments, "probe": probe, "sha256": genome_io.file_sha256(path)}
+    return {
+        "contigs": contigs,
+        "kept": kept,
+        "segments": segments,
+        "probe": probe,
+        "sha256": genome_io.file_sha256(path),
+    }
 
 
 def _scan(args) -> dict:
@@ -210,8 +255,11 @@ def build_plan(config: PrepConfig, tokenizers: list[Tokenizer], processes: int =
         contigs, kept, segments = scan["contigs"], scan["kept"], scan["segments"]
         genomes.append(GenomeEntry(path=path, sha256=scan["sha256"], contigs=contigs))
         val_blocks = _validation_blocks(GenomeEntry(path=path, sha256=scan["sha256"], contigs=kept), config)
-        stats = {"bases": sum(c["length"] for c in contigs), "excluded": sum(c["length"] for c in contigs) -
-                 sum(c["length"] for c in kept), "segment_bases": 0}
+        stats = {
+            "bases": sum(c["length"] for c in contigs),
+            "excluded": sum(c["length"] for c in contigs) - sum(c["length"] for c in kept),
+            "segment_bases": 0,
+        }
         for name, segs in segments:
             for start, end in segs.tolist():
                 stats["segment_bases"] += end - start
@@ -225,22 +273,32 @@ def build_plan(config: PrepConfig, tokenizers: list[Tokenizer], processes: int =
     for split in SPLITS:
         for pieces in _pack(pieces_by_split[split], shard_bases):
             shards.append(ShardPlan(len(shards), split, f"{split}/shard-{len(shards):06d}.tar", pieces))
-    entries = [TokenizerEntry(name=t.name, kind=t.kind, fingerprint=t.fingerprint, vocab_size=t.vocab_size,
-                              folder=f"{TOKENIZER_DIR}/tok{i}") for i, t in enumerate(tokenizers)]
+    entries = [
+        TokenizerEntry(
+            name=t.name,
+            kind=t.kind,
+            fingerprint=t.fingerprint,
+            vocab_size=t.vocab_size,
+            folder=f"{TOKENIZER_DIR}/tok{i}",
+        )
+        for i, t in enumerate(tokenizers)
+    ]
     fingerprint = plan_fingerprint(config, tokenizers, [g.sha256 for g in genomes])
     return Plan(fingerprint, config, genomes, entries, sum(g["segment_bases"] for g in per_genome), shards, per_genome)
 
 
 def checked_fingerprint(config: PrepConfig) -> tuple[list[Tokenizer], str]:
-    """The tokenizers and the plan fingerprint of ``config``, once its genomes and tokenizers check out (no plan built)."""
+    """The tokenizers and the plan fingerprint of ``config``, once its genomes and tokenizers check out (no plan
+    built)."""
     tokenizers = check_tokenizers(config)
     for path in config.genomes:
         genome_io.check_path(path)
     return tokenizers, plan_fingerprint(config, tokenizers, [genome_io.file_sha256(p) for p in config.genomes])
 
 
-def prepare_folder(folder: Path, config: PrepConfig, wait_seconds: float = 3 * 3600, poll_seconds: float = 0.5,
-                   processes: int = 1) -> Plan:
+def prepare_folder(
+    folder: Path, config: PrepConfig, wait_seconds: float = 3 * 3600, poll_seconds: float = 0.5, processes: int = 1
+) -> Plan:
     """Write (or find) the plan of ``config`` in ``folder``; refuse a folder made from other inputs.
 
     Any number of jobs may call this at the same instant (a SLURM array on an empty folder): the one
@@ -256,8 +314,10 @@ def prepare_folder(folder: Path, config: PrepConfig, wait_seconds: float = 3 * 3
         if _take_lock(folder):
             break
         if time.monotonic() > deadline:
-            raise DataError(f"{folder}: waited {wait_seconds:.0f} s for the plan another job is building "
-                            f"({folder / LOCK_FILE}: {_lock_owner(folder)}); if that job died, remove the lock and re-run")
+            raise DataError(
+                f"{folder}: waited {wait_seconds:.0f} s for the plan another job is building "
+                f"({folder / LOCK_FILE}: {_lock_owner(folder)}); if that job died, remove the lock and re-run"
+            )
         time.sleep(poll_seconds)
     try:
         if (folder / PLAN_FILE).is_file():  # finished between our look and our lock
@@ -278,8 +338,10 @@ def prepare_folder(folder: Path, config: PrepConfig, wait_seconds: float = 3 * 3
 def _existing_plan(folder: Path, fingerprint: str) -> Plan:
     old = Plan.load(folder)
     if old.fingerprint != fingerprint:
-        raise DataError(f"{folder}: holds a prep of different inputs (plan {old.fingerprint}, this run {fingerprint}); "
-                        "choose another --out or remove it")
+        raise DataError(
+            f"{folder}: holds a prep of different inputs (plan {old.fingerprint}, this run {fingerprint}); "
+            "choose another --out or remove it"
+        )
     old.load_tokenizers(folder)
     return old
 
@@ -338,7 +400,9 @@ def _validation_blocks(genome: GenomeEntry, config: PrepConfig) -> set[tuple[str
     if config.val_fraction == 0 or len(blocks) < 2:
         return set()
     wanted = min(len(blocks) - 1, max(1, round(config.val_fraction * len(blocks))))
-    rank = sorted(blocks, key=lambda blk: hashlib.sha256(f"{config.seed}|{genome.sha256}|{blk[0]}|{blk[1]}".encode()).digest())
+    rank = sorted(
+        blocks, key=lambda blk: hashlib.sha256(f"{config.seed}|{genome.sha256}|{blk[0]}|{blk[1]}".encode()).digest()
+    )
     return set(rank[:wanted])
 
 

@@ -1,4 +1,5 @@
-"""``dnalm prep --out s3://…``: prepare in a local work folder, upload each shard once it is finished, the manifest last.
+"""``dnalm prep --out s3://…``: prepare in a local work folder, upload each shard once it is finished, the manifest
+last.
 
 - Before the plan is built, the destination is checked (unreachable, read-only, or holding a manifest or
   plan of other inputs: refused); once it is built, the plan and tokenizers go up.
@@ -21,11 +22,11 @@ from pathlib import Path
 from data_prep.merge import merge
 from data_prep.plan import PLAN_FILE, Plan, ShardPlan
 from data_prep.sidecars import shard_done, sidecar_path
-from dnalm.utils import faults
 from dnalm.data.cache import default_cache_dir
 from dnalm.data.manifest import CONTIGS_FILE, MANIFEST_FILE, DataError, Manifest
 from dnalm.data.shards import index_path
 from dnalm.data.sources import HttpSource, Source
+from dnalm.utils import faults
 
 PARALLEL = 16  # object requests in flight while checking a whole plan's shards
 
@@ -50,8 +51,10 @@ def check_destination(source: Source, fingerprint: str) -> None:
         raw = json.loads(source.read(name))
         theirs = raw.get("plan_fingerprint") or raw.get("fingerprint")
         if theirs != fingerprint:
-            raise DataError(f"{source.url_of(name)}: holds a prep of different inputs (plan {theirs}, this run "
-                            f"{fingerprint}); choose another --out")
+            raise DataError(
+                f"{source.url_of(name)}: holds a prep of different inputs (plan {theirs}, this run "
+                f"{fingerprint}); choose another --out"
+            )
 
 
 def start(source: Source, folder: Path, plan: Plan) -> None:
@@ -97,8 +100,10 @@ def publish(source: Source, folder: Path) -> Manifest | None:
         return None
     stale = [s.path for s in plan.shards if infos[s.index].get("plan_fingerprint") != plan.fingerprint]
     if stale:
-        raise DataError(f"{source.url_of(stale[0])}: its sidecar is from another plan ({len(stale)} shards); "
-                        "this destination mixes two preps: choose another --out")
+        raise DataError(
+            f"{source.url_of(stale[0])}: its sidecar is from another plan ({len(stale)} shards); "
+            "this destination mixes two preps: choose another --out"
+        )
     manifest = merge(folder, infos=infos)
     source.upload(folder / CONTIGS_FILE, CONTIGS_FILE)
     source.upload(folder / MANIFEST_FILE, MANIFEST_FILE)

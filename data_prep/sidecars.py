@@ -1,4 +1,5 @@
-"""A shard's sidecar (``SHARD.tar.json``): written last, it says the shard is whole, for which plan, with which checksum.
+"""A shard's sidecar (``SHARD.tar.json``): written last, it says the shard is whole, for which plan, with which
+checksum.
 
 The jobs write it, the merge and the publisher read it: a module of its own so that none of them imports another
 for it.

@@ -6,7 +6,16 @@ from dnalm.utils.errors import DnalmError, GenomeError, TokenizerError
 _moved.install()  # the module names of 0.1 (dnalm.finetune, dnalm.errors, ...) for one more release
 
 __version__ = "0.1.0"
-__all__ = ["DnalmError", "GenomeError", "TokenizerError", "embed", "genome", "load_pretrained", "tokenizers", "__version__"]
+__all__ = [
+    "DnalmError",
+    "GenomeError",
+    "TokenizerError",
+    "embed",
+    "genome",
+    "load_pretrained",
+    "tokenizers",
+    "__version__",
+]
 
 
 def __getattr__(name: str):

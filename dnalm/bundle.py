@@ -25,8 +25,15 @@ class BundleError(DnalmError):
     """A bundle folder that is missing a piece or does not match its config."""
 
 
-def save_bundle(folder: str | Path, model: torch.nn.Module, tokenizer, *, card: str = "", extra: dict | None = None,
-                dtype: torch.dtype = torch.float32) -> Path:
+def save_bundle(
+    folder: str | Path,
+    model: torch.nn.Module,
+    tokenizer,
+    *,
+    card: str = "",
+    extra: dict | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
     """Write a bundle atomically (a temporary folder renamed into place)."""
     from safetensors.torch import save_file
 
@@ -35,8 +42,12 @@ def save_bundle(folder: str | Path, model: torch.nn.Module, tokenizer, *, card: 
         if model.config.tie_embeddings:
             state.pop("head.weight", None)
         save_file(state, str(staging / WEIGHTS), metadata={"format": FORMAT})
-        config = {"format": FORMAT, "model": model.config.model_dump(), "dtype": str(dtype).removeprefix("torch."),
-                  "tokenizer": {"name": tokenizer.name, "fingerprint": tokenizer.fingerprint}} | (extra or {})
+        config = {
+            "format": FORMAT,
+            "model": model.config.model_dump(),
+            "dtype": str(dtype).removeprefix("torch."),
+            "tokenizer": {"name": tokenizer.name, "fingerprint": tokenizer.fingerprint},
+        } | (extra or {})
         (staging / CONFIG).write_text(json.dumps(config, indent=1))
         tokenizer.save(staging / TOKENIZER)
         (staging / CARD).write_text(card)
@@ -48,12 +59,18 @@ def read_config(folder: str | Path) -> dict:
     if not folder.is_dir():
         raise BundleError(f"{folder}: no such bundle folder")
     if (folder / "checkpoints").is_dir() or (folder / "meta.json").is_file():
-        raise BundleError(f"{folder}: a training run or checkpoint, not a bundle; make one with `dnalm convert {folder} "
-                          "--out BUNDLE`")
-    if (folder / "config.json").is_file() and not (folder / TOKENIZER).exists() and \
-            json.loads((folder / "config.json").read_text()).get("format") != FORMAT:
-        raise BundleError(f"{folder}: a Hugging Face folder, not a dnalm bundle; import it with `dnalm convert --from-hf "
-                          f"{folder} --out BUNDLE`")
+        raise BundleError(
+            f"{folder}: a training run or checkpoint, not a bundle; make one with `dnalm convert {folder} --out BUNDLE`"
+        )
+    if (
+        (folder / "config.json").is_file()
+        and not (folder / TOKENIZER).exists()
+        and json.loads((folder / "config.json").read_text()).get("format") != FORMAT
+    ):
+        raise BundleError(
+            f"{folder}: a Hugging Face folder, not a dnalm bundle; import it with `dnalm convert --from-hf "
+            f"{folder} --out BUNDLE`"
+        )
     for piece in (CONFIG, WEIGHTS, TOKENIZER):
         if not (folder / piece).exists():
             raise BundleError(f"{folder}: not a dnalm bundle (missing {piece})")
@@ -80,6 +97,8 @@ def load_pretrained(folder: str | Path, device: str | torch.device = "cpu"):
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     allowed_missing = {"head.weight"} if model.config.tie_embeddings else set()
     if set(missing) - allowed_missing or unexpected:
-        raise BundleError(f"{folder}: weights do not match the config (missing {sorted(set(missing) - allowed_missing)[:3]}, "
-                          f"unexpected {unexpected[:3]})")
+        raise BundleError(
+            f"{folder}: weights do not match the config (missing {sorted(set(missing) - allowed_missing)[:3]}, "
+            f"unexpected {unexpected[:3]})"
+        )
     return model.to(device).eval(), tokenizer

@@ -14,9 +14,8 @@ from pathlib import Path
 import torch
 
 from dnalm.bundle import save_bundle
-from dnalm.utils.errors import DnalmError
 from dnalm.train.checkpoint import MARKER, TAG, complete_checkpoints, read_meta
-
+from dnalm.utils.errors import DnalmError
 
 
 class ConvertError(DnalmError):
@@ -31,12 +30,16 @@ def resolve_checkpoint(source: str | Path) -> Path:
     if (source / "checkpoints").is_dir():
         complete = complete_checkpoints(source)
         if not complete:
-            raise ConvertError(f"{source}: the run has no complete checkpoint yet (none under checkpoints/ has its "
-                               f"{MARKER} marker); it saves every checkpoint.interval steps and at its end")
+            raise ConvertError(
+                f"{source}: the run has no complete checkpoint yet (none under checkpoints/ has its "
+                f"{MARKER} marker); it saves every checkpoint.interval steps and at its end"
+            )
         return complete[-1]
     if not (source / TAG).is_dir() and not (source / MARKER).is_file():
-        raise ConvertError(f"{source}: neither a run folder (no checkpoints/) nor a checkpoint (no {TAG}/); give RUN "
-                           "or RUN/checkpoints/step-N")
+        raise ConvertError(
+            f"{source}: neither a run folder (no checkpoints/) nor a checkpoint (no {TAG}/); give RUN "
+            "or RUN/checkpoints/step-N"
+        )
     return source
 
 
@@ -48,8 +51,11 @@ def check_complete(checkpoint: Path) -> dict:
     state = checkpoint / TAG
     stage3 = any(state.glob("zero_pp_rank_*_model_states.pt"))
     needed = [f"rng-rank{r}.pt" for r in range(world)]
-    needed += [f"{TAG}/zero_pp_rank_{r}_mp_rank_00_{kind}_states.pt" for r in range(world)
-               for kind in (("model", "optim") if stage3 else ("optim",))]
+    needed += [
+        f"{TAG}/zero_pp_rank_{r}_mp_rank_00_{kind}_states.pt"
+        for r in range(world)
+        for kind in (("model", "optim") if stage3 else ("optim",))
+    ]
     if not stage3:
         needed.append(f"{TAG}/mp_rank_00_model_states.pt")
     needed += ["model.yaml", "tokenizer"]
@@ -73,7 +79,9 @@ def load_checkpoint_model(checkpoint: Path):
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not (m == "head.weight" and model.config.tie_embeddings)]
     if missing or unexpected:
-        raise ConvertError(f"{checkpoint}: weights do not match model.yaml (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ConvertError(
+            f"{checkpoint}: weights do not match model.yaml (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return model.eval(), load_folder(checkpoint / "tokenizer"), meta
 
 
@@ -94,7 +102,8 @@ def model_card(model, tokenizer, meta: dict, checkpoint: Path) -> str:
     if manifest.is_file():
         genomes = [Path(g["path"]).name for g in json.loads(manifest.read_text())["genomes"]]
     lines = [
-        f"# {config.name} ({'masked' if config.arch != 'decoder' else 'causal'} DNA language model, dnalm)", "",
+        f"# {config.name} ({'masked' if config.arch != 'decoder' else 'causal'} DNA language model, dnalm)",
+        "",
         f"- architecture: {config.arch}, {config.n_layers} layers, d_model {config.d_model}, {config.n_heads} heads, "
         f"{config.attention} attention, {config.positions} positions, {config.norm}, {config.mlp}",
         f"- parameters: {count_parameters(model):,}",
@@ -103,7 +112,8 @@ def model_card(model, tokenizer, meta: dict, checkpoint: Path) -> str:
         f"(prep fingerprint {data.get('plan_fingerprint', '?')})",
         f"- trained: {meta['step']} steps, {meta.get('tokens_seen', 0):,} tokens seen, {meta['world_size']} processes",
         "- final losses: " + (", ".join(f"{k} {v:.4f}" for k, v in last.items()) or "not recorded"),
-        f"- converted from: {run_dir.name}/checkpoints/{checkpoint.name}", "",
+        f"- converted from: {run_dir.name}/checkpoints/{checkpoint.name}",
+        "",
         "Load it with `model, tokenizer = dnalm.load_pretrained(PATH)`.",
     ]
     return "\n".join(lines) + "\n"
@@ -116,7 +126,17 @@ def convert(source: str | Path, out: str | Path, to: str = "bundle", dtype: str 
         from dnalm.hf import export_hf
 
         return export_hf(model, tokenizer, Path(out), model_card(model, tokenizer, meta, checkpoint))
-    return save_bundle(out, model, tokenizer, card=model_card(model, tokenizer, meta, checkpoint),
-                       extra={"training": {"step": meta["step"], "tokens_seen": meta.get("tokens_seen"),
-                                       "seq_len": meta.get("data", {}).get("seq_len")}},
-                       dtype=getattr(torch, dtype))
+    return save_bundle(
+        out,
+        model,
+        tokenizer,
+        card=model_card(model, tokenizer, meta, checkpoint),
+        extra={
+            "training": {
+                "step": meta["step"],
+                "tokens_seen": meta.get("tokens_seen"),
+                "seq_len": meta.get("data", {}).get("seq_len"),
+            }
+        },
+        dtype=getattr(torch, dtype),
+    )

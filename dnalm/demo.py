@@ -23,17 +23,26 @@ def run(out: Path, steps: int = 300, processes: int = 2, seq_len: int = 256, log
     started = time.perf_counter()
     data = out / "data"
     log(f"[1/5] prep {genome.DEFAULT_GENOME.name} → {data}")
-    prep(PrepConfig(genomes=[str(genome.DEFAULT_GENOME)], tokenizers=["nucleotide"], seq_len=seq_len, shard_size_mb=4), data)
+    prep(
+        PrepConfig(genomes=[str(genome.DEFAULT_GENOME)], tokenizers=["nucleotide"], seq_len=seq_len, shard_size_mb=4),
+        data,
+    )
     runs, bundles = {}, {}
     for step_no, (kind, name) in enumerate((("encoder", "encoder-tiny"), ("decoder", "decoder-tiny")), start=2):
         run_dir = out / "runs" / name
-        log(f"[{step_no}/5] pretrain {name} ({'masked' if kind == 'encoder' else 'causal'} LM), {processes} DeepSpeed "
-            f"processes, {steps} steps → {run_dir}")
+        log(
+            f"[{step_no}/5] pretrain {name} ({'masked' if kind == 'encoder' else 'causal'} LM), {processes} DeepSpeed "
+            f"processes, {steps} steps → {run_dir}"
+        )
         _train(out, data, run_dir, name, steps, processes)
         runs[name] = run_dir
     log(f"[4/5] convert → {out / 'bundles'}")
     for name, run_dir in runs.items():
-        bundles[name] = convert(run_dir, out / "bundles" / name) if not (out / "bundles" / name).exists() else out / "bundles" / name
+        bundles[name] = (
+            convert(run_dir, out / "bundles" / name)
+            if not (out / "bundles" / name).exists()
+            else out / "bundles" / name
+        )
     log("[5/5] generate 3 sequences from decoder-tiny")
     model, tokenizer = load_pretrained(bundles["decoder-tiny"])
     prompt = "ATGACCATGATTACG"
@@ -41,11 +50,17 @@ def run(out: Path, steps: int = 300, processes: int = 2, seq_len: int = 256, log
     fasta = out / "generated.fasta"
     fasta.write_text(to_fasta(sequences, len(prompt), "decoder-tiny demo, temperature=0.9 top_k=4 seed=0"))
     curves = _plot(runs, out / "loss.png")
-    summary = {"out": str(out), "data": str(data), "runs": {k: str(v) for k, v in runs.items()},
-               "bundles": {k: str(v) for k, v in bundles.items()}, "generated": str(fasta), "loss_plot": str(curves),
-               "final_loss": {k: _last(v, "loss") for k, v in runs.items()},
-               "final_val_loss": {k: _last(v, "val_loss") for k, v in runs.items()},
-               "seconds": round(time.perf_counter() - started, 1)}
+    summary = {
+        "out": str(out),
+        "data": str(data),
+        "runs": {k: str(v) for k, v in runs.items()},
+        "bundles": {k: str(v) for k, v in bundles.items()},
+        "generated": str(fasta),
+        "loss_plot": str(curves),
+        "final_loss": {k: _last(v, "loss") for k, v in runs.items()},
+        "final_val_loss": {k: _last(v, "val_loss") for k, v in runs.items()},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -53,11 +68,18 @@ def run(out: Path, steps: int = 300, processes: int = 2, seq_len: int = 256, log
 def _train(out: Path, data: Path, run_dir: Path, model: str, steps: int, processes: int) -> None:
     from dnalm.train.spawn import spawn_training
 
-    config = {"run_dir": str(run_dir), "model": {"name": model}, "data": {"path": str(data), "num_workers": 1},
-              "optim": {"lr": 2e-3, "warmup_steps": max(1, steps // 10)}, "batch": {"micro_batch": 8, "global_batch": 8 * processes},
-              "budget": {"steps": steps}, "eval": {"interval": max(1, steps // 5), "batches": 4},
-              "checkpoint": {"interval": max(1, steps // 2), "keep_last": 2}, "logging": {"interval": max(1, steps // 50)},
-              "deepspeed": "zero2"}
+    config = {
+        "run_dir": str(run_dir),
+        "model": {"name": model},
+        "data": {"path": str(data), "num_workers": 1},
+        "optim": {"lr": 2e-3, "warmup_steps": max(1, steps // 10)},
+        "batch": {"micro_batch": 8, "global_batch": 8 * processes},
+        "budget": {"steps": steps},
+        "eval": {"interval": max(1, steps // 5), "batches": 4},
+        "checkpoint": {"interval": max(1, steps // 2), "keep_last": 2},
+        "logging": {"interval": max(1, steps // 50)},
+        "deepspeed": "zero2",
+    }
     spawn_training(config, out / "configs" / f"{model}.yaml", processes, run_dir.parent / f"{model}.log")
 
 
@@ -69,14 +91,18 @@ def _last(run_dir: Path, key: str):
 
 
 def _plot(runs: dict, path: Path) -> Path:
-    from dnalm.utils.plots import pyplot, save
     from dnalm.train.metrics import read
+    from dnalm.utils.plots import pyplot, save
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, run_dir in runs.items():
         records = read(run_dir)
-        ax.plot([r["step"] for r in records if "loss" in r], [r["loss"] for r in records if "loss" in r], label=f"{name} train")
+        ax.plot(
+            [r["step"] for r in records if "loss" in r],
+            [r["loss"] for r in records if "loss" in r],
+            label=f"{name} train",
+        )
         val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
         if val:
             ax.plot(*zip(*val), "o--", label=f"{name} validation")

@@ -17,10 +17,11 @@ import hashlib
 import os
 import warnings
 import zlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import numpy as np
 
@@ -89,7 +90,7 @@ class Contig:
         keep = ends > starts
         return np.stack([starts[keep], ends[keep]], axis=1)
 
-    def report(self, min_n_run: int = DEFAULT_MIN_N_RUN) -> "ContigReport":
+    def report(self, min_n_run: int = DEFAULT_MIN_N_RUN) -> ContigReport:
         n = len(self)
         counts = {ch: int(np.count_nonzero(self.bases == ord(ch))) for ch in "GCN"}
         runs = self.n_runs(min_n_run)
@@ -157,8 +158,9 @@ def read(path: str | os.PathLike, *, convert_u: bool = False, progress: bool = F
     return Genome(Path(path), list(iter_contigs(path, convert_u=convert_u, progress=progress)))
 
 
-def iter_contigs(path: str | os.PathLike, *, convert_u: bool = False, progress: bool = False,
-                 only: set[str] | None = None) -> Iterator[Contig]:
+def iter_contigs(
+    path: str | os.PathLike, *, convert_u: bool = False, progress: bool = False, only: set[str] | None = None
+) -> Iterator[Contig]:
     """Stream the records of a FASTA file one contig at a time (constant memory beyond one contig).
 
     ``only``: yield just these records; the sequence of the others is neither validated nor kept (a
@@ -273,7 +275,10 @@ class _FastaParser:
             self.any_byte = bool(block.strip())
         headers = _header_offsets(block)
         self._sequence(block, 0, headers[0] if headers else len(block))
-        counted, line = 0, self.lines_before + 1  # newlines counted up to `counted`: linear in the block, however many records
+        counted, line = (
+            0,
+            self.lines_before + 1,
+        )  # newlines counted up to `counted`: linear in the block, however many records
         for i, start in enumerate(headers):
             end_of_line = block.find(b"\n", start)
             end_of_line = len(block) if end_of_line < 0 else end_of_line
@@ -322,7 +327,11 @@ class _FastaParser:
             return None
         if not self.pieces or sum(len(b) for b, _ in self.pieces) == 0:
             self.skipped.append(name)
-            warnings.warn(f"{self.path}: record '{name}' (line {self.header_line}) has no sequence; skipped", GenomeWarning, stacklevel=2)
+            warnings.warn(
+                f"{self.path}: record '{name}' (line {self.header_line}) has no sequence; skipped",
+                GenomeWarning,
+                stacklevel=2,
+            )
             return None
         bases = np.concatenate([b for b, _ in self.pieces]) if len(self.pieces) > 1 else self.pieces[0][0]
         mask = np.concatenate([m for _, m in self.pieces]) if len(self.pieces) > 1 else self.pieces[0][1]
@@ -338,7 +347,10 @@ class _FastaParser:
         if self.name is None:
             if bases:
                 first = start + len(raw) - len(raw.lstrip(_WHITESPACE))
-                raise GenomeError(f"{self.path}: line {self._line_at(block, first)}: sequence before any '>' header (not a FASTA file?)")
+                raise GenomeError(
+                    f"{self.path}: line {self._line_at(block, first)}: sequence before any '>' header (not a FASTA "
+                    "file?)"
+                )
             return
         if b"\0" in bases:
             self._invalid(block, start + _first_invalid(raw, self.base_table))
@@ -395,7 +407,8 @@ class IndexedGenome:
         self._faidx = self._open_faidx()
         self._parsed: Genome | None = None if self._faidx is not None else read(self.path, convert_u=convert_u)
         self.lengths: dict[str, int] = (
-            {name: record.rlen for name, record in self._faidx.faidx.index.items()} if self._faidx is not None
+            {name: record.rlen for name, record in self._faidx.faidx.index.items()}
+            if self._faidx is not None
             else {c.name: len(c) for c in self._parsed}
         )
 
@@ -433,9 +446,13 @@ class IndexedGenome:
         bases = raw.translate(base_table)
         if b"\0" in bases:
             pos = start + bases.index(b"\0")
-            raise GenomeError(f"{self.path}: record '{name}', base {pos}: {chr(raw[pos - start])!r} is not a DNA letter")
+            raise GenomeError(
+                f"{self.path}: record '{name}', base {pos}: {chr(raw[pos - start])!r} is not a DNA letter"
+            )
         ambiguous = bases.count(b"N") - raw.count(b"N") - raw.count(b"n")
-        return Contig(name, np.frombuffer(bases, np.uint8), np.frombuffer(raw.translate(lower_table), np.bool_), ambiguous)
+        return Contig(
+            name, np.frombuffer(bases, np.uint8), np.frombuffer(raw.translate(lower_table), np.bool_), ambiguous
+        )
 
 
 def format_report(report: dict) -> str:

@@ -11,8 +11,10 @@ from pathlib import Path
 
 def module_name(path: Path) -> str:
     parts = list(path.with_suffix("").parts)
-    if parts[-1] == "__init__": parts = parts[:-1]
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
     return ".".join(parts)
+
 
 files = [p for root in ("dnalm", "data_prep") for p in Path(root).rglob("*.py")]
 names = {module_name(p): p for p in files}
@@ -34,22 +36,35 @@ for m, p in names.items():
                 graph[m].add(t)
 # strongly connected components (Tarjan)
 index, low, stack, on, sccs, counter = {}, {}, [], set(), [], [0]
+
+
 def strong(v):
-    index[v] = low[v] = counter[0]; counter[0] += 1; stack.append(v); on.add(v)
+    index[v] = low[v] = counter[0]
+    counter[0] += 1
+    stack.append(v)
+    on.add(v)
     for w in graph[v]:
         if w not in index:
-            strong(w); low[v] = min(low[v], low[w])
+            strong(w)
+            low[v] = min(low[v], low[w])
         elif w in on:
             low[v] = min(low[v], index[w])
     if low[v] == index[v]:
         comp = []
         while True:
-            w = stack.pop(); on.discard(w); comp.append(w)
-            if w == v: break
-        if len(comp) > 1: sccs.append(sorted(comp))
+            w = stack.pop()
+            on.discard(w)
+            comp.append(w)
+            if w == v:
+                break
+        if len(comp) > 1:
+            sccs.append(sorted(comp))
+
+
 sys.setrecursionlimit(10000)
 for v in graph:
-    if v not in index: strong(v)
+    if v not in index:
+        strong(v)
 print(f"modules: {len(names)}, import cycles: {len(sccs)}")
 for c in sccs:
     print("  ", " <-> ".join(c))

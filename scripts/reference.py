@@ -1,7 +1,7 @@
 """Write the generated references: docs/config.md from the pydantic configs, docs/cli.md from the command line.
 
-    python scripts/reference.py           # rewrite both
-    python scripts/reference.py --check   # exit 1, naming the file, when either is stale (tests/test_docs.py)
+python scripts/reference.py           # rewrite both
+python scripts/reference.py --check   # exit 1, naming the file, when either is stale (tests/test_docs.py)
 """
 
 from __future__ import annotations
@@ -60,11 +60,20 @@ def config_markdown() -> str:
     from dnalm.train.config import TrainConfig
 
     testing: list[str] = []
-    out = ["# Configuration reference", "", GENERATED, "",
-           "Every key a YAML file may hold, with its type, default and meaning. A training config is one YAML under",
-           "`configs/train/` (overrides on the command line: `key.sub=value`); a model is a named size or a YAML under",
-           "`configs/model/`, changed field by field with `model.overrides`; a corpus is a YAML under `configs/data/`.",
-           "", "## Training (`dnalm train --config`)", "", "### Top level", ""]
+    out = [
+        "# Configuration reference",
+        "",
+        GENERATED,
+        "",
+        "Every key a YAML file may hold, with its type, default and meaning. A training config is one YAML under",
+        "`configs/train/` (overrides on the command line: `key.sub=value`); a model is a named size or a YAML under",
+        "`configs/model/`, changed field by field with `model.overrides`; a corpus is a YAML under `configs/data/`.",
+        "",
+        "## Training (`dnalm train --config`)",
+        "",
+        "### Top level",
+        "",
+    ]
     out += _table(TrainConfig, "", testing)
     for name, field in TrainConfig.model_fields.items():
         section = field.annotation
@@ -75,8 +84,16 @@ def config_markdown() -> str:
     out += ["", "## Corpus (`configs/data/*.yaml`, `dnalm prep --corpus`)", ""] + _table(Corpus, "", testing)
     out += ["", "### Each genome of a corpus", ""] + _table(GenomeSettings, "", testing)
     if testing:
-        out += ["", "## Settings for tests only", "", "Fault injection the test suite uses; a run never needs them.", "",
-                "| key | type | default | what it does |", "| --- | --- | --- | --- |", *testing]
+        out += [
+            "",
+            "## Settings for tests only",
+            "",
+            "Fault injection the test suite uses; a run never needs them.",
+            "",
+            "| key | type | default | what it does |",
+            "| --- | --- | --- | --- |",
+            *testing,
+        ]
     return "\n".join(out) + "\n"
 
 
@@ -84,10 +101,25 @@ def cli_markdown() -> str:
     from dnalm.cli import COMMANDS, build_parser
 
     parser = build_parser()
-    out = ["# Command reference", "", GENERATED, "", "Every `dnalm` command and its options, as `--help` prints them.", ""]
+    out = [
+        "# Command reference",
+        "",
+        GENERATED,
+        "",
+        "Every `dnalm` command and its options, as `--help` prints them.",
+        "",
+    ]
     for command in COMMANDS:
-        out += [f"## `dnalm {' '.join(command.path)}`", "", command.help, "", "```text", _help(parser, command.path), "```",
-                ""]
+        out += [
+            f"## `dnalm {' '.join(command.path)}`",
+            "",
+            command.help,
+            "",
+            "```text",
+            _help(parser, command.path),
+            "```",
+            "",
+        ]
     return "\n".join(out)
 
 

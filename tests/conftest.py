@@ -52,7 +52,9 @@ def write_fasta(tmp_path):
 
 
 def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dnalm", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "dnalm", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def refused_by_cli(*args: str) -> subprocess.CompletedProcess:
@@ -100,16 +102,26 @@ def prep_folder(folder: Path, genomes, tokenizers=("nucleotide",), **settings) -
 @pytest.fixture(scope="session")
 def ecoli_prepared(tmp_path_factory) -> Path:
     """The bundled genome as nucleotide windows of 512, in ~1 MB shards, 5% held out."""
-    return prep_folder(tmp_path_factory.mktemp("ecoli") / "data", [genome.DEFAULT_GENOME], seq_len=512,
-                       shard_size_mb=1.0, val_fraction=0.05)
+    return prep_folder(
+        tmp_path_factory.mktemp("ecoli") / "data",
+        [genome.DEFAULT_GENOME],
+        seq_len=512,
+        shard_size_mb=1.0,
+        val_fraction=0.05,
+    )
 
 
 @pytest.fixture(scope="session")
 def ecoli128(tmp_path_factory) -> Path:
     """The bundled genome as nucleotide windows of 128 in ~2 MB shards, 5% held out; shared by the training tests,
     which only read it (a test that damages data damages a copy)."""
-    return prep_folder(tmp_path_factory.mktemp("ecoli128") / "data", [genome.DEFAULT_GENOME], seq_len=128,
-                       shard_size_mb=2.0, val_fraction=0.05)
+    return prep_folder(
+        tmp_path_factory.mktemp("ecoli128") / "data",
+        [genome.DEFAULT_GENOME],
+        seq_len=128,
+        shard_size_mb=2.0,
+        val_fraction=0.05,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -119,8 +131,19 @@ def trained(tmp_path_factory, ecoli128):
 
     root = tmp_path_factory.mktemp("use")
     decoder, encoder = root / "decoder", root / "encoder"
-    run([sys.executable, "-m", "dnalm", "train", "--config", str(CONFIG),
-         *overrides(ecoli128, decoder, **{"model.name": "decoder-tiny", "budget.steps": 12, "checkpoint.interval": 6})])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "dnalm",
+            "train",
+            "--config",
+            str(CONFIG),
+            *overrides(
+                ecoli128, decoder, **{"model.name": "decoder-tiny", "budget.steps": 12, "checkpoint.interval": 6}
+            ),
+        ]
+    )
     run(torchrun_cmd(2, ecoli128, encoder, deepspeed="zero3", **{"budget.steps": 12, "checkpoint.interval": 6}))
     return {"decoder": decoder, "encoder": encoder, "root": root, "data": ecoli128}
 

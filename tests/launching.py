@@ -22,25 +22,58 @@ def free_port() -> int:
 
 
 def overrides(data: Path, run: Path, **extra) -> list[str]:
-    settings = {"data.path": data, "run_dir": run, "model.name": "encoder-tiny", "budget.steps": 30, "eval.interval": 10,
-                "checkpoint.interval": 10, "logging.interval": 1, "logging.wandb": "disabled", "batch.micro_batch": 4,
-                "batch.global_batch": 8, "data.num_workers": 1} | extra
+    settings = {
+        "data.path": data,
+        "run_dir": run,
+        "model.name": "encoder-tiny",
+        "budget.steps": 30,
+        "eval.interval": 10,
+        "checkpoint.interval": 10,
+        "logging.interval": 1,
+        "logging.wandb": "disabled",
+        "batch.micro_batch": 4,
+        "batch.global_batch": 8,
+        "data.num_workers": 1,
+    } | extra
     return [f"{k}={v}" for k, v in settings.items()]
 
 
-# Both run launch/train.py on n local ranks. torchrun starts ranks ~4.6 s sooner than the deepspeed runner (which imports
+# Both run launch/train.py on n local ranks. torchrun starts ranks ~4.6 s sooner than the deepspeed runner (which
+# imports
 # DeepSpeed twice, in the runner and in its launcher), so tests whose subject is not the launcher use it.
 LAUNCHERS = {
-    "deepspeed": lambda n: [sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(free_port()),
-                            "--num_gpus", str(n)],
-    "torchrun": lambda n: [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
-                           "--master_addr", "127.0.0.1", "--master_port", str(free_port())],
+    "deepspeed": lambda n: [
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--master_port",
+        str(free_port()),
+        "--num_gpus",
+        str(n),
+    ],
+    "torchrun": lambda n: [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(n),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+    ],
 }
 
 
 def launch_cmd(launcher: str, n: int, data: Path, run: Path, *args: str, **extra) -> list[str]:
-    return [*LAUNCHERS[launcher](n), str(REPO / "launch" / "train.py"), "--config", str(CONFIG),
-            *overrides(data, run, **extra), *args]
+    return [
+        *LAUNCHERS[launcher](n),
+        str(REPO / "launch" / "train.py"),
+        "--config",
+        str(CONFIG),
+        *overrides(data, run, **extra),
+        *args,
+    ]
 
 
 def deepspeed_cmd(n: int, data: Path, run: Path, *args: str, **extra) -> list[str]:
@@ -54,7 +87,9 @@ def torchrun_cmd(n: int, data: Path, run: Path, *args: str, **extra) -> list[str
 def run(cmd, expect_ok=True, timeout=600, faults: str | None = None) -> subprocess.CompletedProcess:
     """Run a launch in its own process group (a fault that kills its group never reaches pytest)."""
     env = os.environ | LAUNCH_ENV | ({"DNALM_FAULTS": faults} if faults else {})  # as it is now (a test may set AWS_*)
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO, start_new_session=True)
+    done = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO, start_new_session=True
+    )
     if expect_ok:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
@@ -76,7 +111,9 @@ def sample_keys(run_dir: Path, ranks: int = 2) -> list[list[str]]:
 def start(cmd, log: Path, env: dict | None = None) -> subprocess.Popen:
     """Start a launch in its own session, its output to ``log`` (read it with ``log.read_text()``)."""
     with open(log, "w") as fh:
-        return subprocess.Popen(cmd, env=env or ENV, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+        return subprocess.Popen(
+            cmd, env=env or ENV, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
+        )
 
 
 def wait_for_step(run_dir: Path, step: int, job: subprocess.Popen, log: Path, timeout: float = 300) -> None:

@@ -25,8 +25,9 @@ def inputs(seed=0, length=T, dtype=torch.float32):
 @pytest.mark.parametrize("padded", [False, True])
 def test_softmax_backends_match_eager(backend, causal, alibi, padded):
     q, k, v, pos, mask = inputs()
-    kwargs = dict(causal=causal, q_pos=pos, k_pos=pos, key_mask=mask if padded else None,
-                  alibi=alibi_slopes(H) if alibi else None)
+    kwargs = dict(
+        causal=causal, q_pos=pos, k_pos=pos, key_mask=mask if padded else None, alibi=alibi_slopes(H) if alibi else None
+    )
     expected = ATTENTION["eager"](q, k, v, **kwargs)
     got = ATTENTION[backend](q, k, v, **kwargs)
     rows = mask if padded else torch.ones_like(mask)  # outputs at padded queries are unused
@@ -75,15 +76,19 @@ def test_rope_inputs_match_eager(backend):
     q, k = rotary(q, pos), rotary(k, pos)
     for causal in (False, True):
         kwargs = dict(causal=causal, q_pos=pos, k_pos=pos)
-        torch.testing.assert_close(ATTENTION[backend](q, k, v, **kwargs), ATTENTION["eager"](q, k, v, **kwargs), atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            ATTENTION[backend](q, k, v, **kwargs), ATTENTION["eager"](q, k, v, **kwargs), atol=2e-5, rtol=1e-4
+        )
 
 
 def test_rope_scores_depend_on_relative_position_only():
     rotary = Rotary(D, 10_000.0)
     g = torch.Generator().manual_seed(0)  # unseeded, a score near 0 once failed a purely relative tolerance
     q, k = torch.randn(1, 1, 1, D, generator=g), torch.randn(1, 1, 1, D, generator=g)
+
     def score(i, j):
         return float(rotary(q, torch.tensor([[i]])) @ rotary(k, torch.tensor([[j]])).transpose(-1, -2))
+
     assert score(5, 2) == pytest.approx(score(105, 102), rel=1e-4, abs=1e-5)
 
 
@@ -124,8 +129,15 @@ def test_performer_padding_is_ignored_noncausal():
     performer = PerformerFeatures(D, 64)
     full = ATTENTION["performer"](q, k, v, causal=False, q_pos=pos, k_pos=pos, key_mask=mask, performer=performer)
     real = mask[1].sum()
-    alone = ATTENTION["performer"](q[1:, :, :real], k[1:, :, :real], v[1:, :, :real], causal=False,
-                                   q_pos=pos[1:, :real], k_pos=pos[1:, :real], performer=performer)
+    alone = ATTENTION["performer"](
+        q[1:, :, :real],
+        k[1:, :, :real],
+        v[1:, :, :real],
+        causal=False,
+        q_pos=pos[1:, :real],
+        k_pos=pos[1:, :real],
+        performer=performer,
+    )
     torch.testing.assert_close(full[1:, :, :real], alone, atol=1e-5, rtol=1e-4)
 
 
@@ -195,8 +207,9 @@ def test_unpadded_encoder_alibi_reads_one_line_of_bias_per_head(monkeypatch):
     got = ATTENTION["flash"](q, k, v, **kwargs)
     grads = torch.autograd.grad((got * weights).sum(), (q, k, v))
     assert len(masks) == 2, "forward and backward each read the view"
-    assert all(m.shape == (1, H, length, length) and m.untyped_storage().nbytes() == H * (2 * length - 1) * 4
-               for m in masks)
+    assert all(
+        m.shape == (1, H, length, length) and m.untyped_storage().nbytes() == H * (2 * length - 1) * 4 for m in masks
+    )
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)
     for name, a, b in zip("qkv", grads, expected_grads):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=lambda m: f"d{name}: {m}")
@@ -216,27 +229,32 @@ def test_alibi_with_restarting_positions_takes_the_explicit_bias():
     assert not alibi_fused.applicable(q, k, pos, pos, 0.0, causal=False)
     for causal in (False, True):
         kwargs = dict(causal=causal, q_pos=pos, k_pos=pos, alibi=alibi_slopes(H))
-        torch.testing.assert_close(ATTENTION["flash"](q, k, v, **kwargs), ATTENTION["eager"](q, k, v, **kwargs),
-                                   atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            ATTENTION["flash"](q, k, v, **kwargs), ATTENTION["eager"](q, k, v, **kwargs), atol=2e-5, rtol=1e-4
+        )
 
 
 @pytest.mark.parametrize("alibi", [False, True])
 def test_sdpa_hands_the_cpu_kernel_contiguous_heads(alibi, monkeypatch):
-    """Heads arrive as strided views of the (B, T, 3·H·D) projection; the CPU kernel would read them in place, slower."""
+    """Heads arrive as strided views of the (B, T, 3·H·D) projection; the CPU kernel would read them in place,
+    slower."""
     import dnalm.models.attention as attention
     from dnalm.models import alibi_fused
 
     seen = []
     for owner, name in ((attention.F, "scaled_dot_product_attention"), (alibi_fused, "fused_alibi")):
         real = getattr(owner, name)
-        monkeypatch.setattr(owner, name, lambda q, k, v, _real=real, **kw: seen.append((q, k, v)) or _real(q, k, v, **kw))
+        monkeypatch.setattr(
+            owner, name, lambda q, k, v, _real=real, **kw: seen.append((q, k, v)) or _real(q, k, v, **kw)
+        )
     projection = torch.randn(B, T, 3, H, D)
     q, k, v = projection.permute(2, 0, 3, 1, 4)
     assert not q.is_contiguous()
     pos = torch.arange(T).expand(B, T)
     kwargs = dict(causal=False, q_pos=pos, k_pos=pos, alibi=alibi_slopes(H) if alibi else None)
-    torch.testing.assert_close(ATTENTION["sdpa"](q, k, v, **kwargs), ATTENTION["eager"](q, k, v, **kwargs),
-                               atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        ATTENTION["sdpa"](q, k, v, **kwargs), ATTENTION["eager"](q, k, v, **kwargs), atol=2e-5, rtol=1e-4
+    )
     assert len(seen) == 1 and all(x.is_contiguous() for x in seen[0])
 
 
@@ -295,7 +313,9 @@ def test_cuda_alibi_goes_through_flex_with_the_gradients_of_eager(causal, padded
         mask[2] = False
     slopes = alibi_slopes(H, device)
     calls = []
-    monkeypatch.setattr(alibi_flex, "flex_alibi", lambda *a, _f=alibi_flex.flex_alibi, **kw: calls.append(1) or _f(*a, **kw))
+    monkeypatch.setattr(
+        alibi_flex, "flex_alibi", lambda *a, _f=alibi_flex.flex_alibi, **kw: calls.append(1) or _f(*a, **kw)
+    )
     ours = [x.to(dtype).requires_grad_(True) for x in (q, k, v)]
     got = ATTENTION["sdpa"](*ours, causal=causal, q_pos=pos, k_pos=pos, key_mask=mask if padded else None, alibi=slopes)
     weights = torch.randn(got.shape, device=device, generator=g, dtype=torch.float64)
@@ -304,7 +324,9 @@ def test_cuda_alibi_goes_through_flex_with_the_gradients_of_eager(causal, padded
     assert calls and torch.isfinite(got).all() and all(torch.isfinite(x.grad).all() for x in ours)
     monkeypatch.undo()
     ref = [x.clone().requires_grad_(True) for x in (q, k, v)]
-    expected = ATTENTION["eager"](*ref, causal=causal, q_pos=pos, k_pos=pos, key_mask=mask if padded else None, alibi=slopes)
+    expected = ATTENTION["eager"](
+        *ref, causal=causal, q_pos=pos, k_pos=pos, key_mask=mask if padded else None, alibi=slopes
+    )
     (expected * weights * real).sum().backward()
     bound = 1e-3 if dtype == torch.float32 else 2e-2
 
@@ -327,8 +349,15 @@ def test_alibis_explicit_bias_stays_fp32_and_bf16_cached_decoding_matches_the_fu
 
     q = torch.zeros(1, 4, 1, 8, dtype=torch.bfloat16)
     k = torch.zeros(1, 4, 2048, 8, dtype=torch.bfloat16)
-    mask = additive_mask(q, k, causal=True, q_pos=torch.tensor([[2047]]), k_pos=torch.arange(2048)[None], key_mask=None,
-                         alibi=alibi_slopes(4))
+    mask = additive_mask(
+        q,
+        k,
+        causal=True,
+        q_pos=torch.tensor([[2047]]),
+        k_pos=torch.arange(2048)[None],
+        key_mask=None,
+        alibi=alibi_slopes(4),
+    )
     assert mask.dtype == torch.float32 and float(mask[0, -1, 0, 0]) == -2047 * float(alibi_slopes(4)[-1])
 
     torch.manual_seed(0)
@@ -340,9 +369,9 @@ def test_alibis_explicit_bias_stays_fp32_and_bf16_cached_decoding_matches_the_fu
         cache = model(ids[:, :-32], use_cache=True, logits=False).cache
         steps = []
         for t in range(ids.shape[1] - 32, ids.shape[1]):
-            out = model(ids[:, t:t + 1], cache=cache, use_cache=True)
+            out = model(ids[:, t : t + 1], cache=cache, use_cache=True)
             cache = out.cache
             steps.append(out.logits[:, -1].float())
     cached = torch.stack(steps, 1)
     spread = float(full.abs().max())
-    assert float((cached - full).abs().max()) <= 2 ** -6 * spread, (float((cached - full).abs().max()), spread)
+    assert float((cached - full).abs().max()) <= 2**-6 * spread, (float((cached - full).abs().max()), spread)

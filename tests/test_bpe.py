@@ -7,15 +7,18 @@ import sys
 import pytest
 
 from dnalm import genome
-from dnalm.utils.errors import TokenizerError
 from dnalm.tokenizers import bpe as bpe_module
 from dnalm.tokenizers import train_bpe
+from dnalm.utils.errors import TokenizerError
 from tests.conftest import CHR20, needs_shared
 
 
 def three_contig_fasta(ecoli, write_fasta, order=(0, 1, 2)):
-    parts = [("big", ecoli.sequence[:2_000_000]), ("mid", ecoli.sequence[2_000_000:3_000_000]),
-             ("small", ecoli.sequence[3_000_000:3_500_000])]
+    parts = [
+        ("big", ecoli.sequence[:2_000_000]),
+        ("mid", ecoli.sequence[2_000_000:3_000_000]),
+        ("small", ecoli.sequence[3_000_000:3_500_000]),
+    ]
     text = "".join(f">{parts[i][0]}\n{parts[i][1]}\n" for i in order)
     return write_fasta(text, f"three_{''.join(map(str, order))}.fa")
 
@@ -97,7 +100,8 @@ def test_chr20_with_one_gigabyte_stays_under_it(tmp_path):
     out = tmp_path / "bpe"
     script = (
         "import sys; from dnalm.cli import main; from dnalm.utils.memory import peak_rss_bytes; "
-        f"rc = main(['tokenizer', 'train-bpe', '{CHR20}', '--vocab-size', '4096', '--max-memory-gb', '1', '--out', '{out}']); "
+        f"rc = main(['tokenizer', 'train-bpe', '{CHR20}', '--vocab-size', '4096', '--max-memory-gb', '1', '--out', "
+        f"'{out}']); "
         "print('PEAK_KB', peak_rss_bytes() // 1024); sys.exit(rc)"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)

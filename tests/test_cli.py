@@ -22,8 +22,12 @@ def test_help_shows_every_default(capsys):
     with pytest.raises(SystemExit):
         main(["finetune", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
-    for option in ("passes over --train (default: 5)", "rows per step (default: 64)", "(default: 0.001)",
-                   "report mean ± std (default: 1)"):
+    for option in (
+        "passes over --train (default: 5)",
+        "rows per step (default: 64)",
+        "(default: 0.001)",
+        "report mean ± std (default: 1)",
+    ):
         assert option in shown, option
 
 

@@ -11,9 +11,9 @@ import sys
 import pytest
 import torch
 
-from dnalm.utils import faults
 from dnalm.train import checkpoint as ckpt
 from dnalm.train.ownership import LOCK, Owner, RunFolderInUse, RunLock, read_owner
+from dnalm.utils import faults
 
 
 def test_ranks_that_loaded_different_checkpoints_are_stopped_with_both_named():
@@ -132,7 +132,7 @@ def test_a_zero3_rank_other_than_0_never_holds_the_bundle(tmp_path):
 
     from dnalm.models import build_model, get_config
     from tests.conftest import REPO
-    from tests.launching import LAUNCHERS, LAUNCH_ENV
+    from tests.launching import LAUNCH_ENV, LAUNCHERS
 
     pairs, sizes, sums = [], {}, {}
     for name in ("decoder-tiny", "decoder-small"):
@@ -145,12 +145,19 @@ def test_a_zero3_rank_other_than_0_never_holds_the_bundle(tmp_path):
         sums[name] = float(sum(p.double().sum() for p in model.parameters()))
         pairs.append(f"{name}={folder}")
     env = os.environ | LAUNCH_ENV | {"MALLOC_MMAP_THRESHOLD_": "65536"}
-    done = subprocess.run([*LAUNCHERS["torchrun"](2), str(REPO / "tests" / "scripts" / "bundle_load_memory.py"), *pairs],
-                          env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    done = subprocess.run(
+        [*LAUNCHERS["torchrun"](2), str(REPO / "tests" / "scripts" / "bundle_load_memory.py"), *pairs],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     for name in sizes:
         assert found[name]["checksum"] == pytest.approx(sums[name], rel=1e-6)
     small, large = (found[name]["added_mb"] for name in ("decoder-tiny", "decoder-small"))
-    assert sizes["decoder-small"] > 40 and large[1] - small[1] < 0.15 * (sizes["decoder-small"] - sizes["decoder-tiny"]), \
-        (found, sizes)
+    assert sizes["decoder-small"] > 40 and large[1] - small[1] < 0.15 * (
+        sizes["decoder-small"] - sizes["decoder-tiny"]
+    ), (found, sizes)

@@ -9,8 +9,24 @@ from dnalm import genome
 from tests.conftest import SHARED_DATA, needs_shared, refused_by_cli, run_cli
 
 GUE = SHARED_DATA / "gue"
-SMALL = ["--genome", str(genome.DEFAULT_GENOME), "--variants", "views-bases", "--seeds", "1", "--pretrain-tokens", "4096",
-         "--seq-len", "256", "--lengths", "128", "--tasks", "prom_300_tata=64", "--epochs", "1"]
+SMALL = [
+    "--genome",
+    str(genome.DEFAULT_GENOME),
+    "--variants",
+    "views-bases",
+    "--seeds",
+    "1",
+    "--pretrain-tokens",
+    "4096",
+    "--seq-len",
+    "256",
+    "--lengths",
+    "128",
+    "--tasks",
+    "prom_300_tata=64",
+    "--epochs",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -59,17 +75,29 @@ def test_compare_resumes_from_finished_pieces_and_refuses_another_budget(compare
     assert not (root / "out3").exists()
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--variants", "transformer,lstm"], "unknown variant lstm"),
-    (["--genome", "/nonexistent/genome.fa"], "--genome /nonexistent/genome.fa: no such file"),
-    (["--tasks", "prom_core_all=many"], "--tasks: 'many' is not a whole number"),
-    (["--gue", "/nonexistent"], "no prom_core_all/train.csv"),
-    (["--seeds", "0"], "seeds"),
-    (["--tasks", "prom_core_all=1"], "at least 2 training rows"),
-    (["--lengths", "1024,4"], "at least 8 tokens"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--variants", "transformer,lstm"], "unknown variant lstm"),
+        (["--genome", "/nonexistent/genome.fa"], "--genome /nonexistent/genome.fa: no such file"),
+        (["--tasks", "prom_core_all=many"], "--tasks: 'many' is not a whole number"),
+        (["--gue", "/nonexistent"], "no prom_core_all/train.csv"),
+        (["--seeds", "0"], "seeds"),
+        (["--tasks", "prom_core_all=1"], "at least 2 training rows"),
+        (["--lengths", "1024,4"], "at least 8 tokens"),
+    ],
+)
 def test_compare_refuses_bad_input_before_writing_anything(tmp_path, flags, message):
-    done = refused_by_cli("bench", "compare", "--genome", str(genome.DEFAULT_GENOME), *flags, "--work", tmp_path / "work",
-                          "--out", tmp_path / "out")
+    done = refused_by_cli(
+        "bench",
+        "compare",
+        "--genome",
+        str(genome.DEFAULT_GENOME),
+        *flags,
+        "--work",
+        tmp_path / "work",
+        "--out",
+        tmp_path / "out",
+    )
     assert done.returncode == 1 and message in done.stderr, done.stderr
     assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()

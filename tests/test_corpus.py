@@ -23,8 +23,12 @@ def assembly(tmp_path_factory, ecoli=None):
     """Real E. coli sequence cut into the contig kinds a reference carries: a chromosome, chrM, an alt, an unplaced."""
     sequence = genome.read(genome.DEFAULT_GENOME).contigs[0].sequence
     folder = tmp_path_factory.mktemp("assembly")
-    parts = {"chr1": sequence[:1_000_000], "chrM": sequence[1_000_000:1_016_569], "chr1_alt": sequence[1_100_000:1_300_000],
-             "chrUn_KI270302v1": sequence[2_000_000:2_150_000]}
+    parts = {
+        "chr1": sequence[:1_000_000],
+        "chrM": sequence[1_000_000:1_016_569],
+        "chr1_alt": sequence[1_100_000:1_300_000],
+        "chrUn_KI270302v1": sequence[2_000_000:2_150_000],
+    }
     path = folder / "ref.fa"
     path.write_text("".join(f">{name}\n{seq}\n" for name, seq in parts.items()))
     return path, {name: len(seq) for name, seq in parts.items()}
@@ -32,11 +36,19 @@ def assembly(tmp_path_factory, ecoli=None):
 
 def test_contig_filters_and_the_mix_are_recorded(tmp_path, assembly):
     path, lengths = assembly
-    corpus = write_corpus(tmp_path / "corpus.yaml", [
-        {"name": "ref", "path": str(path), "weight": 2, "tags": ["bacterium", "reference"],
-         "exclude": ["chrM", "*_alt", "chrUn*"]},
-        {"name": "ecoli", "path": str(genome.DEFAULT_GENOME), "include": ["K-12*"]},
-    ])
+    corpus = write_corpus(
+        tmp_path / "corpus.yaml",
+        [
+            {
+                "name": "ref",
+                "path": str(path),
+                "weight": 2,
+                "tags": ["bacterium", "reference"],
+                "exclude": ["chrM", "*_alt", "chrUn*"],
+            },
+            {"name": "ecoli", "path": str(genome.DEFAULT_GENOME), "include": ["K-12*"]},
+        ],
+    )
     done = run_cli("prep", corpus, "--out", tmp_path / "data", "--seq-len", "512", "--val-fraction", "0")
     assert done.returncode == 0, done.stderr
     manifest = Manifest.load(tmp_path / "data")
@@ -58,9 +70,13 @@ def test_contig_filters_and_the_mix_are_recorded(tmp_path, assembly):
 def test_the_stream_draws_genomes_in_proportion_to_their_weights(tmp_path):
     part = tmp_path / "chr20_part.fa"
     part.write_text(f">20_part\n{genome.IndexedGenome(CHR20).fetch('20', 30_000_000, 40_000_000).sequence}\n")
-    corpus = write_corpus(tmp_path / "corpus.yaml", [
-        {"name": "ecoli", "path": str(genome.DEFAULT_GENOME), "weight": 3},
-        {"name": "human", "path": str(part), "weight": 1}])
+    corpus = write_corpus(
+        tmp_path / "corpus.yaml",
+        [
+            {"name": "ecoli", "path": str(genome.DEFAULT_GENOME), "weight": 3},
+            {"name": "human", "path": str(part), "weight": 1},
+        ],
+    )
     done = run_cli("prep", corpus, "--out", tmp_path / "data", "--seq-len", "1024", "--val-fraction", "0")
     assert done.returncode == 0, done.stderr
     manifest = Manifest.load(tmp_path / "data")
@@ -71,18 +87,23 @@ def test_the_stream_draws_genomes_in_proportion_to_their_weights(tmp_path):
     repeats = Counter(keys)
     rounds = share[0] // available[0]
     uneven = [n for k, n in repeats.items() if parse_key(k)["genome"] == 0 and n not in (rounds, rounds + 1)]
-    assert len(uneven) < 16 and set(uneven) <= {rounds - 1}, "oversampled evenly (but for the dropped last partial batch)"
+    assert len(uneven) < 16 and set(uneven) <= {rounds - 1}, (
+        "oversampled evenly (but for the dropped last partial batch)"
+    )
     assert max(n for k, n in repeats.items() if parse_key(k)["genome"] == 1) == 1, "undersampled without repeats"
-    again = [s["key"] for s in GenomeStream(tmp_path / "data", batch_size=16, seed=1, epochs=2)][len(keys):]
+    again = [s["key"] for s in GenomeStream(tmp_path / "data", batch_size=16, seed=1, epochs=2)][len(keys) :]
     assert set(k for k in again if parse_key(k)["genome"] == 1) != set(k for k in keys if parse_key(k)["genome"] == 1)
 
 
-@pytest.mark.parametrize("genomes,pattern", [
-    ([{"name": "a", "path": "x.fa"}, {"name": "a", "path": "y.fa"}], "genome names must be unique: a"),
-    ([{"name": "a", "path": "x.fa", "weight": 0}], "genomes.0.weight: Input should be greater than 0"),
-    ([{"name": "a"}], "genomes.0.path: Field required"),
-    ([{"name": "a", "path": "absent.fa"}], "absent.fa: no such file"),
-])
+@pytest.mark.parametrize(
+    "genomes,pattern",
+    [
+        ([{"name": "a", "path": "x.fa"}, {"name": "a", "path": "y.fa"}], "genome names must be unique: a"),
+        ([{"name": "a", "path": "x.fa", "weight": 0}], "genomes.0.weight: Input should be greater than 0"),
+        ([{"name": "a"}], "genomes.0.path: Field required"),
+        ([{"name": "a", "path": "absent.fa"}], "absent.fa: no such file"),
+    ],
+)
 def test_bad_corpus_files_are_refused_naming_the_field(tmp_path, genomes, pattern):
     corpus = write_corpus(tmp_path / "corpus.yaml", genomes)
     done = run_cli("prep", corpus, "--out", tmp_path / "data", "--seq-len", "512")

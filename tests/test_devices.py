@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
+from dnalm.models import build_model, get_config
 from dnalm.utils import devices
 from dnalm.utils.errors import DnalmError
-from dnalm.models import build_model, get_config
 from tests.conftest import REPO
 
 
@@ -18,9 +18,19 @@ def test_trainer_moves_inputs_and_collectives_to_the_engine_device(ecoli_prepare
     """The real trainer against an engine on another device (meta): every tensor it hands the engine, and the
     first collective of a training step and of evaluation, are on that device. On a trainer that leaves batches
     on the host, the engine sees CPU inputs and the collectives get CPU tensors, and this fails."""
-    done = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "device_boundary.py"), str(ecoli_prepared),
-                           str(tmp_path / "run")], capture_output=True, text=True, cwd=REPO, timeout=300,
-                          env={**__import__("os").environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)})
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tests" / "scripts" / "device_boundary.py"),
+            str(ecoli_prepared),
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env={**__import__("os").environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["engine_inputs"], "the engine was never called"
@@ -42,15 +52,18 @@ def test_device_choice():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without CUDA gives")
-@pytest.mark.parametrize("command", [
-    ("generate", "--model", "missing", "--prompt", "ACGT"),
-    ("finetune", "--arch", "cnn-small", "--train", "x.csv", "--dev", "y.csv", "--out", "z"),
-    ("bench", "train", "--out", "unused"),
-    ("bench", "attention", "--out", "unused"),
-    ("bench", "generate", "--out", "unused"),
-    ("bench", "data", "--out", "unused"),
-    ("bench", "compare", "--out", "unused"),
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("generate", "--model", "missing", "--prompt", "ACGT"),
+        ("finetune", "--arch", "cnn-small", "--train", "x.csv", "--dev", "y.csv", "--out", "z"),
+        ("bench", "train", "--out", "unused"),
+        ("bench", "attention", "--out", "unused"),
+        ("bench", "generate", "--out", "unused"),
+        ("bench", "data", "--out", "unused"),
+        ("bench", "compare", "--out", "unused"),
+    ],
+)
 def test_every_model_command_takes_device_and_refuses_absent_cuda(command, tmp_path, capsys, monkeypatch):
     from dnalm.cli import main
 
@@ -175,7 +188,9 @@ def test_checkpoints_carry_the_cuda_rng_state_when_cuda_is_present(monkeypatch):
 def test_deepspeed_configs_accumulate_fp32_under_bf16_and_fuse_adamw_on_gpu():
     from dnalm.train.config import TrainConfig, deepspeed_config
 
-    config = TrainConfig(run_dir="r", data={"path": "d"}, budget={"steps": 1}, batch={"micro_batch": 2, "global_batch": 4})
+    config = TrainConfig(
+        run_dir="r", data={"path": "d"}, budget={"steps": 1}, batch={"micro_batch": 2, "global_batch": 4}
+    )
     gpu = deepspeed_config(config, 2, on_gpu=True)
     assert gpu["bf16"] == {"enabled": True, "check_grad_overflow": True}
     assert gpu["data_types"] == {"grad_accum_dtype": "fp32"}
@@ -185,17 +200,21 @@ def test_deepspeed_configs_accumulate_fp32_under_bf16_and_fuse_adamw_on_gpu():
 
 
 def test_deepspeed_is_pinned_to_the_range_its_repairs_were_written_for():
-    """pyproject pins DeepSpeed (the universal load's repairs in checkpoint.load are for 0.19.8's behaviour); the installed
+    """pyproject pins DeepSpeed (the universal load's repairs in checkpoint.load are for 0.19.8's behaviour); the
+    installed
     one is inside the pin."""
-    import tomllib
-
     import deepspeed
+    import tomllib
     from packaging.requirements import Requirement
     from packaging.version import Version
 
     requirements = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     pin = next(Requirement(r) for r in requirements if Requirement(r).name == "deepspeed")
-    assert pin.specifier.contains("0.19.8") and not pin.specifier.contains("0.20.0") and not pin.specifier.contains("0.19.7")
+    assert (
+        pin.specifier.contains("0.19.8")
+        and not pin.specifier.contains("0.20.0")
+        and not pin.specifier.contains("0.19.7")
+    )
     assert Version(deepspeed.__version__) in pin.specifier
 
 
@@ -210,8 +229,9 @@ def test_safetensors_is_a_core_dependency():
 def test_bench_train_names_the_device_it_measured(tmp_path):
     from dnalm.bench import train
 
-    result = train.run(tmp_path, models=(("encoder-tiny", 2, 64, {}),), with_distribution=False, device="cpu",
-                       with_compile=False)
+    result = train.run(
+        tmp_path, models=(("encoder-tiny", 2, 64, {}),), with_distribution=False, device="cpu", with_compile=False
+    )
     assert result["device"]["type"] == "cpu" and result["device"]["name"] == result["machine"]["cpu"]
     assert result["dtype"] == "fp32" and "fp32 matmul on this device" in result["peak"]["what"]
     assert "gpu" not in result
@@ -220,7 +240,7 @@ def test_bench_train_names_the_device_it_measured(tmp_path):
 def test_no_device_sentence_is_hard_coded_in_the_benches():
     for path in (REPO / "dnalm" / "bench").glob("*.py"):
         text = path.read_text()
-        for phrase in ("(CPU)", "not measured here", "CPU processes", ", fp32\""):
+        for phrase in ("(CPU)", "not measured here", "CPU processes", ', fp32"'):
             assert phrase not in text, f"{path.name}: {phrase}"
 
 
@@ -237,11 +257,17 @@ print(torch.get_num_threads(), int(((tiny * 1.5) != 0).sum()))
 
 
 def test_every_thread_flushes_denormals_once_dnalm_is_imported():
-    """A worker thread that keeps denormals made pretrained fine-tuning steps 4.7-6.4x slower (dnalm/utils/devices.py)."""
+    """A worker thread that keeps denormals made pretrained fine-tuning steps 4.7-6.4x slower
+    (dnalm/utils/devices.py)."""
 
     def survivors(order: str) -> tuple[int, int]:
-        done = subprocess.run([sys.executable, "-c", FLUSH_CHECK, order], capture_output=True, text=True, check=True,
-                              env={**os.environ, "OMP_NUM_THREADS": "2"})
+        done = subprocess.run(
+            [sys.executable, "-c", FLUSH_CHECK, order],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "OMP_NUM_THREADS": "2"},
+        )
         threads, kept = done.stdout.split()
         return int(threads), int(kept)
 

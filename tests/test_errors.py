@@ -41,7 +41,9 @@ def test_an_unknown_config_key_is_named_where_it_was_written(tmp_path):
     assert said.stderr.strip() == f"dnalm: error: {config}: unknown key budgett (did you mean budget?)"
     config.write_text(f"run_dir: {tmp_path / 'run'}\nbudget:\n  steps: 3\ndata:\n  path: {tmp_path}\n")
     said = refused_by_cli("train", "--config", config, "optim.lrr=3e-4")
-    assert said.stderr.strip() == "dnalm: error: override 'optim.lrr=3e-4': unknown key optim.lrr (did you mean optim.lr?)"
+    assert (
+        said.stderr.strip() == "dnalm: error: override 'optim.lrr=3e-4': unknown key optim.lrr (did you mean optim.lr?)"
+    )
     assert not (tmp_path / "run").exists()
 
 

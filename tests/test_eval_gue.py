@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from dnalm.eval.gue import PUBLISHED, GueError, find_tasks
 from dnalm.eval.finetune import finetune
+from dnalm.eval.gue import PUBLISHED, GueError, find_tasks
 from tests.conftest import SHARED_DATA, needs_shared, refused_by_cli, run_cli
 
 GUE = SHARED_DATA / "gue"
@@ -26,8 +26,24 @@ def test_every_task_is_run_and_reported_beside_published_numbers(tmp_path):
     slice_task(GUE / "prom_300_tata", folder / "prom_300_tata", 96, with_test=True)
     slice_task(GUE / "tf0", folder / "tf0", 96, with_test=False)
     (folder / "not_a_task").mkdir()
-    result = run_cli("eval", "gue", folder, "--arch", "cnn-small", "--seeds", "1", "--first-seed", "2", "--epochs", "2",
-                     "--patience", "1", "--rc-augment", "--out", tmp_path / "out")
+    result = run_cli(
+        "eval",
+        "gue",
+        folder,
+        "--arch",
+        "cnn-small",
+        "--seeds",
+        "1",
+        "--first-seed",
+        "2",
+        "--epochs",
+        "2",
+        "--patience",
+        "1",
+        "--rc-augment",
+        "--out",
+        tmp_path / "out",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "out" / "gue.json").read_text())
     assert [r["task"] for r in report["tasks"]] == ["prom_300_tata", "tf0"]
@@ -35,14 +51,18 @@ def test_every_task_is_run_and_reported_beside_published_numbers(tmp_path):
     assert set(first) >= {"dev_mcc", "test_mcc"} and "test_mcc" not in second
     assert first["published_test_mcc"] == PUBLISHED["prom_300_tata"] and first["train_rows"] == 96
     settings = report["settings"]
-    assert settings["seeds"] == [2] and settings["rc_augment"] and not settings["rc_average"] and settings["patience"] == 1
+    assert (
+        settings["seeds"] == [2] and settings["rc_augment"] and not settings["rc_average"] and settings["patience"] == 1
+    )
     table = (tmp_path / "out" / "gue.md").read_text()
     assert "| prom_300_tata | 96 |" in table and "NT-2500M-multi 79.4" in table and table in result.stdout
     assert (tmp_path / "out" / "gue.png").stat().st_size > 1000
     metrics = json.loads((tmp_path / "out" / "tf0" / "metrics.json").read_text())
     assert all(run["epochs_run"] <= 2 for run in metrics["runs"])
 
-    bad = refused_by_cli("eval", "gue", folder, "--arch", "cnn-small", "--first-seed", "-1", "--out", tmp_path / "never")
+    bad = refused_by_cli(
+        "eval", "gue", folder, "--arch", "cnn-small", "--first-seed", "-1", "--out", tmp_path / "never"
+    )
     assert bad.returncode != 0 and "--first-seed must be 0 or more, got -1" in bad.stderr
     assert not (tmp_path / "never").exists()
 
@@ -60,12 +80,18 @@ def test_recipe_switches_change_what_is_trained(bundles, tmp_path):
     slice_task(GUE / "prom_300_tata", task, 64, with_test=False)
     common = dict(epochs=1, batch_size=32)
     plain = finetune(task / "train.csv", task / "dev.csv", tmp_path / "a", arch="cnn", **common)
-    assert not plain["settings"]["rc_augment"] and not plain["settings"]["rc_average"]  # promoters are oriented: off by default
-    recipe = finetune(task / "train.csv", task / "dev.csv", tmp_path / "b", arch="cnn", rc_augment=True, rc_average=True, **common)
+    assert (
+        not plain["settings"]["rc_augment"] and not plain["settings"]["rc_average"]
+    )  # promoters are oriented: off by default
+    recipe = finetune(
+        task / "train.csv", task / "dev.csv", tmp_path / "b", arch="cnn", rc_augment=True, rc_average=True, **common
+    )
     assert plain["runs"][0]["dev"] != recipe["runs"][0]["dev"]
-    probe = finetune(task / "train.csv", task / "dev.csv", tmp_path / "c", model=bundles["encoder"], freeze_backbone=True, **common)
+    probe = finetune(
+        task / "train.csv", task / "dev.csv", tmp_path / "c", model=bundles["encoder"], freeze_backbone=True, **common
+    )
     assert probe["settings"]["freeze_backbone"] is True
-    from dnalm.eval.finetune import build_classifier, _parameter_groups
+    from dnalm.eval.finetune import _parameter_groups, build_classifier
 
     model = build_classifier(2, bundles["encoder"], None, 0, seed=0)
     groups = _parameter_groups(model, 1e-3, pretrained=True, backbone_lr_scale=0.1)
@@ -79,7 +105,7 @@ def test_recipe_switches_change_what_is_trained(bundles, tmp_path):
 def test_mean_max_pooling_reads_real_tokens_only():
     import torch
 
-    from dnalm.eval.finetune import Classifier, build_classifier
+    from dnalm.eval.finetune import build_classifier
 
     model = build_classifier(2, None, "cnn-small", 8, seed=0, pooling="mean-max").eval()
     assert model.head.in_features == 2 * model.backbone.config.d_model

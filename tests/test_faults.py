@@ -29,8 +29,21 @@ from dnalm.data.stream import GenomeStream
 from dnalm.train import checkpoint as ckpt
 from dnalm.train.ownership import LOCK, read_owner
 from tests.conftest import REPO, prep_folder
-from tests.launching import (CONFIG, ENV, deepspeed_cmd, free_port, launch_cmd, losses, metrics, overrides, run, sample_keys,
-                             start, torchrun_cmd, wait_for_step)
+from tests.launching import (
+    CONFIG,
+    ENV,
+    deepspeed_cmd,
+    free_port,
+    launch_cmd,
+    losses,
+    metrics,
+    overrides,
+    run,
+    sample_keys,
+    start,
+    torchrun_cmd,
+    wait_for_step,
+)
 
 SKIP = {"data.on_error": "skip", "logging.record_sample_keys": "true"}
 
@@ -137,12 +150,15 @@ def test_a_signal_saves_at_the_next_step_and_the_run_resumes_exactly(damaged_dat
     slow = ENV | {"DNALM_FAULTS": "sleep=0.7@train.step::0"}  # 30 steps outlast the second job's start
     job = start(torchrun_cmd(2, data, folder, **SKIP, **{"checkpoint.on_signal": "SIGTERM"}), log, slow)
     wait_for_step(folder, 4, job, log)
-    second = run([sys.executable, "-m", "dnalm", "train", "--config", str(CONFIG), *overrides(data, folder, **SKIP)],
-                 expect_ok=False)
+    second = run(
+        [sys.executable, "-m", "dnalm", "train", "--config", str(CONFIG), *overrides(data, folder, **SKIP)],
+        expect_ok=False,
+    )
     owner = read_owner(folder)
     assert second.returncode == 1 and f"is in use by another job (pid {owner.pid} on {owner.host}" in second.stderr
-    assert [line for line in second.stderr.splitlines() if line.startswith("dnalm: error:")] == \
-        [second.stderr.strip().splitlines()[-1]]
+    assert [line for line in second.stderr.splitlines() if line.startswith("dnalm: error:")] == [
+        second.stderr.strip().splitlines()[-1]
+    ]
     job.send_signal(signal.SIGTERM)
     _gone_within(folder, job, 30)
     said = re.search(r"dnalm: SIGTERM: saved step (\d+) to (\S+) and stopped", log.read_text())
@@ -162,8 +178,19 @@ def test_sigterm_to_the_launcher_ends_every_rank(damaged_data, tmp_path, launche
     see their launcher gone and exit; `dnalm train` stops at once. Within 30 s, the run folder's lock let go."""
     folder, log = tmp_path / "run", tmp_path / "job.log"
     settings = {**SKIP, "budget.steps": 5000, "checkpoint.interval": 5000, "eval.interval": 5000}
-    cmd = deepspeed_cmd(2, damaged_data[0], folder, **settings) if launcher == "deepspeed" else \
-        [sys.executable, "-m", "dnalm", "train", "--config", str(CONFIG), *overrides(damaged_data[0], folder, **settings)]
+    cmd = (
+        deepspeed_cmd(2, damaged_data[0], folder, **settings)
+        if launcher == "deepspeed"
+        else [
+            sys.executable,
+            "-m",
+            "dnalm",
+            "train",
+            "--config",
+            str(CONFIG),
+            *overrides(damaged_data[0], folder, **settings),
+        ]
+    )
     job = start(cmd, log)
     wait_for_step(folder, 2, job, log)
     job.send_signal(signal.SIGTERM)
@@ -173,7 +200,9 @@ def test_sigterm_to_the_launcher_ends_every_rank(damaged_data, tmp_path, launche
     assert expected in log.read_text()
 
 
-@pytest.mark.parametrize("fault, launcher", [("raise@train.step:5:1", "torchrun"), ("raise@save.gathered:10:0", "deepspeed")])
+@pytest.mark.parametrize(
+    "fault, launcher", [("raise@train.step:5:1", "torchrun"), ("raise@save.gathered:10:0", "deepspeed")]
+)
 def test_a_rank_that_fails_ends_every_rank(damaged_data, tmp_path, fault, launcher):
     """Rank 1 raising inside a step while rank 0 waits in the step's collective (under torchrun), or rank 0 raising
     mid-save while rank 1 waits at the save's last barrier (under deepspeed): the job ends non-zero within a minute,
@@ -227,19 +256,36 @@ def test_slurm_script_passes_overrides_and_requeues_after_a_save_on_sigusr1(dama
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     requeued = tmp_path / "requeued"
-    shims = {"srun": '#!/usr/bin/env bash\nwhile [[ "$1" == --* ]]; do shift; done\nSLURM_NODEID=0 exec "$@"\n',
-             "scontrol": f'#!/usr/bin/env bash\nif [[ "$1" == requeue ]]; then echo "$@" > {requeued}; '
-                         'else echo 127.0.0.1; fi\n'}
+    shims = {
+        "srun": '#!/usr/bin/env bash\nwhile [[ "$1" == --* ]]; do shift; done\nSLURM_NODEID=0 exec "$@"\n',
+        "scontrol": f'#!/usr/bin/env bash\nif [[ "$1" == requeue ]]; then echo "$@" > {requeued}; '
+        "else echo 127.0.0.1; fi\n",
+    }
     for name, text in shims.items():
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(stat.S_IRWXU)
     folder, log = tmp_path / "run", tmp_path / "job.log"
     name = "two words $HOME `id` ;x"
-    env = ENV | {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node1", "SLURM_NNODES": "1",
-                 "SLURM_GPUS_ON_NODE": "2", "SLURM_JOB_ID": "4242", "MASTER_PORT": str(free_port()),
-                 "DNALM_FAULTS": "sleep=0.5@train.step::0"}
-    job = start(["bash", str(REPO / "launch" / "slurm_train.sbatch"), str(CONFIG),
-                 *overrides(damaged_data[0], folder, **SKIP), f"logging.run_name={name}"], log, env)
+    env = ENV | {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_JOB_NODELIST": "node1",
+        "SLURM_NNODES": "1",
+        "SLURM_GPUS_ON_NODE": "2",
+        "SLURM_JOB_ID": "4242",
+        "MASTER_PORT": str(free_port()),
+        "DNALM_FAULTS": "sleep=0.5@train.step::0",
+    }
+    job = start(
+        [
+            "bash",
+            str(REPO / "launch" / "slurm_train.sbatch"),
+            str(CONFIG),
+            *overrides(damaged_data[0], folder, **SKIP),
+            f"logging.run_name={name}",
+        ],
+        log,
+        env,
+    )
     wait_for_step(folder, 3, job, log)
     job.send_signal(signal.SIGUSR1)
     assert job.wait(timeout=60) == 0, log.read_text()[-3000:]
@@ -254,7 +300,13 @@ def test_slurm_script_passes_overrides_and_requeues_after_a_save_on_sigusr1(dama
 def test_checkpoints_and_prepared_data_are_synced_before_they_count(tmp_path):
     """Every file and folder of a checkpoint is fsynced before its COMPLETE marker, the checkpoints folder after
     the rename; every file prep writes is fsynced, and its folders (tests/scripts/fsync_audit.py)."""
-    done = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "fsync_audit.py"), str(tmp_path)],
-                          env=ENV, cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "scripts" / "fsync_audit.py"), str(tmp_path)],
+        env=ENV,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "checkpoint ok" in done.stdout and "prep ok" in done.stdout

@@ -19,14 +19,17 @@ def scaffolds(tmp_path_factory):
     cuts = np.cumsum(np.random.default_rng(0).integers(20, 73, 110_000))
     bounds = np.concatenate(([0], cuts[cuts < len(sequence)], [len(sequence)]))
     path = tmp_path_factory.mktemp("fragmented") / "scaffolds.fa"
-    path.write_text("".join(f">scaffold_{i}\n{sequence[a:b]}\n" for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))))
+    path.write_text(
+        "".join(f">scaffold_{i}\n{sequence[a:b]}\n" for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])))
+    )
     return path, {f"scaffold_{i}": sequence[a:b] for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))}
 
 
 @pytest.fixture(scope="module")
 def packed(scaffolds, tmp_path_factory):
-    return prep_folder(tmp_path_factory.mktemp("packed") / "data", [scaffolds[0]], seq_len=256, val_fraction=0.02,
-                       pack_fragments=True)
+    return prep_folder(
+        tmp_path_factory.mktemp("packed") / "data", [scaffolds[0]], seq_len=256, val_fraction=0.02, pack_fragments=True
+    )
 
 
 def test_packing_brings_95_percent_of_a_fragmented_assembly_into_samples(scaffolds, packed):
@@ -62,7 +65,9 @@ def test_a_packed_window_is_its_fragments_separated_by_sep(scaffolds, packed):
 def test_packing_refuses_views_and_reverse_complement(tmp_path):
     for extra in (["--tokenizers", "nucleotide,kmer:3", "--views"], ["--reverse-complement"]):
         done = run_cli("prep", "--out", tmp_path / "out", "--seq-len", "256", "--pack-fragments", *extra)
-        assert done.returncode == 1 and "pack_fragments packs one tokenizer's forward strand" in done.stderr, done.stderr
+        assert done.returncode == 1 and "pack_fragments packs one tokenizer's forward strand" in done.stderr, (
+            done.stderr
+        )
         assert not (tmp_path / "out").exists()
 
 
@@ -77,8 +82,10 @@ def test_the_manifest_stays_small_however_many_contigs(scaffolds, packed):
 def test_a_version_1_manifest_with_inline_contigs_still_loads(packed, tmp_path):
     raw = json.loads((packed / "manifest.json").read_text())
     raw["version"] = 1
-    raw["genomes"] = [{"path": g["path"], "sha256": g["sha256"], "contigs": [{"name": "a", "length": 10}, {"name": "b", "length": 5}]}
-                      for g in raw["genomes"]]
+    raw["genomes"] = [
+        {"path": g["path"], "sha256": g["sha256"], "contigs": [{"name": "a", "length": 10}, {"name": "b", "length": 5}]}
+        for g in raw["genomes"]
+    ]
     (tmp_path / "manifest.json").write_text(json.dumps(raw))
     loaded = Manifest.load(tmp_path)
     assert (loaded.genomes[0].num_contigs, loaded.genomes[0].bases) == (2, 15)

@@ -7,16 +7,7 @@ from Bio import bgzf
 from dnalm import genome
 from tests.conftest import CHR20, needs_shared
 
-MULTI = (
-    ">chrA first record\n"
-    "ACGTACGTAC\n"
-    "acgtNNNNNN\n"
-    "NNRYacgt\n"
-    ">chrB\n"
-    "GGGGCCCCAAAATTTT\n"
-    ">chrC\n"
-    "ACGTWSKMBDHVN\n"
-)
+MULTI = ">chrA first record\nACGTACGTAC\nacgtNNNNNN\nNNRYacgt\n>chrB\nGGGGCCCCAAAATTTT\n>chrC\nACGTWSKMBDHVN\n"
 
 
 @needs_shared(CHR20)

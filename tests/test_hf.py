@@ -27,8 +27,9 @@ sys.meta_path.insert(0, NoDnalm())
 
 
 def without_dnalm(script: str, tmp_path) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-c", WITHOUT_DNALM + script], capture_output=True, text=True, timeout=600,
-                          cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_DNALM + script], capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -43,17 +44,25 @@ def test_tokenizers_give_dnalm_ids_through_auto_tokenizer(chr20, bpe_small, tmp_
     from dnalm.hf.tokenizer import save_hf_tokenizer
 
     sequence = chr20_stretch(chr20)
-    tokenizers = {"nucleotide": NucleotideTokenizer(), "kmer6": KmerTokenizer(6), "kmer3": KmerTokenizer(3), "bpe": bpe_small}
+    tokenizers = {
+        "nucleotide": NucleotideTokenizer(),
+        "kmer6": KmerTokenizer(6),
+        "kmer3": KmerTokenizer(3),
+        "bpe": bpe_small,
+    }
     for name, tokenizer in tokenizers.items():
         save_hf_tokenizer(tokenizer, tmp_path / name, 1024)
     (tmp_path / "sequence.txt").write_text(sequence)
-    without_dnalm(f"""
+    without_dnalm(
+        f"""
 import json
 from transformers import AutoTokenizer
 sequence = open("sequence.txt").read()
 ids = {{name: AutoTokenizer.from_pretrained(name)(sequence)["input_ids"] for name in {list(tokenizers)}}}
 json.dump(ids, open("ids.json", "w"))
-""", tmp_path)
+""",
+        tmp_path,
+    )
     ids = json.loads((tmp_path / "ids.json").read_text())
     for name, tokenizer in tokenizers.items():
         assert ids[name] == tokenizer.encode(sequence).ids.tolist(), name
@@ -64,23 +73,38 @@ VIEWS = ViewTokenizer([NucleotideTokenizer(), KmerTokenizer(3)])
 MODELS = {
     "encoder-alibi-remote": ("encoder-tiny", {}, "DnalmForMaskedLM"),
     "encoder-esm": ("encoder-small-esm", {"n_layers": 2, "d_model": 64}, "EsmForMaskedLM"),
-    "encoder-learned-remote": ("encoder-tiny", {"positions": "learned", "mlp": "gelu", "norm": "rmsnorm"}, "DnalmForMaskedLM"),
-    "encoder-views-remote": ("encoder-tiny", {"num_segments": 2, "vocab_size": VIEWS.vocab_size, "lm_head": "transform"},
-                             "DnalmForMaskedLM"),
+    "encoder-learned-remote": (
+        "encoder-tiny",
+        {"positions": "learned", "mlp": "gelu", "norm": "rmsnorm"},
+        "DnalmForMaskedLM",
+    ),
+    "encoder-views-remote": (
+        "encoder-tiny",
+        {"num_segments": 2, "vocab_size": VIEWS.vocab_size, "lm_head": "transform"},
+        "DnalmForMaskedLM",
+    ),
     # shaped like ESM but for its convolution stem, which EsmForMaskedLM has no place for
-    "encoder-hybrid-remote": ("encoder-tiny", {"conv_layers": 5, "cnn_kernel": 5, "positions": "rope", "mlp": "gelu",
-                                               "lm_head": "transform"}, "DnalmForMaskedLM"),
+    "encoder-hybrid-remote": (
+        "encoder-tiny",
+        {"conv_layers": 5, "cnn_kernel": 5, "positions": "rope", "mlp": "gelu", "lm_head": "transform"},
+        "DnalmForMaskedLM",
+    ),
     "decoder-alibi-remote": ("decoder-tiny", {"positions": "alibi", "tie_embeddings": True}, "DnalmForCausalLM"),
     "decoder-llama": ("decoder-tiny", {}, "LlamaForCausalLM"),
     # RoPE with position interpolation and learned positions: not Llama's design, so remote code
     "decoder-rope-remote": ("decoder-tiny", {"rope_scale": 4.0, "attention": "eager"}, "DnalmForCausalLM"),
     "decoder-learned-remote": ("decoder-tiny", {"positions": "learned", "norm": "layernorm"}, "DnalmForCausalLM"),
     # Performer: the trained random features travel as buffers; the decoder's cache goes through prefix sums
-    "encoder-performer-remote": ("encoder-tiny", {"attention": "performer", "positions": "rope", "performer_features": 32,
-                                                 "performer_kernel": "relu"},
-                                 "DnalmForMaskedLM"),
-    "decoder-performer-remote": ("decoder-tiny", {"attention": "performer", "performer_features": 32, "performer_chunk": 16},
-                                 "DnalmForCausalLM"),
+    "encoder-performer-remote": (
+        "encoder-tiny",
+        {"attention": "performer", "positions": "rope", "performer_features": 32, "performer_kernel": "relu"},
+        "DnalmForMaskedLM",
+    ),
+    "decoder-performer-remote": (
+        "decoder-tiny",
+        {"attention": "performer", "performer_features": 32, "performer_chunk": 16},
+        "DnalmForCausalLM",
+    ),
 }
 
 
@@ -98,8 +122,12 @@ def block_states(model, batch) -> list[torch.Tensor]:
     hooks = [model.blocks[0].register_forward_pre_hook(lambda module, args: states.append(args[0]))]
     hooks += [block.register_forward_hook(lambda module, args, out: states.append(out[0])) for block in model.blocks]
     with torch.no_grad():
-        out = model(batch["input_ids"], attention_mask=batch["attention_mask"], segment_ids=batch.get("token_type_ids"),
-                    positions=batch.get("position_ids"))
+        out = model(
+            batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            segment_ids=batch.get("token_type_ids"),
+            positions=batch.get("position_ids"),
+        )
     for hook in hooks:
         hook.remove()
     return states[:-1] + [out.hidden]
@@ -113,7 +141,8 @@ from transformers import (AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM,
 inputs, out = torch.load("inputs.pt"), {}
 for name, batch in inputs.items():
     encoder = name.startswith("encoder")
-    lm = (AutoModelForMaskedLM if encoder else AutoModelForCausalLM).from_pretrained(name, trust_remote_code=True).eval()
+    lm = (AutoModelForMaskedLM if encoder else AutoModelForCausalLM).from_pretrained(name,
+    trust_remote_code=True).eval()
     backbone = AutoModel.from_pretrained(name, trust_remote_code=True).eval()
     torch.manual_seed(0)
     sequence = AutoModelForSequenceClassification.from_pretrained(name, trust_remote_code=True, num_labels=3).eval()
@@ -128,7 +157,8 @@ for name, batch in inputs.items():
                             sequence(**batch).logits.shape, sequence.config.problem_type),
                "multi": AutoModelForSequenceClassification.from_pretrained(name, trust_remote_code=True, num_labels=3)(
                    **batch, labels=torch.tensor([[1.0, 0, 1], [0, 1, 0]])).loss,
-               "regression": (regression(**batch, labels=torch.tensor([0.5, -1.0])).loss, regression.config.problem_type),
+               "regression": (regression(**batch, labels=torch.tensor([0.5, -1.0])).loss,
+                              regression.config.problem_type),
                "tokens": (type(tokens).__name__, tokens(**batch).logits.shape,
                           tokens(**batch, labels=torch.randint(0, 4, (2, length))).loss)}
     if not encoder:
@@ -170,8 +200,11 @@ def exported(tmp_path_factory):
         export_hf(model, tokenizer, tmp_path / name)
         if "views" in name:
             enc = VIEWS.encode("ACGTTGCAAGGCTTAN" * 3)
-            batch = {"input_ids": torch.tensor(np.stack([enc.ids] * 2)), "token_type_ids": torch.tensor(np.stack([enc.segment_ids] * 2)),
-                     "position_ids": torch.tensor(np.stack([enc.positions] * 2)).long()}
+            batch = {
+                "input_ids": torch.tensor(np.stack([enc.ids] * 2)),
+                "token_type_ids": torch.tensor(np.stack([enc.segment_ids] * 2)),
+                "position_ids": torch.tensor(np.stack([enc.positions] * 2)).long(),
+            }
         else:
             batch = {"input_ids": torch.randint(5, 10, (2, 60))}
         mask = torch.ones_like(batch["input_ids"], dtype=torch.bool)
@@ -179,7 +212,9 @@ def exported(tmp_path_factory):
         batch["attention_mask"] = mask
         inputs[name], models[name] = batch, model
     torch.save(inputs, tmp_path / "inputs.pt")
-    done = without_dnalm(IN_TRANSFORMERS + f"""
+    done = without_dnalm(
+        IN_TRANSFORMERS
+        + f"""
 import os
 for name in ("encoder-alibi-remote", "encoder-esm"):
     os.makedirs(name + "-readme", exist_ok=True)
@@ -188,25 +223,40 @@ for name in ("encoder-alibi-remote", "encoder-esm"):
     exec({readme_snippet()!r})
     print(name, type(model).__name__, tuple(logits.shape))
     exec({readme_snippet("AutoModelForSequenceClassification")!r})
-    print(name, type(model).__name__, "loss", float(loss), all(p.grad is not None for n, p in model.named_parameters() if "classifier" in n))
+    print(name, type(model).__name__, "loss", float(loss), all(p.grad is not None for n, p in model.named_parameters()
+    if "classifier" in n))
     os.chdir("..")
-""", tmp_path)
-    return {"folder": tmp_path, "models": models, "inputs": inputs, "stdout": done.stdout + done.stderr,
-            "results": torch.load(tmp_path / "results.pt")}
+""",
+        tmp_path,
+    )
+    return {
+        "folder": tmp_path,
+        "models": models,
+        "inputs": inputs,
+        "stdout": done.stdout + done.stderr,
+        "results": torch.load(tmp_path / "results.pt"),
+    }
 
 
 def test_every_transformer_exports_with_the_same_logits(exported):
     tmp_path, inputs, got = exported["folder"], exported["inputs"], exported["results"]
     assert "encoder-alibi-remote DnalmForMaskedLM (1, 9, 10)" in exported["stdout"]
     assert "encoder-esm EsmForMaskedLM (1, 9, 10)" in exported["stdout"]
-    for name, cls in (("encoder-alibi-remote", "DnalmForSequenceClassification"), ("encoder-esm", "EsmForSequenceClassification")):
+    for name, cls in (
+        ("encoder-alibi-remote", "DnalmForSequenceClassification"),
+        ("encoder-esm", "EsmForSequenceClassification"),
+    ):
         assert re.search(f"{name} {cls} loss [0-9.]+ True", exported["stdout"]), exported["stdout"][-2000:]
     assert "Do you wish" not in exported["stdout"]
     for name, (_, _, cls) in MODELS.items():
         batch = inputs[name]
         with torch.no_grad():
-            expected = exported["models"][name](batch["input_ids"], attention_mask=batch["attention_mask"],
-                                                segment_ids=batch.get("token_type_ids"), positions=batch.get("position_ids")).logits
+            expected = exported["models"][name](
+                batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                segment_ids=batch.get("token_type_ids"),
+                positions=batch.get("position_ids"),
+            ).logits
         assert got[name]["lm"][0] == cls, name
         assert (got[name]["lm"][1] - expected)[batch["attention_mask"]].abs().max() < 1e-4, name
     readme = (tmp_path / "encoder-esm" / "README.md").read_text()
@@ -242,7 +292,9 @@ def test_every_export_has_the_auto_classes_of_transformers(exported):
         assert torch.isfinite(got["multi"]), name
         assert torch.isfinite(got["regression"][0]) and got["regression"][1] == "regression", name
         token_cls, shape, loss = got["tokens"]
-        assert token_cls == f"{family}ForTokenClassification" and tuple(shape) == (2, batch["input_ids"].shape[1], 4), name
+        assert token_cls == f"{family}ForTokenClassification" and tuple(shape) == (2, batch["input_ids"].shape[1], 4), (
+            name
+        )
         assert torch.isfinite(loss), name
 
 
@@ -250,8 +302,8 @@ def test_exported_decoders_generate_as_dnalm_does(exported):
     """model.generate with the key-value cache: greedy continuations and every step's logits are dnalm's,
     with or without the cache; a left-padded prompt continues as it would alone; sampling (top-k, top-p,
     temperature) never draws a special token, as dnalm generate never does."""
-    from dnalm.use.generate import generate_ids
     from dnalm.tokenizers.base import NUM_SPECIAL
+    from dnalm.use.generate import generate_ids
 
     for name in [n for n in MODELS if n.startswith("decoder")]:
         got, model = exported["results"][name]["generate"], exported["models"][name]
@@ -267,9 +319,10 @@ def test_exported_decoders_generate_as_dnalm_does(exported):
 
 
 def test_models_without_an_export_are_refused_naming_why(tmp_path):
-    for config, reason in [(get_config("cnn-base", vocab_size=10), "arch=cnn"),
-                           (get_config("encoder-tiny", mlm_target="bases", vocab_size=10), "mlm_target=bases")]:
+    for config, reason in [
+        (get_config("cnn-base", vocab_size=10), "arch=cnn"),
+        (get_config("encoder-tiny", mlm_target="bases", vocab_size=10), "mlm_target=bases"),
+    ]:
         with pytest.raises(HfExportError, match=f"cannot export this model: .*{reason}"):
             export_hf(build_model(config), NucleotideTokenizer(), tmp_path / "out")
         assert not (tmp_path / "out").exists()
-

@@ -18,7 +18,8 @@ FINETUNE = """
 import csv, json
 import numpy as np, torch
 from sklearn.metrics import matthews_corrcoef
-from transformers import (AutoModel, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
+from transformers import (AutoModel, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+Trainer,
                           TrainingArguments)
 
 def rows(path, n):
@@ -42,7 +43,8 @@ model = AutoModelForSequenceClassification.from_pretrained("hf", trust_remote_co
 arguments = TrainingArguments(output_dir="trainer", num_train_epochs=3, per_device_train_batch_size=16,
                               per_device_eval_batch_size=64, learning_rate=1e-3, warmup_steps=5, logging_steps=4,
                               save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
-trainer = Trainer(model=model, args=arguments, train_dataset=Set(rows("train.csv", 256)), eval_dataset=Set(rows("dev.csv", 160)),
+trainer = Trainer(model=model, args=arguments, train_dataset=Set(rows("train.csv", 256)),
+eval_dataset=Set(rows("dev.csv", 160)),
                   data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=mcc)
 trainer.train()
 result = {"losses": [e["loss"] for e in trainer.state.log_history if "loss" in e], "eval": trainer.evaluate(),
@@ -59,8 +61,10 @@ json.dump(result, open("result.json", "w"))
 @pytest.mark.skipif(not GUE_TASK.exists(), reason="needs ../shared/data/gue")
 def test_transformers_trainer_fine_tunes_an_export_on_gue(trained, bundles, tmp_path):
     """The encoder trained by the session fixture (ZeRO-3, 2 processes), exported with remote code:
-    Trainer's loss falls over 3 epochs of 256 GUE rows, below chance's on 160 dev rows, whose MCC (sklearn) is above 0; AutoModel's
-    last_hidden_state is dnalm.embed's per-token rows (`dnalm embed --pooling none`), and the card names no absolute path."""
+    Trainer's loss falls over 3 epochs of 256 GUE rows, below chance's on 160 dev rows, whose MCC (sklearn) is above 0;
+    AutoModel's
+    last_hidden_state is dnalm.embed's per-token rows (`dnalm embed --pooling none`), and the card names no absolute
+    path."""
     hf = convert(trained["encoder"], tmp_path / "hf", to="hf")
     card = (hf / "README.md").read_text()
     assert str(trained["root"]) not in card and "/tmp" not in card, card
@@ -78,7 +82,8 @@ def test_transformers_trainer_fine_tunes_an_export_on_gue(trained, bundles, tmp_
     assert result["eval"]["eval_loss"] < np.log(2) and result["eval"]["eval_mcc"] > 0.05, result["eval"]
     assert result["problem_type"] == "single_label_classification"
     model, tokenizer = dnalm.load_pretrained(bundles["encoder"])  # what `dnalm embed --pooling none` writes
-    ours = np.concatenate([rows.rows for rows in embed(model, tokenizer, [line.split(",")[0] for line in dev[1:4]],
-                                                          pooling="none")])
+    ours = np.concatenate(
+        [rows.rows for rows in embed(model, tokenizer, [line.split(",")[0] for line in dev[1:4]], pooling="none")]
+    )
     theirs = np.concatenate([np.array(h, np.float32) for h in result["hidden"]])
     assert ours.shape == theirs.shape and np.abs(ours - theirs).max() < 1e-4

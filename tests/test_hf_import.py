@@ -10,16 +10,19 @@ import torch
 
 import dnalm
 from dnalm.cli import main
-from dnalm.use.embedding import embed
-from dnalm.use.generate import generate_ids
 from dnalm.hf import export_hf
 from dnalm.models import build_model, get_config
 from dnalm.tokenizers import KmerTokenizer, NucleotideTokenizer, ViewTokenizer
+from dnalm.use.embedding import embed
+from dnalm.use.generate import generate_ids
 from tests.conftest import SHARED_DATA
 
 # Nucleotide Transformer v1's vocabulary layout: its specials, every 6-mer, then single bases
-NT_VOCAB = ["<unk>", "<pad>", "<mask>", "<cls>", "<eos>", "<bos>"] + \
-    ["".join(p) for p in itertools.product("ATCG", repeat=6)] + list("ATCGN")
+NT_VOCAB = (
+    ["<unk>", "<pad>", "<mask>", "<cls>", "<eos>", "<bos>"]
+    + ["".join(p) for p in itertools.product("ATCG", repeat=6)]
+    + list("ATCGN")
+)
 
 
 def randomised(model):
@@ -45,10 +48,23 @@ def nt_folder(tmp_path, positions: str):
     folder.mkdir()
     (folder / "vocab.txt").write_text("\n".join(NT_VOCAB) + "\n")
     EsmTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
-    config = EsmConfig(vocab_size=len(NT_VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                       intermediate_size=64, max_position_embeddings=66, position_embedding_type=positions, pad_token_id=1,
-                       mask_token_id=2, hidden_act="gelu", token_dropout=False, emb_layer_norm_before=False,
-                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, layer_norm_eps=1e-12)
+    config = EsmConfig(
+        vocab_size=len(NT_VOCAB),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=66,
+        position_embedding_type=positions,
+        pad_token_id=1,
+        mask_token_id=2,
+        hidden_act="gelu",
+        token_dropout=False,
+        emb_layer_norm_before=False,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        layer_norm_eps=1e-12,
+    )
     randomised(EsmForMaskedLM(config)).save_pretrained(folder)
     return folder
 
@@ -62,8 +78,11 @@ def test_nucleotide_transformer_layout_imports_with_its_logits(positions, tmp_pa
     folder = nt_folder(tmp_path, positions)
     assert convert_from_hf(folder, tmp_path / "bundle", capsys=capsys)[0] == 0
     model, tokenizer = dnalm.load_pretrained(tmp_path / "bundle")
-    assert tokenizer.name == "kmer:6" and model.config.linear_bias and model.config.positions == \
-        {"rotary": "rope", "absolute": "learned"}[positions]
+    assert (
+        tokenizer.name == "kmer:6"
+        and model.config.linear_bias
+        and model.config.positions == {"rotary": "rope", "absolute": "learned"}[positions]
+    )
     rows = json.loads((tmp_path / "bundle" / "config.json").read_text())["imported"]["token_rows"]
     assert [NT_VOCAB[r] for r in rows[:5]] == ["<pad>", "<cls>", "<eos>", "<mask>", "<unk>"]
     assert all(NT_VOCAB[r] == token for r, token in zip(rows[5:], tokenizer.vocab[5:]))
@@ -94,8 +113,14 @@ def test_an_imported_encoder_embeds_and_fine_tunes(tmp_path, capsys):
         for name in ("train", "dev"):
             lines = (gue / f"{name}.csv").read_text().splitlines()
             (tmp_path / f"{name}.csv").write_text("\n".join(lines[:97]) + "\n")
-        result = finetune(tmp_path / "train.csv", tmp_path / "dev.csv", tmp_path / "ft", model=tmp_path / "bundle", epochs=1,
-                          device="cpu")
+        result = finetune(
+            tmp_path / "train.csv",
+            tmp_path / "dev.csv",
+            tmp_path / "ft",
+            model=tmp_path / "bundle",
+            epochs=1,
+            device="cpu",
+        )
         assert "mcc" in json.dumps(result)
 
 
@@ -104,16 +129,25 @@ def test_llama_imports_with_a_given_tokenizer_and_generates(tmp_path, capsys):
     Linear RoPE scaling becomes rope_scale."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=10, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                         max_position_embeddings=256, rms_norm_eps=1e-6,
-                         rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0})
+    config = LlamaConfig(
+        vocab_size=10,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0},
+    )
     folder = tmp_path / "llama"
     hf = randomised(LlamaForCausalLM(config))
     hf.save_pretrained(folder)
     code, err = convert_from_hf(folder, tmp_path / "refused", capsys=capsys)
     assert code == 1 and "no tokenizer files" in err and "--tokenizer" in err and not (tmp_path / "refused").exists()
     code, err = convert_from_hf(folder, tmp_path / "refused", "--tokenizer", "kmer:3", capsys=capsys)
-    assert code == 1 and "kmer:3 has 74 ids, config.json's vocab_size is 10" in err and not (tmp_path / "refused").exists()
+    assert (
+        code == 1 and "kmer:3 has 74 ids, config.json's vocab_size is 10" in err and not (tmp_path / "refused").exists()
+    )
     assert convert_from_hf(folder, tmp_path / "bundle", "--tokenizer", "nucleotide", capsys=capsys)[0] == 0
     model, tokenizer = dnalm.load_pretrained(tmp_path / "bundle")
     assert model.config.rope_scale == 2.0 and model.config.rope_theta == 500.0
@@ -137,7 +171,10 @@ def test_dnalm_exports_import_back_exactly(tmp_path, capsys):
         back, back_tokenizer = dnalm.load_pretrained(tmp_path / name)
         assert back_tokenizer.fingerprint == tokenizer.fingerprint, name
         same = {"name": "", "mlp_hidden": None}  # ESM's config states the MLP width dnalm derived
-        assert back.config.model_dump() | same == model.config.model_dump() | same and back.config.hidden == model.config.hidden
+        assert (
+            back.config.model_dump() | same == model.config.model_dump() | same
+            and back.config.hidden == model.config.hidden
+        )
         for key, value in model.state_dict().items():
             assert torch.equal(back.state_dict()[key], value), (name, key)
 
@@ -147,8 +184,9 @@ def test_bad_folders_are_refused_naming_the_file_and_field(tmp_path, capsys):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     good = tmp_path / "good"
-    LlamaForCausalLM(LlamaConfig(vocab_size=10, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                                 intermediate_size=64)).save_pretrained(good)
+    LlamaForCausalLM(
+        LlamaConfig(vocab_size=10, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)
+    ).save_pretrained(good)
 
     def variant(name, edit_config=None, edit_weights=None):
         folder = tmp_path / name
@@ -170,8 +208,16 @@ def test_bad_folders_are_refused_naming_the_file_and_field(tmp_path, capsys):
     (tmp_path / "vocab").mkdir()
     (tmp_path / "vocab" / "config.json").write_text((good / "config.json").read_text())
     (tmp_path / "vocab" / "vocab.txt").write_text("\n".join(["<pad>", "<unk>"] + [f"{b}" for b in "ACGTN"] * 3) + "\n")
-    esm = {"model_type": "esm", "architectures": ["EsmForMaskedLM"], "vocab_size": 10, "hidden_size": 32,
-           "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 64, "pad_token_id": 1}
+    esm = {
+        "model_type": "esm",
+        "architectures": ["EsmForMaskedLM"],
+        "vocab_size": 10,
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "pad_token_id": 1,
+    }
     (tmp_path / "dropout").mkdir()
     (tmp_path / "dropout" / "config.json").write_text(json.dumps(esm | {"token_dropout": True}))
     (tmp_path / "folding").mkdir()
@@ -179,12 +225,16 @@ def test_bad_folders_are_refused_naming_the_file_and_field(tmp_path, capsys):
     cases = {
         tmp_path / "missing": "missing: no such folder",
         tmp_path / "empty": "empty/config.json: missing",
-        variant("bert", lambda c: c.update(model_type="bert")): "model_type 'bert' is not imported; dnalm imports EsmForMaskedLM",
+        variant(
+            "bert", lambda c: c.update(model_type="bert")
+        ): "model_type 'bert' is not imported; dnalm imports EsmForMaskedLM",
         variant("gqa", lambda c: c.update(num_key_value_heads=2)): "config.json: num_key_value_heads 2",
-        variant("lost", edit_weights=lambda w: w.pop("model.layers.0.mlp.up_proj.weight")):
-            "model.safetensors: weight model.layers.0.mlp.up_proj.weight is missing",
-        variant("shape", lambda c: c.update(intermediate_size=48)):
-            "model.safetensors: blocks.0.mlp.up.weight has shape (128, 32), config.json makes it (96, 32)",
+        variant(
+            "lost", edit_weights=lambda w: w.pop("model.layers.0.mlp.up_proj.weight")
+        ): "model.safetensors: weight model.layers.0.mlp.up_proj.weight is missing",
+        variant(
+            "shape", lambda c: c.update(intermediate_size=48)
+        ): "model.safetensors: blocks.0.mlp.up.weight has shape (128, 32), config.json makes it (96, 32)",
         tmp_path / "bpe": "tokenizer.json: a BPE tokenizer, which dnalm cannot map",
         tmp_path / "vocab": "vocab.txt: token id 16 is beyond config.json's vocab_size 10",
         tmp_path / "dropout": "config.json: token_dropout true",

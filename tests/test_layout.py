@@ -11,9 +11,16 @@ import pytest
 from tests.conftest import REPO
 
 
-@pytest.mark.parametrize("old, new", [("dnalm.finetune", "dnalm.eval.finetune"), ("dnalm.errors", "dnalm.utils.errors"),
-                                      ("dnalm.embedding", "dnalm.use.embedding"), ("dnalm.bench.mfu", "dnalm.train.flops"),
-                                      ("dnalm.bench.compare", "dnalm.studies.compare")])
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("dnalm.finetune", "dnalm.eval.finetune"),
+        ("dnalm.errors", "dnalm.utils.errors"),
+        ("dnalm.embedding", "dnalm.use.embedding"),
+        ("dnalm.bench.mfu", "dnalm.train.flops"),
+        ("dnalm.bench.compare", "dnalm.studies.compare"),
+    ],
+)
 def test_a_moved_module_answers_to_its_old_name_with_a_deprecation(old, new):
     sys.modules.pop(old, None)
     with pytest.warns(DeprecationWarning, match=f"{old} moved to {new}"):
@@ -36,17 +43,24 @@ def test_renamed_cnns_answer_to_their_old_names():
 
 def test_no_file_imports_another_that_imports_it_back():
     """Module-level and function-level imports alike, over dnalm/ and data_prep/ (scripts/import_cycles.py)."""
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "import_cycles.py")], capture_output=True, text=True,
-                          cwd=REPO, timeout=60)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "import_cycles.py")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert done.returncode == 0 and ", import cycles: 0" in done.stdout, done.stdout + done.stderr
 
 
 def test_reading_genomes_and_tokenizing_never_loads_torch():
     """What prep's jobs and the BPE trainer run on: a process that reads a genome and tokenizes it has no torch."""
-    code = ("import sys, dnalm.genome as g, dnalm.tokenizers as t; "
-            "bases = g.read(g.DEFAULT_GENOME).contigs[0].sequence[:10000]; "
-            "[t.load(s).encode(bases) for s in ('nucleotide', 'kmer:6')]; "
-            "from dnalm.tokenizers import bpe; "
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys, dnalm.genome as g, dnalm.tokenizers as t; "
+        "bases = g.read(g.DEFAULT_GENOME).contigs[0].sequence[:10000]; "
+        "[t.load(s).encode(bases) for s in ('nucleotide', 'kmer:6')]; "
+        "from dnalm.tokenizers import bpe; "
+        "print('torch' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stdout + done.stderr

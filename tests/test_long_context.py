@@ -25,7 +25,9 @@ def _loss_and_grads(config, ids, labels):
     return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("name, extra", [("decoder-tiny", {}), ("encoder-tiny", {"mlm_target": "bases", "bases_per_token": 3})])
+@pytest.mark.parametrize(
+    "name, extra", [("decoder-tiny", {}), ("encoder-tiny", {"mlm_target": "bases", "bases_per_token": 3})]
+)
 def test_tiles_and_chunks_change_no_result(name, extra):
     """A decoder (vocabulary head) and an encoder with the per-base head: loss and every gradient with the MLP in
     tiles of 64, the head and loss in chunks of 48 (not a divisor of 256) and activation checkpointing equal the
@@ -37,7 +39,9 @@ def test_tiles_and_chunks_change_no_result(name, extra):
     if not base.causal:
         labels[:, ::3] = IGNORE
     plain, plain_grads = _loss_and_grads(base, ids, labels)
-    lean, lean_grads = _loss_and_grads(base.replace(mlp_tile=64, loss_chunk=48, activation_checkpointing=True), ids, labels)
+    lean, lean_grads = _loss_and_grads(
+        base.replace(mlp_tile=64, loss_chunk=48, activation_checkpointing=True), ids, labels
+    )
     assert lean.logits is None and plain.logits is not None
     assert torch.allclose(lean.loss_sum, plain.loss_sum, rtol=1e-6)
     assert int(lean.correct) == int(plain.correct)
@@ -48,8 +52,13 @@ def test_tiles_and_chunks_change_no_result(name, extra):
 
 def _peaks(mode: str, lengths: str) -> dict[int, dict]:
     env = os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
-    done = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "lean_memory.py"), mode, lengths],
-                          capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "scripts" / "lean_memory.py"), mode, lengths],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return {r["length"]: r for r in map(json.loads, done.stdout.splitlines())}
 
@@ -104,10 +113,16 @@ def long_models():
 
     tokenizers = {"kmer": load("kmer:6"), "nucleotide": load("nucleotide")}
     torch.manual_seed(0)
-    models = {(name, kind): (build_model(get_config(name, vocab_size=tok.vocab_size, max_seq_len=LONG, n_layers=1,
-                                                  d_model=64, n_heads=2)).eval(), tok)
-              for name, kind in (("decoder-tiny", "kmer"), ("encoder-tiny", "kmer"), ("encoder-tiny", "nucleotide"))
-              for tok in [tokenizers[kind]]}
+    models = {
+        (name, kind): (
+            build_model(
+                get_config(name, vocab_size=tok.vocab_size, max_seq_len=LONG, n_layers=1, d_model=64, n_heads=2)
+            ).eval(),
+            tok,
+        )
+        for name, kind in (("decoder-tiny", "kmer"), ("encoder-tiny", "kmer"), ("encoder-tiny", "nucleotide"))
+        for tok in [tokenizers[kind]]
+    }
     return models
 
 
@@ -122,12 +137,12 @@ def test_long_inputs_embed_score_and_generate_in_one_pass(long_models, ecoli, tm
     decoder and an encoder over a 196k-base window, and generation from a 32k-token prompt. No operation makes a
     (T, T) tensor or (T, vocab) fp32 logits: the largest tensor made is smaller than one row's logits (the decoder's
     variant score runs 4 windows at once: alt, ref and their reverse complements)."""
+    from dnalm.genome import IndexedGenome
     from dnalm.use.embedding import embed
     from dnalm.use.generate import generate_ids
-    from dnalm.genome import IndexedGenome
     from dnalm.use.variants import Variant, score_variants
 
-    bases = ecoli.sequence[:6 * LONG]
+    bases = ecoli.sequence[: 6 * LONG]
     limit = LONG * 4101 * 4  # one row's (T, vocab) fp32 logits of the 6-mer models: 537 MB; a (T, T) bool mask is 1 GB
     model, kmers = long_models[("encoder-tiny", "kmer")]
     rows, largest = _watched(lambda: embed(model, kmers, [bases], pooling="none"))
@@ -140,8 +155,11 @@ def test_long_inputs_embed_score_and_generate_in_one_pass(long_models, ecoli, tm
     variant = dict(chrom="slice", pos=position, id="v", ref=reference, alt="A" if reference != "A" else "C", line=1)
     for key, window in ((("decoder-tiny", "kmer"), 6 * LONG), (("encoder-tiny", "nucleotide"), LONG)):
         model, tokenizer = long_models[key]
-        [scored], largest = _watched(lambda: score_variants(model, tokenizer, [Variant(**variant)], IndexedGenome(fasta),
-                                                            window=window, batch_size=1))
+        [scored], largest = _watched(
+            lambda: score_variants(
+                model, tokenizer, [Variant(**variant)], IndexedGenome(fasta), window=window, batch_size=1
+            )
+        )
         assert scored.status == "scored" and math.isfinite(scored.score) and largest < limit, (key, largest)
 
     model, kmers = long_models[("decoder-tiny", "kmer")]
@@ -169,7 +187,11 @@ def random_bundles(tmp_path_factory):
     tokenizer, root = load("nucleotide"), tmp_path_factory.mktemp("context-bundles")
     torch.manual_seed(0)
     made = {}
-    for name, extra in (("decoder-tiny", {}), ("encoder-tiny", {}), ("learned", {"positions": "learned", "max_seq_len": 512})):
+    for name, extra in (
+        ("decoder-tiny", {}),
+        ("encoder-tiny", {}),
+        ("learned", {"positions": "learned", "max_seq_len": 512}),
+    ):
         config = get_config("decoder-tiny" if name == "learned" else name, vocab_size=tokenizer.vocab_size, **extra)
         made[name] = save_bundle(root / name, build_model(config), tokenizer, extra={"training": {"seq_len": 256}})
     return made
@@ -182,7 +204,9 @@ def test_eval_context_scores_the_same_bases_at_every_length(random_bundles, tmp_
     from dnalm.genome import DEFAULT_GENOME, IndexedGenome
 
     genome = IndexedGenome(DEFAULT_GENOME)
-    decoder = eval_context.run(random_bundles["decoder-tiny"], DEFAULT_GENOME, [256, 1024], tmp_path / "d", windows=3, target=128)
+    decoder = eval_context.run(
+        random_bundles["decoder-tiny"], DEFAULT_GENOME, [256, 1024], tmp_path / "d", windows=3, target=128
+    )
     assert decoder["metric"] == "perplexity_per_base" and len(decoder["windows"]) == 3
     for point in decoder["lengths"].values():  # untrained: about 4-way uncertain per base, and 3 × 128 bases scored
         assert 2 < point["perplexity_per_base"] < 20 and point["bases_scored"] == 3 * 128
@@ -197,10 +221,34 @@ def test_eval_context_scores_the_same_bases_at_every_length(random_bundles, tmp_
 
     from tests.conftest import run_cli
 
-    done = run_cli("eval", "context", random_bundles["learned"], "--genome", DEFAULT_GENOME, "--lengths", "256,1024",
-                   "--target", "128", "--out", tmp_path / "l")
+    done = run_cli(
+        "eval",
+        "context",
+        random_bundles["learned"],
+        "--genome",
+        DEFAULT_GENOME,
+        "--lengths",
+        "256,1024",
+        "--target",
+        "128",
+        "--out",
+        tmp_path / "l",
+    )
     assert done.returncode == 1 and "learned positions stop at max_seq_len 512" in done.stderr
     assert not (tmp_path / "l" / "context.json").exists() and "Traceback" not in done.stderr
-    done = run_cli("eval", "context", random_bundles["decoder-tiny"], "--genome", DEFAULT_GENOME, "--lengths", "256",
-                   "--target", "128", "--windows", "2", "--out", tmp_path / "c")
+    done = run_cli(
+        "eval",
+        "context",
+        random_bundles["decoder-tiny"],
+        "--genome",
+        DEFAULT_GENOME,
+        "--lengths",
+        "256",
+        "--target",
+        "128",
+        "--windows",
+        "2",
+        "--out",
+        tmp_path / "c",
+    )
     assert done.returncode == 0 and "perplexity per base by context length" in done.stdout, done.stderr

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from dnalm import tokenizers
 from dnalm.data.masking import IGNORE, base_targets, clm_batch, mlm_batch, view_ranges
 from dnalm.data.stream import GenomeStream, StreamLoader
-from dnalm import tokenizers
 from dnalm.tokenizers import MASK_ID, PAD_ID
 from tests.conftest import prep_folder
 
@@ -40,7 +40,9 @@ def test_a_masked_base_is_hidden_in_every_view(views_folder):
     batch = next(iter(StreamLoader(stream)))
     ranges = view_ranges([t.vocab_size for t in stream.manifest.tokenizers])
     out = mlm_batch(batch, ranges, np.random.default_rng(3))
-    for ids, spans, segments, original in zip(out["input_ids"], batch["spans"], batch["segment_ids"], batch["input_ids"]):
+    for ids, spans, segments, original in zip(
+        out["input_ids"], batch["spans"], batch["segment_ids"], batch["input_ids"]
+    ):
         hidden = set()  # the masked bases: exactly what the nucleotide view (segment 0) hides
         for token, (start, end), segment in zip(ids.tolist(), spans.tolist(), segments.tolist()):
             if token == MASK_ID and segment == 0:
@@ -71,7 +73,9 @@ def test_base_targets_spell_every_token_of_every_view(views_folder):
     ranges = view_ranges([t.vocab_size for t in stream.manifest.tokenizers])
     by_token = mlm_batch(batch, ranges, np.random.default_rng(5))
     by_base = mlm_batch(batch, ranges, np.random.default_rng(5), table)
-    assert torch.equal(by_base["input_ids"], by_token["input_ids"]) and by_base["target_rate"] == by_token["target_rate"]
+    assert (
+        torch.equal(by_base["input_ids"], by_token["input_ids"]) and by_base["target_rate"] == by_token["target_rate"]
+    )
     targets = by_token["labels"] != IGNORE
     assert by_base["labels"].shape == (*targets.shape, 6)
     assert (by_base["labels"][~targets] == IGNORE).all()
@@ -85,7 +89,9 @@ def test_base_targets_spell_every_token_of_every_view(views_folder):
 def test_clm_labels_ignore_padding():
     batch = {"input_ids": torch.tensor([[5, 6, 7, PAD_ID]]), "spans": torch.zeros(1, 4, 2, dtype=torch.long)}
     out = clm_batch(batch)
-    assert out["labels"].tolist() == [[5, 6, 7, IGNORE]] and out["attention_mask"].tolist() == [[True, True, True, False]]
+    assert out["labels"].tolist() == [[5, 6, 7, IGNORE]] and out["attention_mask"].tolist() == [
+        [True, True, True, False]
+    ]
 
 
 def test_spans_are_painted_all_at_once_as_one_by_one():

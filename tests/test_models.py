@@ -15,7 +15,9 @@ POSITIONS = ["rope", "alibi", "learned", "none"]
 
 
 def tiny(arch="decoder", **changes) -> ModelConfig:
-    base = dict(vocab_size=16, d_model=32, n_layers=2, n_heads=4, max_seq_len=64, performer_features=64, performer_chunk=8)
+    base = dict(
+        vocab_size=16, d_model=32, n_layers=2, n_heads=4, max_seq_len=64, performer_features=64, performer_chunk=8
+    )
     return get_config(f"{arch}-tiny", **(base | changes))
 
 
@@ -53,21 +55,31 @@ def test_initial_weights_follow_init_std_and_shrink_with_depth_on_the_residual_p
     model = build_model(config)
     residual = config.init_std / (2 * config.n_layers) ** 0.5
     first, last = model.blocks[0], model.blocks[-1]
-    for name, layer, expected in (("embed", model.embed, config.init_std), ("qkv", first.attn.qkv, config.init_std),
-                                  ("up", last.mlp.up, config.init_std), ("out", first.attn.out, residual),
-                                  ("down", last.mlp.down, residual)):
+    for name, layer, expected in (
+        ("embed", model.embed, config.init_std),
+        ("qkv", first.attn.qkv, config.init_std),
+        ("up", last.mlp.up, config.init_std),
+        ("out", first.attn.out, residual),
+        ("down", last.mlp.down, residual),
+    ):
         assert float(layer.weight.detach().std()) == pytest.approx(expected, rel=0.05), name
 
 
-@pytest.mark.parametrize("changes,reason", [
-    (dict(attention="performer", positions="alibi"), "ALiBi adds a bias to explicit attention scores"),
-    (dict(num_segments=2), "a decoder reads one view"),
-    (dict(n_heads=5), "not divisible by n_heads"),
-    (dict(d_model=36, n_heads=4, positions="rope"), "RoPE needs an even head dimension"),
-    (dict(attention="ring"), "attention"),
-    (dict(mlm_target="bases"), "a decoder predicts the next token's id"),
-    (dict(conv_layers=2), "conv_layers is a stem for an encoder's attention blocks; arch decoder would see the future"),
-])
+@pytest.mark.parametrize(
+    "changes,reason",
+    [
+        (dict(attention="performer", positions="alibi"), "ALiBi adds a bias to explicit attention scores"),
+        (dict(num_segments=2), "a decoder reads one view"),
+        (dict(n_heads=5), "not divisible by n_heads"),
+        (dict(d_model=36, n_heads=4, positions="rope"), "RoPE needs an even head dimension"),
+        (dict(attention="ring"), "attention"),
+        (dict(mlm_target="bases"), "a decoder predicts the next token's id"),
+        (
+            dict(conv_layers=2),
+            "conv_layers is a stem for an encoder's attention blocks; arch decoder would see the future",
+        ),
+    ],
+)
 def test_invalid_combinations_say_why(changes, reason):
     with pytest.raises(ModelConfigError, match=reason):
         tiny(**changes)
@@ -128,7 +140,9 @@ def test_padding_does_not_change_real_tokens():
     padded = torch.cat([x, torch.zeros(1, 6, dtype=torch.long)], 1)
     mask = torch.cat([torch.ones(1, 20, dtype=torch.bool), torch.zeros(1, 6, dtype=torch.bool)], 1)
     with torch.no_grad():
-        torch.testing.assert_close(model(padded, attention_mask=mask).logits[:, :20], model(x).logits, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            model(padded, attention_mask=mask).logits[:, :20], model(x).logits, atol=1e-5, rtol=1e-4
+        )
 
 
 def test_hybrid_encoder_convolves_before_attending_and_ignores_padding():
@@ -141,7 +155,9 @@ def test_hybrid_encoder_convolves_before_attending_and_ignores_padding():
         plain = model(x).logits
         torch.testing.assert_close(model(padded, attention_mask=mask).logits[:, :20], plain, atol=1e-5, rtol=1e-4)
         with_stem_removed = built(tiny("encoder", positions="rope"))
-        with_stem_removed.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("conv_stem")})
+        with_stem_removed.load_state_dict(
+            {k: v for k, v in model.state_dict().items() if not k.startswith("conv_stem")}
+        )
         assert not torch.allclose(with_stem_removed(x).logits, plain)
     with pytest.raises(ModelConfigError, match="arch cnn is convolutions throughout"):
         get_config("cnn-base", conv_layers=2)
@@ -163,9 +179,13 @@ def test_views_input_with_segments_and_positions():
 @pytest.mark.parametrize("arch", ["encoder", "cnn"])
 def test_a_bases_head_gives_five_classes_per_base_of_a_token(arch):
     """mlm_target bases: bases_per_token × (A C G T N) outputs in place of the vocabulary, the body untouched."""
+
     def config(**changes):
-        return get_config("cnn-base", vocab_size=4111, d_model=32, n_layers=2, **changes) if arch == "cnn" else \
-            tiny(arch, vocab_size=4111, **changes)
+        return (
+            get_config("cnn-base", vocab_size=4111, d_model=32, n_layers=2, **changes)
+            if arch == "cnn"
+            else tiny(arch, vocab_size=4111, **changes)
+        )
 
     by_token, by_base = built(config()), built(config(mlm_target="bases", bases_per_token=6))
     x = ids(2, 20)

@@ -67,10 +67,19 @@ def test_activations_worked_by_hand_linear_in_the_window_and_split_by_sequence_p
 
 
 def test_lean_step_bounds_the_head_and_the_mlp_by_their_chunks_and_tiles():
-    whole, _ = setup(overrides=["activation_checkpointing=true", "batch.micro_batch=1", "batch.global_batch=2"],
-                     seq_len=65536)
-    lean, _ = setup(overrides=["activation_checkpointing=true", "batch.micro_batch=1", "batch.global_batch=2",
-                               "model.overrides.mlp_tile=1024", "model.overrides.loss_chunk=4096"], seq_len=65536)
+    whole, _ = setup(
+        overrides=["activation_checkpointing=true", "batch.micro_batch=1", "batch.global_batch=2"], seq_len=65536
+    )
+    lean, _ = setup(
+        overrides=[
+            "activation_checkpointing=true",
+            "batch.micro_batch=1",
+            "batch.global_batch=2",
+            "model.overrides.mlp_tile=1024",
+            "model.overrides.loss_chunk=4096",
+        ],
+        seq_len=65536,
+    )
     assert plan.activations(lean).head == plan.activations(whole).head * 4096 / 65536
     d, h = 384, 1024
     saved_by_tiles = 2 * (65536 - 1024) * (2 * d + 4 * h + 3 * d)  # the MLP's part and its gradients, all but a tile
@@ -82,9 +91,18 @@ def test_communication_bytes_worked_by_hand():
     n = plan.counts(s.model).parameters  # 2 micro-batches a step: 2 gathers each, 1 reduce-scatter, half sent
     assert {r["what"]: r["bytes"] for r in plan.communication(s)} == {
         "ZeRO-3 weight all-gathers (2 × 2 micro-batches)": 2 * 2 * 0.5 * 2 * n,
-        "ZeRO-3 gradient reduce-scatter (2 micro-batches)": 2 * 0.5 * 2 * n}
-    s, _ = setup(overrides=["parallel.sequence=2", "activation_checkpointing=true", "batch.micro_batch=1",
-                            "batch.global_batch=1"], gpus=2, seq_len=4096)
+        "ZeRO-3 gradient reduce-scatter (2 micro-batches)": 2 * 0.5 * 2 * n,
+    }
+    s, _ = setup(
+        overrides=[
+            "parallel.sequence=2",
+            "activation_checkpointing=true",
+            "batch.micro_batch=1",
+            "batch.global_batch=1",
+        ],
+        gpus=2,
+        seq_len=4096,
+    )
     ulysses = [r for r in plan.communication(s) if r["what"].startswith("Ulysses")][0]
     assert ulysses["bytes"] == 3 * 6 * 4 * 2048 * 384 * 2 * 0.5  # 3 passes × 6 layers × (q, k, v + output) × half
 
@@ -104,9 +122,17 @@ def test_a_measured_run_on_this_cpu_within_15_percent(ecoli_prepared, tmp_path):
     """One configuration measured here (decoder-small, ZeRO-2, one process, 2 steps); the others: the benchmark."""
     from dnalm.bench.plan import measure
 
-    overrides = [f"run_dir={tmp_path / 'run'}", f"data.path={ecoli_prepared}", "data.num_workers=0",
-                 "logging.wandb=disabled", "budget.steps=2", "eval.interval=1000000", "deepspeed=zero2",
-                 "batch.micro_batch=2", "batch.global_batch=2"]
+    overrides = [
+        f"run_dir={tmp_path / 'run'}",
+        f"data.path={ecoli_prepared}",
+        "data.num_workers=0",
+        "logging.wandb=disabled",
+        "budget.steps=2",
+        "eval.interval=1000000",
+        "deepspeed=zero2",
+        "batch.micro_batch=2",
+        "batch.global_batch=2",
+    ]
     measured = measure(SMALL, overrides, processes=1, steps=2)
     assert "ranks" in measured, measured
     peak = max(measured["ranks"][0]["steps_mib"]) * 2**20
@@ -143,11 +169,22 @@ def test_the_ladder_names_what_fits():
 def test_command_prints_the_table_and_json():
     done = refused_by_cli("plan", DECODER_1_5B, "--gpus", "8", "--gpu", "h100", "--seq-len", "2048")
     assert done.returncode == 0, done.stderr
-    for text in ("8 × H100 SXM 80GB", "weights", "gradients", "optimizer states", "activations kept for the backward",
-                 "ZeRO-3 weight all-gathers", "tokens/s per GPU", ": fits", "assumes:", "leaves out:"):
+    for text in (
+        "8 × H100 SXM 80GB",
+        "weights",
+        "gradients",
+        "optimizer states",
+        "activations kept for the backward",
+        "ZeRO-3 weight all-gathers",
+        "tokens/s per GPU",
+        ": fits",
+        "assumes:",
+        "leaves out:",
+    ):
         assert text in done.stdout, text
-    done = refused_by_cli("plan", DECODER_1_5B, "batch.micro_batch=4", "--gpus", "64", "--gpu", "h200", "--seq-len",
-                          "32768", "--json")
+    done = refused_by_cli(
+        "plan", DECODER_1_5B, "batch.micro_batch=4", "--gpus", "64", "--gpu", "h200", "--seq-len", "32768", "--json"
+    )
     result = json.loads(done.stdout)
     assert result["setup"]["micro_batch"] == 4 and result["nodes"] == 8 and result["device"] == "H200 SXM 141GB"
 
@@ -155,16 +192,25 @@ def test_command_prints_the_table_and_json():
 GPUS_8 = ["--gpus", "8", "--gpu", "h100"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--gpus", "8", "--gpu", "h300", "--seq-len", "2048"], "--gpu 'h300': not a device this plan knows; choose from"),
-    (GPUS_8, "data.path data/grch38-bpe holds no prepared data: give the window with --seq-len"),
-    (["--gpu", "h100", "--seq-len", "2048"], "plan needs --gpus N and --gpu KIND"),
-    (["--gpus", "0", "--gpu", "h100", "--seq-len", "2048"], "--gpus 0: give 1 or more"),
-    ([*GPUS_8, "--seq-len", "0"], "--seq-len 0: give 1 or more tokens"),
-    ([*GPUS_8, "--seq-len", "2048", "--mfu", "1.5"], "--mfu 1.5: give a fraction in (0, 1]"),
-    ([*GPUS_8, "--seq-len", "2048", "parallel.sequence=3"], "parallel.sequence 3 does not divide"),
-    (["--gpus", "6", "--gpu", "h100", "--seq-len", "2048"], "batch.global_batch 512 is not a multiple of micro_batch"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--gpus", "8", "--gpu", "h300", "--seq-len", "2048"],
+            "--gpu 'h300': not a device this plan knows; choose from",
+        ),
+        (GPUS_8, "data.path data/grch38-bpe holds no prepared data: give the window with --seq-len"),
+        (["--gpu", "h100", "--seq-len", "2048"], "plan needs --gpus N and --gpu KIND"),
+        (["--gpus", "0", "--gpu", "h100", "--seq-len", "2048"], "--gpus 0: give 1 or more"),
+        ([*GPUS_8, "--seq-len", "0"], "--seq-len 0: give 1 or more tokens"),
+        ([*GPUS_8, "--seq-len", "2048", "--mfu", "1.5"], "--mfu 1.5: give a fraction in (0, 1]"),
+        ([*GPUS_8, "--seq-len", "2048", "parallel.sequence=3"], "parallel.sequence 3 does not divide"),
+        (
+            ["--gpus", "6", "--gpu", "h100", "--seq-len", "2048"],
+            "batch.global_batch 512 is not a multiple of micro_batch",
+        ),
+    ],
+)
 def test_command_refusals_are_one_line(args, message):
     overrides = [a for a in args if "=" in a]  # after CONFIG, as dnalm train takes them
     done = refused_by_cli("plan", DECODER_1_5B, *overrides, *[a for a in args if a not in overrides])

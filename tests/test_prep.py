@@ -81,13 +81,15 @@ def test_chr20_slice_views_never_cross_n_runs(tmp_path, chr20):
     path = tmp_path / "chr20_slice.fa"
     seq = chr20.sequence[start:end]
     path.write_text(">20:26100000-30000000\n" + "\n".join(seq[i : i + 60] for i in range(0, len(seq), 60)) + "\n")
-    folder = prep_folder(tmp_path / "data", [path], ("nucleotide", "kmer:6"), seq_len=1024, views=True, val_fraction=0.1)
+    folder = prep_folder(
+        tmp_path / "data", [path], ("nucleotide", "kmer:6"), seq_len=1024, views=True, val_fraction=0.1
+    )
     m = Manifest.load(folder)
     assert 0 < m.padding_fraction <= 0.01
     assert m.accounting.dropped_n == 3_100_000 + 150_000
     assert m.accounting.in_samples + m.accounting.dropped_n + m.accounting.left_over == len(seq)
     nucleotide, kmer = tokenizers.load("nucleotide"), tokenizers.load("kmer:6")
-    for _, key, meta, (ids_n, ids_k) in all_samples(folder):
+    for _, _key, meta, (ids_n, ids_k) in all_samples(folder):
         bases = seq[meta["start"] : meta["end"]]
         assert "N" * 100 not in bases
         assert nucleotide.decode(ids_n) == bases == kmer.decode(ids_k)
@@ -96,11 +98,16 @@ def test_chr20_slice_views_never_cross_n_runs(tmp_path, chr20):
 
 def test_dots_and_spaces_in_contig_names(tmp_path, ecoli):
     path = tmp_path / "named.fa"
-    path.write_text(f">NC_000913.3 Escherichia coli str. K-12\n{ecoli.sequence[:30_000]}\n"
-                    f">scaffold.1~x/y\n{ecoli.sequence[40_000:60_000]}\n")
+    path.write_text(
+        f">NC_000913.3 Escherichia coli str. K-12\n{ecoli.sequence[:30_000]}\n"
+        f">scaffold.1~x/y\n{ecoli.sequence[40_000:60_000]}\n"
+    )
     folder = prep_folder(tmp_path / "data", [path], seq_len=256, val_fraction=0)
-    samples = list(wds.WebDataset([str(folder / s.path) for s in Manifest.load(folder).splits["train"].shards],
-                                  shardshuffle=False).decode())
+    samples = list(
+        wds.WebDataset(
+            [str(folder / s.path) for s in Manifest.load(folder).splits["train"].shards], shardshuffle=False
+        ).decode()
+    )
     contigs = {s["json"]["contig"] for s in samples}
     assert contigs == {"NC_000913.3", "scaffold.1~x/y"}
     assert all({"json", "tok0.npy"} <= set(s) for s in samples), "a key cut at a dot would scatter a sample's fields"
@@ -113,7 +120,9 @@ def test_dots_and_spaces_in_contig_names(tmp_path, ecoli):
 
 
 def test_reverse_complement(tmp_path, ecoli):
-    folder = prep_folder(tmp_path / "data", [genome.DEFAULT_GENOME], seq_len=4096, val_fraction=0, reverse_complement=True)
+    folder = prep_folder(
+        tmp_path / "data", [genome.DEFAULT_GENOME], seq_len=4096, val_fraction=0, reverse_complement=True
+    )
     tok = tokenizers.load("nucleotide")
     strands = {"+": 0, "-": 0}
     for _, _, meta, (ids,) in all_samples(folder):
@@ -125,7 +134,9 @@ def test_reverse_complement(tmp_path, ecoli):
 
 
 def config_for(path, **extra):
-    return PrepConfig(genomes=[str(path)], tokenizers=["nucleotide"], seq_len=512, shard_size_mb=0.5, val_fraction=0.05, **extra)
+    return PrepConfig(
+        genomes=[str(path)], tokenizers=["nucleotide"], seq_len=512, shard_size_mb=0.5, val_fraction=0.05, **extra
+    )
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +153,22 @@ def test_job_slices_and_merge_equal_one_job(tmp_path, one_job):
         run_slice(folder, index, 3)
     with pytest.raises(DataError, match="not finished"):
         merge(folder)
-    result = run_cli("prep", genome.DEFAULT_GENOME, "--out", folder, "--seq-len", "512", "--shard-size-mb", "0.5",
-                     "--val-fraction", "0.05", "--job-index", "1", "--num-jobs", "3")
+    result = run_cli(
+        "prep",
+        genome.DEFAULT_GENOME,
+        "--out",
+        folder,
+        "--seq-len",
+        "512",
+        "--shard-size-mb",
+        "0.5",
+        "--val-fraction",
+        "0.05",
+        "--job-index",
+        "1",
+        "--num-jobs",
+        "3",
+    )
     assert result.returncode == 0, result.stderr
     assert (folder / "manifest.json").exists(), "the last slice writes the manifest"
     assert shard_digests(folder) == shard_digests(one_job)
@@ -154,8 +179,20 @@ def test_job_slices_and_merge_equal_one_job(tmp_path, one_job):
 
 
 def test_local_jobs_equal_one_job(tmp_path, one_job):
-    result = run_cli("prep", genome.DEFAULT_GENOME, "--out", tmp_path / "two", "--seq-len", "512", "--shard-size-mb", "0.5",
-                     "--val-fraction", "0.05", "--jobs", "2")
+    result = run_cli(
+        "prep",
+        genome.DEFAULT_GENOME,
+        "--out",
+        tmp_path / "two",
+        "--seq-len",
+        "512",
+        "--shard-size-mb",
+        "0.5",
+        "--val-fraction",
+        "0.05",
+        "--jobs",
+        "2",
+    )
     assert result.returncode == 0, result.stderr
     assert shard_digests(tmp_path / "two") == shard_digests(one_job)
     assert "in samples" in result.stdout and "Mbases/s" in result.stdout
@@ -163,8 +200,21 @@ def test_local_jobs_equal_one_job(tmp_path, one_job):
 
 def test_kill_nine_then_resume_equals_uninterrupted(tmp_path, one_job):
     folder = tmp_path / "crashed"
-    cmd = [sys.executable, "-m", "dnalm", "prep", str(genome.DEFAULT_GENOME), "--out", str(folder), "--seq-len", "512",
-           "--shard-size-mb", "0.5", "--val-fraction", "0.05"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dnalm",
+        "prep",
+        str(genome.DEFAULT_GENOME),
+        "--out",
+        str(folder),
+        "--seq-len",
+        "512",
+        "--shard-size-mb",
+        "0.5",
+        "--val-fraction",
+        "0.05",
+    ]
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and len(list(folder.glob("train/*.tar.json"))) < 2:
@@ -192,14 +242,17 @@ def test_other_inputs_into_the_same_folder_are_refused(tmp_path, one_job):
     assert result.returncode == 1 and "not a dnalm prep folder" in result.stderr
 
 
-@pytest.mark.parametrize("args,pattern", [
-    (["--tokenizers", "nucleotide,kmer:6"], "need --views"),
-    (["--tokenizers", "nucleotide,kmer:6:1", "--views"], "overlapping k-mers"),
-    (["--tokenizers", "kmer:12"], "k must be between 1 and 8"),
-    (["--seq-len", "4"], "seq_len: Input should be greater than or equal to 8"),
-    (["--val-fraction", "1.5"], "val_fraction"),
-    (["--job-index", "3", "--num-jobs", "2"], "--job-index must be in 0..1"),
-])
+@pytest.mark.parametrize(
+    "args,pattern",
+    [
+        (["--tokenizers", "nucleotide,kmer:6"], "need --views"),
+        (["--tokenizers", "nucleotide,kmer:6:1", "--views"], "overlapping k-mers"),
+        (["--tokenizers", "kmer:12"], "k must be between 1 and 8"),
+        (["--seq-len", "4"], "seq_len: Input should be greater than or equal to 8"),
+        (["--val-fraction", "1.5"], "val_fraction"),
+        (["--job-index", "3", "--num-jobs", "2"], "--job-index must be in 0..1"),
+    ],
+)
 def test_bad_settings(tmp_path, args, pattern):
     base = ["prep", "--out", tmp_path / "out", "--seq-len", "256"]
     result = refused_by_cli(*base, *args)
@@ -216,10 +269,27 @@ def test_missing_genome_leaves_nothing(tmp_path):
 def test_four_jobs_started_at_once_on_an_empty_folder_all_succeed(tmp_path, one_job):
     """A SLURM array's tasks start together: one builds the plan, the others wait for it; the shards equal one job's."""
     folder = tmp_path / "array"
-    command = [sys.executable, "-m", "dnalm", "prep", str(genome.DEFAULT_GENOME), "--out", str(folder), "--seq-len", "512",
-               "--shard-size-mb", "0.5", "--val-fraction", "0.05", "--num-jobs", "4"]
-    jobs = [subprocess.Popen([*command, "--job-index", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for i in range(4)]
+    command = [
+        sys.executable,
+        "-m",
+        "dnalm",
+        "prep",
+        str(genome.DEFAULT_GENOME),
+        "--out",
+        str(folder),
+        "--seq-len",
+        "512",
+        "--shard-size-mb",
+        "0.5",
+        "--val-fraction",
+        "0.05",
+        "--num-jobs",
+        "4",
+    ]
+    jobs = [
+        subprocess.Popen([*command, "--job-index", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(4)
+    ]
     outputs = [job.communicate(timeout=300) for job in jobs]
     assert [job.returncode for job in jobs] == [0] * 4, [err[-500:] for _, err in outputs]
     assert shard_digests(folder) == shard_digests(one_job)

@@ -24,10 +24,17 @@ from dnalm.data.sources import SourceError, open_source
 from dnalm.data.stream import GenomeStream, StreamLoader
 from tests.conftest import REPO, refused_by_cli
 from tests.launching import losses, run, sample_keys, torchrun_cmd
-from tests.test_stream import take
 from tests.servers import FAULTS, FaultProxy, FileServer, free_port, s3_server
+from tests.test_stream import take
 
-PREP = ["--seq-len", "512", "--shard-size-mb", "1.0", "--val-fraction", "0.05"]  # the settings of conftest's ecoli_prepared
+PREP = [
+    "--seq-len",
+    "512",
+    "--shard-size-mb",
+    "1.0",
+    "--val-fraction",
+    "0.05",
+]  # the settings of conftest's ecoli_prepared
 
 
 def bucket_keys(prefix: str) -> dict[str, int]:
@@ -65,15 +72,38 @@ def published(s3, tmp_path_factory):
     the same command run again."""
     root = tmp_path_factory.mktemp("published")
     url = "s3://dnalm/ecoli"
-    cmd = [sys.executable, "-m", "dnalm", "prep", str(genome.DEFAULT_GENOME), "--out", url, "--work", str(root / "work"), *PREP]
-    killed = subprocess.run(cmd, capture_output=True, text=True, timeout=300, start_new_session=True,
-                            env=os.environ | {"DNALM_FAULTS": "kill@prep.uploaded:5"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "dnalm",
+        "prep",
+        str(genome.DEFAULT_GENOME),
+        "--out",
+        url,
+        "--work",
+        str(root / "work"),
+        *PREP,
+    ]
+    killed = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        start_new_session=True,
+        env=os.environ | {"DNALM_FAULTS": "kill@prep.uploaded:5"},
+    )
     after_kill = bucket_keys("ecoli/")
     with pytest.raises(DataError) as refused:
         GenomeStream(url, batch_size=4, cache_dir=root / "early-reader")
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    return {"url": url, "root": root, "killed": killed, "after_kill": after_kill, "refused": str(refused.value),
-            "rerun": rerun}
+    return {
+        "url": url,
+        "root": root,
+        "killed": killed,
+        "after_kill": after_kill,
+        "refused": str(refused.value),
+        "rerun": rerun,
+    }
 
 
 def test_prep_to_s3_uploads_every_shard_before_the_manifest(published, ecoli_prepared):
@@ -82,7 +112,9 @@ def test_prep_to_s3_uploads_every_shard_before_the_manifest(published, ecoli_pre
     assert "ecoli/plan.json" in up and "ecoli/manifest.json" not in up
     sidecars = [k for k in up if k.endswith(".tar.json")]
     assert len(sidecars) == 5, sidecars
-    assert all(k.removesuffix(".json") in up and k.replace(".json", ".idx") in up for k in sidecars), "a sidecar follows its shard"
+    assert all(k.removesuffix(".json") in up and k.replace(".json", ".idx") in up for k in sidecars), (
+        "a sidecar follows its shard"
+    )
     assert "s3://dnalm/ecoli/manifest.json: no manifest" in published["refused"]
 
     assert published["rerun"].returncode == 0, published["rerun"].stderr
@@ -90,8 +122,9 @@ def test_prep_to_s3_uploads_every_shard_before_the_manifest(published, ecoli_pre
     local = Manifest.load(ecoli_prepared)
     assert remote.plan_fingerprint == local.plan_fingerprint
     for split in ("train", "val"):
-        assert [(s.path, s.sha256, s.index_sha256) for s in remote.splits[split].shards] == \
-               [(s.path, s.sha256, s.index_sha256) for s in local.splits[split].shards]
+        assert [(s.path, s.sha256, s.index_sha256) for s in remote.splits[split].shards] == [
+            (s.path, s.sha256, s.index_sha256) for s in local.splits[split].shards
+        ]
     up = bucket_keys("ecoli/")
     for shard in (s for split in remote.splits.values() for s in split.shards):
         assert up[f"ecoli/{shard.path}"] == shard.bytes and up[f"ecoli/{shard.path}.idx"] == shard.num_samples * 24
@@ -103,15 +136,22 @@ def test_job_slices_on_two_machines_publish_one_prep_and_other_inputs_are_refuse
     second writes it from both slices' sidecars, with the shards of a local prep. Another prep into the same prefix is
     refused before it uploads anything."""
     url = "s3://dnalm/sliced"
-    config = PrepConfig(genomes=[str(genome.DEFAULT_GENOME)], tokenizers=["nucleotide"], seq_len=512, shard_size_mb=1.0,
-                        val_fraction=0.05)
+    config = PrepConfig(
+        genomes=[str(genome.DEFAULT_GENOME)],
+        tokenizers=["nucleotide"],
+        seq_len=512,
+        shard_size_mb=1.0,
+        val_fraction=0.05,
+    )
     first = prep(config, tmp_path / "node0", job_index=0, num_jobs=2, publish_to=url)
     assert first["manifest"] is None and "sliced/manifest.json" not in bucket_keys("sliced/")
     second = prep(config, tmp_path / "node1", job_index=1, num_jobs=2, publish_to=url)
     local = Manifest.load(ecoli_prepared)
     assert second["manifest"].plan_fingerprint == local.plan_fingerprint
     remote = Manifest.model_validate_json(open_source(url).read("manifest.json"))
-    assert [(s.path, s.sha256) for s in remote.splits["train"].shards] == [(s.path, s.sha256) for s in local.splits["train"].shards]
+    assert [(s.path, s.sha256) for s in remote.splits["train"].shards] == [
+        (s.path, s.sha256) for s in local.splits["train"].shards
+    ]
     assert not list((tmp_path / "node1" / "train").glob("shard-000000.tar")), "node 1 never wrote node 0's shards"
 
     done = refused_by_cli("prep", "--out", url, "--work", tmp_path / "other", "--seq-len", "256")
@@ -132,8 +172,10 @@ def test_remote_streams_read_what_the_local_folder_gives(published, http, ecoli_
 
 def test_a_remote_stream_resumes_exactly_with_other_workers_and_a_cold_cache(published, tmp_path):
     def loader(cache, workers):
-        return StreamLoader(GenomeStream(published["url"], batch_size=4, seed=3, epochs=None, cache_dir=tmp_path / cache),
-                            num_workers=workers)
+        return StreamLoader(
+            GenomeStream(published["url"], batch_size=4, seed=3, epochs=None, cache_dir=tmp_path / cache),
+            num_workers=workers,
+        )
 
     uninterrupted = take(loader("a", 2), 60)
     first = loader("b", 2)
@@ -159,8 +201,10 @@ def test_each_rank_downloads_its_share_and_every_sample_is_read_once(ecoli, tmp_
     half = tmp_path / "half.fa"  # 2.3 Mb in ~60 shards: each of 8 ranks has ~8, so its two end shards cost little
     half.write_text(f">half\n{ecoli.sequence[:2_300_000]}\n")
     folder = tmp_path / "small-shards"
-    prep(PrepConfig(genomes=[str(half)], tokenizers=["nucleotide"], seq_len=512, shard_size_mb=0.125, val_fraction=0.0),
-         folder)
+    prep(
+        PrepConfig(genomes=[str(half)], tokenizers=["nucleotide"], seq_len=512, shard_size_mb=0.125, val_fraction=0.0),
+        folder,
+    )
     manifest = Manifest.load(folder)
     split = sum(shard_bytes(s) for s in manifest.splits["train"].shards)
     server = FileServer(folder)
@@ -168,8 +212,14 @@ def test_each_rank_downloads_its_share_and_every_sample_is_read_once(ecoli, tmp_
         for world in (2, 8):
             seen = []
             for rank in range(world):
-                stream = GenomeStream(server.url, batch_size=4, rank=rank, world_size=world, seed=0,
-                                      cache_dir=tmp_path / f"{world}-{rank}")
+                stream = GenomeStream(
+                    server.url,
+                    batch_size=4,
+                    rank=rank,
+                    world_size=world,
+                    seed=0,
+                    cache_dir=tmp_path / f"{world}-{rank}",
+                )
                 seen += [s["key"] for s in stream]
                 downloaded = stream.cache.stats()["bytes_downloaded"]
                 assert downloaded <= 1.2 * split / world, (world, rank, downloaded / split)
@@ -192,8 +242,16 @@ for k, batch in enumerate(StreamLoader(stream, num_workers=2)):
 def test_a_node_downloads_each_shard_once_for_all_its_ranks_and_workers(http, tmp_path):
     http.requests.clear()
     cache = tmp_path / "node-cache"
-    ranks = [subprocess.Popen([sys.executable, "-c", NODE_RANK, http.url, str(r), str(cache)], cwd=REPO,
-                              env=os.environ | {"PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", NODE_RANK, http.url, str(r), str(cache)],
+            cwd=REPO,
+            env=os.environ | {"PYTHONPATH": str(REPO)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
     for process in ranks:
         assert process.wait(timeout=300) == 0, process.stderr.read()
     gets = http.gets(".tar")
@@ -215,9 +273,18 @@ def test_the_cache_evicts_the_least_recently_used_shard_and_refuses_a_tiny_limit
     assert cache.usage() <= cache.limit
 
     limit = 6 * shard_bytes(entries[0])
-    stream = GenomeStream(published["url"], batch_size=8, seed=1, cache_dir=tmp_path / "small", cache_limit=limit,
-                          partitions=2, block_size=316)
-    local = samples(GenomeStream(ecoli_prepared, batch_size=8, seed=1, order="blocks", partitions=2, block_size=316), 3000)
+    stream = GenomeStream(
+        published["url"],
+        batch_size=8,
+        seed=1,
+        cache_dir=tmp_path / "small",
+        cache_limit=limit,
+        partitions=2,
+        block_size=316,
+    )
+    local = samples(
+        GenomeStream(ecoli_prepared, batch_size=8, seed=1, order="blocks", partitions=2, block_size=316), 3000
+    )
     got, most = [], 0
     for sample in stream:
         got.append((sample["key"], sample["input_ids"].tolist()))
@@ -236,8 +303,11 @@ def test_the_cache_limit_counts_every_rank_and_worker_of_the_node(http, ecoli_pr
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun's
     stream = GenomeStream(http.url, **settings)
     StreamLoader(stream, num_workers=0)
-    with pytest.raises(DataError, match=r"cannot hold 24 of the largest shards \([\d,]+ bytes\): 2 local ranks × 2 workers "
-                                         r"× \(4 prefetched \+ the one read \+ one arriving\)"):
+    with pytest.raises(
+        DataError,
+        match=r"cannot hold 24 of the largest shards \([\d,]+ bytes\): 2 local ranks × 2 workers "
+        r"× \(4 prefetched \+ the one read \+ one arriving\)",
+    ):
         StreamLoader(stream, num_workers=2)
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     monkeypatch.setenv("LOCAL_SIZE", "3")  # DeepSpeed's launcher's
@@ -332,8 +402,10 @@ def test_missing_buckets_wrong_credentials_and_dead_endpoints_fail_clearly(publi
     started = time.monotonic()
     with pytest.raises(DataError, match=r"s3://no-such-bucket/data/manifest.json: NoSuchBucket"):
         GenomeStream("s3://no-such-bucket/data", batch_size=4, cache_dir=tmp_path)
-    for out, message in (("s3://no-such-bucket/data", "s3://no-such-bucket/data/manifest.json: NoSuchBucket"),
-                         ("https://example.org/data", "--out https://example.org/data: http(s) sources are read-only")):
+    for out, message in (
+        ("s3://no-such-bucket/data", "s3://no-such-bucket/data/manifest.json: NoSuchBucket"),
+        ("https://example.org/data", "--out https://example.org/data: http(s) sources are read-only"),
+    ):
         done = refused_by_cli("prep", "--out", out, "--work", tmp_path / "work", "--seq-len", "256")
         assert done.returncode == 1 and message in done.stderr, done.stderr
         assert not (tmp_path / "work").exists(), "refused before any plan was made"
@@ -371,8 +443,12 @@ def test_a_reader_killed_mid_download_resumes_with_exactly_the_uninterrupted_sam
     env = os.environ | {"PYTHONPATH": str(REPO)}
     http.rate = 4e6  # a 1 MB shard takes a quarter of a second
     try:
-        reader = subprocess.Popen([sys.executable, "-c", READER, http.url, str(cache), "0", "400", str(log)], env=env,
-                                  cwd=REPO, start_new_session=True)
+        reader = subprocess.Popen(
+            [sys.executable, "-c", READER, http.url, str(cache), "0", "400", str(log)],
+            env=env,
+            cwd=REPO,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             done = len(log.read_text().splitlines()) if log.exists() else 0
@@ -384,8 +460,14 @@ def test_a_reader_killed_mid_download_resumes_with_exactly_the_uninterrupted_sam
         assert list((cache / "shards").glob(".*.tmp*")), "killed while a download was in flight"
         http.rate = None
         done = len(log.read_text().splitlines())
-        again = subprocess.run([sys.executable, "-c", READER, http.url, str(cache), str(done), "30", str(log)], env=env,
-                               cwd=REPO, capture_output=True, text=True, timeout=300)
+        again = subprocess.run(
+            [sys.executable, "-c", READER, http.url, str(cache), str(done), "30", str(log)],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert again.returncode == 0, again.stderr
     finally:
         http.rate = None
@@ -399,12 +481,30 @@ def test_a_reader_killed_mid_download_resumes_with_exactly_the_uninterrupted_sam
 
 def test_training_reads_its_windows_from_a_bucket(published, ecoli_prepared, tmp_path):
     run_dir = tmp_path / "run"
-    run(torchrun_cmd(2, published["url"], run_dir, **{"budget.steps": 4, "eval.interval": 4, "checkpoint.interval": 4,
-                                                      "logging.record_sample_keys": "true",
-                                                      "data.cache_dir": tmp_path / "cache"}))
+    run(
+        torchrun_cmd(
+            2,
+            published["url"],
+            run_dir,
+            **{
+                "budget.steps": 4,
+                "eval.interval": 4,
+                "checkpoint.interval": 4,
+                "logging.record_sample_keys": "true",
+                "data.cache_dir": tmp_path / "cache",
+            },
+        )
+    )
     keys = sample_keys(run_dir)
-    expected = [[s["key"] for s, _ in zip(GenomeStream(ecoli_prepared, batch_size=4, rank=r, world_size=2, order="blocks",
-                                                      epochs=None), range(16))] for r in range(2)]
+    expected = [
+        [
+            s["key"]
+            for s, _ in zip(
+                GenomeStream(ecoli_prepared, batch_size=4, rank=r, world_size=2, order="blocks", epochs=None), range(16)
+            )
+        ]
+        for r in range(2)
+    ]
     assert [[line.split("\t")[1] for line in rank] for rank in keys] == expected
     assert all(np.isfinite(v) for v in losses(run_dir).values())
 
@@ -414,8 +514,17 @@ def test_bench_stream_measures_throughput_shares_and_the_input_path(ecoli, tmp_p
 
     source = tmp_path / "slice.fa"
     source.write_text(f">slice\n{ecoli.sequence[:1_000_000]}\n")
-    result = stream.run(tmp_path / "out", tmp_path / "work", serve="http", genome=source, seq_len=512, shard_size_mb=0.1,
-                        samples=200, worlds=(4,), latency_s=0.002)
+    result = stream.run(
+        tmp_path / "out",
+        tmp_path / "work",
+        serve="http",
+        genome=source,
+        seq_len=512,
+        shard_size_mb=0.1,
+        samples=200,
+        worlds=(4,),
+        latency_s=0.002,
+    )
     assert result["data"]["local_copy_compared"] and result["data"]["shards"] >= 16
     rates = result["throughput"]
     assert all(rates[k]["samples_per_s"] > 0 for k in rates)

@@ -60,17 +60,27 @@ def _compare_on_two_ranks(rank: int, port: int, results):
         mask = key_mask if padded else None
         slopes = alibi_slopes(heads) if alibi else None
         full = [x.clone().requires_grad_() for x in (q, k, v)]
-        reference = ATTENTION[backend](*full, causal=causal, q_pos=positions, k_pos=positions, key_mask=mask, alibi=slopes,
-                                       performer=performer)
+        reference = ATTENTION[backend](
+            *full, causal=causal, q_pos=positions, k_pos=positions, key_mask=mask, alibi=slopes, performer=performer
+        )
         reference.backward(torch.ones_like(reference))
         part = slice(rank * length // 2, (rank + 1) * length // 2)
         mine = [x[:, :, part].clone().requires_grad_() for x in (q, k, v)]
         wrapped = UlyssesAttention(ATTENTION[backend], dist.group.WORLD)
-        out = wrapped(*mine, causal=causal, q_pos=positions[:, part], k_pos=positions[:, part],
-                      key_mask=None if mask is None else mask[:, part], alibi=slopes, performer=performer)
+        out = wrapped(
+            *mine,
+            causal=causal,
+            q_pos=positions[:, part],
+            k_pos=positions[:, part],
+            key_mask=None if mask is None else mask[:, part],
+            alibi=slopes,
+            performer=performer,
+        )
         out.backward(torch.ones_like(out))
-        difference = max([float((out - reference[:, :, part]).abs().max())] +
-                         [float((m.grad - f.grad[:, :, part]).abs().max()) for m, f in zip(mine, full)])
+        difference = max(
+            [float((out - reference[:, :, part]).abs().max())]
+            + [float((m.grad - f.grad[:, :, part]).abs().max()) for m, f in zip(mine, full)]
+        )
         errors.append((case, difference / (1e-9 if dtype == torch.float64 else 1e-4)))
     results[rank] = errors
     results[f"calls{rank}"] = _collectives_of_a_step(rank)
@@ -89,6 +99,7 @@ def _collectives_of_a_step(rank: int) -> dict:
         def call(*args, **kwargs):
             calls[name] += 1
             return originals[name](*args, **kwargs)
+
         return call
 
     model = build_model(get_config("encoder-tiny", n_layers=2, activation_checkpointing=True, vocab_size=16))
@@ -120,11 +131,14 @@ def test_the_exchange_attends_like_whole_windows_for_every_backend():
     for rank in (0, 1):
         bad = [(case, err) for case, err in results[rank] if err > 1]  # errors in units of the dtype's tolerance
         assert len(results[rank]) == 2 * len(list(_attention_cases())) and not bad, bad
-        # per layer: one all-to-all for q, k and v, one for the output; positions and key mask gathered once per forward,
+        # per layer: one all-to-all for q, k and v, one for the output; positions and key mask gathered once per
+        # forward,
         # not per layer and not again when the backward recomputes each layer (2 more all-to-alls a layer, 2 for the
         # gradients' way back)
-        assert results[f"calls{rank}"] == {"forward": {"all_to_all_single": 2 * 2, "all_gather": 2},
-                                           "backward": {"all_to_all_single": 2 * 2 + 2 * 2, "all_gather": 0}}
+        assert results[f"calls{rank}"] == {
+            "forward": {"all_to_all_single": 2 * 2, "all_gather": 2},
+            "backward": {"all_to_all_single": 2 * 2 + 2 * 2, "all_gather": 0},
+        }
 
 
 def test_a_slice_keeps_global_positions_and_whole_window_labels():
@@ -150,13 +164,25 @@ def test_settings_ulysses_cannot_split_are_refused_with_the_numbers():
 
 
 # --- real DeepSpeed training --------------------------------------------------------------------------------------
-MODELS = {"encoder": {"model.name": "encoder-tiny", "deepspeed": "zero2"},  # ALiBi
-          "decoder": {"model.name": "decoder-tiny", "deepspeed": "zero3"}}  # RoPE
+MODELS = {
+    "encoder": {"model.name": "encoder-tiny", "deepspeed": "zero2"},  # ALiBi
+    "decoder": {"model.name": "decoder-tiny", "deepspeed": "zero3"},
+}  # RoPE
 
 
 def _run(data, folder, model: str, sequence: int, resume: str = "none", **extra) -> dict:
-    settings = MODELS[model] | {"budget.steps": STEPS, "checkpoint.interval": 3, "eval.interval": STEPS,
-                                "data.num_workers": 0, "parallel.sequence": sequence, "precision": "fp32"} | extra
+    settings = (
+        MODELS[model]
+        | {
+            "budget.steps": STEPS,
+            "checkpoint.interval": 3,
+            "eval.interval": STEPS,
+            "data.num_workers": 0,
+            "parallel.sequence": sequence,
+            "precision": "fp32",
+        }
+        | extra
+    )
     return {"config": str(CONFIG), "resume": resume, "overrides": overrides(data, folder, **settings)}
 
 
@@ -180,22 +206,33 @@ def _launch(processes: int, runs: list[dict], folder) -> None:
 @pytest.fixture(scope="module")
 def runs(ecoli128, tmp_path_factory):
     root = tmp_path_factory.mktemp("sequence")
-    folder = {f"{model}-{name}": root / f"{model}-{name}" for model in MODELS
-              for name in ("s1", "s2", "s1dp2", "s2dp2", "s2-to-s4", "s2-to-s1", "s1dp2-no-overlap")}
-    _launch(2, [_run(ecoli128, folder[f"{m}-s2"], m, 2) for m in MODELS] +
-            [_run(ecoli128, folder[f"{m}-s1dp2"], m, 1) for m in MODELS] +
-            [_run(ecoli128, folder[f"{m}-s1dp2-no-overlap"], m, 1, deepspeed=_without_overlap(m, root)) for m in MODELS],
-            root)
+    folder = {
+        f"{model}-{name}": root / f"{model}-{name}"
+        for model in MODELS
+        for name in ("s1", "s2", "s1dp2", "s2dp2", "s2-to-s4", "s2-to-s1", "s1dp2-no-overlap")
+    }
+    _launch(
+        2,
+        [_run(ecoli128, folder[f"{m}-s2"], m, 2) for m in MODELS]
+        + [_run(ecoli128, folder[f"{m}-s1dp2"], m, 1) for m in MODELS]
+        + [_run(ecoli128, folder[f"{m}-s1dp2-no-overlap"], m, 1, deepspeed=_without_overlap(m, root)) for m in MODELS],
+        root,
+    )
     step3 = "checkpoints/step-3"
     for m, resumed in itertools.product(MODELS, ("s2-to-s4", "s2-to-s1")):  # saved at step 3 by S = 2, continued at S'
         shutil.copytree(folder[f"{m}-s2"], folder[f"{m}-{resumed}"])
 
     def resume(m, resumed, sequence):
         return _run(ecoli128, folder[f"{m}-{resumed}"], m, sequence, resume=str(folder[f"{m}-{resumed}"] / step3))
-    _launch(4, [_run(ecoli128, folder[f"{m}-s2dp2"], m, 2) for m in MODELS] + [resume(m, "s2-to-s4", 4) for m in MODELS],
-            root)
-    _launch(1, [_run(ecoli128, folder[f"{m}-s1"], m, 1) for m in MODELS] + [resume(m, "s2-to-s1", 1) for m in MODELS],
-            root)
+
+    _launch(
+        4,
+        [_run(ecoli128, folder[f"{m}-s2dp2"], m, 2) for m in MODELS] + [resume(m, "s2-to-s4", 4) for m in MODELS],
+        root,
+    )
+    _launch(
+        1, [_run(ecoli128, folder[f"{m}-s1"], m, 1) for m in MODELS] + [resume(m, "s2-to-s1", 1) for m in MODELS], root
+    )
     return folder
 
 
@@ -238,6 +275,7 @@ def test_a_checkpoint_saved_at_s2_resumes_at_another_s(runs, model, resumed):
 
 @pytest.mark.parametrize("model", list(MODELS))
 def test_overlapped_gradient_reduction_trains_like_the_exposed_one(runs, model):
-    """``overlap_comm: true`` (the shipped ZeRO-2 and ZeRO-3 configs) against the same config with it off, 2 data-parallel
+    """``overlap_comm: true`` (the shipped ZeRO-2 and ZeRO-3 configs) against the same config with it off, 2
+    data-parallel
     processes on gloo: the same losses and gradient norms within fp32 tolerance."""
     _assert_same(_curves(runs[f"{model}-s1dp2"]), _curves(runs[f"{model}-s1dp2-no-overlap"]), range(1, STEPS + 1))

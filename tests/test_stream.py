@@ -33,7 +33,15 @@ def test_resume_yields_exactly_the_uninterrupted_samples(ecoli_prepared):
     first = StreamLoader(stream(ecoli_prepared), num_workers=2)
     head = take(first, 37)
     state = first.state_dict()
-    assert state == {"epoch": 0, "index": 37 * 4, "seed": 3, "version": 3, "order": "global", "partitions": 0, "block_size": 0}
+    assert state == {
+        "epoch": 0,
+        "index": 37 * 4,
+        "seed": 3,
+        "version": 3,
+        "order": "global",
+        "partitions": 0,
+        "block_size": 0,
+    }
     resumed = StreamLoader(stream(ecoli_prepared), num_workers=1)  # a different number of workers too
     resumed.load_state_dict(state)
     assert head + take(resumed, 63) == uninterrupted
@@ -70,9 +78,16 @@ def test_an_epoch_keeps_the_order_it_began_with(ecoli_prepared):
     rest = take(switched, 10_000)
     per_epoch = len(uninterrupted) // 2
     assert head + rest[: per_epoch - len(head)] == uninterrupted[:per_epoch]
-    second, dropped = rest[per_epoch - len(head):], Manifest.load(ecoli_prepared).splits["train"].num_samples - per_epoch
-    assert len(set(second)) == per_epoch and second != uninterrupted[per_epoch:], "the next epoch is in the blocks order"
-    assert len(set(second) ^ set(uninterrupted[per_epoch:])) <= 2 * dropped, "each order drops its own last partial batch"
+    second, dropped = (
+        rest[per_epoch - len(head) :],
+        Manifest.load(ecoli_prepared).splits["train"].num_samples - per_epoch,
+    )
+    assert len(set(second)) == per_epoch and second != uninterrupted[per_epoch:], (
+        "the next epoch is in the blocks order"
+    )
+    assert len(set(second) ^ set(uninterrupted[per_epoch:])) <= 2 * dropped, (
+        "each order drops its own last partial batch"
+    )
     assert switched.state_dict()["order"] == "blocks"
 
 
@@ -107,7 +122,9 @@ def test_views_batches_are_laid_out_for_the_model(tmp_path, ecoli):
     bases = views.decode(ids.numpy())
     assert bases in ecoli.sequence[:300_000]
     real = ids != tokenizers.PAD_ID
-    assert batch["positions"][0][real].tolist() == views.encode(bases).positions.tolist(), "the stream lays out positions as encode does"
+    assert batch["positions"][0][real].tolist() == views.encode(bases).positions.tolist(), (
+        "the stream lays out positions as encode does"
+    )
     GenomeStream(folder, batch_size=2, tokenizer=views)  # the matching tokenizer is accepted
 
 
@@ -142,7 +159,9 @@ def damaged(tmp_path, ecoli_prepared):
 
 def test_corrupt_shard_fails_by_default_naming_it(damaged):
     folder, name, _ = damaged
-    with pytest.raises(ShardError, match=rf"{name}: does not match its checksum .*last good sample key: g0-K~2D12~2DMG1655-\d+"):
+    with pytest.raises(
+        ShardError, match=rf"{name}: does not match its checksum .*last good sample key: g0-K~2D12~2DMG1655-\d+"
+    ):
         take(StreamLoader(stream(folder, shuffle=False, epochs=1)), 10_000)
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from dnalm import tokenizers
-from dnalm.utils.errors import TokenizerError
 from dnalm.tokenizers import KmerTokenizer, NucleotideTokenizer
+from dnalm.utils.errors import TokenizerError
 
 ALL_KMERS = [(k, s) for k in range(1, 9) for s in sorted({1, k})]
 
@@ -68,7 +68,18 @@ def test_named_tokenizers():
     assert tokenizers.load("char").name == "nucleotide"
     assert KmerTokenizer(6).vocab_size == 5 + 5 + 4**6
     assert KmerTokenizer(1).vocab_size == 10
-    assert tokenizers.load("nucleotide").vocab == ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]", "A", "C", "G", "T", "N"]
+    assert tokenizers.load("nucleotide").vocab == [
+        "[PAD]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        "[UNK]",
+        "A",
+        "C",
+        "G",
+        "T",
+        "N",
+    ]
 
 
 def every_tokenizer(bpe_small):
@@ -138,15 +149,18 @@ def test_bad_bases_and_ids():
     assert tok.decode([1, 5, 2, 0, 0]) == "A"  # specials are dropped
 
 
-@pytest.mark.parametrize("spec,pattern", [
-    ("kmer:9", "k must be between 1 and 8"),
-    ("kmer:0", "k must be between 1 and 8"),
-    ("kmer:6:2", "stride must be 1"),
-    ("kmer:x", "integers"),
-    ("wordpiece", "unknown tokenizer 'wordpiece'"),
-    ("bpe", "expected bpe:PATH"),
-    ("bpe:/no/such/dir", "no tokenizer.json"),
-])
+@pytest.mark.parametrize(
+    "spec,pattern",
+    [
+        ("kmer:9", "k must be between 1 and 8"),
+        ("kmer:0", "k must be between 1 and 8"),
+        ("kmer:6:2", "stride must be 1"),
+        ("kmer:x", "integers"),
+        ("wordpiece", "unknown tokenizer 'wordpiece'"),
+        ("bpe", "expected bpe:PATH"),
+        ("bpe:/no/such/dir", "no tokenizer.json"),
+    ],
+)
 def test_bad_specs(spec, pattern):
     with pytest.raises(TokenizerError, match=pattern):
         tokenizers.load(spec)

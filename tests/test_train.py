@@ -12,13 +12,25 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
 import pytest
+import torch
 
 from dnalm.train import checkpoint as ckpt
 from tests.conftest import REPO, prep_folder, refused_by_cli
-from tests.launching import CONFIG, ENV, LAUNCHERS, deepspeed_cmd, free_port, launch_cmd, losses, metrics, overrides, run, torchrun_cmd
+from tests.launching import (
+    CONFIG,
+    ENV,
+    LAUNCHERS,
+    deepspeed_cmd,
+    free_port,
+    launch_cmd,
+    losses,
+    metrics,
+    overrides,
+    run,
+    torchrun_cmd,
+)
+
 
 @pytest.fixture(scope="module")
 def data(ecoli128) -> Path:
@@ -30,10 +42,14 @@ def reference(data, tmp_path_factory):
     """Uninterrupted 30-step runs, 2 processes: ZeRO-2 (encoder, MLM) under deepspeed, ZeRO-3 (decoder, CLM) under
     torchrun."""
     runs, shm_before = {}, set(Path("/dev/shm").glob("deepspeed_*"))
-    for stage, model, wandb, launcher in (("zero2", "encoder-tiny", "disabled", "deepspeed"),
-                                          ("zero3", "decoder-tiny", "offline", "torchrun")):
+    for stage, model, wandb, launcher in (
+        ("zero2", "encoder-tiny", "disabled", "deepspeed"),
+        ("zero3", "decoder-tiny", "offline", "torchrun"),
+    ):
         folder = tmp_path_factory.mktemp(f"ref-{stage}") / "run"
-        done = run(launch_cmd(launcher, 2, data, folder, deepspeed=stage, **{"model.name": model, "logging.wandb": wandb}))
+        done = run(
+            launch_cmd(launcher, 2, data, folder, deepspeed=stage, **{"model.name": model, "logging.wandb": wandb})
+        )
         runs[stage], runs[f"{stage}-console"] = folder, done.stdout + done.stderr
     runs["shm_left"] = set(Path("/dev/shm").glob("deepspeed_*")) - shm_before
     return runs
@@ -77,14 +93,20 @@ def test_a_run_says_what_it_does_once_and_nothing_else(reference):
     console = reference["zero2-console"]
     lines = console.splitlines()
     start = [line for line in lines if line.startswith("dnalm: training ")]
-    assert len(start) == 1 and "encoder-tiny (0.4M parameters)" in start[0] and "8 windows x 128 tokens = 1,024 " \
-        "tokens a step, steps 1-30; 2 processes, ZeRO-2, sequence parallel 1, fp32; fresh start" in start[0], start
+    assert (
+        len(start) == 1
+        and "encoder-tiny (0.4M parameters)" in start[0]
+        and "8 windows x 128 tokens = 1,024 "
+        "tokens a step, steps 1-30; 2 processes, ZeRO-2, sequence parallel 1, fp32; fresh start"
+        in start[0]
+    ), start
     steps = [line for line in lines if line.startswith("step ")]
     assert [int(line.split()[1].split("/")[0]) for line in steps] == list(range(1, 31)) and "| loss " in steps[-1]
     assert "| eta " in steps[1] and "val_loss" in steps[9]
     folder = reference["zero2"]
-    assert [line for line in lines if line.startswith("dnalm: saved step")] == \
-        [f"dnalm: saved step {n}: {folder / 'checkpoints' / f'step-{n}'}" for n in (10, 20, 30)]
+    assert [line for line in lines if line.startswith("dnalm: saved step")] == [
+        f"dnalm: saved step {n}: {folder / 'checkpoints' / f'step-{n}'}" for n in (10, 20, 30)
+    ]
     final = [line for line in lines if line.startswith("dnalm: finished step 30 of 30")]
     assert len(final) == 1 and f"loss plot {folder / 'loss.png'}" in final[0] and (folder / "loss.png").is_file()
     for chatter in ("built successfully", "is deprecated", "return func(*args"):
@@ -130,21 +152,29 @@ def test_world_size_change_continues_the_data(data, tmp_path):
     folder = tmp_path / "run"
     keys = {"logging.record_sample_keys": "true"}
     run(torchrun_cmd(2, data, folder, **keys, **{"budget.steps": 10}))
-    one_process = [sys.executable, "-m", "dnalm", "train", "--config", str(CONFIG),
-                   *overrides(data, folder, **keys)]
+    one_process = [sys.executable, "-m", "dnalm", "train", "--config", str(CONFIG), *overrides(data, folder, **keys)]
     # killed half-way through the conversion to a universal checkpoint: nothing there is trusted later
     assert run(one_process + ["budget.steps=20"], expect_ok=False, faults="kill@universal.converting").returncode == -9
     step10 = folder / "checkpoints" / "step-10"
-    assert any((step10 / f".{ckpt.UNIVERSAL_TAG}.tmp" / "zero").iterdir()) and not (step10 / ckpt.UNIVERSAL_TAG).exists()
+    assert (
+        any((step10 / f".{ckpt.UNIVERSAL_TAG}.tmp" / "zero").iterdir()) and not (step10 / ckpt.UNIVERSAL_TAG).exists()
+    )
     run(one_process + ["budget.steps=20"])
-    run(torchrun_cmd(2, data, folder, **keys, **{"robust.collective_timeout_s": 10}), faults="sleep=20@universal.converted")
+    run(
+        torchrun_cmd(2, data, folder, **keys, **{"robust.collective_timeout_s": 10}),
+        faults="sleep=20@universal.converted",
+    )
     records = metrics(folder)
     assert [r["data_index"] for r in records] == [8 * s for s in range(1, 31)]
     assert [r["step"] for r in records] == list(range(1, 31))
-    consumed = [line.split("\t")[1] for r in (0, 1) for line in (folder / f"sample-keys-rank{r}.txt").read_text().splitlines()]
+    consumed = [
+        line.split("\t")[1] for r in (0, 1) for line in (folder / f"sample-keys-rank{r}.txt").read_text().splitlines()
+    ]
     assert len(consumed) == 240 and len(set(consumed)) == 240
     assert ckpt.read_meta(folder / "checkpoints" / "step-20")["world_size"] == 1
-    assert (step10 / ckpt.UNIVERSAL_TAG / ckpt.MARKER).is_file() and not (step10 / f".{ckpt.UNIVERSAL_TAG}.tmp").exists()
+    assert (step10 / ckpt.UNIVERSAL_TAG / ckpt.MARKER).is_file() and not (
+        step10 / f".{ckpt.UNIVERSAL_TAG}.tmp"
+    ).exists()
     assert all(r["loss"] < 2.5 for r in records)
 
 
@@ -153,12 +183,29 @@ def test_checkpoint_universal_converts_ahead_of_a_relaunch(reference, tmp_path):
     bench universal` times it with 1 and 2 workers; a folder that is no run or checkpoint is refused in one line."""
     done = run([sys.executable, "-m", "dnalm", "checkpoint", "universal", str(reference["zero2"]), "--workers", "2"])
     step30 = reference["zero2"] / "checkpoints" / "step-30"
-    assert (step30 / ckpt.UNIVERSAL_TAG / ckpt.MARKER).is_file() and f"wrote {step30 / ckpt.UNIVERSAL_TAG}" in done.stdout
+    assert (
+        step30 / ckpt.UNIVERSAL_TAG / ckpt.MARKER
+    ).is_file() and f"wrote {step30 / ckpt.UNIVERSAL_TAG}" in done.stdout
     assert f"converting {step30} with 2 workers" in done.stderr
     assert any((step30 / ckpt.UNIVERSAL_TAG / "zero").iterdir())
     # the bench's measurement, on this checkpoint: each worker count converts it afresh
-    bench = run([sys.executable, "-m", "dnalm", "bench", "universal", "--checkpoint", str(reference["zero2"]),
-                 "--workers", "1,2", "--repeats", "1", "--out", str(tmp_path / "bench")])
+    bench = run(
+        [
+            sys.executable,
+            "-m",
+            "dnalm",
+            "bench",
+            "universal",
+            "--checkpoint",
+            str(reference["zero2"]),
+            "--workers",
+            "1,2",
+            "--repeats",
+            "1",
+            "--out",
+            str(tmp_path / "bench"),
+        ]
+    )
     result = json.loads((tmp_path / "bench" / "universal.json").read_text())
     assert [r["workers"] for r in result["rows"]] == [1, 2] and all(r["seconds"] > 0 for r in result["rows"])
     assert all(r["peak_resident_gb"] > 0 for r in result["rows"]) and (tmp_path / "bench" / "universal.png").is_file()
@@ -174,8 +221,12 @@ def test_checkpoint_universal_converts_ahead_of_a_relaunch(reference, tmp_path):
 
 def test_nan_steps_are_skipped_then_the_run_stops(data, tmp_path):
     folder = tmp_path / "run"
-    done = run(torchrun_cmd(2, data, folder, **{"robust.inject_nan_at_steps": "[5,12,13,14]",
-                                                  "robust.max_consecutive_skips": 3}), expect_ok=False)
+    done = run(
+        torchrun_cmd(
+            2, data, folder, **{"robust.inject_nan_at_steps": "[5,12,13,14]", "robust.max_consecutive_skips": 3}
+        ),
+        expect_ok=False,
+    )
     assert done.returncode != 0
     assert "3 steps in a row had a non-finite loss" in done.stdout + done.stderr
     records = {r["step"]: r for r in metrics(folder)}
@@ -194,9 +245,14 @@ def test_a_window_lost_mid_accumulation_trains_like_one_lost_at_its_start(data, 
     - lost midway: NaN at the second micro-batch of steps 5 and 8.
     """
     common = {"batch.global_batch": 16, "budget.steps": 9}
-    runs = {"start": {"robust.inject_nan_at_steps": "[5]", "robust.inject_nan_micro_batch": 0,
-                      "robust.inject_inf_grad_at_steps": "[8]"},
-            "midway": {"robust.inject_nan_at_steps": "[5,8]", "robust.inject_nan_micro_batch": 1}}
+    runs = {
+        "start": {
+            "robust.inject_nan_at_steps": "[5]",
+            "robust.inject_nan_micro_batch": 0,
+            "robust.inject_inf_grad_at_steps": "[8]",
+        },
+        "midway": {"robust.inject_nan_at_steps": "[5,8]", "robust.inject_nan_micro_batch": 1},
+    }
     for name, faults in runs.items():
         run(torchrun_cmd(2, data, tmp_path / name, deepspeed=stage, **common, **faults))
     start, midway = losses(tmp_path / "start"), losses(tmp_path / "midway")
@@ -209,15 +265,52 @@ def test_a_window_lost_mid_accumulation_trains_like_one_lost_at_its_start(data, 
 
 def test_two_torchrun_nodes_read_disjoint_data_and_write_one_checkpoint(data, tmp_path):
     folder, port = tmp_path / "run", free_port()
-    args = ["--config", str(CONFIG), *overrides(data, folder, **{"budget.steps": 10, "logging.record_sample_keys": "true",
-                                                                  "checkpoint.interval": 5, "checkpoint.keep_last": 1})]
-    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
-                               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
-                               str(REPO / "launch" / "train.py"), *args], env=ENV, cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    args = [
+        "--config",
+        str(CONFIG),
+        *overrides(
+            data,
+            folder,
+            **{
+                "budget.steps": 10,
+                "logging.record_sample_keys": "true",
+                "checkpoint.interval": 5,
+                "checkpoint.keep_last": 1,
+            },
+        ),
+    ]
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--node_rank",
+                str(rank),
+                "--nproc_per_node",
+                "1",
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                str(port),
+                str(REPO / "launch" / "train.py"),
+                *args,
+            ],
+            env=ENV,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
     outputs = [node.communicate(timeout=600)[0] for node in nodes]
     assert all(node.returncode == 0 for node in nodes), outputs[0][-2000:] + outputs[1][-2000:]
-    first, second = ({line.split("\t")[1] for line in (folder / f"sample-keys-rank{r}.txt").read_text().splitlines()} for r in (0, 1))
+    first, second = (
+        {line.split("\t")[1] for line in (folder / f"sample-keys-rank{r}.txt").read_text().splitlines()} for r in (0, 1)
+    )
     assert len(first) == len(second) == 40 and not first & second
     kept = ckpt.complete_checkpoints(folder)
     assert [p.name for p in kept] == ["step-10"], "keep_last 1 keeps the newest complete checkpoint only"
@@ -228,8 +321,10 @@ def test_two_torchrun_nodes_read_disjoint_data_and_write_one_checkpoint(data, tm
 
 # an encoder under ZeRO-2 compiled whole (DeepSpeed's engine.compile), a decoder under ZeRO-3 compiled block by block
 # (the mode made for ZeRO-3's hooks): each Inductor compilation costs ~15 s on this CPU, so one case of each
-COMPILED = [{"name": "encoder-zero2", "model": "encoder-tiny", "deepspeed": "zero2", "compile": "model"},
-            {"name": "decoder-zero3", "model": "decoder-tiny", "deepspeed": "zero3", "compile": "blocks", "resume": True}]
+COMPILED = [
+    {"name": "encoder-zero2", "model": "encoder-tiny", "deepspeed": "zero2", "compile": "model"},
+    {"name": "decoder-zero3", "model": "decoder-tiny", "deepspeed": "zero3", "compile": "blocks", "resume": True},
+]
 
 
 def test_compiled_training_matches_eager_and_resumes_uncompiled(data, tmp_path):
@@ -238,8 +333,14 @@ def test_compiled_training_matches_eager_and_resumes_uncompiled(data, tmp_path):
     train 3 steps to eager's losses; the compiled decoder's checkpoint resumes uncompiled with its next loss."""
     cases = tmp_path / "cases.json"
     cases.write_text(json.dumps(COMPILED))
-    done = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "compiled_step.py"), str(data), str(tmp_path),
-                           str(cases)], env=ENV, cwd=REPO, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "scripts" / "compiled_step.py"), str(data), str(tmp_path), str(cases)],
+        env=ENV,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     for case in COMPILED:
@@ -248,18 +349,32 @@ def test_compiled_training_matches_eager_and_resumes_uncompiled(data, tmp_path):
         assert runs["compiled"]["compiled"]["engine" if case["compile"] == "model" else "blocks"], case
         assert 1 <= runs["compiled"]["compiled"]["graphs"] <= 4, (case, "one block graph, not a graph per layer")
         eager, compiled = runs["eager"]["losses"], runs["compiled"]["losses"]
-        assert sorted(compiled) == ["1", "2", "3"] and list(compiled.values()) == pytest.approx(list(eager.values()), rel=1e-4)
+        assert sorted(compiled) == ["1", "2", "3"] and list(compiled.values()) == pytest.approx(
+            list(eager.values()), rel=1e-4
+        )
         if case.get("resume"):
             resumed = runs["resumed_uncompiled"]
-            assert resumed["compiled"]["graphs"] == 0 and resumed["losses"]["3"] == pytest.approx(compiled["3"], rel=1e-4)
+            assert resumed["compiled"]["graphs"] == 0 and resumed["losses"]["3"] == pytest.approx(
+                compiled["3"], rel=1e-4
+            )
 
 
 def test_zero3_builds_the_same_initial_weights_as_a_plain_build():
     """Every initialisation reaches ZeRO-3's partitioned parameters (none is lost to an empty partitioned tensor)."""
-    done = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "zero3_init.py"), "encoder-tiny", "decoder-tiny",
-                           "cnn-base"], env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "scripts" / "zero3_init.py"), "encoder-tiny", "decoder-tiny", "cnn-base"],
+        env=ENV,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"encoder-tiny": 0.0, "decoder-tiny": 0.0, "cnn-base": 0.0}
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "encoder-tiny": 0.0,
+        "decoder-tiny": 0.0,
+        "cnn-base": 0.0,
+    }
 
 
 def test_decoder_1_5b_is_built_partitioned_under_zero3(tmp_path):
@@ -277,10 +392,13 @@ def test_bad_configs_say_what_is_wrong(data, tmp_path, capsys):
     from dnalm.cli import main
 
     # settings refused while the config is read: in this process, before anything starts
-    for extra, pattern in [(["optim.lr=-1"], "optim.lr"), (["budget.tokens=1000"], "exactly one of budget.steps and budget.tokens"),
-                           (["optim.lr"], "expected key.sub=value"),
-                           (["data.cache_limit=lots"], "data.cache_limit: 'lots' is not a size"),
-                           (["data.order=random"], "data.order: Input should be 'global' or 'blocks'")]:
+    for extra, pattern in [
+        (["optim.lr=-1"], "optim.lr"),
+        (["budget.tokens=1000"], "exactly one of budget.steps and budget.tokens"),
+        (["optim.lr"], "expected key.sub=value"),
+        (["data.cache_limit=lots"], "data.cache_limit: 'lots' is not a size"),
+        (["data.order=random"], "data.order: Input should be 'global' or 'blocks'"),
+    ]:
         assert main(["train", "--config", str(CONFIG), *overrides(data, tmp_path / "a"), *extra]) == 1
         assert pattern in capsys.readouterr().err, pattern
     # settings refused once the run starts: a real process, exit status 1
@@ -289,9 +407,15 @@ def test_bad_configs_say_what_is_wrong(data, tmp_path, capsys):
         (overrides(data, tmp_path / "b", **{"batch.global_batch": 6}), "not a multiple of micro_batch"),
         (overrides(data, tmp_path / "c", deepspeed="zero9"), "zero9.json not found"),
         (overrides(tmp_path / "nodata", tmp_path / "d"), "no manifest"),
-        (overrides(data, tmp_path / "e", **{"parallel.sequence": 3}), "parallel.sequence 3 does not divide the world size 1"),
-        (overrides(data, tmp_path / "g", precision="fp8"), "precision fp8: float8 training needs an NVIDIA GPU of compute "
-                                                           "capability 8.9 or newer (Ada, Hopper); this run is on cpu"),
+        (
+            overrides(data, tmp_path / "e", **{"parallel.sequence": 3}),
+            "parallel.sequence 3 does not divide the world size 1",
+        ),
+        (
+            overrides(data, tmp_path / "g", precision="fp8"),
+            "precision fp8: float8 training needs an NVIDIA GPU of compute "
+            "capability 8.9 or newer (Ada, Hopper); this run is on cpu",
+        ),
     ]
     for extra, pattern in cases:
         done = run(cli + extra, expect_ok=False)
@@ -305,8 +429,18 @@ def test_a_decoder_on_multi_view_data_is_refused(tmp_path, ecoli):
     fasta = tmp_path / "slice.fa"
     fasta.write_text(f">slice\n{ecoli.sequence[:200_000]}\n")
     views = prep_folder(tmp_path / "views", [fasta], ("nucleotide", "kmer:6"), seq_len=128, views=True)
-    done = run([sys.executable, "-m", "dnalm", "train", "--config", str(CONFIG),
-                *overrides(views, tmp_path / "run", **{"model.name": "decoder-tiny"})], expect_ok=False)
+    done = run(
+        [
+            sys.executable,
+            "-m",
+            "dnalm",
+            "train",
+            "--config",
+            str(CONFIG),
+            *overrides(views, tmp_path / "run", **{"model.name": "decoder-tiny"}),
+        ],
+        expect_ok=False,
+    )
     assert done.returncode == 1 and "a decoder reads one view" in done.stderr
 
 

@@ -20,7 +20,12 @@ GUE = SHARED_DATA / "gue" / "prom_core_all"
 
 def test_bundles_load_and_describe_their_training(bundles, trained):
     for name, folder in bundles.items():
-        assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors", "tokenizer"]
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "README.md",
+            "config.json",
+            "model.safetensors",
+            "tokenizer",
+        ]
         model, tokenizer = dnalm.load_pretrained(folder)
         assert model.config.arch == name and tokenizer.name == "nucleotide" and not model.training
         card = (folder / "README.md").read_text()
@@ -36,8 +41,15 @@ def test_continued_pretraining_from_a_bundle(trained, tmp_path):
     llama = convert(trained["decoder"], tmp_path / "llama", to="hf")
     imported = run_cli("convert", "--from-hf", llama, "--out", tmp_path / "imported")
     assert imported.returncode == 0, imported.stderr
-    run(torchrun_cmd(2, data, run_dir, deepspeed="zero3", **{"model.init_from": tmp_path / "imported", "budget.steps": 3,
-                                                               "optim.warmup_steps": 1}))
+    run(
+        torchrun_cmd(
+            2,
+            data,
+            run_dir,
+            deepspeed="zero3",
+            **{"model.init_from": tmp_path / "imported", "budget.steps": 3, "optim.warmup_steps": 1},
+        )
+    )
     first = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][0]
     fresh = [json.loads(line) for line in (trained["decoder"] / "metrics.jsonl").read_text().splitlines()][0]
     assert first["loss"] < fresh["loss"] - 0.3, (first["loss"], fresh["loss"])
@@ -103,8 +115,25 @@ def test_generation_is_seeded_cached_and_bases_only(bundles):
 
 def test_generate_cli_writes_fasta(bundles, tmp_path):
     out = tmp_path / "samples.fa"
-    result = run_cli("generate", "--model", bundles["decoder"], "--prompt", "ACGTTGCA", "--max-new-tokens", "50",
-                     "--num-samples", "2", "--temperature", "0.8", "--top-k", "4", "--seed", "1", "--out", out)
+    result = run_cli(
+        "generate",
+        "--model",
+        bundles["decoder"],
+        "--prompt",
+        "ACGTTGCA",
+        "--max-new-tokens",
+        "50",
+        "--num-samples",
+        "2",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "4",
+        "--seed",
+        "1",
+        "--out",
+        out,
+    )
     assert result.returncode == 0, result.stderr
     records = genome.read(out)
     assert records.names == ["sample_0", "sample_1"] and all(len(c) == 58 for c in records)
@@ -122,18 +151,21 @@ def test_generate_bench(tmp_path):
 
 
 def write_csv(path: Path, rows, header="sequence,label") -> Path:
-    path.write_text(header + "\n" + "".join(f"{s},{l}\n" for s, l in rows))
+    path.write_text(header + "\n" + "".join(f"{sequence},{label}\n" for sequence, label in rows))
     return path
 
 
-@pytest.mark.parametrize("content,pattern", [
-    ("seq,label\nACGT,1\n", "line 1: header must name the columns 'sequence' and 'label'"),
-    ("sequence,label\nACGT,1\nACGT,\n", "line 3: missing label"),
-    ("sequence,label\nACGT,1\n,0\n", "line 3: empty sequence"),
-    ("sequence,label\nACGT,1\nACXT,0\n", "line 3: 'X' is not a DNA letter"),
-    ("sequence,label\nACGT,1\nACGT,1\n", "a classifier needs at least two classes"),
-    ("", "file is empty"),
-])
+@pytest.mark.parametrize(
+    "content,pattern",
+    [
+        ("seq,label\nACGT,1\n", "line 1: header must name the columns 'sequence' and 'label'"),
+        ("sequence,label\nACGT,1\nACGT,\n", "line 3: missing label"),
+        ("sequence,label\nACGT,1\n,0\n", "line 3: empty sequence"),
+        ("sequence,label\nACGT,1\nACXT,0\n", "line 3: 'X' is not a DNA letter"),
+        ("sequence,label\nACGT,1\nACGT,1\n", "a classifier needs at least two classes"),
+        ("", "file is empty"),
+    ],
+)
 def test_bad_labelled_files(tmp_path, content, pattern):
     path = tmp_path / "bad.csv"
     path.write_text(content)
@@ -159,8 +191,16 @@ def gue_subset(tmp_path, rows=800) -> dict:
 @needs_shared(GUE)
 def test_finetune_from_scratch_on_real_promoters(tmp_path):
     sets = gue_subset(tmp_path)
-    result = finetune(sets["train"], sets["dev"], tmp_path / "out", arch="cnn", test_path=sets["dev"], seeds=2, epochs=2,
-                      batch_size=32)
+    result = finetune(
+        sets["train"],
+        sets["dev"],
+        tmp_path / "out",
+        arch="cnn",
+        test_path=sets["dev"],
+        seeds=2,
+        epochs=2,
+        batch_size=32,
+    )
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert saved["summary"]["test"]["mcc"]["mean"] == result["summary"]["test"]["mcc"]["mean"]
     assert len(saved["runs"]) == 2 and {"accuracy", "f1", "mcc", "auroc"} <= set(saved["summary"]["dev"])
@@ -179,14 +219,38 @@ def test_hybrid_finetunes_from_scratch(tmp_path):
 def test_finetune_cli_from_a_bundle(bundles, tmp_path):
     sets = gue_subset(tmp_path, rows=300)
     for bundle in bundles.values():
-        result = run_cli("finetune", "--model", bundle, "--train", sets["train"], "--dev", sets["dev"], "--test", sets["dev"],
-                         "--out", tmp_path / bundle.name, "--epochs", "1")
+        result = run_cli(
+            "finetune",
+            "--model",
+            bundle,
+            "--train",
+            sets["train"],
+            "--dev",
+            sets["dev"],
+            "--test",
+            sets["dev"],
+            "--out",
+            tmp_path / bundle.name,
+            "--epochs",
+            "1",
+        )
         assert result.returncode == 0, result.stderr
         assert "test: accuracy" in result.stdout and (tmp_path / bundle.name / "metrics.json").exists()
         assert "±" not in result.stdout, "one seed has no spread to show"
         assert "seed 0 epoch 1/1: dev mcc" in result.stderr, "fine-tuning says how each epoch scored on dev"
-    both = refused_by_cli("finetune", "--model", bundles["encoder"], "--arch", "cnn-small", "--train", sets["train"],
-                          "--dev", sets["dev"], "--out", tmp_path / "x")
+    both = refused_by_cli(
+        "finetune",
+        "--model",
+        bundles["encoder"],
+        "--arch",
+        "cnn-small",
+        "--train",
+        sets["train"],
+        "--dev",
+        sets["dev"],
+        "--out",
+        tmp_path / "x",
+    )
     assert both.returncode == 1 and "exactly one of --model BUNDLE and --arch" in both.stderr
 
 
@@ -198,18 +262,45 @@ def test_finetune_from_scratch_keeps_the_bundle_architecture_not_its_weights(bun
     fresh = build_classifier(2, bundles["encoder"], None, 0, seed=0, scratch=True)
     assert fresh.backbone.config == pretrained.backbone.config
     weights = [name for name, _ in pretrained.backbone.named_parameters()]
-    differ = [n for n in weights if not torch.equal(dict(pretrained.backbone.named_parameters())[n],
-                                                    dict(fresh.backbone.named_parameters())[n])]
+    differ = [
+        n
+        for n in weights
+        if not torch.equal(dict(pretrained.backbone.named_parameters())[n], dict(fresh.backbone.named_parameters())[n])
+    ]
     assert "embed.weight" in differ and len(differ) > len(weights) // 2
 
     sets = gue_subset(tmp_path, rows=300)
-    result = run_cli("finetune", "--model", bundles["encoder"], "--from-scratch", "--train-limit", "120", "--train", sets["train"],
-                     "--dev", sets["dev"], "--out", tmp_path / "scratch", "--epochs", "1")
+    result = run_cli(
+        "finetune",
+        "--model",
+        bundles["encoder"],
+        "--from-scratch",
+        "--train-limit",
+        "120",
+        "--train",
+        sets["train"],
+        "--dev",
+        sets["dev"],
+        "--out",
+        tmp_path / "scratch",
+        "--epochs",
+        "1",
+    )
     assert result.returncode == 0, result.stderr
     saved = json.loads((tmp_path / "scratch" / "metrics.json").read_text())
     assert saved["pretrained"] is False and saved["train_rows"] == 120 and saved["settings"]["train_limit"] == 120
-    alone = run_cli("finetune", "--arch", "cnn-small", "--from-scratch", "--train", sets["train"], "--dev", sets["dev"],
-                    "--out", tmp_path / "y")
+    alone = run_cli(
+        "finetune",
+        "--arch",
+        "cnn-small",
+        "--from-scratch",
+        "--train",
+        sets["train"],
+        "--dev",
+        sets["dev"],
+        "--out",
+        tmp_path / "y",
+    )
     assert alone.returncode == 1 and "--from-scratch takes the architecture and tokenizer of --model" in alone.stderr
 
 
@@ -220,7 +311,9 @@ def test_train_limit_takes_the_same_rows_every_time(tmp_path):
     path.write_text("sequence,label\n" + "".join(f"{'ACGT'[i % 4] * 8},{i % 2}\n" for i in range(50)))
     data = read_labelled(path)
     first, second = limit(data, 10), limit(data, 10)
-    assert first.sequences == second.sequences and len(first.sequences) == 10 and list(first.labels) == list(second.labels)
+    assert (
+        first.sequences == second.sequences and len(first.sequences) == 10 and list(first.labels) == list(second.labels)
+    )
     assert limit(data, 100) is data
 
 
@@ -228,7 +321,7 @@ def test_metrics_against_known_values():
     from dnalm.eval.finetune import metrics
 
     labels = torch.tensor([0, 0, 1, 1, 1, 0]).numpy()
-    probabilities = torch.tensor([[.9, .1], [.6, .4], [.3, .7], [.2, .8], [.7, .3], [.4, .6]]).numpy()
+    probabilities = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]]).numpy()
     m = metrics(labels, probabilities)
     assert m["accuracy"] == pytest.approx(4 / 6)
     assert m["mcc"] == pytest.approx(1 / 3)  # TP 2, TN 2, FP 1, FN 1

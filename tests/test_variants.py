@@ -10,8 +10,8 @@ import torch
 
 import dnalm
 from dnalm import genome
-from dnalm.use.sequences import reverse_complement
 from dnalm.tokenizers.base import MASK_ID
+from dnalm.use.sequences import reverse_complement
 from dnalm.use.variants import Variant, VariantError, read_vcf, score_variants
 from tests.conftest import run_cli
 
@@ -43,14 +43,31 @@ def ecoli_vcf(tmp_path_factory):
 
 def test_decoder_scores_every_allele_and_reports_what_it_cannot(bundles, ecoli_vcf, tmp_path):
     vcf, _ = ecoli_vcf
-    result = run_cli("score-variants", "--model", bundles["decoder"], "--vcf", vcf, "--genome", genome.DEFAULT_GENOME,
-                     "--out", tmp_path / "scores.tsv", "--window", "200", "--batch-size", "3")
+    result = run_cli(
+        "score-variants",
+        "--model",
+        bundles["decoder"],
+        "--vcf",
+        vcf,
+        "--genome",
+        genome.DEFAULT_GENOME,
+        "--out",
+        tmp_path / "scores.tsv",
+        "--window",
+        "200",
+        "--batch-size",
+        "3",
+    )
     assert result.returncode == 0, result.stderr
     rows = [line.split("\t") for line in (tmp_path / "scores.tsv").read_text().splitlines()]
     assert rows[0] == ["chrom", "pos", "id", "ref", "alt", "score", "window", "status", "vcf_line"]
     status = {(r[2], r[4]): r[7] for r in rows[1:]}
     assert len(rows) - 1 == 9  # the multi-allelic line gives two rows
-    assert [s for (vid, _), s in status.items() if s != "scored"] == ["ref_mismatch", "unsupported_allele", "unknown_contig"]
+    assert [s for (vid, _), s in status.items() if s != "scored"] == [
+        "ref_mismatch",
+        "unsupported_allele",
+        "unknown_contig",
+    ]
     assert [r[8] for r in rows[1:] if r[7] == "ref_mismatch"] == ["5"]  # the VCF line, headers counted
     assert all(math.isfinite(float(r[5])) for r in rows[1:] if r[7] == "scored")
     near_start = next(r for r in rows[1:] if r[2] == "v7")
@@ -78,9 +95,12 @@ def test_scores_are_what_the_method_says(bundles, ecoli_vcf):
     for v in (snv, deletion):
         left, right = seq[v.pos - 1 - 50 : v.pos - 1], seq[v.pos - 1 + len(v.ref) : v.pos - 1 + len(v.ref) + 50]
         ref, alt = left + v.ref + right, left + v.alt + right
-        expected = (log_likelihood(decoder, tokenizer, alt) - log_likelihood(decoder, tokenizer, ref)
-                    + log_likelihood(decoder, tokenizer, reverse_complement(alt))
-                    - log_likelihood(decoder, tokenizer, reverse_complement(ref))) / 2
+        expected = (
+            log_likelihood(decoder, tokenizer, alt)
+            - log_likelihood(decoder, tokenizer, ref)
+            + log_likelihood(decoder, tokenizer, reverse_complement(alt))
+            - log_likelihood(decoder, tokenizer, reverse_complement(ref))
+        ) / 2
         assert v.score == pytest.approx(expected, abs=1e-3)
 
     encoder, tokenizer = dnalm.load_pretrained(bundles["encoder"])
@@ -88,8 +108,10 @@ def test_scores_are_what_the_method_says(bundles, ecoli_vcf):
     assert [v.status for v in variants][3:6] == ["ref_mismatch", "unsupported_allele", "unsupported_allele"]  # indels
     snv = variants[0]
     marginals = []
-    for window, at, ref, alt in ((seq[950:1051], 50, snv.ref, snv.alt),
-                                 (reverse_complement(seq[950:1051]), 50, reverse_complement(snv.ref), reverse_complement(snv.alt))):
+    for window, at, ref, alt in (
+        (seq[950:1051], 50, snv.ref, snv.alt),
+        (reverse_complement(seq[950:1051]), 50, reverse_complement(snv.ref), reverse_complement(snv.alt)),
+    ):
         ids = torch.as_tensor(tokenizer.encode(window).ids, dtype=torch.long)
         ids[at] = MASK_ID
         with torch.no_grad():
@@ -101,8 +123,17 @@ def test_scores_are_what_the_method_says(bundles, ecoli_vcf):
 def test_malformed_vcf_stops_with_file_and_line(bundles, tmp_path):
     vcf = tmp_path / "bad.vcf"
     vcf.write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\nchr\t12\t.\tA\tC\nchr\tabc\t.\tA\tC\n")
-    result = run_cli("score-variants", "--model", bundles["decoder"], "--vcf", vcf, "--genome", genome.DEFAULT_GENOME,
-                     "--out", tmp_path / "out.tsv")
+    result = run_cli(
+        "score-variants",
+        "--model",
+        bundles["decoder"],
+        "--vcf",
+        vcf,
+        "--genome",
+        genome.DEFAULT_GENOME,
+        "--out",
+        tmp_path / "out.tsv",
+    )
     assert result.returncode == 1 and "bad.vcf:4: POS 'abc' is not a positive integer" in result.stderr
     assert not (tmp_path / "out.tsv").exists()
     vcf.write_text("chr\t12\t.\tA\n")
@@ -120,4 +151,6 @@ def test_models_without_a_per_base_likelihood_are_refused():
         score_variants(build_model(get_config("encoder-tiny", vocab_size=kmer.vocab_size)), kmer, variants, None)
     views = ViewTokenizer([NucleotideTokenizer(), kmer])
     with pytest.raises(VariantError, match="multi-view model"):
-        score_variants(build_model(get_config("encoder-tiny", vocab_size=views.vocab_size, num_segments=2)), views, variants, None)
+        score_variants(
+            build_model(get_config("encoder-tiny", vocab_size=views.vocab_size, num_segments=2)), views, variants, None
+        )

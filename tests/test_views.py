@@ -4,13 +4,15 @@ import numpy as np
 import pytest
 
 from dnalm import tokenizers
-from dnalm.utils.errors import TokenizerError
 from dnalm.tokenizers import CLS_ID, NUM_SPECIAL, SEP_ID, ViewTokenizer
+from dnalm.utils.errors import TokenizerError
 
 
 @pytest.fixture(scope="module")
 def views(bpe_small):
-    return ViewTokenizer([tokenizers.load("nucleotide"), tokenizers.load("kmer:6"), tokenizers.load("kmer:3:1"), bpe_small])
+    return ViewTokenizer(
+        [tokenizers.load("nucleotide"), tokenizers.load("kmer:6"), tokenizers.load("kmer:3:1"), bpe_small]
+    )
 
 
 def test_layout_segments_positions(views, ecoli):
@@ -37,8 +39,10 @@ def test_tokens_over_the_same_bases_share_positions_across_views(views, ecoli):
     """The nucleotide token of base b and the 6-mer starting at b sit at one position; 6-mers lie 6 apart."""
     enc = views.encode(ecoli.sequence[30_000:30_600])
     own = ~np.isin(enc.ids, [CLS_ID, SEP_ID])  # the view's own tokens, not [CLS] or [SEP]
-    nucleotide = {int(s): int(p) for s, p in zip(enc.offsets[own & (enc.segment_ids == 0), 0],
-                                                 enc.positions[own & (enc.segment_ids == 0)])}
+    nucleotide = {
+        int(s): int(p)
+        for s, p in zip(enc.offsets[own & (enc.segment_ids == 0), 0], enc.positions[own & (enc.segment_ids == 0)])
+    }
     kmer = own & (enc.segment_ids == 1)
     assert kmer.sum() == 100
     assert all(nucleotide[int(s)] == int(p) for s, p in zip(enc.offsets[kmer, 0], enc.positions[kmer]))
@@ -74,6 +78,6 @@ def test_save_load_and_spec(views, tmp_path, ecoli):
 def test_views_that_disagree_are_refused(views):
     enc_a = views.encode("ACGTACGTAC")
     enc_b = views.encode("TTTTTTTTTT")
-    mixed = np.concatenate([enc_a.ids[: 12], enc_b.ids[12:]])
+    mixed = np.concatenate([enc_a.ids[:12], enc_b.ids[12:]])
     with pytest.raises(TokenizerError, match="different bases"):
         views.decode(mixed)

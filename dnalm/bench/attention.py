@@ -21,16 +21,19 @@ import torch
 
 from dnalm.bench import report
 from dnalm.utils.devices import resolve, synchronize, training_dtype
-from dnalm.utils.memory import allocator_peak_mb
-from dnalm.utils.memory import peak_rss_bytes
+from dnalm.utils.memory import allocator_peak_mb, peak_rss_bytes
 
 LENGTHS = (512, 1024, 2048, 4096, 8192, 16384)
 HEADS, HEAD_DIM, FEATURES = 8, 64, 256
 BACKENDS = ("eager", "sdpa", "flash", "performer")
 ALIBI = "+alibi"  # a series name's suffix: the backend with ALiBi slopes
 ERROR_LENGTH = 2048
-SERIES = (*((b, c) for b in BACKENDS for c in (False, True)), ("performer-pytorch", True), ("sdpa" + ALIBI, False),
-          ("sdpa" + ALIBI, True))
+SERIES = (
+    *((b, c) for b in BACKENDS for c in (False, True)),
+    ("performer-pytorch", True),
+    ("sdpa" + ALIBI, False),
+    ("sdpa" + ALIBI, True),
+)
 REFERENCE_LENGTHS = (1024, 2048, 4096)  # performer-pytorch's causal_linear_attention_noncuda
 MEMORY_LIMIT = 0.6 * psutil.virtual_memory().total
 
@@ -39,8 +42,10 @@ def measure(backend: str, causal: bool, length: int, repeats: int, device: str =
     """One point, in this process: seconds (best of ``repeats``) and peak memory of forward+backward."""
     target = torch.device(device)
     torch.manual_seed(0)
-    q, k, v = (torch.randn(1, HEADS, length, HEAD_DIM, device=target, dtype=training_dtype(target), requires_grad=True)
-               for _ in range(3))
+    q, k, v = (
+        torch.randn(1, HEADS, length, HEAD_DIM, device=target, dtype=training_dtype(target), requires_grad=True)
+        for _ in range(3)
+    )
     run = attend(backend, causal, length, target, q.dtype)
     return best_forward_backward(lambda: run(q, k, v), (q, k, v), target, repeats)
 
@@ -125,8 +130,8 @@ def run(out_dir: Path, lengths=LENGTHS, repeats: int = 3, device: str = "auto") 
     result = report.header("attention", f"dnalm bench attention --device {target.type}", target) | {
         "shape": {"batch": 1, "heads": HEADS, "head_dim": HEAD_DIM, "performer_features": FEATURES},
         "measure": "forward + backward of the attention alone (q, k, v require grad); peak memory above the inputs; "
-                   f"relative_error at {ERROR_LENGTH} tokens: against eager in "
-                   f"{'fp32' if target.type == 'cuda' else 'float64'} (Performer: against itself)",
+        f"relative_error at {ERROR_LENGTH} tokens: against eager in "
+        f"{'fp32' if target.type == 'cuda' else 'float64'} (Performer: against itself)",
         "rows": rows,
         "findings": _findings(rows),
     }
@@ -144,11 +149,21 @@ def _point_in_place(backend: str, causal: bool, length: int, repeats: int, targe
         except Exception as error:  # noqa: BLE001 - e.g. out of memory: the point says so, the others still run
             torch.cuda.empty_cache()
             return {"skipped": f"failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}"}
-    command = [sys.executable, "-m", "dnalm.bench.attention", backend, str(int(causal)), str(length), str(repeats),
-               str(target)]
+    command = [
+        sys.executable,
+        "-m",
+        "dnalm.bench.attention",
+        backend,
+        str(int(causal)),
+        str(length),
+        str(repeats),
+        str(target),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
-        return {"skipped": f"failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}"}
+        return {
+            "skipped": f"failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}"
+        }
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -163,25 +178,40 @@ def _findings(rows) -> dict:
     ours, theirs = _point(rows, "performer", True, 4096), _point(rows, "performer-pytorch", True, 4096)
     findings = {}
     if ours and theirs:
-        findings["causal_performer_speedup_vs_performer_pytorch_at_4096"] = round(theirs["seconds"] / ours["seconds"], 1)
-        findings["causal_performer_memory_ratio_vs_performer_pytorch_at_4096"] = round(theirs["peak_mb"] / max(ours["peak_mb"], 0.1), 1)
+        findings["causal_performer_speedup_vs_performer_pytorch_at_4096"] = round(
+            theirs["seconds"] / ours["seconds"], 1
+        )
+        findings["causal_performer_memory_ratio_vs_performer_pytorch_at_4096"] = round(
+            theirs["peak_mb"] / max(ours["peak_mb"], 0.1), 1
+        )
     noncausal = {}
     for length in LENGTHS:
         p, s = _point(rows, "performer", False, length), _point(rows, "sdpa", False, length)
         if p and s:
             noncausal[str(length)] = round(s["seconds"] / p["seconds"], 2)
     findings["noncausal_sdpa_over_performer_time"] = noncausal
-    causal_mem = {str(r["length"]): r["peak_mb"] for r in rows if r["backend"] == "performer" and r["causal"] and "peak_mb" in r}
+    causal_mem = {
+        str(r["length"]): r["peak_mb"] for r in rows if r["backend"] == "performer" and r["causal"] and "peak_mb" in r
+    }
     findings["causal_performer_peak_mb_by_length"] = causal_mem
     return findings
 
 
 def _plot(result: dict, out_dir: Path) -> None:
-    plot_by_length(result["rows"], "backend", tuple(dict.fromkeys(backend for backend, _ in SERIES)), ("non-causal", "causal"),
-                   f"dnalm bench attention — 1×{HEADS} heads×{HEAD_DIM}, {report.device_label(result)}", out_dir, "attention")
+    plot_by_length(
+        result["rows"],
+        "backend",
+        tuple(dict.fromkeys(backend for backend, _ in SERIES)),
+        ("non-causal", "causal"),
+        f"dnalm bench attention — 1×{HEADS} heads×{HEAD_DIM}, {report.device_label(result)}",
+        out_dir,
+        "attention",
+    )
 
 
-def plot_by_length(rows: list[dict], key: str, series, kinds: tuple[str, str], title: str, out_dir: Path, name: str) -> None:
+def plot_by_length(
+    rows: list[dict], key: str, series, kinds: tuple[str, str], title: str, out_dir: Path, name: str
+) -> None:
     """Forward+backward seconds (top) and peak MB (bottom) against length, non-causal left and causal right; one line
     per value of ``row[key]`` in ``series``."""
     from dnalm.utils.plots import pyplot

@@ -52,11 +52,11 @@ def worker(model_name: str, overrides: dict, lengths: list[int], device_name: st
     """One rank of a series (launched by ``run``): a JSON line per length on rank 0, with every rank's numbers."""
     import torch.distributed as dist
 
-    from dnalm.utils.memory import added_peak_mb
     from dnalm.data.masking import mlm_batch, next_token_labels, view_ranges
-    from dnalm.utils.devices import move, resolve, synchronize, training_dtype
     from dnalm.models import build_model, get_config
     from dnalm.train import sequence_parallel
+    from dnalm.utils.devices import move, resolve, synchronize, training_dtype
+    from dnalm.utils.memory import added_peak_mb
 
     device = resolve(device_name)  # cuda: this rank's LOCAL_RANK GPU, bound before the group starts
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -95,8 +95,18 @@ def worker(model_name: str, overrides: dict, lengths: list[int], device_name: st
         dist.all_gather_object(gathered, {"seconds": seconds, "peak_mb": peak})
         if rank == 0 and length in lengths:
             slowest = max(r["seconds"] for r in gathered)
-            print(json.dumps({"length": length, "ranks": gathered, "seconds": slowest, "tokens_per_s": length / slowest,
-                              "peak_mb_per_rank": max(r["peak_mb"] for r in gathered)}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "length": length,
+                        "ranks": gathered,
+                        "seconds": slowest,
+                        "tokens_per_s": length / slowest,
+                        "peak_mb_per_rank": max(r["peak_mb"] for r in gathered),
+                    }
+                ),
+                flush=True,
+            )
         del model, inputs
     dist.destroy_process_group()
 
@@ -104,9 +114,24 @@ def worker(model_name: str, overrides: dict, lengths: list[int], device_name: st
 def _launch(model_name: str, overrides: dict, lengths: list[int], size: int, device: str, threads: int) -> list[dict]:
     from dnalm.train.spawn import free_port
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(size), "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), "-m", "dnalm.bench.context", "--worker", model_name,
-               json.dumps(overrides), ",".join(map(str, lengths)), device]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(size),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "dnalm.bench.context",
+        "--worker",
+        model_name,
+        json.dumps(overrides),
+        ",".join(map(str, lengths)),
+        device,
+    ]
     # freed tensors go back to the system, so a rank's resident high-water mark measures its step (bench.memory)
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MALLOC_MMAP_THRESHOLD_": "65536"}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -115,8 +140,14 @@ def _launch(model_name: str, overrides: dict, lengths: list[int], size: int, dev
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
-def run(out_dir: Path, lengths: tuple[int, ...], sizes: tuple[int, ...], device: str = "auto",
-        long_lengths: tuple[int, ...] = (), series: list[str] | None = None) -> dict:
+def run(
+    out_dir: Path,
+    lengths: tuple[int, ...],
+    sizes: tuple[int, ...],
+    device: str = "auto",
+    long_lengths: tuple[int, ...] = (),
+    series: list[str] | None = None,
+) -> dict:
     """Each series (all, or those named) at ``lengths`` for each S in ``sizes`` (S = 1 included), Performer also at
     ``long_lengths``."""
     from dnalm.utils.devices import resolve
@@ -124,21 +155,33 @@ def run(out_dir: Path, lengths: tuple[int, ...], sizes: tuple[int, ...], device:
     target = resolve(device)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     result = report.header("context", "dnalm bench context", target) | {
-        "what": __doc__.strip().split("\n\n")[1].replace("\n", " "), "lean": LEAN, "series": {}}
+        "what": __doc__.strip().split("\n\n")[1].replace("\n", " "),
+        "lean": LEAN,
+        "series": {},
+    }
     for label, (model_name, overrides) in SERIES.items():
         if series and label not in series:
             continue
-        series_lengths = sorted(set(lengths) | (set(long_lengths) if overrides.get("attention") == "performer" else set()))
+        series_lengths = sorted(
+            set(lengths) | (set(long_lengths) if overrides.get("attention") == "performer" else set())
+        )
         for size in sorted({1, *sizes}):
             from dnalm.models import get_config
 
             if get_config(model_name).n_heads % size:
-                result["series"][f"{label}, S={size}"] = {"skipped": f"{get_config(model_name).n_heads} heads do not split over {size} ranks"}
+                result["series"][f"{label}, S={size}"] = {
+                    "skipped": f"{get_config(model_name).n_heads} heads do not split over {size} ranks"
+                }
                 continue
             threads = max(1, cores // size) if target.type == "cpu" else 1
             points = _launch(model_name, overrides, series_lengths, size, device, threads)
-            result["series"][f"{label}, S={size}"] = {"model": model_name, "overrides": overrides, "sequence_parallel": size,
-                                                      "threads_per_rank": threads, "points": points}
+            result["series"][f"{label}, S={size}"] = {
+                "model": model_name,
+                "overrides": overrides,
+                "sequence_parallel": size,
+                "threads_per_rank": threads,
+                "points": points,
+            }
             print(f"{label} S={size}: {points}", file=sys.stderr, flush=True)
     result["findings"] = findings(result)
     report.write(result, out_dir, "context")
@@ -158,12 +201,15 @@ def findings(result: dict) -> dict:
         base = min(one) if one else None
         per_token = {n: p["seconds"] / n for n, p in one.items()}
         if base:
-            out[f"{label}: time per token ÷ at {base}"] = {n: round(per_token[n] / per_token[base], 2) for n in sorted(one)}
+            out[f"{label}: time per token ÷ at {base}"] = {
+                n: round(per_token[n] / per_token[base], 2) for n in sorted(one)
+            }
         two = _points(result, f"{label}, S=2")
         for n in sorted(set(one) & set(two)):
             out.setdefault(f"{label}: S=2 ÷ S=1 at each length", {})[n] = {
                 "peak_memory_per_rank": round(two[n]["peak_mb_per_rank"] / one[n]["peak_mb_per_rank"], 2),
-                "throughput": round(two[n]["tokens_per_s"] / one[n]["tokens_per_s"], 2)}
+                "throughput": round(two[n]["tokens_per_s"] / one[n]["tokens_per_s"], 2),
+            }
     return out
 
 
@@ -187,7 +233,9 @@ def plot(result: dict, out_dir: Path) -> Path:
         axis.set_title(title)
         axis.grid(alpha=0.3)
     speed.legend(fontsize=7)
-    figure.suptitle(f"Long-context training step, lean (checkpointing, tiles, chunked loss): {report.device_label(result)}")
+    figure.suptitle(
+        f"Long-context training step, lean (checkpointing, tiles, chunked loss): {report.device_label(result)}"
+    )
     return report.save_plot(figure, out_dir, "context")
 
 

@@ -11,12 +11,18 @@ from dnalm import genome as genome_io
 from dnalm.bench import report
 
 
-def run(out_dir: Path, model_name: str = "encoder-small", length: int = 1000, count: int = 64,
-        batch_sizes=(1, 8, 32), device: str = "auto") -> dict:
-    from dnalm.utils.devices import resolve
-    from dnalm.use.embedding import embed
+def run(
+    out_dir: Path,
+    model_name: str = "encoder-small",
+    length: int = 1000,
+    count: int = 64,
+    batch_sizes=(1, 8, 32),
+    device: str = "auto",
+) -> dict:
     from dnalm.models import build_model, get_config
     from dnalm.tokenizers import NucleotideTokenizer
+    from dnalm.use.embedding import embed
+    from dnalm.utils.devices import resolve
 
     target = resolve(device)
     chr20 = report.SHARED_DATA / "genomes" / "hs37_chr20.fa.gz"
@@ -39,9 +45,16 @@ def run(out_dir: Path, model_name: str = "encoder-small", length: int = 1000, co
             best = min(best, time.perf_counter() - began)
         rows.append({"batch_size": batch_size, "seconds": round(best, 3), "sequences_per_s": round(count / best, 1)})
     result = report.header("embed", f"dnalm bench embed --model {model_name}", target) | {
-        "dtype": "fp32", "model": model_name, "attention": model.config.attention, "positions": model.config.positions,
-        "tokenizer": tokenizer.name, "sequence_bases": length, "sequences": count, "source": str(source),
-        "pooling": "mean", "rows": rows,
+        "dtype": "fp32",
+        "model": model_name,
+        "attention": model.config.attention,
+        "positions": model.config.positions,
+        "tokenizer": tokenizer.name,
+        "sequence_bases": length,
+        "sequences": count,
+        "source": str(source),
+        "pooling": "mean",
+        "rows": rows,
     }
     report.write(result, out_dir, "embed")
     _plot(result, out_dir)
@@ -57,7 +70,9 @@ def _plot(result: dict, out_dir: Path) -> None:
     ax.bar([str(r["batch_size"]) for r in rows], [r["sequences_per_s"] for r in rows], color="tab:blue")
     ax.set_xlabel("windows per forward pass")
     ax.set_ylabel("sequences / s")
-    ax.set_title(f"{result['model']}, {result['sequence_bases']}-base sequences, {result['device']['name']}", fontsize=9)
+    ax.set_title(
+        f"{result['model']}, {result['sequence_bases']}-base sequences, {result['device']['name']}", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(out_dir / "embed.png", dpi=120)
     plt.close(fig)

@@ -12,9 +12,9 @@ TARGET_SPEEDUP = 10.0
 
 
 def run(model_name: str, new_tokens: int, out_dir: Path, prompt_length: int = 16, device: str = "auto") -> dict:
-    from dnalm.utils.devices import describe, resolve
-    from dnalm.use.generate import tokens_per_second
     from dnalm.models import build_model, get_config
+    from dnalm.use.generate import tokens_per_second
+    from dnalm.utils.devices import describe, resolve
 
     target = resolve(device)
     if Path(model_name).is_dir():
@@ -37,12 +37,28 @@ def run(model_name: str, new_tokens: int, out_dir: Path, prompt_length: int = 16
         variant = variant.to(target)
         cached = tokens_per_second(variant, prompt, new_tokens, use_cache=True)
         full = tokens_per_second(variant, prompt, new_tokens, use_cache=False)
-        rows.append({"attention": attention, "cached_tokens_per_s": round(cached, 1), "recompute_tokens_per_s": round(full, 1),
-                     "speedup": round(cached / full, 1), "meets_target": cached / full >= TARGET_SPEEDUP})
-    result = {"benchmark": "generate", "command": f"dnalm bench generate --model {model_name} --new-tokens {new_tokens}",
-              "machine": report.machine(), "device": describe(target), "dtype": "fp32", "model": model.config.name,
-              "new_tokens": new_tokens, "prompt_tokens": prompt_length, "batch": 1, "rows": rows,
-              "target": f"cached ≥ {TARGET_SPEEDUP:.0f}× recomputation at {new_tokens} new tokens"}
+        rows.append(
+            {
+                "attention": attention,
+                "cached_tokens_per_s": round(cached, 1),
+                "recompute_tokens_per_s": round(full, 1),
+                "speedup": round(cached / full, 1),
+                "meets_target": cached / full >= TARGET_SPEEDUP,
+            }
+        )
+    result = {
+        "benchmark": "generate",
+        "command": f"dnalm bench generate --model {model_name} --new-tokens {new_tokens}",
+        "machine": report.machine(),
+        "device": describe(target),
+        "dtype": "fp32",
+        "model": model.config.name,
+        "new_tokens": new_tokens,
+        "prompt_tokens": prompt_length,
+        "batch": 1,
+        "rows": rows,
+        "target": f"cached ≥ {TARGET_SPEEDUP:.0f}× recomputation at {new_tokens} new tokens",
+    }
     report.write(result, out_dir, "generate")
     _plot(result, out_dir)
     return result
@@ -64,6 +80,8 @@ def _plot(result: dict, out_dir: Path) -> None:
     ax.set_yscale("log")
     ax.set_ylabel("new tokens / s")
     ax.legend(fontsize=8)
-    ax.set_title(f"dnalm bench generate — {result['model']}, {result['new_tokens']} new tokens\n{report.device_label(result)}",
-                 fontsize=9)
+    ax.set_title(
+        f"dnalm bench generate — {result['model']}, {result['new_tokens']} new tokens\n{report.device_label(result)}",
+        fontsize=9,
+    )
     report.save_plot(fig, out_dir, "generate")

@@ -45,9 +45,18 @@ def worker(config_path: str, overrides: list[str], steps: int) -> None:
     # a small run first, so that what the trainer loads once (modules, libraries, DeepSpeed's and gloo's state) is
     # in the baseline and not counted as the configuration's memory
     groups = dist.get_world_size() // config.parallel.sequence
-    warm = load_config(config_path, [*overrides, f"run_dir={config.run_dir}-warmup", "batch.micro_batch=1",
-                                     f"batch.global_batch={groups}", "model.overrides.d_model=64",
-                                     "model.overrides.n_layers=1", "model.overrides.n_heads=4"])
+    warm = load_config(
+        config_path,
+        [
+            *overrides,
+            f"run_dir={config.run_dir}-warmup",
+            "batch.micro_batch=1",
+            f"batch.global_batch={groups}",
+            "model.overrides.d_model=64",
+            "model.overrides.n_layers=1",
+            "model.overrides.n_heads=4",
+        ],
+    )
     small = Trainer(warm, resume="auto")
     small.train_step(iter(small.loader))
     del small
@@ -63,9 +72,14 @@ def worker(config_path: str, overrides: list[str], steps: int) -> None:
     for _ in range(steps):
         trainer.train_step(batches)
         per_step.append(_status_kb("VmHWM") - start)
-    mine = {"built_mib": round(built / 1024, 1), "steps_mib": [round(kb / 1024, 1) for kb in per_step],
-            "start_mib": round(start / 1024, 1), "after_build": after, "before": before,
-            "end": {f: _status_kb(f) for f in ("VmRSS", "RssAnon", "RssFile", "RssShmem")}}
+    mine = {
+        "built_mib": round(built / 1024, 1),
+        "steps_mib": [round(kb / 1024, 1) for kb in per_step],
+        "start_mib": round(start / 1024, 1),
+        "after_build": after,
+        "before": before,
+        "end": {f: _status_kb(f) for f in ("VmRSS", "RssAnon", "RssFile", "RssShmem")},
+    }
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, mine)
     if dist.get_rank() == 0:
@@ -78,20 +92,48 @@ def worker(config_path: str, overrides: list[str], steps: int) -> None:
 # S = 1 and 2, and decoder-medium (303M parameters) where the model states and the optimizer step dominate
 LEAN = ["activation_checkpointing=true", "model.overrides.mlp_tile=512", "model.overrides.loss_chunk=512"]
 CONFIGS = [
-    ("decoder-small, ZeRO-2, plain, S=1", "decoder-small-ecoli.yaml", ("nucleotide", 1024),
-     ["deepspeed=zero2", "batch.micro_batch=4", "batch.global_batch=8"]),
-    ("decoder-small, ZeRO-3, lean, S=2", "decoder-small-ecoli.yaml", ("kmer:6", 4096),
-     ["deepspeed=zero3", "parallel.sequence=2", "batch.micro_batch=2", "batch.global_batch=2", *LEAN]),
-    ("encoder-small, ZeRO-3, plain, S=1", "encoder-small-ecoli.yaml", ("kmer:6", 1024),
-     ["deepspeed=zero3", "batch.micro_batch=4", "batch.global_batch=8"]),
-    ("encoder-small, ZeRO-2, lean, S=2", "encoder-small-ecoli.yaml", ("nucleotide", 4096),
-     ["deepspeed=zero2", "parallel.sequence=2", "batch.micro_batch=2", "batch.global_batch=2", *LEAN]),
-    ("decoder-small, ZeRO-2, recomputation, S=1", "decoder-small-ecoli.yaml", ("nucleotide", 4096),
-     ["deepspeed=zero2", "activation_checkpointing=true", "batch.micro_batch=2", "batch.global_batch=4"]),
-    ("decoder-medium, ZeRO-3, plain, S=1", "decoder-small-ecoli.yaml", ("nucleotide", 256),
-     ["model.name=decoder-medium", "deepspeed=zero3", "batch.micro_batch=1", "batch.global_batch=2"]),
-    ("decoder-medium, ZeRO-2, plain, S=1", "decoder-small-ecoli.yaml", ("nucleotide", 256),
-     ["model.name=decoder-medium", "deepspeed=zero2", "batch.micro_batch=1", "batch.global_batch=2"]),
+    (
+        "decoder-small, ZeRO-2, plain, S=1",
+        "decoder-small-ecoli.yaml",
+        ("nucleotide", 1024),
+        ["deepspeed=zero2", "batch.micro_batch=4", "batch.global_batch=8"],
+    ),
+    (
+        "decoder-small, ZeRO-3, lean, S=2",
+        "decoder-small-ecoli.yaml",
+        ("kmer:6", 4096),
+        ["deepspeed=zero3", "parallel.sequence=2", "batch.micro_batch=2", "batch.global_batch=2", *LEAN],
+    ),
+    (
+        "encoder-small, ZeRO-3, plain, S=1",
+        "encoder-small-ecoli.yaml",
+        ("kmer:6", 1024),
+        ["deepspeed=zero3", "batch.micro_batch=4", "batch.global_batch=8"],
+    ),
+    (
+        "encoder-small, ZeRO-2, lean, S=2",
+        "encoder-small-ecoli.yaml",
+        ("nucleotide", 4096),
+        ["deepspeed=zero2", "parallel.sequence=2", "batch.micro_batch=2", "batch.global_batch=2", *LEAN],
+    ),
+    (
+        "decoder-small, ZeRO-2, recomputation, S=1",
+        "decoder-small-ecoli.yaml",
+        ("nucleotide", 4096),
+        ["deepspeed=zero2", "activation_checkpointing=true", "batch.micro_batch=2", "batch.global_batch=4"],
+    ),
+    (
+        "decoder-medium, ZeRO-3, plain, S=1",
+        "decoder-small-ecoli.yaml",
+        ("nucleotide", 256),
+        ["model.name=decoder-medium", "deepspeed=zero3", "batch.micro_batch=1", "batch.global_batch=2"],
+    ),
+    (
+        "decoder-medium, ZeRO-2, plain, S=1",
+        "decoder-small-ecoli.yaml",
+        ("nucleotide", 256),
+        ["model.name=decoder-medium", "deepspeed=zero2", "batch.micro_batch=1", "batch.global_batch=2"],
+    ),
 ]
 PROCESSES, STEPS = 2, 3
 GOAL = 0.15  # the issue's: predicted peak within 15% of the measured one
@@ -101,8 +143,24 @@ def prepared(work: Path, tokenizer: str, seq_len: int) -> Path:
     """The bundled genome prepared for ``tokenizer`` and ``seq_len`` under ``work`` (reused when there)."""
     folder = work / f"ecoli-{tokenizer.replace(':', '')}-{seq_len}"
     if not (folder / "manifest.json").is_file():
-        done = subprocess.run([sys.executable, "-m", "dnalm", "prep", "--out", str(folder), "--seq-len", str(seq_len),
-                               "--tokenizers", tokenizer, "--jobs", "2"], capture_output=True, text=True)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dnalm",
+                "prep",
+                "--out",
+                str(folder),
+                "--seq-len",
+                str(seq_len),
+                "--tokenizers",
+                tokenizer,
+                "--jobs",
+                "2",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode:
             raise RuntimeError(f"prep {folder}: {done.stderr.strip()}")
     return folder
@@ -114,12 +172,27 @@ def measure(config: Path, overrides: list[str], processes: int = PROCESSES, step
     from dnalm.train.spawn import free_port
 
     worker_args = ["-m", "dnalm.bench.plan", "--worker", str(config), json.dumps(overrides), str(steps)]
-    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr", "127.0.0.1",
-                "--master_port", str(free_port())] if processes > 1 else []
+    launcher = (
+        [
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(processes),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+        ]
+        if processes > 1
+        else []
+    )
     command = [sys.executable, *launcher, *worker_args]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    env = os.environ | {"OMP_NUM_THREADS": str(max(1, cores // processes)), "MALLOC_MMAP_THRESHOLD_": "65536",
-                        "DS_ACCELERATOR": "cpu"}
+    env = os.environ | {
+        "OMP_NUM_THREADS": str(max(1, cores // processes)),
+        "MALLOC_MMAP_THRESHOLD_": "65536",
+        "DS_ACCELERATOR": "cpu",
+    }
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
@@ -139,36 +212,56 @@ def predicted(config: Path, overrides: list[str]) -> dict:
 def run(out_dir: Path, work: Path, only: list[str] | None = None) -> dict:
     from dnalm.utils.devices import describe
 
-    result = {"benchmark": "plan", "command": "python -m dnalm.bench.plan", "machine": report.machine(),
-              "device": describe("cpu") | {"threads": 1, "processes": PROCESSES}, "dtype": "fp32",
-              "what": __doc__.strip().split("\n\n")[1].replace("\n", " "), "goal": f"within {GOAL:.0%}"}
+    result = {
+        "benchmark": "plan",
+        "command": "python -m dnalm.bench.plan",
+        "machine": report.machine(),
+        "device": describe("cpu") | {"threads": 1, "processes": PROCESSES},
+        "dtype": "fp32",
+        "what": __doc__.strip().split("\n\n")[1].replace("\n", " "),
+        "goal": f"within {GOAL:.0%}",
+    }
     rows: list[dict] = []
     for label, base, (tokenizer, seq_len), overrides in CONFIGS:
         if only and label not in only:
             continue
         data = prepared(work, tokenizer, seq_len)
-        settings = [f"run_dir={work / 'runs' / label.replace(', ', '-').replace(' ', '_').replace('=', '')}",
-                    f"data.path={data}", "data.num_workers=0", "logging.wandb=disabled", f"budget.steps={STEPS}",
-                    "eval.interval=1000000", *overrides]
+        settings = [
+            f"run_dir={work / 'runs' / label.replace(', ', '-').replace(' ', '_').replace('=', '')}",
+            f"data.path={data}",
+            "data.num_workers=0",
+            "logging.wandb=disabled",
+            f"budget.steps={STEPS}",
+            "eval.interval=1000000",
+            *overrides,
+        ]
         config = REPO / "configs" / "train" / base
         plan = predicted(config, settings)
         measured = measure(config, settings)
         if "error" in measured:  # the machine is shared: a launch that failed is tried once more, and said so
             measured = measure(config, settings) | {"first_attempt": measured["error"]}
-        row = {"configuration": label, "config": f"configs/train/{base}", "overrides": overrides,
-               "data": {"tokenizer": tokenizer, "seq_len": seq_len},
-               "predicted_mib": round(plan["memory"]["tensors_at_peak"] / 2**20, 1),
-               "peak_moment": plan["memory"]["peak_moment"],
-               "parts_mib": {p["name"]: round(p["bytes"] / 2**20, 1) for p in plan["memory"]["parts"]},
-               "moments_mib": {name: round(total / 2**20, 1) for name, total in plan["memory"]["moments"].items()},
-               "measured": measured}
+        row = {
+            "configuration": label,
+            "config": f"configs/train/{base}",
+            "overrides": overrides,
+            "data": {"tokenizer": tokenizer, "seq_len": seq_len},
+            "predicted_mib": round(plan["memory"]["tensors_at_peak"] / 2**20, 1),
+            "peak_moment": plan["memory"]["peak_moment"],
+            "parts_mib": {p["name"]: round(p["bytes"] / 2**20, 1) for p in plan["memory"]["parts"]},
+            "moments_mib": {name: round(total / 2**20, 1) for name, total in plan["memory"]["moments"].items()},
+            "measured": measured,
+        }
         if "ranks" in measured:
             peak = max(max(r["steps_mib"]) for r in measured["ranks"])
             row |= {"measured_mib": peak, "error": round(row["predicted_mib"] / peak - 1, 4)}
             row["within_goal"] = abs(row["error"]) <= GOAL
         rows.append(row)
-        print(f"{label}: predicted {row['predicted_mib']} MiB, measured {row.get('measured_mib')} "
-              f"({row.get('error', measured.get('error'))})", file=sys.stderr, flush=True)
+        print(
+            f"{label}: predicted {row['predicted_mib']} MiB, measured {row.get('measured_mib')} "
+            f"({row.get('error', measured.get('error'))})",
+            file=sys.stderr,
+            flush=True,
+        )
     result |= {"rows": rows, "h200": h200_check()}
     report.write(result, out_dir, "plan")
     return result
@@ -184,15 +277,29 @@ def h200_check() -> list[dict]:
     for run in json.loads(GPU_JSON.read_text())["training"]:
         if run["model"] != "decoder-1.5b" or not run.get("peak_memory_mb"):
             continue
-        overrides = ["model.name=decoder-1.5b", "model.overrides.vocab_size=10", f"deepspeed={run['deepspeed']}",
-                     f"activation_checkpointing={str(run['activation_recomputation']).lower()}",
-                     f"batch.micro_batch={run['micro_batch']}", f"batch.global_batch={run['micro_batch']}"]
-        plan = make_plan(load_config(REPO / "configs/train/decoder-small-ecoli.yaml", overrides), 1, "h200",
-                         seq_len=run["seq_len"])
+        overrides = [
+            "model.name=decoder-1.5b",
+            "model.overrides.vocab_size=10",
+            f"deepspeed={run['deepspeed']}",
+            f"activation_checkpointing={str(run['activation_recomputation']).lower()}",
+            f"batch.micro_batch={run['micro_batch']}",
+            f"batch.global_batch={run['micro_batch']}",
+        ]
+        plan = make_plan(
+            load_config(REPO / "configs/train/decoder-small-ecoli.yaml", overrides), 1, "h200", seq_len=run["seq_len"]
+        )
         mib = plan["memory"]["tensors_at_peak"] / 2**20
-        rows.append({"run": run["run"], "deepspeed": run["deepspeed"], "micro_batch": run["micro_batch"],
-                     "recomputation": run["activation_recomputation"], "predicted_mib": round(mib),
-                     "measured_mib": run["peak_memory_mb"], "error": round(mib / run["peak_memory_mb"] - 1, 4)})
+        rows.append(
+            {
+                "run": run["run"],
+                "deepspeed": run["deepspeed"],
+                "micro_batch": run["micro_batch"],
+                "recomputation": run["activation_recomputation"],
+                "predicted_mib": round(mib),
+                "measured_mib": run["peak_memory_mb"],
+                "error": round(mib / run["peak_memory_mb"] - 1, 4),
+            }
+        )
     return rows
 
 
@@ -205,8 +312,13 @@ def main(argv=None) -> int:
     parser.add_argument("--only", action="append", help="only this configuration (its label; repeatable)")
     args = parser.parse_args(argv)
     result = run(args.out, args.work, args.only)
-    print(json.dumps([{k: r.get(k) for k in ("configuration", "predicted_mib", "measured_mib", "error")}
-                      for r in result["rows"]] + result["h200"], indent=1))
+    print(
+        json.dumps(
+            [{k: r.get(k) for k in ("configuration", "predicted_mib", "measured_mib", "error")} for r in result["rows"]]
+            + result["h200"],
+            indent=1,
+        )
+    )
     return 0
 
 

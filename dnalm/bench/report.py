@@ -32,12 +32,18 @@ def header(benchmark: str, command: str, device) -> dict:
     """What every device-aware result starts with: its name, the command, the machine, the device and the dtype."""
     from dnalm.utils.devices import describe, training_dtype
 
-    return {"benchmark": benchmark, "command": command, "machine": machine(), "device": describe(device),
-            "dtype": dtype_name(training_dtype(device))}
+    return {
+        "benchmark": benchmark,
+        "command": command,
+        "machine": machine(),
+        "device": describe(device),
+        "dtype": dtype_name(training_dtype(device)),
+    }
 
 
 def device_label(result: dict) -> str:
-    """The measured device and precision for a plot title: e.g. 'NVIDIA H100 80GB HBM3, bf16' or '<cpu model>, 2 threads, fp32'."""
+    """The measured device and precision for a plot title: e.g. 'NVIDIA H100 80GB HBM3, bf16' or '<cpu model>, 2
+    threads, fp32'."""
     device = result["device"]
     threads = f", {device['threads']} threads" if device["type"] == "cpu" else ""
     return f"{device['name']}{threads}, {result['dtype']}"

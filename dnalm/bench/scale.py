@@ -56,8 +56,14 @@ def grch38_sized(source: Path, out: Path, copies: int = 49, seed: int = 0) -> Pa
     return out
 
 
-def hundred_genomes(source: Path, out: Path, genomes: int = 100, genome_bases: int = 4_600_000,
-                    mean_scaffold: int = 4_600, seed: int = 0) -> Path:
+def hundred_genomes(
+    source: Path,
+    out: Path,
+    genomes: int = 100,
+    genome_bases: int = 4_600_000,
+    mean_scaffold: int = 4_600,
+    seed: int = 0,
+) -> Path:
     """A corpus YAML of ``genomes`` FASTAs, each a seeded stretch of the source (all of it when the source is shorter
     than ``genome_bases``) cut into scaffolds; weights 1, 2, 3."""
     import yaml
@@ -75,7 +81,9 @@ def hundred_genomes(source: Path, out: Path, genomes: int = 100, genome_bases: i
     for g in range(genomes):
         start = int(rng.integers(0, len(bases) - genome_bases + 1))
         stretch = bases[start : start + genome_bases]
-        lengths = np.maximum(50, rng.lognormal(np.log(mean_scaffold) - 0.5, 1.0, 4 * genome_bases // mean_scaffold)).astype(int)
+        lengths = np.maximum(
+            50, rng.lognormal(np.log(mean_scaffold) - 0.5, 1.0, 4 * genome_bases // mean_scaffold)
+        ).astype(int)
         cuts = np.cumsum(lengths)
         cuts = cuts[cuts < genome_bases]
         path = out / f"genome_{g:03d}.fa"
@@ -94,42 +102,64 @@ def prep_corpus(genomes: list[str], corpus: list, folder: Path, jobs: int, seq_l
     from data_prep.jobs import prep
     from data_prep.plan import PrepConfig
 
-    config = PrepConfig(genomes=genomes, corpus=corpus, tokenizers=["nucleotide"], seq_len=seq_len, val_fraction=0.0,
-                        pack_fragments=pack)
+    config = PrepConfig(
+        genomes=genomes,
+        corpus=corpus,
+        tokenizers=["nucleotide"],
+        seq_len=seq_len,
+        val_fraction=0.0,
+        pack_fragments=pack,
+    )
     if (folder / "manifest.json").exists():
         raise RuntimeError(f"{folder}: already prepared; bench scale measures a prep from scratch (remove --work)")
     result = prep(config, folder, jobs=jobs)
     manifest = result["manifest"]
     shards = manifest.splits["train"].shards
-    return {"jobs": jobs, "seconds": round(result["seconds"], 1),
-            "mbases_per_s": round(manifest.accounting.genome_bases / result["seconds"] / 1e6, 2),
-            "mbases_per_s_per_job": round(manifest.accounting.genome_bases / result["seconds"] / 1e6 / jobs, 2),
-            "genome_bases": manifest.accounting.genome_bases, "bases_in_samples": manifest.accounting.in_samples,
-            "samples": manifest.num_samples, "shards": len(shards), "shard_bytes": sum(s.bytes for s in shards),
-            "plan_bytes": (folder / "plan.json").stat().st_size, "manifest_bytes": (folder / "manifest.json").stat().st_size,
-            "contigs": sum(g.num_contigs for g in manifest.genomes), "genomes": len(manifest.genomes)}
+    return {
+        "jobs": jobs,
+        "seconds": round(result["seconds"], 1),
+        "mbases_per_s": round(manifest.accounting.genome_bases / result["seconds"] / 1e6, 2),
+        "mbases_per_s_per_job": round(manifest.accounting.genome_bases / result["seconds"] / 1e6 / jobs, 2),
+        "genome_bases": manifest.accounting.genome_bases,
+        "bases_in_samples": manifest.accounting.in_samples,
+        "samples": manifest.num_samples,
+        "shards": len(shards),
+        "shard_bytes": sum(s.bytes for s in shards),
+        "plan_bytes": (folder / "plan.json").stat().st_size,
+        "manifest_bytes": (folder / "manifest.json").stat().st_size,
+        "contigs": sum(g.num_contigs for g in manifest.genomes),
+        "genomes": len(manifest.genomes),
+    }
 
 
 def worker_footprint(folder: Path, samples: int = 20_000) -> dict:
-    """Resident memory and files open while one worker (rank 0 of 8, global order) streams ``samples`` samples, in a fresh
+    """Resident memory and files open while one worker (rank 0 of 8, global order) streams ``samples`` samples, in a
+    fresh
     process: RSS once the libraries are imported, after the stream is built, and the most seen while streaming
     (sampled every 50 samples)."""
-    code = ("import json, os, sys, psutil\n"
-            "from dnalm.data.stream import GenomeStream\n"
-            "rss = lambda: psutil.Process().memory_info().rss / 2**20\n"
-            "imported, fds0 = rss(), len(os.listdir('/proc/self/fd'))\n"
-            "stream = GenomeStream(sys.argv[1], batch_size=8, rank=0, world_size=8, seed=0, epochs=None, order='global')\n"
-            "built, most_rss, most_files = rss(), 0.0, 0\n"
-            "for i, s in enumerate(stream):\n"
-            "    if i % 50 == 0:\n"
-            "        most_rss, most_files = max(most_rss, rss()), max(most_files, len(os.listdir('/proc/self/fd')) - fds0)\n"
-            "    if i + 1 == int(sys.argv[2]):\n"
-            "        break\n"
-            "print(json.dumps({'rss_after_imports_mb': imported, 'stream_build_added_mb': built - imported,"
-            " 'streaming_added_mb': most_rss - imported, 'max_files_open': most_files,"
-            " 'max_open_shards': stream.max_open_shards, 'samples': int(sys.argv[2])}))\n")
-    done = subprocess.run([sys.executable, "-c", code, str(folder), str(samples)], capture_output=True, text=True,
-                          env=os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    code = (
+        "import json, os, sys, psutil\n"
+        "from dnalm.data.stream import GenomeStream\n"
+        "rss = lambda: psutil.Process().memory_info().rss / 2**20\n"
+        "imported, fds0 = rss(), len(os.listdir('/proc/self/fd'))\n"
+        "stream = GenomeStream(sys.argv[1], batch_size=8, rank=0, world_size=8, seed=0, epochs=None, order='global')\n"
+        "built, most_rss, most_files = rss(), 0.0, 0\n"
+        "for i, s in enumerate(stream):\n"
+        "    if i % 50 == 0:\n"
+        "        most_rss, most_files = max(most_rss, rss()), max(most_files, len(os.listdir('/proc/self/fd')) - "
+        "fds0)\n"
+        "    if i + 1 == int(sys.argv[2]):\n"
+        "        break\n"
+        "print(json.dumps({'rss_after_imports_mb': imported, 'stream_build_added_mb': built - imported,"
+        " 'streaming_added_mb': most_rss - imported, 'max_files_open': most_files,"
+        " 'max_open_shards': stream.max_open_shards, 'samples': int(sys.argv[2])}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(folder), str(samples)],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-2000:])
     return {k: round(v, 1) if isinstance(v, float) else v for k, v in json.loads(done.stdout.splitlines()[-1]).items()}
@@ -144,15 +174,23 @@ def bytes_per_rank(folder: Path, steps: int = 100, micro_batch: int = 8) -> list
     for world in WORLD_SIZES:
         read = []
         for rank in range(world):
-            stream = GenomeStream(folder, batch_size=micro_batch, rank=rank, world_size=world, seed=0, epochs=None,
-                                  order="global")
+            stream = GenomeStream(
+                folder, batch_size=micro_batch, rank=rank, world_size=world, seed=0, epochs=None, order="global"
+            )
             iterator = iter(stream)
             for _ in range(steps * micro_batch):
                 next(iterator)
             iterator.close()
             read.append(stream.bytes_read)
-        rows.append({"world_size": world, "bytes_per_rank": read, "max_share": round(max(read) / sum(read), 4),
-                     "ideal_share": round(1 / world, 4), "max_share_over_ideal": round(max(read) / sum(read) * world, 3)})
+        rows.append(
+            {
+                "world_size": world,
+                "bytes_per_rank": read,
+                "max_share": round(max(read) / sum(read), 4),
+                "ideal_share": round(1 / world, 4),
+                "max_share_over_ideal": round(max(read) / sum(read) * world, 3),
+            }
+        )
     return rows
 
 
@@ -168,12 +206,22 @@ def epoch_shard_shares(folder: Path, micro_batch: int = 8) -> list[dict]:
         for rank in range(world):
             stream = GenomeStream(folder, batch_size=micro_batch, rank=rank, world_size=world, seed=0, order="blocks")
             positions = stream.positions(0, stream.steps(0)).ravel()
-            shards = np.unique(np.concatenate([stream.order(0)(0, chunk)[0] for chunk in np.array_split(positions, 16)]))
+            shards = np.unique(
+                np.concatenate([stream.order(0)(0, chunk)[0] for chunk in np.array_split(positions, 16)])
+            )
             touched.append(sum(shard_bytes(stream.shards[s]) for s in shards.tolist()))
         split = sum(shard_bytes(s) for s in stream.shards)
-        rows.append({"world_size": world, "partitions": stream.state.partitions, "block_size": stream.state.block_size,
-                     "bytes_per_rank": touched, "max_share": round(max(touched) / split, 4), "ideal_share": round(1 / world, 4),
-                     "max_share_over_ideal": round(max(touched) / split * world, 3)})
+        rows.append(
+            {
+                "world_size": world,
+                "partitions": stream.state.partitions,
+                "block_size": stream.state.block_size,
+                "bytes_per_rank": touched,
+                "max_share": round(max(touched) / split, 4),
+                "ideal_share": round(1 / world, 4),
+                "max_share_over_ideal": round(max(touched) / split * world, 3),
+            }
+        )
     return rows
 
 
@@ -187,9 +235,15 @@ def batch_diversity(folder: Path, batch: int = 64, batches: int = 40, order: str
         k = parse_key(key)
         return k["genome"], k["contig"], k["start"] // REGION
 
-    ranks = [iter(GenomeStream(folder, batch_size=batch // world, rank=r, world_size=world, seed=0, epochs=None, order=order))
-             for r in range(world)]
-    measured = [len({region(next(rank)["key"]) for rank in ranks for _ in range(batch // world)}) for _ in range(batches)]
+    ranks = [
+        iter(
+            GenomeStream(folder, batch_size=batch // world, rank=r, world_size=world, seed=0, epochs=None, order=order)
+        )
+        for r in range(world)
+    ]
+    measured = [
+        len({region(next(rank)["key"]) for rank in ranks for _ in range(batch // world)}) for _ in range(batches)
+    ]
     stream = GenomeStream(folder, batch_size=1, seed=0)
     rng = np.random.default_rng(1)
     readers: dict[int, IndexedShard] = {}
@@ -205,9 +259,15 @@ def batch_diversity(folder: Path, batch: int = 64, batches: int = 40, order: str
         random.append(len(regions))
     for reader in readers.values():
         reader.close()
-    return {"order": order, "ranks": world, "batch": batch, "batches": batches,
-            "stream_mean_regions": round(float(np.mean(measured)), 2), "random_mean_regions": round(float(np.mean(random)), 2),
-            "ratio": round(float(np.mean(measured)) / float(np.mean(random)), 3)}
+    return {
+        "order": order,
+        "ranks": world,
+        "batch": batch,
+        "batches": batches,
+        "stream_mean_regions": round(float(np.mean(measured)), 2),
+        "random_mean_regions": round(float(np.mean(random)), 2),
+        "ratio": round(float(np.mean(measured)) / float(np.mean(random)), 3),
+    }
 
 
 def genome_shares(folder: Path, order: str = "global") -> dict:
@@ -223,12 +283,25 @@ def genome_shares(folder: Path, order: str = "global") -> dict:
     weights = np.array([g.weight for g in manifest.mix], float)
     drawn = np.array([counts.get(g, 0) for g in range(len(weights))], float)
     error = np.abs(drawn / drawn.sum() - weights / weights.sum()) / (weights / weights.sum())
-    return {"order": order, "samples": int(drawn.sum()), "max_relative_error": round(float(error.max()), 4),
-            "mean_relative_error": round(float(error.mean()), 4)}
+    return {
+        "order": order,
+        "samples": int(drawn.sum()),
+        "max_relative_error": round(float(error.max()), 4),
+        "mean_relative_error": round(float(error.mean()), 4),
+    }
 
 
-def run(out_dir: Path, work: Path, source: Path | None = None, copies: int = 49, genomes: int = 100, seq_len: int = 1024,
-        jobs: int = 2, stream_samples: int = 20_000, rank_steps: int = 100) -> dict:
+def run(
+    out_dir: Path,
+    work: Path,
+    source: Path | None = None,
+    copies: int = 49,
+    genomes: int = 100,
+    seq_len: int = 1024,
+    jobs: int = 2,
+    stream_samples: int = 20_000,
+    rank_steps: int = 100,
+) -> dict:
     from data_prep.corpus import load_corpus
 
     source = Path(source) if source else CHR20
@@ -237,11 +310,20 @@ def run(out_dir: Path, work: Path, source: Path | None = None, copies: int = 49,
     fasta = grch38_sized(source, work / "grch38_sized.fa", copies)
     corpus_yaml = hundred_genomes(source, work / "hundred", genomes)
     paths, settings = load_corpus(corpus_yaml)
-    result = {"benchmark": "scale", "command": f"dnalm bench scale --copies {copies} --genomes {genomes} --jobs {jobs}",
-              "machine": report.machine(), "source": str(source), "seq_len": seq_len,
-              "corpora": {"grch38_sized": {"built_by": f"dnalm.bench.scale.grch38_sized(source, out, copies={copies})",
-                                           "fasta_bytes": fasta.stat().st_size},
-                          "hundred_genomes": {"built_by": f"dnalm.bench.scale.hundred_genomes(source, out, genomes={genomes})"}}}
+    result = {
+        "benchmark": "scale",
+        "command": f"dnalm bench scale --copies {copies} --genomes {genomes} --jobs {jobs}",
+        "machine": report.machine(),
+        "source": str(source),
+        "seq_len": seq_len,
+        "corpora": {
+            "grch38_sized": {
+                "built_by": f"dnalm.bench.scale.grch38_sized(source, out, copies={copies})",
+                "fasta_bytes": fasta.stat().st_size,
+            },
+            "hundred_genomes": {"built_by": f"dnalm.bench.scale.hundred_genomes(source, out, genomes={genomes})"},
+        },
+    }
     big = result["corpora"]["grch38_sized"]
     big["prep"] = prep_corpus([str(fasta)], [], work / "grch38_data", jobs, seq_len, pack=False)
     print(json.dumps(big["prep"]), file=sys.stderr, flush=True)
@@ -254,8 +336,10 @@ def run(out_dir: Path, work: Path, source: Path | None = None, copies: int = 49,
         corpus["worker"] = worker_footprint(folder, stream_samples)
         corpus["bytes_per_rank"] = bytes_per_rank(folder, rank_steps)
         corpus["diversity"] = batch_diversity(folder)
-        corpus["blocks"] = {"shard_bytes_per_rank_per_epoch": epoch_shard_shares(folder),
-                            "diversity": batch_diversity(folder, order="blocks", world=8)}
+        corpus["blocks"] = {
+            "shard_bytes_per_rank_per_epoch": epoch_shard_shares(folder),
+            "diversity": batch_diversity(folder, order="blocks", world=8),
+        }
         print(json.dumps({k: corpus[k] for k in ("worker", "diversity", "blocks")}), file=sys.stderr, flush=True)
     hundred["genome_shares"] = genome_shares(work / "hundred_data")
     hundred["blocks"]["genome_shares"] = genome_shares(work / "hundred_data", order="blocks")
@@ -273,10 +357,17 @@ def _plot(result: dict, out_dir: Path) -> None:
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(13, 3.8))
     for key, label in names.items():
         rows = result["corpora"][key]["bytes_per_rank"]
-        left.plot([r["world_size"] for r in rows], [r["max_share"] for r in rows], marker="o", label=f"{label}: bytes read")
+        left.plot(
+            [r["world_size"] for r in rows], [r["max_share"] for r in rows], marker="o", label=f"{label}: bytes read"
+        )
         blocks = result["corpora"][key]["blocks"]["shard_bytes_per_rank_per_epoch"]
-        left.plot([r["world_size"] for r in blocks], [r["max_share"] for r in blocks], marker="s", linestyle="-.",
-                  label=f"{label}: shards touched, blocks order")
+        left.plot(
+            [r["world_size"] for r in blocks],
+            [r["max_share"] for r in blocks],
+            marker="s",
+            linestyle="-.",
+            label=f"{label}: shards touched, blocks order",
+        )
     left.plot(WORLD_SIZES, [1 / w for w in WORLD_SIZES], linestyle="--", color="grey", label="1/W")
     left.plot(WORLD_SIZES, [1.2 / w for w in WORLD_SIZES], linestyle=":", color="#d83b3b", label="1.2/W bound")
     left.set_xscale("log", base=2)
@@ -284,9 +375,11 @@ def _plot(result: dict, out_dir: Path) -> None:
     left.set_ylabel("largest rank's share of the split")
     left.legend(fontsize=6)
     x = np.arange(len(names))
-    bars = (("stream, global order", lambda c: c["diversity"]["stream_mean_regions"]),
-            ("8 ranks, blocks order", lambda c: c["blocks"]["diversity"]["stream_mean_regions"]),
-            ("random draws", lambda c: c["diversity"]["random_mean_regions"]))
+    bars = (
+        ("stream, global order", lambda c: c["diversity"]["stream_mean_regions"]),
+        ("8 ranks, blocks order", lambda c: c["blocks"]["diversity"]["stream_mean_regions"]),
+        ("random draws", lambda c: c["diversity"]["random_mean_regions"]),
+    )
     for i, (label, value) in enumerate(bars):
         middle.bar(x + (i - 1) * 0.27, [value(result["corpora"][k]) for k in names], 0.27, label=label)
     middle.set_xticks(x, list(names.values()), fontsize=8)
@@ -295,5 +388,7 @@ def _plot(result: dict, out_dir: Path) -> None:
     right.bar(x, [result["corpora"][k]["worker"]["streaming_added_mb"] for k in names], color="#3b7dd8")
     right.set_xticks(x, list(names.values()), fontsize=8)
     right.set_ylabel("RSS added by the stream, beyond imports (MB)")
-    fig.suptitle(f"dnalm bench scale — {result['machine']['cpu']}, {result['machine']['cores_available']} cores", fontsize=9)
+    fig.suptitle(
+        f"dnalm bench scale — {result['machine']['cpu']}, {result['machine']['cores_available']} cores", fontsize=9
+    )
     report.save_plot(fig, out_dir, "scale")

@@ -77,8 +77,12 @@ def loopback(kind: str, folder: Path, latency: float = 0.0):
             raise DnalmError("--serve s3 needs moto's server (pip install -e '.[dev]')") from None
         command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     elif latency:
-        command = [sys.executable, "-c", f"from dnalm.bench.stream import serve_with_latency; "
-                                         f"serve_with_latency({str(folder)!r}, {port}, {latency})"]
+        command = [
+            sys.executable,
+            "-c",
+            f"from dnalm.bench.stream import serve_with_latency; "
+            f"serve_with_latency({str(folder)!r}, {port}, {latency})",
+        ]
     else:
         command = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(folder), str(port)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -99,8 +103,12 @@ def loopback(kind: str, folder: Path, latency: float = 0.0):
         from data_prep.publish import upload_folder
         from dnalm.data.sources import open_source
 
-        os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
-                          AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+        os.environ.update(
+            AWS_ACCESS_KEY_ID="bench",
+            AWS_SECRET_ACCESS_KEY="bench",
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        )
         boto3.client("s3").create_bucket(Bucket="bench")
         upload_folder(folder, open_source("s3://bench/data"))
         yield "s3://bench/data"
@@ -117,9 +125,16 @@ def read_rate(stream, samples: int) -> dict:
         if i + 1 == samples:
             break
     seconds = time.perf_counter() - started
-    shard_bytes = sum(s.bytes for s in stream.shards) / stream.total * samples  # the shard bytes these samples stand for
-    row = {"samples": samples, "seconds": round(seconds, 3), "samples_per_s": round(samples / seconds),
-           "tokens_per_s": round(tokens / seconds), "mb_per_s": round(shard_bytes / seconds / 1e6, 2)}
+    shard_bytes = (
+        sum(s.bytes for s in stream.shards) / stream.total * samples
+    )  # the shard bytes these samples stand for
+    row = {
+        "samples": samples,
+        "seconds": round(seconds, 3),
+        "samples_per_s": round(samples / seconds),
+        "tokens_per_s": round(tokens / seconds),
+        "mb_per_s": round(shard_bytes / seconds / 1e6, 2),
+    }
     if stream.cache is not None:
         row["cache"] = stream.cache.stats()
     return row
@@ -141,10 +156,21 @@ def epoch_shares(url: str, scratch: Path, split_bytes: int, micro_batch: int, wo
             hit_rates.append(stats["hit_rate"])
             shutil.rmtree(cache, ignore_errors=True)
         share = max(downloaded) / split_bytes
-        rows.append({"world_size": world, "partitions": stream.state.partitions, "block_size": stream.state.block_size,
-                     "bytes_per_rank": downloaded, "max_share": round(share, 4), "ideal_share": round(1 / world, 4),
-                     "max_share_over_ideal": round(share * world, 3), "meets_goal": share <= SHARE_GOAL / world,
-                     "hit_rate_per_rank": hit_rates, "samples_read": seen, "seconds": round(time.perf_counter() - started, 1)})
+        rows.append(
+            {
+                "world_size": world,
+                "partitions": stream.state.partitions,
+                "block_size": stream.state.block_size,
+                "bytes_per_rank": downloaded,
+                "max_share": round(share, 4),
+                "ideal_share": round(1 / world, 4),
+                "max_share_over_ideal": round(share * world, 3),
+                "meets_goal": share <= SHARE_GOAL / world,
+                "hit_rate_per_rank": hit_rates,
+                "samples_read": seen,
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+        )
     return rows
 
 
@@ -158,17 +184,29 @@ def diversity(url: str, scratch: Path, world: int = 8, batch: int = 64, batches:
         k = parse_key(key)
         return k["genome"], k["contig"], k["start"] // REGION
 
-    ranks = [iter(GenomeStream(url, batch_size=batch // world, rank=r, world_size=world, epochs=None,
-                               cache_dir=scratch / "diversity"))
-             for r in range(world)]
-    measured = [len({region(next(rank)["key"]) for rank in ranks for _ in range(batch // world)}) for _ in range(batches)]
+    ranks = [
+        iter(
+            GenomeStream(
+                url, batch_size=batch // world, rank=r, world_size=world, epochs=None, cache_dir=scratch / "diversity"
+            )
+        )
+        for r in range(world)
+    ]
+    measured = [
+        len({region(next(rank)["key"]) for rank in ranks for _ in range(batch // world)}) for _ in range(batches)
+    ]
     every = GenomeStream(url, batch_size=1, shuffle=False, order="global", cache_dir=scratch / "diversity")
     regions = [region(s["key"]) for s in every]
     rng = np.random.default_rng(1)
     random = [len({regions[i] for i in rng.choice(len(regions), batch, replace=False)}) for _ in range(batches)]
-    return {"world_size": world, "global_batch": batch, "batches": batches,
-            "stream_mean_regions": round(float(np.mean(measured)), 2), "random_mean_regions": round(float(np.mean(random)), 2),
-            "ratio": round(float(np.mean(measured) / np.mean(random)), 3)}
+    return {
+        "world_size": world,
+        "global_batch": batch,
+        "batches": batches,
+        "stream_mean_regions": round(float(np.mean(measured)), 2),
+        "random_mean_regions": round(float(np.mean(random)), 2),
+        "ratio": round(float(np.mean(measured) / np.mean(random)), 3),
+    }
 
 
 def prepare(genome: Path, folder: Path, seq_len: int, shard_size_mb: float) -> Path:
@@ -176,14 +214,32 @@ def prepare(genome: Path, folder: Path, seq_len: int, shard_size_mb: float) -> P
     from data_prep.plan import PrepConfig
 
     if not (folder / "manifest.json").exists():
-        prep(PrepConfig(genomes=[str(genome)], tokenizers=["nucleotide"], seq_len=seq_len, shard_size_mb=shard_size_mb,
-                        val_fraction=0.0), folder)
+        prep(
+            PrepConfig(
+                genomes=[str(genome)],
+                tokenizers=["nucleotide"],
+                seq_len=seq_len,
+                shard_size_mb=shard_size_mb,
+                val_fraction=0.0,
+            ),
+            folder,
+        )
     return folder
 
 
-def run(out_dir: Path, work: Path, source: str | None = None, serve: str = "s3", genome: Path | None = None,
-        seq_len: int = 1024, shard_size_mb: float = 2.0, samples: int = 20_000, micro_batch: int = 8,
-        worlds=WORLD_SIZES, latency_s: float = LATENCY_S) -> dict:
+def run(
+    out_dir: Path,
+    work: Path,
+    source: str | None = None,
+    serve: str = "s3",
+    genome: Path | None = None,
+    seq_len: int = 1024,
+    shard_size_mb: float = 2.0,
+    samples: int = 20_000,
+    micro_batch: int = 8,
+    worlds=WORLD_SIZES,
+    latency_s: float = LATENCY_S,
+) -> dict:
     from dnalm import genome as genome_io
     from dnalm.bench.data import _encoder_small_step, _pipeline_tokens_per_s
     from dnalm.data.cache import shard_bytes
@@ -194,22 +250,28 @@ def run(out_dir: Path, work: Path, source: str | None = None, serve: str = "s3",
     genome = Path(genome) if genome else (chr20 if chr20.exists() else genome_io.DEFAULT_GENOME)
     local = prepare(genome, Path(work) / f"{genome.name.split('.')[0]}-{seq_len}", seq_len, shard_size_mb)
     scratch = Path(tempfile.mkdtemp(prefix="dnalm-bench-stream-"))
-    command = f"dnalm bench stream {'--source ' + source if source else '--serve ' + serve} --seq-len {seq_len} " \
-              f"--shard-size-mb {shard_size_mb} --samples {samples}"
+    command = (
+        f"dnalm bench stream {'--source ' + source if source else '--serve ' + serve} --seq-len {seq_len} "
+        f"--shard-size-mb {shard_size_mb} --samples {samples}"
+    )
     started = time.perf_counter()
     try:
-        with (loopback(serve, local) if source is None else _given(source)) as url:
+        with loopback(serve, local) if source is None else _given(source) as url:
             remote = GenomeStream(url, batch_size=micro_batch, cache_dir=scratch / "probe")
             same = remote.manifest.plan_fingerprint == GenomeStream(local, batch_size=1).manifest.plan_fingerprint
             split = sum(shard_bytes(s) for s in remote.shards)
             depth = PREFETCH_SHARDS
 
             def rate(location, cache: str, prefetch: int) -> dict:
-                stream = GenomeStream(location, batch_size=micro_batch, prefetch_shards=prefetch, cache_dir=scratch / cache)
+                stream = GenomeStream(
+                    location, batch_size=micro_batch, prefetch_shards=prefetch, cache_dir=scratch / cache
+                )
                 return read_rate(stream, samples) | {"prefetch_shards": prefetch}
 
             throughput = {
-                "local_disk": read_rate(GenomeStream(local, batch_size=micro_batch, order="blocks"), samples) if same else None,
+                "local_disk": read_rate(GenomeStream(local, batch_size=micro_batch, order="blocks"), samples)
+                if same
+                else None,
                 "remote_cold": rate(url, "cold", depth),
                 "remote_cold_no_prefetch": rate(url, "cold0", 0),
                 "remote_warm": rate(url, "cold", depth),
@@ -227,15 +289,28 @@ def run(out_dir: Path, work: Path, source: str | None = None, serve: str = "s3",
         shutil.rmtree(scratch, ignore_errors=True)
     result = report.header("stream", command, resolve("cpu")) | {
         "source": source or f"loopback {serve} server on 127.0.0.1 ({'moto' if serve == 's3' else 'http.server'})",
-        "data": {"genome": genome.name, "seq_len": seq_len, "shards": len(remote.shards), "split_bytes": split,
-                 "samples": remote.total, "local_copy_compared": same},
-        "throughput": throughput, "shares": shares,
+        "data": {
+            "genome": genome.name,
+            "seq_len": seq_len,
+            "shards": len(remote.shards),
+            "split_bytes": split,
+            "samples": remote.total,
+            "local_copy_compared": same,
+        },
+        "throughput": throughput,
+        "shares": shares,
         "share_goal": f"each rank downloads <= {SHARE_GOAL}/W of the split in an epoch",
-        "pipeline": {"what": "StreamLoader (1 DataLoader worker) from the remote source, batches of "
-                             f"{micro_batch}, MLM masking in the training process",
-                     "tokens_per_s": round(pipeline), "encoder_small_step_tokens_per_s": round(step),
-                     "ratio": round(pipeline / step, 1), "goal": PIPELINE_GOAL, "meets_goal": pipeline / step >= PIPELINE_GOAL},
-        "diversity": mixing, "seconds": round(time.perf_counter() - started, 1),
+        "pipeline": {
+            "what": "StreamLoader (1 DataLoader worker) from the remote source, batches of "
+            f"{micro_batch}, MLM masking in the training process",
+            "tokens_per_s": round(pipeline),
+            "encoder_small_step_tokens_per_s": round(step),
+            "ratio": round(pipeline / step, 1),
+            "goal": PIPELINE_GOAL,
+            "meets_goal": pipeline / step >= PIPELINE_GOAL,
+        },
+        "diversity": mixing,
+        "seconds": round(time.perf_counter() - started, 1),
     }
     report.write(result, out_dir, "stream")
     _plot(result, out_dir)
@@ -253,8 +328,11 @@ def _plot(result: dict, out_dir: Path) -> None:
     plt = pyplot()
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(13, 3.8))
     rows = {k: v for k, v in result["throughput"].items() if v}
-    left.bar([k.replace("remote_", "").replace("_", "\n", 2).replace("_", " ") for k in rows],
-             [r["samples_per_s"] for r in rows.values()], color="#3b7dd8")
+    left.bar(
+        [k.replace("remote_", "").replace("_", "\n", 2).replace("_", " ") for k in rows],
+        [r["samples_per_s"] for r in rows.values()],
+        color="#3b7dd8",
+    )
     left.set_ylabel("samples / s, one rank")
     left.tick_params(axis="x", labelsize=7)
     shares = result["shares"]
@@ -267,11 +345,17 @@ def _plot(result: dict, out_dir: Path) -> None:
     middle.set_ylabel("share of the split downloaded per epoch")
     middle.legend(fontsize=7)
     pipe = result["pipeline"]
-    right.bar(["stream + masking\n(remote)", "encoder-small\nstep"], [pipe["tokens_per_s"], pipe["encoder_small_step_tokens_per_s"]],
-              color=["#3b7dd8", "#8a8a8a"])
+    right.bar(
+        ["stream + masking\n(remote)", "encoder-small\nstep"],
+        [pipe["tokens_per_s"], pipe["encoder_small_step_tokens_per_s"]],
+        color=["#3b7dd8", "#8a8a8a"],
+    )
     right.set_yscale("log")
     right.set_ylabel("tokens / s")
     right.set_title(f"{pipe['ratio']}x (goal {pipe['goal']:g}x)", fontsize=9)
-    fig.suptitle(f"dnalm bench stream — {result['source']}; {result['machine']['cpu']}, "
-                 f"{result['machine']['cores_available']} cores", fontsize=9)
+    fig.suptitle(
+        f"dnalm bench stream — {result['source']}; {result['machine']['cpu']}, "
+        f"{result['machine']['cores_available']} cores",
+        fontsize=9,
+    )
     report.save_plot(fig, out_dir, "stream")

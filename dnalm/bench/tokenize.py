@@ -12,8 +12,8 @@ import numpy as np
 
 from dnalm import genome as genome_io
 from dnalm.bench import report
-from dnalm.utils.errors import DnalmError
 from dnalm.tokenizers import KmerTokenizer, NucleotideTokenizer, load_folder
+from dnalm.utils.errors import DnalmError
 
 TARGETS_MBASES_PER_S = {"read": 40.0, "nucleotide": 20.0, "kmer": 20.0, "bpe": 1.0}
 CHUNK = 1_000_000  # encode in 1 Mb pieces, as a sharding job would per window group
@@ -51,11 +51,18 @@ def run(genome_path: Path | None, bases: int, out_dir: Path) -> dict:
         seconds = _best_of(2, lambda: [tok.encode(p) for p in pieces])
         tokens = sum(len(tok.encode(p)) for p in pieces)
         rate = len(measured) / seconds / 1e6
-        rows.append({
-            "tokenizer": tok.name, "bases": len(measured), "tokens": tokens, "bases_per_token": round(len(measured) / tokens, 3),
-            "seconds": round(seconds, 4), "mbases_per_s": round(rate, 2),
-            "target_mbases_per_s": TARGETS_MBASES_PER_S[tok.kind], "meets_target": rate >= TARGETS_MBASES_PER_S[tok.kind],
-        })
+        rows.append(
+            {
+                "tokenizer": tok.name,
+                "bases": len(measured),
+                "tokens": tokens,
+                "bases_per_token": round(len(measured) / tokens, 3),
+                "seconds": round(seconds, 4),
+                "mbases_per_s": round(rate, 2),
+                "target_mbases_per_s": TARGETS_MBASES_PER_S[tok.kind],
+                "meets_target": rate >= TARGETS_MBASES_PER_S[tok.kind],
+            }
+        )
 
     read_rate = genome_bases / read_seconds / 1e6
     result = {
@@ -64,9 +71,17 @@ def run(genome_path: Path | None, bases: int, out_dir: Path) -> dict:
         "machine": report.machine(),
         "threads": "one core (numpy and sentencepiece encode are single-threaded here)",
         "genome": {"path": str(genome_path), "bases": genome_bases, "contigs": len(contigs)},
-        "read": {"seconds": round(read_seconds, 3), "mbases_per_s": round(read_rate, 2),
-                 "target_mbases_per_s": TARGETS_MBASES_PER_S["read"], "meets_target": read_rate >= TARGETS_MBASES_PER_S["read"]},
-        "bpe_training": {"vocab_size": bpe.vocab_size, **bpe_training, "sampled_bases": bpe.training_report["sampled_bases"]},
+        "read": {
+            "seconds": round(read_seconds, 3),
+            "mbases_per_s": round(read_rate, 2),
+            "target_mbases_per_s": TARGETS_MBASES_PER_S["read"],
+            "meets_target": read_rate >= TARGETS_MBASES_PER_S["read"],
+        },
+        "bpe_training": {
+            "vocab_size": bpe.vocab_size,
+            **bpe_training,
+            "sampled_bases": bpe.training_report["sampled_bases"],
+        },
         "encode": rows,
     }
     report.write(result, out_dir, "tokenize")
@@ -88,8 +103,12 @@ def _train_bpe_as_a_user_would(genome_path: Path, out: Path, max_memory_gb: floa
     if done.returncode != 0:
         raise DnalmError(f"bench tokenize: train-bpe failed: {done.stderr.strip()[-2000:]}")
     peak = int(done.stdout.split("PEAK_BYTES")[1].split()[0])
-    return {"command": f"dnalm tokenizer train-bpe {genome_path} --vocab-size 4096 --max-memory-gb {max_memory_gb}",
-            "max_memory_gb": max_memory_gb, "seconds_with_startup": round(seconds, 2), "process_peak_rss_mb": round(peak / 2**20, 1)}
+    return {
+        "command": f"dnalm tokenizer train-bpe {genome_path} --vocab-size 4096 --max-memory-gb {max_memory_gb}",
+        "max_memory_gb": max_memory_gb,
+        "seconds_with_startup": round(seconds, 2),
+        "process_peak_rss_mb": round(peak / 2**20, 1),
+    }
 
 
 def _plot(result: dict, out_dir: Path) -> None:
@@ -107,6 +126,8 @@ def _plot(result: dict, out_dir: Path) -> None:
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_ylabel("Mbases / s (one core)")
     ax.set_yscale("log")
-    ax.set_title(f"dnalm bench tokenize — {Path(result['genome']['path']).name}, {result['machine']['cpu']}", fontsize=9)
+    ax.set_title(
+        f"dnalm bench tokenize — {Path(result['genome']['path']).name}, {result['machine']['cpu']}", fontsize=9
+    )
     ax.legend()
     report.save_plot(fig, out_dir, "tokenize")

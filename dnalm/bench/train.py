@@ -19,7 +19,6 @@ import torch.nn.functional as F
 
 from dnalm.bench import report
 from dnalm.train.flops import SOURCE, device_peak, flops_per_token
-
 from dnalm.utils.devices import resolve, synchronize, training_dtype
 from dnalm.utils.memory import allocator_peak_mb
 
@@ -41,8 +40,15 @@ def matmul_flops(n: int = 4096, repeats: int = 3, device="cpu", dtype=torch.floa
     return 2 * n**3 / best
 
 
-def step_tokens_per_s(model: torch.nn.Module, batch: int, seq_len: int, vocab_size: int, steps: int = 3,
-                      device="cpu", optimizer: torch.optim.Optimizer | None = None) -> float:
+def step_tokens_per_s(
+    model: torch.nn.Module,
+    batch: int,
+    seq_len: int,
+    vocab_size: int,
+    steps: int = 3,
+    device="cpu",
+    optimizer: torch.optim.Optimizer | None = None,
+) -> float:
     """Best forward+backward (cross-entropy on every position), plus ``optimizer``'s step when given, tokens/s over
     ``steps`` after one warm-up; the model is already on ``device`` in its dtype."""
     model.train()
@@ -66,7 +72,9 @@ def step_tokens_per_s(model: torch.nn.Module, batch: int, seq_len: int, vocab_si
     return batch * seq_len / best
 
 
-def compiled_tokens_per_s(model: torch.nn.Module, batch: int, seq_len: int, vocab_size: int, device) -> tuple[float, float]:
+def compiled_tokens_per_s(
+    model: torch.nn.Module, batch: int, seq_len: int, vocab_size: int, device
+) -> tuple[float, float]:
     """(tokens/s, seconds of the first step) of ``torch.compile(model)``: the first step pays the compilation, from
     a cold cache (inductor's on-disk cache would otherwise hold an earlier run's kernels)."""
     import os
@@ -109,8 +117,11 @@ def _mlm_setup(data: Path, model_name: str, micro_batch: int):
 
     manifest = Manifest.load(data)
     torch.manual_seed(0)
-    model = build_model(get_config(model_name, vocab_size=data_tokenizer(data, manifest).vocab_size,
-                                   max_seq_len=max(1024, manifest.seq_len)))
+    model = build_model(
+        get_config(
+            model_name, vocab_size=data_tokenizer(data, manifest).vocab_size, max_seq_len=max(1024, manifest.seq_len)
+        )
+    )
     ranges = view_ranges([t.vocab_size for t in manifest.tokenizers])
     loader = iter(StreamLoader(GenomeStream(data, batch_size=micro_batch, epochs=None), num_workers=1))
 
@@ -150,7 +161,7 @@ def mlm_step_overhead(data: Path, model_name: str, micro_batch: int, steps: int)
     one process; medians."""
     import numpy as np
 
-    from dnalm.utils.devices import move, model_device
+    from dnalm.utils.devices import model_device, move
 
     model, next_inputs, seq_len = _mlm_setup(data, model_name, micro_batch)
     device = model_device(model)
@@ -172,11 +183,16 @@ def mlm_step_overhead(data: Path, model_name: str, micro_batch: int, steps: int)
             full.append(end - middle)
     tokens = micro_batch * seq_len
     bare_rate, full_rate = tokens / float(np.median(bare)), tokens / float(np.median(full))
-    return {"model": model_name, "batch": micro_batch, "seq_len": seq_len,
-            "forward_backward_tokens_per_s": round(bare_rate, 1), "mlm_step_tokens_per_s": round(full_rate, 1),
-            "ratio": round(full_rate / bare_rate, 4),
-            "what": "mlm step = next stream batch (DataLoader, 1 worker) + masking + move + forward + backward; "
-                    "forward_backward = the same on one batch prepared beforehand; alternated, medians"}
+    return {
+        "model": model_name,
+        "batch": micro_batch,
+        "seq_len": seq_len,
+        "forward_backward_tokens_per_s": round(bare_rate, 1),
+        "mlm_step_tokens_per_s": round(full_rate, 1),
+        "ratio": round(full_rate / bare_rate, 4),
+        "what": "mlm step = next stream batch (DataLoader, 1 worker) + masking + move + forward + backward; "
+        "forward_backward = the same on one batch prepared beforehand; alternated, medians",
+    }
 
 
 def zero2_tokens_per_s(data: Path, model_name: str, micro_batch: int, steps: int, processes: int = 2) -> float:
@@ -191,18 +207,43 @@ def zero2_tokens_per_s(data: Path, model_name: str, micro_batch: int, steps: int
 
     repo = Path(__file__).resolve().parents[2]
     with tempfile.TemporaryDirectory(prefix="dnalm-bench-zero2-") as run_dir:
-        overrides = {"run_dir": run_dir, "data.path": data, "model.name": model_name, "budget.steps": steps + 1,
-                     "batch.micro_batch": micro_batch, "batch.global_batch": micro_batch * processes,
-                     "eval.interval": 10**6, "checkpoint.interval": 10**6, "logging.interval": 1,
-                     "logging.wandb": "disabled", "deepspeed": "zero2", "optim.warmup_steps": 1}
-        command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(processes), "--master_port", str(free_port()),
-                   str(repo / "launch" / "train.py"), "--config", str(repo / "configs" / "train" / "encoder-small-ecoli.yaml"),
-                   *(f"{k}={v}" for k, v in overrides.items())]
-        env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": str(max(1, torch.get_num_threads() // processes))}
+        overrides = {
+            "run_dir": run_dir,
+            "data.path": data,
+            "model.name": model_name,
+            "budget.steps": steps + 1,
+            "batch.micro_batch": micro_batch,
+            "batch.global_batch": micro_batch * processes,
+            "eval.interval": 10**6,
+            "checkpoint.interval": 10**6,
+            "logging.interval": 1,
+            "logging.wandb": "disabled",
+            "deepspeed": "zero2",
+            "optim.warmup_steps": 1,
+        }
+        command = [
+            sys.executable,
+            "-m",
+            "deepspeed.launcher.runner",
+            "--num_gpus",
+            str(processes),
+            "--master_port",
+            str(free_port()),
+            str(repo / "launch" / "train.py"),
+            "--config",
+            str(repo / "configs" / "train" / "encoder-small-ecoli.yaml"),
+            *(f"{k}={v}" for k, v in overrides.items()),
+        ]
+        env = os.environ | {
+            "DS_ACCELERATOR": "cpu",
+            "OMP_NUM_THREADS": str(max(1, torch.get_num_threads() // processes)),
+        }
         done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=repo)
         if done.returncode != 0:
             raise RuntimeError(done.stderr[-2000:])
-        rates = [json.loads(line)["tokens_per_s"] for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()][1:]
+        rates = [
+            json.loads(line)["tokens_per_s"] for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+        ][1:]
         # the checkpoint written after the last step is not part of a step's time
         return float(sorted(rates)[len(rates) // 2])
 
@@ -228,16 +269,27 @@ def distribution_cost(out: dict, model_name: str = "encoder-small", micro_batch:
     config = get_config(model_name, vocab_size=10)
     per_token = flops_per_token(build_model(config), config, 1024)
     peak = out["peak"]["tflops"] * 1e12
-    return {"model": model_name, "seq_len": 1024, "global_batch": micro_batch, "data": "bundled E. coli, nucleotide, MLM",
-            "plain_pytorch_1_process": {"tokens_per_s": round(plain, 1), "mfu": round(plain * per_token / peak, 4)},
-            "deepspeed_zero2_2_processes": {"tokens_per_s": round(zero2, 1), "mfu": round(zero2 * per_token / peak, 4),
-                                            "threads_per_process": max(1, torch.get_num_threads() // 2)},
-            "ratio_zero2_over_plain": round(zero2 / plain, 3), "mlm_step": masking,
-            "note": "same cores in both: one process with all threads against two with half each; both include "
-                    "the stream, masking and the AdamW step"}
+    return {
+        "model": model_name,
+        "seq_len": 1024,
+        "global_batch": micro_batch,
+        "data": "bundled E. coli, nucleotide, MLM",
+        "plain_pytorch_1_process": {"tokens_per_s": round(plain, 1), "mfu": round(plain * per_token / peak, 4)},
+        "deepspeed_zero2_2_processes": {
+            "tokens_per_s": round(zero2, 1),
+            "mfu": round(zero2 * per_token / peak, 4),
+            "threads_per_process": max(1, torch.get_num_threads() // 2),
+        },
+        "ratio_zero2_over_plain": round(zero2 / plain, 3),
+        "mlm_step": masking,
+        "note": "same cores in both: one process with all threads against two with half each; both include "
+        "the stream, masking and the AdamW step",
+    }
 
 
-def run(out_dir: Path, models=None, with_distribution: bool = True, device: str = "auto", with_compile: bool = True) -> dict:
+def run(
+    out_dir: Path, models=None, with_distribution: bool = True, device: str = "auto", with_compile: bool = True
+) -> dict:
     from dnalm.models import build_model, count_parameters, get_config
 
     target = resolve(device)
@@ -245,8 +297,11 @@ def run(out_dir: Path, models=None, with_distribution: bool = True, device: str 
     size, repeats = (8192, 20) if on_cuda else (4096, 3)
     peak = matmul_flops(size, repeats, target, dtype)
     nominal = device_peak(target, dtype)
-    basis, divisor = (f"nominal {report.dtype_name(dtype)} peak of {nominal[0]}", nominal[1]) if nominal else \
-        (f"measured {size}x{size} matmul (no nominal peak for this device)", peak)
+    basis, divisor = (
+        (f"nominal {report.dtype_name(dtype)} peak of {nominal[0]}", nominal[1])
+        if nominal
+        else (f"measured {size}x{size} matmul (no nominal peak for this device)", peak)
+    )
     rows = []
     for name, batch, seq_len, changes in models or (CUDA_MODELS if on_cuda else MODELS):
         config = get_config(name, **changes)
@@ -258,23 +313,40 @@ def run(out_dir: Path, models=None, with_distribution: bool = True, device: str 
         rate = step_tokens_per_s(model, batch, seq_len, config.vocab_size, device=target)
         per_token = flops_per_token(model, config, seq_len)
         peak_mb = allocator_peak_mb(target)
-        rows.append({"model": name, "parameters": count_parameters(model), "batch": batch, "seq_len": seq_len,
-                     "attention": config.attention, "positions": config.positions, **changes, "tokens_per_s": round(rate, 1),
-                     "flops_per_token": per_token, "achieved_tflops": round(rate * per_token / 1e12, 4),
-                     "mfu": round(rate * per_token / divisor, 4), "mfu_of_measured_matmul": round(rate * per_token / peak, 4),
-                     **({"peak_memory_mb": round(peak_mb)} if peak_mb is not None else {})})
+        rows.append(
+            {
+                "model": name,
+                "parameters": count_parameters(model),
+                "batch": batch,
+                "seq_len": seq_len,
+                "attention": config.attention,
+                "positions": config.positions,
+                **changes,
+                "tokens_per_s": round(rate, 1),
+                "flops_per_token": per_token,
+                "achieved_tflops": round(rate * per_token / 1e12, 4),
+                "mfu": round(rate * per_token / divisor, 4),
+                "mfu_of_measured_matmul": round(rate * per_token / peak, 4),
+                **({"peak_memory_mb": round(peak_mb)} if peak_mb is not None else {}),
+            }
+        )
         # the training config's `compile` switch, measured on the same model in the same run; decoder-1.5b is
         # measured eager only (its compilation time is unknown)
         if with_compile and (name, batch, seq_len, changes) in MODELS:
             compiled, first = compiled_tokens_per_s(model, batch, seq_len, config.vocab_size, target)
-            rows[-1]["compiled"] = {"tokens_per_s": round(compiled, 1), "over_eager": round(compiled / rate, 3),
-                                    "compile_seconds": round(first - batch * seq_len / rate, 1)}
+            rows[-1]["compiled"] = {
+                "tokens_per_s": round(compiled, 1),
+                "over_eager": round(compiled / rate, 3),
+                "compile_seconds": round(first - batch * seq_len / rate, 1),
+            }
         del model
     result = report.header("train", f"dnalm bench train --device {target.type}", target) | {
         "flop_formula": "6*N + 12*L*d*T per token (N: matmul parameters incl. output head, not the embedding lookup)",
-        "peak": {"what": f"{size}x{size} {report.dtype_name(dtype)} matmul on this device, best of {repeats}, in this run",
-                 "tflops": round(peak / 1e12, 4),
-                 "nominal": {"device": nominal[0], "tflops": nominal[1] / 1e12, "source": SOURCE} if nominal else None},
+        "peak": {
+            "what": f"{size}x{size} {report.dtype_name(dtype)} matmul on this device, best of {repeats}, in this run",
+            "tflops": round(peak / 1e12, 4),
+            "nominal": {"device": nominal[0], "tflops": nominal[1] / 1e12, "source": SOURCE} if nominal else None,
+        },
         "mfu_basis": basis,
         "rows": rows,
     }
@@ -297,6 +369,9 @@ def _plot(result: dict, out_dir: Path) -> None:
     left.set_ylabel("tokens / s (forward+backward)")
     right.bar(names, [100 * r["mfu"] for r in rows], color="#3b7dd8")
     right.set_ylabel("MFU (%, " + ("nominal peak" if result["peak"].get("nominal") else "measured matmul peak") + ")")
-    fig.suptitle(f"dnalm bench train — {report.device_label(result)}; "
-                 f"measured matmul peak {result['peak']['tflops'] * 1000:.0f} GFLOP/s", fontsize=9)
+    fig.suptitle(
+        f"dnalm bench train — {report.device_label(result)}; "
+        f"measured matmul peak {result['peak']['tflops'] * 1000:.0f} GFLOP/s",
+        fontsize=9,
+    )
     report.save_plot(fig, out_dir, "train")

@@ -33,10 +33,18 @@ def write_checkpoint(model: str, scratch: Path, processes: int = 2) -> Path:
     data = scratch / "ecoli128"
     prep(PrepConfig(genomes=[str(genome.DEFAULT_GENOME)], tokenizers=["nucleotide"], seq_len=128), data)
     run_dir = scratch / "run"
-    config = {"run_dir": str(run_dir), "model": {"name": model}, "data": {"path": str(data), "num_workers": 0},
-              "batch": {"micro_batch": 1, "global_batch": processes}, "budget": {"steps": 1},
-              "eval": {"interval": 10**6}, "checkpoint": {"interval": 1, "keep_last": 1},
-              "logging": {"wandb": "disabled"}, "deepspeed": "zero3", "precision": "fp32"}
+    config = {
+        "run_dir": str(run_dir),
+        "model": {"name": model},
+        "data": {"path": str(data), "num_workers": 0},
+        "batch": {"micro_batch": 1, "global_batch": processes},
+        "budget": {"steps": 1},
+        "eval": {"interval": 10**6},
+        "checkpoint": {"interval": 1, "keep_last": 1},
+        "logging": {"wandb": "disabled"},
+        "deepspeed": "zero3",
+        "precision": "fp32",
+    }
     spawn_training(config, scratch / "config.yaml", processes, scratch / "train.log")
     return ckpt.complete_checkpoints(run_dir)[-1]
 
@@ -73,12 +81,20 @@ def measure(checkpoint: Path, workers: int) -> dict:
     started = time.perf_counter()
     with _PeakResident() as memory:
         convert_universal(checkpoint, workers)
-    return {"workers": workers, "seconds": round(time.perf_counter() - started, 2),
-            "peak_resident_gb": round(memory.peak / 1e9, 3)}
+    return {
+        "workers": workers,
+        "seconds": round(time.perf_counter() - started, 2),
+        "peak_resident_gb": round(memory.peak / 1e9, 3),
+    }
 
 
-def run(out_dir: Path, model: str = "decoder-medium", workers: tuple[int, ...] = (1, 2),
-        checkpoint: Path | None = None, repeats: int = 2) -> dict:
+def run(
+    out_dir: Path,
+    model: str = "decoder-medium",
+    workers: tuple[int, ...] = (1, 2),
+    checkpoint: Path | None = None,
+    repeats: int = 2,
+) -> dict:
     scratch = Path(tempfile.mkdtemp(prefix="dnalm-bench-universal-"))
     try:
         if checkpoint is None:
@@ -89,23 +105,38 @@ def run(out_dir: Path, model: str = "decoder-medium", workers: tuple[int, ...] =
         parameters = _parameters(meta)
         stage = 3 if any((checkpoint / ckpt.TAG).glob("zero_pp_rank_*_model_states.pt")) else "1/2"
         tries = [measure(checkpoint, n) for _ in range(repeats) for n in workers]  # alternated: drift hits all alike
-        rows = [min((t for t in tries if t["workers"] == n), key=lambda t: t["seconds"]) | {
-            "all_seconds": [t["seconds"] for t in tries if t["workers"] == n]} for n in workers]
+        rows = [
+            min((t for t in tries if t["workers"] == n), key=lambda t: t["seconds"])
+            | {"all_seconds": [t["seconds"] for t in tries if t["workers"] == n]}
+            for n in workers
+        ]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     scale = _parameters({"model": _named("decoder-1.5b")}) / parameters
     result = {
-        "benchmark": "universal", "command": f"dnalm bench universal --model {model} --workers "
-                                              f"{','.join(map(str, workers))} --repeats {repeats}",
-        "machine": machine(), "model": meta["model"].get("name", model), "parameters": parameters,
+        "benchmark": "universal",
+        "command": f"dnalm bench universal --model {model} --workers {','.join(map(str, workers))} --repeats {repeats}",
+        "machine": machine(),
+        "model": meta["model"].get("name", model),
+        "parameters": parameters,
         "zero_stage": stage,
-        "world_size": meta["world_size"], "checkpoint_gb": round(state_bytes / 1e9, 3),
-        "largest_rank_file_gb": round(largest / 1e9, 3), "rows": rows,
-        "decoder_1_5b_extrapolated": [{"workers": r["workers"], "seconds": round(r["seconds"] * scale),
-                                       "peak_resident_gb": round(r["peak_resident_gb"] * scale, 1)} for r in rows],
-        "repeats": repeats, "note": f"the fastest of {repeats} alternated conversions per worker count; decoder-1.5b figures scale this run's by its parameter count ({scale:.2f}x): linear in the "
-                "checkpoint's bytes, on the same disk and cores, at the same world size; more ranks write smaller "
-                "files, which more workers then convert in parallel",
+        "world_size": meta["world_size"],
+        "checkpoint_gb": round(state_bytes / 1e9, 3),
+        "largest_rank_file_gb": round(largest / 1e9, 3),
+        "rows": rows,
+        "decoder_1_5b_extrapolated": [
+            {
+                "workers": r["workers"],
+                "seconds": round(r["seconds"] * scale),
+                "peak_resident_gb": round(r["peak_resident_gb"] * scale, 1),
+            }
+            for r in rows
+        ],
+        "repeats": repeats,
+        "note": f"the fastest of {repeats} alternated conversions per worker count; decoder-1.5b figures scale this "
+        "run's by its parameter count ({scale:.2f}x): linear in the "
+        "checkpoint's bytes, on the same disk and cores, at the same world size; more ranks write smaller "
+        "files, which more workers then convert in parallel",
     }
     write(result, out_dir, "universal")
     _plot(result, out_dir)
@@ -127,8 +158,11 @@ def _plot(result: dict, out_dir: Path) -> Path:
     left.set(xlabel="workers", ylabel="seconds", title="conversion time")
     right.bar(labels, [r["peak_resident_gb"] for r in result["rows"]])
     right.set(xlabel="workers", ylabel="GB", title="peak resident memory")
-    figure.suptitle(f"universal conversion of {result['model']} ({result['checkpoint_gb']} GB, ZeRO-"
-                    f"{result['zero_stage']}, {result['world_size']} ranks) on {result['machine']['cpu']}", fontsize=9)
+    figure.suptitle(
+        f"universal conversion of {result['model']} ({result['checkpoint_gb']} GB, ZeRO-"
+        f"{result['zero_stage']}, {result['world_size']} ranks) on {result['machine']['cpu']}",
+        fontsize=9,
+    )
     figure.tight_layout()
     return save_plot(figure, out_dir, "universal")
 
@@ -140,5 +174,6 @@ def _parameters(meta: dict) -> int:
 
 
 def summary(result: dict) -> str:
-    return json.dumps({"rows": result["rows"], "decoder_1_5b_extrapolated": result["decoder_1_5b_extrapolated"]},
-                      indent=1)
+    return json.dumps(
+        {"rows": result["rows"], "decoder_1_5b_extrapolated": result["decoder_1_5b_extrapolated"]}, indent=1
+    )

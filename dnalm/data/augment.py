@@ -25,8 +25,10 @@ def reverse_complement_table(tokenizer: Tokenizer) -> np.ndarray:
     for i, token in enumerate(tokenizer.vocab[NUM_SPECIAL:], start=NUM_SPECIAL):
         flipped = token.translate(_COMPLEMENT)[::-1]
         if flipped not in tokenizer.token_to_id:
-            raise DataError(f"data.reverse_complement: {tokenizer.name} has no token for the reverse complement of "
-                            f"{token!r}; flip in prep instead (--reverse-complement), or use a nucleotide or k-mer tokenizer")
+            raise DataError(
+                f"data.reverse_complement: {tokenizer.name} has no token for the reverse complement of "
+                f"{token!r}; flip in prep instead (--reverse-complement), or use a nucleotide or k-mer tokenizer"
+            )
         table[i] = tokenizer.token_to_id[flipped]
     return table
 

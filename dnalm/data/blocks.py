@@ -91,8 +91,16 @@ class _Epoch:
 class BlockOrder:
     """Epoch ``e``'s sample at each position: (shard index, sample within that shard)."""
 
-    def __init__(self, counts, seed: int, partitions: int, block_size: int, shuffle: bool = True,
-                 genome_samples=None, weights=None):
+    def __init__(
+        self,
+        counts,
+        seed: int,
+        partitions: int,
+        block_size: int,
+        shuffle: bool = True,
+        genome_samples=None,
+        weights=None,
+    ):
         self.counts = np.asarray(counts, np.int64)
         self.ends = np.cumsum(self.counts)
         self.total = int(self.ends[-1]) if len(self.ends) else 0
@@ -169,8 +177,11 @@ class BlockOrder:
         lengths = (np.arange(1, parts + 1) * n) // parts - (np.arange(parts) * n) // parts
         longer = np.nonzero(lengths > per)[0]
         body = positions < parts * per
-        partition = np.where(body, location(positions % parts, parts),
-                             longer[np.clip(positions - parts * per, 0, max(len(longer) - 1, 0))] if len(longer) else 0)
+        partition = np.where(
+            body,
+            location(positions % parts, parts),
+            longer[np.clip(positions - parts * per, 0, max(len(longer) - 1, 0))] if len(longer) else 0,
+        )
         place = np.where(body, positions // parts, per)
         first = partition * n // parts
         block_index, offset = np.divmod(place, block)

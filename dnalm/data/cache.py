@@ -32,10 +32,10 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from dnalm.utils import faults
 from dnalm.data.manifest import MANIFEST_FILE, DataError, Manifest, ShardEntry
 from dnalm.data.shards import INDEX_ENTRY, IndexedShard
 from dnalm.data.sources import Source, open_source
+from dnalm.utils import faults
 
 STRIPES = 4096
 TOKENIZER_FILES = {"bpe": ["tokenizer.json", "bpe.model"]}  # manifests without tokenizer file lists
@@ -101,10 +101,12 @@ class ShardCache:
         ranks, workers = local_ranks(), max(1, workers)
         resident, largest = ranks * workers * (prefetch + 2), max(shard_bytes(e) for e in entries)
         if self.limit < resident * largest:
-            raise DataError(f"data.cache_limit {self.limit:,} bytes cannot hold {resident} of the largest shards "
-                            f"({resident * largest:,} bytes): {ranks} local rank{'s' * (ranks != 1)} × {workers} "
-                            f"worker{'s' * (workers != 1)} × ({prefetch} prefetched + the one read + one arriving) share "
-                            f"this node's cache; raise it, or lower data.prefetch_shards or data.num_workers")
+            raise DataError(
+                f"data.cache_limit {self.limit:,} bytes cannot hold {resident} of the largest shards "
+                f"({resident * largest:,} bytes): {ranks} local rank{'s' * (ranks != 1)} × {workers} "
+                f"worker{'s' * (workers != 1)} × ({prefetch} prefetched + the one read + one arriving) share "
+                f"this node's cache; raise it, or lower data.prefetch_shards or data.num_workers"
+            )
 
     def _flock(self, fh, flags: int) -> None:
         try:
@@ -113,9 +115,11 @@ class ShardCache:
             fcntl.flock(fh, flags)
         except OSError as exc:
             if exc.errno in NO_FLOCK:
-                raise DataError(f"{self.folder}: this filesystem refuses file locks (flock: {exc.strerror}), which the "
-                                "node's shard cache needs; set data.cache_dir to a node-local folder (or mount Lustre "
-                                "with -o flock)") from None
+                raise DataError(
+                    f"{self.folder}: this filesystem refuses file locks (flock: {exc.strerror}), which the "
+                    "node's shard cache needs; set data.cache_dir to a node-local folder (or mount Lustre "
+                    "with -o flock)"
+                ) from None
             raise
 
     def paths(self, entry: ShardEntry) -> tuple[Path, Path]:
@@ -155,8 +159,11 @@ class ShardCache:
         try:
             index_size = entry.num_samples * INDEX_ENTRY
             if not (index.is_file() and index.stat().st_size == index_size):
-                self._count(bytes_downloaded=source.download(f"{entry.path}.idx", index, size=index_size,
-                                                             sha256=entry.index_sha256))
+                self._count(
+                    bytes_downloaded=source.download(
+                        f"{entry.path}.idx", index, size=index_size, sha256=entry.index_sha256
+                    )
+                )
             self._count(bytes_downloaded=source.download(entry.path, tar, size=entry.bytes, sha256=entry.sha256))
         finally:
             if reservation is not None:
@@ -176,11 +183,15 @@ class ShardCache:
         here = self.present(entry)  # a look without the lock, for the count
         if here and self.limit is None:  # nothing is ever evicted: no lock needed to open it
             self._count(hits=1)
-            return IndexedShard(self.paths(entry)[0], entry.num_samples, entry.bytes, source_url=source.url_of(entry.path))
+            return IndexedShard(
+                self.paths(entry)[0], entry.num_samples, entry.bytes, source_url=source.url_of(entry.path)
+            )
         with self._lock(entry.sha256):
             arrived = self._ensure(source, entry)
             self._count(**{"hits" if here else "waits" if arrived else "misses": 1})
-            return IndexedShard(self.paths(entry)[0], entry.num_samples, entry.bytes, source_url=source.url_of(entry.path))
+            return IndexedShard(
+                self.paths(entry)[0], entry.num_samples, entry.bytes, source_url=source.url_of(entry.path)
+            )
 
     def _reserve(self, entry: ShardEntry) -> Path | None:
         """Evict least recently used shards until this one fits, and hold its room with a ``.reserve`` file of its
@@ -252,8 +263,10 @@ class ShardCache:
 def local_folder(source: Source, cache: ShardCache) -> Path:
     """The remote folder's manifest and tokenizers, copied once into the cache; a folder that names them."""
     if source.size(MANIFEST_FILE) is None:
-        raise DataError(f"{source.url_of(MANIFEST_FILE)}: no manifest (prep not run, or not finished: run the same "
-                        "`dnalm prep --out` again to complete it)")
+        raise DataError(
+            f"{source.url_of(MANIFEST_FILE)}: no manifest (prep not run, or not finished: run the same "
+            "`dnalm prep --out` again to complete it)"
+        )
     raw = source.read(MANIFEST_FILE)
     folder = cache.folder / "folders" / hashlib.sha256(raw).hexdigest()[:24]
     if (folder / MANIFEST_FILE).is_file():
@@ -278,8 +291,9 @@ def local_folder(source: Source, cache: ShardCache) -> Path:
     return folder
 
 
-def data_folder(location: str | os.PathLike, cache_dir: str | os.PathLike | None = None, retries: int = 5,
-                wait_s: float = 0.5) -> Path:
+def data_folder(
+    location: str | os.PathLike, cache_dir: str | os.PathLike | None = None, retries: int = 5, wait_s: float = 0.5
+) -> Path:
     """A local folder holding the data's manifest and tokenizers: the location itself, or its copy in the cache."""
     source = open_source(location, retries, wait_s)
     return local_folder(source, ShardCache(cache_dir)) if source.remote else Path(location)

@@ -73,8 +73,10 @@ class SplitEntry(_Model):
     num_samples: int
     num_tokens: int
     shards: list[ShardEntry]
-    genome_samples: list[int] = Field(default_factory=list, description="samples of each genome, in genome order "
-                                      "(a genome's samples are consecutive across the shards)")
+    genome_samples: list[int] = Field(
+        default_factory=list,
+        description="samples of each genome, in genome order (a genome's samples are consecutive across the shards)",
+    )
 
 
 class Accounting(_Model):
@@ -123,16 +125,25 @@ class Manifest(_Model):
         return write_atomic(Path(folder) / MANIFEST_FILE, self.model_dump_json(indent=1))
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> "Manifest":
+    def load(cls, folder: str | os.PathLike) -> Manifest:
         folder = Path(folder)
         path = folder / MANIFEST_FILE if folder.is_dir() else folder
         if not path.is_file():
-            raise DataError(f"{path}: no manifest (prep not run, or not finished: run `dnalm prep` again to complete it)")
+            raise DataError(
+                f"{path}: no manifest (prep not run, or not finished: run `dnalm prep` again to complete it)"
+            )
         try:
             raw = json.loads(path.read_text())
             if raw.get("version") == 1:  # contigs inline: keep their count and bases, drop the list
-                raw["genomes"] = [{"path": g["path"], "sha256": g["sha256"], "num_contigs": len(g["contigs"]),
-                                   "bases": sum(c["length"] for c in g["contigs"])} for g in raw["genomes"]]
+                raw["genomes"] = [
+                    {
+                        "path": g["path"],
+                        "sha256": g["sha256"],
+                        "num_contigs": len(g["contigs"]),
+                        "bases": sum(c["length"] for c in g["contigs"]),
+                    }
+                    for g in raw["genomes"]
+                ]
             return cls.model_validate(raw)
         except (json.JSONDecodeError, ValidationError, KeyError, TypeError, AttributeError) as exc:
             raise DataError(f"{path}: not a dnalm manifest ({str(exc).splitlines()[0]})") from None

@@ -34,8 +34,16 @@ def view_ranges(vocab_sizes: list[int]) -> list[tuple[int, int]]:
     return ranges
 
 
-def mask_sample(ids: np.ndarray, spans: np.ndarray, segments: np.ndarray, ranges, rng: np.random.Generator,
-                mask_fraction: float = 0.15, mean_span: float = 3.0, replace=(0.8, 0.1, 0.1)):
+def mask_sample(
+    ids: np.ndarray,
+    spans: np.ndarray,
+    segments: np.ndarray,
+    ranges,
+    rng: np.random.Generator,
+    mask_fraction: float = 0.15,
+    mean_span: float = 3.0,
+    replace=(0.8, 0.1, 0.1),
+):
     """(input ids with masking applied, labels) for one sample."""
     n_bases = int(spans[:, 1].max()) if len(spans) else 0
     ids, labels = ids.copy(), np.full(len(ids), IGNORE, np.int64)
@@ -131,10 +139,16 @@ def next_token_labels(labels: torch.Tensor) -> torch.Tensor:
 
 def _model_inputs(batch: dict, ids: torch.Tensor, labels: torch.Tensor) -> dict:
     """The model's inputs; ``attention_mask`` is None when nothing is padded, so attention needs no mask
-    (SDPA's ``is_causal`` and fused kernels, flash-attn's dense path). ``tokens``: real tokens, counted here on the host."""
+    (SDPA's ``is_causal`` and fused kernels, flash-attn's dense path). ``tokens``: real tokens, counted here on the
+    host."""
     real = batch["input_ids"] != PAD_ID
     tokens = int(real.sum())
-    out = {"input_ids": ids, "labels": labels, "attention_mask": None if tokens == real.numel() else real, "tokens": tokens}
+    out = {
+        "input_ids": ids,
+        "labels": labels,
+        "attention_mask": None if tokens == real.numel() else real,
+        "tokens": tokens,
+    }
     for key in ("segment_ids", "positions"):
         if key in batch:
             out[key] = batch[key]

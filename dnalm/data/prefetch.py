@@ -9,7 +9,6 @@ from dnalm.data.cache import ShardCache
 from dnalm.data.manifest import ShardEntry
 from dnalm.data.sources import Source
 
-
 TAKEN = 4096  # shards remembered as fetched (or found here): not looked at again until forgotten
 
 
@@ -28,7 +27,9 @@ class Prefetcher:
         self.taken: OrderedDict[int, None] = OrderedDict()  # in flight or fetched lately: not planned again
         self.changed = threading.Condition()
         self.closed = False
-        self.threads = [threading.Thread(target=self._work, daemon=True, name=f"dnalm-prefetch-{i}") for i in range(depth)]
+        self.threads = [
+            threading.Thread(target=self._work, daemon=True, name=f"dnalm-prefetch-{i}") for i in range(depth)
+        ]
         for thread in self.threads:
             thread.start()
 

@@ -26,7 +26,6 @@ import numpy as np
 
 from dnalm.utils.errors import DnalmError
 from dnalm.utils.files import rename_durably
-from dnalm.genome import file_sha256
 
 _SAFE = re.compile(rb"[A-Za-z0-9_]")
 STRANDS = {"+": "f", "-": "r"}
@@ -50,8 +49,13 @@ def sample_key(genome: int, contig: str, start: int, end: int, strand: str) -> s
 
 def parse_key(key: str) -> dict:
     genome, contig, start, end, strand = key.split("-")
-    return {"genome": int(genome[1:]), "contig": unescape(contig), "start": int(start), "end": int(end),
-            "strand": {v: k for k, v in STRANDS.items()}[strand]}
+    return {
+        "genome": int(genome[1:]),
+        "contig": unescape(contig),
+        "start": int(start),
+        "end": int(end),
+        "strand": {v: k for k, v in STRANDS.items()}[strand],
+    }
 
 
 def encode_sample(key: str, meta: dict, token_arrays: list[np.ndarray]) -> dict[str, bytes]:
@@ -134,13 +138,19 @@ class IndexedShard:
         if not self.path.is_file():
             raise ShardError(f"{self.path}: shard is missing")
         if not index.is_file():
-            raise ShardError(f"{index}: index is missing (prepared by an older dnalm? run `dnalm prep` into a new folder)")
+            raise ShardError(
+                f"{index}: index is missing (prepared by an older dnalm? run `dnalm prep` into a new folder)"
+            )
         if index.stat().st_size != num_samples * INDEX_ENTRY:
-            raise ShardError(f"{index}: holds {index.stat().st_size // INDEX_ENTRY} entries, the manifest says {num_samples} samples")
+            raise ShardError(
+                f"{index}: holds {index.stat().st_size // INDEX_ENTRY} entries, the manifest says {num_samples} samples"
+            )
         actual = self.path.stat().st_size
         if size is not None and actual != size:
-            raise ShardError(f"{self.name}: does not match its checksum ({actual:,} bytes, the manifest says {size:,}: "
-                             f"corrupt or truncated); {self._last_good(actual)}")
+            raise ShardError(
+                f"{self.name}: does not match its checksum ({actual:,} bytes, the manifest says {size:,}: "
+                f"corrupt or truncated); {self._last_good(actual)}"
+            )
         self._tar = os.open(self.path, os.O_RDONLY)
         self._index = os.open(index, os.O_RDONLY)
 
@@ -156,7 +166,9 @@ class IndexedShard:
         data = os.pread(self._tar, length, offset)
         self.bytes_read += len(data)
         if len(data) != length or zlib.crc32(data) != crc:
-            raise ShardError(f"{self.name}: sample {index} does not match its checksum (corrupt); {self._last_good_before(index)}")
+            raise ShardError(
+                f"{self.name}: sample {index} does not match its checksum (corrupt); {self._last_good_before(index)}"
+            )
         members = {name: (start, size) for name, start, size in walk_tar(data, self.name)}
         key = next(iter(members)).partition(".")[0]
         try:

@@ -78,6 +78,7 @@ class Source(ABC):
     # --- retried operations -------------------------------------------------------------------
     def read(self, name: str) -> bytes:
         """A whole (small) object."""
+
         def once() -> bytes:
             parts: list[bytes] = []
             self._get(name, parts.append)
@@ -94,6 +95,7 @@ class Source(ABC):
             digest, written = hashlib.sha256(), 0
             try:
                 with open(tmp, "wb") as fh:
+
                     def sink(chunk: bytes) -> None:
                         nonlocal written
                         try:
@@ -117,8 +119,10 @@ class Source(ABC):
             return self._retried(once, name)
         except (_LocalWriteError, OSError) as exc:
             cause = exc.args[0] if isinstance(exc, _LocalWriteError) else exc
-            raise SourceError(f"{target}: cannot write the download of {self.url_of(name)} "
-                              f"({cause.strerror or cause}); free space or point data.cache_dir elsewhere") from None
+            raise SourceError(
+                f"{target}: cannot write the download of {self.url_of(name)} "
+                f"({cause.strerror or cause}); free space or point data.cache_dir elsewhere"
+            ) from None
 
     def size(self, name: str) -> int | None:
         """The object's size in bytes, or None when there is no such object."""
@@ -137,7 +141,9 @@ class Source(ABC):
                 raise SourceError(f"{url}: {exc}") from None
             except Transient as exc:
                 if tried == self.retries:
-                    raise SourceError(f"{url}: {exc} (gave up after {tried + 1} attempts; data.retries {self.retries})") from None
+                    raise SourceError(
+                        f"{url}: {exc} (gave up after {tried + 1} attempts; data.retries {self.retries})"
+                    ) from None
                 time.sleep(min(MAX_WAIT_S, self.wait_s * 2**tried) * (0.5 + random.random()))
 
 
@@ -180,11 +186,15 @@ class HttpSource(Source):
         import urllib.request
 
         try:
-            return urllib.request.urlopen(urllib.request.Request(self.url_of(name), method=method), timeout=READ_TIMEOUT_S)
+            return urllib.request.urlopen(
+                urllib.request.Request(self.url_of(name), method=method), timeout=READ_TIMEOUT_S
+            )
         except urllib.error.HTTPError as exc:
             if method == "HEAD" and exc.code == 404:
                 return None
-            raise (Transient if exc.code >= 500 or exc.code in (408, 429) else Permanent)(f"HTTP {exc.code} {exc.reason}") from None
+            raise (Transient if exc.code >= 500 or exc.code in (408, 429) else Permanent)(
+                f"HTTP {exc.code} {exc.reason}"
+            ) from None
         except (urllib.error.URLError, OSError) as exc:
             raise Transient(f"cannot connect ({getattr(exc, 'reason', exc)})") from None
 
@@ -229,7 +239,10 @@ class S3Source(Source):
         return f"{self.prefix}/{name}" if self.prefix else name
 
     def __getstate__(self) -> dict:  # a DataLoader worker started by spawn makes its own client
-        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_making")} | {"_client": None, "_pid": None}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_making")} | {
+            "_client": None,
+            "_pid": None,
+        }
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, _making=threading.Lock())
@@ -241,8 +254,9 @@ class S3Source(Source):
                 import boto3
                 from botocore.config import Config
 
-                config = Config(retries={"total_max_attempts": 1}, connect_timeout=CONNECT_TIMEOUT_S,
-                                read_timeout=READ_TIMEOUT_S)
+                config = Config(
+                    retries={"total_max_attempts": 1}, connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S
+                )
                 self._client, self._pid = boto3.session.Session().client("s3", config=config), os.getpid()
             return self._client
 

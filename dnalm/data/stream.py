@@ -92,12 +92,30 @@ class StreamState:
 
 
 class GenomeStream(IterableDataset):
-    def __init__(self, source: str | Path, split: str = "train", *, batch_size: int, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, shuffle: bool = True, epochs: int | None = 1, tokenizer: Tokenizer | None = None,
-                 on_error: str = "raise", max_open_shards: int = 64, reverse_complement: bool = False,
-                 order: str | None = None, partitions: int | None = None, block_size: int | None = None,
-                 cache_dir: str | Path | None = None, cache_limit: int | None = None, prefetch_shards: int = PREFETCH_SHARDS,
-                 retries: int = 5, retry_wait_s: float = 0.5):
+    def __init__(
+        self,
+        source: str | Path,
+        split: str = "train",
+        *,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        epochs: int | None = 1,
+        tokenizer: Tokenizer | None = None,
+        on_error: str = "raise",
+        max_open_shards: int = 64,
+        reverse_complement: bool = False,
+        order: str | None = None,
+        partitions: int | None = None,
+        block_size: int | None = None,
+        cache_dir: str | Path | None = None,
+        cache_limit: int | None = None,
+        prefetch_shards: int = PREFETCH_SHARDS,
+        retries: int = 5,
+        retry_wait_s: float = 0.5,
+    ):
         self.source = open_source(source, retries, retry_wait_s)
         self.cache = ShardCache(cache_dir, cache_limit) if self.source.remote else None
         self.folder = local_folder(self.source, self.cache) if self.cache else Path(source)
@@ -111,8 +129,10 @@ class GenomeStream(IterableDataset):
         if self.order_kind not in ORDERS:
             raise DataError(f"order must be one of {ORDERS}, got {order!r}")
         if not 0 <= rank < world_size or batch_size < 1 or prefetch_shards < 0:
-            raise DataError(f"need 0 <= rank < world_size, batch_size >= 1 and prefetch_shards >= 0 (rank {rank}, "
-                            f"world {world_size}, batch {batch_size}, prefetch {prefetch_shards})")
+            raise DataError(
+                f"need 0 <= rank < world_size, batch_size >= 1 and prefetch_shards >= 0 (rank {rank}, "
+                f"world {world_size}, batch {batch_size}, prefetch {prefetch_shards})"
+            )
         if tokenizer is not None:
             check_tokenizer(self.manifest, tokenizer, self.location)
         self.split, self.batch_size, self.rank, self.world_size = split, batch_size, rank, world_size
@@ -123,8 +143,10 @@ class GenomeStream(IterableDataset):
         self.counts = np.array([s.num_samples for s in self.shards], np.int64)
         self.total = int(self.counts.sum())
         if self.total < world_size * batch_size:
-            raise DataError(f"{self.location}: split '{split}' has {self.total} samples, fewer than one global batch "
-                            f"({world_size} ranks × {batch_size})")
+            raise DataError(
+                f"{self.location}: split '{split}' has {self.total} samples, fewer than one global batch "
+                f"({world_size} ranks × {batch_size})"
+            )
         self.prefetch_shards = prefetch_shards
         self.check_cache(workers=1)
         self.partitions_setting, self.block_size_setting = partitions, block_size
@@ -154,7 +176,9 @@ class GenomeStream(IterableDataset):
             return {"order": "global", "partitions": 0, "block_size": 0}
         partitions = self.partitions_setting or default_partitions(self.world_size, len(self.shards))
         bases = self.manifest.accounting.in_samples / max(self.manifest.num_samples, 1)
-        block = self.block_size_setting or block_for(self.global_batch, partitions, bases, self.total / len(self.shards))
+        block = self.block_size_setting or block_for(
+            self.global_batch, partitions, bases, self.total / len(self.shards)
+        )
         return {"order": "blocks", "partitions": partitions, "block_size": block}
 
     def order(self, epoch: int) -> EpochOrder | BlockOrder:
@@ -164,9 +188,11 @@ class GenomeStream(IterableDataset):
             split = self.manifest.splits[self.split]
             weights = [g.weight for g in self.manifest.mix] if self.manifest.mix else None
             shared = {"genome_samples": split.genome_samples, "weights": weights}
-            self._orders[key] = (EpochOrder(self.counts, self.state.seed, self.shuffle, **shared) if spec.order == "global"
-                                 else BlockOrder(self.counts, self.state.seed, spec.partitions, spec.block_size,
-                                                 self.shuffle, **shared))
+            self._orders[key] = (
+                EpochOrder(self.counts, self.state.seed, self.shuffle, **shared)
+                if spec.order == "global"
+                else BlockOrder(self.counts, self.state.seed, spec.partitions, spec.block_size, self.shuffle, **shared)
+            )
         return self._orders[key]
 
     def steps(self, epoch_start_index: int) -> int:
@@ -189,7 +215,12 @@ class GenomeStream(IterableDataset):
     def positions(self, index: int, steps: int) -> np.ndarray:
         """This rank's positions in the ``steps`` global steps from position ``index`` of an epoch, one row a step:
         of each step's ``world_size × batch_size`` positions, those ``≡ rank (mod world_size)``."""
-        return index + np.arange(steps)[:, None] * self.global_batch + self.rank + self.world_size * np.arange(self.batch_size)
+        return (
+            index
+            + np.arange(steps)[:, None] * self.global_batch
+            + self.rank
+            + self.world_size * np.arange(self.batch_size)
+        )
 
     # --- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -200,8 +231,10 @@ class GenomeStream(IterableDataset):
         if version == 2:  # the global order, whose positions mean the same samples; the ranks' layout does not matter
             state = {**state, "version": STATE_VERSION}
         if state.get("version") != STATE_VERSION:
-            raise DataError(f"stream state version {version} is not {STATE_VERSION}: it counts positions of "
-                            "another epoch order, so resuming would repeat and skip samples")
+            raise DataError(
+                f"stream state version {version} is not {STATE_VERSION}: it counts positions of "
+                "another epoch order, so resuming would repeat and skip samples"
+            )
         self.state = StreamState(**state)
         self._orders.clear()
 
@@ -235,8 +268,11 @@ class GenomeStream(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         reading = _Reading()
-        prefetcher = Prefetcher(self.cache, self.source, self.shards, self.prefetch_shards) \
-            if self.cache is not None and self.prefetch_shards else None
+        prefetcher = (
+            Prefetcher(self.cache, self.source, self.shards, self.prefetch_shards)
+            if self.cache is not None and self.prefetch_shards
+            else None
+        )
         planned = self._planned(worker, workers)
         ahead: deque = deque()
 
@@ -253,8 +289,12 @@ class GenomeStream(IterableDataset):
                     prefetcher.want(upcoming, skip=reading.open)
                 epoch, positions, shards, samples = ahead.popleft()
                 plan(1)
-                flips = flipped(self.state.seed, epoch, positions) if self.flip_tables else np.zeros(len(positions), bool)
-                for position, shard, index, reverse in zip(positions.tolist(), shards.tolist(), samples.tolist(), flips.tolist()):
+                flips = (
+                    flipped(self.state.seed, epoch, positions) if self.flip_tables else np.zeros(len(positions), bool)
+                )
+                for position, shard, index, reverse in zip(
+                    positions.tolist(), shards.tolist(), samples.tolist(), flips.tolist()
+                ):
                     sample = self._read(reading, shard, index, reverse, reading.take(shard))
                     yield sample if sample is not None else self._substitute(reading, epoch, position, reverse)
         finally:
@@ -296,16 +336,21 @@ class GenomeStream(IterableDataset):
             sample = self._read(reading, int(shards[0]), int(samples[0]), reverse)
             if sample is not None:
                 return sample | {"skipped": 1}
-        raise DataError(f"{self.location}: split '{self.split}' has no readable sample within {reach} positions after "
-                        f"position {position} of epoch {epoch}: most of it is corrupt; re-run `dnalm prep`")
+        raise DataError(
+            f"{self.location}: split '{self.split}' has no readable sample within {reach} positions after "
+            f"position {position} of epoch {epoch}: most of it is corrupt; re-run `dnalm prep`"
+        )
 
     def _reader(self, reading: _Reading, shard: int) -> IndexedShard:
         if shard in reading.open:
             reading.open.move_to_end(shard)
             return reading.open[shard]
         entry = self.shards[shard]
-        reader = self.cache.open(self.source, entry) if self.cache is not None else \
-            IndexedShard(self.folder / entry.path, entry.num_samples, entry.bytes)
+        reader = (
+            self.cache.open(self.source, entry)
+            if self.cache is not None
+            else IndexedShard(self.folder / entry.path, entry.num_samples, entry.bytes)
+        )
         reading.open[shard] = reader
         self.shard_opens[shard] += 1
         while len(reading.open) > self.max_open_shards:
@@ -319,11 +364,19 @@ class GenomeStream(IterableDataset):
         spans = [tok.spans_of(ids) for tok, ids in zip(self.tokenizers, arrays)]
         if self.manifest.views:
             ids, segments, positions = concatenate_views(arrays, spans, self.id_offsets, self.manifest.seq_len)
-            sample.update(segment_ids=torch.from_numpy(segments.astype(np.int64)), positions=torch.from_numpy(positions.astype(np.int64)))
+            sample.update(
+                segment_ids=torch.from_numpy(segments.astype(np.int64)),
+                positions=torch.from_numpy(positions.astype(np.int64)),
+            )
             bases = int(spans[0][-1, 1]) if len(spans[0]) else 0
             edge = np.array([[bases, bases]])
-            spans = np.concatenate([[[0, 0]], *(x for view in spans for x in (view, edge)),
-                                    np.repeat(edge, len(ids) - 1 - sum(len(v) + 1 for v in spans), axis=0)])
+            spans = np.concatenate(
+                [
+                    [[0, 0]],
+                    *(x for view in spans for x in (view, edge)),
+                    np.repeat(edge, len(ids) - 1 - sum(len(v) + 1 for v in spans), axis=0),
+                ]
+            )
         else:
             ids, spans = arrays[0], spans[0]
         sample["input_ids"] = torch.from_numpy(ids.astype(np.int64))
@@ -387,11 +440,17 @@ class _Reading:
 def check_tokenizer(manifest: Manifest, tokenizer: Tokenizer, folder) -> None:
     """The model's tokenizer must be the one the shards were made with."""
     wanted = [t.fingerprint for t in manifest.tokenizers]
-    given = [t.fingerprint for t in tokenizer.tokenizers] if isinstance(tokenizer, ViewTokenizer) else [tokenizer.fingerprint]
+    given = (
+        [t.fingerprint for t in tokenizer.tokenizers]
+        if isinstance(tokenizer, ViewTokenizer)
+        else [tokenizer.fingerprint]
+    )
     if given != wanted:
         names = ", ".join(f"{t.name} ({t.fingerprint})" for t in manifest.tokenizers)
-        raise DataError(f"{folder}: shards were made with {names}, but the model's tokenizer is "
-                        f"{tokenizer.name} ({', '.join(given)}); re-run prep or use the data's tokenizer")
+        raise DataError(
+            f"{folder}: shards were made with {names}, but the model's tokenizer is "
+            f"{tokenizer.name} ({', '.join(given)}); re-run prep or use the data's tokenizer"
+        )
 
 
 def _own_process_group(worker_id: int) -> None:
@@ -411,8 +470,12 @@ class StreamLoader:
         self.skipped = 0  # corrupt samples read around so far (on_error="skip")
 
     def __iter__(self):
-        loader = DataLoader(self.stream, batch_size=self.stream.batch_size, num_workers=self.num_workers,
-                            worker_init_fn=_own_process_group)
+        loader = DataLoader(
+            self.stream,
+            batch_size=self.stream.batch_size,
+            num_workers=self.num_workers,
+            worker_init_fn=_own_process_group,
+        )
         for batch in loader:
             self.steps_taken += 1
             self.skipped += int(batch["skipped"].sum())

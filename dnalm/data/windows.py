@@ -12,8 +12,8 @@ short for one window is left over (counted, never padded).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -28,8 +28,9 @@ class Window:
     padding: int = 0
 
 
-def cut_windows(bases: np.ndarray, tokenizers: Sequence[Tokenizer], seq_len: int, views: bool,
-                encodings=None) -> list[Window]:
+def cut_windows(
+    bases: np.ndarray, tokenizers: Sequence[Tokenizer], seq_len: int, views: bool, encodings=None
+) -> list[Window]:
     """``encodings``: the tokenizers' encodings of ``bases`` when the caller already has them."""
     encodings = encodings or [t.encode(bases) for t in tokenizers]
     if not views:
@@ -55,8 +56,7 @@ def _single(enc, seq_len: int) -> list[Window]:
     if firsts[-1] + seq_len < n:
         firsts.append(n - seq_len)
     return [
-        Window(int(enc.offsets[a, 0]), int(enc.offsets[a + seq_len - 1, 1]), [enc.ids[a : a + seq_len]])
-        for a in firsts
+        Window(int(enc.offsets[a, 0]), int(enc.offsets[a + seq_len - 1, 1]), [enc.ids[a : a + seq_len]]) for a in firsts
     ]
 
 
@@ -76,7 +76,9 @@ def _views(encodings, seq_len: int, n_bases: int) -> list[Window]:
         if j >= last:  # the rest fits in one window: pack it against the piece end instead of padding
             k = int(np.searchsorted(total, total[last] - budget, side="left"))
             if k > 0 or total[last] - total[0] == budget:  # a full window; else the piece is too short
-                windows.append(_view_window(encodings, starts, common[k], common[last], budget - (total[last] - total[k])))
+                windows.append(
+                    _view_window(encodings, starts, common[k], common[last], budget - (total[last] - total[k]))
+                )
             break
         if j <= i:  # no common boundary within one window's reach: leave this step over
             i += 1

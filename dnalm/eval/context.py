@@ -63,7 +63,9 @@ def window_ends(genome, bases: int, count: int) -> list[tuple[str, int]]:
     return chosen
 
 
-def _window_ids(tokenizer, genome, contig: str, end: int, length: int, stride: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _window_ids(
+    tokenizer, genome, contig: str, end: int, length: int, stride: int | None
+) -> tuple[np.ndarray, np.ndarray]:
     """(ids, token spans) of the last ``length`` tokens before ``end``."""
     bases = length * stride if stride else length * 12  # BPE: generous, then the last tokens
     encoding = tokenizer.encode(genome.fetch(contig, max(0, end - bases), end).sequence)
@@ -73,8 +75,16 @@ def _window_ids(tokenizer, genome, contig: str, end: int, length: int, stride: i
 
 
 @torch.no_grad()
-def score(model, tokenizer, genome, lengths: list[int], windows: int = 8, target: int = 1024, seed: int = 0,
-          progress: bool = False) -> dict:
+def score(
+    model,
+    tokenizer,
+    genome,
+    lengths: list[int],
+    windows: int = 8,
+    target: int = 1024,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
     from tqdm import tqdm
 
     from dnalm.data.masking import base_targets
@@ -103,8 +113,8 @@ def score(model, tokenizer, genome, lengths: list[int], windows: int = 8, target
             inputs = torch.from_numpy(ids)[None].to(device)
             if config.causal:
                 hidden = model(inputs, logits=False).hidden
-                logits = model.head_logits(hidden[0, length - target - 1:length - 1]).float()
-                nll = torch.nn.functional.cross_entropy(logits, inputs[0, length - target:], reduction="sum")
+                logits = model.head_logits(hidden[0, length - target - 1 : length - 1]).float()
+                nll = torch.nn.functional.cross_entropy(logits, inputs[0, length - target :], reduction="sum")
                 total += float(nll)
                 count += int(spans[-target:, 1].max() - spans[-target:, 0].min())
                 continue
@@ -125,27 +135,50 @@ def score(model, tokenizer, genome, lengths: list[int], windows: int = 8, target
                 correct += int((logits.argmax(-1) == truth).sum())
                 count += len(masked)
         if config.causal:
-            results[str(length)] = {"perplexity_per_base": math.exp(total / count), "bits_per_base": total / count / math.log(2),
-                               "bases_scored": count}
+            results[str(length)] = {
+                "perplexity_per_base": math.exp(total / count),
+                "bits_per_base": total / count / math.log(2),
+                "bases_scored": count,
+            }
         else:
             results[str(length)] = {"masked_accuracy": correct / count, "targets_scored": count}
-    return {"windows": [f"{c}:{e}" for c, e in ends], "target_tokens": target, "lengths": results,
-            "metric": "perplexity_per_base" if config.causal else "masked_accuracy"}
+    return {
+        "windows": [f"{c}:{e}" for c, e in ends],
+        "target_tokens": target,
+        "lengths": results,
+        "metric": "perplexity_per_base" if config.causal else "masked_accuracy",
+    }
 
 
-def run(bundle: str | Path, genome_path: str | Path, lengths: list[int], out: str | Path, *, windows: int = 8,
-        target: int = 1024, device: str = "auto", progress: bool = False) -> dict:
+def run(
+    bundle: str | Path,
+    genome_path: str | Path,
+    lengths: list[int],
+    out: str | Path,
+    *,
+    windows: int = 8,
+    target: int = 1024,
+    device: str = "auto",
+    progress: bool = False,
+) -> dict:
     from dnalm.bundle import load_pretrained, read_config
-    from dnalm.utils.devices import resolve
     from dnalm.genome import IndexedGenome
+    from dnalm.utils.devices import resolve
 
     target_device = resolve(device)
     model, tokenizer = load_pretrained(bundle, device=target_device)
     config = read_config(bundle)
     genome = IndexedGenome(genome_path)
-    result = {"bundle": Path(bundle).name, "genome": Path(genome_path).name, "model": config["model"].get("name"),
-              "positions": model.config.positions, "trained_length": config.get("training", {}).get("seq_len"),
-              "rope_theta": model.config.rope_theta, "rope_scale": model.config.rope_scale, "device": str(target_device)}
+    result = {
+        "bundle": Path(bundle).name,
+        "genome": Path(genome_path).name,
+        "model": config["model"].get("name"),
+        "positions": model.config.positions,
+        "trained_length": config.get("training", {}).get("seq_len"),
+        "rope_theta": model.config.rope_theta,
+        "rope_scale": model.config.rope_scale,
+        "device": str(target_device),
+    }
     result |= score(model, tokenizer, genome, lengths, windows=windows, target=target, progress=progress)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -159,13 +192,17 @@ def table(results: list[dict]) -> str:
     """A markdown table: one row per result, one column per length."""
     lengths = sorted({int(n) for r in results for n in r["lengths"]})
     metric = results[0]["metric"]
-    lines = [f"| model | positions | {' | '.join(f'{n:,}' for n in lengths)} |",
-             "| --- | --- |" + " ---: |" * len(lengths)]
+    lines = [
+        f"| model | positions | {' | '.join(f'{n:,}' for n in lengths)} |",
+        "| --- | --- |" + " ---: |" * len(lengths),
+    ]
     for r in results:
         cells = [f"{r['lengths'][str(n)][metric]:.4f}" if str(n) in r["lengths"] else "" for n in lengths]
         lines.append(f"| {r['bundle']} | {r['positions']} | {' | '.join(cells)} |")
-    return f"{metric.replace('_', ' ')} by context length (tokens), last {results[0]['target_tokens']} tokens of " \
-           f"{len(results[0]['windows'])} windows of {results[0]['genome']}\n\n" + "\n".join(lines) + "\n"
+    return (
+        f"{metric.replace('_', ' ')} by context length (tokens), last {results[0]['target_tokens']} tokens of "
+        f"{len(results[0]['windows'])} windows of {results[0]['genome']}\n\n" + "\n".join(lines) + "\n"
+    )
 
 
 def plot(results: list[dict], path: Path) -> Path:
@@ -178,7 +215,12 @@ def plot(results: list[dict], path: Path) -> Path:
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for r in results:
         lengths = sorted(int(n) for n in r["lengths"])
-        axis.plot(lengths, [r["lengths"][str(n)][r["metric"]] for n in lengths], marker="o", label=f"{r['bundle']} ({r['positions']})")
+        axis.plot(
+            lengths,
+            [r["lengths"][str(n)][r["metric"]] for n in lengths],
+            marker="o",
+            label=f"{r['bundle']} ({r['positions']})",
+        )
         if r.get("trained_length"):
             axis.axvline(r["trained_length"], color="grey", alpha=0.3, linestyle="--")
     axis.set_xscale("log", base=2)

@@ -29,17 +29,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dnalm.tokenizers import PAD_ID, Tokenizer, ViewTokenizer, load
 from dnalm.utils.devices import model_device, move
 from dnalm.utils.errors import DnalmError
-from dnalm.tokenizers import PAD_ID, Tokenizer, ViewTokenizer, load
 
 ARCHS = {
     "transformer": dict(arch="encoder", d_model=128, n_layers=4, n_heads=4, attention="flash", positions="alibi"),
-    "performer": dict(arch="encoder", d_model=128, n_layers=4, n_heads=4, attention="performer", positions="rope",
-                      performer_features=64),
+    "performer": dict(
+        arch="encoder",
+        d_model=128,
+        n_layers=4,
+        n_heads=4,
+        attention="performer",
+        positions="rope",
+        performer_features=64,
+    ),
     "cnn-small": dict(arch="cnn", d_model=128, n_layers=6, cnn_kernel=9, positions="none"),  # 0.89M
-    "hybrid": dict(arch="encoder", d_model=128, n_layers=2, n_heads=4, conv_layers=3, cnn_kernel=9, attention="flash",
-                   positions="rope", norm="layernorm"),  # configs/train/reference-hybrid-human.yaml's model
+    "hybrid": dict(
+        arch="encoder",
+        d_model=128,
+        n_layers=2,
+        n_heads=4,
+        conv_layers=3,
+        cnn_kernel=9,
+        attention="flash",
+        positions="rope",
+        norm="layernorm",
+    ),  # configs/train/reference-hybrid-human.yaml's model
 }
 RENAMED_ARCHS = {"cnn": "cnn-small"}  # 0.1's names, accepted for one more release
 _BASES = set("ACGTNacgtn")
@@ -50,8 +66,11 @@ def arch_name(arch: str | None) -> str | None:
     if arch in RENAMED_ARCHS:
         import warnings
 
-        warnings.warn(f"--arch {arch} is now called {RENAMED_ARCHS[arch]}; the old name goes in the next release",
-                      FutureWarning, stacklevel=2)
+        warnings.warn(
+            f"--arch {arch} is now called {RENAMED_ARCHS[arch]}; the old name goes in the next release",
+            FutureWarning,
+            stacklevel=2,
+        )
         return RENAMED_ARCHS[arch]
     return arch
 
@@ -96,7 +115,9 @@ def read_labelled(path: str | Path, classes: list[str] | None = None) -> Labelle
         if bad is not None:
             raise LabelledDataError(f"{path}: line {line}: {bad!r} is not a DNA letter (A, C, G, T, N)")
         if classes is not None and label not in classes:
-            raise LabelledDataError(f"{path}: line {line}: unknown label {label!r} (training labels: {', '.join(classes)})")
+            raise LabelledDataError(
+                f"{path}: line {line}: unknown label {label!r} (training labels: {', '.join(classes)})"
+            )
         sequences.append(sequence.upper())
         labels.append(label)
     if not sequences:
@@ -104,7 +125,9 @@ def read_labelled(path: str | Path, classes: list[str] | None = None) -> Labelle
     if classes is None:
         classes = sorted(set(labels), key=lambda c: (len(c), c))
         if len(classes) < 2:
-            raise LabelledDataError(f"{path}: every row has label {classes[0]!r}; a classifier needs at least two classes")
+            raise LabelledDataError(
+                f"{path}: every row has label {classes[0]!r}; a classifier needs at least two classes"
+            )
     index = {c: i for i, c in enumerate(classes)}
     return LabelledSet(path, sequences, np.array([index[label] for label in labels], np.int64), classes)
 
@@ -129,8 +152,12 @@ class Classifier(nn.Module):
     def __init__(self, backbone: nn.Module, num_classes: int, dropout: float = 0.1, pooling: str = "mean"):
         super().__init__()
         self.backbone = backbone
-        self.backbone.head = nn.Identity()  # the LM head's logits are never used here; with a k-mer vocabulary they cost most of a step
-        self.backbone.config = backbone.config.replace(mlm_target="tokens")  # nothing left to shape into per-base logits
+        self.backbone.head = (
+            nn.Identity()
+        )  # the LM head's logits are never used here; with a k-mer vocabulary they cost most of a step
+        self.backbone.config = backbone.config.replace(
+            mlm_target="tokens"
+        )  # nothing left to shape into per-base logits
         if getattr(self.backbone, "head_transform", None) is not None:
             self.backbone.head_transform = None
         self.dropout = nn.Dropout(dropout)
@@ -158,8 +185,13 @@ def encode_set(data: LabelledSet, tokenizer: Tokenizer, reverse: bool = False) -
             positions[i, : len(enc)] = torch.from_numpy(enc.positions.astype(np.int64))
         else:
             positions[i, : len(enc)] = torch.arange(len(enc))
-    return {"ids": ids, "mask": ids != PAD_ID, "segment_ids": segments, "positions": positions,
-            "labels": torch.from_numpy(data.labels)}
+    return {
+        "ids": ids,
+        "mask": ids != PAD_ID,
+        "segment_ids": segments,
+        "positions": positions,
+        "labels": torch.from_numpy(data.labels),
+    }
 
 
 def metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict:
@@ -200,8 +232,13 @@ def encode_strands(data: LabelledSet, tokenizer: Tokenizer, reverse: bool = True
     if reverse:
         strands["reverse"] = encode_set(data, tokenizer, reverse=True)
     length = max(tensors["ids"].shape[1] for tensors in strands.values())
-    return {name: {k: v if k == "labels" else F.pad(v, (0, length - v.shape[1]), value=PAD_ID if k == "ids" else 0)
-                   for k, v in tensors.items()} for name, tensors in strands.items()}
+    return {
+        name: {
+            k: v if k == "labels" else F.pad(v, (0, length - v.shape[1]), value=PAD_ID if k == "ids" else 0)
+            for k, v in tensors.items()
+        }
+        for name, tensors in strands.items()
+    }
 
 
 def predict_strands(model: Classifier, strands: dict, rc_average: bool) -> np.ndarray:
@@ -219,8 +256,15 @@ def predict(model: Classifier, data: dict, batch_size: int = 256) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
-def build_classifier(num_classes: int, bundle: Path | None, arch: str | None, vocab_size: int, seed: int,
-                     scratch: bool = False, pooling: str = "mean") -> Classifier:
+def build_classifier(
+    num_classes: int,
+    bundle: Path | None,
+    arch: str | None,
+    vocab_size: int,
+    seed: int,
+    scratch: bool = False,
+    pooling: str = "mean",
+) -> Classifier:
     arch = arch_name(arch)
     from dnalm.bundle import load_pretrained, read_config
     from dnalm.models import ModelConfig, build_model
@@ -244,18 +288,38 @@ def limit(data: LabelledSet, n: int | None) -> LabelledSet:
     return LabelledSet(data.path, [data.sequences[i] for i in keep], data.labels[keep], data.classes)
 
 
-def train_one(seed: int, sets: dict, classes: list[str], bundle, arch, vocab_size, epochs: int, lr: float, batch_size: int,
-              weight_decay: float, progress, scratch: bool = False, device: torch.device = torch.device("cpu"),
-              recipe: dict | None = None, tell=None) -> dict:
+def train_one(
+    seed: int,
+    sets: dict,
+    classes: list[str],
+    bundle,
+    arch,
+    vocab_size,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    weight_decay: float,
+    progress,
+    scratch: bool = False,
+    device: torch.device = torch.device("cpu"),
+    recipe: dict | None = None,
+    tell=None,
+) -> dict:
     recipe = recipe or {}
-    model = build_classifier(len(classes), bundle, arch, vocab_size, seed, scratch, recipe.get("pooling", "mean")).to(device)
-    optimizer = torch.optim.AdamW(_parameter_groups(model, lr, pretrained=bundle is not None and not scratch, **recipe),
-                                  lr=lr, weight_decay=weight_decay)
+    model = build_classifier(len(classes), bundle, arch, vocab_size, seed, scratch, recipe.get("pooling", "mean")).to(
+        device
+    )
+    optimizer = torch.optim.AdamW(
+        _parameter_groups(model, lr, pretrained=bundle is not None and not scratch, **recipe),
+        lr=lr,
+        weight_decay=weight_decay,
+    )
     train, train_rc = sets["train"]["forward"], sets["train"].get("reverse")
     steps_per_epoch = math.ceil(len(train["ids"]) / batch_size)
     total = epochs * steps_per_epoch
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, total // 20)) *
-                                                 max(0.0, (total - s) / total))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / max(1, total // 20)) * max(0.0, (total - s) / total)
+    )
     generator = torch.Generator().manual_seed(seed)
     best = {"mcc": -2.0}
     history, since_best = [], 0
@@ -267,7 +331,10 @@ def train_one(seed: int, sets: dict, classes: list[str], bundle, arch, vocab_siz
             batch = {k: v[rows] for k, v in train.items()}
             if recipe.get("rc_augment"):
                 flip = torch.rand(len(rows), generator=generator) < 0.5
-                batch |= {k: torch.where(flip[:, None], train_rc[k][rows], batch[k]) for k in ("ids", "mask", "segment_ids", "positions")}
+                batch |= {
+                    k: torch.where(flip[:, None], train_rc[k][rows], batch[k])
+                    for k in ("ids", "mask", "segment_ids", "positions")
+                }
             batch = move(batch, device)
             logits = model(batch["ids"], batch["mask"], batch["segment_ids"], batch["positions"])
             loss = F.cross_entropy(logits, batch["labels"])
@@ -277,27 +344,42 @@ def train_one(seed: int, sets: dict, classes: list[str], bundle, arch, vocab_siz
             optimizer.step()
             schedule.step()
             progress(1)
-        dev = metrics(sets["dev"]["forward"]["labels"].numpy(), predict_strands(model, sets["dev"], recipe.get("rc_average", False)))
+        dev = metrics(
+            sets["dev"]["forward"]["labels"].numpy(),
+            predict_strands(model, sets["dev"], recipe.get("rc_average", False)),
+        )
         history.append({"epoch": epoch + 1, **{f"dev_{k}": v for k, v in dev.items()}})
         if tell is not None:
             tell(f"seed {seed} epoch {epoch + 1}/{epochs}: dev mcc {dev['mcc']:.4f}, accuracy {dev['accuracy']:.4f}")
         if dev["mcc"] > best["mcc"]:
-            best, since_best = {"epoch": epoch + 1, **dev, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}, 0
+            best, since_best = (
+                {"epoch": epoch + 1, **dev, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}},
+                0,
+            )
         else:
             since_best += 1
             if recipe.get("patience") and since_best >= recipe["patience"]:
                 progress((epochs - epoch - 1) * steps_per_epoch)
                 break
     model.load_state_dict(best.pop("state"))
-    result = {"seed": seed, "best_epoch": best.pop("epoch"), "epochs_run": len(history), "dev": best, "history": history}
+    result = {
+        "seed": seed,
+        "best_epoch": best.pop("epoch"),
+        "epochs_run": len(history),
+        "dev": best,
+        "history": history,
+    }
     if "test" in sets:
-        result["test"] = metrics(sets["test"]["forward"]["labels"].numpy(),
-                                 predict_strands(model, sets["test"], recipe.get("rc_average", False)))
+        result["test"] = metrics(
+            sets["test"]["forward"]["labels"].numpy(),
+            predict_strands(model, sets["test"], recipe.get("rc_average", False)),
+        )
     return result
 
 
-def _parameter_groups(model: Classifier, lr: float, pretrained: bool, backbone_lr_scale: float = 1.0,
-                      freeze_backbone: bool = False, **_) -> list[dict]:
+def _parameter_groups(
+    model: Classifier, lr: float, pretrained: bool, backbone_lr_scale: float = 1.0, freeze_backbone: bool = False, **_
+) -> list[dict]:
     """The head at ``lr``; a pretrained backbone at ``lr · backbone_lr_scale``, or frozen (linear probing)."""
     head = list(model.head.parameters())
     if freeze_backbone:
@@ -308,19 +390,42 @@ def _parameter_groups(model: Classifier, lr: float, pretrained: bool, backbone_l
     return [{"params": head, "lr": lr}, {"params": list(model.backbone.parameters()), "lr": lr * scale}]
 
 
-def finetune(train_path, dev_path, out, *, model: str | Path | None = None, arch: str | None = None, test_path=None,
-             scratch: bool = False, seeds: int = 1, first_seed: int = 0, train_limit: int | None = None, epochs: int = 5,
-             lr: float = 1e-3, batch_size: int = 64, weight_decay: float = 0.01, show_progress: bool = False,
-             report_epochs: bool = False,
-             device: str = "auto", rc_augment: bool = False, rc_average: bool = False, patience: int | None = None,
-             backbone_lr_scale: float = 1.0, freeze_backbone: bool = False, pooling: str = "mean") -> dict:
+def finetune(
+    train_path,
+    dev_path,
+    out,
+    *,
+    model: str | Path | None = None,
+    arch: str | None = None,
+    test_path=None,
+    scratch: bool = False,
+    seeds: int = 1,
+    first_seed: int = 0,
+    train_limit: int | None = None,
+    epochs: int = 5,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    weight_decay: float = 0.01,
+    show_progress: bool = False,
+    report_epochs: bool = False,
+    device: str = "auto",
+    rc_augment: bool = False,
+    rc_average: bool = False,
+    patience: int | None = None,
+    backbone_lr_scale: float = 1.0,
+    freeze_backbone: bool = False,
+    pooling: str = "mean",
+) -> dict:
     """Seeds ``first_seed`` … ``first_seed + seeds - 1``; ``train_limit`` rows of the training set at most;
     ``device`` auto | cpu | cuda (auto: CUDA when present). The recipe settings are described above."""
     arch = arch_name(arch)
     if (model is None) == (arch is None):
         raise DnalmError("give exactly one of --model BUNDLE and --arch " + "|".join(ARCHS))
     if scratch and model is None:
-        raise DnalmError("--from-scratch takes the architecture and tokenizer of --model BUNDLE; with --arch every run is from scratch")
+        raise DnalmError(
+            "--from-scratch takes the architecture and tokenizer of --model BUNDLE; with --arch every run is from "
+            "scratch"
+        )
     if train_limit is not None and train_limit < 2:
         raise DnalmError(f"--train-limit must be at least 2, got {train_limit}")
     if arch is not None and arch not in ARCHS:
@@ -333,8 +438,14 @@ def finetune(train_path, dev_path, out, *, model: str | Path | None = None, arch
         raise DnalmError(f"--pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
     if freeze_backbone and (model is None or scratch):
         raise DnalmError("--freeze-backbone probes a pretrained backbone: give --model BUNDLE without --from-scratch")
-    recipe = {"rc_augment": rc_augment, "rc_average": rc_average, "patience": patience,
-              "backbone_lr_scale": backbone_lr_scale, "freeze_backbone": freeze_backbone, "pooling": pooling}
+    recipe = {
+        "rc_augment": rc_augment,
+        "rc_average": rc_average,
+        "patience": patience,
+        "backbone_lr_scale": backbone_lr_scale,
+        "freeze_backbone": freeze_backbone,
+        "pooling": pooling,
+    }
     from dnalm.utils.devices import resolve
 
     target = resolve(device)
@@ -356,8 +467,10 @@ def finetune(train_path, dev_path, out, *, model: str | Path | None = None, arch
     raw = {"train": train, "dev": read_labelled(dev_path, classes)}
     if test_path is not None:
         raw["test"] = read_labelled(test_path, classes)
-    sets = {name: encode_strands(data, tokenizer, reverse=rc_average or (rc_augment and name == "train"))
-            for name, data in raw.items()}
+    sets = {
+        name: encode_strands(data, tokenizer, reverse=rc_average or (rc_augment and name == "train"))
+        for name, data in raw.items()
+    }
     bar = None
     if show_progress:
         from tqdm import tqdm
@@ -366,23 +479,62 @@ def finetune(train_path, dev_path, out, *, model: str | Path | None = None, arch
     tell = None
     if report_epochs:  # a line per epoch (through the bar on a terminal, so it is not torn)
         tell = bar.write if bar else (lambda line: print(line, file=sys.stderr, flush=True))
-    runs = [train_one(seed, sets, classes, model, arch, tokenizer.vocab_size, epochs, lr, batch_size, weight_decay,
-                      bar.update if bar else (lambda n: None), scratch, target, recipe, tell)
-            for seed in range(first_seed, first_seed + seeds)]
+    runs = [
+        train_one(
+            seed,
+            sets,
+            classes,
+            model,
+            arch,
+            tokenizer.vocab_size,
+            epochs,
+            lr,
+            batch_size,
+            weight_decay,
+            bar.update if bar else (lambda n: None),
+            scratch,
+            target,
+            recipe,
+            tell,
+        )
+        for seed in range(first_seed, first_seed + seeds)
+    ]
     if bar:
         bar.close()
     summary = {}
     for split in ("dev", "test"):
         if all(split in r for r in runs):
-            summary[split] = {k: {"mean": float(np.mean([r[split][k] for r in runs])), "std": float(np.std([r[split][k] for r in runs]))}
-                              for k in ("accuracy", "f1", "mcc", "auroc")}
-    result = {"model": str(model) if model else None, "arch": arch, "pretrained": model is not None and not scratch,
-              "classes": classes, "tokenizer": tokenizer.name, "train": str(train_path), "train_rows": len(train.sequences),
-              "dev": str(dev_path), "test": str(test_path) if test_path else None,
-              "settings": {"seeds": list(range(first_seed, first_seed + seeds)), "epochs": epochs, "lr": lr,
-                           "batch_size": batch_size, "weight_decay": weight_decay, "train_limit": train_limit,
-                           "device": str(target), **recipe},
-              "seconds": round(time.perf_counter() - started, 1), "summary": summary, "runs": runs}
+            summary[split] = {
+                k: {
+                    "mean": float(np.mean([r[split][k] for r in runs])),
+                    "std": float(np.std([r[split][k] for r in runs])),
+                }
+                for k in ("accuracy", "f1", "mcc", "auroc")
+            }
+    result = {
+        "model": str(model) if model else None,
+        "arch": arch,
+        "pretrained": model is not None and not scratch,
+        "classes": classes,
+        "tokenizer": tokenizer.name,
+        "train": str(train_path),
+        "train_rows": len(train.sequences),
+        "dev": str(dev_path),
+        "test": str(test_path) if test_path else None,
+        "settings": {
+            "seeds": list(range(first_seed, first_seed + seeds)),
+            "epochs": epochs,
+            "lr": lr,
+            "batch_size": batch_size,
+            "weight_decay": weight_decay,
+            "train_limit": train_limit,
+            "device": str(target),
+            **recipe,
+        },
+        "seconds": round(time.perf_counter() - started, 1),
+        "summary": summary,
+        "runs": runs,
+    }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".metrics.json.tmp"

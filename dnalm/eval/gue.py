@@ -38,7 +38,10 @@ def find_tasks(folder: str | Path, names: list[str] | None = None) -> list[Path]
         known = {p.name: p for p in tasks}
         missing = [n for n in names if n not in known]
         if missing:
-            raise GueError(f"{folder}: no task {missing[0]!r} (a folder with train.csv and dev.csv); have {', '.join(known) or 'none'}")
+            raise GueError(
+                f"{folder}: no task {missing[0]!r} (a folder with train.csv and dev.csv); have "
+                f"{', '.join(known) or 'none'}"
+            )
         tasks = [known[n] for n in names]
     if not tasks:
         raise GueError(f"{folder}: no task folders (each needs train.csv and dev.csv)")
@@ -56,13 +59,33 @@ def run(folder, out, *, tasks: list[str] | None = None, seeds: int = 3, **finetu
     rows = []
     for task in find_tasks(folder, tasks):
         test = task / "test.csv"
-        result = finetune(task / "train.csv", task / "dev.csv", out / task.name, test_path=test if test.is_file() else None,
-                          seeds=seeds, **finetune_settings)
-        rows.append({"task": task.name, "train_rows": result["train_rows"], "seconds": result["seconds"],
-                     **{f"{split}_mcc": result["summary"][split]["mcc"] for split in ("dev", "test") if split in result["summary"]},
-                     "published_test_mcc": PUBLISHED.get(task.name, {})})
-        settings = result["settings"] | {"model": result["model"], "arch": result["arch"], "pretrained": result["pretrained"],
-                                         "tokenizer": result["tokenizer"]}
+        result = finetune(
+            task / "train.csv",
+            task / "dev.csv",
+            out / task.name,
+            test_path=test if test.is_file() else None,
+            seeds=seeds,
+            **finetune_settings,
+        )
+        rows.append(
+            {
+                "task": task.name,
+                "train_rows": result["train_rows"],
+                "seconds": result["seconds"],
+                **{
+                    f"{split}_mcc": result["summary"][split]["mcc"]
+                    for split in ("dev", "test")
+                    if split in result["summary"]
+                },
+                "published_test_mcc": PUBLISHED.get(task.name, {}),
+            }
+        )
+        settings = result["settings"] | {
+            "model": result["model"],
+            "arch": result["arch"],
+            "pretrained": result["pretrained"],
+            "tokenizer": result["tokenizer"],
+        }
     report = {"folder": str(folder), "settings": settings, "published_source": SOURCE, "tasks": rows}
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "gue.json", json.dumps(report, indent=1))
@@ -75,11 +98,18 @@ def table(report: dict) -> str:
     def cell(value) -> str:
         return f"{100 * value['mean']:.1f} ± {100 * value['std']:.1f}" if value else "—"
 
-    lines = [f"GUE, MCC × 100, mean ± std over seeds {report['settings']['seeds']}; published: {report['published_source']}", "",
-             "| task | train rows | dev | test | published test |", "| --- | --- | --- | --- | --- |"]
+    lines = [
+        f"GUE, MCC × 100, mean ± std over seeds {report['settings']['seeds']}; published: {report['published_source']}",
+        "",
+        "| task | train rows | dev | test | published test |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for row in report["tasks"]:
         published = ", ".join(f"{name} {mcc}" for name, mcc in row["published_test_mcc"].items()) or "—"
-        lines.append(f"| {row['task']} | {row['train_rows']} | {cell(row.get('dev_mcc'))} | {cell(row.get('test_mcc'))} | {published} |")
+        lines.append(
+            f"| {row['task']} | {row['train_rows']} | {cell(row.get('dev_mcc'))} | {cell(row.get('test_mcc'))} | "
+            f"{published} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -92,8 +122,14 @@ def _plot(report: dict, path: Path) -> None:
     rows = report["tasks"]
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(rows)), 3.5))
-    ax.bar(x - 0.2, [100 * r["dev_mcc"]["mean"] for r in rows], 0.4, yerr=[100 * r["dev_mcc"]["std"] for r in rows],
-           label="ours, dev", color="tab:blue")
+    ax.bar(
+        x - 0.2,
+        [100 * r["dev_mcc"]["mean"] for r in rows],
+        0.4,
+        yerr=[100 * r["dev_mcc"]["std"] for r in rows],
+        label="ours, dev",
+        color="tab:blue",
+    )
     best = [max(r["published_test_mcc"].values(), default=np.nan) for r in rows]
     ax.bar(x + 0.2, best, 0.4, label="best published, test", color="tab:gray")
     ax.set_xticks(x, [r["task"] for r in rows], rotation=20, fontsize=8)

@@ -21,10 +21,10 @@ import importlib.util
 from pathlib import Path
 
 from dnalm.bundle import BundleError
-from dnalm.utils.errors import DnalmError
-from dnalm.utils.files import staged_folder
 from dnalm.hf import esm, llama, remote
 from dnalm.hf.tokenizer import NoHfTokenizer, save_hf_tokenizer
+from dnalm.utils.errors import DnalmError
+from dnalm.utils.files import staged_folder
 
 HOW_TO_LOAD = "## Hugging Face"
 EXPORTERS = {"llama": llama, "esm": esm, "remote": remote}
@@ -42,8 +42,11 @@ def choose_exporter(config) -> str:
         if not mismatched:
             return name
         reasons[name] = ", ".join(mismatched)
-    raise HfExportError("--to hf cannot export this model: " + "; ".join(f"{k}: {v}" for k, v in reasons.items())
-                        + ". Use the default bundle format instead")
+    raise HfExportError(
+        "--to hf cannot export this model: "
+        + "; ".join(f"{k}: {v}" for k, v in reasons.items())
+        + ". Use the default bundle format instead"
+    )
 
 
 def how_to_load(folder: Path) -> str:
@@ -61,10 +64,14 @@ def export_hf(model, tokenizer, out: Path, card: str = "") -> Path:
         tokenizer.save(staging / "dnalm_tokenizer")
         try:
             save_hf_tokenizer(tokenizer, staging, model.config.max_seq_len)
-            tokenizer_note = ("`AutoTokenizer.from_pretrained(folder)` gives dnalm's ids (no special tokens added; "
-                              "letters other than A/C/G/T/N become [UNK]).")
+            tokenizer_note = (
+                "`AutoTokenizer.from_pretrained(folder)` gives dnalm's ids (no special tokens added; "
+                "letters other than A/C/G/T/N become [UNK])."
+            )
         except NoHfTokenizer as exc:
             tokenizer_note = f"No transformers tokenizer: {exc}."
-        (staging / "README.md").write_text(f"{card}\n{HOW_TO_LOAD}\n\n{loading}\n\n{tokenizer_note}\n"
-                                           "dnalm's own tokenizer is under `dnalm_tokenizer/`.\n")
+        (staging / "README.md").write_text(
+            f"{card}\n{HOW_TO_LOAD}\n\n{loading}\n\n{tokenizer_note}\n"
+            "dnalm's own tokenizer is under `dnalm_tokenizer/`.\n"
+        )
     return out

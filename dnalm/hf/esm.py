@@ -14,11 +14,22 @@ from dnalm.hf.llama import query_key_value, query_key_value_bias
 from dnalm.hf.remote import usage
 from dnalm.tokenizers.base import MASK_ID, PAD_ID
 
-WANTED = {"arch": "encoder", "positions": "rope", "norm": "layernorm", "mlp": "gelu", "num_segments": 1,
-          "lm_head": "transform", "mlm_target": "tokens", "conv_layers": 0}
-CLASSES = {"AutoModel": "EsmModel", "AutoModelForMaskedLM": "EsmForMaskedLM",
-           "AutoModelForSequenceClassification": "EsmForSequenceClassification",
-           "AutoModelForTokenClassification": "EsmForTokenClassification"}
+WANTED = {
+    "arch": "encoder",
+    "positions": "rope",
+    "norm": "layernorm",
+    "mlp": "gelu",
+    "num_segments": 1,
+    "lm_head": "transform",
+    "mlm_target": "tokens",
+    "conv_layers": 0,
+}
+CLASSES = {
+    "AutoModel": "EsmModel",
+    "AutoModelForMaskedLM": "EsmForMaskedLM",
+    "AutoModelForSequenceClassification": "EsmForSequenceClassification",
+    "AutoModelForTokenClassification": "EsmForTokenClassification",
+}
 
 
 def mismatches(config) -> list[str]:
@@ -35,11 +46,22 @@ def write(model, folder: Path) -> str:
 
     config = model.config
     hf_config = EsmConfig(
-        vocab_size=config.vocab_size, mask_token_id=MASK_ID, pad_token_id=PAD_ID, hidden_size=config.d_model,
-        num_hidden_layers=config.n_layers, num_attention_heads=config.n_heads, intermediate_size=config.hidden,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=config.max_seq_len,
-        rope_theta=config.rope_theta, layer_norm_eps=config.norm_eps, position_embedding_type="rotary",
-        emb_layer_norm_before=False, token_dropout=False, tie_word_embeddings=False,
+        vocab_size=config.vocab_size,
+        mask_token_id=MASK_ID,
+        pad_token_id=PAD_ID,
+        hidden_size=config.d_model,
+        num_hidden_layers=config.n_layers,
+        num_attention_heads=config.n_heads,
+        intermediate_size=config.hidden,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        max_position_embeddings=config.max_seq_len,
+        rope_theta=config.rope_theta,
+        layer_norm_eps=config.norm_eps,
+        position_embedding_type="rotary",
+        emb_layer_norm_before=False,
+        token_dropout=False,
+        tie_word_embeddings=False,
     )
     hf = EsmForMaskedLM(hf_config)
     missing, unexpected = hf.load_state_dict(state_dict(model), strict=False)
@@ -47,7 +69,9 @@ def write(model, folder: Path) -> str:
     if left or unexpected:
         raise RuntimeError(f"ESM export: weights left unset {left[:3]}, unknown {unexpected[:3]}")
     hf.save_pretrained(folder, safe_serialization=True)
-    return "`EsmForMaskedLM.from_pretrained(folder)` (or `AutoModelForMaskedLM`) loads it; no remote code.\n\n" + usage(CLASSES)
+    return "`EsmForMaskedLM.from_pretrained(folder)` (or `AutoModelForMaskedLM`) loads it; no remote code.\n\n" + usage(
+        CLASSES
+    )
 
 
 def state_dict(model) -> dict:
@@ -63,7 +87,10 @@ def state_dict(model) -> dict:
     state = {"esm.embeddings.word_embeddings.weight": model.embed.weight}
     for i, block in enumerate(model.blocks):
         p = f"esm.encoder.layer.{i}"
-        (q, k, v), (q_bias, k_bias, v_bias) = query_key_value(block, model.config), query_key_value_bias(block, model.config)
+        (q, k, v), (q_bias, k_bias, v_bias) = (
+            query_key_value(block, model.config),
+            query_key_value_bias(block, model.config),
+        )
         state |= linear(f"{p}.attention.self.query", None, q, q_bias)
         state |= linear(f"{p}.attention.self.key", None, k, k_bias)
         state |= linear(f"{p}.attention.self.value", None, v, v_bias)
@@ -81,7 +108,8 @@ def state_dict(model) -> dict:
 
 
 def config_from_hf(hf: dict) -> tuple[dict, list[str]]:
-    """dnalm ModelConfig settings for an ``EsmForMaskedLM`` config.json (Nucleotide Transformer v1), and what dnalm lacks."""
+    """dnalm ModelConfig settings for an ``EsmForMaskedLM`` config.json (Nucleotide Transformer v1), and what dnalm
+    lacks."""
     wrong = []
     if hf.get("is_folding_model"):
         wrong.append("is_folding_model true (ESMFold)")
@@ -102,11 +130,22 @@ def config_from_hf(hf: dict) -> tuple[dict, list[str]]:
         else:
             max_len -= hf["pad_token_id"] + 1  # ESM numbers real tokens from pad_token_id + 1
     rope = hf.get("rope_parameters") or {}
-    settings = dict(arch="encoder", positions=positions or "rope", norm="layernorm", mlp="gelu", lm_head="transform",
-                    linear_bias=True, vocab_size=hf["vocab_size"], d_model=hf["hidden_size"],
-                    n_layers=hf["num_hidden_layers"], n_heads=hf["num_attention_heads"],
-                    mlp_hidden=hf["intermediate_size"], norm_eps=hf.get("layer_norm_eps", 1e-12),
-                    max_seq_len=max(max_len, 8), rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10_000.0)))
+    settings = dict(
+        arch="encoder",
+        positions=positions or "rope",
+        norm="layernorm",
+        mlp="gelu",
+        lm_head="transform",
+        linear_bias=True,
+        vocab_size=hf["vocab_size"],
+        d_model=hf["hidden_size"],
+        n_layers=hf["num_hidden_layers"],
+        n_heads=hf["num_attention_heads"],
+        mlp_hidden=hf["intermediate_size"],
+        norm_eps=hf.get("layer_norm_eps", 1e-12),
+        max_seq_len=max(max_len, 8),
+        rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10_000.0)),
+    )
     return settings, wrong
 
 
@@ -121,7 +160,8 @@ def dnalm_state(hf: dict, config, hf_config: dict) -> dict:
     rotated = config.positions == "rope"
 
     def unrotated(tensor):
-        """Query or key rows (weights or biases) from ESM's rotation by halves to dnalm's interleaved pairs, per head."""
+        """Query or key rows (weights or biases) from ESM's rotation by halves to dnalm's interleaved pairs, per
+        head."""
         return tensor.view(heads, head_dim, -1)[:, back].reshape(tensor.shape) if rotated else tensor
 
     def pair(target, source):

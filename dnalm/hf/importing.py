@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from dnalm.bundle import save_bundle
-from dnalm.utils.errors import DnalmError
 from dnalm.hf import esm, llama, remote
 from dnalm.hf.vocab import from_folder
+from dnalm.utils.errors import DnalmError
 
 IMPORTERS = {"esm": esm, "llama": llama, "dnalm": remote}
 # the architectures each model_type imports as; None: any of dnalm's own
@@ -66,7 +66,9 @@ def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
             state |= {k: v.float() for k, v in load_file(str(folder / shard)).items()}
         return state, index.name
     if (folder / "pytorch_model.bin").is_file():
-        return {k: v.float() for k, v in torch.load(folder / "pytorch_model.bin", weights_only=True).items()}, "pytorch_model.bin"
+        return {
+            k: v.float() for k, v in torch.load(folder / "pytorch_model.bin", weights_only=True).items()
+        }, "pytorch_model.bin"
     raise HfImportError(f"{folder}: no weights (model.safetensors, model.safetensors.index.json or pytorch_model.bin)")
 
 
@@ -81,16 +83,21 @@ def normalized(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for key, tensor in weights.items():
         if any(part in key for part in IGNORED):
             continue
-        out[key.removesuffix(".gamma") + ".weight" if key.endswith(".gamma") else
-            key.removesuffix(".beta") + ".bias" if key.endswith(".beta") else key] = tensor
+        out[
+            key.removesuffix(".gamma") + ".weight"
+            if key.endswith(".gamma")
+            else key.removesuffix(".beta") + ".bias"
+            if key.endswith(".beta")
+            else key
+        ] = tensor
     return out
 
 
 def build(folder: Path, tokenizer_spec: str | None = None):
     """(dnalm model with the folder's weights in eval mode, the mapped tokenizer, the folder's config.json)."""
     from dnalm.models import ModelConfig, build_model
-    from dnalm.utils.errors import validated
     from dnalm.models.config import ModelConfigError
+    from dnalm.utils.errors import validated
 
     folder = Path(folder)
     hf_config = read_hf_config(folder)
@@ -124,7 +131,9 @@ def _reordered(state: dict, rows: list[int], where: Path) -> dict:
     for key in ("embed.weight", "head.weight", "head.bias"):
         if key in state:
             if state[key].shape[0] <= int(index.max()):
-                raise HfImportError(f"{where}: {key} has {state[key].shape[0]} rows, the tokenizer needs row {int(index.max())}")
+                raise HfImportError(
+                    f"{where}: {key} has {state[key].shape[0]} rows, the tokenizer needs row {int(index.max())}"
+                )
             out[key] = state[key][index]
     return out
 
@@ -138,7 +147,9 @@ def _load(model, state: dict, where: Path) -> None:
         if key not in state:
             raise HfImportError(f"{where}: no weight for {key}")
         if tuple(state[key].shape) != tuple(tensor.shape):
-            raise HfImportError(f"{where}: {key} has shape {tuple(state[key].shape)}, config.json makes it {tuple(tensor.shape)}")
+            raise HfImportError(
+                f"{where}: {key} has shape {tuple(state[key].shape)}, config.json makes it {tuple(tensor.shape)}"
+            )
     unused = sorted(set(state) - set(expected))
     if unused:
         raise HfImportError(f"{where}: weights dnalm has no place for, such as {unused[0]}")
@@ -149,16 +160,34 @@ def import_hf(folder: str | Path, out: str | Path, tokenizer_spec: str | None = 
     folder = Path(folder)
     model, mapped, hf_config = build(folder, tokenizer_spec)
     config = model.config
-    card = "\n".join([
-        f"# {config.name} ({'masked' if config.arch == 'encoder' else 'causal'} DNA language model, imported into dnalm)", "",
-        f"- imported from: the transformers folder `{folder.name}` ({hf_config['model_type']}, "
-        f"{', '.join(hf_config.get('architectures') or ['architecture not named'])})",
-        f"- architecture: {config.arch}, {config.n_layers} layers, d_model {config.d_model}, {config.n_heads} heads, "
-        f"{config.positions} positions, {config.norm}, {config.mlp}" + (", linear biases" if config.linear_bias else ""),
-        f"- tokenizer: {mapped.tokenizer.name} (fingerprint {mapped.tokenizer.fingerprint}), from {Path(mapped.source).name}"
-        + (": the vocabulary reordered to dnalm's ids" if mapped.rows is not None else ": ids kept"), "",
-        "Continue pretraining with `model.init_from: BUNDLE`; load it with `model, tokenizer = dnalm.load_pretrained(BUNDLE)`.",
-    ]) + "\n"
-    extra = {"imported": {"folder": folder.name, "model_type": hf_config["model_type"],
-                          "architectures": hf_config.get("architectures"), "token_rows": mapped.rows}}
+    card = (
+        "\n".join(
+            [
+                f"# {config.name} ({'masked' if config.arch == 'encoder' else 'causal'} DNA language model, imported "
+                "into dnalm)",
+                "",
+                f"- imported from: the transformers folder `{folder.name}` ({hf_config['model_type']}, "
+                f"{', '.join(hf_config.get('architectures') or ['architecture not named'])})",
+                f"- architecture: {config.arch}, {config.n_layers} layers, d_model {config.d_model}, {config.n_heads} "
+                "heads, "
+                f"{config.positions} positions, {config.norm}, {config.mlp}"
+                + (", linear biases" if config.linear_bias else ""),
+                f"- tokenizer: {mapped.tokenizer.name} (fingerprint {mapped.tokenizer.fingerprint}), from "
+                f"{Path(mapped.source).name}"
+                + (": the vocabulary reordered to dnalm's ids" if mapped.rows is not None else ": ids kept"),
+                "",
+                "Continue pretraining with `model.init_from: BUNDLE`; load it with `model, tokenizer = "
+                "dnalm.load_pretrained(BUNDLE)`.",
+            ]
+        )
+        + "\n"
+    )
+    extra = {
+        "imported": {
+            "folder": folder.name,
+            "model_type": hf_config["model_type"],
+            "architectures": hf_config.get("architectures"),
+            "token_rows": mapped.rows,
+        }
+    }
     return save_bundle(out, model, mapped.tokenizer, card=card, extra=extra)

@@ -8,11 +8,23 @@ import torch
 
 from dnalm.hf.remote import generation_config, usage
 
-WANTED = {"arch": "decoder", "positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "num_segments": 1, "lm_head": "linear",
-          "mlm_target": "tokens", "linear_bias": False, "rope_scale": 1.0}
-CLASSES = {"AutoModel": "LlamaModel", "AutoModelForCausalLM": "LlamaForCausalLM",
-           "AutoModelForSequenceClassification": "LlamaForSequenceClassification",
-           "AutoModelForTokenClassification": "LlamaForTokenClassification"}
+WANTED = {
+    "arch": "decoder",
+    "positions": "rope",
+    "norm": "rmsnorm",
+    "mlp": "swiglu",
+    "num_segments": 1,
+    "lm_head": "linear",
+    "mlm_target": "tokens",
+    "linear_bias": False,
+    "rope_scale": 1.0,
+}
+CLASSES = {
+    "AutoModel": "LlamaModel",
+    "AutoModelForCausalLM": "LlamaForCausalLM",
+    "AutoModelForSequenceClassification": "LlamaForSequenceClassification",
+    "AutoModelForTokenClassification": "LlamaForTokenClassification",
+}
 
 
 def mismatches(config) -> list[str]:
@@ -48,22 +60,40 @@ def write(model, folder: Path) -> str:
 
     config = model.config
     hf_config = LlamaConfig(
-        vocab_size=config.vocab_size, hidden_size=config.d_model, intermediate_size=config.hidden,
-        num_hidden_layers=config.n_layers, num_attention_heads=config.n_heads, num_key_value_heads=config.n_heads,
-        max_position_embeddings=config.max_seq_len, rms_norm_eps=config.norm_eps, rope_theta=config.rope_theta,
-        tie_word_embeddings=config.tie_embeddings, attention_bias=False, mlp_bias=False, hidden_act="silu",
-        pad_token_id=0, bos_token_id=1, eos_token_id=2, torch_dtype="float32",
+        vocab_size=config.vocab_size,
+        hidden_size=config.d_model,
+        intermediate_size=config.hidden,
+        num_hidden_layers=config.n_layers,
+        num_attention_heads=config.n_heads,
+        num_key_value_heads=config.n_heads,
+        max_position_embeddings=config.max_seq_len,
+        rms_norm_eps=config.norm_eps,
+        rope_theta=config.rope_theta,
+        tie_word_embeddings=config.tie_embeddings,
+        attention_bias=False,
+        mlp_bias=False,
+        hidden_act="silu",
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        torch_dtype="float32",
     )
     hf = LlamaForCausalLM(hf_config)
     hf.load_state_dict(state_dict(model), strict=not config.tie_embeddings)
     hf.generation_config = generation_config()
     hf.save_pretrained(folder, safe_serialization=True)
-    return "`LlamaForCausalLM.from_pretrained(folder)` (or `AutoModelForCausalLM`) loads it; no remote code.\n\n" + usage(CLASSES)
+    return (
+        "`LlamaForCausalLM.from_pretrained(folder)` (or `AutoModelForCausalLM`) loads it; no remote code.\n\n"
+        + usage(CLASSES)
+    )
 
 
 def state_dict(model) -> dict:
-    state = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.norm.weight,
-             "lm_head.weight": model.head.weight}
+    state = {
+        "model.embed_tokens.weight": model.embed.weight,
+        "model.norm.weight": model.norm.weight,
+        "lm_head.weight": model.head.weight,
+    }
     for i, block in enumerate(model.blocks):
         prefix = f"model.layers.{i}"
         q, k, v = query_key_value(block, model.config)
@@ -85,8 +115,10 @@ def config_from_hf(hf: dict) -> tuple[dict, list[str]]:
     heads, d = hf["num_attention_heads"], hf["hidden_size"]
     wrong = []
     if hf.get("num_key_value_heads", heads) != heads:
-        wrong.append(f"num_key_value_heads {hf['num_key_value_heads']} ≠ num_attention_heads {heads} (grouped-query "
-                     "attention is not in dnalm)")
+        wrong.append(
+            f"num_key_value_heads {hf['num_key_value_heads']} ≠ num_attention_heads {heads} (grouped-query "
+            "attention is not in dnalm)"
+        )
     if (hf.get("head_dim") or d // heads) != d // heads:
         wrong.append(f"head_dim {hf['head_dim']} ≠ hidden_size / num_attention_heads")
     for flag in ("attention_bias", "mlp_bias"):
@@ -98,12 +130,23 @@ def config_from_hf(hf: dict) -> tuple[dict, list[str]]:
     kind = rope.get("rope_type", rope.get("type", "default"))
     if kind not in ("default", "linear"):
         wrong.append(f"rope type {kind!r} (dnalm has plain RoPE and linear position interpolation)")
-    settings = dict(arch="decoder", positions="rope", norm="rmsnorm", mlp="swiglu", lm_head="linear", vocab_size=hf["vocab_size"],
-                    d_model=d, n_layers=hf["num_hidden_layers"], n_heads=heads, mlp_hidden=hf["intermediate_size"],
-                    norm_eps=hf.get("rms_norm_eps", 1e-6), max_seq_len=hf.get("max_position_embeddings", 2048),
-                    rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10_000.0)),
-                    rope_scale=rope.get("factor", 1.0) if kind == "linear" else 1.0,
-                    tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+    settings = dict(
+        arch="decoder",
+        positions="rope",
+        norm="rmsnorm",
+        mlp="swiglu",
+        lm_head="linear",
+        vocab_size=hf["vocab_size"],
+        d_model=d,
+        n_layers=hf["num_hidden_layers"],
+        n_heads=heads,
+        mlp_hidden=hf["intermediate_size"],
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        max_seq_len=hf.get("max_position_embeddings", 2048),
+        rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10_000.0)),
+        rope_scale=rope.get("factor", 1.0) if kind == "linear" else 1.0,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    )
     return settings, wrong
 
 

@@ -25,15 +25,25 @@ def mismatches(config) -> list[str]:
 
 def auto_classes(arch: str) -> dict[str, str]:
     """Auto class → the class of ``modeling_dnalm`` it loads."""
-    lm = ("AutoModelForMaskedLM", "DnalmForMaskedLM") if arch == "encoder" else ("AutoModelForCausalLM", "DnalmForCausalLM")
-    return {"AutoModel": "DnalmModel", lm[0]: lm[1], "AutoModelForSequenceClassification": "DnalmForSequenceClassification",
-            "AutoModelForTokenClassification": "DnalmForTokenClassification"}
+    lm = (
+        ("AutoModelForMaskedLM", "DnalmForMaskedLM")
+        if arch == "encoder"
+        else ("AutoModelForCausalLM", "DnalmForCausalLM")
+    )
+    return {
+        "AutoModel": "DnalmModel",
+        lm[0]: lm[1],
+        "AutoModelForSequenceClassification": "DnalmForSequenceClassification",
+        "AutoModelForTokenClassification": "DnalmForTokenClassification",
+    }
 
 
 def state_dict(model) -> dict:
     """dnalm's weights under the names of ``modeling_dnalm``'s language models (backbone under ``dnalm.``)."""
-    return {(k if k.startswith(HEAD_KEYS) else BACKBONE + k): v.detach().clone().float()
-            for k, v in model.state_dict().items()}
+    return {
+        (k if k.startswith(HEAD_KEYS) else BACKBONE + k): v.detach().clone().float()
+        for k, v in model.state_dict().items()
+    }
 
 
 def write(model, folder: Path) -> str:
@@ -43,10 +53,14 @@ def write(model, folder: Path) -> str:
     cls = DnalmForMaskedLM if encoder else DnalmForCausalLM
     classes = auto_classes(model.config.arch)
     settings = model.config.model_dump()
-    hf_config = DnalmConfig(**settings | {"tie_embeddings": False}, tie_word_embeddings=False, pad_token_id=0,
-                            architectures=[cls.__name__],
-                            auto_map={"AutoConfig": "modeling_dnalm.DnalmConfig"}
-                            | {auto: f"modeling_dnalm.{name}" for auto, name in classes.items()})
+    hf_config = DnalmConfig(
+        **settings | {"tie_embeddings": False},
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        architectures=[cls.__name__],
+        auto_map={"AutoConfig": "modeling_dnalm.DnalmConfig"}
+        | {auto: f"modeling_dnalm.{name}" for auto, name in classes.items()},
+    )
     hf = cls(hf_config)
     hf.load_state_dict(state_dict(model), strict=True)
     if not encoder:
@@ -54,10 +68,12 @@ def write(model, folder: Path) -> str:
     hf.save_pretrained(folder, safe_serialization=True)
     shutil.copyfile(MODELING, folder / MODELING.name)
     return usage(classes, trust_remote_code=True) + (
-        f"\n\n`modeling_dnalm.py` here is dnalm's {model.config.positions} {model.config.arch}, written for transformers. "
+        f"\n\n`modeling_dnalm.py` here is dnalm's {model.config.positions} {model.config.arch}, written for "
+        "transformers. "
         "The sequence classifier mean-pools the final hidden states over real tokens, as `dnalm finetune` does; "
         + ("" if encoder else "the causal LM generates with a key-value cache (`model.generate`); ")
-        + "`output_hidden_states=True` gives the embeddings' output and every block's.")
+        + "`output_hidden_states=True` gives the embeddings' output and every block's."
+    )
 
 
 def generation_config():
@@ -66,16 +82,24 @@ def generation_config():
 
     from dnalm.tokenizers.base import NUM_SPECIAL, PAD_ID
 
-    return GenerationConfig(do_sample=True, suppress_tokens=list(range(NUM_SPECIAL)), pad_token_id=PAD_ID,
-                            bos_token_id=None, eos_token_id=None)
+    return GenerationConfig(
+        do_sample=True,
+        suppress_tokens=list(range(NUM_SPECIAL)),
+        pad_token_id=PAD_ID,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
 
 
 def usage(classes, trust_remote_code: bool = False) -> str:
     """The README's snippet: one line per class."""
     remote = ", trust_remote_code=True" if trust_remote_code else ""
-    lines = [f"model = {auto}.from_pretrained(folder{remote}{', num_labels=2' if 'Classification' in auto else ''})"
-             f"  # {name}" for auto, name in classes.items()]
-    return ("```python\nfrom transformers import " + ", ".join(classes) + "\n" + "\n".join(lines) + "\n```")
+    lines = [
+        f"model = {auto}.from_pretrained(folder{remote}{', num_labels=2' if 'Classification' in auto else ''})"
+        f"  # {name}"
+        for auto, name in classes.items()
+    ]
+    return "```python\nfrom transformers import " + ", ".join(classes) + "\n" + "\n".join(lines) + "\n```"
 
 
 def config_from_hf(hf: dict) -> tuple[dict, list[str]]:

@@ -21,9 +21,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dnalm.utils.errors import DnalmError
 from dnalm.tokenizers import BpeTokenizer, KmerTokenizer, NucleotideTokenizer, Tokenizer
 from dnalm.tokenizers.base import NUM_SPECIAL, SPECIAL_TOKENS
+from dnalm.utils.errors import DnalmError
 
 SPECIALS = dict(zip(("pad_token", "cls_token", "sep_token", "mask_token", "unk_token"), SPECIAL_TOKENS))
 
@@ -60,10 +60,12 @@ def _bpe(tokenizer: BpeTokenizer):
         merges.extend(sorted(splits, key=lambda pair: (vocab[pair[0]], vocab[pair[1]])))
     fast = FastTokenizer(models.BPE(vocab, merges, unk_token="[UNK]"))
     fast.normalizer = _uppercase()
-    fast.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split("N", behavior="isolated"),
-        pre_tokenizers.Split(Regex(f"[ACGT]{{1,{tokenizer.sentence_length}}}"), behavior="isolated"),
-    ])
+    fast.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split("N", behavior="isolated"),
+            pre_tokenizers.Split(Regex(f"[ACGT]{{1,{tokenizer.sentence_length}}}"), behavior="isolated"),
+        ]
+    )
     return fast
 
 
@@ -85,8 +87,9 @@ def save_hf_tokenizer(tokenizer: Tokenizer, folder: Path, model_max_length: int)
     """``tokenizer.json`` and ``tokenizer_config.json`` that ``AutoTokenizer.from_pretrained(folder)`` loads."""
     from transformers import PreTrainedTokenizerFast
 
-    hf = PreTrainedTokenizerFast(tokenizer_object=fast_tokenizer(tokenizer), model_max_length=model_max_length,
-                                 **SPECIALS)
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=fast_tokenizer(tokenizer), model_max_length=model_max_length, **SPECIALS
+    )
     hf.save_pretrained(folder)
     # transformers 5 names the class TokenizersBackend; the older name loads in 4.x and 5.x alike
     config_path = folder / "tokenizer_config.json"

@@ -15,15 +15,26 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from dnalm.utils.errors import DnalmError
 from dnalm.tokenizers import KmerTokenizer, NucleotideTokenizer, Tokenizer, load, load_folder
 from dnalm.tokenizers.base import SPECIAL_TOKENS
+from dnalm.utils.errors import DnalmError
 
-ROLES = {"[PAD]": ("pad_token",), "[CLS]": ("cls_token", "bos_token"), "[SEP]": ("sep_token", "eos_token"),
-         "[MASK]": ("mask_token",), "[UNK]": ("unk_token",)}
-DEFAULT_SPECIALS = {"pad_token": ("[PAD]", "<pad>"), "cls_token": ("[CLS]", "<cls>", "<s>"), "bos_token": ("<bos>",),
-                    "sep_token": ("[SEP]", "<sep>"), "eos_token": ("<eos>", "</s>"), "mask_token": ("[MASK]", "<mask>"),
-                    "unk_token": ("[UNK]", "<unk>")}
+ROLES = {
+    "[PAD]": ("pad_token",),
+    "[CLS]": ("cls_token", "bos_token"),
+    "[SEP]": ("sep_token", "eos_token"),
+    "[MASK]": ("mask_token",),
+    "[UNK]": ("unk_token",),
+}
+DEFAULT_SPECIALS = {
+    "pad_token": ("[PAD]", "<pad>"),
+    "cls_token": ("[CLS]", "<cls>", "<s>"),
+    "bos_token": ("<bos>",),
+    "sep_token": ("[SEP]", "<sep>"),
+    "eos_token": ("<eos>", "</s>"),
+    "mask_token": ("[MASK]", "<mask>"),
+    "unk_token": ("[UNK]", "<unk>"),
+}
 
 
 class HfVocabError(DnalmError):
@@ -48,8 +59,10 @@ def from_folder(folder: Path, vocab_size: int, spec: str | None = None) -> Mappe
         lines = (folder / "vocab.txt").read_text().splitlines()
         vocab, where = {token.strip(): i for i, token in enumerate(lines) if token.strip()}, folder / "vocab.txt"
     else:
-        raise HfVocabError(f"{folder}: no tokenizer files (tokenizer.json, vocab.txt or dnalm_tokenizer/); pass "
-                           f"--tokenizer SPEC|DIR, a dnalm tokenizer of the model's {vocab_size} ids")
+        raise HfVocabError(
+            f"{folder}: no tokenizer files (tokenizer.json, vocab.txt or dnalm_tokenizer/); pass "
+            f"--tokenizer SPEC|DIR, a dnalm tokenizer of the model's {vocab_size} ids"
+        )
     if max(vocab.values()) >= vocab_size:
         raise HfVocabError(f"{where}: token id {max(vocab.values())} is beyond config.json's vocab_size {vocab_size}")
     return _mapped(vocab, _specials(folder, vocab), where)
@@ -57,8 +70,10 @@ def from_folder(folder: Path, vocab_size: int, spec: str | None = None) -> Mappe
 
 def _kept(tokenizer: Tokenizer, vocab_size: int, where: str) -> Mapped:
     if tokenizer.vocab_size != vocab_size:
-        raise HfVocabError(f"{where}: {tokenizer.name} has {tokenizer.vocab_size} ids, config.json's vocab_size is "
-                           f"{vocab_size}; the ids are kept as they are, so the two must be equal")
+        raise HfVocabError(
+            f"{where}: {tokenizer.name} has {tokenizer.vocab_size} ids, config.json's vocab_size is "
+            f"{vocab_size}; the ids are kept as they are, so the two must be equal"
+        )
     return Mapped(tokenizer, None, where)
 
 
@@ -69,8 +84,10 @@ def _fast_vocab(path: Path) -> dict[str, int]:
         raise HfVocabError(f"{path}: not a tokenizers file ({exc})") from None
     kind = model.get("type")
     if kind not in ("WordLevel", "WordPiece"):
-        raise HfVocabError(f"{path}: a {kind} tokenizer, which dnalm cannot map to its own (it maps word-level "
-                           "vocabularies of single bases or k-mers); pass --tokenizer SPEC|DIR")
+        raise HfVocabError(
+            f"{path}: a {kind} tokenizer, which dnalm cannot map to its own (it maps word-level "
+            "vocabularies of single bases or k-mers); pass --tokenizer SPEC|DIR"
+        )
     return dict(model["vocab"])
 
 
@@ -95,15 +112,19 @@ def _mapped(vocab: dict[str, int], specials: dict[str, int], where: Path) -> Map
     plain = {token.upper(): i for token, i in vocab.items() if i not in special_ids}
     odd = [t for t in plain if not set(t) <= set("ACGTN") or (len(t) > 1 and "N" in t)]
     if odd:
-        raise HfVocabError(f"{where}: token {odd[0]!r} is not a base, a k-mer of A/C/G/T or a special token dnalm knows")
+        raise HfVocabError(
+            f"{where}: token {odd[0]!r} is not a base, a k-mer of A/C/G/T or a special token dnalm knows"
+        )
     lengths = sorted({len(t) for t in plain if len(t) > 1})
     if not lengths:
         tokenizer: Tokenizer = NucleotideTokenizer()
     elif len(lengths) == 1 and sum(len(t) == lengths[0] for t in plain) == 4 ** lengths[0]:
         tokenizer = KmerTokenizer(lengths[0])
     else:
-        raise HfVocabError(f"{where}: tokens of {', '.join(map(str, lengths))} bases are not every k-mer of one k; "
-                           "dnalm maps single-base and k-mer vocabularies (pass --tokenizer SPEC|DIR otherwise)")
+        raise HfVocabError(
+            f"{where}: tokens of {', '.join(map(str, lengths))} bases are not every k-mer of one k; "
+            "dnalm maps single-base and k-mer vocabularies (pass --tokenizer SPEC|DIR otherwise)"
+        )
     rows = []
     for token in tokenizer.vocab:
         if token in SPECIAL_TOKENS:

@@ -1,7 +1,7 @@
 """Models: typed configs with named sizes, the transformer (encoder/decoder), the CNN baseline.
 
-    cfg = dnalm.models.get_config("decoder-1.5b")
-    model = dnalm.models.build_model(cfg, device="meta")   # no memory allocated
+cfg = dnalm.models.get_config("decoder-1.5b")
+model = dnalm.models.build_model(cfg, device="meta")   # no memory allocated
 """
 
 from __future__ import annotations
@@ -30,5 +30,14 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-__all__ = ["ARCHITECTURES", "ATTENTION", "ModelConfig", "ModelConfigError", "ModelOutput", "NAMED_CONFIGS", "build_model",
-           "count_parameters", "get_config"]
+__all__ = [
+    "ARCHITECTURES",
+    "ATTENTION",
+    "ModelConfig",
+    "ModelConfigError",
+    "ModelOutput",
+    "NAMED_CONFIGS",
+    "build_model",
+    "count_parameters",
+    "get_config",
+]

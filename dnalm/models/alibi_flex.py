@@ -25,8 +25,17 @@ def applicable(q: torch.Tensor, k: torch.Tensor, dropout: float) -> bool:
     return q.is_cuda and dropout == 0.0 and q.shape[2] == k.shape[2]
 
 
-def flex_alibi(q, k, v, *, slopes: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
-               key_mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+def flex_alibi(
+    q,
+    k,
+    v,
+    *,
+    slopes: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    causal: bool,
+) -> torch.Tensor:
     """q, k, v (B, H, T, D); positions (B, T); key_mask (B, T) True for real tokens, or None."""
     from torch.nn.attention.flex_attention import flex_attention
 

@@ -44,8 +44,15 @@ SYMMETRIC_FROM = 2048
 ONE_LINE, CAUSAL_PASSES = "one line", "causal passes"
 
 
-def path(q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, dropout: float, causal: bool,
-         key_mask: torch.Tensor | None = None) -> str | None:
+def path(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    dropout: float,
+    causal: bool,
+    key_mask: torch.Tensor | None = None,
+) -> str | None:
     """ONE_LINE, CAUSAL_PASSES, or None (the caller's explicit bias). The shape checks come first: the value checks
     after them break a torch.compile graph, and Inductor corrupted memory around such breaks (see
     attention._one_bias_for_the_batch), so a compiled short encoder must be turned away before them."""
@@ -65,8 +72,17 @@ def applicable(q, k, q_pos, k_pos, dropout: float, causal: bool, key_mask: torch
     return path(q, k, q_pos, k_pos, dropout, causal, key_mask) is not None
 
 
-def fused_alibi(q, k, v, *, slopes: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor | None,
-                causal: bool, chosen: str | None = None) -> torch.Tensor:
+def fused_alibi(
+    q,
+    k,
+    v,
+    *,
+    slopes: torch.Tensor,
+    positions: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    causal: bool,
+    chosen: str | None = None,
+) -> torch.Tensor:
     """q, k, v (B, H, T, D); positions (B, T), non-decreasing; key_mask (B, T) True for real tokens; ``chosen``,
     when given, is what ``path`` returned for them (so that its checks do not run twice)."""
     if chosen is None:
@@ -141,8 +157,11 @@ class _CausalHalves(torch.autograd.Function):
             return out_left[..., :-1]
         nothing = torch.zeros_like(wide_q[:, :, :1])
         unseen_key = _widen(torch.zeros_like(q[:, :, :1]), torch.full_like(shift[:, :, :1], UNSEEN))
-        right = (wide_q.flip(2), _reversed_after(_widen(k, -shift / scale + hidden), unseen_key),
-                 _reversed_after(wide_v, nothing))
+        right = (
+            wide_q.flip(2),
+            _reversed_after(_widen(k, -shift / scale + hidden), unseen_key),
+            _reversed_after(wide_v, nothing),
+        )
         out_right, lse_right = FORWARD(*right, is_causal=True, scale=scale)
         weight = torch.sigmoid((lse_left - shift) - (lse_right.flip(2) + shift)).unsqueeze(-1)  # the left half's share
         out = weight * out_left + (1 - weight) * out_right.flip(2)
@@ -158,8 +177,9 @@ class _CausalHalves(torch.autograd.Function):
             return dq[..., :-1], dk[..., :-1], dv[..., :-1], None, None, None, None
         ql, kl, vl, qr, kr, vr, out, lse_left, lse_right, weight = ctx.saved_tensors
         dq, dk, dv = BACKWARD(weight * grad, ql, kl, vl, out, lse_left, 0.0, True, scale=ctx.scale)
-        dqr, dkr, dvr = BACKWARD(((1 - weight) * grad).flip(2), qr, kr, vr, out.flip(2), lse_right, 0.0, True,
-                                 scale=ctx.scale)
+        dqr, dkr, dvr = BACKWARD(
+            ((1 - weight) * grad).flip(2), qr, kr, vr, out.flip(2), lse_right, 0.0, True, scale=ctx.scale
+        )
         dq = dq + dqr.flip(2)
         dk[:, :, 1:] += dkr[:, :, 1:].flip(2)  # right key j'' (≥ 1) is key T − j''
         dv[:, :, 1:] += dvr[:, :, 1:].flip(2)

@@ -11,7 +11,7 @@ reference the others are tested against.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -46,12 +46,14 @@ def additive_mask(q, k, *, causal, q_pos, k_pos, key_mask, alibi) -> torch.Tenso
         mask = alibi_bias(alibi.to(q.device), q_pos, k_pos, causal)
     blocked = None
     if causal:
-        blocked = (k_pos[:, None, None, :] > q_pos[:, None, :, None])
+        blocked = k_pos[:, None, None, :] > q_pos[:, None, :, None]
     if key_mask is not None:
         padded = ~key_mask[:, None, None, :]
         blocked = padded if blocked is None else blocked | padded
     if blocked is not None:
-        blocked = blocked & ~blocked.all(-1, keepdim=True)  # a query with no key to see (padding) keeps them all: finite
+        blocked = blocked & ~blocked.all(
+            -1, keepdim=True
+        )  # a query with no key to see (padding) keeps them all: finite
         dtype = mask.dtype if mask is not None else q.dtype
         minus_inf = torch.zeros(blocked.shape, dtype=dtype, device=q.device).masked_fill(blocked, float("-inf"))
         mask = minus_inf if mask is None else mask + minus_inf
@@ -97,12 +99,17 @@ def sdpa(q, k, v, *, causal, q_pos, k_pos, key_mask=None, alibi=None, dropout=0.
         q, k, v = (x.contiguous() for x in (q, k, v))
     chosen = None if alibi is None else alibi_fused.path(q, k, q_pos, k_pos, dropout, causal, key_mask)
     if chosen is not None:
-        return alibi_fused.fused_alibi(q, k, v, slopes=alibi, positions=q_pos, key_mask=key_mask, causal=causal,
-                                       chosen=chosen)
+        return alibi_fused.fused_alibi(
+            q, k, v, slopes=alibi, positions=q_pos, key_mask=key_mask, causal=causal, chosen=chosen
+        )
     if alibi is not None and alibi_flex.applicable(q, k, dropout):
         return alibi_flex.flex_alibi(q, k, v, slopes=alibi, q_pos=q_pos, k_pos=k_pos, key_mask=key_mask, causal=causal)
     plain_causal = causal and q.shape[2] == k.shape[2] and key_mask is None and alibi is None
-    mask = None if plain_causal else additive_mask(q, k, causal=causal, q_pos=q_pos, k_pos=k_pos, key_mask=key_mask, alibi=alibi)
+    mask = (
+        None
+        if plain_causal
+        else additive_mask(q, k, causal=causal, q_pos=q_pos, k_pos=k_pos, key_mask=key_mask, alibi=alibi)
+    )
     if mask is not None and mask.dtype != q.dtype:  # an fp32 ALiBi bias over bf16 q: SDPA would round it to q's dtype
         return _attend(q, k, v, mask, dropout)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=plain_causal)
@@ -139,7 +146,9 @@ def _flash_attn_usable(q: torch.Tensor) -> bool:
 
 def _positions_are_indices(q_pos, k_pos) -> bool:
     offset = k_pos.shape[1] - q_pos.shape[1]
-    return bool((k_pos == torch.arange(k_pos.shape[1], device=k_pos.device)).all() and (q_pos == k_pos[:, offset:]).all())
+    return bool(
+        (k_pos == torch.arange(k_pos.shape[1], device=k_pos.device)).all() and (q_pos == k_pos[:, offset:]).all()
+    )
 
 
 def _flash_attn(q, k, v, *, causal, key_mask, alibi, dropout):
@@ -155,8 +164,9 @@ def _flash_attn(q, k, v, *, causal, key_mask, alibi, dropout):
     cu = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
     index = key_mask.flatten().nonzero().squeeze(-1)
     packed = [x.reshape(-1, *x.shape[2:])[index] for x in (q, k, v)]
-    out = flash_attn_varlen_func(*packed, cu, cu, int(lengths.max()), int(lengths.max()), dropout_p=dropout,
-                                 causal=causal, alibi_slopes=slopes)
+    out = flash_attn_varlen_func(
+        *packed, cu, cu, int(lengths.max()), int(lengths.max()), dropout_p=dropout, causal=causal, alibi_slopes=slopes
+    )
     full = torch.zeros(q.shape[0] * q.shape[1], *q.shape[2:], dtype=out.dtype, device=out.device)
     full[index] = out
     return full.view(q.shape).transpose(1, 2)

@@ -23,8 +23,18 @@ class ConvNet(nn.Module):
         self.norm = norm_layer(config)
         self.head = nn.Linear(config.d_model, config.head_size, bias=False)
 
-    def forward(self, input_ids, *, segment_ids=None, positions=None, attention_mask=None, cache=None,
-                use_cache: bool = False, labels=None, logits: bool = True) -> ModelOutput:
+    def forward(
+        self,
+        input_ids,
+        *,
+        segment_ids=None,
+        positions=None,
+        attention_mask=None,
+        cache=None,
+        use_cache: bool = False,
+        labels=None,
+        logits: bool = True,
+    ) -> ModelOutput:
         x = self.embed(input_ids)
         if self.segments is not None and segment_ids is not None:
             x = x + self.segments(segment_ids)

@@ -40,8 +40,11 @@ def head_loss(project, features: torch.Tensor, labels: torch.Tensor, chunk: int)
         logits = project(features)
         loss, correct = _chunk_loss(lambda f: logits, features, labels)
         return loss, correct, logits
-    totals = [checkpoint(_chunk_loss, project, f, y, use_reentrant=False) if torch.is_grad_enabled()
-              else _chunk_loss(project, f, y)
-              for f, y in zip(features.split(chunk, dim=1), labels.split(chunk, dim=1))]
+    totals = [
+        checkpoint(_chunk_loss, project, f, y, use_reentrant=False)
+        if torch.is_grad_enabled()
+        else _chunk_loss(project, f, y)
+        for f, y in zip(features.split(chunk, dim=1), labels.split(chunk, dim=1))
+    ]
     total = torch.stack(totals).sum(0)
     return total[0], total[1], None

@@ -29,8 +29,13 @@ class PerformerFeatures(nn.Module):
         super().__init__()
         from performer_pytorch import FastAttention
 
-        self.fast = FastAttention(dim_heads=head_dim, nb_features=nb_features, causal=False,
-                                  generalized_attention=kernel == "relu", kernel_fn=nn.ReLU())
+        self.fast = FastAttention(
+            dim_heads=head_dim,
+            nb_features=nb_features,
+            causal=False,
+            generalized_attention=kernel == "relu",
+            kernel_fn=nn.ReLU(),
+        )
         self.kernel, self.chunk = kernel, chunk
 
     def redraw(self) -> None:
@@ -65,8 +70,15 @@ class PerformerFeatures(nn.Module):
         return causal_linear_attention(q_features, k_features, v, self.chunk, state=state, return_state=True)
 
 
-def softmax_features(x: torch.Tensor, projection: torch.Tensor, *, is_query: bool, key_mask=None,
-                     stabilise: bool = True, eps: float = 1e-4) -> torch.Tensor:
+def softmax_features(
+    x: torch.Tensor,
+    projection: torch.Tensor,
+    *,
+    is_query: bool,
+    key_mask=None,
+    stabilise: bool = True,
+    eps: float = 1e-4,
+) -> torch.Tensor:
     """FAVOR+ positive features exp(w·x − |x|²/2)/√m, x scaled by d^-1/4: performer-pytorch's softmax_kernel.
 
     Written as one matmul and one broadcast (faster than its einsum over a repeated projection).

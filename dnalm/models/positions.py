@@ -46,7 +46,7 @@ class Rotary(torch.nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x (B, H, T, D) rotated by positions (B, T)."""
         exponents = torch.arange(0, self.head_dim, 2, device=x.device, dtype=torch.float32) / self.head_dim
-        inv_freq = self.theta ** -exponents
+        inv_freq = self.theta**-exponents
         angles = positions[:, None, :, None].to(torch.float32) * (inv_freq / self.scale)
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         x1, x2 = x[..., 0::2], x[..., 1::2]

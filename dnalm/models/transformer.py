@@ -40,8 +40,10 @@ class ModelOutput:
 
 class NormalLinear(nn.Linear):
     """An ``nn.Linear`` (bias-free unless ``bias``, zeros) whose weight is drawn N(0, std) by its own constructor.
-    ``deepspeed.zero.Init`` partitions each layer as soon as it is built, so weights set afterwards would need a gather per layer (the
-    decoder-1.5b partition launch on 2 CPU ranks took 47 s that way, 28 s this way); set here, the partition simply receives them."""
+    ``deepspeed.zero.Init`` partitions each layer as soon as it is built, so weights set afterwards would need a gather
+    per layer (the
+    decoder-1.5b partition launch on 2 CPU ranks took 47 s that way, 28 s this way); set here, the partition simply
+    receives them."""
 
     def __init__(self, in_features: int, out_features: int, std: float, bias: bool = False):
         self.std = std
@@ -82,9 +84,16 @@ class Attention(nn.Module):
         self.qkv = NormalLinear(config.d_model, 3 * config.d_model, config.init_std, config.linear_bias)
         self.out = NormalLinear(config.d_model, config.d_model, residual_std(config), config.linear_bias)
         self.backend = ATTENTION[config.attention]
-        self.rotary = Rotary(config.head_dim, config.rope_theta, config.rope_scale) if config.positions == "rope" else None
-        self.performer = (PerformerFeatures(config.head_dim, config.performer_features, config.performer_kernel,
-                                            config.performer_chunk) if config.attention == "performer" else None)
+        self.rotary = (
+            Rotary(config.head_dim, config.rope_theta, config.rope_scale) if config.positions == "rope" else None
+        )
+        self.performer = (
+            PerformerFeatures(
+                config.head_dim, config.performer_features, config.performer_kernel, config.performer_chunk
+            )
+            if config.attention == "performer"
+            else None
+        )
 
     def forward(self, x, positions, key_mask, cache=None):
         batch, length, _ = x.shape
@@ -102,8 +111,18 @@ class Attention(nn.Module):
                 k_pos = torch.cat([cache["pos"], positions], 1)
             new_cache = {"k": k, "v": v, "pos": k_pos} if cache is not None else None
             alibi = alibi_slopes(self.config.n_heads, q.device) if self.config.positions == "alibi" else None
-            out = self.backend(q, k, v, causal=self.config.causal, q_pos=positions, k_pos=k_pos, key_mask=key_mask,
-                               alibi=alibi, dropout=dropout, performer=self.performer)
+            out = self.backend(
+                q,
+                k,
+                v,
+                causal=self.config.causal,
+                q_pos=positions,
+                k_pos=k_pos,
+                key_mask=key_mask,
+                alibi=alibi,
+                dropout=dropout,
+                performer=self.performer,
+            )
         return self.out(out.transpose(1, 2).reshape(batch, length, -1)), new_cache
 
 
@@ -111,8 +130,9 @@ class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.swiglu = config.mlp == "swiglu"
-        self.up = NormalLinear(config.d_model, config.hidden * (2 if self.swiglu else 1), config.init_std,
-                               config.linear_bias)
+        self.up = NormalLinear(
+            config.d_model, config.hidden * (2 if self.swiglu else 1), config.init_std, config.linear_bias
+        )
         self.down = NormalLinear(config.hidden, config.d_model, residual_std(config), config.linear_bias)
 
     def forward(self, x):
@@ -143,8 +163,13 @@ class ConvBlock(nn.Module):
     def __init__(self, config: ModelConfig, dilation: int):
         super().__init__()
         self.norm = norm_layer(config)
-        self.conv = nn.Conv1d(config.d_model, config.d_model, config.cnn_kernel, dilation=dilation,
-                              padding=dilation * (config.cnn_kernel // 2))
+        self.conv = nn.Conv1d(
+            config.d_model,
+            config.d_model,
+            config.cnn_kernel,
+            dilation=dilation,
+            padding=dilation * (config.cnn_kernel // 2),
+        )
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, mask):
@@ -183,7 +208,9 @@ class Transformer(nn.Module):
         std = config.init_std
         self.embed = NormalEmbedding(config.vocab_size, config.d_model, std)
         self.segments = NormalEmbedding(config.num_segments, config.d_model, std) if config.num_segments > 1 else None
-        self.positions = NormalEmbedding(config.max_seq_len, config.d_model, std) if config.positions == "learned" else None
+        self.positions = (
+            NormalEmbedding(config.max_seq_len, config.d_model, std) if config.positions == "learned" else None
+        )
         self.dropout = nn.Dropout(config.dropout)
         self.conv_stem = conv_stack(config, config.conv_layers) if config.conv_layers else None
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
@@ -193,16 +220,32 @@ class Transformer(nn.Module):
         if config.tie_embeddings:
             self.head.weight = self.embed.weight
 
-    def forward(self, input_ids, *, segment_ids=None, positions=None, attention_mask=None, cache=None,
-                use_cache: bool = False, labels=None, logits: bool = True) -> ModelOutput:
+    def forward(
+        self,
+        input_ids,
+        *,
+        segment_ids=None,
+        positions=None,
+        attention_mask=None,
+        cache=None,
+        use_cache: bool = False,
+        labels=None,
+        logits: bool = True,
+    ) -> ModelOutput:
         """input_ids (B, T); attention_mask (B, T) True for real tokens; cache from a previous call (decoders);
-        labels (B, T[, K]) aligned with the logits (a decoder's already shifted): the loss too, chunked by ``loss_chunk``;
+        labels (B, T[, K]) aligned with the logits (a decoder's already shifted): the loss too, chunked by
+        ``loss_chunk``;
         ``logits`` False: the hidden states alone (``head_logits`` projects the rows a caller needs)."""
         batch, length = input_ids.shape
         past = _cache_length(cache)
         if self.positions is not None:  # learned positions end at max_seq_len; checked without a device sync
-            last = past + length - 1 if positions is None else int(positions.max()) if positions.device.type == "cpu" \
-                else None  # on an accelerator the caller checks the host batch (the trainer does)
+            last = (
+                past + length - 1
+                if positions is None
+                else int(positions.max())
+                if positions.device.type == "cpu"
+                else None
+            )  # on an accelerator the caller checks the host batch (the trainer does)
             check_learned_positions(last, self.config.max_seq_len)
         if positions is None:
             positions = torch.arange(past, past + length, device=input_ids.device).expand(batch, length)

@@ -25,9 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dnalm.bench import report
 from dnalm.utils.devices import describe
-from dnalm.utils.memory import allocator_peak_mb
 from dnalm.utils.errors import DnalmError, validated
-from dnalm.utils.memory import peak_rss_bytes
+from dnalm.utils.memory import allocator_peak_mb, peak_rss_bytes
 
 CHR20 = report.SHARED_DATA / "genomes" / "hs37_chr20.fa.gz"
 GUE = report.SHARED_DATA / "gue"
@@ -42,20 +41,49 @@ class Variant:
     description: str = ""
 
 
-VARIANTS = {v.name: v for v in (
-    Variant("transformer", "encoder-tiny", dict(attention="flash", positions="rope"),
-            description="softmax attention (flash backend), RoPE"),
-    Variant("alibi", "encoder-tiny", dict(attention="flash", positions="alibi"),
-            description="softmax attention (flash backend), ALiBi"),
-    Variant("performer", "encoder-tiny", dict(attention="performer", positions="rope", performer_features=128),
-            description="Performer FAVOR+ (128 features), RoPE"),
-    Variant("cnn", "cnn-base", dict(name="cnn-tiny", d_model=128, n_layers=3),
-            description="cnn-tiny: 3 residual dilated convolutions of width 128 (kernel 9)"),
-    Variant("views", "encoder-tiny", dict(attention="flash", positions="rope"), views=True,
-            description="the transformer on nucleotide + kmer:6 views concatenated"),
-    Variant("views-bases", "encoder-tiny", dict(attention="flash", positions="rope", mlm_target="bases"), views=True,
-            description="the views encoder predicting each masked token's bases (a 6 × 5 head, not 4,101-way)"),
-)}
+VARIANTS = {
+    v.name: v
+    for v in (
+        Variant(
+            "transformer",
+            "encoder-tiny",
+            dict(attention="flash", positions="rope"),
+            description="softmax attention (flash backend), RoPE",
+        ),
+        Variant(
+            "alibi",
+            "encoder-tiny",
+            dict(attention="flash", positions="alibi"),
+            description="softmax attention (flash backend), ALiBi",
+        ),
+        Variant(
+            "performer",
+            "encoder-tiny",
+            dict(attention="performer", positions="rope", performer_features=128),
+            description="Performer FAVOR+ (128 features), RoPE",
+        ),
+        Variant(
+            "cnn",
+            "cnn-base",
+            dict(name="cnn-tiny", d_model=128, n_layers=3),
+            description="cnn-tiny: 3 residual dilated convolutions of width 128 (kernel 9)",
+        ),
+        Variant(
+            "views",
+            "encoder-tiny",
+            dict(attention="flash", positions="rope"),
+            views=True,
+            description="the transformer on nucleotide + kmer:6 views concatenated",
+        ),
+        Variant(
+            "views-bases",
+            "encoder-tiny",
+            dict(attention="flash", positions="rope", mlm_target="bases"),
+            views=True,
+            description="the views encoder predicting each masked token's bases (a 6 × 5 head, not 4,101-way)",
+        ),
+    )
+}
 
 
 class CompareError(DnalmError):
@@ -78,19 +106,25 @@ class Budget(BaseModel):
     eval_windows: int = Field(128, ge=1, description="held-out windows scored for masked-base accuracy")
     lengths: tuple[int, ...] = (1024, 8192)
     tokens_per_step: int = Field(8192, ge=1, description="throughput: batch = tokens_per_step // length (at least 1)")
-    tasks: dict[str, int] = Field(default_factory=lambda: {"prom_core_all": 5000, "prom_300_tata": 2000},
-                                  description="GUE task → training rows used (a fixed random subset)")
+    tasks: dict[str, int] = Field(
+        default_factory=lambda: {"prom_core_all": 5000, "prom_300_tata": 2000},
+        description="GUE task → training rows used (a fixed random subset)",
+    )
     finetune_epochs: int = Field(2, ge=1)
     finetune_lr: float = Field(1e-3, gt=0)
-    device: Literal["cpu", "cuda"] = Field("cpu", description="where throughput, held-out scoring and fine-tuning run "
-                                           "(pretraining takes the GPUs when present)")
+    device: Literal["cpu", "cuda"] = Field(
+        "cpu",
+        description="where throughput, held-out scoring and fine-tuning run (pretraining takes the GPUs when present)",
+    )
 
     @field_validator("variants")
     @classmethod
     def _known(cls, names):
         unknown = [n for n in names if n not in VARIANTS]
         if unknown or not names:
-            raise ValueError(f"unknown variant {unknown[0] if unknown else '(none given)'}: choose from {', '.join(VARIANTS)}")
+            raise ValueError(
+                f"unknown variant {unknown[0] if unknown else '(none given)'}: choose from {', '.join(VARIANTS)}"
+            )
         return names
 
     @field_validator("tasks")
@@ -153,12 +187,17 @@ def prepare(budget: Budget, work: Path) -> dict:
         if name == "views" and not any(VARIANTS[v].views for v in budget.variants):
             continue
         folder = work / "data" / name
-        config = PrepConfig(genomes=[budget.genome], tokenizers=tokenizers, seq_len=budget.seq_len, views=len(tokenizers) > 1)
+        config = PrepConfig(
+            genomes=[budget.genome], tokenizers=tokenizers, seq_len=budget.seq_len, views=len(tokenizers) > 1
+        )
         result = prep(config, folder, jobs=2)
         manifest = result["manifest"]
-        folders[name] = {"path": str(folder), "seconds": round(result["seconds"], 1),
-                         "train_samples": manifest.splits["train"].num_samples,
-                         "val_samples": manifest.splits["val"].num_samples if "val" in manifest.splits else 0}
+        folders[name] = {
+            "path": str(folder),
+            "seconds": round(result["seconds"], 1),
+            "train_samples": manifest.splits["train"].num_samples,
+            "val_samples": manifest.splits["val"].num_samples if "val" in manifest.splits else 0,
+        }
     return folders
 
 
@@ -184,23 +223,30 @@ def measure_step(variant: Variant, length: int, batch: int, steps: int = 3, devi
     baseline = psutil.Process().memory_info().rss if target.type == "cpu" else torch.cuda.memory_allocated(target)
     model = build_variant(variant, max_seq_len=max(length, 1024)).to(target, training_dtype(target))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    rate = step_tokens_per_s(model, batch, length, model.config.vocab_size, steps=steps, device=target, optimizer=optimizer)
+    rate = step_tokens_per_s(
+        model, batch, length, model.config.vocab_size, steps=steps, device=target, optimizer=optimizer
+    )
     peak = peak_rss_bytes() if target.type == "cpu" else allocator_peak_mb(target) * 2**20
-    return {"tokens_per_s": round(rate, 1), "step_seconds": round(batch * length / rate, 3),
-            "peak_mb": round((peak - baseline) / 2**20, 1)}
+    return {
+        "tokens_per_s": round(rate, 1),
+        "step_seconds": round(batch * length / rate, 3),
+        "peak_mb": round((peak - baseline) / 2**20, 1),
+    }
 
 
 def build_variant(variant: Variant, **changes) -> torch.nn.Module:
     """The variant's model with fresh weights (seed 0), sized for its tokenizer's vocabulary."""
+    from dnalm.data.masking import sized_head
     from dnalm.models import build_model, get_config
     from dnalm.tokenizers import load
 
-    from dnalm.data.masking import sized_head
-
     tokenizer = load("nucleotide+kmer:6" if variant.views else "nucleotide")
     torch.manual_seed(0)
-    return build_model(sized_head(get_config(variant.model, vocab_size=tokenizer.vocab_size, **variant.overrides, **changes),
-                                  tokenizer.vocab))
+    return build_model(
+        sized_head(
+            get_config(variant.model, vocab_size=tokenizer.vocab_size, **variant.overrides, **changes), tokenizer.vocab
+        )
+    )
 
 
 def pretrain(variant: Variant, seed: int, budget: Budget, data: Path, work: Path) -> dict:
@@ -212,22 +258,41 @@ def pretrain(variant: Variant, seed: int, budget: Budget, data: Path, work: Path
     name = f"{variant.name}-seed{seed}"
     run_dir, bundle = work / "runs" / name, work / "bundles" / name
     steps = budget.pretrain_steps
-    config = {"run_dir": str(run_dir), "model": {"name": variant.model, "overrides": dict(variant.overrides)},
-              "data": {"path": str(data), "num_workers": 1},
-              "optim": {"lr": budget.lr, "warmup_steps": max(1, steps // 10)},
-              "batch": {"micro_batch": budget.micro_batch, "global_batch": budget.global_batch},
-              "budget": {"tokens": budget.pretrain_tokens}, "eval": {"interval": max(1, steps // 5), "batches": 4},
-              "checkpoint": {"interval": steps, "keep_last": 1},
-              "logging": {"interval": 1, "wandb": "disabled"}, "deepspeed": "zero2", "seed": seed}
+    config = {
+        "run_dir": str(run_dir),
+        "model": {"name": variant.model, "overrides": dict(variant.overrides)},
+        "data": {"path": str(data), "num_workers": 1},
+        "optim": {"lr": budget.lr, "warmup_steps": max(1, steps // 10)},
+        "batch": {"micro_batch": budget.micro_batch, "global_batch": budget.global_batch},
+        "budget": {"tokens": budget.pretrain_tokens},
+        "eval": {"interval": max(1, steps // 5), "batches": 4},
+        "checkpoint": {"interval": steps, "keep_last": 1},
+        "logging": {"interval": 1, "wandb": "disabled"},
+        "deepspeed": "zero2",
+        "seed": seed,
+    }
     started = time.perf_counter()
     spawn_training(config, work / "configs" / f"{name}.yaml", budget.processes, work / "logs" / f"{name}.log")
     seconds = time.perf_counter() - started
     convert(run_dir, bundle)
     records = read(run_dir)
     curve = [{"step": r["step"], "tokens_seen": r["tokens_seen"], "loss": r["loss"]} for r in records if "loss" in r]
-    val = [{"step": r["step"], "tokens_seen": r["tokens_seen"], "val_loss": r["val_loss"]} for r in records if "val_loss" in r]
-    return {"variant": variant.name, "seed": seed, "bundle": str(bundle), "steps": steps, "tokens_seen": curve[-1]["tokens_seen"],
-            "seconds": round(seconds, 1), "final_loss": curve[-1]["loss"], "curve": curve, "val_curve": val}
+    val = [
+        {"step": r["step"], "tokens_seen": r["tokens_seen"], "val_loss": r["val_loss"]}
+        for r in records
+        if "val_loss" in r
+    ]
+    return {
+        "variant": variant.name,
+        "seed": seed,
+        "bundle": str(bundle),
+        "steps": steps,
+        "tokens_seen": curve[-1]["tokens_seen"],
+        "seconds": round(seconds, 1),
+        "final_loss": curve[-1]["loss"],
+        "curve": curve,
+        "val_curve": val,
+    }
 
 
 @torch.no_grad()
@@ -241,7 +306,6 @@ def masked_accuracy(bundle: Path, data: Path, windows: int, seed: int = 1234, de
     from dnalm.bundle import load_pretrained
     from dnalm.data.masking import IGNORE, base_targets, mlm_batch, view_ranges
     from dnalm.data.stream import GenomeStream, StreamLoader
-
     from dnalm.utils.devices import model_device, move
 
     model, tokenizer = load_pretrained(bundle, device=device)
@@ -269,21 +333,51 @@ def masked_accuracy(bundle: Path, data: Path, windows: int, seed: int = 1234, de
         loss_sum += float(torch.nn.functional.cross_entropy(picked, labels, reduction="sum"))
     if targets == 0:
         raise CompareError(f"{data}: the held-out split gave no masked bases to score")
-    return {"masked_accuracy": correct / targets, "masked_loss": loss_sum / targets, "scored_bases": targets,
-            "scored_windows": scored_windows}
+    return {
+        "masked_accuracy": correct / targets,
+        "masked_loss": loss_sum / targets,
+        "scored_bases": targets,
+        "scored_windows": scored_windows,
+    }
 
 
-def finetune_one(task: str, rows: int, variant: Variant, seed: int, bundle: Path, pretrained: bool, budget: Budget,
-                 gue: Path, work: Path) -> dict:
+def finetune_one(
+    task: str,
+    rows: int,
+    variant: Variant,
+    seed: int,
+    bundle: Path,
+    pretrained: bool,
+    budget: Budget,
+    gue: Path,
+    work: Path,
+) -> dict:
     from dnalm.eval.finetune import finetune
 
     out = work / "finetune" / task / f"{variant.name}-{'pretrained' if pretrained else 'scratch'}-seed{seed}"
-    result = finetune(gue / task / "train.csv", gue / task / "dev.csv", out, model=bundle, scratch=not pretrained,
-                      first_seed=seed, train_limit=rows, epochs=budget.finetune_epochs, lr=budget.finetune_lr,
-                      device=budget.device)
+    result = finetune(
+        gue / task / "train.csv",
+        gue / task / "dev.csv",
+        out,
+        model=bundle,
+        scratch=not pretrained,
+        first_seed=seed,
+        train_limit=rows,
+        epochs=budget.finetune_epochs,
+        lr=budget.finetune_lr,
+        device=budget.device,
+    )
     run = result["runs"][0]
-    return {"task": task, "variant": variant.name, "pretrained": pretrained, "seed": seed, "train_rows": result["train_rows"],
-            "best_epoch": run["best_epoch"], "seconds": result["seconds"], **{f"dev_{k}": v for k, v in run["dev"].items()}}
+    return {
+        "task": task,
+        "variant": variant.name,
+        "pretrained": pretrained,
+        "seed": seed,
+        "train_rows": result["train_rows"],
+        "best_epoch": run["best_epoch"],
+        "seconds": result["seconds"],
+        **{f"dev_{k}": v for k, v in run["dev"].items()},
+    }
 
 
 # --- the whole comparison -------------------------------------------------------------------
@@ -307,22 +401,43 @@ def run(budget: Budget, work: Path, out_dir: Path, gue: Path = GUE, log=print) -
     data = stage("prep", lambda: prepare(budget, work))
     log(f"[2/5] throughput and peak memory at {', '.join(map(str, budget.lengths))} tokens")
     speed = stage("throughput", lambda: throughput_stage(variants, budget, pieces, log))
-    log(f"[3/5] pretrain {len(variants)} variants × {budget.seeds} seeds, {budget.pretrain_tokens:,} tokens each "
-        f"({budget.pretrain_steps} steps of {budget.global_batch}×{budget.seq_len}), then score the held-out split")
+    log(
+        f"[3/5] pretrain {len(variants)} variants × {budget.seeds} seeds, {budget.pretrain_tokens:,} tokens each "
+        f"({budget.pretrain_steps} steps of {budget.global_batch}×{budget.seq_len}), then score the held-out split"
+    )
     pretrained = stage("pretrain", lambda: pretrain_stage(variants, budget, data, work, pieces, log))
-    log(f"[4/5] fine-tune on {', '.join(f'{k} ({v} rows)' for k, v in budget.tasks.items())}, "
-        f"{budget.finetune_epochs} epochs, with and without pretraining")
+    log(
+        f"[4/5] fine-tune on {', '.join(f'{k} ({v} rows)' for k, v in budget.tasks.items())}, "
+        f"{budget.finetune_epochs} epochs, with and without pretraining"
+    )
     tuned = stage("finetune", lambda: finetune_stage(variants, budget, pretrained, gue, work, pieces, log))
 
     log(f"[5/5] report → {out_dir}")
-    result = {"benchmark": "compare", "command": command_line(budget), "machine": report.machine(),
-              "torch_threads": torch.get_num_threads(), "device": describe(budget.device), "dtype": "fp32",
-              "budget": budget.model_dump(),
-              "variants": {v.name: {"model": v.model, "overrides": v.overrides, "views": v.views, "description": v.description,
-                                    "parameters": _parameters(v)} for v in variants},
-              "data": data, "seconds": {**seconds, "total": round(time.perf_counter() - started, 1)},
-              "reused_pieces": {"count": pieces.reused, "their_seconds": round(pieces.reused_seconds, 1)},
-              "throughput": speed, "pretrain": pretrained, "finetune": tuned}
+    result = {
+        "benchmark": "compare",
+        "command": command_line(budget),
+        "machine": report.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "device": describe(budget.device),
+        "dtype": "fp32",
+        "budget": budget.model_dump(),
+        "variants": {
+            v.name: {
+                "model": v.model,
+                "overrides": v.overrides,
+                "views": v.views,
+                "description": v.description,
+                "parameters": _parameters(v),
+            }
+            for v in variants
+        },
+        "data": data,
+        "seconds": {**seconds, "total": round(time.perf_counter() - started, 1)},
+        "reused_pieces": {"count": pieces.reused, "their_seconds": round(pieces.reused_seconds, 1)},
+        "throughput": speed,
+        "pretrain": pretrained,
+        "finetune": tuned,
+    }
     result["summary"] = compare_report.summarise(result)
     compare_report.write(result, Path(out_dir))
     return result
@@ -333,11 +448,24 @@ def throughput_stage(variants: list[Variant], budget: Budget, pieces: Pieces, lo
     for variant in variants:
         for length in budget.lengths:
             batch = max(1, budget.tokens_per_step // length)
-            row = pieces.get(f"throughput-{variant.name}-{length}",
-                             lambda: {"variant": variant.name, "length": length, "batch": batch, **throughput(variant, length, batch, budget.device)})
+            row = pieces.get(
+                f"throughput-{variant.name}-{length}",
+                lambda: {
+                    "variant": variant.name,
+                    "length": length,
+                    "batch": batch,
+                    **throughput(variant, length, batch, budget.device),
+                },
+            )
             rows.append(row)
-            log(f"      {variant.name:<12} {length:>6}: " + (f"{row['tokens_per_s']:>9,.0f} tokens/s  {row['peak_mb']:>7,.0f} MB"
-                                                            if "tokens_per_s" in row else row["failed"]))
+            log(
+                f"      {variant.name:<12} {length:>6}: "
+                + (
+                    f"{row['tokens_per_s']:>9,.0f} tokens/s  {row['peak_mb']:>7,.0f} MB"
+                    if "tokens_per_s" in row
+                    else row["failed"]
+                )
+            )
     return rows
 
 
@@ -346,15 +474,20 @@ def pretrain_stage(variants: list[Variant], budget: Budget, data: dict, work: Pa
     for variant in variants:
         folder = Path(data["views" if variant.views else "nucleotide"]["path"])
         for seed in range(budget.seeds):
-            row = pieces.get(f"pretrain-{variant.name}-seed{seed}", lambda: _pretrain_and_score(variant, seed, budget, folder, work))
+            row = pieces.get(
+                f"pretrain-{variant.name}-seed{seed}", lambda: _pretrain_and_score(variant, seed, budget, folder, work)
+            )
             rows.append(row)
-            log(f"      {variant.name:<12} seed {seed}: loss {row['final_loss']:.3f}, held-out masked accuracy "
-                f"{row['masked_accuracy']:.4f} ({row['seconds']:.0f} s)")
+            log(
+                f"      {variant.name:<12} seed {seed}: loss {row['final_loss']:.3f}, held-out masked accuracy "
+                f"{row['masked_accuracy']:.4f} ({row['seconds']:.0f} s)"
+            )
     return rows
 
 
-def finetune_stage(variants: list[Variant], budget: Budget, pretrained: list[dict], gue: Path, work: Path, pieces: Pieces,
-                   log) -> list[dict]:
+def finetune_stage(
+    variants: list[Variant], budget: Budget, pretrained: list[dict], gue: Path, work: Path, pieces: Pieces, log
+) -> list[dict]:
     bundles = {(r["variant"], r["seed"]): Path(r["bundle"]) for r in pretrained}
     rows = []
     for task, limit in budget.tasks.items():
@@ -362,8 +495,12 @@ def finetune_stage(variants: list[Variant], budget: Budget, pretrained: list[dic
             for is_pretrained in (True, False):
                 for seed in range(budget.seeds):
                     tag = f"{task}-{variant.name}-{'pretrained' if is_pretrained else 'scratch'}-seed{seed}"
-                    row = pieces.get(f"finetune-{tag}", lambda: finetune_one(task, limit, variant, seed, bundles[variant.name, seed],
-                                                                               is_pretrained, budget, gue, work))
+                    row = pieces.get(
+                        f"finetune-{tag}",
+                        lambda: finetune_one(
+                            task, limit, variant, seed, bundles[variant.name, seed], is_pretrained, budget, gue, work
+                        ),
+                    )
                     rows.append(row)
                     log(f"      {tag}: dev MCC {row['dev_mcc']:.4f} ({row['seconds']:.0f} s)")
     return rows
@@ -382,11 +519,15 @@ def _parameters(variant: Variant) -> int:
 
 def check_inputs(budget: Budget, gue: Path) -> None:
     if not Path(budget.genome).is_file():
-        raise CompareError(f"--genome {budget.genome}: no such file (the default, chr20, lives in ../shared/data/genomes/)")
+        raise CompareError(
+            f"--genome {budget.genome}: no such file (the default, chr20, lives in ../shared/data/genomes/)"
+        )
     for task in budget.tasks:
         for split in ("train", "dev"):
             if not (Path(gue) / task / f"{split}.csv").is_file():
-                raise CompareError(f"--gue {gue}: no {task}/{split}.csv (GUE tasks are folders of train.csv and dev.csv)")
+                raise CompareError(
+                    f"--gue {gue}: no {task}/{split}.csv (GUE tasks are folders of train.csv and dev.csv)"
+                )
 
 
 def _claim(work: Path, budget: Budget) -> None:
@@ -397,8 +538,10 @@ def _claim(work: Path, budget: Budget) -> None:
         had = json.loads(path.read_text())
         if had != wanted:
             changed = sorted(k for k in wanted.keys() | had.keys() if had.get(k) != wanted.get(k))
-            raise CompareError(f"{work} holds a comparison with another budget ({', '.join(changed)} differ); "
-                               f"use a new --work folder or delete it")
+            raise CompareError(
+                f"{work} holds a comparison with another budget ({', '.join(changed)} differ); "
+                f"use a new --work folder or delete it"
+            )
         return
     work.mkdir(parents=True, exist_ok=True)
     tmp = work / ".budget.json.tmp"
@@ -411,12 +554,26 @@ def command_line(budget: Budget) -> str:
     parts = ["dnalm bench compare"]
     if Path(budget.genome) != CHR20:
         parts.append(f"--genome {budget.genome}")
-    flags = {"variants": ",".join(budget.variants), "seeds": budget.seeds, "pretrain-tokens": budget.pretrain_tokens,
-             "seq-len": budget.seq_len, "processes": budget.processes, "lengths": ",".join(map(str, budget.lengths)),
-             "tasks": ",".join(f"{k}={v}" for k, v in budget.tasks.items()), "epochs": budget.finetune_epochs}
-    defaults = {"variants": ",".join(default.variants), "seeds": default.seeds, "pretrain-tokens": default.pretrain_tokens,
-                "seq-len": default.seq_len, "processes": default.processes, "lengths": ",".join(map(str, default.lengths)),
-                "tasks": ",".join(f"{k}={v}" for k, v in default.tasks.items()), "epochs": default.finetune_epochs}
+    flags = {
+        "variants": ",".join(budget.variants),
+        "seeds": budget.seeds,
+        "pretrain-tokens": budget.pretrain_tokens,
+        "seq-len": budget.seq_len,
+        "processes": budget.processes,
+        "lengths": ",".join(map(str, budget.lengths)),
+        "tasks": ",".join(f"{k}={v}" for k, v in budget.tasks.items()),
+        "epochs": budget.finetune_epochs,
+    }
+    defaults = {
+        "variants": ",".join(default.variants),
+        "seeds": default.seeds,
+        "pretrain-tokens": default.pretrain_tokens,
+        "seq-len": default.seq_len,
+        "processes": default.processes,
+        "lengths": ",".join(map(str, default.lengths)),
+        "tasks": ",".join(f"{k}={v}" for k, v in default.tasks.items()),
+        "epochs": default.finetune_epochs,
+    }
     parts += [f"--{k} {v}" for k, v in flags.items() if v != defaults[k]]
     return " ".join(parts)
 

@@ -10,8 +10,13 @@ from dnalm.bench import report
 from dnalm.utils.plots import pyplot
 
 # 5-mer logistic regression on GUE dev (../shared/data/README.md): what a k-mer count alone reaches
-KMER_BASELINE_DEV_MCC = {"prom_core_all": 0.557, "prom_core_notata": 0.599, "prom_core_tata": 0.468, "prom_300_tata": 0.454,
-                         "tf0": 0.553}
+KMER_BASELINE_DEV_MCC = {
+    "prom_core_all": 0.557,
+    "prom_core_notata": 0.599,
+    "prom_core_tata": 0.468,
+    "prom_300_tata": 0.454,
+    "tf0": 0.553,
+}
 
 
 def _stats(values) -> dict:
@@ -21,10 +26,21 @@ def _stats(values) -> dict:
 
 def summarise(result: dict) -> dict:
     variants = list(result["variants"])
-    pretrain = {v: {key: _stats(r[key] for r in result["pretrain"] if r["variant"] == v)
-                    for key in ("masked_accuracy", "masked_loss", "final_loss", "seconds")} for v in variants}
-    speed = {v: {str(r["length"]): {k: r.get(k) for k in ("batch", "tokens_per_s", "peak_mb", "failed") if k in r}
-                 for r in result["throughput"] if r["variant"] == v} for v in variants}
+    pretrain = {
+        v: {
+            key: _stats(r[key] for r in result["pretrain"] if r["variant"] == v)
+            for key in ("masked_accuracy", "masked_loss", "final_loss", "seconds")
+        }
+        for v in variants
+    }
+    speed = {
+        v: {
+            str(r["length"]): {k: r.get(k) for k in ("batch", "tokens_per_s", "peak_mb", "failed") if k in r}
+            for r in result["throughput"]
+            if r["variant"] == v
+        }
+        for v in variants
+    }
     tuned = {}
     for task in result["budget"]["tasks"]:
         tuned[task] = {}
@@ -43,38 +59,62 @@ def _pm(stats: dict, digits: int = 4) -> str:
 def markdown(result: dict) -> str:
     summary, budget = result["summary"], result["budget"]
     seeds = budget["seeds"]
-    lines = [f"Command: `{result['command']}`  ",
-             f"Machine: {result['machine']['cpu']}, {result['machine']['cores_available']} cores, "
-             f"{result['torch_threads']} torch threads; measured on {report.device_label(result)}, {result['machine']['date']}  ",
-             f"Wall time: {result['seconds']['total'] / 60:.1f} min "
-             f"({', '.join(f'{k} {v / 60:.1f}' for k, v in result['seconds'].items() if k != 'total')} min)"
-             + _resumed(result.get("reused_pieces")), "",
-             f"Pretraining (masked LM), {budget['pretrain_tokens']:,} tokens per run ({result['pretrain'][0]['steps']} steps of "
-             f"{budget['micro_batch'] * budget['processes']}×{budget['seq_len']}), {seeds} seeds, DeepSpeed ZeRO-2 on "
-             f"{budget['processes']} processes; held-out accuracy on {budget['eval_windows']} validation windows, "
-             f"nucleotide tokens only, mean ± std over seeds:", "",
-             "| variant | parameters | held-out masked-base accuracy | held-out loss (nats/base) | final train loss | pretrain seconds |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"Command: `{result['command']}`  ",
+        f"Machine: {result['machine']['cpu']}, {result['machine']['cores_available']} cores, "
+        f"{result['torch_threads']} torch threads; measured on {report.device_label(result)}, "
+        f"{result['machine']['date']}  ",
+        f"Wall time: {result['seconds']['total'] / 60:.1f} min "
+        f"({', '.join(f'{k} {v / 60:.1f}' for k, v in result['seconds'].items() if k != 'total')} min)"
+        + _resumed(result.get("reused_pieces")),
+        "",
+        f"Pretraining (masked LM), {budget['pretrain_tokens']:,} tokens per run ({result['pretrain'][0]['steps']} "
+        "steps of "
+        f"{budget['micro_batch'] * budget['processes']}×{budget['seq_len']}), {seeds} seeds, DeepSpeed ZeRO-2 on "
+        f"{budget['processes']} processes; held-out accuracy on {budget['eval_windows']} validation windows, "
+        f"nucleotide tokens only, mean ± std over seeds:",
+        "",
+        "| variant | parameters | held-out masked-base accuracy | held-out loss (nats/base) | final train loss | "
+        "pretrain seconds |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for name, row in summary["pretrain"].items():
-        lines.append(f"| {name} ({result['variants'][name]['description']}) | {result['variants'][name]['parameters']:,} | "
-                     f"{_pm(row['masked_accuracy'])} | {_pm(row['masked_loss'], 3)} | {_pm(row['final_loss'], 3)} | "
-                     f"{row['seconds']['mean']:.0f} |")
+        lines.append(
+            f"| {name} ({result['variants'][name]['description']}) | {result['variants'][name]['parameters']:,} | "
+            f"{_pm(row['masked_accuracy'])} | {_pm(row['masked_loss'], 3)} | {_pm(row['final_loss'], 3)} | "
+            f"{row['seconds']['mean']:.0f} |"
+        )
     lengths = [str(x) for x in budget["lengths"]]
-    lines += ["", f"Training step (forward, backward, AdamW) in a fresh process, {budget['tokens_per_step']:,} tokens per step "
-                  f"(batch × length); peak memory is the process's peak resident set above its start:", "",
-              "| variant | " + " | ".join(f"tokens/s @ {n}" for n in lengths) + " | " +
-              " | ".join(f"peak MB @ {n}" for n in lengths) + " |",
-              "| --- | " + " | ".join("---:" for _ in range(2 * len(lengths))) + " |"]
+    lines += [
+        "",
+        f"Training step (forward, backward, AdamW) in a fresh process, {budget['tokens_per_step']:,} tokens per step "
+        f"(batch × length); peak memory is the process's peak resident set above its start:",
+        "",
+        "| variant | "
+        + " | ".join(f"tokens/s @ {n}" for n in lengths)
+        + " | "
+        + " | ".join(f"peak MB @ {n}" for n in lengths)
+        + " |",
+        "| --- | " + " | ".join("---:" for _ in range(2 * len(lengths))) + " |",
+    ]
     for name, row in summary["throughput"].items():
-        rate = [f"{row[n]['tokens_per_s']:,.0f}" if "tokens_per_s" in row.get(n, {}) else row.get(n, {}).get("failed", "—")
-                for n in lengths]
+        rate = [
+            f"{row[n]['tokens_per_s']:,.0f}" if "tokens_per_s" in row.get(n, {}) else row.get(n, {}).get("failed", "—")
+            for n in lengths
+        ]
         memory = [f"{row[n]['peak_mb']:,.0f}" if "peak_mb" in row.get(n, {}) else "—" for n in lengths]
         lines.append(f"| {name} | " + " | ".join(rate + memory) + " |")
     for task, table in summary["finetune_dev_mcc"].items():
-        lines += ["", f"Fine-tuning on GUE `{task}` ({budget['tasks'][task]:,} training rows, {budget['finetune_epochs']} epochs, "
-                      f"lr {budget['finetune_lr']}), dev MCC, mean ± std over {seeds} seeds "
-                      f"(5-mer logistic regression on dev: {KMER_BASELINE_DEV_MCC.get(task, float('nan')):.3f}):", "",
-                  "| variant | pretrained | from scratch | gain |", "| --- | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            f"Fine-tuning on GUE `{task}` ({budget['tasks'][task]:,} training rows, {budget['finetune_epochs']} "
+            "epochs, "
+            f"lr {budget['finetune_lr']}), dev MCC, mean ± std over {seeds} seeds "
+            f"(5-mer logistic regression on dev: {KMER_BASELINE_DEV_MCC.get(task, float('nan')):.3f}):",
+            "",
+            "| variant | pretrained | from scratch | gain |",
+            "| --- | ---: | ---: | ---: |",
+        ]
         for name, row in table.items():
             lines.append(f"| {name} | {_pm(row['pretrained'])} | {_pm(row['scratch'])} | {row['gain']:+.4f} |")
     return "\n".join(lines) + "\n"
@@ -83,8 +123,10 @@ def markdown(result: dict) -> str:
 def _resumed(reused: dict | None) -> str:
     if not reused or not reused["count"]:
         return ""
-    return (f"; resumed: {reused['count']} finished pieces came from an earlier invocation "
-            f"(their own recorded time: {reused['their_seconds'] / 60:.1f} min, not counted above)")
+    return (
+        f"; resumed: {reused['count']} finished pieces came from an earlier invocation "
+        f"(their own recorded time: {reused['their_seconds'] / 60:.1f} min, not counted above)"
+    )
 
 
 def write(result: dict, out_dir: Path) -> None:
@@ -110,10 +152,23 @@ def _plot_curves(result: dict, out_dir: Path) -> None:
         color = f"C{i}"
         for j, row in enumerate(r for r in result["pretrain"] if r["variant"] == name):
             label = name if j == 0 else None
-            train_ax.plot([p["tokens_seen"] for p in row["curve"]], [p["loss"] for p in row["curve"]], color=color,
-                          alpha=0.75, linewidth=1, label=label)
-            val_ax.plot([p["tokens_seen"] for p in row["val_curve"]], [p["val_loss"] for p in row["val_curve"]], "o-",
-                        color=color, alpha=0.75, markersize=3, label=label)
+            train_ax.plot(
+                [p["tokens_seen"] for p in row["curve"]],
+                [p["loss"] for p in row["curve"]],
+                color=color,
+                alpha=0.75,
+                linewidth=1,
+                label=label,
+            )
+            val_ax.plot(
+                [p["tokens_seen"] for p in row["val_curve"]],
+                [p["val_loss"] for p in row["val_curve"]],
+                "o-",
+                color=color,
+                alpha=0.75,
+                markersize=3,
+                label=label,
+            )
     for ax, what in ((train_ax, "training loss (each seed)"), (val_ax, "validation loss (held-out blocks)")):
         ax.set_yscale("log")
         ax.set_xlabel("tokens seen")
@@ -141,8 +196,10 @@ def _plot_throughput(result: dict, out_dir: Path) -> None:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(_title(result, f"throughput against sequence length ({result['budget']['tokens_per_step']:,} tokens per step)"),
-                 fontsize=9)
+    fig.suptitle(
+        _title(result, f"throughput against sequence length ({result['budget']['tokens_per_step']:,} tokens per step)"),
+        fontsize=9,
+    )
     report.save_plot(fig, out_dir, "compare_throughput")
 
 
@@ -154,10 +211,23 @@ def _plot_finetune(result: dict, out_dir: Path) -> None:
         names = list(rows)
         x = np.arange(len(names))
         for offset, key, color in ((-0.2, "pretrained", "#3b7dd8"), (0.2, "scratch", "#bbbbbb")):
-            ax.bar(x + offset, [rows[n][key]["mean"] for n in names], 0.4, yerr=[rows[n][key]["std"] for n in names],
-                   color=color, capsize=3, label="pretrained" if key == "pretrained" else "from scratch")
+            ax.bar(
+                x + offset,
+                [rows[n][key]["mean"] for n in names],
+                0.4,
+                yerr=[rows[n][key]["std"] for n in names],
+                color=color,
+                capsize=3,
+                label="pretrained" if key == "pretrained" else "from scratch",
+            )
         if task in KMER_BASELINE_DEV_MCC:
-            ax.axhline(KMER_BASELINE_DEV_MCC[task], color="black", linestyle="--", linewidth=1, label="5-mer logistic regression")
+            ax.axhline(
+                KMER_BASELINE_DEV_MCC[task],
+                color="black",
+                linestyle="--",
+                linewidth=1,
+                label="5-mer logistic regression",
+            )
         ax.set_xticks(x, names, fontsize=8)
         ax.set_ylabel("dev MCC")
         ax.set_title(task, fontsize=10)

@@ -10,14 +10,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dnalm.utils.errors import TokenizerError
 from dnalm.tokenizers.base import (
-    CLS_ID, MASK_ID, NUM_SPECIAL, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID, CONFIG_FILE, Encoding, Tokenizer,
+    CLS_ID,
+    CONFIG_FILE,
+    MASK_ID,
+    NUM_SPECIAL,
+    PAD_ID,
+    SEP_ID,
+    SPECIAL_TOKENS,
+    UNK_ID,
+    Encoding,
+    Tokenizer,
 )
 from dnalm.tokenizers.bpe import BpeTokenizer, train_bpe
 from dnalm.tokenizers.kmer import KmerTokenizer
 from dnalm.tokenizers.nucleotide import NucleotideTokenizer
 from dnalm.tokenizers.views import ViewEncoding, ViewTokenizer
+from dnalm.utils.errors import TokenizerError
 
 KINDS: dict[str, type[Tokenizer]] = {
     cls.kind: cls for cls in (NucleotideTokenizer, KmerTokenizer, BpeTokenizer, ViewTokenizer)
@@ -28,7 +37,9 @@ def _kmer(*args: str) -> KmerTokenizer:
     try:
         numbers = [int(a) for a in args]
     except ValueError:
-        raise TokenizerError(f"kmer: expected kmer:K or kmer:K:STRIDE with integers, got kmer:{':'.join(args)}") from None
+        raise TokenizerError(
+            f"kmer: expected kmer:K or kmer:K:STRIDE with integers, got kmer:{':'.join(args)}"
+        ) from None
     if not 1 <= len(numbers) <= 2:
         raise TokenizerError("kmer: expected kmer:K or kmer:K:STRIDE")
     return KmerTokenizer(*numbers)
@@ -61,7 +72,9 @@ def load(spec: str | Path) -> Tokenizer:
         return load_folder(Path(text))
     name, *args = text.split(":")
     if name not in SPECS:
-        raise TokenizerError(f"unknown tokenizer '{text}': use one of nucleotide, kmer:K[:STRIDE], bpe:PATH, or a saved folder")
+        raise TokenizerError(
+            f"unknown tokenizer '{text}': use one of nucleotide, kmer:K[:STRIDE], bpe:PATH, or a saved folder"
+        )
     return SPECS[name](*args)
 
 
@@ -81,12 +94,31 @@ def load_folder(folder: Path) -> Tokenizer:
         raise TokenizerError(f"{meta_path}: unreadable tokenizer description ({exc})") from None
     tokenizer = cls.from_saved(folder, meta)
     if meta.get("fingerprint") not in (None, tokenizer.fingerprint):
-        raise TokenizerError(f"{folder}: fingerprint {tokenizer.fingerprint} does not match the saved {meta['fingerprint']} (files changed?)")
+        raise TokenizerError(
+            f"{folder}: fingerprint {tokenizer.fingerprint} does not match the saved {meta['fingerprint']} (files "
+            "changed?)"
+        )
     return tokenizer
 
 
 __all__ = [
-    "BpeTokenizer", "CLS_ID", "Encoding", "KINDS", "KmerTokenizer", "MASK_ID", "NUM_SPECIAL", "NucleotideTokenizer",
-    "PAD_ID", "SEP_ID", "SPECIAL_TOKENS", "Tokenizer", "UNK_ID", "ViewEncoding", "ViewTokenizer", "load",
-    "load_folder", "load_many", "train_bpe",
+    "BpeTokenizer",
+    "CLS_ID",
+    "Encoding",
+    "KINDS",
+    "KmerTokenizer",
+    "MASK_ID",
+    "NUM_SPECIAL",
+    "NucleotideTokenizer",
+    "PAD_ID",
+    "SEP_ID",
+    "SPECIAL_TOKENS",
+    "Tokenizer",
+    "UNK_ID",
+    "ViewEncoding",
+    "ViewTokenizer",
+    "load",
+    "load_folder",
+    "load_many",
+    "train_bpe",
 ]

@@ -11,9 +11,10 @@ import hashlib
 import json
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import numpy as np
 
@@ -49,12 +50,18 @@ def base_codes(bases: str | bytes | np.ndarray) -> np.ndarray:
     """Validate bases (A C G T N, either case) and return their codes 0–4."""
     if isinstance(bases, str):
         bases = bases.encode("ascii", errors="replace")
-    raw = np.frombuffer(bases, np.uint8) if isinstance(bases, (bytes, bytearray, memoryview)) else np.asarray(bases, np.uint8)
+    raw = (
+        np.frombuffer(bases, np.uint8)
+        if isinstance(bases, (bytes, bytearray, memoryview))
+        else np.asarray(bases, np.uint8)
+    )
     codes = BASE_CODE[raw]
     bad = codes == 255
     if bad.any():
         at = int(np.argmax(bad))
-        raise TokenizerError(f"base {at}: {chr(raw[at])!r} is not one of A, C, G, T, N (read genomes with dnalm.genome)")
+        raise TokenizerError(
+            f"base {at}: {chr(raw[at])!r} is not one of A, C, G, T, N (read genomes with dnalm.genome)"
+        )
     return codes
 
 
@@ -106,13 +113,15 @@ class Tokenizer(ABC):
 
     @classmethod
     @abstractmethod
-    def from_saved(cls, folder: Path, meta: dict) -> "Tokenizer": ...
+    def from_saved(cls, folder: Path, meta: dict) -> Tokenizer: ...
 
     @property
     def fingerprint(self) -> str:
         """Changes whenever the ids for some input would change."""
         digest = hashlib.sha256()
-        digest.update(json.dumps({"kind": self.kind, "config": self.config(), "vocab": self.vocab}, sort_keys=True).encode())
+        digest.update(
+            json.dumps({"kind": self.kind, "config": self.config(), "vocab": self.vocab}, sort_keys=True).encode()
+        )
         for name, data in sorted(self._files().items()):
             digest.update(name.encode())
             digest.update(data)
@@ -121,8 +130,14 @@ class Tokenizer(ABC):
     def save(self, folder: str | os.PathLike) -> Path:
         """Write ``tokenizer.json`` (and any extra files) into ``folder`` atomically."""
         with staged_folder(folder, TokenizerError) as staging:
-            meta = {"format_version": FORMAT_VERSION, "kind": self.kind, "name": self.name,
-                    "fingerprint": self.fingerprint, "config": self.config(), "vocab": self.vocab}
+            meta = {
+                "format_version": FORMAT_VERSION,
+                "kind": self.kind,
+                "name": self.name,
+                "fingerprint": self.fingerprint,
+                "config": self.config(),
+                "vocab": self.vocab,
+            }
             (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
             for name, data in (self._files() | self._side_files()).items():
                 (staging / name).parent.mkdir(parents=True, exist_ok=True)

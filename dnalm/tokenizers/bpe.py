@@ -19,17 +19,26 @@ import json
 import os
 import tempfile
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from dnalm import genome as genome_io
+from dnalm.tokenizers.base import (
+    N_CODE,
+    NUM_SPECIAL,
+    SPECIAL_TOKENS,
+    UNK_ID,
+    Encoding,
+    Tokenizer,
+    base_codes,
+    check_ids,
+)
 from dnalm.utils.errors import TokenizerError, validated
 from dnalm.utils.memory import peak_rss_bytes
-from dnalm.tokenizers.base import N_CODE, NUM_SPECIAL, SPECIAL_TOKENS, UNK_ID, Encoding, Tokenizer, base_codes, check_ids
 
 MODEL_FILE = "bpe.model"
 REPORT_FILE = "training_report.json"
@@ -100,7 +109,7 @@ class BpeTokenizer(Tokenizer):
         return "".join(self.vocab[i] for i in ids[ids >= NUM_SPECIAL].tolist())
 
     @classmethod
-    def from_saved(cls, folder: Path, meta: dict) -> "BpeTokenizer":
+    def from_saved(cls, folder: Path, meta: dict) -> BpeTokenizer:
         model_path = folder / MODEL_FILE
         if not model_path.is_file():
             raise TokenizerError(f"{folder}: missing {MODEL_FILE}")
@@ -139,7 +148,7 @@ class BpeTrainingConfig(BaseModel):
     seed: int = Field(0, description="seed of the chunk sampling")
 
     @classmethod
-    def checked(cls, **values) -> "BpeTrainingConfig":
+    def checked(cls, **values) -> BpeTrainingConfig:
         return validated(cls, values, TokenizerError, "bpe")
 
 
@@ -164,8 +173,13 @@ def train_bpe(
     """Train a BPE tokenizer on chunks sampled from ``genomes`` so that peak memory stays under the budget."""
     import sentencepiece as spm
 
-    settings = BpeTrainingConfig.checked(vocab_size=vocab_size, max_memory_gb=max_memory_gb, sentence_length=sentence_length,
-                                         max_n_fraction=max_n_fraction, seed=seed)
+    settings = BpeTrainingConfig.checked(
+        vocab_size=vocab_size,
+        max_memory_gb=max_memory_gb,
+        sentence_length=sentence_length,
+        max_n_fraction=max_n_fraction,
+        seed=seed,
+    )
     genomes = [genome_io.check_path(p) for p in genomes]
     lengths = {str(p): genome_io.contig_lengths(p) for p in genomes}
     total = sum(sum(per.values()) for per in lengths.values())
@@ -175,18 +189,34 @@ def train_bpe(
         corpus = Path(tmp) / "corpus.txt"
         sample = _write_corpus(genomes, lengths, fraction, sentence_length, max_n_fraction, seed, corpus, progress)
         if sample.sentences == 0:
-            raise TokenizerError("bpe: no training chunk could be drawn (every contig shorter than a few bases or mostly N)")
+            raise TokenizerError(
+                "bpe: no training chunk could be drawn (every contig shorter than a few bases or mostly N)"
+            )
         model = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
-                input=str(corpus), model_writer=model, vocab_size=vocab_size - NUM_SPECIAL, model_type="bpe",
-                character_coverage=1.0, max_sentence_length=sentence_length + 16, input_sentence_size=0,
-                add_dummy_prefix=False, remove_extra_whitespaces=False, normalization_rule_name="identity",
-                split_by_whitespace=False, bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0, minloglevel=2,
+                input=str(corpus),
+                model_writer=model,
+                vocab_size=vocab_size - NUM_SPECIAL,
+                model_type="bpe",
+                character_coverage=1.0,
+                max_sentence_length=sentence_length + 16,
+                input_sentence_size=0,
+                add_dummy_prefix=False,
+                remove_extra_whitespaces=False,
+                normalization_rule_name="identity",
+                split_by_whitespace=False,
+                bos_id=-1,
+                eos_id=-1,
+                pad_id=-1,
+                unk_id=0,
+                minloglevel=2,
                 num_threads=threads or min(4, os.cpu_count() or 1),
             )
         except RuntimeError as exc:
-            raise TokenizerError(f"bpe: sentencepiece could not train on {sample.bases:,} sampled bases: {exc}") from None
+            raise TokenizerError(
+                f"bpe: sentencepiece could not train on {sample.bases:,} sampled bases: {exc}"
+            ) from None
     report = {
         "genomes": [str(p) for p in genomes],
         "settings": settings.model_dump(),
@@ -247,8 +277,15 @@ def _write_corpus(genomes, lengths, fraction, sentence_length, max_n_fraction, s
                             bases += len(piece)
                             sample.sentences += 1
                 sample.bases += bases
-                sample.contigs.append({"genome": str(path), "contig": contig.name, "length": len(contig),
-                                       "chunks": len(starts), "sampled_bases": bases})
+                sample.contigs.append(
+                    {
+                        "genome": str(path),
+                        "contig": contig.name,
+                        "length": len(contig),
+                        "chunks": len(starts),
+                        "sampled_bases": bases,
+                    }
+                )
     return sample
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dnalm.utils.errors import TokenizerError
 from dnalm.tokenizers.base import BASES, N_CODE, NUM_SPECIAL, SPECIAL_TOKENS, Encoding, Tokenizer, base_codes, check_ids
+from dnalm.utils.errors import TokenizerError
 
 MAX_K = 8
 
@@ -90,7 +90,7 @@ class KmerTokenizer(Tokenizer):
         return np.stack([starts, starts + width], axis=1)
 
     @classmethod
-    def from_saved(cls, folder: Path, meta: dict) -> "KmerTokenizer":
+    def from_saved(cls, folder: Path, meta: dict) -> KmerTokenizer:
         return cls(**meta["config"])
 
 

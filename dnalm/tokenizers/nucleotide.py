@@ -32,5 +32,5 @@ class NucleotideTokenizer(Tokenizer):
         return self._letters[ids[ids >= NUM_SPECIAL]].tobytes().decode("ascii")
 
     @classmethod
-    def from_saved(cls, folder: Path, meta: dict) -> "NucleotideTokenizer":
+    def from_saved(cls, folder: Path, meta: dict) -> NucleotideTokenizer:
         return cls()

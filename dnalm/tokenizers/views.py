@@ -12,14 +12,24 @@ neighbour is 6 positions away, as its bases are.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
+from dnalm.tokenizers.base import (
+    CLS_ID,
+    CONFIG_FILE,
+    NUM_SPECIAL,
+    PAD_ID,
+    SEP_ID,
+    SPECIAL_TOKENS,
+    Encoding,
+    Tokenizer,
+    check_ids,
+)
 from dnalm.utils.errors import TokenizerError
-from dnalm.tokenizers.base import CLS_ID, CONFIG_FILE, NUM_SPECIAL, PAD_ID, SEP_ID, SPECIAL_TOKENS, Encoding, Tokenizer, check_ids
 
 
 @dataclass(frozen=True)
@@ -28,8 +38,12 @@ class ViewEncoding(Encoding):
     positions: np.ndarray = None
 
 
-def concatenate_views(view_ids: Sequence[np.ndarray], view_spans: Sequence[np.ndarray], id_offsets: Sequence[int],
-                      length: int | None = None):
+def concatenate_views(
+    view_ids: Sequence[np.ndarray],
+    view_spans: Sequence[np.ndarray],
+    id_offsets: Sequence[int],
+    length: int | None = None,
+):
     """Each view's own ids and base spans → ``[CLS] v0 [SEP] v1 [SEP] …`` (padded with [PAD] to ``length``):
     ids, segments, base-aligned positions."""
     n_bases = int(view_spans[0][-1, 1]) if len(view_spans[0]) else 0
@@ -75,17 +89,27 @@ class ViewTokenizer(Tokenizer):
     def _files(self) -> dict[str, bytes]:
         files = {}
         for v, t in enumerate(self.tokenizers):
-            meta = {"kind": t.kind, "name": t.name, "fingerprint": t.fingerprint, "config": t.config(), "vocab": t.vocab}
+            meta = {
+                "kind": t.kind,
+                "name": t.name,
+                "fingerprint": t.fingerprint,
+                "config": t.config(),
+                "vocab": t.vocab,
+            }
             files[f"view{v}/{CONFIG_FILE}"] = json.dumps(meta, indent=1).encode()
             files.update({f"view{v}/{name}": data for name, data in t._files().items()})
         return files
 
     def _side_files(self) -> dict[str, bytes]:
-        return {f"view{v}/{name}": data for v, t in enumerate(self.tokenizers) for name, data in t._side_files().items()}
+        return {
+            f"view{v}/{name}": data for v, t in enumerate(self.tokenizers) for name, data in t._side_files().items()
+        }
 
     def encode(self, bases) -> ViewEncoding:
         parts = [t.encode(bases) for t in self.tokenizers]
-        ids, segment_ids, positions = concatenate_views([p.ids for p in parts], [p.offsets for p in parts], self.id_offsets)
+        ids, segment_ids, positions = concatenate_views(
+            [p.ids for p in parts], [p.offsets for p in parts], self.id_offsets
+        )
         n_bases = int(parts[0].offsets[-1, 1]) if len(parts[0]) else 0
         edge = [[0, 0]], [[n_bases, n_bases]]
         offsets = np.concatenate([edge[0], *(x for p in parts for x in (p.offsets, edge[1]))]).astype(np.int64)
@@ -96,7 +120,7 @@ class ViewTokenizer(Tokenizer):
         ids = check_ids(ids, self.vocab_size)
         bounds = self.id_offsets + [self.vocab_size - NUM_SPECIAL]
         out = []
-        for v, t in enumerate(self.tokenizers):
+        for v, _t in enumerate(self.tokenizers):
             mine = ids[(ids >= NUM_SPECIAL + bounds[v]) & (ids < NUM_SPECIAL + bounds[v + 1])]
             out.append(mine - self.id_offsets[v])
         return out
@@ -109,7 +133,7 @@ class ViewTokenizer(Tokenizer):
         return decoded[0] if decoded else ""
 
     @classmethod
-    def from_saved(cls, folder: Path, meta: dict) -> "ViewTokenizer":
+    def from_saved(cls, folder: Path, meta: dict) -> ViewTokenizer:
         from dnalm.tokenizers import load_folder
 
         return cls([load_folder(folder / f"view{v}") for v in range(len(meta["config"]["views"]))])

@@ -10,11 +10,18 @@ import time
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="an experiment YAML (configs/train/*.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.lr=3e-4 budget.steps=100")
-    parser.add_argument("--resume", default="auto", help="auto (newest complete checkpoint, default), none, or a checkpoint folder")
-    parser.add_argument("--verbose", action="store_true", help="keep DeepSpeed's and torch's own messages (silenced by "
-                                                                 "default)")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.lr=3e-4 budget.steps=100"
+    )
+    parser.add_argument(
+        "--resume", default="auto", help="auto (newest complete checkpoint, default), none, or a checkpoint folder"
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="keep DeepSpeed's and torch's own messages (silenced by default)"
+    )
+    parser.add_argument(
+        "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS
+    )  # set by the deepspeed launcher
 
 
 def run_from_args(args) -> dict:
@@ -43,7 +50,9 @@ def main(argv=None) -> int:
             return 1
         print(f"dnalm: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # Ctrl-C reaches every rank of the terminal's process group: one line, not a traceback each
+    except (
+        KeyboardInterrupt
+    ):  # Ctrl-C reaches every rank of the terminal's process group: one line, not a traceback each
         if os.environ.get("RANK", "0") == "0":
             print("dnalm: interrupted", file=sys.stderr)
         return 130

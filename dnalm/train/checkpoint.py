@@ -26,11 +26,11 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import uuid
 import random
 import re
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +74,7 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
 def decide_resume(run_dir: Path, resume: str | None) -> tuple[Path | None, Path | None]:
     """Collective: rank 0 resolves ``resume`` (``find_resume``) and sets newer checkpoints aside; every rank gets
     (its choice, the folder the newer ones went to). A refusal is raised on every rank."""
+
     def choose():
         chosen = find_resume(run_dir, resume)
         aside = set_aside_newer(run_dir, step_of(chosen) if chosen is not None else 0)
@@ -109,9 +110,11 @@ def check_same_checkpoint(loaded: list[dict]) -> None:
     """Every rank's ``identity`` (in rank order) must be rank 0's; a disagreement is named with both."""
     for rank, other in enumerate(loaded):
         if other != loaded[0]:
-            raise CheckpointError(f"rank {rank} loaded step {other['step']} (checkpoint {other['id']}) but rank 0 "
-                                  f"loaded step {loaded[0]['step']} (checkpoint {loaded[0]['id']}); stopping before "
-                                  "the ranks train on different states. Check that every node sees the same run folder")
+            raise CheckpointError(
+                f"rank {rank} loaded step {other['step']} (checkpoint {other['id']}) but rank 0 "
+                f"loaded step {loaded[0]['step']} (checkpoint {loaded[0]['id']}); stopping before "
+                "the ranks train on different states. Check that every node sees the same run folder"
+            )
 
 
 def verify_loaded(checkpoint: Path) -> None:
@@ -145,9 +148,16 @@ def rng_state() -> dict:
     numbers and tensors, so that ``torch.load(weights_only=True)`` reads it back."""
     version, internal, gauss = random.getstate()
     _, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": [version, list(internal), gauss], "torch": torch.get_rng_state(),
-             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                       "cached_gaussian": float(cached)}}
+    state = {
+        "python": [version, list(internal), gauss],
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()  # the current device: each rank drives one GPU
     return state
@@ -157,8 +167,9 @@ def restore_rng(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     numpy = state["numpy"]
-    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
-                         numpy["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"], numpy["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -174,8 +185,9 @@ def save(engine, run_dir: Path, step: int, meta: dict, files: dict[str, Path | s
         tmp.mkdir(parents=True)
     dist.barrier()
     faults.strike("save.begun", step, rank)
-    engine.save_checkpoint(str(tmp), tag=TAG, client_state={"step": step, "universal_checkpoint_info": {}},
-                           save_latest=False)
+    engine.save_checkpoint(
+        str(tmp), tag=TAG, client_state={"step": step, "universal_checkpoint_info": {}}, save_latest=False
+    )
     torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
     _sync_own_files(tmp, rank)
     faults.strike("save.written", step, rank)
@@ -187,7 +199,9 @@ def save(engine, run_dir: Path, step: int, meta: dict, files: dict[str, Path | s
         for name, source in files.items():
             source = Path(source)
             (shutil.copytree if source.is_dir() else shutil.copy2)(source, tmp / name)
-        (tmp / META).write_text(json.dumps(meta | {"step": step, "world_size": world, "id": uuid.uuid4().hex}, indent=1))
+        (tmp / META).write_text(
+            json.dumps(meta | {"step": step, "world_size": world, "id": uuid.uuid4().hex}, indent=1)
+        )
         faults.strike("save.gathered", step, rank)
         fsync_tree(tmp)  # the data of every file first: a marker must never outlive what it vouches for
         write_atomic(tmp / MARKER, json.dumps({"step": step, "world_size": world}))
@@ -259,10 +273,12 @@ def check_data(checkpoint: Path, data_path: str, fingerprint: str, allow_changed
     if saved.get("plan_fingerprint") == fingerprint:
         return True
     if not allow_changed:
-        raise CheckpointError(f"{checkpoint}: was trained on data plan {saved.get('plan_fingerprint', '(not recorded)')} "
-                              f"({saved.get('path', 'unknown folder')}), but data.path {data_path} has plan {fingerprint}; "
-                              "its stream position would not mean the same samples. Use the original data folder, or "
-                              "override data.allow_changed=true to restart the data stream at epoch 0")
+        raise CheckpointError(
+            f"{checkpoint}: was trained on data plan {saved.get('plan_fingerprint', '(not recorded)')} "
+            f"({saved.get('path', 'unknown folder')}), but data.path {data_path} has plan {fingerprint}; "
+            "its stream position would not mean the same samples. Use the original data folder, or "
+            "override data.allow_changed=true to restart the data stream at epoch 0"
+        )
     return False
 
 
@@ -280,14 +296,22 @@ def check_model(checkpoint: Path, model_config) -> None:
         return {name: tuple(p.shape) for name, p in build_model(config, device="meta").named_parameters()}
 
     if shapes(saved_config) != shapes(model_config):
-        raise CheckpointError(f"{checkpoint}: holds {_describe(saved_config)}, but this run builds "
-                              f"{_describe(model_config)}; resume it with the config it was trained with, or start this "
-                              "one afresh (--resume none, or another run_dir)")
+        raise CheckpointError(
+            f"{checkpoint}: holds {_describe(saved_config)}, but this run builds "
+            f"{_describe(model_config)}; resume it with the config it was trained with, or start this "
+            "one afresh (--resume none, or another run_dir)"
+        )
 
 
 def _describe(config) -> str:
-    return (f"{config.name} (an {config.arch}, d_model {config.d_model}, {config.n_layers} layers, vocabulary "
-            f"{config.vocab_size})").replace("an decoder", "a decoder").replace("an cnn", "a cnn")
+    return (
+        (
+            f"{config.name} (an {config.arch}, d_model {config.d_model}, {config.n_layers} layers, vocabulary "
+            f"{config.vocab_size})"
+        )
+        .replace("an decoder", "a decoder")
+        .replace("an cnn", "a cnn")
+    )
 
 
 def _base_optimizer(engine):
@@ -301,22 +325,30 @@ def place_steps(optimizer: torch.optim.Optimizer) -> None:
     a CPU scalar. DeepSpeed's universal load leaves them on the CPU, shared between parameters."""
     from torch.optim.optimizer import _get_scalar_dtype
 
-    # every state, not only the groups' current params: ZeRO-3 swaps each sub-group's partition into its group to step it
+    # every state, not only the groups' current params: ZeRO-3 swaps each sub-group's partition into its group to step
+    # it
     group_of = {id(param): group for group in optimizer.param_groups for param in group["params"]}
     for param, state in optimizer.state.items():
         group = group_of.get(id(param), optimizer.param_groups[0])
         if torch.is_tensor(state.get("step")):
-            state["step"] = state["step"].detach().to(
-                device=param.device if group.get("fused") or group.get("capturable") else "cpu",
-                dtype=_get_scalar_dtype(is_fused=bool(group.get("fused"))), copy=True)
+            state["step"] = (
+                state["step"]
+                .detach()
+                .to(
+                    device=param.device if group.get("fused") or group.get("capturable") else "cpu",
+                    dtype=_get_scalar_dtype(is_fused=bool(group.get("fused"))),
+                    copy=True,
+                )
+            )
 
 
 def load(engine, checkpoint: Path, universal: bool) -> None:
     tag = UNIVERSAL_TAG if universal else TAG
     groups = _base_optimizer(engine).param_groups
     decay = [group["weight_decay"] for group in groups]
-    path, _ = engine.load_checkpoint(str(checkpoint), tag=tag, load_module_strict=True, load_optimizer_states=True,
-                                     load_lr_scheduler_states=True)
+    path, _ = engine.load_checkpoint(
+        str(checkpoint), tag=tag, load_module_strict=True, load_optimizer_states=True, load_lr_scheduler_states=True
+    )
     if path is None:
         raise CheckpointError(f"{checkpoint}: DeepSpeed found no state under tag '{tag}'")
     # DeepSpeed 0.19.8's ZeRO-3 universal load (stage3.load_hp_checkpoint_state_from_checkpoint_dir_stage3) copies the
@@ -332,5 +364,7 @@ def load(engine, checkpoint: Path, universal: bool) -> None:
         try:
             restore_rng(torch.load(rank_file, weights_only=True))
         except pickle.UnpicklingError:
-            raise CheckpointError(f"{rank_file}: not loadable with weights_only=True (saved by an older dnalm, "
-                                  "or not by dnalm); resume it with the dnalm that wrote it") from None
+            raise CheckpointError(
+                f"{rank_file}: not loadable with weights_only=True (saved by an older dnalm, "
+                "or not by dnalm); resume it with the dnalm that wrote it"
+            ) from None

@@ -30,12 +30,25 @@ class _Section(BaseModel):
 class ModelSection(_Section):
     name: str = Field("encoder-small", description="a named size or a path to a model YAML")
     overrides: dict = Field(default_factory=dict, description="ModelConfig fields to change (attention, positions, …)")
-    init_from: str | None = Field(None, description="a bundle (dnalm convert) to continue pretraining from: its "
-                                                    "architecture and weights replace `name`")
+    init_from: str | None = Field(
+        None,
+        description="a bundle (dnalm convert) to continue pretraining from: its "
+        "architecture and weights replace `name`",
+    )
 
 
-UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
-         "TIB": 2**40}
+UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 
 def byte_count(value):
@@ -54,48 +67,96 @@ def compile_mode(value):
 
 
 class DataSection(_Section):
-    path: str = Field(description="a folder made by `dnalm prep`, or one in object storage: s3://bucket/prefix, "
-                                  "http(s)://host/prefix")
+    path: str = Field(
+        description="a folder made by `dnalm prep`, or one in object storage: s3://bucket/prefix, http(s)://host/prefix"
+    )
     train_split: str = Field("train", description="the split the stream trains on")
     val_split: str = Field("val", description="the held-out split `eval` scores (skipped when smaller than a step)")
     shuffle: bool = Field(True, description="each epoch a pseudo-random order of the whole split (False: genome order)")
     order: Literal["global", "blocks"] | None = Field(
-        None, description="global: a permutation of every sample (each rank reads from every shard); blocks: partitions "
-                          "of shards shuffled in blocks, a rank reads ~1/W of the shards and opens each about once an "
-                          "epoch. Default: global for one process on a local path, blocks for several ranks and for "
-                          "s3:// and http(s)://")
-    partitions: int | None = Field(None, ge=1, description="blocks order: partitions of the shards (default: a multiple "
-                                   "of the data-parallel world, up to 64, about 10 shards each); a multiple of every world "
-                                   "size the run may resume at keeps each rank's share disjoint")
-    block_size: int | None = Field(None, ge=1, description="blocks order: samples shuffled together (default: ≥ 8 Mb of "
-                                   "sequence per sample a partition gives each step, ≥ one shard)")
-    cache_dir: str | None = Field(None, description="remote sources: the node-local shard cache, shared by the node's "
-                                  "ranks and workers; its filesystem must allow flock (default $DNALM_CACHE or "
-                                  "$DNALM_CACHE_DIR, else $TMPDIR/dnalm-cache-$USER, else /tmp/dnalm-cache-$USER; never "
-                                  "the home directory)")
+        None,
+        description="global: a permutation of every sample (each rank reads from every shard); blocks: partitions "
+        "of shards shuffled in blocks, a rank reads ~1/W of the shards and opens each about once an "
+        "epoch. Default: global for one process on a local path, blocks for several ranks and for "
+        "s3:// and http(s)://",
+    )
+    partitions: int | None = Field(
+        None,
+        ge=1,
+        description="blocks order: partitions of the shards (default: a multiple "
+        "of the data-parallel world, up to 64, about 10 shards each); a multiple of every world "
+        "size the run may resume at keeps each rank's share disjoint",
+    )
+    block_size: int | None = Field(
+        None,
+        ge=1,
+        description="blocks order: samples shuffled together (default: ≥ 8 Mb of "
+        "sequence per sample a partition gives each step, ≥ one shard)",
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="remote sources: the node-local shard cache, shared by the node's "
+        "ranks and workers; its filesystem must allow flock (default $DNALM_CACHE or "
+        "$DNALM_CACHE_DIR, else $TMPDIR/dnalm-cache-$USER, else /tmp/dnalm-cache-$USER; never "
+        "the home directory)",
+    )
     cache_limit: Annotated[int | None, BeforeValidator(byte_count)] = Field(
-        None, ge=1, description="remote sources: bytes the node's cache may hold, e.g. 200000000000 or 200GB (least "
-                                "recently used shards evicted first; none: no limit); must hold local ranks × num_workers "
-                                "× (prefetch_shards + 2) of the largest shards")
-    prefetch_shards: int = Field(4, ge=0, description="remote sources: shards downloaded ahead of the reader, in "
-                                 "parallel (default 4)")
-    retries: int = Field(5, ge=0, description="remote sources: attempts after a failed request, with exponential backoff")
-    retry_wait_s: float = Field(0.5, gt=0, description="remote sources: the first wait before a retry (doubled each time)")
-    max_open_shards: int = Field(64, ge=1, description="shard files each DataLoader worker keeps open (least recently "
-                                 "used closed first; in the blocks order a closing shard first reads what its current "
-                                 "blocks still need)")
-    reverse_complement: bool = Field(False, description="read half the windows (seeded by position) on the reverse "
-                                     "strand, instead of doubling the shards at prep")
+        None,
+        ge=1,
+        description="remote sources: bytes the node's cache may hold, e.g. 200000000000 or 200GB (least "
+        "recently used shards evicted first; none: no limit); must hold local ranks × num_workers "
+        "× (prefetch_shards + 2) of the largest shards",
+    )
+    prefetch_shards: int = Field(
+        4, ge=0, description="remote sources: shards downloaded ahead of the reader, in parallel (default 4)"
+    )
+    retries: int = Field(
+        5, ge=0, description="remote sources: attempts after a failed request, with exponential backoff"
+    )
+    retry_wait_s: float = Field(
+        0.5, gt=0, description="remote sources: the first wait before a retry (doubled each time)"
+    )
+    max_open_shards: int = Field(
+        64,
+        ge=1,
+        description="shard files each DataLoader worker keeps open (least recently "
+        "used closed first; in the blocks order a closing shard first reads what its current "
+        "blocks still need)",
+    )
+    reverse_complement: bool = Field(
+        False,
+        description="read half the windows (seeded by position) on the reverse "
+        "strand, instead of doubling the shards at prep",
+    )
     num_workers: int = Field(1, ge=0, description="DataLoader worker processes per rank (0: read in the rank itself)")
-    on_error: Literal["raise", "skip"] = Field("raise", description="a corrupt sample or shard: stop, or read the next "
-                                               "readable sample of the epoch's order in its place (counted)")
-    allow_changed: bool = Field(False, description="resume on a data folder whose plan differs from the checkpoint's "
-                                "(the stream restarts at epoch 0); refused otherwise")
+    on_error: Literal["raise", "skip"] = Field(
+        "raise",
+        description="a corrupt sample or shard: stop, or read the next "
+        "readable sample of the epoch's order in its place (counted)",
+    )
+    allow_changed: bool = Field(
+        False,
+        description="resume on a data folder whose plan differs from the checkpoint's "
+        "(the stream restarts at epoch 0); refused otherwise",
+    )
 
     def stream_settings(self) -> dict:
         """The GenomeStream keywords these settings stand for."""
-        return self.model_dump(include={"shuffle", "order", "partitions", "block_size", "cache_dir", "cache_limit",
-                                        "prefetch_shards", "retries", "retry_wait_s", "max_open_shards", "on_error"})
+        return self.model_dump(
+            include={
+                "shuffle",
+                "order",
+                "partitions",
+                "block_size",
+                "cache_dir",
+                "cache_limit",
+                "prefetch_shards",
+                "retries",
+                "retry_wait_s",
+                "max_open_shards",
+                "on_error",
+            }
+        )
 
 
 class OptimSection(_Section):
@@ -104,7 +165,9 @@ class OptimSection(_Section):
     eps: float = Field(1e-8, description="AdamW's ε")
     weight_decay: float = Field(0.1, ge=0, description="on matrices only (not on norms, biases or embeddings)")
     warmup_steps: int = Field(100, ge=0, description="linear warm-up from lr/warmup_steps to lr")
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decay ends at lr × this, at the budget's last step")
+    min_lr_ratio: float = Field(
+        0.1, ge=0, le=1, description="cosine decay ends at lr × this, at the budget's last step"
+    )
     grad_clip: float = Field(1.0, ge=0, description="global gradient-norm clipping (0: off)")
 
 
@@ -118,7 +181,7 @@ class BudgetSection(_Section):
     tokens: int | None = Field(None, ge=1, description="tokens to train on, rounded up to whole steps (or steps)")
 
     @model_validator(mode="after")
-    def _one(self) -> "BudgetSection":
+    def _one(self) -> BudgetSection:
         if (self.steps is None) == (self.tokens is None):
             raise ValueError("give exactly one of budget.steps and budget.tokens")
         return self
@@ -131,16 +194,27 @@ class EvalSection(_Section):
 
 class CheckpointSection(_Section):
     interval: int = Field(100, ge=1, description="steps between checkpoints (and one at the end)")
-    keep_last: int = Field(3, ge=1, description="complete checkpoints kept; older ones are deleted once a newer is complete")
+    keep_last: int = Field(
+        3, ge=1, description="complete checkpoints kept; older ones are deleted once a newer is complete"
+    )
     on_signal: Literal["SIGUSR1", "SIGTERM", "none"] = Field(
-        "none", description="a signal that makes every rank save a checkpoint at the next step boundary and exit "
-                            "cleanly (schedulers send one ahead of preemption or the time limit: launch/slurm_train.sbatch "
-                            "asks for SIGUSR1); none: signals end the run at once")
-    convert_timeout_s: float = Field(4 * 3600, gt=0, description="resuming on another world size: how long the other "
-                                     "ranks wait for rank 0's conversion to a universal checkpoint (run outside any "
-                                     "collective's timeout); `dnalm checkpoint universal` converts ahead")
-    convert_workers: int | None = Field(None, ge=1, description="that conversion's extract and merge workers (default: "
-                                        "the node's cores, as many as memory holds)")
+        "none",
+        description="a signal that makes every rank save a checkpoint at the next step boundary and exit "
+        "cleanly (schedulers send one ahead of preemption or the time limit: launch/slurm_train.sbatch "
+        "asks for SIGUSR1); none: signals end the run at once",
+    )
+    convert_timeout_s: float = Field(
+        4 * 3600,
+        gt=0,
+        description="resuming on another world size: how long the other "
+        "ranks wait for rank 0's conversion to a universal checkpoint (run outside any "
+        "collective's timeout); `dnalm checkpoint universal` converts ahead",
+    )
+    convert_workers: int | None = Field(
+        None,
+        ge=1,
+        description="that conversion's extract and merge workers (default: the node's cores, as many as memory holds)",
+    )
 
 
 class ObjectiveSection(_Section):
@@ -150,8 +224,9 @@ class ObjectiveSection(_Section):
 
 
 class LoggingSection(_Section):
-    wandb: Literal["offline", "online", "disabled"] = Field("offline", description="wandb logging: offline (files "
-                                                            "under RUN/wandb, `wandb sync` later), online, or disabled")
+    wandb: Literal["offline", "online", "disabled"] = Field(
+        "offline", description="wandb logging: offline (files under RUN/wandb, `wandb sync` later), online, or disabled"
+    )
     project: str = Field("dnalm", description="the wandb project")
     run_name: str | None = Field(None, description="the wandb run's name (default: the run folder's)")
     interval: int = Field(10, ge=1, description="steps between records in metrics.jsonl and loss lines on the console")
@@ -159,21 +234,37 @@ class LoggingSection(_Section):
 
 
 class RobustSection(_Section):
-    max_consecutive_skips: int = Field(5, ge=1, description="steps in a row with a non-finite loss or gradients "
-                                       "that stop the run (the last good checkpoint stays)")
-    collective_timeout_s: int = Field(600, ge=10, description="a collective (or barrier) that waits longer fails the "
-                                      "rank instead of hanging the job (gloo and NCCL)")
-    inject_nan_at_steps: list[int] = Field(default_factory=list, description="testing: make these steps' loss NaN on rank 0")
+    max_consecutive_skips: int = Field(
+        5,
+        ge=1,
+        description="steps in a row with a non-finite loss or gradients "
+        "that stop the run (the last good checkpoint stays)",
+    )
+    collective_timeout_s: int = Field(
+        600,
+        ge=10,
+        description="a collective (or barrier) that waits longer fails the "
+        "rank instead of hanging the job (gloo and NCCL)",
+    )
+    inject_nan_at_steps: list[int] = Field(
+        default_factory=list, description="testing: make these steps' loss NaN on rank 0"
+    )
     inject_nan_micro_batch: int = Field(0, ge=0, description="testing: which micro-batch of those steps goes bad")
-    inject_inf_grad_at_steps: list[int] = Field(default_factory=list, description="testing: these steps' gradients "
-                                                "become infinite on rank 0 while the loss stays finite")
+    inject_inf_grad_at_steps: list[int] = Field(
+        default_factory=list,
+        description="testing: these steps' gradients become infinite on rank 0 while the loss stays finite",
+    )
 
 
 class ParallelSection(_Section):
-    sequence: int = Field(1, ge=1, description="sequence-parallel group size S (Ulysses): each window is split into S "
-                          "contiguous slices on S ranks, which exchange q/k/v to attend over all positions for n_heads/S "
-                          "heads; data parallelism runs over world/S groups. A speed and memory setting: results do not "
-                          "depend on it")
+    sequence: int = Field(
+        1,
+        ge=1,
+        description="sequence-parallel group size S (Ulysses): each window is split into S "
+        "contiguous slices on S ranks, which exchange q/k/v to attend over all positions for n_heads/S "
+        "heads; data parallelism runs over world/S groups. A speed and memory setting: results do not "
+        "depend on it",
+    )
 
 
 class TrainConfig(_Section):
@@ -190,15 +281,22 @@ class TrainConfig(_Section):
     robust: RobustSection = RobustSection()
     parallel: ParallelSection = ParallelSection()
     deepspeed: str = Field("zero2", description="zero1 | zero2 | zero3 | zero3-offload, or a path to a DeepSpeed JSON")
-    precision: Literal["auto", "bf16", "fp32", "fp8"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU; fp8: "
-                                                             "float8 linear layers (torchao), the rest bf16, on GPUs of "
-                                                             "compute capability 8.9+ (refused elsewhere)")
-    activation_checkpointing: bool = Field(False, description="recompute each block's activations in the backward "
-                                           "pass: less memory, about a third more compute")
+    precision: Literal["auto", "bf16", "fp32", "fp8"] = Field(
+        "auto",
+        description="auto: bf16 on GPU, fp32 on CPU; fp8: "
+        "float8 linear layers (torchao), the rest bf16, on GPUs of "
+        "compute capability 8.9+ (refused elsewhere)",
+    )
+    activation_checkpointing: bool = Field(
+        False,
+        description="recompute each block's activations in the backward pass: less memory, about a third more compute",
+    )
     compile: Annotated[Literal["none", "model", "blocks"], BeforeValidator(compile_mode)] = Field(
-        "none", description="torch.compile: none; model (DeepSpeed's engine.compile, the whole model); blocks (each "
-                            "block compiled in place, one graph all blocks reuse; embedding, head and loss eager). true "
-                            "means model. The first step pays the compilation: see `dnalm bench train` for what it gains")
+        "none",
+        description="torch.compile: none; model (DeepSpeed's engine.compile, the whole model); blocks (each "
+        "block compiled in place, one graph all blocks reuse; embedding, head and loss eager). true "
+        "means model. The first step pays the compilation: see `dnalm bench train` for what it gains",
+    )
     seed: int = Field(0, description="weights, masks and the data order are drawn from it")
 
     def to_yaml(self) -> str:
@@ -262,28 +360,41 @@ def deepspeed_config(config: TrainConfig, world_size: int, on_gpu: bool) -> dict
     groups = world_size // config.parallel.sequence
     per_step = config.batch.micro_batch * groups
     if config.batch.global_batch % per_step:
-        shares = f"{world_size} processes" if groups == world_size else \
-            f"{groups} data-parallel groups ({world_size} processes / parallel.sequence {config.parallel.sequence})"
-        raise TrainConfigError(f"batch.global_batch {config.batch.global_batch} is not a multiple of micro_batch "
-                               f"{config.batch.micro_batch} × {shares}")
+        shares = (
+            f"{world_size} processes"
+            if groups == world_size
+            else f"{groups} data-parallel groups ({world_size} processes / parallel.sequence "
+            f"{config.parallel.sequence})"
+        )
+        raise TrainConfigError(
+            f"batch.global_batch {config.batch.global_batch} is not a multiple of micro_batch "
+            f"{config.batch.micro_batch} × {shares}"
+        )
     optim = config.optim
     bf16 = config.precision in ("bf16", "fp8") or (config.precision == "auto" and on_gpu)
     # offloading from a GPU steps the host's copy with DeepSpeedCPUAdam (SIMD, compiled on first use); a CPU-only run
     # has no device to offload from, and torch's AdamW does the same step without that minute of g++
-    adam = {"lr": optim.lr, "betas": list(optim.betas), "eps": optim.eps, "weight_decay": optim.weight_decay,
-            "torch_adam": not (_offloads(ds) and on_gpu)}
+    adam = {
+        "lr": optim.lr,
+        "betas": list(optim.betas),
+        "eps": optim.eps,
+        "weight_decay": optim.weight_decay,
+        "torch_adam": not (_offloads(ds) and on_gpu),
+    }
     if on_gpu and adam["torch_adam"]:
         adam["fused"] = True  # PyTorch's fused CUDA AdamW: one kernel for all parameters
-    ds.update({
-        "train_micro_batch_size_per_gpu": config.batch.micro_batch,
-        "gradient_accumulation_steps": config.batch.global_batch // per_step,
-        "train_batch_size": config.batch.global_batch,
-        "gradient_clipping": optim.grad_clip,
-        "optimizer": {"type": "AdamW", "params": adam},
-        # bf16 weights and activations, but gradients accumulate in fp32, and a step whose gradient norm is not
-        # finite is skipped (the trainer counts it)
-        "bf16": {"enabled": bf16, "check_grad_overflow": True},
-    })
+    ds.update(
+        {
+            "train_micro_batch_size_per_gpu": config.batch.micro_batch,
+            "gradient_accumulation_steps": config.batch.global_batch // per_step,
+            "train_batch_size": config.batch.global_batch,
+            "gradient_clipping": optim.grad_clip,
+            "optimizer": {"type": "AdamW", "params": adam},
+            # bf16 weights and activations, but gradients accumulate in fp32, and a step whose gradient norm is not
+            # finite is skipped (the trainer counts it)
+            "bf16": {"enabled": bf16, "check_grad_overflow": True},
+        }
+    )
     if bf16:
         ds["data_types"] = {"grad_accum_dtype": "fp32"}
     return ds

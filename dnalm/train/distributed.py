@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from dnalm.utils.devices import bind_local_gpu
 from dnalm.train import console
 from dnalm.train.spawn import free_port
+from dnalm.utils.devices import bind_local_gpu
 
 _OWN_GROUP = False  # init_distributed made a group of one itself: no launcher to watch
 
@@ -30,7 +30,9 @@ def init_distributed(timeout_s: int = 600) -> tuple[int, int]:
     global _OWN_GROUP
     if "RANK" not in os.environ:
         _OWN_GROUP = True
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+        os.environ.update(
+            RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
+        )
     bind_local_gpu()
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -38,8 +40,9 @@ def init_distributed(timeout_s: int = 600) -> tuple[int, int]:
 
     if not dist.is_initialized():
         with console.quietly():
-            deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
-                                       timeout=timedelta(seconds=timeout_s))
+            deepspeed.init_distributed(
+                dist_backend="nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(seconds=timeout_s)
+            )
     return dist.get_rank(), dist.get_world_size()
 
 

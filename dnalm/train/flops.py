@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-SOURCE = ("NVIDIA datasheets, dense Tensor Core TFLOP/s without sparsity: H100 SXM and H200 SXM "
-          "(bf16 989, fp8 1979), H100 PCIe (bf16 756, fp8 1513), A100 (bf16 312, no fp8)")
+SOURCE = (
+    "NVIDIA datasheets, dense Tensor Core TFLOP/s without sparsity: H100 SXM and H200 SXM "
+    "(bf16 989, fp8 1979), H100 PCIe (bf16 756, fp8 1513), A100 (bf16 312, no fp8)"
+)
 
 
 @dataclass(frozen=True)
@@ -35,10 +37,13 @@ NOMINAL = {
 
 def flops_per_token(model: torch.nn.Module, config, seq_len: int) -> float:
     """6·N + 12·L·d·T for a built model (whole, or partitioned by ZeRO-3: ``ds_numel`` is a parameter's full size)."""
+
     def size(p):
         return getattr(p, "ds_numel", p.numel())
 
-    matmul_params = sum(size(p) for name, p in model.named_parameters() if not name.startswith(("embed.", "segments.", "positions.")))
+    matmul_params = sum(
+        size(p) for name, p in model.named_parameters() if not name.startswith(("embed.", "segments.", "positions."))
+    )
     if config.tie_embeddings:
         matmul_params += size(model.embed.weight)
     return 6 * matmul_params + 12 * config.n_layers * config.d_model * seq_len

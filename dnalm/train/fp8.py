@@ -25,13 +25,17 @@ class Fp8Error(DnalmError):
 def check(device: torch.device) -> None:
     """Refuse fp8 on ``device`` unless it is a CUDA GPU of compute capability ≥ 8.9 and torchao is installed."""
     if device.type != "cuda":
-        raise Fp8Error(f"precision fp8: float8 training needs an NVIDIA GPU of compute capability "
-                       f"{MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer (Ada, Hopper); this run is on {device.type}")
+        raise Fp8Error(
+            f"precision fp8: float8 training needs an NVIDIA GPU of compute capability "
+            f"{MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer (Ada, Hopper); this run is on {device.type}"
+        )
     capability = torch.cuda.get_device_capability(device)
     if capability < MIN_CAPABILITY:
-        raise Fp8Error(f"precision fp8: {torch.cuda.get_device_name(device)} has compute capability "
-                       f"{capability[0]}.{capability[1]}; float8 tensor cores start at "
-                       f"{MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} (Ada, Hopper): use precision bf16")
+        raise Fp8Error(
+            f"precision fp8: {torch.cuda.get_device_name(device)} has compute capability "
+            f"{capability[0]}.{capability[1]}; float8 tensor cores start at "
+            f"{MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} (Ada, Hopper): use precision bf16"
+        )
     try:
         import torchao.float8  # noqa: F401
     except ImportError:
@@ -40,8 +44,12 @@ def check(device: torch.device) -> None:
 
 def qualifies(module: torch.nn.Module, name: str) -> bool:
     """A linear layer float8 can take: both dimensions multiples of 16, and not the LM head."""
-    return isinstance(module, torch.nn.Linear) and module.in_features % 16 == 0 and module.out_features % 16 == 0 \
+    return (
+        isinstance(module, torch.nn.Linear)
+        and module.in_features % 16 == 0
+        and module.out_features % 16 == 0
         and not name.split(".")[-1].startswith("head")
+    )
 
 
 def convert(model: torch.nn.Module) -> int:

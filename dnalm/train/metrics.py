@@ -24,9 +24,15 @@ class MetricsLog:
             os.environ.setdefault("WANDB_SILENT", "true")
             import wandb
 
-            self.wandb = wandb.init(project=config.logging.project, name=config.logging.run_name or Path(run_dir).name,
-                                    dir=str(run_dir), mode=config.logging.wandb, config=json.loads(config.model_dump_json()),
-                                    resume="allow", id=_run_id(run_dir))
+            self.wandb = wandb.init(
+                project=config.logging.project,
+                name=config.logging.run_name or Path(run_dir).name,
+                dir=str(run_dir),
+                mode=config.logging.wandb,
+                config=json.loads(config.model_dump_json()),
+                resume="allow",
+                id=_run_id(run_dir),
+            )
         if sys.stderr.isatty():
             from tqdm import tqdm
 

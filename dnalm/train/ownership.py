@@ -38,7 +38,7 @@ class Owner:
     job: str | None = None  # SLURM_JOB_ID
 
     @classmethod
-    def this_process(cls) -> "Owner":
+    def this_process(cls) -> Owner:
         return cls(socket.gethostname(), os.getpid(), psutil.Process().create_time(), os.environ.get("SLURM_JOB_ID"))
 
     def describe(self) -> str:
@@ -46,7 +46,7 @@ class Owner:
         job = f", SLURM job {self.job}" if self.job else ""
         return f"pid {self.pid} on {self.host}{job}, started {since}"
 
-    def gone(self, me: "Owner") -> bool:
+    def gone(self, me: Owner) -> bool:
         """Whether this owner certainly no longer runs (seen from ``me``)."""
         if self.job and self.job == me.job:
             return True
@@ -71,9 +71,14 @@ class RunLock:
     """``acquire`` or refuse; ``release`` only removes a lock that still names this process."""
 
     def __init__(self, run_dir: Path):
-        self.run_dir, self.path, self.me, self.taken_over = Path(run_dir), Path(run_dir) / LOCK, Owner.this_process(), None
+        self.run_dir, self.path, self.me, self.taken_over = (
+            Path(run_dir),
+            Path(run_dir) / LOCK,
+            Owner.this_process(),
+            None,
+        )
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         mine = self.path.with_name(f"{LOCK}.{self.me.host}.{self.me.pid}")
         write_atomic(mine, json.dumps(asdict(self.me)))
@@ -89,7 +94,8 @@ class RunLock:
                     if not owner.gone(self.me):
                         raise RunFolderInUse(
                             f"{self.run_dir} is in use by another job ({owner.describe()}); wait for it to end or stop "
-                            f"it, or train into another run_dir. If that job is gone, delete {self.path}") from None
+                            f"it, or train into another run_dir. If that job is gone, delete {self.path}"
+                        ) from None
                     os.replace(mine, self.path)  # a stale owner: ours now
                     self.taken_over = owner
                     return self

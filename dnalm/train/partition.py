@@ -1,4 +1,5 @@
-"""Build a named model under ZeRO-3 and report what each rank holds: ``deepspeed --num_gpus 2 -m dnalm.train.partition NAME OUT``.
+"""Build a named model under ZeRO-3 and report what each rank holds: ``deepspeed --num_gpus 2 -m dnalm.train.partition
+NAME OUT``.
 
 Shows that a large model is constructed partitioned (``deepspeed.zero.Init``): each of N ranks
 holds about 1/N of the parameters and never the whole model.
@@ -24,15 +25,24 @@ def report(name: str) -> dict:
 
     from dnalm.models import build_model, get_config
 
-    ds_config = json.loads((REPO_CONFIGS / "deepspeed" / "zero3.json").read_text()) | {"train_micro_batch_size_per_gpu": 1}
+    ds_config = json.loads((REPO_CONFIGS / "deepspeed" / "zero3.json").read_text()) | {
+        "train_micro_batch_size_per_gpu": 1
+    }
     with deepspeed.zero.Init(config_dict_or_path=ds_config):
         model = build_model(get_config(name))
     params = list(model.parameters())
     held = sum(p.ds_tensor.numel() for p in params)
     total = sum(p.ds_numel for p in params)
-    return {"rank": rank, "world_size": world, "model": name, "total_parameters": total, "held_parameters": held,
-            "held_fraction": held / total, "rss_gb": psutil.Process().memory_info().rss / 1024**3,
-            "full_fp32_gb": total * 4 / 1024**3}
+    return {
+        "rank": rank,
+        "world_size": world,
+        "model": name,
+        "total_parameters": total,
+        "held_parameters": held,
+        "held_fraction": held / total,
+        "rss_gb": psutil.Process().memory_info().rss / 1024**3,
+        "full_fp32_gb": total * 4 / 1024**3,
+    }
 
 
 if __name__ == "__main__":

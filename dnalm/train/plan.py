@@ -94,13 +94,17 @@ CPU = Gpu("CPU (this host)", 0.0, 0.28, 10.0, 1.25, 1, 0.4, 0.0, host=True)
 CPU_MFU = 0.5  # assumed (docs/benchmarks/train.json: 0.58 of the measured matmul for ZeRO-2 on 2 processes)
 ASSUMED_MFU = 0.30  # where docs/benchmarks/gpu.json offers no measurement
 LEAN_TILE, LEAN_CHUNK = 1024, 4096  # the lean step the ladder proposes (dnalm bench context's tiles; chunks)
-ASSUMES = ("a GPU holds the tensors at the peak plus 2 GiB of runtime (CUDA context, NCCL, workspaces) and 5% "
-           "allocator fragmentation, both assumed; ZeRO's collectives hide behind compute when overlap_comm is on, "
-           "Ulysses' all-to-alls never; ring collectives at the link's one-way bandwidth; consecutive ranks share a "
-           "node")
-LEAVES_OUT = ("dropout masks, a hybrid's convolution stem, Performer's features (counted as dense attention), "
-              "data-loader workers (host memory), one-off peaks of initialisation and checkpoint saving; in the time, "
-              "offload's host transfers and host optimizer step")
+ASSUMES = (
+    "a GPU holds the tensors at the peak plus 2 GiB of runtime (CUDA context, NCCL, workspaces) and 5% "
+    "allocator fragmentation, both assumed; ZeRO's collectives hide behind compute when overlap_comm is on, "
+    "Ulysses' all-to-alls never; ring collectives at the link's one-way bandwidth; consecutive ranks share a "
+    "node"
+)
+LEAVES_OUT = (
+    "dropout masks, a hybrid's convolution stem, Performer's features (counted as dense attention), "
+    "data-loader workers (host memory), one-off peaks of initialisation and checkpoint saving; in the time, "
+    "offload's host transfers and host optimizer step"
+)
 
 
 def gpu_spec(name: str, ranks: int = 1) -> Gpu:
@@ -165,14 +169,25 @@ def setup_from(config: TrainConfig, model: ModelConfig, seq_len: int, world: int
     zero = ds.get("zero_optimization", {})
     stage = zero_stage(ds)
     return Setup(
-        model=model, seq_len=seq_len, micro_batch=config.batch.micro_batch, global_batch=config.batch.global_batch,
-        world=world, sequence=config.parallel.sequence, stage=stage, weight_bytes=2 if ds["bf16"]["enabled"] else 4,
-        recompute=model.activation_checkpointing, offload_optimizer="offload_optimizer" in zero,
-        offload_params="offload_param" in zero, overlap_comm=bool(zero.get("overlap_comm", stage == 3)),
+        model=model,
+        seq_len=seq_len,
+        micro_batch=config.batch.micro_batch,
+        global_batch=config.batch.global_batch,
+        world=world,
+        sequence=config.parallel.sequence,
+        stage=stage,
+        weight_bytes=2 if ds["bf16"]["enabled"] else 4,
+        recompute=model.activation_checkpointing,
+        offload_optimizer="offload_optimizer" in zero,
+        offload_params="offload_param" in zero,
+        overlap_comm=bool(zero.get("overlap_comm", stage == 3)),
         reduce_bucket=int(zero.get("reduce_bucket_size", 5e8)),
         prefetch_bucket=int(zero.get("stage3_prefetch_bucket_size", 5e7)),
         reuse_distance=int(zero.get("stage3_max_reuse_distance", 1e9)),
-        max_live=int(zero.get("stage3_max_live_parameters", 1e9)), on_gpu=on_gpu, deepspeed=config.deepspeed)
+        max_live=int(zero.get("stage3_max_live_parameters", 1e9)),
+        on_gpu=on_gpu,
+        deepspeed=config.deepspeed,
+    )
 
 
 @dataclass(frozen=True)
@@ -186,8 +201,12 @@ class Counts:
 
 def counts(model: ModelConfig) -> Counts:
     """The model's parameters, from its modules built on the meta device (no memory); cached by architecture."""
-    key = model.replace(activation_checkpointing=False, mlp_tile=0, loss_chunk=0,
-                        max_seq_len=model.max_seq_len if model.positions == "learned" else 8)
+    key = model.replace(
+        activation_checkpointing=False,
+        mlp_tile=0,
+        loss_chunk=0,
+        max_seq_len=model.max_seq_len if model.positions == "learned" else 8,
+    )
     return _counts(key.model_dump_json())
 
 
@@ -224,18 +243,26 @@ def model_states(s: Setup) -> list[Part]:
     share = f"1/{w} partition" if w > 1 else "whole (1 rank)"
     host = "host" if s.offload_optimizer and s.on_gpu else "device"
     if s.stage == 3:
-        weights = Part("weights", p * n / w, f"{s.precision}, {share}",
-                       "host" if s.offload_params and s.on_gpu else "device")
+        weights = Part(
+            "weights", p * n / w, f"{s.precision}, {share}", "host" if s.offload_params and s.on_gpu else "device"
+        )
     else:
         weights = Part("weights", p * n, f"{s.precision}, whole on every rank")
     whole = s.stage <= 1
-    parts = [weights,
-             Part("gradients", 4 * n if whole else 4 * n / w, f"fp32, {'whole' if whole else share}", host),
-             Part("optimizer states", 12 * n / w, f"fp32 master copy + AdamW's m and v, {share}", host)]
+    parts = [
+        weights,
+        Part("gradients", 4 * n if whole else 4 * n / w, f"fp32, {'whole' if whole else share}", host),
+        Part("optimizer states", 12 * n / w, f"fp32 master copy + AdamW's m and v, {share}", host),
+    ]
     if s.stage == 3:
         elements = s.reduce_bucket if s.on_gpu else min(s.reduce_bucket, n)
-        parts.append(Part("ZeRO-3 gradient bucket", elements * p, f"{s.reduce_bucket:,} elements"
-                          + ("" if s.on_gpu else ", the pages written")))
+        parts.append(
+            Part(
+                "ZeRO-3 gradient bucket",
+                elements * p,
+                f"{s.reduce_bucket:,} elements" + ("" if s.on_gpu else ", the pages written"),
+            )
+        )
     return parts
 
 
@@ -244,8 +271,9 @@ def zero2_buckets(s: Setup) -> Part | None:
     if s.stage != 2 or not s.on_gpu:
         return None
     copies = 2 if s.overlap_comm else 1
-    return Part("ZeRO-2 gradient buckets", copies * s.reduce_bucket * s.weight_bytes,
-                f"{copies} × {s.reduce_bucket:,} elements")
+    return Part(
+        "ZeRO-2 gradient buckets", copies * s.reduce_bucket * s.weight_bytes, f"{copies} × {s.reduce_bucket:,} elements"
+    )
 
 
 def zero3_gathered(s: Setup) -> Part | None:
@@ -265,8 +293,11 @@ def zero3_gathered(s: Setup) -> Part | None:
         kept += c.lookups
     kept = min(max(kept, c.block), c.parameters, s.max_live)  # at least the layer at work
     prefetch = min(s.prefetch_bucket, c.parameters)
-    return Part("gathered weights (ZeRO-3)", (kept + prefetch) * s.weight_bytes,
-                f"{kept / c.parameters:.0%} of the weights kept whole for their backward, and the prefetch")
+    return Part(
+        "gathered weights (ZeRO-3)",
+        (kept + prefetch) * s.weight_bytes,
+        f"{kept / c.parameters:.0%} of the weights kept whole for their backward, and the prefetch",
+    )
 
 
 def per_token(m: ModelConfig) -> dict[str, int]:
@@ -274,8 +305,14 @@ def per_token(m: ModelConfig) -> dict[str, int]:
     d, h = m.d_model, m.hidden
     norm = d if m.norm == "rmsnorm" else 0  # torch's RMSNorm keeps its normalised input beside its output
     rope = m.head_dim if m.positions == "rope" else 0  # RoPE's cos and sin
-    return {"attention": 8 * d + norm + rope, "mlp": d + norm + (4 * h if m.mlp == "swiglu" else 2 * h),
-            "in_flight": d, "mlp_in_flight": 3 * d, "final": 2 * d, "exchange": 6 * d}
+    return {
+        "attention": 8 * d + norm + rope,
+        "mlp": d + norm + (4 * h if m.mlp == "swiglu" else 2 * h),
+        "in_flight": d,
+        "mlp_in_flight": 3 * d,
+        "final": 2 * d,
+        "exchange": 6 * d,
+    }
 
 
 @dataclass(frozen=True)
@@ -293,15 +330,16 @@ def activations(s: Setup) -> Activations:
     e = per_token(m)
     slice_length = s.seq_len // s.sequence
     tile = rows * m.mlp_tile if 0 < m.mlp_tile < slice_length else tokens  # tokens the MLP works on at once
-    scores = 2 * rows * (m.n_heads // s.sequence) * s.seq_len ** 2 if m.attention == "eager" else 0  # (T, T) twice
+    scores = 2 * rows * (m.n_heads // s.sequence) * s.seq_len**2 if m.attention == "eager" else 0  # (T, T) twice
     block_kept = tokens * e["attention"] + scores + (tokens * e["mlp"] if tile == tokens else 0)
     tile_work = tile * e["mlp"] if tile != tokens else 0  # one tile rebuilt in the backward
     in_flight = tokens * e["in_flight"] + tile * e["mlp_in_flight"]
     final = tokens * e["final"]
     kept_plain = m.n_layers * block_kept + final
     kept_recompute = m.n_layers * tokens * m.d_model + final
-    kept, block = ((kept_recompute, block_kept + tile_work + in_flight) if s.recompute
-                   else (kept_plain, tile_work + in_flight))
+    kept, block = (
+        (kept_recompute, block_kept + tile_work + in_flight) if s.recompute else (kept_plain, tile_work + in_flight)
+    )
     exchange = tokens * e["exchange"] if s.sequence > 1 else 0
     chunk = rows * m.loss_chunk if 0 < m.loss_chunk < slice_length else tokens
     head = chunk * m.head_size * (12 if p == 4 else 14)
@@ -319,8 +357,12 @@ def moments(s: Setup) -> dict[str, list[Part]]:
         how += f"; the MLP in tiles of {m.mlp_tile}"
     if s.sequence > 1:
         how += f"; 1/{s.sequence} of the window"
-    backward = [*resident, zero2_buckets(s), zero3_gathered(s),
-                Part("activations kept for the backward", act.kept, how)]
+    backward = [
+        *resident,
+        zero2_buckets(s),
+        zero3_gathered(s),
+        Part("activations kept for the backward", act.kept, how),
+    ]
     if act.head >= act.block + act.exchange:
         chunked = f"chunks of {m.loss_chunk}" if 0 < m.loss_chunk < slice_length else "the whole slice"
         backward.append(Part("LM head and loss", act.head, f"{chunked} × {m.head_size} outputs"))
@@ -352,12 +394,19 @@ def memory(s: Setup, gpu: Gpu) -> dict:
     headroom = gpu.runtime_gib * GIB + gpu.fragmentation * tensors
     per_rank = gpu.memory_gib * GIB / (gpu.per_node if gpu.host else 1)
     act = activations(s)
-    return {"peak_moment": peak, "parts": [asdict(part) for part in by_moment[peak]], "moments": totals,
-            "tensors_at_peak": tensors, "headroom": headroom, "total": tensors + headroom, "device_memory": per_rank,
-            "fits": tensors + headroom <= per_rank,
-            "host_per_rank": sum(part.bytes for part in model_states(s) if part.where == "host"),
-            "activations_without_recompute": act.kept_without_recompute,
-            "activations_with_recompute": act.kept_with_recompute}
+    return {
+        "peak_moment": peak,
+        "parts": [asdict(part) for part in by_moment[peak]],
+        "moments": totals,
+        "tensors_at_peak": tensors,
+        "headroom": headroom,
+        "total": tensors + headroom,
+        "device_memory": per_rank,
+        "fits": tensors + headroom <= per_rank,
+        "host_per_rank": sum(part.bytes for part in model_states(s) if part.where == "host"),
+        "activations_without_recompute": act.kept_without_recompute,
+        "activations_with_recompute": act.kept_with_recompute,
+    }
 
 
 # --- communication and time ------------------------------------------------------------------------------------
@@ -368,19 +417,29 @@ def communication(s: Setup) -> list[dict]:
     share = (w - 1) / w
     rows = []
     if w > 1 and s.stage <= 1:
-        rows += [{"what": "ZeRO-1 gradient all-reduce (fp32, once a step)", "bytes": 2 * share * 4 * n},
-                 {"what": "ZeRO-1 weight all-gather after the step", "bytes": share * p * n}]
+        rows += [
+            {"what": "ZeRO-1 gradient all-reduce (fp32, once a step)", "bytes": 2 * share * 4 * n},
+            {"what": "ZeRO-1 weight all-gather after the step", "bytes": share * p * n},
+        ]
     elif w > 1 and s.stage == 2:
-        rows += [{"what": f"ZeRO-2 gradient reduce-scatter ({_times(micro)})", "bytes": micro * share * p * n},
-                 {"what": "ZeRO-2 weight all-gather after the step", "bytes": share * p * n}]
+        rows += [
+            {"what": f"ZeRO-2 gradient reduce-scatter ({_times(micro)})", "bytes": micro * share * p * n},
+            {"what": "ZeRO-2 weight all-gather after the step", "bytes": share * p * n},
+        ]
     elif w > 1:
-        rows += [{"what": f"ZeRO-3 weight all-gathers (2 × {_times(micro)})", "bytes": 2 * micro * share * p * n},
-                 {"what": f"ZeRO-3 gradient reduce-scatter ({_times(micro)})", "bytes": micro * share * p * n}]
+        rows += [
+            {"what": f"ZeRO-3 weight all-gathers (2 × {_times(micro)})", "bytes": 2 * micro * share * p * n},
+            {"what": f"ZeRO-3 gradient reduce-scatter ({_times(micro)})", "bytes": micro * share * p * n},
+        ]
     if s.sequence > 1:
         passes = 3 if s.recompute else 2  # forward, backward, and the recomputed forward
         per_layer = 4 * s.tokens * s.model.d_model * p * (s.sequence - 1) / s.sequence  # q, k, v out, the output back
-        rows.append({"what": f"Ulysses all-to-alls ({passes} × {s.model.n_layers} layers × {_times(micro)})",
-                     "bytes": micro * passes * s.model.n_layers * per_layer})
+        rows.append(
+            {
+                "what": f"Ulysses all-to-alls ({passes} × {s.model.n_layers} layers × {_times(micro)})",
+                "bytes": micro * passes * s.model.n_layers * per_layer,
+            }
+        )
     return rows
 
 
@@ -426,10 +485,21 @@ def timing(s: Setup, gpu: Gpu, mfu: float | None) -> dict:
     # Ulysses' all-to-alls sit between a layer's projections and its attention
     exposed = (max(0.0, zero_s - compute) if s.overlap_comm else zero_s) + ulysses_s
     seconds = compute + exposed
-    return {"mfu": mfu, "mfu_source": source, "flops_per_token": flops_per_token(s.model, s.seq_len),
-            "tokens_per_rank": tokens, "compute_s": compute, "zero_comm_s": zero_s, "ulysses_comm_s": ulysses_s,
-            "exposed_comm_s": exposed, "step_s": seconds, "tokens_per_s_per_gpu": tokens / seconds,
-            "zero_link_gb_s": zero_link, "sequence_link_gb_s": sp_link, "communication": rows}
+    return {
+        "mfu": mfu,
+        "mfu_source": source,
+        "flops_per_token": flops_per_token(s.model, s.seq_len),
+        "tokens_per_rank": tokens,
+        "compute_s": compute,
+        "zero_comm_s": zero_s,
+        "ulysses_comm_s": ulysses_s,
+        "exposed_comm_s": exposed,
+        "step_s": seconds,
+        "tokens_per_s_per_gpu": tokens / seconds,
+        "zero_link_gb_s": zero_link,
+        "sequence_link_gb_s": sp_link,
+        "communication": rows,
+    }
 
 
 # --- the plan ----------------------------------------------------------------------------------------------------
@@ -467,8 +537,9 @@ def resolve_model(config: TrainConfig, seq_len: int | None) -> tuple[ModelConfig
         model = base.replace(activation_checkpointing=config.activation_checkpointing, **config.model.overrides)
         notes = [f"vocabulary {model.vocab_size:,}: the model config's (data.path {config.data.path} {where})"]
     if model.arch == "cnn":
-        raise PlanError(f"model {model.name}: dnalm plan counts a transformer's blocks; the CNN (arch cnn) is not "
-                        "planned")
+        raise PlanError(
+            f"model {model.name}: dnalm plan counts a transformer's blocks; the CNN (arch cnn) is not planned"
+        )
     if seq_len is not None and notes and not notes[0].startswith("window"):
         notes.insert(0, f"window {seq_len:,} tokens: --seq-len")
     return model.replace(max_seq_len=max(model.max_seq_len, seq_len)), seq_len, notes
@@ -526,8 +597,15 @@ def rungs(config: TrainConfig, model: ModelConfig, gpus: int, gpu: Gpu) -> list[
     if not config.activation_checkpointing:
         out.append(("recomputation", {"activation_checkpointing": True}))
     if not (model.mlp_tile and model.loss_chunk):
-        out.append(("lean step", {"model.overrides.mlp_tile": model.mlp_tile or LEAN_TILE,
-                                  "model.overrides.loss_chunk": model.loss_chunk or LEAN_CHUNK}))
+        out.append(
+            (
+                "lean step",
+                {
+                    "model.overrides.mlp_tile": model.mlp_tile or LEAN_TILE,
+                    "model.overrides.loss_chunk": model.loss_chunk or LEAN_CHUNK,
+                },
+            )
+        )
     zero = deepspeed_config(config, gpus, not gpu.host).get("zero_optimization", {})
     if int(zero.get("stage", 0)) < 3:
         out.append(("ZeRO-3", {"deepspeed": "zero3"}))
@@ -563,16 +641,35 @@ def ladder(config: TrainConfig, model: ModelConfig, seq_len: int, gpus: int, gpu
 
 def summary(config: TrainConfig, model: ModelConfig, seq_len: int, gpus: int, gpu: Gpu, mfu: float | None) -> dict:
     s, mem = evaluate(config, model, seq_len, gpus, gpu)
-    return {"setup": {"seq_len": seq_len, "micro_batch": s.micro_batch, "global_batch": s.global_batch,
-                      "accumulation": s.accumulation, "data_parallel": s.groups, "sequence_parallel": s.sequence,
-                      "zero_stage": s.stage, "deepspeed": s.deepspeed, "precision": s.precision,
-                      "recomputation": s.recompute, "mlp_tile": s.model.mlp_tile, "loss_chunk": s.model.loss_chunk,
-                      "offload": s.offload_optimizer},
-            "memory": mem, "time": timing(s, gpu, mfu)}
+    return {
+        "setup": {
+            "seq_len": seq_len,
+            "micro_batch": s.micro_batch,
+            "global_batch": s.global_batch,
+            "accumulation": s.accumulation,
+            "data_parallel": s.groups,
+            "sequence_parallel": s.sequence,
+            "zero_stage": s.stage,
+            "deepspeed": s.deepspeed,
+            "precision": s.precision,
+            "recomputation": s.recompute,
+            "mlp_tile": s.model.mlp_tile,
+            "loss_chunk": s.model.loss_chunk,
+            "offload": s.offload_optimizer,
+        },
+        "memory": mem,
+        "time": timing(s, gpu, mfu),
+    }
 
 
-def make_plan(config: TrainConfig, gpus: int, gpu_name: str, seq_len: int | None = None, mfu: float | None = None,
-              config_name: str = "") -> dict:
+def make_plan(
+    config: TrainConfig,
+    gpus: int,
+    gpu_name: str,
+    seq_len: int | None = None,
+    mfu: float | None = None,
+    config_name: str = "",
+) -> dict:
     """The plan of ``config`` on ``gpus`` devices of kind ``gpu_name`` (a key of GPUS, or cpu), as a dict: memory
     per rank, communication, step time, and when it does not fit, what would."""
     if gpus < 1:
@@ -582,13 +679,27 @@ def make_plan(config: TrainConfig, gpus: int, gpu_name: str, seq_len: int | None
     gpu = gpu_spec(gpu_name, gpus)
     model, seq_len, notes = resolve_model(config, seq_len)
     c = counts(model)
-    plan = {"config": config_name, "gpu": gpu_name, "device": gpu.label, "gpus": gpus,
-            "nodes": math.ceil(gpus / gpu.per_node),
-            "model": {"name": model.name, "arch": model.arch, "parameters": c.parameters,
-                      "vocab_size": model.vocab_size, "d_model": model.d_model, "n_layers": model.n_layers,
-                      "n_heads": model.n_heads, "hidden": model.hidden},
-            **summary(config, model, seq_len, gpus, gpu, mfu), "notes": notes, "assumes": ASSUMES,
-            "leaves_out": LEAVES_OUT}
+    plan = {
+        "config": config_name,
+        "gpu": gpu_name,
+        "device": gpu.label,
+        "gpus": gpus,
+        "nodes": math.ceil(gpus / gpu.per_node),
+        "model": {
+            "name": model.name,
+            "arch": model.arch,
+            "parameters": c.parameters,
+            "vocab_size": model.vocab_size,
+            "d_model": model.d_model,
+            "n_layers": model.n_layers,
+            "n_heads": model.n_heads,
+            "hidden": model.hidden,
+        },
+        **summary(config, model, seq_len, gpus, gpu, mfu),
+        "notes": notes,
+        "assumes": ASSUMES,
+        "leaves_out": LEAVES_OUT,
+    }
     if not plan["memory"]["fits"]:
         micro = largest_micro_batch(config, model, seq_len, gpus, gpu)
         plan["largest_micro_batch"] = micro
@@ -601,9 +712,12 @@ def make_plan(config: TrainConfig, gpus: int, gpu_name: str, seq_len: int | None
             overrides = {"batch.micro_batch": micro}
         if overrides:
             fitted = summary(with_overrides(config, overrides), model, seq_len, gpus, gpu, mfu)
-            plan["fits_with"] = {"overrides": overrides, "total": fitted["memory"]["total"],
-                                 "step_s": fitted["time"]["step_s"],
-                                 "tokens_per_s_per_gpu": fitted["time"]["tokens_per_s_per_gpu"]}
+            plan["fits_with"] = {
+                "overrides": overrides,
+                "total": fitted["memory"]["total"],
+                "step_s": fitted["time"]["step_s"],
+                "tokens_per_s_per_gpu": fitted["time"]["tokens_per_s_per_gpu"],
+            }
     return plan
 
 
@@ -621,8 +735,9 @@ def _seconds(value: float) -> str:
 
 
 def _override_text(overrides: dict) -> str:
-    return " ".join(f"{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in
-                    overrides.items())
+    return " ".join(
+        f"{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in overrides.items()
+    )
 
 
 def render(plan: dict) -> str:
@@ -652,8 +767,8 @@ def render(plan: dict) -> str:
         f"    {'runtime and allocator headroom':<52}{_gib(mem['headroom']):>8}",
         f"    {'total':<52}{_gib(mem['total']):>8}   of {_gib(mem['device_memory'])}: "
         + ("fits" if mem["fits"] else "DOES NOT FIT"),
-        "    other moments: " + ", ".join(f"{name} {_gib(total)}" for name, total in mem["moments"].items()
-                                         if name != mem["peak_moment"]),
+        "    other moments: "
+        + ", ".join(f"{name} {_gib(total)}" for name, total in mem["moments"].items() if name != mem["peak_moment"]),
         f"    activations kept: {_gib(mem['activations_with_recompute'])} with recomputation, "
         f"{_gib(mem['activations_without_recompute'])} without",
     ]
@@ -662,28 +777,38 @@ def render(plan: dict) -> str:
     lines += ["", "  communication per step per rank".ljust(58) + "GB"]
     for row in t["communication"] or [{"what": "none (one rank)", "bytes": 0}]:
         lines.append(f"    {row['what']:<52}{row['bytes'] / 1e9:>8.2f}")
-    lines += ["",
-              f"  time   compute {_seconds(t['compute_s'])} s + communication not hidden "
-              f"{_seconds(t['exposed_comm_s'])} s = {_seconds(t['step_s'])} s a step: "
-              f"{t['tokens_per_s_per_gpu']:,.0f} tokens/s per {unit}",
-              f"         MFU {t['mfu']:.2f}: {t['mfu_source']}; links {t['zero_link_gb_s']:g} GB/s for ZeRO, "
-              f"{t['sequence_link_gb_s']:g} GB/s for Ulysses"]
+    lines += [
+        "",
+        f"  time   compute {_seconds(t['compute_s'])} s + communication not hidden "
+        f"{_seconds(t['exposed_comm_s'])} s = {_seconds(t['step_s'])} s a step: "
+        f"{t['tokens_per_s_per_gpu']:,.0f} tokens/s per {unit}",
+        f"         MFU {t['mfu']:.2f}: {t['mfu_source']}; links {t['zero_link_gb_s']:g} GB/s for ZeRO, "
+        f"{t['sequence_link_gb_s']:g} GB/s for Ulysses",
+    ]
     if not mem["fits"]:
         lines.append("")
         micro, window = plan.get("largest_micro_batch"), plan.get("largest_window")
         if micro:
             lines.append(f"  fits at micro-batch {micro} (batch.micro_batch={micro})")
         else:
-            longest = f"the longest window that fits at micro-batch 1: {window:,} tokens" if window else \
-                "no window of 1,024 tokens fits either"
+            longest = (
+                f"the longest window that fits at micro-batch 1: {window:,} tokens"
+                if window
+                else "no window of 1,024 tokens fits either"
+            )
             lines.append(f"  no micro-batch fits; {longest}")
             for row in plan.get("ladder", []):
-                outcome = row.get("refused") or (f"fits at micro-batch {row['micro_batch']}: {_gib(row['total'])} GiB"
-                                                 if row.get("micro_batch") else "still does not fit")
+                outcome = row.get("refused") or (
+                    f"fits at micro-batch {row['micro_batch']}: {_gib(row['total'])} GiB"
+                    if row.get("micro_batch")
+                    else "still does not fit"
+                )
                 lines.append(f"  ladder: + {row['rung']:<22} {outcome}")
         if plan.get("fits_with"):
             fitted = plan["fits_with"]
-            lines.append(f"  next: {_override_text(fitted['overrides'])} → {_gib(fitted['total'])} GiB, "
-                         f"{fitted['tokens_per_s_per_gpu']:,.0f} tokens/s per {unit}")
+            lines.append(
+                f"  next: {_override_text(fitted['overrides'])} → {_gib(fitted['total'])} GiB, "
+                f"{fitted['tokens_per_s_per_gpu']:,.0f} tokens/s per {unit}"
+            )
     lines += ["", f"  assumes: {plan['assumes']}", f"  leaves out: {plan['leaves_out']}"]
     return "\n".join(lines)

@@ -32,8 +32,11 @@ def train(config: TrainConfig, resume: str | None = "auto") -> dict:
     try:
         taken_over = ckpt.decided_by_rank0(take)
         if taken_over and rank == 0:
-            print(f"dnalm: took over {run_dir / '.dnalm-lock'} from {taken_over}, which is gone", file=sys.stderr,
-                  flush=True)
+            print(
+                f"dnalm: took over {run_dir / '.dnalm-lock'} from {taken_over}, which is gone",
+                file=sys.stderr,
+                flush=True,
+            )
         trainer = Trainer(config, resume, lock)
         started = time.monotonic()
         result = trainer.run()
@@ -44,7 +47,9 @@ def train(config: TrainConfig, resume: str | None = "auto") -> dict:
         if lock is not None:
             lock.release()
         if trainer is None and created:
-            shutil.rmtree(run_dir, ignore_errors=True)  # a failed start: nothing there a later step could take for a run
+            shutil.rmtree(
+                run_dir, ignore_errors=True
+            )  # a failed start: nothing there a later step could take for a run
     release_shared_memory()
     return result
 
@@ -58,7 +63,12 @@ def finished_line(trainer: Trainer, last: dict, seconds: float) -> str:
         figure = plot(trainer.run_dir)
     except Exception as exc:  # a plot is a convenience: never fail a finished run over it
         figure = f"not drawn ({type(exc).__name__}: {exc})"
-    how = f"stopped at step {trainer.step} of {trainer.total_steps}" if "stopped" in last else \
-        f"finished step {trainer.step} of {trainer.total_steps}"
-    return (f"{how} in {console.duration(seconds)}{': ' + scores if scores else ''}. Run folder {trainer.run_dir} "
-            f"(metrics {trainer.run_dir / METRICS}, loss plot {figure})")
+    how = (
+        f"stopped at step {trainer.step} of {trainer.total_steps}"
+        if "stopped" in last
+        else f"finished step {trainer.step} of {trainer.total_steps}"
+    )
+    return (
+        f"{how} in {console.duration(seconds)}{': ' + scores if scores else ''}. Run folder {trainer.run_dir} "
+        f"(metrics {trainer.run_dir / METRICS}, loss plot {figure})"
+    )

@@ -35,18 +35,24 @@ def check(size: int, world: int, model, seq_len: int) -> None:
     if size <= 1:
         return
     if model.arch == "cnn":
-        raise SequenceParallelError(f"parallel.sequence {size}: the CNN has no attention to exchange; use parallel.sequence 1")
+        raise SequenceParallelError(
+            f"parallel.sequence {size}: the CNN has no attention to exchange; use parallel.sequence 1"
+        )
     n_heads, conv_layers = model.n_heads, model.conv_layers
     if world % size:
         raise SequenceParallelError(f"parallel.sequence {size} does not divide the world size {world}")
     if n_heads % size:
-        raise SequenceParallelError(f"parallel.sequence {size} does not divide the model's n_heads {n_heads} "
-                                    "(each rank attends with n_heads / S heads)")
+        raise SequenceParallelError(
+            f"parallel.sequence {size} does not divide the model's n_heads {n_heads} "
+            "(each rank attends with n_heads / S heads)"
+        )
     if seq_len % size:
         raise SequenceParallelError(f"parallel.sequence {size} does not divide the window length seq_len {seq_len}")
     if conv_layers:
-        raise SequenceParallelError(f"parallel.sequence {size}: the hybrid's convolution stem (conv_layers "
-                                    f"{conv_layers}) would need its neighbours' tokens; train it at parallel.sequence 1")
+        raise SequenceParallelError(
+            f"parallel.sequence {size}: the hybrid's convolution stem (conv_layers "
+            f"{conv_layers}) would need its neighbours' tokens; train it at parallel.sequence 1"
+        )
 
 
 def gradient_scale(size: int, ds_config: dict) -> float:
@@ -59,12 +65,14 @@ def gradient_scale(size: int, ds_config: dict) -> float:
     if size == 1 or int(zero.get("stage", 0)) != 3:
         return 1.0
     if not zero.get("reduce_scatter", True):
-        raise SequenceParallelError("parallel.sequence > 1 with ZeRO-3 needs zero_optimization.reduce_scatter true "
-                                    "(DeepSpeed averages the other path's buckets inconsistently)")
+        raise SequenceParallelError(
+            "parallel.sequence > 1 with ZeRO-3 needs zero_optimization.reduce_scatter true "
+            "(DeepSpeed averages the other path's buckets inconsistently)"
+        )
     return float(size)
 
 
-def groups(size: int) -> "SequenceGroups":
+def groups(size: int) -> SequenceGroups:
     """DeepSpeed's sequence-parallel groups, as the ``mpu`` that ``deepspeed.initialize`` takes."""
     from deepspeed.runtime.sequence_parallel import parallel_state_sp
 
@@ -157,7 +165,9 @@ class UlyssesAttention:
 
     def __call__(self, q, k, v, *, causal, q_pos, k_pos, key_mask=None, alibi=None, dropout=0.0, performer=None):
         if q.shape[2] != k.shape[2]:
-            raise SequenceParallelError("sequence parallelism splits training windows; incremental decoding runs at S = 1")
+            raise SequenceParallelError(
+                "sequence parallelism splits training windows; incremental decoding runs at S = 1"
+            )
         if q.shape == k.shape == v.shape:
             q, k, v = _AllToAll.apply(torch.cat((q, k, v)), self.group, True).chunk(3)
         else:
@@ -165,9 +175,19 @@ class UlyssesAttention:
         positions, key_mask = self.window(q_pos, key_mask)
         if alibi is not None:
             share = alibi.shape[0] // self.size
-            alibi = alibi[self.rank * share:(self.rank + 1) * share]
-        out = self.local(q, k, v, causal=causal, q_pos=positions, k_pos=positions, key_mask=key_mask, alibi=alibi,
-                         dropout=dropout, performer=performer)
+            alibi = alibi[self.rank * share : (self.rank + 1) * share]
+        out = self.local(
+            q,
+            k,
+            v,
+            causal=causal,
+            q_pos=positions,
+            k_pos=positions,
+            key_mask=key_mask,
+            alibi=alibi,
+            dropout=dropout,
+            performer=performer,
+        )
         return _AllToAll.apply(out, self.group, False)
 
 
@@ -194,5 +214,5 @@ def shard(inputs: dict, rank: int, size: int) -> dict:
     piece = length // size
     for key in ("input_ids", "labels", "attention_mask", "segment_ids", "positions"):
         if out.get(key) is not None:
-            out[key] = out[key][:, rank * piece:(rank + 1) * piece]
+            out[key] = out[key][:, rank * piece : (rank + 1) * piece]
     return out

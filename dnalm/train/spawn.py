@@ -32,8 +32,19 @@ def spawn_training(config: dict, config_path: Path, processes: int, log_file: Pa
     if not torch.cuda.is_available():
         env.setdefault("DS_ACCELERATOR", "cpu")
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // processes)))
-    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(processes), "--master_port",
-               str(free_port()), "--module", "dnalm.train", "--config", str(config_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        str(processes),
+        "--master_port",
+        str(free_port()),
+        "--module",
+        "dnalm.train",
+        "--config",
+        str(config_path),
+    ]
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "w") as fh:
         done = subprocess.run(command, env=env, stdout=fh, stderr=subprocess.STDOUT)

@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import psutil
 
@@ -79,8 +79,11 @@ class StopRequests:
 
 def _terminated(signum, frame) -> None:
     if os.environ.get("RANK", "0") == "0":
-        print("dnalm: SIGTERM: stopping now without saving (checkpoint.on_signal=SIGTERM saves first)", file=sys.stderr,
-              flush=True)
+        print(
+            "dnalm: SIGTERM: stopping now without saving (checkpoint.on_signal=SIGTERM saves first)",
+            file=sys.stderr,
+            flush=True,
+        )
     raise SystemExit(128 + signum)
 
 

@@ -5,7 +5,8 @@ The model is built from its config (partitioned at construction under ZeRO-3) an
 drawn from a generator seeded by (seed, step, rank, micro-batch), so a resumed run replays
 exactly. Under sequence parallelism (``parallel.sequence`` S) the S ranks of a group read the
 same windows and each trains on its slice (``sequence_parallel``); masks are drawn per
-data-parallel rank, so S changes no mask, label or loss. A step whose loss is not finite on any rank, or whose gradients are not (DeepSpeed's
+data-parallel rank, so S changes no mask, label or loss. A step whose loss is not finite on any rank, or whose gradients
+are not (DeepSpeed's
 global grad norm), is skipped on every rank and counted; too many in a row stop the run, leaving
 the last good checkpoint as it was.
 
@@ -24,27 +25,26 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from dnalm.utils import faults
 from dnalm.data.cache import data_folder
 from dnalm.data.manifest import Manifest
 from dnalm.data.masking import IGNORE, base_targets, clm_batch, mlm_batch, next_token_labels, sized_head, view_ranges
 from dnalm.data.stream import GenomeStream, StreamLoader
-from dnalm.utils.devices import move
-from dnalm.utils.memory import allocator_peak_mb
-from dnalm.utils.errors import DnalmError
 from dnalm.models import ModelConfig, build_model, get_config
 from dnalm.models.transformer import check_learned_positions
 from dnalm.tokenizers import Tokenizer, ViewTokenizer, load_folder
 from dnalm.train import checkpoint as ckpt
-from dnalm.train import compiled, console, fp8
-from dnalm.train import sequence_parallel
+from dnalm.train import compiled, console, fp8, sequence_parallel
 from dnalm.train import universal as universal_form
 from dnalm.train.config import TrainConfig, deepspeed_config, zero_stage
-from dnalm.train.metrics import MetricsLog
 from dnalm.train.distributed import init_distributed, launched, release_shared_memory  # noqa: F401 (re-exported)
+from dnalm.train.metrics import MetricsLog
 from dnalm.train.ownership import RunLock
 from dnalm.train.spawn import free_port  # noqa: F401 (re-exported)
 from dnalm.train.stopping import StopRequests
+from dnalm.utils import faults
+from dnalm.utils.devices import move
+from dnalm.utils.errors import DnalmError
+from dnalm.utils.memory import allocator_peak_mb
 
 
 class TrainingStopped(DnalmError):
@@ -63,15 +63,24 @@ def resolve_model(config: TrainConfig, manifest: Manifest, tokenizer: Tokenizer)
 
         bundle = read_config(config.model.init_from)
         if bundle["tokenizer"]["fingerprint"] != tokenizer.fingerprint:
-            raise DnalmError(f"model.init_from {config.model.init_from}: its tokenizer ({bundle['tokenizer']['name']}, "
-                             f"{bundle['tokenizer']['fingerprint']}) is not the data's ({tokenizer.name}, {tokenizer.fingerprint})")
-        return ModelConfig(**bundle["model"]).replace(activation_checkpointing=config.activation_checkpointing,
-                                                       **config.model.overrides)
+            raise DnalmError(
+                f"model.init_from {config.model.init_from}: its tokenizer ({bundle['tokenizer']['name']}, "
+                f"{bundle['tokenizer']['fingerprint']}) is not the data's ({tokenizer.name}, {tokenizer.fingerprint})"
+            )
+        return ModelConfig(**bundle["model"]).replace(
+            activation_checkpointing=config.activation_checkpointing, **config.model.overrides
+        )
     base = ModelConfig.from_yaml(name) if name.endswith((".yaml", ".yml")) else get_config(name)
-    return sized_head(base.replace(vocab_size=tokenizer.vocab_size, num_segments=len(manifest.tokenizers) if manifest.views else 1,
-                                   max_seq_len=max(base.max_seq_len, manifest.seq_len),
-                                   activation_checkpointing=config.activation_checkpointing, **config.model.overrides),
-                      tokenizer.vocab)
+    return sized_head(
+        base.replace(
+            vocab_size=tokenizer.vocab_size,
+            num_segments=len(manifest.tokenizers) if manifest.views else 1,
+            max_seq_len=max(base.max_seq_len, manifest.seq_len),
+            activation_checkpointing=config.activation_checkpointing,
+            **config.model.overrides,
+        ),
+        tokenizer.vocab,
+    )
 
 
 def lr_lambda(config: TrainConfig, total_steps: int):
@@ -123,8 +132,13 @@ def _nominal_mfu_per_token(model, model_config, seq_len: int, ds_config: dict, p
     from dnalm.train.flops import device_peak, flops_per_token
     from dnalm.utils.devices import model_device
 
-    dtype = torch.float8_e4m3fn if precision == "fp8" else \
-        torch.bfloat16 if ds_config.get("bf16", {}).get("enabled") else torch.float32
+    dtype = (
+        torch.float8_e4m3fn
+        if precision == "fp8"
+        else torch.bfloat16
+        if ds_config.get("bf16", {}).get("enabled")
+        else torch.float32
+    )
     peak = device_peak(model_device(model), dtype)
     return flops_per_token(model, model_config, seq_len) / peak[1] if peak else None
 
@@ -134,7 +148,11 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     decay, plain = [], []
     for name, p in model.named_parameters():
         shape = getattr(p, "ds_shape", p.shape)
-        (decay if len(shape) >= 2 and "embed" not in name and "segments" not in name and "positions" not in name else plain).append(p)
+        (
+            decay
+            if len(shape) >= 2 and "embed" not in name and "segments" not in name and "positions" not in name
+            else plain
+        ).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
@@ -160,18 +178,28 @@ class Trainer:
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         dist.barrier()
-        self.stop = StopRequests(config.checkpoint.on_signal, watch_launcher=launched(),
-                                 exit_now=lambda why: lock.release() if lock is not None else None)
+        self.stop = StopRequests(
+            config.checkpoint.on_signal,
+            watch_launcher=launched(),
+            exit_now=lambda why: lock.release() if lock is not None else None,
+        )
         self.stopping = False
-        self.data_folder = data_folder(config.data.path, config.data.cache_dir, config.data.retries, config.data.retry_wait_s)
+        self.data_folder = data_folder(
+            config.data.path, config.data.cache_dir, config.data.retries, config.data.retry_wait_s
+        )
         self.manifest = Manifest.load(self.data_folder)
         self.tokenizer = data_tokenizer(self.data_folder, self.manifest)
         self.model_config = resolve_model(config, self.manifest, self.tokenizer)
         self.causal = self.model_config.causal
         self.sp_size = config.parallel.sequence
         sequence_parallel.check(self.sp_size, self.world, self.model_config, self.manifest.seq_len)
-        # consecutive ranks form a sequence-parallel group (DeepSpeed's parallel_state_sp); groups are data-parallel ranks
-        self.sp_rank, self.dp_rank, self.dp_world = self.rank % self.sp_size, self.rank // self.sp_size, self.world // self.sp_size
+        # consecutive ranks form a sequence-parallel group (DeepSpeed's parallel_state_sp); groups are data-parallel
+        # ranks
+        self.sp_rank, self.dp_rank, self.dp_world = (
+            self.rank % self.sp_size,
+            self.rank // self.sp_size,
+            self.world // self.sp_size,
+        )
         mpu = sequence_parallel.groups(self.sp_size) if self.sp_size > 1 else None
         on_gpu = torch.cuda.is_available()
         if config.precision == "fp8":
@@ -184,16 +212,20 @@ class Trainer:
 
         self.resume_from, aside = ckpt.decide_resume(self.run_dir, resume)  # rank 0's listing, for every rank
         if aside is not None:
-            self._say(f"starting from step {ckpt.step_of(self.resume_from) if self.resume_from else 0}: the newer "
-                      f"checkpoints were moved to {aside} (never resumed by --resume auto, never deleted)")
+            self._say(
+                f"starting from step {ckpt.step_of(self.resume_from) if self.resume_from else 0}: the newer "
+                f"checkpoints were moved to {aside} (never resumed by --resume auto, never deleted)"
+            )
         if self.resume_from is not None:
             ckpt.check_model(self.resume_from, self.model_config)
         self.data_continues = self.resume_from is None or ckpt.check_data(
-            self.resume_from, config.data.path, self.manifest.plan_fingerprint, config.data.allow_changed)
+            self.resume_from, config.data.path, self.manifest.plan_fingerprint, config.data.allow_changed
+        )
         universal = bool(self.resume_from) and ckpt.read_meta(self.resume_from)["world_size"] != self.world
         if universal:
-            universal_form.ensure_universal(self.resume_from, config.checkpoint.convert_timeout_s,
-                                            config.checkpoint.convert_workers)
+            universal_form.ensure_universal(
+                self.resume_from, config.checkpoint.convert_timeout_s, config.checkpoint.convert_workers
+            )
             self.ds_config["checkpoint"] = {"load_universal": True}
 
         torch.manual_seed(config.seed)
@@ -209,20 +241,35 @@ class Trainer:
             self._say(f"precision fp8: {fp8.convert(model)} linear layers in float8")
         compiled.prepare(model, config.compile)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=model, model_parameters=parameter_groups(model, config.optim.weight_decay), config=self.ds_config, mpu=mpu,
-            lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, self.total_steps)))
+            model=model,
+            model_parameters=parameter_groups(model, config.optim.weight_decay),
+            config=self.ds_config,
+            mpu=mpu,
+            lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lr_lambda(config, self.total_steps)
+            ),
+        )
         if mpu is not None:
             sequence_parallel.wrap_attention(self.engine.module, mpu.get_sequence_parallel_group())
         compiled.compile_engine(self.engine, config.compile)
 
         # MFU by the field's formula where the device has a nominal peak (H100, H200, A100); CPUs have none
-        self.mfu_per_token = _nominal_mfu_per_token(model, self.model_config, self.manifest.seq_len, self.ds_config,
-                                                   config.precision)
+        self.mfu_per_token = _nominal_mfu_per_token(
+            model, self.model_config, self.manifest.seq_len, self.ds_config, config.precision
+        )
 
-        self.stream = GenomeStream(config.data.path, config.data.train_split, batch_size=config.batch.micro_batch,
-                                   rank=self.dp_rank, world_size=self.dp_world, seed=config.seed, epochs=None,
-                                   tokenizer=self.tokenizer, reverse_complement=config.data.reverse_complement,
-                                   **config.data.stream_settings())
+        self.stream = GenomeStream(
+            config.data.path,
+            config.data.train_split,
+            batch_size=config.batch.micro_batch,
+            rank=self.dp_rank,
+            world_size=self.dp_world,
+            seed=config.seed,
+            epochs=None,
+            tokenizer=self.tokenizer,
+            reverse_complement=config.data.reverse_complement,
+            **config.data.stream_settings(),
+        )
         self.loader = StreamLoader(self.stream, num_workers=config.data.num_workers)
         self.ranges = view_ranges([t.vocab_size for t in self.manifest.tokenizers])
         self.base_table = base_targets(self.tokenizer.vocab) if self.model_config.mlm_target == "bases" else None
@@ -236,8 +283,10 @@ class Trainer:
                 self.loader.load_state_dict(meta["stream"])
                 self.stream_skipped_before = meta.get("stream_skipped", 0)
             else:
-                self._say(f"data.allow_changed: {config.data.path} is not the data {self.resume_from} was trained on; "
-                          "the data stream restarts at epoch 0")
+                self._say(
+                    f"data.allow_changed: {config.data.path} is not the data {self.resume_from} was trained on; "
+                    "the data stream restarts at epoch 0"
+                )
         self._write_run_files()
         self._say(self.start_line())
 
@@ -250,14 +299,20 @@ class Trainer:
 
         parameters = count_parameters(build_model(self.model_config, device="meta"))
         per_step = self.config.batch.global_batch * self.manifest.seq_len
-        precision = self.config.precision if self.config.precision != "auto" else \
-            ("bf16" if self.ds_config["bf16"]["enabled"] else "fp32")
+        precision = (
+            self.config.precision
+            if self.config.precision != "auto"
+            else ("bf16" if self.ds_config["bf16"]["enabled"] else "fp32")
+        )
         start = f"resuming step {self.step} from {self.resume_from}" if self.resume_from else "fresh start"
-        return (f"training {self.model_config.name} ({parameters / 1e6:,.1f}M parameters) on {self.config.data.path}: "
-                f"{self.config.batch.global_batch} windows x {self.manifest.seq_len:,} tokens = {per_step:,} tokens a step, "
-                f"steps {self.step + 1}-{self.total_steps}; {self.world} process{'es' * (self.world > 1)}, ZeRO-"
-                f"{zero_stage(self.ds_config)}, sequence parallel {self.sp_size}, {precision}; {start}; run folder "
-                f"{self.run_dir}")
+        return (
+            f"training {self.model_config.name} ({parameters / 1e6:,.1f}M parameters) on {self.config.data.path}: "
+            f"{self.config.batch.global_batch} windows x {self.manifest.seq_len:,} tokens = {per_step:,} tokens a "
+            "step, "
+            f"steps {self.step + 1}-{self.total_steps}; {self.world} process{'es' * (self.world > 1)}, ZeRO-"
+            f"{zero_stage(self.ds_config)}, sequence parallel {self.sp_size}, {precision}; {start}; run folder "
+            f"{self.run_dir}"
+        )
 
     @property
     def device(self) -> torch.device:
@@ -267,19 +322,29 @@ class Trainer:
     # --- one step ------------------------------------------------------------------------
     def _inputs(self, batch: dict, micro: int, salt: int = 0) -> dict:
         """The model inputs of one micro-batch, built on the host and moved to the engine's device: labels aligned
-        with the logits, ``targets`` counted over the whole windows, and under sequence parallelism this rank's slice."""
+        with the logits, ``targets`` counted over the whole windows, and under sequence parallelism this rank's
+        slice."""
         if self.causal:
             inputs = clm_batch(batch)
             inputs["labels"] = next_token_labels(inputs["labels"])
         else:
             rng = np.random.default_rng([self.config.seed, salt, self.step, self.dp_rank, micro])
             objective = self.config.objective
-            inputs = mlm_batch(batch, self.ranges, rng, self.base_table, mask_fraction=objective.mask_fraction,
-                               mean_span=objective.mean_span, replace=objective.replace)
+            inputs = mlm_batch(
+                batch,
+                self.ranges,
+                rng,
+                self.base_table,
+                mask_fraction=objective.mask_fraction,
+                mean_span=objective.mean_span,
+                replace=objective.replace,
+            )
         inputs["targets"] = int((inputs["labels"] != IGNORE).sum())
         if self.model_config.positions == "learned":  # on the host batch: the model would need a device sync
-            check_learned_positions(int(inputs["positions"].max()) if "positions" in inputs else
-                                    inputs["input_ids"].shape[1] - 1, self.model_config.max_seq_len)
+            check_learned_positions(
+                int(inputs["positions"].max()) if "positions" in inputs else inputs["input_ids"].shape[1] - 1,
+                self.model_config.max_seq_len,
+            )
         if self.sp_size > 1:
             inputs = sequence_parallel.shard(inputs, self.sp_rank, self.sp_size)
         if self.device.type == "cuda":  # page-locked, so the copy to the GPU is asynchronous
@@ -289,7 +354,9 @@ class Trainer:
     def _forward(self, inputs: dict):
         """The model's output with its loss sum over this rank's tokens (in chunks when ``loss_chunk`` is set)."""
         extra = {k: inputs[k] for k in ("segment_ids", "positions") if k in inputs}
-        return self.engine(inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"], **extra)
+        return self.engine(
+            inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"], **extra
+        )
 
     def train_step(self, batches) -> dict:
         """One optimizer step (``accumulation`` micro-batches); skipped on every rank if any loss is not finite.
@@ -332,14 +399,22 @@ class Trainer:
         self.stopping = self.stopping or stop_votes > 0
         tokens = round(window_tokens / self.sp_size)  # every rank of a sequence group counted its windows
         bad_loss = nonfinite > 0
-        bad = bad_loss or not self.engine.was_step_applied()  # a finite loss, non-finite gradients: DeepSpeed skipped it
+        bad = (
+            bad_loss or not self.engine.was_step_applied()
+        )  # a finite loss, non-finite gradients: DeepSpeed skipped it
         self.step += 1
         self.tokens_seen += tokens
         seconds = time.perf_counter() - started
         position = self.loader.state_dict()
-        record = {"step": self.step, "tokens_seen": self.tokens_seen, "tokens_per_s": round(tokens / seconds, 1),
-                  "skipped_steps": self.skipped_steps + int(bad), "stream_skipped": self.stream_skipped,
-                  "data_epoch": position["epoch"], "data_index": position["index"]}
+        record = {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "tokens_per_s": round(tokens / seconds, 1),
+            "skipped_steps": self.skipped_steps + int(bad),
+            "stream_skipped": self.stream_skipped,
+            "data_epoch": position["epoch"],
+            "data_index": position["index"],
+        }
         if self.mfu_per_token:  # tokens/s per device × FLOPs per token ÷ the nominal peak
             record["mfu"] = round(tokens / seconds / self.world * self.mfu_per_token, 4)
         if (peak := allocator_peak_mb(self.device)) is not None:  # the allocator's high-water mark on a GPU so far
@@ -350,8 +425,11 @@ class Trainer:
         grad_norm = self.engine.get_global_grad_norm()
         if target_rates:
             record["target_rate"] = [round(float(r), 4) for r in np.mean(target_rates, axis=0)]
-        return record | {"loss": loss_sum / self.accumulation / self.dp_world, "lr": self.scheduler.get_last_lr()[0],
-                         "grad_norm": float(grad_norm) if grad_norm is not None else None}
+        return record | {
+            "loss": loss_sum / self.accumulation / self.dp_world,
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+        }
 
     def _record_keys(self, batch: dict) -> None:
         if self.config.logging.record_sample_keys:
@@ -362,12 +440,24 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict:
         config = self.config
-        if config.data.val_split not in self.manifest.splits or self.manifest.splits[config.data.val_split].num_samples < \
-                self.dp_world * config.batch.micro_batch:
+        if (
+            config.data.val_split not in self.manifest.splits
+            or self.manifest.splits[config.data.val_split].num_samples < self.dp_world * config.batch.micro_batch
+        ):
             return {}
-        settings = config.data.stream_settings() | {"shuffle": True}  # the same windows each time, drawn across the split
-        stream = GenomeStream(config.data.path, config.data.val_split, batch_size=config.batch.micro_batch, rank=self.dp_rank,
-                              world_size=self.dp_world, seed=config.seed, epochs=1, **settings)
+        settings = config.data.stream_settings() | {
+            "shuffle": True
+        }  # the same windows each time, drawn across the split
+        stream = GenomeStream(
+            config.data.path,
+            config.data.val_split,
+            batch_size=config.batch.micro_batch,
+            rank=self.dp_rank,
+            world_size=self.dp_world,
+            seed=config.seed,
+            epochs=1,
+            **settings,
+        )
         self.engine.eval()
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # (loss × targets, targets, correct, windows)
         for i, batch in enumerate(StreamLoader(stream)):
@@ -403,12 +493,19 @@ class Trainer:
                 if consecutive >= config.robust.max_consecutive_skips:
                     log.log(record)
                     kept = ckpt.complete_checkpoints(self.run_dir)
-                    raise TrainingStopped(f"{consecutive} steps in a row had a non-finite loss or gradients (last: step {self.step}); "
-                                          f"stopping. Last good checkpoint: {kept[-1] if kept else 'none'}")
+                    raise TrainingStopped(
+                        f"{consecutive} steps in a row had a non-finite loss or gradients (last: step {self.step}); "
+                        f"stopping. Last good checkpoint: {kept[-1] if kept else 'none'}"
+                    )
                 if self.step % config.eval.interval == 0 or self.step == self.total_steps:
                     record |= self.evaluate()
-                if self.step % config.logging.interval == 0 or record.get("skipped") or "val_loss" in record or \
-                        self.step == 1 or notes:
+                if (
+                    self.step % config.logging.interval == 0
+                    or record.get("skipped")
+                    or "val_loss" in record
+                    or self.step == 1
+                    or notes
+                ):
                     log.log(record)
                 notes = {}
                 log.advance()
@@ -416,8 +513,10 @@ class Trainer:
                 if self.step % config.checkpoint.interval == 0 or self.step == self.total_steps or self.stopping:
                     saved = self.save()
                 if self.stopping and self.step < self.total_steps:
-                    self._say(f"{self.stop.reason or 'a stop asked for on another rank'}: saved step {self.step} to "
-                              f"{saved} and stopped; the same command with --resume auto continues it")
+                    self._say(
+                        f"{self.stop.reason or 'a stop asked for on another rank'}: saved step {self.step} to "
+                        f"{saved} and stopped; the same command with --resume auto continues it"
+                    )
                     return last | {"stopped": self.stop.reason or "signal"}
         finally:
             log.close()
@@ -429,13 +528,23 @@ class Trainer:
         return self.stream_skipped_before + self.loader.skipped
 
     def save(self) -> Path:
-        meta = {"tokens_seen": self.tokens_seen, "skipped_steps": self.skipped_steps, "stream": self.loader.state_dict(),
-                "stream_skipped": self.stream_skipped,
-                "data": {"path": self.config.data.path, "plan_fingerprint": self.manifest.plan_fingerprint,
-                         "seq_len": self.manifest.seq_len},
-                "model": self.model_config.model_dump()}
-        files = {"config.yaml": self.run_dir / "config.yaml", "model.yaml": self.run_dir / "model.yaml",
-                 "tokenizer": self.run_dir / "tokenizer"}
+        meta = {
+            "tokens_seen": self.tokens_seen,
+            "skipped_steps": self.skipped_steps,
+            "stream": self.loader.state_dict(),
+            "stream_skipped": self.stream_skipped,
+            "data": {
+                "path": self.config.data.path,
+                "plan_fingerprint": self.manifest.plan_fingerprint,
+                "seq_len": self.manifest.seq_len,
+            },
+            "model": self.model_config.model_dump(),
+        }
+        files = {
+            "config.yaml": self.run_dir / "config.yaml",
+            "model.yaml": self.run_dir / "model.yaml",
+            "tokenizer": self.run_dir / "tokenizer",
+        }
         saved = ckpt.save(self.engine, self.run_dir, self.step, meta, files, self.config.checkpoint.keep_last)
         self._say(f"saved step {self.step}: {saved}")
         return saved

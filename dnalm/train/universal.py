@@ -20,9 +20,17 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from dnalm.train.checkpoint import (
+    MARKER,
+    TAG,
+    UNIVERSAL_FAILED,
+    UNIVERSAL_TAG,
+    CheckpointError,
+    decided_by_rank0,
+    step_of,
+)
 from dnalm.utils import faults
 from dnalm.utils.files import fsync_tree, rename_durably, write_atomic
-from dnalm.train.checkpoint import MARKER, TAG, UNIVERSAL_FAILED, UNIVERSAL_TAG, CheckpointError, decided_by_rank0, step_of
 
 
 def ensure_universal(checkpoint: Path, timeout_s: float, workers: int | None = None) -> None:
@@ -61,9 +69,11 @@ def _wait_for_conversion(checkpoint: Path, timeout_s: float, poll_s: float = 1.0
         if failed.is_file():
             raise CheckpointError(f"rank 0 could not convert {checkpoint}: {failed.read_text().strip()}")
         if time.monotonic() > deadline:
-            raise CheckpointError(f"{checkpoint}: rank 0's conversion to a universal checkpoint took over "
-                                  f"checkpoint.convert_timeout_s={timeout_s:g} s; convert it ahead with `dnalm checkpoint "
-                                  "universal` and relaunch, or raise checkpoint.convert_timeout_s")
+            raise CheckpointError(
+                f"{checkpoint}: rank 0's conversion to a universal checkpoint took over "
+                f"checkpoint.convert_timeout_s={timeout_s:g} s; convert it ahead with `dnalm checkpoint "
+                "universal` and relaunch, or raise checkpoint.convert_timeout_s"
+            )
         time.sleep(poll_s)
 
 
@@ -92,9 +102,20 @@ def convert_universal(checkpoint: Path, workers: int | None = None) -> Path:
     staging = checkpoint / f".{UNIVERSAL_TAG}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     workers = workers or conversion_workers(checkpoint)
-    command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-               str(checkpoint / TAG), "--output_folder", str(staging), "--inject_missing_state",
-               "--num_extract_workers", str(workers), "--num_merge_workers", str(workers)]
+    command = [
+        sys.executable,
+        "-m",
+        "deepspeed.checkpoint.ds_to_universal",
+        "--input_folder",
+        str(checkpoint / TAG),
+        "--output_folder",
+        str(staging),
+        "--inject_missing_state",
+        "--num_extract_workers",
+        str(workers),
+        "--num_merge_workers",
+        str(workers),
+    ]
     with tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         while faults.armed("universal.converting") and process.poll() is None:  # tests: kill it half-way
@@ -106,8 +127,9 @@ def convert_universal(checkpoint: Path, workers: int | None = None) -> Path:
         lines = log.read().strip().splitlines()
     if process.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
-        raise CheckpointError(f"{checkpoint}: conversion to a universal checkpoint failed: "
-                              f"{lines[-1] if lines else process.returncode}")
+        raise CheckpointError(
+            f"{checkpoint}: conversion to a universal checkpoint failed: {lines[-1] if lines else process.returncode}"
+        )
     faults.strike("universal.converted", step_of(checkpoint))
     write_atomic(staging / MARKER, "converted\n")
     fsync_tree(staging)

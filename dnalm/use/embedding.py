@@ -17,16 +17,16 @@ its reverse complement, so both strands give the same vector.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from dnalm.utils.errors import DnalmError
-from dnalm.use.sequences import reverse_complement
 from dnalm.tokenizers import Tokenizer, ViewTokenizer
 from dnalm.tokenizers.views import concatenate_views
+from dnalm.use.sequences import reverse_complement
+from dnalm.utils.errors import DnalmError
 
 POOLINGS = ("mean", "max", "cls", "none")
 OVERLAP = 0.25
@@ -53,8 +53,17 @@ class _Window:
     result: dict = field(default_factory=dict)
 
 
-def embed(model, tokenizer: Tokenizer, sequences: Iterable[str], *, pooling: str = "mean", layer: int = -1,
-          reverse_complement_average: bool = False, batch_size: int = 8, progress: bool = False):
+def embed(
+    model,
+    tokenizer: Tokenizer,
+    sequences: Iterable[str],
+    *,
+    pooling: str = "mean",
+    layer: int = -1,
+    reverse_complement_average: bool = False,
+    batch_size: int = 8,
+    progress: bool = False,
+):
     """Pooled embeddings as an (n, d_model) float32 array, or a list of ``TokenRows`` for ``pooling="none"``.
 
     The model stays on its device; inputs follow it.
@@ -65,7 +74,9 @@ def embed(model, tokenizer: Tokenizer, sequences: Iterable[str], *, pooling: str
         raise EmbedError("reverse_complement_average: per-token rows of the two strands do not line up; pool them")
     views = tokenizer.tokenizers if isinstance(tokenizer, ViewTokenizer) else [tokenizer]
     if pooling == "cls" and not isinstance(tokenizer, ViewTokenizer):
-        raise EmbedError(f"pooling cls: {tokenizer.name} inputs carry no [CLS] token (only multi-view inputs do); use mean or max")
+        raise EmbedError(
+            f"pooling cls: {tokenizer.name} inputs carry no [CLS] token (only multi-view inputs do); use mean or max"
+        )
     sequences = list(sequences)
     block = _block_index(model, layer)
     forward = _Embedder(model, tokenizer, views, block)
@@ -111,7 +122,9 @@ class _Embedder:
         if pooling == "cls":
             return np.stack([np.mean([w.result["cls"] for w in ws], axis=0) for ws in by_sequence]).astype(np.float32)
         if any(len(t.rows) == 0 for t in tokens):
-            raise EmbedError(f"sequence {next(i for i, t in enumerate(tokens) if len(t.rows) == 0)}: empty, nothing to pool")
+            raise EmbedError(
+                f"sequence {next(i for i, t in enumerate(tokens) if len(t.rows) == 0)}: empty, nothing to pool"
+            )
         pool = np.mean if pooling == "mean" else np.max
         return np.stack([pool(t.rows, axis=0) for t in tokens]).astype(np.float32)
 
@@ -133,7 +146,9 @@ class _Embedder:
         while True:
             lo, hi = int(np.searchsorted(cuts, begin, side="right")), len(cuts) - 1  # largest cut that fits
             if lo > hi or tokens_between(begin, int(cuts[lo])) > self.context:
-                raise EmbedError(f"sequence {index}: no window of {self.context} tokens ends on a boundary every view shares")
+                raise EmbedError(
+                    f"sequence {index}: no window of {self.context} tokens ends on a boundary every view shares"
+                )
             while lo < hi:
                 mid = (lo + hi + 1) // 2
                 lo, hi = (mid, hi) if tokens_between(begin, int(cuts[mid])) <= self.context else (lo, mid - 1)
@@ -173,11 +188,17 @@ class _Embedder:
         hook = None
         if self.block is not None:
             hook = self.model.blocks[self.block].register_forward_hook(
-                lambda module, args, out: captured.__setitem__("x", out[0] if isinstance(out, tuple) else out))
+                lambda module, args, out: captured.__setitem__("x", out[0] if isinstance(out, tuple) else out)
+            )
         try:
             # no key mask when nothing is padded (a long window alone), so attention takes its fused kernels; no head
-            out = self.model(ids, segment_ids=segments if self.multi else None, positions=positions,
-                             attention_mask=None if mask.all() else torch.from_numpy(mask).to(self.device), logits=False)
+            out = self.model(
+                ids,
+                segment_ids=segments if self.multi else None,
+                positions=positions,
+                attention_mask=None if mask.all() else torch.from_numpy(mask).to(self.device),
+                logits=False,
+            )
         finally:
             if hook is not None:
                 hook.remove()
@@ -199,9 +220,11 @@ class _Embedder:
                 spans.append(encoding.offsets[first:last][keep])
                 views.append(np.full(int(keep.sum()), v, np.int32))
         d = self.model.config.d_model
-        return TokenRows(np.concatenate(rows) if rows else np.zeros((0, d), np.float32),
-                         np.concatenate(spans) if spans else np.zeros((0, 2), np.int64),
-                         np.concatenate(views) if views else np.zeros(0, np.int32))
+        return TokenRows(
+            np.concatenate(rows) if rows else np.zeros((0, d), np.float32),
+            np.concatenate(spans) if spans else np.zeros((0, 2), np.int64),
+            np.concatenate(views) if views else np.zeros(0, np.int32),
+        )
 
     def _view_rows(self, w: _Window, view: int) -> np.ndarray:
         """The rows of one view's tokens within a window's output ([CLS] v0 [SEP] v1 [SEP] … for views)."""
@@ -232,12 +255,17 @@ def save(result, inputs, out) -> tuple:
     else:
         if out.suffix != ".npz":
             raise EmbedError(f"--out {out}: per-token rows (pooling none) need a .npz file")
-        np.savez(buffer, embeddings=np.concatenate([t.rows for t in result]),
-                 spans=np.concatenate([t.spans for t in result]), views=np.concatenate([t.views for t in result]),
-                 sequence=np.concatenate([np.full(len(t.rows), i, np.int64) for i, t in enumerate(result)]))
+        np.savez(
+            buffer,
+            embeddings=np.concatenate([t.rows for t in result]),
+            spans=np.concatenate([t.spans for t in result]),
+            views=np.concatenate([t.views for t in result]),
+            sequence=np.concatenate([np.full(len(t.rows), i, np.int64) for i, t in enumerate(result)]),
+        )
     index = out.with_name(out.name + ".index.tsv")
-    lines = ["row\tname\tstrand\tlength\tlabel"] + [f"{i}\t{s.name}\t{s.strand}\t{len(s.sequence)}\t{s.label}"
-                                                  for i, s in enumerate(inputs)]
+    lines = ["row\tname\tstrand\tlength\tlabel"] + [
+        f"{i}\t{s.name}\t{s.strand}\t{len(s.sequence)}\t{s.label}" for i, s in enumerate(inputs)
+    ]
     write_atomic(index, "\n".join(lines) + "\n")
     write_atomic(out, buffer.getvalue())
     return out, index

@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from dnalm.utils.errors import DnalmError
 from dnalm.tokenizers import NUM_SPECIAL
+from dnalm.utils.errors import DnalmError
 
 
 class GenerationError(DnalmError):
@@ -41,8 +41,18 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, t
 
 
 @torch.no_grad()
-def generate_ids(model, prompt_ids: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, num_samples: int = 1, seed: int = 0, use_cache: bool = True) -> torch.Tensor:
+def generate_ids(
+    model,
+    prompt_ids: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    num_samples: int = 1,
+    seed: int = 0,
+    use_cache: bool = True,
+) -> torch.Tensor:
     """(num_samples, prompt + new) ids."""
     config = model.config
     if config.arch != "decoder":

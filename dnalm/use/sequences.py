@@ -51,7 +51,9 @@ def from_bed(bed: str | Path, genome: str | Path) -> list[Named]:
         where = f"{bed}:{number}"
         fields = line.rstrip("\n").split("\t")
         if len(fields) < 3:
-            raise SequenceInputError(f"{where}: a BED line needs chrom, start and end separated by tabs, got {line[:60]!r}")
+            raise SequenceInputError(
+                f"{where}: a BED line needs chrom, start and end separated by tabs, got {line[:60]!r}"
+            )
         chrom, start, end = fields[0], fields[1], fields[2]
         if not (start.isdigit() and end.isdigit()) or int(start) >= int(end):
             raise SequenceInputError(f"{where}: start {start!r} and end {end!r} must be integers with start < end")
@@ -64,7 +66,9 @@ def from_bed(bed: str | Path, genome: str | Path) -> list[Named]:
             raise SequenceInputError(f"{where}: strand {strand!r} is not +, - or .")
         name = fields[3] if len(fields) > 3 and fields[3] else f"{chrom}:{start}-{end}"
         sequence = indexed.fetch(chrom, int(start), int(end)).sequence
-        out.append(Named(name, reverse_complement(sequence) if strand == "-" else sequence, "-" if strand == "-" else "+"))
+        out.append(
+            Named(name, reverse_complement(sequence) if strand == "-" else sequence, "-" if strand == "-" else "+")
+        )
     return out
 
 

@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 
 from dnalm import genome as genome_io
-from dnalm.utils.errors import DnalmError
-from dnalm.use.sequences import reverse_complement
 from dnalm.tokenizers import NucleotideTokenizer, ViewTokenizer
 from dnalm.tokenizers.base import MASK_ID, NUM_SPECIAL
+from dnalm.use.sequences import reverse_complement
+from dnalm.utils.errors import DnalmError
 
 DNA = set("ACGTN")
 HEAD_CHUNK = 4096  # positions whose logits exist at once when a window's log-likelihood is summed
@@ -104,15 +104,26 @@ def check_against(variants: list[Variant], genome: genome_io.IndexedGenome) -> N
             v.status = "ref_mismatch"
 
 
-def score_variants(model, tokenizer, variants: list[Variant], genome: genome_io.IndexedGenome, *,
-                   window: int = 512, batch_size: int = 16) -> list[Variant]:
+def score_variants(
+    model,
+    tokenizer,
+    variants: list[Variant],
+    genome: genome_io.IndexedGenome,
+    *,
+    window: int = 512,
+    batch_size: int = 16,
+) -> list[Variant]:
     """Fill in ``score`` and ``window`` of every variant still marked ``scored``."""
     if isinstance(tokenizer, ViewTokenizer):
-        raise VariantError("score-variants: a multi-view model has no single likelihood of a sequence; use a one-view bundle")
+        raise VariantError(
+            "score-variants: a multi-view model has no single likelihood of a sequence; use a one-view bundle"
+        )
     encoder = model.config.arch != "decoder"
     if encoder and not isinstance(tokenizer, NucleotideTokenizer):
-        raise VariantError(f"score-variants: an encoder's masked marginal needs one token per base (nucleotide), "
-                           f"this bundle's tokenizer is {tokenizer.name}")
+        raise VariantError(
+            f"score-variants: an encoder's masked marginal needs one token per base (nucleotide), "
+            f"this bundle's tokenizer is {tokenizer.name}"
+        )
     if window < 2:
         raise VariantError(f"--window {window}: needs at least 2 bases")
     check_against(variants, genome)
@@ -157,7 +168,9 @@ def _log_likelihoods(model, encoded: list[np.ndarray], device) -> list[float]:
     """Sum of log p(token | tokens before it) over each sequence's tokens after the first."""
     longest = max(len(ids) for ids in encoded)
     if longest > model.config.max_seq_len and model.config.positions == "learned":
-        raise VariantError(f"--window: {longest} tokens exceed the model's {model.config.max_seq_len} learned positions")
+        raise VariantError(
+            f"--window: {longest} tokens exceed the model's {model.config.max_seq_len} learned positions"
+        )
     ids = torch.zeros(len(encoded), longest, dtype=torch.long)
     mask = torch.zeros(len(encoded), longest, dtype=torch.bool)
     for row, seq in enumerate(encoded):
@@ -172,8 +185,8 @@ def _log_likelihoods(model, encoded: list[np.ndarray], device) -> list[float]:
         for start in range(0, longest - 1, HEAD_CHUNK):
             end = min(start + HEAD_CHUNK, longest - 1)
             log_probs = torch.log_softmax(model.head_logits(hidden[:, start:end]).float(), dim=-1)
-            picked = log_probs.gather(-1, ids[:, start + 1:end + 1, None]).squeeze(-1)
-            sums += (picked * mask[:, start + 1:end + 1]).sum(1)
+            picked = log_probs.gather(-1, ids[:, start + 1 : end + 1, None]).squeeze(-1)
+            sums += (picked * mask[:, start + 1 : end + 1]).sum(1)
     return sums.tolist()
 
 
@@ -200,13 +213,19 @@ def _masked_marginals(model, tokenizer, batch, contexts, device) -> list[float]:
         hidden = model(ids.to(device), attention_mask=mask.to(device), logits=False).hidden
         marginals = []
         for row, (start, ref_ids, alt_ids) in enumerate(targets):  # the head on the masked bases only
-            logits = model.head_logits(hidden[row, start:start + len(ref_ids)]).float()
+            logits = model.head_logits(hidden[row, start : start + len(ref_ids)]).float()
             if model.config.mlm_target == "bases":  # a nucleotide token's one base: classes A C G T N in the ids' order
                 logits = F.pad(logits[..., 0, :], (NUM_SPECIAL, 0), value=float("-inf"))
             log_probs = torch.log_softmax(logits, -1).cpu()
             at = torch.arange(len(ref_ids))
-            marginals.append(float((log_probs[at, torch.as_tensor(alt_ids, dtype=torch.long)]
-                                    - log_probs[at, torch.as_tensor(ref_ids, dtype=torch.long)]).sum()))
+            marginals.append(
+                float(
+                    (
+                        log_probs[at, torch.as_tensor(alt_ids, dtype=torch.long)]
+                        - log_probs[at, torch.as_tensor(ref_ids, dtype=torch.long)]
+                    ).sum()
+                )
+            )
     return [(marginals[i] + marginals[i + 1]) / 2 for i in range(0, len(marginals), 2)]
 
 
@@ -224,9 +243,14 @@ def write_results(variants: list[Variant], out: str | Path) -> dict:
     for v in variants:
         counts[v.status] = counts.get(v.status, 0) + 1
     scores = np.array([v.score for v in variants if v.status == "scored"])
-    summary = {"alleles": len(variants), "by_status": counts,
-               "score": {"mean": float(scores.mean()), "min": float(scores.min()), "max": float(scores.max())} if len(scores) else None,
-               "not_scored_lines": sorted({v.line for v in variants if v.status != "scored"})}
+    summary = {
+        "alleles": len(variants),
+        "by_status": counts,
+        "score": {"mean": float(scores.mean()), "min": float(scores.min()), "max": float(scores.max())}
+        if len(scores)
+        else None,
+        "not_scored_lines": sorted({v.line for v in variants if v.status != "scored"}),
+    }
     write_atomic(out.with_name(out.name + ".summary.json"), json.dumps(summary, indent=1))
     write_atomic(out, text.getvalue())
     return summary

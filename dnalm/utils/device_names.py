@@ -1,3 +1,4 @@
-"""The names ``--device`` accepts, apart from ``dnalm.utils.devices`` so that building the command line needs no torch."""
+"""The names ``--device`` accepts, apart from ``dnalm.utils.devices`` so that building the command line needs no
+torch."""
 
 CHOICES = ("auto", "cpu", "cuda")

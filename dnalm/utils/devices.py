@@ -31,8 +31,10 @@ def local_gpu_index(env: Mapping[str, str], visible: int) -> int | None:
         return None
     index = int(env.get("LOCAL_RANK", "0"))
     if not 0 <= index < visible:
-        raise DnalmError(f"LOCAL_RANK {index}, but this process sees {visible} GPU(s) (CUDA_VISIBLE_DEVICES="
-                         f"{env.get('CUDA_VISIBLE_DEVICES', 'unset')}); start as many processes per node as it has GPUs")
+        raise DnalmError(
+            f"LOCAL_RANK {index}, but this process sees {visible} GPU(s) (CUDA_VISIBLE_DEVICES="
+            f"{env.get('CUDA_VISIBLE_DEVICES', 'unset')}); start as many processes per node as it has GPUs"
+        )
     return index
 
 
@@ -49,8 +51,10 @@ def resolve(name: str = "auto") -> torch.device:
     if name not in CHOICES:
         raise DnalmError(f"--device must be one of {', '.join(CHOICES)}, got {name!r}")
     if name == "cuda" and not torch.cuda.is_available():
-        raise DnalmError("--device cuda: no CUDA device is visible to this process (torch "
-                         f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'})")
+        raise DnalmError(
+            "--device cuda: no CUDA device is visible to this process (torch "
+            f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'})"
+        )
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
@@ -61,8 +65,12 @@ def resolve(name: str = "auto") -> torch.device:
 
 def dtype_name(dtype) -> str:
     """fp32, bf16, fp16, fp8: how results and logs name a torch dtype."""
-    return {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16",
-            "torch.float8_e4m3fn": "fp8"}.get(str(dtype), str(dtype))
+    return {
+        "torch.float32": "fp32",
+        "torch.bfloat16": "bf16",
+        "torch.float16": "fp16",
+        "torch.float8_e4m3fn": "fp8",
+    }.get(str(dtype), str(dtype))
 
 
 def move(tensors: dict, device: torch.device) -> dict:
@@ -86,9 +94,15 @@ def describe(device: torch.device | str) -> dict:
     if device.type != "cuda":
         return {"type": "cpu", "name": cpu_name(), "threads": torch.get_num_threads()}
     props = torch.cuda.get_device_properties(device)
-    return {"type": "cuda", "name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
-            "capability": f"{props.major}.{props.minor}", "torch": torch.__version__, "cuda": torch.version.cuda,
-            "driver": _nvidia_driver()}
+    return {
+        "type": "cuda",
+        "name": props.name,
+        "memory_gib": round(props.total_memory / 2**30, 1),
+        "capability": f"{props.major}.{props.minor}",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "driver": _nvidia_driver(),
+    }
 
 
 def cpu_name() -> str:
@@ -113,8 +127,12 @@ def _nvidia_driver() -> str | None:
     import subprocess
 
     try:
-        done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=10)
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else None

@@ -61,8 +61,10 @@ def hit(point: str, action: str, step: int | None = None, rank: int = 0) -> bool
     """Whether ``DNALM_FAULTS`` asks for ``action`` (stale, refuse) at this point, step and rank: the code then
     behaves as the fault would make it (a stale listing, a refused lock)."""
     spec = os.environ.get(ENV)
-    return bool(spec) and any(a == action and where == point and at_step in (None, step) and at_rank in (None, rank)
-                              for a, where, at_step, at_rank in _parse(spec))
+    return bool(spec) and any(
+        a == action and where == point and at_step in (None, step) and at_rank in (None, rank)
+        for a, where, at_step, at_rank in _parse(spec)
+    )
 
 
 def armed(point: str) -> bool:
@@ -77,8 +79,10 @@ def _parse(spec: str):
         name, *numbers = where.split(":")
         known = action in STRIKES + ANSWERS or (action.startswith("sleep=") and _seconds(action))
         if not known or name not in POINTS or len(numbers) > 2:
-            raise ValueError(f"{ENV}: cannot read {item!r} (ACTION@POINT[:STEP[:RANK]], ACTION kill|raise|sleep=S|"
-                             f"stale|refuse, POINT one of {', '.join(POINTS)})")
+            raise ValueError(
+                f"{ENV}: cannot read {item!r} (ACTION@POINT[:STEP[:RANK]], ACTION kill|raise|sleep=S|"
+                f"stale|refuse, POINT one of {', '.join(POINTS)})"
+            )
         at_step, at_rank = (int(n) if n else None for n in numbers + [""] * (2 - len(numbers)))
         yield action, name, at_step, at_rank
 

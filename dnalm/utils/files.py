@@ -27,7 +27,7 @@ def fsync_path(path: str | Path) -> None:
 
 def fsync_tree(folder: str | Path) -> None:
     """Every file and directory under ``folder``, then ``folder`` itself."""
-    for root, dirs, files in os.walk(folder, topdown=False):
+    for root, _dirs, files in os.walk(folder, topdown=False):
         for name in files:
             fsync_path(os.path.join(root, name))
         fsync_path(root)

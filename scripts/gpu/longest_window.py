@@ -15,10 +15,10 @@ import time
 
 import torch
 
-from dnalm.utils.memory import added_peak_mb
 from dnalm.data.masking import next_token_labels
-from dnalm.utils.devices import describe, resolve, synchronize, training_dtype
 from dnalm.models import build_model, get_config
+from dnalm.utils.devices import describe, resolve, synchronize, training_dtype
+from dnalm.utils.memory import added_peak_mb
 
 LEAN = dict(activation_checkpointing=True, mlp_tile=8192, loss_chunk=8192)
 
@@ -63,8 +63,14 @@ def main() -> None:
     config = get_config(args.model, vocab_size=16, max_seq_len=args.high, **LEAN, **overrides)
     model = build_model(config).to(device, training_dtype(device)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    result = {"device": describe(device), "model": args.model, "lean": LEAN, "overrides": overrides, "speed": [],
-              "bisection": []}
+    result = {
+        "device": describe(device),
+        "model": args.model,
+        "lean": LEAN,
+        "overrides": overrides,
+        "speed": [],
+        "bisection": [],
+    }
     for length in [int(x) for x in args.speed.split(",") if x]:
         fits(model, optimizer, min(length, 2048), device)  # warm-up
         result["speed"].append(fits(model, optimizer, length, device) or {"length": length, "oom": True})

@@ -15,11 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from dnalm.utils.devices import describe, synchronize
 from dnalm.models import build_model, get_config
+from dnalm.utils.devices import describe, synchronize
 
-GROUPS = (("attention", ("flash", "fmha", "attention", "sdpa", "flex")), ("matmul", ("gemm", "cutlass", "sm90", "xmma", "nvjet", "cublas")),
-          ("optimizer", ("adam", "multi_tensor", "foreach")), ("norm and elementwise", ("elementwise", "vectorized", "reduce", "norm")))
+GROUPS = (
+    ("attention", ("flash", "fmha", "attention", "sdpa", "flex")),
+    ("matmul", ("gemm", "cutlass", "sm90", "xmma", "nvjet", "cublas")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("norm and elementwise", ("elementwise", "vectorized", "reduce", "norm")),
+)
 
 
 def group(name: str) -> str:
@@ -49,17 +53,33 @@ def main(model_name: str, batch: int, seq_len: int, out: str) -> None:
         step()
         synchronize(device)
         wall = time.perf_counter() - start
-    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0]
+    kernels = [
+        e
+        for e in prof.key_averages()
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0
+    ]
     busy = max(sum(e.self_device_time_total for e in kernels) / 1e6, 1e-9)
     shares = {}
     for e in kernels:
         shares[group(e.key)] = shares.get(group(e.key), 0.0) + e.self_device_time_total / 1e6
     top = sorted(kernels, key=lambda e: -e.self_device_time_total)[:25]
-    result = {"model": model_name, "batch": batch, "seq_len": seq_len, "step_seconds": round(wall, 4),
-              "gpu_busy_seconds": round(busy, 4), "gpu_busy_share": round(busy / wall, 3),
-              "groups": {k: {"seconds": round(v, 4), "share_of_busy": round(v / busy, 3)} for k, v in sorted(shares.items(), key=lambda kv: -kv[1])},
-              "top_kernels": [{"name": e.key[:120], "calls": e.count, "seconds": round(e.self_device_time_total / 1e6, 4)} for e in top],
-              "device": describe(device), "torch": torch.__version__}
+    result = {
+        "model": model_name,
+        "batch": batch,
+        "seq_len": seq_len,
+        "step_seconds": round(wall, 4),
+        "gpu_busy_seconds": round(busy, 4),
+        "gpu_busy_share": round(busy / wall, 3),
+        "groups": {
+            k: {"seconds": round(v, 4), "share_of_busy": round(v / busy, 3)}
+            for k, v in sorted(shares.items(), key=lambda kv: -kv[1])
+        },
+        "top_kernels": [
+            {"name": e.key[:120], "calls": e.count, "seconds": round(e.self_device_time_total / 1e6, 4)} for e in top
+        ],
+        "device": describe(device),
+        "torch": torch.__version__,
+    }
     with open(out, "w") as fh:
         json.dump(result, fh, indent=2)
     print(json.dumps({k: result[k] for k in ("step_seconds", "gpu_busy_share", "groups")}, indent=2))

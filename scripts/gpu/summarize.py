@@ -16,17 +16,29 @@ from pathlib import Path
 
 import torch
 
-from dnalm.train.flops import SOURCE, flops_per_token, nominal_peak
 from dnalm.models import build_model, get_config
 from dnalm.tokenizers import load
+from dnalm.train.flops import SOURCE, flops_per_token, nominal_peak
 
 HERE = Path(__file__).resolve().parents[2] / "docs" / "benchmarks" / "gpu"  # the calls' raw results
 OUT = HERE.parent
 
 # run folder -> (call, model, ZeRO stage, micro-batch, activation recomputation, what it is)
 RUNS = {
-    ("call1", "decoder-small"): ("decoder-small", "zero2", 4, False, "50 steps, checkpoints at 20 and 40, uninterrupted"),
-    ("call1", "decoder-small-resumed"): ("decoder-small", "zero2", 4, False, "the same, SIGKILL inside step 45, --resume auto"),
+    ("call1", "decoder-small"): (
+        "decoder-small",
+        "zero2",
+        4,
+        False,
+        "50 steps, checkpoints at 20 and 40, uninterrupted",
+    ),
+    ("call1", "decoder-small-resumed"): (
+        "decoder-small",
+        "zero2",
+        4,
+        False,
+        "the same, SIGKILL inside step 45, --resume auto",
+    ),
     ("call1", "encoder-small"): ("encoder-small", "zero2", 4, False, "ALiBi as an explicit bias (before alibi_flex)"),
     ("call2", "encoder-small"): ("encoder-small", "zero2", 4, False, "ALiBi through FlexAttention (alibi_flex)"),
     ("call1", "decoder-1.5b"): ("decoder-1.5b", "zero3", 16, True, "10 steps"),
@@ -53,30 +65,50 @@ def training(nominal: float, peak: float) -> list[dict]:
         rates = sorted(r["tokens_per_s"] for r in steps[2:])  # the first steps compile and warm up
         median = rates[len(rates) // 2]
         evals = [r for r in records(call, run) if "val_loss" in r]
-        rows.append({"call": call, "run": run, "model": model, "deepspeed": stage, "micro_batch": micro,
-                     "seq_len": seq_len, "activation_recomputation": recompute, "what": what, "steps": len(steps),
-                     "median_tokens_per_s": median, "mfu": round(median * per_token(model, seq_len) / nominal, 4),
-                     "mfu_of_measured_matmul": round(median * per_token(model, seq_len) / peak, 4),
-                     "peak_memory_mb": steps[-1].get("peak_memory_mb"),
-                     "first_loss": round(steps[0]["loss"], 4), "last_loss": round(steps[-1]["loss"], 4),
-                     "non_finite_steps": sum(r.get("skipped", False) for r in records(call, run)),
-                     "val_loss": [round(r["val_loss"], 4) for r in evals],
-                     **({"val_masked_accuracy": [round(r["val_masked_accuracy"], 4) for r in evals]}
-                        if evals and "val_masked_accuracy" in evals[0] else {})})
+        rows.append(
+            {
+                "call": call,
+                "run": run,
+                "model": model,
+                "deepspeed": stage,
+                "micro_batch": micro,
+                "seq_len": seq_len,
+                "activation_recomputation": recompute,
+                "what": what,
+                "steps": len(steps),
+                "median_tokens_per_s": median,
+                "mfu": round(median * per_token(model, seq_len) / nominal, 4),
+                "mfu_of_measured_matmul": round(median * per_token(model, seq_len) / peak, 4),
+                "peak_memory_mb": steps[-1].get("peak_memory_mb"),
+                "first_loss": round(steps[0]["loss"], 4),
+                "last_loss": round(steps[-1]["loss"], 4),
+                "non_finite_steps": sum(r.get("skipped", False) for r in records(call, run)),
+                "val_loss": [round(r["val_loss"], 4) for r in evals],
+                **(
+                    {"val_masked_accuracy": [round(r["val_masked_accuracy"], 4) for r in evals]}
+                    if evals and "val_masked_accuracy" in evals[0]
+                    else {}
+                ),
+            }
+        )
     return rows
 
 
 def resume() -> dict:
-    full, resumed = ({r["step"]: r["loss"] for r in records("call1", run) if "loss" in r}
-                     for run in ("decoder-small", "decoder-small-resumed"))
+    full, resumed = (
+        {r["step"]: r["loss"] for r in records("call1", run) if "loss" in r}
+        for run in ("decoder-small", "decoder-small-resumed")
+    )
     gap = {s: abs(full[s] - resumed[s]) for s in full}
-    return {"kill": "SIGKILL of the process group inside step 45 (DNALM_FAULTS=kill@train.step:45); checkpoints at 20 "
-                    "and 40; --resume auto from step-40",
-            "steps_bit_identical": [s for s in sorted(gap) if gap[s] == 0],
-            "max_abs_loss_gap_steps_1_to_40": max(gap[s] for s in gap if s <= 40),
-            "max_abs_loss_gap_steps_41_to_50": max(gap[s] for s in gap if s > 40),
-            "reading": "steps 1-40 of the two runs ran the same code with no kill or resume between them, so their gap "
-                       "is the GPU's run-to-run nondeterminism; the gap after the resume is no larger"}
+    return {
+        "kill": "SIGKILL of the process group inside step 45 (DNALM_FAULTS=kill@train.step:45); checkpoints at 20 "
+        "and 40; --resume auto from step-40",
+        "steps_bit_identical": [s for s in sorted(gap) if gap[s] == 0],
+        "max_abs_loss_gap_steps_1_to_40": max(gap[s] for s in gap if s <= 40),
+        "max_abs_loss_gap_steps_41_to_50": max(gap[s] for s in gap if s > 40),
+        "reading": "steps 1-40 of the two runs ran the same code with no kill or resume between them, so their gap "
+        "is the GPU's run-to-run nondeterminism; the gap after the resume is no larger",
+    }
 
 
 def main() -> None:
@@ -89,18 +121,22 @@ def main() -> None:
     nominal_name, nominal = nominal_peak(bench_train["device"]["name"], "bf16")
     tests = re.search(r"(\d+) passed", (HERE / "call2" / "cuda-tests.log").read_text())
     result = {
-        "benchmark": "gpu", "date": "2026-11-30",
+        "benchmark": "gpu",
+        "date": "2026-11-30",
         "device": bench_train["device"],
-        "software": {"torch": bench_train["device"]["torch"], "cuda": bench_train["device"]["cuda"],
-                     "driver": bench_train["device"]["driver"],
-                     "deepspeed": re.search(r"deepspeed (\S+)", env).group(1),
-                     "python": re.search(r"^(3\.\d+\.\d+) ", env, re.M).group(1),
-                     "flash_attn": "not installed: the package index offers no flash-attn wheel for Python 3.12 "
-                                   "manylinux (pip download --only-binary=:all: flash-attn finds none), and a source "
-                                   "build was not attempted; the flash backend ran SDPA's kernels"},
+        "software": {
+            "torch": bench_train["device"]["torch"],
+            "cuda": bench_train["device"]["cuda"],
+            "driver": bench_train["device"]["driver"],
+            "deepspeed": re.search(r"deepspeed (\S+)", env).group(1),
+            "python": re.search(r"^(3\.\d+\.\d+) ", env, re.M).group(1),
+            "flash_attn": "not installed: the package index offers no flash-attn wheel for Python 3.12 "
+            "manylinux (pip download --only-binary=:all: flash-attn finds none), and a source "
+            "build was not attempted; the flash backend ran SDPA's kernels",
+        },
         "commands": "bash scripts/gpu/run.sh (call 1, tree d9108d0); SECTIONS='cuda-tests encoder-small "
-                    "decoder-1.5b-zero2-mb8-no-recompute decoder-1.5b-zero3-mb32 bench-alibi profile' "
-                    "bash scripts/gpu/run.sh (call 2, tree 4a04bf6); then this script",
+        "decoder-1.5b-zero2-mb8-no-recompute decoder-1.5b-zero3-mb32 bench-alibi profile' "
+        "bash scripts/gpu/run.sh (call 2, tree 4a04bf6); then this script",
         "calls": "two device calls, each on a freshly started machine of the same kind",
         "matmul_peak_tflops": bench_train["peak"]["tflops"],
         "nominal_peak": {"device": nominal_name, "bf16_tflops": nominal / 1e12, "source": SOURCE},
@@ -108,7 +144,9 @@ def main() -> None:
         "training": training(nominal, peak),
         "resume_after_sigkill": resume(),
         "cuda_tests": f"{tests.group(1) if tests else 0} passed (tests/test_attention.py -k cuda, call 2)",
-        "profile_decoder_1.5b": {k: profile[k] for k in ("batch", "seq_len", "step_seconds", "gpu_busy_share", "groups")},
+        "profile_decoder_1.5b": {
+            k: profile[k] for k in ("batch", "seq_len", "step_seconds", "gpu_busy_share", "groups")
+        },
         "bench_train_rows": bench_train["rows"],
         "attention_rows": attention["rows"],
         "alibi_ratios": alibi["ratios"],
@@ -123,8 +161,11 @@ def plot(result: dict) -> None:
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
     big = [r for r in result["training"] if r["model"] == "decoder-1.5b"]
-    labels = [f"{r['deepspeed']}, micro {r['micro_batch']}\n{'recompute' if r['activation_recomputation'] else 'no recompute'}"
-              for r in big]
+    labels = [
+        f"{r['deepspeed']}, micro "
+        f"{r['micro_batch']}\n{'recompute' if r['activation_recomputation'] else 'no recompute'}"
+        for r in big
+    ]
     left.bar(labels, [100 * r["mfu"] for r in big], color="#3b7dd8")
     left.axhline(52, color="grey", linestyle="--", linewidth=1)  # the goal at 2,048 tokens: 48,000 tokens/s
     left.set_ylabel(f"MFU (% of {result['nominal_peak']['device']}'s nominal bf16 peak)")
@@ -139,8 +180,10 @@ def plot(result: dict) -> None:
     right.set_title("encoder attention", fontsize=10)
     right.legend(fontsize=8)
     right.grid(alpha=0.3)
-    fig.suptitle(f"{result['device']['name']}, torch {result['software']['torch']}, "
-                 f"DeepSpeed {result['software']['deepspeed']}", fontsize=10)
+    fig.suptitle(
+        f"{result['device']['name']}, torch {result['software']['torch']}, DeepSpeed {result['software']['deepspeed']}",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(OUT / "gpu.png", dpi=110)
 

@@ -8,21 +8,22 @@ low, so that freed tensors leave the resident set.
 import json
 import sys
 
-import torch
 import torch.distributed as dist
 
-from dnalm.utils.memory import added_peak_mb
 from dnalm.models import build_model, get_config
 from dnalm.train.config import REPO_CONFIGS
 from dnalm.train.distributed import init_distributed
 from dnalm.train.trainer import load_bundle_weights
+from dnalm.utils.memory import added_peak_mb
 
 
 def main(pairs: list[str]) -> int:
     import deepspeed
 
     init_distributed()
-    ds_config = json.loads((REPO_CONFIGS / "deepspeed" / "zero3.json").read_text()) | {"train_micro_batch_size_per_gpu": 1}
+    ds_config = json.loads((REPO_CONFIGS / "deepspeed" / "zero3.json").read_text()) | {
+        "train_micro_batch_size_per_gpu": 1
+    }
     found = {}
     for pair in pairs:
         name, bundle = pair.split("=", 1)

@@ -20,10 +20,25 @@ from dnalm.train.trainer import Trainer
 
 
 def train(data: str, run_dir: Path, case: dict, mode: str, resume: str = "none") -> dict:
-    config = load_config("configs/train/encoder-small-ecoli.yaml", [
-        f"data.path={data}", f"run_dir={run_dir}", f"model.name={case['model']}", f"deepspeed={case['deepspeed']}",
-        "budget.steps=3", "batch.micro_batch=2", "batch.global_batch=2", "logging.wandb=disabled", "logging.interval=1",
-        "data.num_workers=0", "eval.interval=100", "checkpoint.interval=2", "precision=fp32", f"compile={mode}"])
+    config = load_config(
+        "configs/train/encoder-small-ecoli.yaml",
+        [
+            f"data.path={data}",
+            f"run_dir={run_dir}",
+            f"model.name={case['model']}",
+            f"deepspeed={case['deepspeed']}",
+            "budget.steps=3",
+            "batch.micro_batch=2",
+            "batch.global_batch=2",
+            "logging.wandb=disabled",
+            "logging.interval=1",
+            "data.num_workers=0",
+            "eval.interval=100",
+            "checkpoint.interval=2",
+            "precision=fp32",
+            f"compile={mode}",
+        ],
+    )
     import torch._dynamo
 
     torch._dynamo.reset()
@@ -31,8 +46,11 @@ def train(data: str, run_dir: Path, case: dict, mode: str, resume: str = "none")
     trainer = Trainer(config, resume=resume)
     trainer.run()
     graphs = int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
-    compiled = {"engine": bool(trainer.engine.is_compiled), "blocks": compiled_blocks(trainer.engine.module),
-                "graphs": graphs}
+    compiled = {
+        "engine": bool(trainer.engine.is_compiled),
+        "blocks": compiled_blocks(trainer.engine.module),
+        "graphs": graphs,
+    }
     groups._release_process_group_references()
     return {"losses": {r["step"]: r["loss"] for r in read(run_dir) if "loss" in r}, "compiled": compiled}
 

@@ -51,9 +51,20 @@ class OtherDeviceEngine:
 
 
 def main(data: str, run_dir: str) -> None:
-    config = load_config("configs/train/encoder-small-ecoli.yaml", [
-        f"data.path={data}", f"run_dir={run_dir}", "model.name=encoder-tiny", "budget.steps=2", "batch.micro_batch=2",
-        "batch.global_batch=4", "logging.wandb=disabled", "data.num_workers=0", "eval.batches=2"])
+    config = load_config(
+        "configs/train/encoder-small-ecoli.yaml",
+        [
+            f"data.path={data}",
+            f"run_dir={run_dir}",
+            "model.name=encoder-tiny",
+            "budget.steps=2",
+            "batch.micro_batch=2",
+            "batch.global_batch=4",
+            "logging.wandb=disabled",
+            "data.num_workers=0",
+            "eval.batches=2",
+        ],
+    )
     trainer = Trainer(config, resume="none")
     device = torch.device("meta")
     trainer.engine = OtherDeviceEngine(trainer.model_config, device)
@@ -68,7 +79,10 @@ def main(data: str, run_dir: str) -> None:
 
     dist.all_reduce = recording_all_reduce
     reached = {}
-    for name, call in (("train_step", lambda: trainer.train_step(iter(trainer.loader))), ("evaluate", trainer.evaluate)):
+    for name, call in (
+        ("train_step", lambda: trainer.train_step(iter(trainer.loader))),
+        ("evaluate", trainer.evaluate),
+    ):
         try:
             call()
             reached[name] = "returned"
@@ -77,8 +91,16 @@ def main(data: str, run_dir: str) -> None:
         except Exception as exc:  # the old trainer: a device mismatch, or a collective on CPU values
             reached[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     dist.all_reduce = real_all_reduce
-    print(json.dumps({"trainer_device": str(getattr(trainer, "device", "not set")), "engine_inputs": trainer.engine.inputs,
-                      "collectives": collectives, "reached": reached}))
+    print(
+        json.dumps(
+            {
+                "trainer_device": str(getattr(trainer, "device", "not set")),
+                "engine_inputs": trainer.engine.inputs,
+                "collectives": collectives,
+                "reached": reached,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

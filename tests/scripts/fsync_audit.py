@@ -55,18 +55,33 @@ def audit_checkpoint(data: Path, run_dir: Path) -> list[str]:
     from dnalm.train.config import load_config
     from dnalm.train.run import train
 
-    config = load_config("configs/train/encoder-small-ecoli.yaml", [
-        f"data.path={data}", f"run_dir={run_dir}", "model.name=encoder-tiny", "budget.steps=2", "batch.micro_batch=2",
-        "batch.global_batch=2", "logging.wandb=disabled", "data.num_workers=0", "eval.interval=2", "eval.batches=1",
-        "checkpoint.interval=2"])
+    config = load_config(
+        "configs/train/encoder-small-ecoli.yaml",
+        [
+            f"data.path={data}",
+            f"run_dir={run_dir}",
+            "model.name=encoder-tiny",
+            "budget.steps=2",
+            "batch.micro_batch=2",
+            "batch.global_batch=2",
+            "logging.wandb=disabled",
+            "data.num_workers=0",
+            "eval.interval=2",
+            "eval.batches=1",
+            "checkpoint.interval=2",
+        ],
+    )
     events.clear()
     train(config, resume="none")
     final = run_dir / "checkpoints" / "step-2"
     marker = synced_at(_identity((final / "COMPLETE").stat()))
     if not marker:
         return ["the COMPLETE marker was never synced"]
-    problems = [f"{path.relative_to(run_dir)} not synced before the marker" for path in everything(final)
-                if path.name != "COMPLETE" and not [i for i in synced_at(_identity(path.stat())) if i < marker[0]]]
+    problems = [
+        f"{path.relative_to(run_dir)} not synced before the marker"
+        for path in everything(final)
+        if path.name != "COMPLETE" and not [i for i in synced_at(_identity(path.stat())) if i < marker[0]]
+    ]
     renamed = [i for i, event in enumerate(events) if event[0] == "rename" and event[2] == str(final)]
     folder_synced = synced_at(_identity(final.parent.stat()))
     if not renamed or not [i for i in folder_synced if i > renamed[-1]]:
@@ -80,10 +95,21 @@ def audit_prep(folder: Path) -> list[str]:
     from dnalm import genome
 
     events.clear()
-    prep(PrepConfig(genomes=[str(genome.DEFAULT_GENOME)], tokenizers=["nucleotide"], seq_len=128, shard_size_mb=2.0,
-                    val_fraction=0.05), folder)
-    problems = [f"{path.relative_to(folder.parent)} not synced" for path in everything(folder)
-                if not synced_at(_identity(path.stat()))]
+    prep(
+        PrepConfig(
+            genomes=[str(genome.DEFAULT_GENOME)],
+            tokenizers=["nucleotide"],
+            seq_len=128,
+            shard_size_mb=2.0,
+            val_fraction=0.05,
+        ),
+        folder,
+    )
+    problems = [
+        f"{path.relative_to(folder.parent)} not synced"
+        for path in everything(folder)
+        if not synced_at(_identity(path.stat()))
+    ]
     for i, event in enumerate(events):  # a file renamed into place: its data synced before, its folder after
         if event[0] != "rename" or not Path(event[2]).is_file() or folder not in Path(event[2]).parents:
             continue

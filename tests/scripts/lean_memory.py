@@ -9,9 +9,9 @@ import sys
 
 import torch
 
-from dnalm.utils.memory import added_peak_mb
 from dnalm.data.masking import next_token_labels
 from dnalm.models import build_model, get_config
+from dnalm.utils.memory import added_peak_mb
 
 
 def main(mode: str, lengths: list[int]) -> None:

@@ -28,9 +28,15 @@ def main(folder: str, samples: int, shards: int) -> None:
     counts = np.full(shards, samples // shards)
     counts[: samples - counts.sum()] += 1
     entry = manifest.splits["train"].shards[0]
-    split = manifest.splits["train"].model_copy(update={
-        "num_samples": int(samples), "shards": [entry.model_copy(update={"path": f"train/shard-{i:06d}.tar", "num_samples": int(c)})
-                                                for i, c in enumerate(counts)]})
+    split = manifest.splits["train"].model_copy(
+        update={
+            "num_samples": int(samples),
+            "shards": [
+                entry.model_copy(update={"path": f"train/shard-{i:06d}.tar", "num_samples": int(c)})
+                for i, c in enumerate(counts)
+            ],
+        }
+    )
     manifest.model_copy(update={"splits": {"train": split}}).save(folder)
     before = peak_mb()
     positions = {}

@@ -1,5 +1,6 @@
 """Build each named model twice from the same seed, plainly and under ``deepspeed.zero.Init`` (ZeRO-3, a group of one),
-and print as JSON the largest difference of any parameter. ZeRO-3 partitions each submodule as soon as it is built, so an
+and print as JSON the largest difference of any parameter. ZeRO-3 partitions each submodule as soon as it is built, so
+an
 initialisation written after a layer's constructor would silently do nothing there.
 
     python tests/scripts/zero3_init.py NAME [NAME ...]
@@ -20,7 +21,9 @@ def largest_difference(name: str) -> float:
 
     torch.manual_seed(0)
     plain = build_model(get_config(name))
-    ds_config = json.loads((REPO_CONFIGS / "deepspeed" / "zero3.json").read_text()) | {"train_micro_batch_size_per_gpu": 1}
+    ds_config = json.loads((REPO_CONFIGS / "deepspeed" / "zero3.json").read_text()) | {
+        "train_micro_batch_size_per_gpu": 1
+    }
     torch.manual_seed(0)
     with deepspeed.zero.Init(config_dict_or_path=ds_config):
         partitioned = build_model(get_config(name))
