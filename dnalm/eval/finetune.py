@@ -11,7 +11,7 @@ The recipe: AdamW with warm-up and linear decay; a pretrained backbone learning 
 (``freeze_backbone``); training stopped after ``patience`` epochs without a better dev MCC. For
 tasks where the strand carries no meaning, each training row can be read as its reverse complement
 half the time (``rc_augment``) and predictions averaged over both strands (``rc_average``); both
-are off by default, since promoter rows are oriented (docs/benchmarks.md, "Quality").
+are off by default, since promoter rows are oriented (docs/benchmarks/quality.md).
 """
 
 from __future__ import annotations

@@ -119,7 +119,8 @@ def sdpa(q, k, v, *, causal, q_pos, k_pos, key_mask=None, alibi=None, dropout=0.
 def flash(q, k, v, *, causal, q_pos, k_pos, key_mask=None, alibi=None, dropout=0.0, performer=None):
     """flash-attn on CUDA half precision when installed; otherwise the ``sdpa`` backend, with PyTorch choosing the
     kernel. Restricting SDPA to its own flash kernel, as this backend once did, left out cuDNN's fused attention,
-    which PyTorch picks on an H200, and made attention 1.2-1.6x slower at 8k-32k tokens (docs/benchmarks.md, "GPU")."""
+    which PyTorch picks on an H200, and made attention 1.2-1.6x slower at 8k-32k tokens
+    (docs/benchmarks/gpu-h200-2026-11.md)."""
     if _flash_attn_usable(q) and (alibi is None or _positions_are_indices(q_pos, k_pos)):
         return _flash_attn(q, k, v, causal=causal, key_mask=key_mask, alibi=alibi, dropout=dropout)
     return sdpa(q, k, v, causal=causal, q_pos=q_pos, k_pos=k_pos, key_mask=key_mask, alibi=alibi, dropout=dropout)

@@ -1,7 +1,7 @@
 """``dnalm plan``: what a training run needs before it is launched. Pure arithmetic over the configs.
 
 Memory per rank is counted by component, as DeepSpeed 0.19.8 and the model files allocate it (read in their
-sources, and checked against measured peaks by ``python -m dnalm.bench.plan``: docs/benchmarks.md, "dnalm plan").
+sources, and checked against measured peaks by ``python -m dnalm.bench.plan``: docs/benchmarks/training.md).
 N parameters, W ranks, p bytes a weight or activation (2 in bf16 on a GPU, 4 in fp32 on a CPU):
 
 - **model states**: ZeRO-1/2 keep the whole p·N weights on every rank, ZeRO-3 a 1/W partition. Every stage

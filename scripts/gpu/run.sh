@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU sessions behind docs/benchmarks/gpu/ (docs/benchmarks.md, "GPU"), run from the repository root on a
+# The GPU sessions behind docs/benchmarks/gpu/ (docs/benchmarks/gpu-h200-2026-11.md), run from the repository root on a
 # machine with one CUDA GPU: [SECTIONS="a b ..."] bash scripts/gpu/run.sh (default: every section, in the
 # order below). Results go to $OUT/results.tar.gz, rebuilt after every section so that a session cut short keeps
 # what finished. Packages the machine lacks travel as wheels in
