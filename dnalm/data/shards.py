@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dnalm.genome import file_sha256  # noqa: F401 (shard checksums: the readers and prep take it from here)
 from dnalm.utils.errors import DnalmError
 from dnalm.utils.files import rename_durably
 
