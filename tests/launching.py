@@ -84,6 +84,21 @@ def torchrun_cmd(n: int, data: Path, run: Path, *args: str, **extra) -> list[str
     return launch_cmd("torchrun", n, data, run, *args, **extra)
 
 
+def dnalm_train_cmd(data: Path, run: Path, *args: str, **extra) -> list[str]:
+    """One process, no launcher: `dnalm train` as a user runs it."""
+    return [sys.executable, "-m", "dnalm", "train", "--config", str(CONFIG), *overrides(data, run, **extra), *args]
+
+
+def gone_process() -> tuple[int, float]:
+    """(pid, start time) of a process that ran on this host and is gone: a lock's owner killed with SIGKILL."""
+    import psutil
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    started = psutil.Process(child.pid).create_time()
+    child.wait()
+    return child.pid, started
+
+
 def run(cmd, expect_ok=True, timeout=600, faults: str | None = None) -> subprocess.CompletedProcess:
     """Run a launch in its own process group (a fault that kills its group never reaches pytest)."""
     env = os.environ | LAUNCH_ENV | ({"DNALM_FAULTS": faults} if faults else {})  # as it is now (a test may set AWS_*)

@@ -72,6 +72,7 @@ def test_context_bench_cli_measures_a_series_at_s1_and_s2(tmp_path):
     assert sorted(saved["series"]) == [f"{label}, S=1", f"{label}, S=2"]
     for size in (1, 2):
         [point] = saved["series"][f"{label}, S={size}"]["points"]
+        assert "error" not in point, point
         assert point["length"] == 512 and point["tokens_per_s"] > 0 and len(point["ranks"]) == size
         assert all(rank["peak_mb"] > 0 for rank in point["ranks"])
     ratios = saved["findings"][f"{label}: S=2 ÷ S=1 at each length"]["512"]

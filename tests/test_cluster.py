@@ -6,7 +6,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ import torch
 from dnalm.train import checkpoint as ckpt
 from dnalm.train.ownership import LOCK, Owner, RunFolderInUse, RunLock, read_owner
 from dnalm.utils import faults
+from tests.launching import gone_process
 
 
 def test_ranks_that_loaded_different_checkpoints_are_stopped_with_both_named():
@@ -64,15 +64,6 @@ def test_adam_steps_follow_a_parameter_off_the_host():
     assert optimizer.state[param]["step"].device.type == "meta"
 
 
-def _dead_process() -> tuple[int, float]:
-    import psutil
-
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    started = psutil.Process(child.pid).create_time()
-    child.wait()
-    return child.pid, started
-
-
 def test_a_second_job_on_a_run_folder_is_refused_and_a_gone_owner_is_taken_over(tmp_path, monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     first = RunLock(tmp_path / "run").acquire()
@@ -84,7 +75,7 @@ def test_a_second_job_on_a_run_folder_is_refused_and_a_gone_owner_is_taken_over(
     first.release()
     assert not (tmp_path / "run" / LOCK).exists()
 
-    pid, started = _dead_process()  # an owner on this host that no longer runs
+    pid, started = gone_process()  # an owner on this host that no longer runs
     (tmp_path / "run" / LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "started": started}))
     lock = RunLock(tmp_path / "run").acquire()
     assert lock.taken_over.pid == pid and read_owner(tmp_path / "run") == Owner.this_process()

@@ -33,7 +33,9 @@ from tests.launching import (
     CONFIG,
     ENV,
     deepspeed_cmd,
+    dnalm_train_cmd,
     free_port,
+    gone_process,
     launch_cmd,
     losses,
     metrics,
@@ -133,13 +135,9 @@ def _gone_within(run_dir: Path, job: subprocess.Popen, seconds: float) -> float:
 
 def _lock_of_a_gone_job(run_dir: Path) -> int:
     """Leave the lock a job SIGKILLed on this host would leave; returns its pid."""
-    import psutil
-
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    started = psutil.Process(child.pid).create_time()
-    child.wait()
-    (run_dir / LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": child.pid, "started": started}))
-    return child.pid
+    pid, started = gone_process()
+    (run_dir / LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "started": started}))
+    return pid
 
 
 def test_a_signal_saves_at_the_next_step_and_the_run_resumes_exactly(damaged_data, uninterrupted, tmp_path):
@@ -151,7 +149,7 @@ def test_a_signal_saves_at_the_next_step_and_the_run_resumes_exactly(damaged_dat
     job = start(torchrun_cmd(2, data, folder, **SKIP, **{"checkpoint.on_signal": "SIGTERM"}), log, slow)
     wait_for_step(folder, 4, job, log)
     second = run(
-        [sys.executable, "-m", "dnalm", "train", "--config", str(CONFIG), *overrides(data, folder, **SKIP)],
+        dnalm_train_cmd(data, folder, **SKIP),
         expect_ok=False,
     )
     owner = read_owner(folder)
@@ -181,15 +179,7 @@ def test_sigterm_to_the_launcher_ends_every_rank(damaged_data, tmp_path, launche
     cmd = (
         deepspeed_cmd(2, damaged_data[0], folder, **settings)
         if launcher == "deepspeed"
-        else [
-            sys.executable,
-            "-m",
-            "dnalm",
-            "train",
-            "--config",
-            str(CONFIG),
-            *overrides(damaged_data[0], folder, **settings),
-        ]
+        else dnalm_train_cmd(damaged_data[0], folder, **settings)
     )
     job = start(cmd, log)
     wait_for_step(folder, 2, job, log)

@@ -109,8 +109,8 @@ MODELS = {
 
 
 def readme_snippet(name: str = "AutoModelForMaskedLM") -> str:
-    """The README's first python block that uses ``name``, unindented."""
-    readme = (REPO / "README.md").read_text()
+    """docs/huggingface.md's first python block that uses ``name``, unindented (the page a user copies it from)."""
+    readme = (REPO / "docs" / "huggingface.md").read_text()
     blocks = [chunk.split("```")[0] for chunk in readme.split("```python\n")[1:]]
     block = next(block for block in blocks if name in block)
     return "\n".join(line[2:] for line in block.splitlines())
