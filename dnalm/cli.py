@@ -473,6 +473,28 @@ def plan(args) -> None:
 
 
 @command(
+    "bench",
+    "plan",
+    help="dnalm plan's predicted peak memory against real 2-process CPU runs of several configurations, and against "
+    "the recorded H200 peaks (about 4 minutes)",
+    args=[
+        arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for plan.json and plan.png"),
+        arg("--work", type=Path, default=Path("runs/bench-plan"), help="where the configurations' data and runs go"),
+        arg("--only", action="append", default=None, help="only this configuration (its label; repeatable)"),
+    ],
+)
+def bench_plan(args) -> None:
+    from dnalm.bench import plan as plan_bench
+
+    result = plan_bench.run(args.out, args.work, args.only)
+    worst = max(abs(row["error"]) for row in result["rows"])
+    print(
+        f"{len(result['rows'])} configurations, the worst {worst:+.1%} off; wrote {args.out / 'plan.json'} and "
+        f"{args.out / 'plan.png'}"
+    )
+
+
+@command(
     "generate",
     help="sample DNA from a decoder bundle (FASTA on stdout)",
     args=[

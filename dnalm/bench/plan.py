@@ -264,7 +264,30 @@ def run(out_dir: Path, work: Path, only: list[str] | None = None) -> dict:
         )
     result |= {"rows": rows, "h200": h200_check()}
     report.write(result, out_dir, "plan")
+    plot(result, out_dir)
     return result
+
+
+def plot(result: dict, out_dir: Path) -> Path:
+    """Predicted against measured peak memory, the CPU configurations and the H200 runs side by side."""
+    from dnalm.utils.plots import pyplot
+
+    plt = pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, rows, label, title in (
+        (axes[0], result["rows"], "configuration", "CPU, 2 processes (MiB a rank)"),
+        (axes[1], result.get("h200", []), "run", "H200, decoder-1.5b (MiB)"),
+    ):
+        names = [str(r[label]) for r in rows]
+        x = range(len(rows))
+        ax.bar([i - 0.2 for i in x], [r["predicted_mib"] for r in rows], 0.4, label="predicted")
+        ax.bar([i + 0.2 for i in x], [r["measured_mib"] for r in rows], 0.4, label="measured")
+        ax.set_xticks(list(x), names, rotation=30, ha="right", fontsize=6)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    figure.suptitle("dnalm plan against measured peaks", fontsize=10)
+    figure.tight_layout()
+    return report.save_plot(figure, out_dir, "plan")
 
 
 def h200_check() -> list[dict]:
