@@ -23,6 +23,7 @@ class Command:
 
 
 COMMANDS: list[Command] = []
+BENCH_OUT = Path("runs/bench")  # benchmarks write here unless --out says otherwise
 GROUP_HELP = {
     "genome": "read, validate and report on FASTA genomes",
     "tokenizer": "train tokenizers",
@@ -406,7 +407,12 @@ def checkpoint_universal(args) -> None:
             default=2,
             help="conversions per worker count, alternated; the fastest is kept (default 2)",
         ),
-        arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for universal.json and universal.png"),
+        arg(
+            "--out",
+            type=Path,
+            default=BENCH_OUT,
+            help="folder for universal.json and universal.png",
+        ),
     ],
 )
 def bench_universal(args) -> None:
@@ -478,7 +484,12 @@ def plan(args) -> None:
     help="dnalm plan's predicted peak memory against real 2-process CPU runs of several configurations, and against "
     "the recorded H200 peaks (about 4 minutes)",
     args=[
-        arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for plan.json and plan.png"),
+        arg(
+            "--out",
+            type=Path,
+            default=BENCH_OUT,
+            help="folder for plan.json and plan.png",
+        ),
         arg("--work", type=Path, default=Path("runs/bench-plan"), help="where the configurations' data and runs go"),
         arg("--only", action="append", default=None, help="only this configuration (its label; repeatable)"),
     ],
@@ -805,7 +816,10 @@ def finetune(args) -> None:
         arg("--from-scratch", action="store_true", help="with --model: its architecture, fresh weights"),
         arg("--tasks", default=None, help="comma-separated task names (default: every task folder)"),
         arg(
-            "--out", type=Path, required=True, help="folder for gue.json, gue.md, gue.png and each task's metrics.json"
+            "--out",
+            type=Path,
+            required=True,
+            help="folder for gue.json, gue.md, gue.png and each task's metrics.json",
         ),
         arg("--train-limit", type=int, default=None, metavar="N", help="a fixed random N training rows of each task"),
         arg("--seeds", type=int, default=3, help="S seeds, 0..S-1 unless --first-seed (default 3)"),
@@ -858,7 +872,12 @@ def eval_gue(args) -> None:
         arg("--lengths", default="1024,4096,16384,65536", help="window lengths in tokens (comma-separated)"),
         arg("--windows", type=int, default=8, help="windows per length (default 8), ending at the same positions"),
         arg("--target", type=int, default=1024, help="tokens scored at the end of every window (default 1024)"),
-        arg("--out", type=Path, required=True, help="folder for context.json, context.md and context.png"),
+        arg(
+            "--out",
+            type=Path,
+            required=True,
+            help="folder for context.json, context.md and context.png",
+        ),
         _device_arg(),
     ],
 )
@@ -926,11 +945,15 @@ def demo(args) -> None:
             "--genome",
             type=Path,
             default=None,
-            help="FASTA to measure on (default: ../shared/data/genomes/hs37_chr20.fa.gz if present, else the bundled "
-            "genome)",
+            help="FASTA to measure on (default: chr20 under $DNALM_DATA when set, else the bundled genome)",
         ),
         arg("--bases", type=int, default=20_000_000, help="bases per tokenizer measurement (default 20M)"),
-        arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for tokenize.json and tokenize.png"),
+        arg(
+            "--out",
+            type=Path,
+            default=BENCH_OUT,
+            help="folder for tokenize.json and tokenize.png",
+        ),
     ],
 )
 def bench_tokenize(args) -> None:
@@ -949,12 +972,16 @@ def bench_tokenize(args) -> None:
             "--genome",
             type=Path,
             default=None,
-            help="FASTA to shard (default: ../shared/data/genomes/hs37_chr20.fa.gz if present, else the bundled "
-            "genome)",
+            help="FASTA to shard (default: chr20 under $DNALM_DATA when set, else the bundled genome)",
         ),
         arg("--seq-len", type=int, default=1024),
         arg("--tokenizers", default="nucleotide,kmer:6", help="views to prep (default nucleotide,kmer:6)"),
-        arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for data.json and data.png"),
+        arg(
+            "--out",
+            type=Path,
+            default=BENCH_OUT,
+            help="folder for data.json and data.png",
+        ),
         _device_arg(),
     ],
 )
@@ -973,7 +1000,12 @@ def bench_data(args) -> None:
     help="forward+backward time and peak memory of each attention backend, 512 to 16k tokens",
     args=[
         arg("--lengths", default="512,1024,2048,4096,8192,16384", help="comma-separated sequence lengths"),
-        arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for attention.json and attention.png"),
+        arg(
+            "--out",
+            type=Path,
+            default=BENCH_OUT,
+            help="folder for attention.json and attention.png",
+        ),
         _device_arg(),
     ],
 )
@@ -991,7 +1023,12 @@ def bench_attention(args) -> None:
     "attention alone and whole training steps",
     args=[
         arg("--lengths", default="1024,2048,4096,8192", help="comma-separated attention lengths"),
-        arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for alibi.json and alibi.png"),
+        arg(
+            "--out",
+            type=Path,
+            default=BENCH_OUT,
+            help="folder for alibi.json and alibi.png",
+        ),
         arg("--rounds", type=int, default=3, help="interleaved passes over the four models; each keeps its best step"),
         _device_arg(),
     ],
@@ -1011,7 +1048,12 @@ def bench_alibi(args) -> None:
     help="forward+backward tokens/s and MFU against a matmul peak measured in the same run "
     "(fp32 on CPU; bf16 on CUDA, with decoder-1.5b)",
     args=[
-        arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for train.json and train.png"),
+        arg(
+            "--out",
+            type=Path,
+            default=BENCH_OUT,
+            help="folder for train.json and train.png",
+        ),
         _device_arg(),
     ],
 )
@@ -1039,7 +1081,12 @@ def bench_train(args) -> None:
             action="append",
             help="only the series of this label, as context.json names them (repeatable; default all)",
         ),
-        arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for context.json and context.png"),
+        arg(
+            "--out",
+            type=Path,
+            default=BENCH_OUT,
+            help="folder for context.json and context.png",
+        ),
         _device_arg(),
     ],
 )
@@ -1073,7 +1120,12 @@ def bench_context(args) -> None:
     args=[
         arg("--model", default="decoder-small", help="a named decoder size (random weights) or a decoder bundle"),
         arg("--new-tokens", type=int, default=1000),
-        arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for generate.json and generate.png"),
+        arg(
+            "--out",
+            type=Path,
+            default=BENCH_OUT,
+            help="folder for generate.json and generate.png",
+        ),
         _device_arg(),
     ],
 )
@@ -1091,7 +1143,12 @@ def bench_generate(args) -> None:
         arg("--model", default="encoder-small", help="a named encoder size (random weights)"),
         arg("--length", type=int, default=1000, help="bases per sequence (default 1000)"),
         arg("--count", type=int, default=64, help="sequences per measurement (default 64)"),
-        arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for embed.json and embed.png"),
+        arg(
+            "--out",
+            type=Path,
+            default=BENCH_OUT,
+            help="folder for embed.json and embed.png",
+        ),
         _device_arg(),
     ],
 )
@@ -1111,9 +1168,9 @@ def bench_embed(args) -> None:
             "--genome",
             type=Path,
             default=None,
-            help="FASTA to pretrain on (default ../shared/data/genomes/hs37_chr20.fa.gz)",
+            help="FASTA to pretrain on (default: $DNALM_DATA/genomes/hs37_chr20.fa.gz)",
         ),
-        arg("--gue", type=Path, default=None, help="folder of GUE tasks (default ../shared/data/gue)"),
+        arg("--gue", type=Path, default=None, help="folder of GUE tasks (default: $DNALM_DATA/gue)"),
         arg("--variants", default=None, help="comma-separated subset of transformer,alibi,performer,cnn,views"),
         arg("--seeds", type=int, default=None, help="pretraining and fine-tuning seeds (default 2)"),
         arg(
@@ -1137,17 +1194,21 @@ def bench_embed(args) -> None:
         arg(
             "--out",
             type=Path,
-            default=Path("docs/benchmarks"),
+            default=BENCH_OUT,
             help="folder for compare.json, compare.md and the plots",
         ),
         _device_arg(),
     ],
 )
 def bench_compare(args) -> None:
+    from dnalm.bench import report
     from dnalm.studies import compare
     from dnalm.utils.devices import resolve
 
-    values = {"genome": str(args.genome or compare.CHR20), "device": resolve(args.device).type}
+    values = {
+        "genome": str(report.required_data(args.genome, report.CHR20, "--genome")),
+        "device": resolve(args.device).type,
+    }
     for key, value in (
         ("seeds", args.seeds),
         ("pretrain_tokens", args.pretrain_tokens),
@@ -1167,7 +1228,9 @@ def bench_compare(args) -> None:
             name, _, rows = item.partition("=")
             tasks[name] = _integer("--tasks", rows)
         values["tasks"] = tasks
-    result = compare.run(compare.budget_from(values), args.work, args.out, gue=args.gue or compare.GUE)
+    result = compare.run(
+        compare.budget_from(values), args.work, args.out, gue=report.required_data(args.gue, report.GUE, "--gue")
+    )
     print(f"\ndone in {result['seconds']['total'] / 60:.1f} min; report: {args.out / 'compare.md'}")
 
 
@@ -1181,7 +1244,7 @@ def bench_compare(args) -> None:
             "--source",
             type=Path,
             default=None,
-            help="the real genome the corpora are built from (default ../shared/data/genomes/hs37_chr20.fa.gz)",
+            help="the real genome the corpora are built from (default: $DNALM_DATA/genomes/hs37_chr20.fa.gz)",
         ),
         arg(
             "--copies", type=int, default=49, help="contigs of the GRCh38-sized FASTA (default 49: 3.09 Gb from chr20)"
@@ -1206,15 +1269,20 @@ def bench_compare(args) -> None:
             default=100,
             help="global steps each rank reads for the bytes-per-rank rows (default 100)",
         ),
-        arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for scale.json and scale.png"),
+        arg(
+            "--out",
+            type=Path,
+            default=BENCH_OUT,
+            help="folder for scale.json and scale.png",
+        ),
     ],
 )
 def bench_scale(args) -> None:
-    from dnalm.bench import scale
+    from dnalm.bench import report, scale
 
     if args.copies < 1 or args.genomes < 2 or args.jobs < 1:
         raise DnalmError("--copies and --jobs must be at least 1, --genomes at least 2")
-    source = args.source or scale.CHR20
+    source = report.required_data(args.source, report.CHR20, "--source")
     if not Path(source).is_file():
         raise DnalmError(f"--source {source}: no such file")
     if args.stream_samples < 100 or args.rank_steps < 1:
@@ -1260,13 +1328,18 @@ def bench_scale(args) -> None:
             "--genome",
             type=Path,
             default=None,
-            help="FASTA to prep (default ../shared/data/genomes/hs37_chr20.fa.gz if present, else the bundled genome)",
+            help="FASTA to prep (default: chr20 under $DNALM_DATA when set, else the bundled genome)",
         ),
         arg("--seq-len", type=int, default=1024),
         arg("--shard-size-mb", type=float, default=2.0, help="shard size of the prep (default 2)"),
         arg("--samples", type=int, default=20_000, help="samples per throughput measurement (default 20000)"),
         arg("--work", type=Path, default=Path("runs/bench-stream"), help="the local prep (reused when present)"),
-        arg("--out", type=Path, default=Path("docs/benchmarks"), help="folder for stream.json and stream.png"),
+        arg(
+            "--out",
+            type=Path,
+            default=BENCH_OUT,
+            help="folder for stream.json and stream.png",
+        ),
     ],
 )
 def bench_stream(args) -> None:

@@ -1,4 +1,5 @@
 import gzip
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,17 @@ def release_deepspeed_shared_memory():
     yield
     for leftover in (set(shm.glob("deepspeed_*")) if shm.is_dir() else set()) - before:
         leftover.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def team_data_folder():
+    """Commands find the team's data through $DNALM_DATA, as a user's would; no command assumes ../shared/data."""
+    if SHARED_DATA.is_dir() and "DNALM_DATA" not in os.environ:
+        os.environ["DNALM_DATA"] = str(SHARED_DATA)
+        yield
+        os.environ.pop("DNALM_DATA", None)
+    else:
+        yield
 
 
 def needs_shared(path: Path):

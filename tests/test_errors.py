@@ -57,3 +57,22 @@ def test_an_output_in_a_folder_not_made_yet_is_written_there(tmp_path):
     from dnalm.utils.files import write_atomic
 
     assert write_atomic(tmp_path / "emb" / "deeper" / "x.txt", "rows").read_text() == "rows"
+
+
+def test_commands_find_the_team_data_only_where_dnalm_data_says(tmp_path, monkeypatch):
+    """No command assumes ../shared/data: a bench that needs human chr20 or GUE takes a flag or $DNALM_DATA, and says
+    which in one line when it has neither; one that can fall back uses the bundled genome."""
+    from dnalm import genome
+    from dnalm.bench import report
+
+    monkeypatch.delenv("DNALM_DATA", raising=False)
+    said = refused_by_cli("bench", "scale", "--work", tmp_path / "w", "--out", tmp_path / "o")
+    assert said.returncode == 1 and "--source not given and $DNALM_DATA is not set" in said.stderr
+    assert report.chr20_or_bundled() == genome.DEFAULT_GENOME
+    monkeypatch.setenv("DNALM_DATA", str(tmp_path))
+    said = refused_by_cli("bench", "compare", "--work", tmp_path / "w", "--out", tmp_path / "o")
+    assert said.returncode == 1 and f"$DNALM_DATA ({tmp_path}) has no genomes/hs37_chr20.fa.gz" in said.stderr
+    (tmp_path / "genomes").mkdir()
+    (tmp_path / "genomes" / "hs37_chr20.fa.gz").write_bytes(b"")
+    assert report.chr20_or_bundled() == tmp_path / "genomes" / "hs37_chr20.fa.gz"
+    assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()

@@ -25,8 +25,7 @@ def run(
     from dnalm.utils.devices import resolve
 
     target = resolve(device)
-    chr20 = report.SHARED_DATA / "genomes" / "hs37_chr20.fa.gz"
-    source = chr20 if chr20.exists() else genome_io.DEFAULT_GENOME
+    source = report.chr20_or_bundled()
     contig = genome_io.IndexedGenome(source)
     name = max(contig.lengths, key=contig.lengths.get)
     start = contig.lengths[name] // 2

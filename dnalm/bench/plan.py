@@ -330,7 +330,7 @@ def main(argv=None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m dnalm.bench.plan", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench-plan")
     parser.add_argument("--only", action="append", help="only this configuration (its label; repeatable)")
     args = parser.parse_args(argv)

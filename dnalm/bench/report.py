@@ -10,7 +10,42 @@ from pathlib import Path
 
 from dnalm.utils.devices import dtype_name  # noqa: F401 (the benches name dtypes through report)
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA_ENV = "DNALM_DATA"  # a folder laid out as genomes/hs37_chr20.fa.gz, gue/TASK/{train,dev}.csv
+CHR20 = "genomes/hs37_chr20.fa.gz"
+GUE = "gue"
+
+
+def data_file(relative: str) -> Path | None:
+    """``relative`` under ``$DNALM_DATA`` when that is set and holds it; None otherwise (no path is assumed)."""
+    base = os.environ.get(DATA_ENV)
+    path = Path(base) / relative if base else None
+    return path if path is not None and path.exists() else None
+
+
+def chr20_or_bundled() -> Path:
+    """Human chr20 from ``$DNALM_DATA`` where it is, else the bundled E. coli genome."""
+    from dnalm import genome
+
+    return data_file(CHR20) or genome.DEFAULT_GENOME
+
+
+def required_data(given: Path | str | None, relative: str, flag: str) -> Path:
+    """``given``, else ``relative`` under ``$DNALM_DATA``; refused in one line naming the flag when neither is there."""
+    from dnalm.utils.errors import DnalmError
+
+    if given is not None:
+        return Path(given)
+    found = data_file(relative)
+    if found is None:
+        where = (
+            f"${DATA_ENV} ({os.environ[DATA_ENV]}) has no {relative}"
+            if os.environ.get(DATA_ENV)
+            else f"${DATA_ENV} is not set"
+        )
+        raise DnalmError(
+            f"{flag} not given and {where}: give {flag} PATH, or set {DATA_ENV} to a folder holding {relative}"
+        )
+    return found
 
 
 def machine() -> dict:

@@ -1,7 +1,7 @@
 """``dnalm bench scale``: the data path at genome and corpus scale.
 
-Two corpora are built from real sequence (``../shared/data/genomes``), by the functions below, which
-the JSON names:
+Two corpora are built from real sequence (``--source``, by default chr20 under ``$DNALM_DATA``), by the
+functions below, which the JSON names:
 
 - GRCh38-sized: chr20 re-sampled into ``copies`` contigs with distinct names (copy i is chr20
   rotated by a seeded offset), 49 copies = 3.09 Gb in one FASTA;
@@ -30,7 +30,6 @@ import numpy as np
 
 from dnalm.bench import report
 
-CHR20 = report.SHARED_DATA / "genomes" / "hs37_chr20.fa.gz"
 REGION = 1_000_000
 WORLD_SIZES = (1, 2, 4, 8)
 
@@ -304,7 +303,7 @@ def run(
 ) -> dict:
     from data_prep.corpus import load_corpus
 
-    source = Path(source) if source else CHR20
+    source = report.required_data(source, report.CHR20, "--source")
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     fasta = grch38_sized(source, work / "grch38_sized.fa", copies)

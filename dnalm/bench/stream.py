@@ -240,14 +240,12 @@ def run(
     worlds=WORLD_SIZES,
     latency_s: float = LATENCY_S,
 ) -> dict:
-    from dnalm import genome as genome_io
     from dnalm.bench.data import _encoder_small_step, _pipeline_tokens_per_s
     from dnalm.data.cache import shard_bytes
     from dnalm.data.stream import PREFETCH_SHARDS, GenomeStream
     from dnalm.utils.devices import resolve
 
-    chr20 = report.SHARED_DATA / "genomes" / "hs37_chr20.fa.gz"
-    genome = Path(genome) if genome else (chr20 if chr20.exists() else genome_io.DEFAULT_GENOME)
+    genome = Path(genome) if genome else report.chr20_or_bundled()
     local = prepare(genome, Path(work) / f"{genome.name.split('.')[0]}-{seq_len}", seq_len, shard_size_mb)
     scratch = Path(tempfile.mkdtemp(prefix="dnalm-bench-stream-"))
     command = (

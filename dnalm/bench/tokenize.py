@@ -29,8 +29,7 @@ def _best_of(repeats: int, fn) -> float:
 
 
 def run(genome_path: Path | None, bases: int, out_dir: Path) -> dict:
-    chr20 = report.SHARED_DATA / "genomes" / "hs37_chr20.fa.gz"
-    genome_path = Path(genome_path) if genome_path else (chr20 if chr20.exists() else genome_io.DEFAULT_GENOME)
+    genome_path = Path(genome_path) if genome_path else report.chr20_or_bundled()
 
     read_seconds = _best_of(2, lambda: genome_io.read(genome_path))
     contigs = genome_io.read(genome_path).contigs

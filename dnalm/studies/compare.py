@@ -28,9 +28,6 @@ from dnalm.utils.devices import describe
 from dnalm.utils.errors import DnalmError, validated
 from dnalm.utils.memory import allocator_peak_mb, peak_rss_bytes
 
-CHR20 = report.SHARED_DATA / "genomes" / "hs37_chr20.fa.gz"
-GUE = report.SHARED_DATA / "gue"
-
 
 @dataclass(frozen=True)
 class Variant:
@@ -381,7 +378,7 @@ def finetune_one(
 
 
 # --- the whole comparison -------------------------------------------------------------------
-def run(budget: Budget, work: Path, out_dir: Path, gue: Path = GUE, log=print) -> dict:
+def run(budget: Budget, work: Path, out_dir: Path, gue: Path, log=print) -> dict:
     from dnalm.studies import compare_report
 
     check_inputs(budget, gue)
@@ -519,9 +516,7 @@ def _parameters(variant: Variant) -> int:
 
 def check_inputs(budget: Budget, gue: Path) -> None:
     if not Path(budget.genome).is_file():
-        raise CompareError(
-            f"--genome {budget.genome}: no such file (the default, chr20, lives in ../shared/data/genomes/)"
-        )
+        raise CompareError(f"--genome {budget.genome}: no such file")
     for task in budget.tasks:
         for split in ("train", "dev"):
             if not (Path(gue) / task / f"{split}.csv").is_file():
@@ -550,10 +545,8 @@ def _claim(work: Path, budget: Budget) -> None:
 
 
 def command_line(budget: Budget) -> str:
-    default = Budget(genome=str(CHR20))
-    parts = ["dnalm bench compare"]
-    if Path(budget.genome) != CHR20:
-        parts.append(f"--genome {budget.genome}")
+    default = Budget(genome=budget.genome)
+    parts = ["dnalm bench compare", f"--genome {budget.genome}"]
     flags = {
         "variants": ",".join(budget.variants),
         "seeds": budget.seeds,
