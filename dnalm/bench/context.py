@@ -242,9 +242,6 @@ def plot(result: dict, out_dir: Path) -> Path:
 if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
     name, overrides, lengths, device = sys.argv[2:6]
     worker(name, json.loads(overrides), [int(x) for x in lengths.split(",")], device)
-    # Its results are printed. A gloo rank's interpreter shutdown aborted now and then in C++ ("terminate called
-    # without an active exception", SIGABRT, about 1 run in 4 at S = 2 on these machines, dnalm's code before and
-    # after the Ulysses changes alike), which failed a measured point: leave without the static destructors.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    from dnalm.train.distributed import exit_without_teardown
+
+    exit_without_teardown()

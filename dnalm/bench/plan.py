@@ -348,5 +348,8 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
         worker(sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4]))
+        from dnalm.train.distributed import exit_without_teardown
+
+        exit_without_teardown()
     else:
         sys.exit(main())
