@@ -218,6 +218,7 @@ def prep(
     if source is not None:
         publish.start(source, Path(folder), plan)
     if job_index is not None:
+        assert num_jobs is not None, "job_index needs num_jobs"  # the CLI refuses one without the other
         counts = [run_slice(folder, job_index, num_jobs, progress=progress, upload=publish_to)]
         manifest = try_merge(folder) if source is None else publish.publish(source, folder)
     else:

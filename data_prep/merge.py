@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from data_prep.plan import SPLITS, Plan
+from data_prep.plan import SPLITS, Plan, ShardPlan
 from data_prep.sidecars import shard_done, sidecar_path
 from dnalm.data.manifest import (
     Accounting,
@@ -68,9 +68,10 @@ def try_merge(folder: Path) -> Manifest | None:
     return None if missing_shards(folder, plan) else merge(folder)
 
 
-def _verified(args) -> bool:
+def _verified(args: tuple[Path, str, ShardPlan]) -> bool:
 
-    return shard_done(*args, verify=True)
+    folder, fingerprint, shard = args
+    return shard_done(folder, fingerprint, shard, verify=True)
 
 
 def merge(folder: Path, processes: int = 1, infos: dict[int, dict] | None = None) -> Manifest:

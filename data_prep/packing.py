@@ -62,6 +62,7 @@ class FragmentPacker:
         return [self._emit()] if self.parts else []
 
     def _emit(self) -> PackedWindow:
+        assert self.genome is not None  # add() sets it before the first part
         ids = np.concatenate(self.ids)
         padding = self.seq_len - len(ids)
         window = PackedWindow(

@@ -249,7 +249,8 @@ def build_plan(config: PrepConfig, tokenizers: list[Tokenizer], processes: int =
             scans = pool.map(_scan, tasks)
     else:
         scans = [_scan(t) for t in tasks]
-    genomes, pieces_by_split, per_genome = [], {s: [] for s in SPLITS}, []
+    genomes, per_genome = [], []
+    pieces_by_split: dict[str, list[Piece]] = {s: [] for s in SPLITS}
     probe = next((s["probe"] for s in scans if s["probe"] is not None), None)
     for g, (path, scan) in enumerate(zip(config.genomes, scans)):
         contigs, kept, segments = scan["contigs"], scan["kept"], scan["segments"]
@@ -269,7 +270,7 @@ def build_plan(config: PrepConfig, tokenizers: list[Tokenizer], processes: int =
     if probe is None:
         raise DataError(f"prep: {', '.join(config.genomes)}: no stretch of sequence outside long N runs")
     shard_bases = _shard_bases(config, tokenizers, probe)
-    shards = []
+    shards: list[ShardPlan] = []
     for split in SPLITS:
         for pieces in _pack(pieces_by_split[split], shard_bases):
             shards.append(ShardPlan(len(shards), split, f"{split}/shard-{len(shards):06d}.tar", pieces))

@@ -95,8 +95,9 @@ def publish(source: Source, folder: Path) -> Manifest | None:
         return json.loads(source.read(sidecar_name(shard))) if up is not None else None
 
     with ThreadPoolExecutor(PARALLEL) as pool:
-        infos = dict(zip((s.index for s in plan.shards), pool.map(settle, plan.shards)))
-    if any(info is None for info in infos.values()):
+        settled = dict(zip((s.index for s in plan.shards), pool.map(settle, plan.shards)))
+    infos = {index: info for index, info in settled.items() if info is not None}
+    if len(infos) < len(settled):
         return None
     stale = [s.path for s in plan.shards if infos[s.index].get("plan_fingerprint") != plan.fingerprint]
     if stale:

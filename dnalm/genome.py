@@ -231,7 +231,7 @@ def _progress_bar(path: Path, enabled: bool):
 
 def _read_blocks(path: Path, raw: BinaryIO, bar) -> Iterator[bytes]:
     """Decompressed blocks that each end on a line boundary (the last one may not)."""
-    stream: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb") if detect_format(path) != "plain" else raw
+    stream: gzip.GzipFile | BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb") if detect_format(path) != "plain" else raw
     carry: list[bytes] = []  # pieces of a line longer than one block (single-line FASTA)
     while True:
         try:
@@ -405,12 +405,13 @@ class IndexedGenome:
         self.path = check_path(path)
         self.convert_u = convert_u
         self._faidx = self._open_faidx()
-        self._parsed: Genome | None = None if self._faidx is not None else read(self.path, convert_u=convert_u)
-        self.lengths: dict[str, int] = (
-            {name: record.rlen for name, record in self._faidx.faidx.index.items()}
-            if self._faidx is not None
-            else {c.name: len(c) for c in self._parsed}
-        )
+        self._parsed: Genome | None = None
+        self.lengths: dict[str, int]
+        if self._faidx is not None:
+            self.lengths = {name: record.rlen for name, record in self._faidx.faidx.index.items()}
+        else:
+            self._parsed = read(self.path, convert_u=convert_u)
+            self.lengths = {c.name: len(c) for c in self._parsed}
 
     @property
     def backend(self) -> str:

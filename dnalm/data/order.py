@@ -57,8 +57,8 @@ class Permutation:
 def weighted_counts(available: list[int], weights: list[float], total: int) -> np.ndarray:
     """Samples each genome contributes to an epoch of ``total``: shares proportional to ``weights`` among the
     genomes that have samples (largest remainders, so the counts add up to ``total``)."""
-    weights = np.where(np.asarray(available) > 0, np.asarray(weights, np.float64), 0.0)
-    exact = total * weights / weights.sum()
+    shares = np.where(np.asarray(available) > 0, np.asarray(weights, np.float64), 0.0)
+    exact = total * shares / shares.sum()
     counts = np.floor(exact).astype(np.int64)
     counts[np.argsort(-(exact - counts), kind="stable")[: total - int(counts.sum())]] += 1
     return counts

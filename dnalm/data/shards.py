@@ -59,8 +59,8 @@ def parse_key(key: str) -> dict:
     }
 
 
-def encode_sample(key: str, meta: dict, token_arrays: list[np.ndarray]) -> dict[str, bytes]:
-    sample = {"__key__": key, "json": json.dumps(meta, sort_keys=True).encode()}
+def encode_sample(key: str, meta: dict, token_arrays: list[np.ndarray]) -> dict[str, str | bytes]:
+    sample: dict[str, str | bytes] = {"__key__": key, "json": json.dumps(meta, sort_keys=True).encode()}
     for i, ids in enumerate(token_arrays):
         buffer = io.BytesIO()
         np.save(buffer, ids, allow_pickle=False)
@@ -85,7 +85,7 @@ class ShardWriter:
         self.num_samples = 0
         self.ranges: list[tuple[int, int]] = []  # (offset, length) of each sample's members in the archive
 
-    def write(self, sample: dict[str, bytes]) -> None:
+    def write(self, sample: dict[str, str | bytes]) -> None:
         start = self._tar.tarstream.offset
         self._tar.write(sample)
         self.ranges.append((start, self._tar.tarstream.offset - start))
@@ -158,7 +158,8 @@ class IndexedShard:
     def entry(self, index: int) -> tuple[int, int, int]:
         raw = os.pread(self._index, INDEX_ENTRY, index * INDEX_ENTRY)
         self.bytes_read += len(raw)
-        return tuple(int(x) for x in np.frombuffer(raw, "<u8"))
+        offset, length, crc = (int(x) for x in np.frombuffer(raw, "<u8"))
+        return offset, length, crc
 
     def read(self, index: int) -> tuple[str, dict, list[np.ndarray]]:
         if not 0 <= index < self.num_samples:
@@ -204,8 +205,8 @@ class IndexedShard:
 
     def close(self) -> None:
         """Close both files once: a descriptor number closed twice may by then belong to another open file."""
-        fds, self._tar, self._index = (getattr(self, "_tar", None), getattr(self, "_index", None)), None, None
-        for fd in fds:
+        for name in ("_tar", "_index"):
+            fd = self.__dict__.pop(name, None)  # gone once closed (or never opened: __init__ refused the shard)
             if fd is not None:
                 os.close(fd)
 

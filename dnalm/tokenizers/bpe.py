@@ -233,7 +233,7 @@ def _without_machine_details(model: bytes) -> bytes:
     """Drop the temporary corpus path and thread count sentencepiece records, so equal training gives equal bytes."""
     from sentencepiece import sentencepiece_model_pb2
 
-    proto = sentencepiece_model_pb2.ModelProto()
+    proto = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]  # protobuf builds it at import
     proto.ParseFromString(model)
     del proto.trainer_spec.input[:]
     proto.trainer_spec.ClearField("num_threads")

@@ -57,7 +57,7 @@ class KmerTokenizer(Tokenizer):
         next_n = np.minimum.accumulate(np.where(is_n, positions, n)[::-1])[::-1]
         if self.overlapping:
             kmer_at = next_n - positions >= k
-            last_kmer = np.maximum.accumulate(np.where(kmer_at, positions, -k))
+            last_kmer: np.ndarray = np.maximum.accumulate(np.where(kmer_at, positions, -k))
             single_at = positions - last_kmer >= k
         else:
             kmer_at, single_at = _non_overlapping(is_n, next_n, positions, k)

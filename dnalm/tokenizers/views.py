@@ -34,8 +34,8 @@ from dnalm.utils.errors import TokenizerError
 
 @dataclass(frozen=True)
 class ViewEncoding(Encoding):
-    segment_ids: np.ndarray = None
-    positions: np.ndarray = None
+    segment_ids: np.ndarray
+    positions: np.ndarray
 
 
 def concatenate_views(
@@ -47,13 +47,15 @@ def concatenate_views(
     """Each view's own ids and base spans → ``[CLS] v0 [SEP] v1 [SEP] …`` (padded with [PAD] to ``length``):
     ids, segments, base-aligned positions."""
     n_bases = int(view_spans[0][-1, 1]) if len(view_spans[0]) else 0
-    ids, segments, positions = [[CLS_ID]], [[0]], [[0]]
+    id_parts: list[np.ndarray | list[int]] = [[CLS_ID]]
+    segment_parts: list[np.ndarray | list[int]] = [[0]]
+    position_parts: list[np.ndarray | list[int]] = [[0]]
     for v, (own, spans, offset) in enumerate(zip(view_ids, view_spans, id_offsets)):
         own = np.asarray(own, np.int32)
-        ids += [np.where(own < NUM_SPECIAL, own, own + offset), [SEP_ID]]
-        segments.append(np.full(len(own) + 1, v, np.int32))
-        positions += [np.asarray(spans, np.int64)[:, 0] + 1, [n_bases + 1]]
-    ids, segments, positions = (np.concatenate(x).astype(np.int32) for x in (ids, segments, positions))
+        id_parts += [np.where(own < NUM_SPECIAL, own, own + offset), [SEP_ID]]
+        segment_parts.append(np.full(len(own) + 1, v, np.int32))
+        position_parts += [np.asarray(spans, np.int64)[:, 0] + 1, [n_bases + 1]]
+    ids, segments, positions = (np.concatenate(x).astype(np.int32) for x in (id_parts, segment_parts, position_parts))
     if length is not None:
         if len(ids) > length:
             raise TokenizerError(f"views: {len(ids)} tokens do not fit in {length}")

@@ -49,4 +49,6 @@ def compile_engine(engine, mode: str) -> None:
 def compiled_blocks(model: torch.nn.Module) -> bool:
     """Whether every block's forward is compiled (``compile=blocks``)."""
     blocks = getattr(model, "blocks", None)
-    return bool(blocks) and all(hasattr(block.forward, "_torchdynamo_orig_callable") for block in blocks)
+    if not blocks:
+        return False
+    return all(hasattr(block.forward, "_torchdynamo_orig_callable") for block in blocks)

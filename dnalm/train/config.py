@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -303,7 +304,7 @@ class TrainConfig(_Section):
         return yaml.safe_dump(json.loads(self.model_dump_json()), sort_keys=False)
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     """The YAML at ``path`` with ``key.sub=value`` overrides (values parsed as YAML)."""
     path = Path(path)
     if not path.is_file():

@@ -71,6 +71,7 @@ class RunLock:
     """``acquire`` or refuse; ``release`` only removes a lock that still names this process."""
 
     def __init__(self, run_dir: Path):
+        self.taken_over: Owner | None  # the stale owner whose lock ``acquire`` replaced
         self.run_dir, self.path, self.me, self.taken_over = (
             Path(run_dir),
             Path(run_dir) / LOCK,

@@ -61,7 +61,9 @@ def hit(point: str, action: str, step: int | None = None, rank: int = 0) -> bool
     """Whether ``DNALM_FAULTS`` asks for ``action`` (stale, refuse) at this point, step and rank: the code then
     behaves as the fault would make it (a stale listing, a refused lock)."""
     spec = os.environ.get(ENV)
-    return bool(spec) and any(
+    if not spec:
+        return False
+    return any(
         a == action and where == point and at_step in (None, step) and at_rank in (None, rank)
         for a, where, at_step, at_rank in _parse(spec)
     )
@@ -70,7 +72,9 @@ def hit(point: str, action: str, step: int | None = None, rank: int = 0) -> bool
 def armed(point: str) -> bool:
     """Whether ``DNALM_FAULTS`` names this point at all (for a strike that needs a poll to reach its moment)."""
     spec = os.environ.get(ENV)
-    return bool(spec) and any(where == point for _, where, _, _ in _parse(spec))
+    if not spec:
+        return False
+    return any(where == point for _, where, _, _ in _parse(spec))
 
 
 def _parse(spec: str):

@@ -54,7 +54,7 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
 
 
 @contextmanager
-def staged_folder(folder: str | Path, error: type[DnalmError] = DnalmError):
+def staged_folder(folder: str | os.PathLike[str], error: type[DnalmError] = DnalmError):
     """Yield a temporary folder next to ``folder``; it becomes ``folder`` (synced) only if the block finishes."""
     folder = Path(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):

@@ -57,4 +57,6 @@ def allocator_peak_mb(device) -> float | None:
 
 
 def _status_kb(field: str) -> int:
-    return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+    match = re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text())
+    assert match is not None, f"/proc/self/status has no {field} line"  # Linux always writes VmRSS and VmHWM
+    return int(match.group(1))
