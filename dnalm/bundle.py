@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from dnalm.utils.errors import DnalmError
 from dnalm.utils.files import staged_folder
+
+if TYPE_CHECKING:
+    from dnalm.models import DnaModel
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -27,7 +31,7 @@ class BundleError(DnalmError):
 
 def save_bundle(
     folder: str | Path,
-    model: torch.nn.Module,
+    model: DnaModel,
     tokenizer,
     *,
     card: str = "",

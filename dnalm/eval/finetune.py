@@ -23,15 +23,19 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnalm.tokenizers import PAD_ID, Tokenizer, ViewTokenizer, load
+from dnalm.tokenizers import PAD_ID, Tokenizer, ViewEncoding, load
 from dnalm.utils.devices import model_device, move
 from dnalm.utils.errors import DnalmError
+
+if TYPE_CHECKING:
+    from dnalm.models import DnaModel
 
 ARCHS = {
     "transformer": dict(arch="encoder", d_model=128, n_layers=4, n_heads=4, attention="flash", positions="alibi"),
@@ -149,7 +153,9 @@ POOLINGS = {
 
 
 class Classifier(nn.Module):
-    def __init__(self, backbone: nn.Module, num_classes: int, dropout: float = 0.1, pooling: str = "mean"):
+    def __init__(self, backbone: DnaModel, num_classes: int, dropout: float = 0.1, pooling: str = "mean"):
+        from dnalm.models.transformer import Transformer
+
         super().__init__()
         self.backbone = backbone
         self.backbone.head = (
@@ -158,7 +164,7 @@ class Classifier(nn.Module):
         self.backbone.config = backbone.config.replace(
             mlm_target="tokens"
         )  # nothing left to shape into per-base logits
-        if getattr(self.backbone, "head_transform", None) is not None:
+        if isinstance(self.backbone, Transformer):  # the CNN has no head transform
             self.backbone.head_transform = None
         self.dropout = nn.Dropout(dropout)
         self.pool, widths = POOLINGS[pooling]
@@ -180,7 +186,7 @@ def encode_set(data: LabelledSet, tokenizer: Tokenizer, reverse: bool = False) -
     positions = torch.zeros_like(ids)
     for i, enc in enumerate(encodings):
         ids[i, : len(enc)] = torch.from_numpy(enc.ids.astype(np.int64))
-        if isinstance(tokenizer, ViewTokenizer):
+        if isinstance(enc, ViewEncoding):
             segments[i, : len(enc)] = torch.from_numpy(enc.segment_ids.astype(np.int64))
             positions[i, : len(enc)] = torch.from_numpy(enc.positions.astype(np.int64))
         else:
@@ -276,6 +282,7 @@ def build_classifier(
     elif bundle is not None:
         backbone = build_model(ModelConfig(**read_config(bundle)["model"]))
     else:
+        assert arch is not None  # finetune() refuses neither --model nor --arch
         backbone = build_model(ModelConfig(name=arch, vocab_size=vocab_size, **ARCHS[arch]))
     return Classifier(backbone, num_classes, pooling=pooling)
 
@@ -321,7 +328,7 @@ def train_one(
         optimizer, lambda s: min(1.0, (s + 1) / max(1, total // 20)) * max(0.0, (total - s) / total)
     )
     generator = torch.Generator().manual_seed(seed)
-    best = {"mcc": -2.0}
+    best: dict[str, Any] = {"mcc": -2.0}  # dev metrics, epoch and weights of the best epoch so far
     history, since_best = [], 0
     for epoch in range(epochs):
         model.train()

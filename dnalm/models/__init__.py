@@ -7,6 +7,7 @@ model = dnalm.models.build_model(cfg, device="meta")   # no memory allocated
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import TypeAlias
 
 import torch
 
@@ -16,10 +17,12 @@ from dnalm.models.cnn import ConvNet
 from dnalm.models.config import NAMED_CONFIGS, ModelConfig, ModelConfigError, get_config
 from dnalm.models.transformer import ModelOutput, Transformer
 
-ARCHITECTURES = {"encoder": Transformer, "decoder": Transformer, "cnn": ConvNet}
+DnaModel: TypeAlias = Transformer | ConvNet  # a plain nn.Module with its ModelConfig as ``.config``
+
+ARCHITECTURES: dict[str, type[DnaModel]] = {"encoder": Transformer, "decoder": Transformer, "cnn": ConvNet}
 
 
-def build_model(config: ModelConfig | str, device: str | torch.device | None = None) -> torch.nn.Module:
+def build_model(config: ModelConfig | str, device: str | torch.device | None = None) -> DnaModel:
     """A plain ``nn.Module`` for ``config`` (a ModelConfig or a named size); ``device="meta"`` allocates nothing."""
     config = get_config(config) if isinstance(config, str) else config
     with torch.device(device) if device is not None else nullcontext():
@@ -33,6 +36,7 @@ def count_parameters(model: torch.nn.Module) -> int:
 __all__ = [
     "ARCHITECTURES",
     "ATTENTION",
+    "DnaModel",
     "ModelConfig",
     "ModelConfigError",
     "ModelOutput",

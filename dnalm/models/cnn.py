@@ -21,7 +21,7 @@ class ConvNet(nn.Module):
         self.segments = nn.Embedding(config.num_segments, config.d_model) if config.num_segments > 1 else None
         self.blocks = conv_stack(config, config.n_layers)
         self.norm = norm_layer(config)
-        self.head = nn.Linear(config.d_model, config.head_size, bias=False)
+        self.head: nn.Module = nn.Linear(config.d_model, config.head_size, bias=False)
 
     def forward(
         self,

@@ -216,7 +216,7 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = norm_layer(config)
         self.head_transform = HeadTransform(config) if config.lm_head == "transform" else None
-        self.head = NormalLinear(config.d_model, config.head_size, std, config.linear_bias)
+        self.head: nn.Module = NormalLinear(config.d_model, config.head_size, std, config.linear_bias)
         if config.tie_embeddings:
             self.head.weight = self.embed.weight
 

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from dnalm.bench import report
 from dnalm.utils.devices import describe
 from dnalm.utils.errors import DnalmError, validated
 from dnalm.utils.memory import allocator_peak_mb, peak_rss_bytes
+
+if TYPE_CHECKING:
+    from dnalm.models import DnaModel
 
 
 @dataclass(frozen=True)
@@ -231,7 +234,7 @@ def measure_step(variant: Variant, length: int, batch: int, steps: int = 3, devi
     }
 
 
-def build_variant(variant: Variant, **changes) -> torch.nn.Module:
+def build_variant(variant: Variant, **changes) -> DnaModel:
     """The variant's model with fresh weights (seed 0), sized for its tokenizer's vocabulary."""
     from dnalm.data.masking import sized_head
     from dnalm.models import build_model, get_config

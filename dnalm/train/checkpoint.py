@@ -31,6 +31,7 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +120,7 @@ def check_same_checkpoint(loaded: list[dict]) -> None:
 
 def verify_loaded(checkpoint: Path) -> None:
     """Collective: every rank checks that it loaded the checkpoint rank 0 did."""
-    loaded = [None] * dist.get_world_size()
+    loaded: list[dict] = [{}] * dist.get_world_size()  # all_gather_object replaces every slot
     dist.all_gather_object(loaded, identity(checkpoint))
     check_same_checkpoint(loaded)
 
@@ -147,7 +148,9 @@ def rng_state() -> dict:
     """Every generator a rank draws from (Python, NumPy, torch's CPU one and, with CUDA, its GPU's), as plain
     numbers and tensors, so that ``torch.load(weights_only=True)`` reads it back."""
     version, internal, gauss = random.getstate()
-    _, keys, pos, has_gauss, cached = np.random.get_state()
+    legacy = np.random.get_state()
+    assert isinstance(legacy, tuple)  # the global RandomState is MT19937, whose state is the legacy tuple
+    _, keys, pos, has_gauss, cached = legacy
     state = {
         "python": [version, list(internal), gauss],
         "torch": torch.get_rng_state(),
@@ -175,7 +178,7 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save(engine, run_dir: Path, step: int, meta: dict, files: dict[str, Path | str], keep_last: int) -> Path:
+def save(engine, run_dir: Path, step: int, meta: dict, files: Mapping[str, Path | str], keep_last: int) -> Path:
     """Collective: every rank calls it. Returns the complete checkpoint folder."""
     rank, world = dist.get_rank(), dist.get_world_size()
     folder = checkpoints_dir(run_dir)
@@ -241,7 +244,7 @@ def step_of(checkpoint: Path) -> int:
 
 def set_aside_newer(run_dir: Path, step: int) -> Path | None:
     """Move this run's complete checkpoints newer than ``step`` (a branch being abandoned) aside; rank 0 only."""
-    newer = [p for p in complete_checkpoints(run_dir) if int(_STEP.match(p.name).group(1)) > step]
+    newer = [p for p in complete_checkpoints(run_dir) if (m := _STEP.match(p.name)) and int(m.group(1)) > step]
     return set_aside(run_dir, newer, f"from-step-{step}") if newer else None
 
 

@@ -7,6 +7,7 @@ sizes, optimizer, clipping, precision) is written into the DeepSpeed config here
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -186,6 +187,13 @@ class BudgetSection(_Section):
         if (self.steps is None) == (self.tokens is None):
             raise ValueError("give exactly one of budget.steps and budget.tokens")
         return self
+
+    def total_steps(self, tokens_per_step: int) -> int:
+        """``steps``, or ``tokens`` rounded up to whole steps."""
+        if self.steps is not None:
+            return self.steps
+        assert self.tokens is not None  # _one: one of them is given
+        return math.ceil(self.tokens / tokens_per_step)
 
 
 class EvalSection(_Section):

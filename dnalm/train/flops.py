@@ -10,8 +10,12 @@ per device ÷ the device's nominal dense (no sparsity) peak for the precision us
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from dnalm.models import DnaModel
 
 SOURCE = (
     "NVIDIA datasheets, dense Tensor Core TFLOP/s without sparsity: H100 SXM and H200 SXM "
@@ -35,7 +39,7 @@ NOMINAL = {
 }
 
 
-def flops_per_token(model: torch.nn.Module, config, seq_len: int) -> float:
+def flops_per_token(model: DnaModel, config, seq_len: int) -> float:
     """6·N + 12·L·d·T for a built model (whole, or partitioned by ZeRO-3: ``ds_numel`` is a parameter's full size)."""
 
     def size(p):

@@ -29,7 +29,7 @@ from dnalm.data.cache import data_folder
 from dnalm.data.manifest import Manifest
 from dnalm.data.masking import IGNORE, base_targets, clm_batch, mlm_batch, next_token_labels, sized_head, view_ranges
 from dnalm.data.stream import GenomeStream, StreamLoader
-from dnalm.models import ModelConfig, build_model, get_config
+from dnalm.models import DnaModel, ModelConfig, build_model, get_config
 from dnalm.models.transformer import check_learned_positions
 from dnalm.tokenizers import Tokenizer, ViewTokenizer, load_folder
 from dnalm.train import checkpoint as ckpt
@@ -95,7 +95,7 @@ def lr_lambda(config: TrainConfig, total_steps: int):
     return factor
 
 
-def load_bundle_weights(model: torch.nn.Module, bundle: str, partitioned: bool) -> None:
+def load_bundle_weights(model: DnaModel, bundle: str, partitioned: bool) -> None:
     """Copy a bundle's weights into a freshly built model.
 
     Under ZeRO-3 only rank 0 reads the file, one tensor at a time (safetensors opens it lazily); each parameter is
@@ -114,13 +114,18 @@ def load_bundle_weights(model: torch.nn.Module, bundle: str, partitioned: bool) 
 
     named = dict(model.named_parameters()) | dict(model.named_buffers())
     reader = safe_open(path, framework="pt") if dist.get_rank() == 0 else None
-    names = ckpt.decided_by_rank0(lambda: list(reader.keys()))
+
+    def bundle_names() -> list[str]:  # run by rank 0, the one reader
+        assert reader is not None
+        return list(reader.keys())
+
+    names = ckpt.decided_by_rank0(bundle_names)
     for name in names:
         target = named[name]
         partitioned_here = hasattr(target, "ds_id")
         with deepspeed.zero.GatheredParameters([target] if partitioned_here else [], modifier_rank=0):
             with torch.no_grad():
-                if dist.get_rank() == 0:
+                if reader is not None:  # rank 0
                     target.data.copy_(reader.get_tensor(name).float())
                 if not partitioned_here and dist.get_world_size() > 1:  # a whole tensor on every rank: rank 0's
                     dist.broadcast(target.data, src=0)
@@ -145,7 +150,8 @@ def _nominal_mfu_per_token(model, model_config, seq_len: int, ds_config: dict, p
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices, none on norms, biases and embeddings."""
-    decay, plain = [], []
+    decay: list[torch.nn.Parameter] = []
+    plain: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         shape = getattr(p, "ds_shape", p.shape)
         (
@@ -208,7 +214,7 @@ class Trainer:
         self.accumulation = self.ds_config["gradient_accumulation_steps"]
         self.gradient_scale = sequence_parallel.gradient_scale(self.sp_size, self.ds_config)
         tokens_per_step = config.batch.global_batch * self.manifest.seq_len
-        self.total_steps = config.budget.steps or math.ceil(config.budget.tokens / tokens_per_step)
+        self.total_steps = config.budget.total_steps(tokens_per_step)
 
         self.resume_from, aside = ckpt.decide_resume(self.run_dir, resume)  # rank 0's listing, for every rank
         if aside is not None:
@@ -221,8 +227,9 @@ class Trainer:
         self.data_continues = self.resume_from is None or ckpt.check_data(
             self.resume_from, config.data.path, self.manifest.plan_fingerprint, config.data.allow_changed
         )
-        universal = bool(self.resume_from) and ckpt.read_meta(self.resume_from)["world_size"] != self.world
-        if universal:
+        universal = False  # resumed on another number of ranks: through DeepSpeed's universal checkpoint
+        if self.resume_from is not None and ckpt.read_meta(self.resume_from)["world_size"] != self.world:
+            universal = True
             universal_form.ensure_universal(
                 self.resume_from, config.checkpoint.convert_timeout_s, config.checkpoint.convert_workers
             )
