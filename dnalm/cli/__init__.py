@@ -11,7 +11,7 @@ from dnalm.utils.errors import DnalmError
 
 # isort: split
 # Each module registers its commands on import, in the order of ``dnalm --help``.
-from dnalm.cli import genome, data, training, use, evaluation, bench_data, bench, demo  # noqa: F401, I001
+from dnalm.cli import genome, data, dataset, training, use, evaluation, bench_data, bench, demo  # noqa: F401, I001
 
 __all__ = ["BENCH_OUT", "COMMANDS", "Command", "build_parser", "main"]
 

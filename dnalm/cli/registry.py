@@ -26,6 +26,7 @@ BENCH_OUT = Path("runs/bench")  # benchmarks write here unless --out says otherw
 GROUP_HELP = {
     "genome": "read, validate and report on FASTA genomes",
     "tokenizer": "train tokenizers",
+    "data": "check prepared data folders",
     "bench": "benchmarks that print JSON and draw PNG plots",
     "eval": "evaluate models on benchmark task suites",
     "checkpoint": "work on training checkpoints",

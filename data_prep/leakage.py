@@ -1,0 +1,519 @@
+"""``dnalm data leakage``: which evaluation sequences a prep's training split already holds.
+
+For each evaluation file (a GUE task folder's train/dev/test CSV, any CSV with a ``sequence`` column, a
+FASTA) and each of its sequences: does it share an exact k-mer with a training window (on either strand:
+a model trains on both), and does one training window hold it whole (forward or reverse-complemented)?
+
+How it scales (``docs/benchmarks/data.md``, "Leakage"): only the evaluation side is held in memory, as
+canonical 2-bit k-mers (`dnalm.data.kmers.KmerSet`) with an index from each to its sequences. The training
+side streams: the plan says which contigs each training shard covers, each shard's sample metadata gives
+its windows' coordinates, and the genome FASTA (checked against the manifest's sha256) gives their bases,
+one contig at a time, scanned a few million bases at a time with numpy. A window's k-mers never span two
+windows, as the model never saw them together. "Contained whole" is checked directly: where a training
+k-mer equals a sequence's first k-mer (either strand), the window's bases are compared with the sequence's.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_prep.plan import Plan
+from dnalm import genome as genome_io
+from dnalm.data.kmers import (
+    CHUNK,
+    DEFAULT_K,
+    NOT_A_KMER,
+    KmerSet,
+    SequenceFile,
+    check_k,
+    concatenated,
+    kmers,
+    read_sequences,
+    reverse_complement,
+    reverse_complement_bases,
+)
+from dnalm.data.manifest import DataError, Manifest, ShardEntry
+from dnalm.data.shards import IndexedShard, ShardError, index_path, walk_tar
+from dnalm.utils.errors import DnalmError
+
+GUE_SPLITS = ("train", "dev", "test")
+_SEP = np.frombuffer(b"N", np.uint8)
+
+
+class LeakageError(DnalmError):
+    """An evaluation path that holds no sequences to check."""
+
+
+# --- the evaluation side ----------------------------------------------------------------------
+@dataclass
+class EvalFile:
+    name: str  # task/split, e.g. prom_core_all/dev
+    sequences: SequenceFile
+
+
+def eval_files(paths: Sequence[str | os.PathLike]) -> list[EvalFile]:
+    """Each path: a CSV or FASTA file; a task folder of CSVs (GUE: train.csv, dev.csv, test.csv); or a folder of
+    task folders (all of GUE)."""
+    out = []
+    for given in paths:
+        path = Path(given)
+        if not path.exists():
+            raise LeakageError(f"{path}: no such file or folder")
+        if path.is_file():
+            out.append(EvalFile(f"{path.parent.name}/{path.stem}", read_sequences(path)))
+            continue
+        tasks = [path] if _csvs(path) else sorted(p for p in path.iterdir() if p.is_dir() and _csvs(p))
+        if not tasks:
+            raise LeakageError(
+                f"{path}: no CSV files in it or its subfolders (a GUE task folder holds train.csv, dev.csv, test.csv)"
+            )
+        out += [EvalFile(f"{task.name}/{csv.stem}", read_sequences(csv)) for task in tasks for csv in _csvs(task)]
+    return out
+
+
+def _csvs(folder: Path) -> list[Path]:
+    found = [p for p in folder.iterdir() if p.suffix in (".csv", ".tsv") and p.is_file()]
+    rank = {name: i for i, name in enumerate(GUE_SPLITS)}
+    return sorted(found, key=lambda p: (rank.get(p.stem, len(rank)), p.name))
+
+
+@dataclass
+class Hits:
+    """Where in the training data a match was seen: one row per first hit of a k-mer, or per containment."""
+
+    columns: dict[str, list[np.ndarray]] = field(
+        default_factory=lambda: {n: [] for n in ("genome", "contig", "position", "forward", "shard", "sample")}
+    )
+    count: int = 0
+
+    def add(self, **values: np.ndarray) -> np.ndarray:
+        n = len(values["position"])
+        for name, value in values.items():
+            self.columns[name].append(np.asarray(value))
+        self.count += n
+        return np.arange(self.count - n, self.count)
+
+    def table(self) -> dict[str, np.ndarray]:
+        return {n: np.concatenate(v) if v else np.zeros(0, np.int64) for n, v in self.columns.items()}
+
+
+class EvalIndex:
+    """Every distinct evaluation sequence's canonical k-mers, and what the scan has found of them."""
+
+    def __init__(self, files: list[EvalFile], k: int):
+        self.k, self.files = k, files
+        distinct: dict[bytes, int] = {}
+        self.rows = [np.array([distinct.setdefault(s, len(distinct)) for s in f.sequences.sequences]) for f in files]
+        sequences = list(distinct)
+        del distinct
+        self.lengths = np.array([len(s) for s in sequences], np.int64)
+        self.bases, self.starts = concatenated(sequences)
+        # reverse complements in one array, each at the mirror of its sequence's slot: one gather serves both
+        self.both = np.concatenate(
+            (self.bases, np.frombuffer(reverse_complement_bases(self.bases.tobytes()), np.uint8))
+        )
+        self.rc_starts = len(self.bases) + len(self.bases) - self.starts - self.lengths
+        del sequences
+        positions, canonical, forward = [], [], []
+        for a in range(0, max(len(self.bases) - k + 1, 0), CHUNK):
+            fwd, can = kmers(self.bases[a : a + CHUNK + k - 1], k)
+            valid = np.flatnonzero(can != NOT_A_KMER)
+            positions.append(a + valid)
+            canonical.append(can[valid])
+            forward.append(fwd[valid])
+        position = np.concatenate(positions) if positions else np.zeros(0, np.int64)
+        can = np.concatenate(canonical) if canonical else np.zeros(0, np.uint64)
+        fwd = np.concatenate(forward) if forward else np.zeros(0, np.uint64)
+        self.set = KmerSet(can)
+        self.occ_seq = (np.searchsorted(self.starts, position, side="right") - 1).astype(np.int32)
+        self.occ_offset = (position - self.starts[self.occ_seq]).astype(np.int32)
+        self.occ_key = np.searchsorted(self.set.keys, can).astype(np.int32)
+        self.occ_forward = fwd == can  # the sequence's k-mer is the canonical one (else its reverse complement is)
+        # anchors: each sequence's first whole k-mer; a window holding the sequence holds it (or its complement)
+        seqs, first = np.unique(self.occ_seq, return_index=True)
+        order = np.argsort(self.occ_key[first], kind="stable")
+        self.anchor_seq, self.anchor_key = seqs[order], self.occ_key[first][order]
+        self.anchor_offset = self.occ_offset[first][order].astype(np.int64)
+        self.anchor_fwd = fwd[first][order]
+        self.anchor_rc = reverse_complement(self.anchor_fwd, k)
+        self.is_anchor = np.zeros(len(self.set), bool)
+        self.is_anchor[self.anchor_key] = True
+        # what the scan finds
+        self.hit = np.zeros(len(self.set), bool)
+        self.first_hit = np.full(len(self.set), -1, np.int64)  # row of `hits` where each k-mer was first seen
+        self.contained = np.full(len(self.lengths), -1, np.int64)  # row of `hits` where each sequence lies whole
+        self.hits = Hits()
+
+    @property
+    def nbytes(self) -> int:
+        arrays = [v for v in vars(self).values() if isinstance(v, np.ndarray)]
+        return self.set.nbytes + sum(a.nbytes for a in arrays)
+
+    def scan(self, buffer: np.ndarray, windows: dict[str, np.ndarray]) -> None:
+        """One stretch of training windows laid end to end, an N between each two; ``windows``: their ``offset`` in
+        ``buffer``, ``length``, ``genome``, ``contig`` (an id), ``start`` (in the contig), ``shard``, ``sample``."""
+        fwd, can = kmers(buffer, self.k)
+        where, keys = self.set.find(can)
+        if not len(where):
+            return
+        self.hit[keys] = True
+        new = np.flatnonzero(self.first_hit[keys] < 0)
+        if len(new):
+            fresh, first = np.unique(keys[new], return_index=True)
+            at = where[new][first]
+            self.first_hit[fresh] = self._record(at, windows, forward=fwd[at] == can[at])
+        anchored = self.is_anchor[keys]
+        if anchored.any():
+            self._containment(buffer, fwd, where[anchored], keys[anchored], windows)
+
+    def _record(self, at: np.ndarray, windows: dict[str, np.ndarray], forward: np.ndarray) -> np.ndarray:
+        w = np.searchsorted(windows["offset"], at, side="right") - 1
+        return self.hits.add(
+            genome=windows["genome"][w],
+            contig=windows["contig"][w],
+            position=windows["start"][w] + at - windows["offset"][w],
+            forward=forward,
+            shard=windows["shard"][w],
+            sample=windows["sample"][w],
+        )
+
+    def _containment(self, buffer, fwd, at, keys, windows, budget: int = 1 << 23) -> None:
+        lo = np.searchsorted(self.anchor_key, keys, side="left")
+        n = np.searchsorted(self.anchor_key, keys, side="right") - lo
+        entry = np.repeat(lo - np.cumsum(n) + n, n) + np.arange(n.sum())
+        at = np.repeat(at, n)
+        seq = self.anchor_seq[entry]
+        open_ = self.contained[seq] < 0
+        entry, at, seq = entry[open_], at[open_], seq[open_]
+        length, offset = self.lengths[seq], self.anchor_offset[entry]
+        same, other = fwd[at] == self.anchor_fwd[entry], fwd[at] == self.anchor_rc[entry]
+        start = np.concatenate((at[same] - offset[same], at[other] - (length[other] - offset[other] - self.k)))
+        seq = np.concatenate((seq[same], seq[other]))
+        reverse = np.concatenate((np.zeros(same.sum(), bool), np.ones(other.sum(), bool)))
+        w = np.searchsorted(windows["offset"], start, side="right") - 1
+        inside = (start >= 0) & (start + self.lengths[seq] <= windows["offset"][w] + windows["length"][w])
+        start, seq, reverse = start[inside], seq[inside], reverse[inside]
+        step = max(1, budget // int(self.lengths.max(initial=1)))  # bases compared at once stay under the budget
+        for a in range(0, len(start), step):
+            self._compare(buffer, start[a : a + step], seq[a : a + step], reverse[a : a + step], windows)
+
+    def _compare(self, buffer, start, seq, reverse, windows) -> None:
+        if not len(start):
+            return
+        length = self.lengths[seq]
+        first = np.cumsum(length) - length
+        r = np.arange(length.sum()) - np.repeat(first, length)
+        eval_start = np.where(reverse, self.rc_starts[seq], self.starts[seq])
+        differ = buffer[np.repeat(start, length) + r] != self.both[np.repeat(eval_start, length) + r]
+        whole = np.add.reduceat(differ, first) == 0
+        if not whole.any():
+            return
+        seqs, one = np.unique(seq[whole], return_index=True)
+        pick = np.flatnonzero(whole)[one]
+        fresh = self.contained[seqs] < 0
+        self.contained[seqs[fresh]] = self._record(start[pick][fresh], windows, forward=~reverse[pick][fresh])
+
+    # --- results ---
+    def results(self, shards: list[str], contigs: list[str], examples: int) -> list[dict[str, Any]]:
+        hits = self.hits.table()
+        seq_hit = np.zeros(len(self.lengths), bool)
+        seq_hit[self.occ_seq[self.hit[self.occ_key]]] = True
+        kmers_per_seq = np.bincount(self.occ_seq, minlength=len(self.lengths))
+        hit_per_seq = np.bincount(self.occ_seq, weights=self.hit[self.occ_key], minlength=len(self.lengths))
+        hit_occ = np.flatnonzero(self.hit[self.occ_key])
+        seqs_hit, first_occ = np.unique(self.occ_seq[hit_occ], return_index=True)
+        first_hit_occ = np.full(len(self.lengths), -1, np.int64)
+        first_hit_occ[seqs_hit] = hit_occ[first_occ]
+
+        def where(row: int) -> dict[str, Any]:
+            g, c, pos = int(hits["genome"][row]), int(hits["contig"][row]), int(hits["position"][row])
+            shard, sample = shards[int(hits["shard"][row])], int(hits["sample"][row])
+            return {"genome": g, "contig": contigs[c], "position": pos, "shard": shard, "sample": sample}
+
+        out = []
+        for f, rows in zip(self.files, self.rows):
+            shared, contained = seq_hit[rows], self.contained[rows] >= 0
+            n = len(rows)
+            picked = [*np.flatnonzero(contained)[:examples], *np.flatnonzero(shared & ~contained)]
+            shown = []
+            for i in picked[:examples]:
+                s = int(rows[i])
+                if self.contained[s] >= 0:  # where the window holds it whole
+                    row, offset, occ = int(self.contained[s]), 0, -1
+                    strand = "+" if hits["forward"][row] else "-"
+                else:  # where its first shared k-mer was first seen
+                    occ = int(first_hit_occ[s])
+                    row, offset = int(self.first_hit[self.occ_key[occ]]), int(self.occ_offset[occ])
+                    strand = "+" if bool(hits["forward"][row]) == bool(self.occ_forward[occ]) else "-"
+                line = f.sequences.lines[i]
+                shown.append(
+                    {
+                        "index": int(i),
+                        "line": line,
+                        "contained": occ < 0,
+                        "offset": offset,
+                        **where(row),
+                        "strand": strand,
+                    }
+                )
+            total_kmers = int(kmers_per_seq[rows].sum())
+            out.append(
+                {
+                    "name": f.name,
+                    "path": str(f.sequences.path),
+                    "sequences": n,
+                    "distinct": int(len(np.unique(rows))),
+                    "without_kmer": int((kmers_per_seq[rows] == 0).sum()),
+                    "shared": int(shared.sum()),
+                    "shared_fraction": float(shared.mean()) if n else 0.0,
+                    "contained": int(contained.sum()),
+                    "contained_fraction": float(contained.mean()) if n else 0.0,
+                    "kmers": total_kmers,
+                    "kmer_fraction": float(hit_per_seq[rows].sum() / total_kmers) if total_kmers else 0.0,
+                    "examples": shown,
+                }
+            )
+        return out
+
+
+# --- the training side ------------------------------------------------------------------------
+def shard_metadata(folder: Path, entry: ShardEntry) -> list[dict]:
+    """Every sample's metadata in a shard, through its index: one tar header and the JSON after it, never the token
+    arrays (parsed as one JSON list a shard). Presence, index and size are checked against the manifest first."""
+    path = Path(folder) / entry.path
+    IndexedShard(path, entry.num_samples, entry.bytes).close()
+    if not entry.num_samples:
+        return []
+    entries = np.fromfile(index_path(path), "<u8").reshape(-1, 3)
+    texts = []
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        for i, (offset, length, _crc) in enumerate(entries.tolist()):
+            header = data[offset : offset + 512]
+            name, size = header[:100].rstrip(b"\0"), int(header[124:136].strip(b"\0 ") or b"0", 8)
+            if header[156:157] in (b"0", b"\0") and name.endswith(b".json"):  # the usual layout: the JSON first
+                texts.append(data[offset + 512 : offset + 512 + size])
+                continue
+            part = data[offset : offset + length]  # a pax header first (a long contig name): walk the members
+            found = next(((s, n) for member, s, n in walk_tar(part, path) if member.endswith(".json")), None)
+            if found is None:
+                raise ShardError(f"{path}: sample {i} has no metadata")
+            texts.append(part[found[0] : found[0] + found[1]])
+    try:
+        return json.loads(b"[" + b",".join(texts) + b"]")
+    except ValueError:
+        raise ShardError(f"{path}: a sample's metadata is damaged (not JSON)") from None
+
+
+def _genome_paths(manifest: Manifest, overrides: Sequence[str | os.PathLike]) -> list[Path]:
+    """The FASTA of every genome of the prep: where the manifest says, or one of ``overrides`` with its sha256."""
+    given = {genome_io.file_sha256(genome_io.check_path(p)): Path(p) for p in overrides}
+    wanted = {g.sha256 for g in manifest.genomes}
+    for sha, path in given.items():
+        if sha not in wanted:
+            raise DataError(f"--genome {path}: matches no genome of the prep (its sha256 differs from all of them)")
+    out = []
+    for g in manifest.genomes:
+        if g.sha256 in given:
+            out.append(given[g.sha256])
+            continue
+        path = Path(g.path)
+        if not path.is_file():
+            raise DataError(f"{path}: the prep's genome is not there; give its FASTA with --genome")
+        if genome_io.file_sha256(path) != g.sha256:
+            raise DataError(
+                f"{path}: changed since the prep (sha256 differs from the manifest); give the original with --genome"
+            )
+        out.append(path)
+    return out
+
+
+def check(
+    prep: str | os.PathLike,
+    evals: Sequence[str | os.PathLike],
+    k: int = DEFAULT_K,
+    *,
+    split: str = "train",
+    examples: int = 3,
+    genomes: Sequence[str | os.PathLike] = (),
+    progress: bool = False,
+) -> dict[str, Any]:
+    """The leakage report of ``evals`` against split ``split`` of the prep in ``prep`` (see the module docstring)."""
+    started = time.perf_counter()
+    check_k(k)
+    folder = Path(prep)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such prep folder")
+    manifest = Manifest.load(folder)
+    plan = Plan.load(folder)
+    if split not in manifest.splits:
+        raise DataError(f"--split {split}: the prep has splits {', '.join(manifest.splits)}")
+    entries = manifest.splits[split].shards
+    paths = _genome_paths(manifest, genomes)
+    files = eval_files(evals)
+    index = EvalIndex(files, k)
+    indexed = time.perf_counter()
+
+    planned = {s.path: s for s in plan.shards}
+    missing = [e.path for e in entries if e.path not in planned]
+    if missing:
+        raise DataError(f"{folder}: shard {missing[0]} is in the manifest but not the plan; the folder is inconsistent")
+    by_contig: dict[tuple[int, str], list[int]] = defaultdict(list)
+    for s, e in enumerate(entries):
+        for key in dict.fromkeys((p.genome, p.contig) for p in planned[e.path].pieces):
+            by_contig[key].append(s)
+    contigs: list[str] = []
+    contig_ids: dict[str, int] = {}
+    loaded: dict[int, dict[tuple[int, str], list[tuple[int, int, int, int]]]] = {}
+    stats = {"windows": 0, "bases": 0, "samples": 0}
+    bar = _bar(sum(planned[e.path].bases for e in entries), progress)
+    try:
+        for g, path in enumerate(paths):
+            wanted = {contig for genome, contig in by_contig if genome == g}
+            if not wanted:
+                continue
+            for contig in genome_io.iter_contigs(path, only=set(wanted)):
+                wanted.discard(contig.name)
+                cid = contig_ids.setdefault(contig.name, len(contigs))
+                if cid == len(contigs):
+                    contigs.append(contig.name)
+                spans = []
+                for s in by_contig[(g, contig.name)]:
+                    if s not in loaded:
+                        loaded[s] = _windows_by_contig(folder, entries[s], s, stats)
+                    spans += loaded[s].pop((g, contig.name), [])
+                    if not loaded[s]:
+                        del loaded[s]
+                _scan_contig(index, contig.bases, g, cid, spans, stats, bar)
+                if not wanted:
+                    break
+    finally:
+        if bar is not None:
+            bar.close()
+    scanned = time.perf_counter()
+    from dnalm.utils.memory import peak_rss_bytes
+
+    scan_seconds = scanned - indexed
+    return {
+        "prep": str(folder),
+        "split": split,
+        "k": k,
+        "strands": "both (canonical k-mers: a sequence and its reverse complement count alike)",
+        "training": {
+            "shards": len(entries),
+            "samples": stats["samples"],
+            "windows_scanned": stats["windows"],
+            "bases_scanned": stats["bases"],
+            "genomes": [str(p) for p in paths],
+        },
+        "evaluation": index.results([e.path for e in entries], contigs, examples),
+        "performance": {
+            "seconds": round(time.perf_counter() - started, 2),
+            "index_seconds": round(indexed - started, 2),
+            "scan_seconds": round(scan_seconds, 2),
+            "bases_per_second": round(stats["bases"] / scan_seconds) if scan_seconds else 0,
+            "eval_distinct_kmers": len(index.set),
+            "eval_kmer_occurrences": len(index.occ_key),
+            "eval_index_mb": round(index.nbytes / 2**20, 1),
+            "eval_kmer_set_mb": round(index.set.nbytes / 2**20, 1),
+            "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
+        },
+    }
+
+
+def _windows_by_contig(folder: Path, entry: ShardEntry, shard: int, stats: dict) -> dict:
+    """A shard's windows as ``(start, end, shard, sample)`` by ``(genome, contig)``; a packed sample's parts are
+    windows of their own (they are separated by [SEP] in it)."""
+    out: dict[tuple[int, str], list[tuple[int, int, int, int]]] = defaultdict(list)
+    for i, meta in enumerate(shard_metadata(folder, entry)):
+        stats["samples"] += 1
+        parts = meta.get("parts") or [(meta["contig"], meta["start"], meta["end"])]
+        for contig, start, end in parts:
+            out[(meta["genome"], contig)].append((start, end, shard, i))
+    return dict(out)
+
+
+def _scan_contig(index: EvalIndex, bases: np.ndarray, genome: int, contig: int, spans, stats: dict, bar) -> None:
+    if not spans:
+        return
+    table = np.array(spans, np.int64).reshape(-1, 4)
+    table = table[np.lexsort((table[:, 1], table[:, 0]))]
+    distinct = np.ones(len(table), bool)  # a reverse-complement sample covers its forward twin's bases
+    distinct[1:] = (table[1:, 0] != table[:-1, 0]) | (table[1:, 1] != table[:-1, 1])
+    table = table[distinct]
+    lengths = table[:, 1] - table[:, 0]
+    ends = np.cumsum(lengths + 1)
+    a = 0
+    while a < len(table):
+        b = max(a + 1, int(np.searchsorted(ends, ends[a] - lengths[a] - 1 + CHUNK, side="right")))
+        rows = table[a:b]
+        pieces = []
+        for start, end in rows[:, :2].tolist():
+            pieces += [bases[start:end], _SEP]
+        offsets = np.concatenate(([0], np.cumsum(rows[:, 1] - rows[:, 0] + 1)[:-1]))
+        index.scan(
+            np.concatenate(pieces),
+            {
+                "offset": offsets,
+                "length": rows[:, 1] - rows[:, 0],
+                "genome": np.full(len(rows), genome, np.int32),
+                "contig": np.full(len(rows), contig, np.int32),
+                "start": rows[:, 0],
+                "shard": rows[:, 2].astype(np.int32),
+                "sample": rows[:, 3].astype(np.int32),
+            },
+        )
+        scanned = int((rows[:, 1] - rows[:, 0]).sum())
+        stats["windows"] += len(rows)
+        stats["bases"] += scanned
+        if bar is not None:
+            bar.update(scanned)
+        a = b
+
+
+def _bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="b", unit_scale=True, desc="leakage", smoothing=0.1)
+
+
+# --- the report -------------------------------------------------------------------------------
+def format_report(report: dict[str, Any]) -> str:
+    t, perf = report["training"], report["performance"]
+    lines = [
+        f"{report['split']} split of {report['prep']}: {t['bases_scanned']:,} bases in "
+        f"{t['windows_scanned']:,} windows ({t['shards']} shards); k = {report['k']}, both strands",
+        "",
+        f"{'evaluation set':<28} {'sequences':>10} {'share a k-mer':>20} {'contained whole':>20} {'k-mers seen':>12}",
+    ]
+    for e in report["evaluation"]:
+        shared = f"{e['shared']:,} ({e['shared_fraction']:.2%})"
+        contained = f"{e['contained']:,} ({e['contained_fraction']:.2%})"
+        lines.append(f"{e['name']:<28} {e['sequences']:>10,} {shared:>20} {contained:>20} {e['kmer_fraction']:>12.2%}")
+    shown = [(e["name"], x) for e in report["evaluation"] for x in e["examples"]]
+    if shown:
+        lines += ["", "examples (sequence index, line in its file: where a training window holds it):"]
+        for name, x in shown:
+            what = "whole" if x["contained"] else f"k-mer at offset {x['offset']}"
+            lines.append(
+                f"  {name} #{x['index']} (line {x['line']}): {what} at {x['contig']}:{x['position']:,} "
+                f"({x['strand']}), {x['shard']} sample {x['sample']}"
+            )
+    lines += [
+        "",
+        f"{perf['seconds']:.1f} s ({perf['scan_seconds']:.1f} s scanning, "
+        f"{perf['bases_per_second'] / 1e6:.1f} Mbases/s); {perf['eval_distinct_kmers']:,} distinct evaluation "
+        f"k-mers in {perf['eval_index_mb']:.0f} MB",
+    ]
+    return "\n".join(lines)
