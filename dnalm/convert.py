@@ -90,7 +90,7 @@ def model_card(model, tokenizer, meta: dict, checkpoint: Path) -> str:
 
     config = model.config
     run_dir = checkpoint.parent.parent
-    last = {}
+    last: dict[str, float] = {}  # the newest value of each metric
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
         for line in metrics.read_text().splitlines():

@@ -37,7 +37,7 @@ import math
 
 import numpy as np
 
-from dnalm.data.order import EpochOrder, Permutation, weighted_counts
+from dnalm.data.order import Permutation, ShardLocator, weighted_counts
 
 MOST_PARTITIONS = 64  # unless the world is larger
 SHARDS_PER_PARTITION = 10  # a rank needs its partitions' current blocks at once: few partitions, a small warm-up
@@ -88,7 +88,7 @@ class _Epoch:
         self.ends = np.cumsum(count)
 
 
-class BlockOrder:
+class BlockOrder(ShardLocator):
     """Epoch ``e``'s sample at each position: (shard index, sample within that shard)."""
 
     def __init__(
@@ -200,6 +200,3 @@ class BlockOrder:
             k = int(piece[partial[rows[0]]])
             within[partial[rows]] = self._permutation(int(table.partial_of[k]), epoch, 1, k)(within[partial[rows]])
         return table.start[piece] + within
-
-    locate = EpochOrder.locate
-    __call__ = EpochOrder.__call__

@@ -106,8 +106,8 @@ def mlm_batch(batch: dict, ranges, rng: np.random.Generator, base_table: np.ndar
     """``base_table`` (from ``base_targets``): labels become the bases of each target token, shape (B, T, K)."""
     ids, spans = batch["input_ids"].numpy(), batch["spans"].numpy()
     segments = batch["segment_ids"].numpy() if "segment_ids" in batch else np.zeros_like(ids)
-    masked, labels = zip(*(mask_sample(i, s, g, ranges, rng, **objective) for i, s, g in zip(ids, spans, segments)))
-    labels = np.stack(labels)
+    masked, label_rows = zip(*(mask_sample(i, s, g, ranges, rng, **objective) for i, s, g in zip(ids, spans, segments)))
+    labels = np.stack(label_rows)
     rates = target_rates(ids, labels, segments, ranges)
     if base_table is not None:
         labels = base_table[np.where(labels == IGNORE, len(base_table) - 1, labels)]

@@ -64,7 +64,26 @@ def weighted_counts(available: list[int], weights: list[float], total: int) -> n
     return counts
 
 
-class EpochOrder:
+class ShardLocator:
+    """What both epoch orders share: a global sample number (shard after shard) as (shard index, sample within that
+    shard), and an epoch's positions located through ``samples``."""
+
+    counts: np.ndarray  # samples in each shard
+    ends: np.ndarray  # their running total
+
+    def samples(self, epoch: int, positions) -> np.ndarray:
+        raise NotImplementedError
+
+    def locate(self, samples) -> tuple[np.ndarray, np.ndarray]:
+        samples = np.asarray(samples, np.int64)
+        shard = np.searchsorted(self.ends, samples, side="right")
+        return shard, samples - (self.ends[shard] - self.counts[shard])
+
+    def __call__(self, epoch: int, positions) -> tuple[np.ndarray, np.ndarray]:
+        return self.locate(self.samples(epoch, positions))
+
+
+class EpochOrder(ShardLocator):
     """Epoch ``e``'s sample at each position: (shard index, sample within that shard).
 
     With per-genome weights, an epoch of the same length draws ``weighted_counts`` samples from each
@@ -112,11 +131,3 @@ class EpochOrder:
             rows = (genome == g) & (cycle == c)
             out[rows] = self.first[g] + self._permutation(int(self.available[g]), epoch, g, c)(within[rows])
         return out
-
-    def locate(self, samples) -> tuple[np.ndarray, np.ndarray]:
-        samples = np.asarray(samples, np.int64)
-        shard = np.searchsorted(self.ends, samples, side="right")
-        return shard, samples - (self.ends[shard] - self.counts[shard])
-
-    def __call__(self, epoch: int, positions) -> tuple[np.ndarray, np.ndarray]:
-        return self.locate(self.samples(epoch, positions))

@@ -158,7 +158,7 @@ class GenomeStream(IterableDataset):
         sizes = [t.vocab_size - NUM_SPECIAL for t in self.manifest.tokenizers]
         self.id_offsets = np.cumsum([0] + sizes[:-1]).tolist()
         self.tokenizers = [load_folder(self.folder / t.folder) for t in self.manifest.tokenizers]
-        self.flip_tables = [reverse_complement_table(t) for t in self.tokenizers] if reverse_complement else None
+        self.flip_tables = [reverse_complement_table(t) for t in self.tokenizers] if reverse_complement else []
 
     def check_cache(self, workers: int) -> None:
         """Refuse a cache limit too small for this node's ranks, each read by ``workers`` workers (0 counts as 1)."""
@@ -370,7 +370,7 @@ class GenomeStream(IterableDataset):
             )
             bases = int(spans[0][-1, 1]) if len(spans[0]) else 0
             edge = np.array([[bases, bases]])
-            spans = np.concatenate(
+            token_spans = np.concatenate(
                 [
                     [[0, 0]],
                     *(x for view in spans for x in (view, edge)),
@@ -378,9 +378,9 @@ class GenomeStream(IterableDataset):
                 ]
             )
         else:
-            ids, spans = arrays[0], spans[0]
+            ids, token_spans = arrays[0], spans[0]
         sample["input_ids"] = torch.from_numpy(ids.astype(np.int64))
-        sample["spans"] = torch.from_numpy(np.asarray(spans, np.int64))
+        sample["spans"] = torch.from_numpy(np.asarray(token_spans, np.int64))
         return sample
 
 

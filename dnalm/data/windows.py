@@ -69,7 +69,7 @@ def _views(encodings, seq_len: int, n_bases: int) -> list[Window]:
     boundary_count[n_bases] = len(starts)
     common = np.flatnonzero(boundary_count == len(starts))
     # tokens of all views before each common boundary; a window [p, q) holds total[q] - total[p]
-    total = sum(np.searchsorted(s, common) for s in starts)
+    total = np.sum([np.searchsorted(s, common) for s in starts], axis=0)
     windows, i, last = [], 0, len(common) - 1
     while i < last:
         j = int(np.searchsorted(total, total[i] + budget, side="right")) - 1

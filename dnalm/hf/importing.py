@@ -61,7 +61,7 @@ def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
         return {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}, "model.safetensors"
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        state = {}
+        state: dict[str, torch.Tensor] = {}
         for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
             state |= {k: v.float() for k, v in load_file(str(folder / shard)).items()}
         return state, index.name

@@ -59,7 +59,8 @@ def write(model, folder: Path) -> str:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = model.config
-    hf_config = LlamaConfig(
+    # transformers' configs take any keyword at run time (their __post_init__ gets the ones that are not fields)
+    hf_config = LlamaConfig(  # type: ignore[call-arg]
         vocab_size=config.vocab_size,
         hidden_size=config.d_model,
         intermediate_size=config.hidden,

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.cache_utils import DynamicCache
+from transformers.utils import ModelOutput
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast, CausalLMOutputWithPast, MaskedLMOutput, SequenceClassifierOutput, TokenClassifierOutput,
 )
@@ -364,11 +365,12 @@ def _classification_loss(config, logits, labels):
 class _Classifier(_WithBackbone):
     """A linear classifier on the backbone's final hidden states, pooled by ``pool``, scored by ``loss``."""
 
-    output = None  # the transformers output class
+    output: type[ModelOutput]  # the transformers output class, set by each head
 
     def __init__(self, config: DnalmConfig):
         super().__init__(config)
         self.dropout = nn.Dropout(getattr(config, "classifier_dropout", None) or 0.1)
+        assert config.num_labels is not None  # PretrainedConfig sets it (2 unless given)
         self.classifier = nn.Linear(config.d_model, config.num_labels)
         self.post_init()
 

@@ -53,7 +53,8 @@ def write(model, folder: Path) -> str:
     cls = DnalmForMaskedLM if encoder else DnalmForCausalLM
     classes = auto_classes(model.config.arch)
     settings = model.config.model_dump()
-    hf_config = DnalmConfig(
+    # transformers' configs take any keyword at run time (their __post_init__ gets the ones that are not fields)
+    hf_config = DnalmConfig(  # type: ignore[call-arg]
         **settings | {"tie_embeddings": False},
         tie_word_embeddings=False,
         pad_token_id=0,

@@ -93,7 +93,7 @@ def _fast_vocab(path: Path) -> dict[str, int]:
 
 def _specials(folder: Path, vocab: dict[str, int]) -> dict[str, int]:
     """role (pad_token, …) → id, from the folder's tokenizer configs, else the usual names."""
-    named = {}
+    named: dict[str, int] = {}
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
         if (folder / name).is_file():
             for role, value in json.loads((folder / name).read_text()).items():

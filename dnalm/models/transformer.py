@@ -262,16 +262,16 @@ class Transformer(nn.Module):
         if use_cache and cache is None:
             cache = [{} for _ in self.blocks]
         key_mask = attention_mask.bool() if attention_mask is not None else None
-        new_cache = []
+        layer_caches = []
         for i, block in enumerate(self.blocks):
             layer_cache = cache[i] if cache is not None else None
             if self.config.activation_checkpointing and self.training and layer_cache is None:
                 x, _ = checkpoint(block, x, positions, key_mask, use_reentrant=False)
             else:
                 x, layer_cache = block(x, positions, key_mask, layer_cache)
-            new_cache.append(layer_cache)
+            layer_caches.append(layer_cache)
         hidden = self.norm(x)
-        new_cache = new_cache if cache is not None else None
+        new_cache = layer_caches if cache is not None else None
         if labels is not None:
             loss_sum, correct, all_logits = head_loss(self.head_logits, hidden, labels, self.config.loss_chunk)
             return ModelOutput(all_logits, hidden, new_cache, loss_sum, correct)

@@ -184,7 +184,7 @@ class _Embedder:
             padded[:, row, : len(ids)] = ids, segments, positions
             mask[row, : len(ids)] = True
         ids, segments, positions = (torch.from_numpy(a).to(self.device) for a in padded)
-        captured = {}
+        captured: dict[str, torch.Tensor] = {}
         hook = None
         if self.block is not None:
             hook = self.model.blocks[self.block].register_forward_hook(

@@ -81,7 +81,7 @@ def from_csv(path: str | Path) -> list[Named]:
         reader = csv.DictReader(fh, delimiter="\t" if path.suffix == ".tsv" else ",")
         if not reader.fieldnames or "sequence" not in reader.fieldnames:
             raise SequenceInputError(f"{path}:1: the header needs a 'sequence' column, got {reader.fieldnames}")
-        out = []
+        out: list[Named] = []
         for row in reader:
             where = f"{path}:{reader.line_num}"
             sequence = (row.get("sequence") or "").strip()
