@@ -100,7 +100,8 @@ def best_forward_backward(run, inputs, target: torch.device, repeats: int) -> di
         best = min(best, time.perf_counter() - start)
         for x in inputs:
             x.grad = None
-    peak = allocator_peak_mb(target) * 2**20 if on_cuda else peak_rss_bytes()
+    cuda_peak = allocator_peak_mb(target)  # None off CUDA
+    peak = cuda_peak * 2**20 if cuda_peak is not None else peak_rss_bytes()
     return {"seconds": round(best, 4), "peak_mb": round(max(peak - baseline, 0) / 2**20, 1)}
 
 

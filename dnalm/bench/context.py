@@ -70,7 +70,7 @@ def worker(model_name: str, overrides: dict, lengths: list[int], device_name: st
             sequence_parallel.wrap_attention(model, dist.group.WORLD)
         ids = window(length)
         if config.causal:
-            inputs = {"input_ids": ids, "labels": next_token_labels(ids), "attention_mask": None}
+            inputs: dict = {"input_ids": ids, "labels": next_token_labels(ids), "attention_mask": None}
         else:
             import numpy as np
 
@@ -91,7 +91,7 @@ def worker(model_name: str, overrides: dict, lengths: list[int], device_name: st
             peak = max(peak, added_peak_mb(device, step)[0])
             seconds = min(seconds, time.perf_counter() - started)
             model.zero_grad(set_to_none=True)
-        gathered = [None] * size
+        gathered: list[dict] = [{}] * size  # all_gather_object replaces every slot
         dist.all_gather_object(gathered, {"seconds": seconds, "peak_mb": peak})
         if rank == 0 and length in lengths:
             slowest = max(r["seconds"] for r in gathered)
@@ -153,7 +153,7 @@ def run(
     from dnalm.utils.devices import resolve
 
     target = resolve(device)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     result = report.header("context", "dnalm bench context", target) | {
         "what": __doc__.strip().split("\n\n")[1].replace("\n", " "),
         "lean": LEAN,

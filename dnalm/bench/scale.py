@@ -25,6 +25,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -309,7 +310,7 @@ def run(
     fasta = grch38_sized(source, work / "grch38_sized.fa", copies)
     corpus_yaml = hundred_genomes(source, work / "hundred", genomes)
     paths, settings = load_corpus(corpus_yaml)
-    result = {
+    result: dict[str, Any] = {
         "benchmark": "scale",
         "command": f"dnalm bench scale --copies {copies} --genomes {genomes} --jobs {jobs}",
         "machine": report.machine(),

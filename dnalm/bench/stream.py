@@ -151,6 +151,7 @@ def epoch_shares(url: str, scratch: Path, split_bytes: int, micro_batch: int, wo
             cache = scratch / f"shares-{world}-{rank}"
             stream = GenomeStream(url, batch_size=micro_batch, rank=rank, world_size=world, cache_dir=cache)
             seen += sum(1 for _ in stream)
+            assert stream.cache is not None  # a URL with a cache_dir
             stats = stream.cache.stats()
             downloaded.append(stats["bytes_downloaded"])
             hit_rates.append(stats["hit_rate"])

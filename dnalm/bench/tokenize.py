@@ -12,7 +12,7 @@ import numpy as np
 
 from dnalm import genome as genome_io
 from dnalm.bench import report
-from dnalm.tokenizers import KmerTokenizer, NucleotideTokenizer, load_folder
+from dnalm.tokenizers import BpeTokenizer, KmerTokenizer, NucleotideTokenizer, load_folder
 from dnalm.utils.errors import DnalmError
 
 TARGETS_MBASES_PER_S = {"read": 40.0, "nucleotide": 20.0, "kmer": 20.0, "bpe": 1.0}
@@ -41,6 +41,7 @@ def run(genome_path: Path | None, bases: int, out_dir: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix="dnalm-bench-bpe-") as tmp:
         bpe_training = _train_bpe_as_a_user_would(genome_path, Path(tmp) / "bpe")
         bpe = load_folder(Path(tmp) / "bpe")
+        assert isinstance(bpe, BpeTokenizer) and bpe.training_report is not None  # trained just above, with its report
 
     tokenizers = [NucleotideTokenizer(), KmerTokenizer(3), KmerTokenizer(6), KmerTokenizer(6, 1), KmerTokenizer(8), bpe]
     rows = []

@@ -22,7 +22,7 @@ from dnalm.train.flops import SOURCE, device_peak, flops_per_token
 from dnalm.utils.devices import resolve, synchronize, training_dtype
 from dnalm.utils.memory import allocator_peak_mb
 
-MODELS = (("encoder-small", 8, 1024, {}), ("decoder-small", 4, 1024, {}))
+MODELS: tuple[tuple[str, int, int, dict], ...] = (("encoder-small", 8, 1024, {}), ("decoder-small", 4, 1024, {}))
 CUDA_MODELS = MODELS + (("decoder-1.5b", 4, 2048, {"activation_checkpointing": True}),)
 
 
@@ -85,7 +85,8 @@ def compiled_tokens_per_s(
         before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
         try:
-            compiled = torch.compile(model)
+            # a compiled Module is an OptimizedModule (a Module); torch.compile's annotations say only Callable
+            compiled: torch.nn.Module = torch.compile(model)  # type: ignore[assignment]
             ids = torch.randint(5, vocab_size, (batch, seq_len), device=device)
             synchronize(device)
             start = time.perf_counter()

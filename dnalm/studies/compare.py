@@ -226,7 +226,8 @@ def measure_step(variant: Variant, length: int, batch: int, steps: int = 3, devi
     rate = step_tokens_per_s(
         model, batch, length, model.config.vocab_size, steps=steps, device=target, optimizer=optimizer
     )
-    peak = peak_rss_bytes() if target.type == "cpu" else allocator_peak_mb(target) * 2**20
+    cuda_peak = allocator_peak_mb(target)  # None off CUDA
+    peak = cuda_peak * 2**20 if cuda_peak is not None else peak_rss_bytes()
     return {
         "tokens_per_s": round(rate, 1),
         "step_seconds": round(batch * length / rate, 3),

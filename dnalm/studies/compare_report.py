@@ -41,7 +41,7 @@ def summarise(result: dict) -> dict:
         }
         for v in variants
     }
-    tuned = {}
+    tuned: dict[str, dict[str, dict]] = {}  # task → variant → dev MCC statistics
     for task in result["budget"]["tasks"]:
         tuned[task] = {}
         for v in variants:

@@ -60,7 +60,7 @@ def finished_line(trainer: Trainer, last: dict, seconds: float) -> str:
 
     scores = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "val_loss") if isinstance(last.get(k), float))
     try:
-        figure = plot(trainer.run_dir)
+        figure: Path | str = plot(trainer.run_dir)
     except Exception as exc:  # a plot is a convenience: never fail a finished run over it
         figure = f"not drawn ({type(exc).__name__}: {exc})"
     how = (
