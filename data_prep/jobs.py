@@ -23,12 +23,14 @@ from data_prep.packing import FragmentPacker
 from data_prep.plan import Plan, PrepConfig, ShardPlan, checked_fingerprint, prepare_folder
 from data_prep.sidecars import shard_done, sidecar_path
 from dnalm import genome as genome_io
+from dnalm.data.kmers import Exclusion
 from dnalm.data.manifest import DataError
 from dnalm.data.shards import ShardWriter, encode_sample, sample_key, token_dtype
 from dnalm.data.sources import open_source
 from dnalm.data.windows import covered_bases, cut_windows
 from dnalm.utils.files import write_atomic
 
+_EXCLUSIONS: dict[tuple, Exclusion] = {}  # prep --exclude's k-mers, built once a process
 _COMPLEMENT = np.zeros(256, np.uint8)
 for _a, _b in zip(b"ACGTN", b"TGCAN"):
     _COMPLEMENT[_a] = _b
@@ -101,6 +103,8 @@ def _open(folder: Path, shard: ShardPlan, plan: Plan):
     stats = {"num_samples": 0, "num_tokens": 0, "padding_tokens": 0, "in_samples": 0, "left_over": 0, "genomes": {}}
     if plan.config.pack_fragments:
         stats["packer"] = FragmentPacker(plan.config.seq_len)
+    if plan.config.exclude:  # prep --exclude: the k-mers that keep a window out (read once a process)
+        stats.update(exclusion=_exclusion(tuple(plan.config.exclude), plan.config.exclude_k), excluded_windows=0)
     return ShardWriter(Path(folder) / shard.path), stats
 
 
@@ -111,15 +115,23 @@ def _write_piece(writer: ShardWriter, stats: dict, bases: np.ndarray, piece, pla
     if "packer" in stats:
         encodings = [tokenizers[0].encode(bases)]
         if len(encodings[0]) < config.seq_len:  # a fragment: packed with others instead of left over
+            if "exclusion" in stats and len(stats["exclusion"].hits(bases)):  # prep --exclude: left out
+                _excluded(stats, piece.genome, windows=1, bases=len(bases))
+                return
             for packed in stats["packer"].add(piece.genome, piece.contig, piece.start, encodings[0]):
                 _write_packed(writer, stats, packed, dtypes[0])
             return
     windows = cut_windows(bases, tokenizers, config.seq_len, config.views, encodings)
     covered = covered_bases(windows)
+    exclusion = stats.get("exclusion")  # prep --exclude: a window holding one of its k-mers is left out (both strands)
+    held = exclusion.held(bases) if exclusion is not None else None
+    kept = covered if held is None else covered_bases([w for w in windows if not held(w.start, w.end)])
     genome = stats["genomes"].setdefault(str(piece.genome), {"num_samples": 0, "in_samples": 0, "left_over": 0})
     for where in (stats, genome):
-        where["in_samples"] += covered
+        where["in_samples"] += kept
         where["left_over"] += len(bases) - covered
+    if kept != covered:
+        _excluded(stats, piece.genome, windows=0, bases=covered - kept)
     strands = [("+", windows)]
     if config.reverse_complement:
         strands.append(("-", cut_windows(_COMPLEMENT[bases[::-1]], tokenizers, config.seq_len, config.views)))
@@ -127,6 +139,9 @@ def _write_piece(writer: ShardWriter, stats: dict, bases: np.ndarray, piece, pla
     for strand, strand_windows in strands:
         for w in strand_windows:
             start, end = (w.start, w.end) if strand == "+" else (n - w.end, n - w.start)
+            if held is not None and held(start, end):
+                stats["excluded_windows"] += 1
+                continue
             start, end = piece.start + start, piece.start + end
             key = sample_key(piece.genome, piece.contig, start, end, strand)
             meta = {
@@ -165,7 +180,25 @@ def _write_packed(writer: ShardWriter, stats: dict, packed, dtype) -> None:
     stats["padding_tokens"] += packed.padding
 
 
+def _exclusion(paths: tuple[str, ...], k: int) -> Exclusion:
+    key = (paths, k)
+    if key not in _EXCLUSIONS:
+        _EXCLUSIONS.clear()
+        _EXCLUSIONS[key] = Exclusion(paths, k)
+    return _EXCLUSIONS[key]
+
+
+def _excluded(stats: dict, genome: int, windows: int, bases: int) -> None:
+    """Count what prep --exclude left out: windows (or packed fragments), and bases no kept window covers."""
+    stats["excluded_windows"] += windows
+    for where in (stats, stats["genomes"].setdefault(str(genome), {"num_samples": 0, "in_samples": 0, "left_over": 0})):
+        where["dropped_overlap"] = where.get("dropped_overlap", 0) + bases
+
+
 def _close(folder: Path, plan: Plan, shard: ShardPlan, writer: ShardWriter, stats: dict) -> None:
+    exclusion = stats.pop("exclusion", None)
+    if exclusion is not None:  # the merge checks that every shard was cut with the same files
+        stats["exclude_files"] = exclusion.files
     packer = stats.pop("packer", None)
     if packer is not None:
         for packed in packer.flush():
@@ -267,6 +300,9 @@ def summary(result: dict, file=sys.stdout) -> None:
         file=file,
     )
     excluded = f" + {acc.excluded:,} in excluded contigs" if acc.excluded else ""
+    if manifest.exclusion is not None:  # prep --exclude
+        dropped = ", ".join(f"{split} {n:,}" for split, n in manifest.exclusion.windows_dropped.items())
+        excluded += f" + {acc.dropped_overlap:,} only in windows --exclude dropped ({dropped} windows)"
     print(
         f"bases: {acc.genome_bases:,} in genome = {acc.in_samples:,} in samples + {acc.dropped_n:,} dropped as N runs "
         f"+ {acc.left_over:,} left over{excluded}",

@@ -37,6 +37,7 @@ from dnalm.data.kmers import (
     SequenceFile,
     check_k,
     concatenated,
+    distinct,
     kmers,
     read_sequences,
     reverse_complement,
@@ -112,10 +113,10 @@ class EvalIndex:
 
     def __init__(self, files: list[EvalFile], k: int):
         self.k, self.files = k, files
-        distinct: dict[bytes, int] = {}
-        self.rows = [np.array([distinct.setdefault(s, len(distinct)) for s in f.sequences.sequences]) for f in files]
-        sequences = list(distinct)
-        del distinct
+        seen: dict[bytes, int] = {}  # each distinct sequence once
+        self.rows = [np.array([seen.setdefault(s, len(seen)) for s in f.sequences.sequences]) for f in files]
+        sequences = list(seen)
+        del seen
         self.lengths = np.array([len(s) for s in sequences], np.int64)
         self.bases, self.starts = concatenated(sequences)
         # reverse complements in one array, each at the mirror of its sequence's slot: one gather serves both
@@ -134,13 +135,15 @@ class EvalIndex:
         position = np.concatenate(positions) if positions else np.zeros(0, np.int64)
         can = np.concatenate(canonical) if canonical else np.zeros(0, np.uint64)
         fwd = np.concatenate(forward) if forward else np.zeros(0, np.uint64)
-        self.set = KmerSet(can)
+        keys, occ_key = distinct(can, inverse=True)
+        self.set = KmerSet(keys, is_distinct=True)
+        self.occ_key = occ_key.astype(np.int32)
         self.occ_seq = (np.searchsorted(self.starts, position, side="right") - 1).astype(np.int32)
         self.occ_offset = (position - self.starts[self.occ_seq]).astype(np.int32)
-        self.occ_key = np.searchsorted(self.set.keys, can).astype(np.int32)
         self.occ_forward = fwd == can  # the sequence's k-mer is the canonical one (else its reverse complement is)
         # anchors: each sequence's first whole k-mer; a window holding the sequence holds it (or its complement)
-        seqs, first = np.unique(self.occ_seq, return_index=True)
+        first = np.flatnonzero(np.diff(self.occ_seq, prepend=-1) != 0)  # occurrences run in sequence order
+        seqs = self.occ_seq[first]
         order = np.argsort(self.occ_key[first], kind="stable")
         self.anchor_seq, self.anchor_key = seqs[order], self.occ_key[first][order]
         self.anchor_offset = self.occ_offset[first][order].astype(np.int64)
@@ -223,6 +226,18 @@ class EvalIndex:
         fresh = self.contained[seqs] < 0
         self.contained[seqs[fresh]] = self._record(start[pick][fresh], windows, forward=~reverse[pick][fresh])
 
+    def found(self) -> dict[str, Any]:
+        """What the scan found, to hand from a worker process to the main one (`absorb`)."""
+        return {"hit": self.hit, "first_hit": self.first_hit, "contained": self.contained, "hits": self.hits.table()}
+
+    def absorb(self, found: dict[str, Any]) -> None:
+        """Add what another process's index `found` (built from the same files, scanning other contigs)."""
+        rows = self.hits.add(**found["hits"])
+        self.hit |= found["hit"]
+        for mine, theirs in ((self.first_hit, found["first_hit"]), (self.contained, found["contained"])):
+            new = (mine < 0) & (theirs >= 0)
+            mine[new] = rows[theirs[new]] if len(rows) else -1
+
     # --- results ---
     def results(self, shards: list[str], contigs: list[str], examples: int) -> list[dict[str, Any]]:
         hits = self.hits.table()
@@ -272,7 +287,7 @@ class EvalIndex:
                     "name": f.name,
                     "path": str(f.sequences.path),
                     "sequences": n,
-                    "distinct": int(len(np.unique(rows))),
+                    "distinct": len(distinct(rows)),
                     "without_kmer": int((kmers_per_seq[rows] == 0).sum()),
                     "shared": int(shared.sum()),
                     "shared_fraction": float(shared.mean()) if n else 0.0,
@@ -337,6 +352,41 @@ def _genome_paths(manifest: Manifest, overrides: Sequence[str | os.PathLike]) ->
     return out
 
 
+@dataclass
+class TrainingSide:
+    """What the scan reads: the split's shards, which of them cover each contig, and the genomes' FASTA files."""
+
+    folder: Path
+    entries: list[ShardEntry]
+    paths: list[Path]
+    by_contig: dict[tuple[int, str], list[int]]  # (genome, contig) -> the shards that hold some of it
+    bases: dict[tuple[int, str], int]  # the bases the plan gave those shards of it (for progress and jobs)
+
+    @property
+    def contigs(self) -> list[tuple[int, str]]:
+        return list(self.by_contig)
+
+
+def training_side(folder: Path, split: str, genomes: Sequence[str | os.PathLike] = ()) -> TrainingSide:
+    manifest = Manifest.load(folder)
+    plan = Plan.load(folder)
+    if split not in manifest.splits:
+        raise DataError(f"--split {split}: the prep has splits {', '.join(manifest.splits)}")
+    entries = manifest.splits[split].shards
+    planned = {s.path: s for s in plan.shards}
+    missing = [e.path for e in entries if e.path not in planned]
+    if missing:
+        raise DataError(f"{folder}: shard {missing[0]} is in the manifest but not the plan; the folder is inconsistent")
+    by_contig: dict[tuple[int, str], list[int]] = defaultdict(list)
+    bases: dict[tuple[int, str], int] = defaultdict(int)
+    for s, e in enumerate(entries):
+        for p in planned[e.path].pieces:
+            if s not in by_contig[(p.genome, p.contig)]:
+                by_contig[(p.genome, p.contig)].append(s)
+            bases[(p.genome, p.contig)] += p.end - p.start
+    return TrainingSide(folder, entries, _genome_paths(manifest, genomes), dict(by_contig), dict(bases))
+
+
 def check(
     prep: str | os.PathLike,
     evals: Sequence[str | os.PathLike],
@@ -345,82 +395,57 @@ def check(
     split: str = "train",
     examples: int = 3,
     genomes: Sequence[str | os.PathLike] = (),
+    jobs: int = 1,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """The leakage report of ``evals`` against split ``split`` of the prep in ``prep`` (see the module docstring)."""
-    started = time.perf_counter()
+    """The leakage report of ``evals`` against split ``split`` of the prep in ``prep`` (see the module docstring);
+    with ``jobs`` > 1, processes scan the contigs in parallel (each holds its own evaluation index)."""
+    started, cpu = time.perf_counter(), time.process_time()
     check_k(k)
     folder = Path(prep)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such prep folder")
-    manifest = Manifest.load(folder)
-    plan = Plan.load(folder)
-    if split not in manifest.splits:
-        raise DataError(f"--split {split}: the prep has splits {', '.join(manifest.splits)}")
-    entries = manifest.splits[split].shards
-    paths = _genome_paths(manifest, genomes)
-    files = eval_files(evals)
-    index = EvalIndex(files, k)
-    indexed = time.perf_counter()
+    side = training_side(folder, split, genomes)
+    index = EvalIndex(eval_files(evals), k)
+    indexed, index_cpu = time.perf_counter(), time.process_time()
+    if jobs <= 1:
+        stats = _scan(index, side, side.contigs, progress)
+        scan_cpu = time.process_time() - index_cpu
+    else:
+        import multiprocessing
 
-    planned = {s.path: s for s in plan.shards}
-    missing = [e.path for e in entries if e.path not in planned]
-    if missing:
-        raise DataError(f"{folder}: shard {missing[0]} is in the manifest but not the plan; the folder is inconsistent")
-    by_contig: dict[tuple[int, str], list[int]] = defaultdict(list)
-    for s, e in enumerate(entries):
-        for key in dict.fromkeys((p.genome, p.contig) for p in planned[e.path].pieces):
-            by_contig[key].append(s)
-    contigs: list[str] = []
-    contig_ids: dict[str, int] = {}
-    loaded: dict[int, dict[tuple[int, str], list[tuple[int, int, int, int]]]] = {}
-    stats = {"windows": 0, "bases": 0, "samples": 0}
-    bar = _bar(sum(planned[e.path].bases for e in entries), progress)
-    try:
-        for g, path in enumerate(paths):
-            wanted = {contig for genome, contig in by_contig if genome == g}
-            if not wanted:
-                continue
-            for contig in genome_io.iter_contigs(path, only=set(wanted)):
-                wanted.discard(contig.name)
-                cid = contig_ids.setdefault(contig.name, len(contigs))
-                if cid == len(contigs):
-                    contigs.append(contig.name)
-                spans = []
-                for s in by_contig[(g, contig.name)]:
-                    if s not in loaded:
-                        loaded[s] = _windows_by_contig(folder, entries[s], s, stats)
-                    spans += loaded[s].pop((g, contig.name), [])
-                    if not loaded[s]:
-                        del loaded[s]
-                _scan_contig(index, contig.bases, g, cid, spans, stats, bar)
-                if not wanted:
-                    break
-    finally:
-        if bar is not None:
-            bar.close()
-    scanned = time.perf_counter()
+        parts = _balanced(side, jobs)
+        with multiprocessing.get_context("spawn").Pool(len(parts)) as pool:
+            found = pool.map(_scan_part, [(side, part, list(evals), k) for part in parts])
+        stats = {key: sum(f["stats"][key] for f in found) for key in found[0]["stats"]}
+        for f in found:
+            index.absorb(f)
+        scan_cpu = sum(f["cpu"] for f in found)
+    scan_seconds = time.perf_counter() - indexed
     from dnalm.utils.memory import peak_rss_bytes
 
-    scan_seconds = scanned - indexed
     return {
         "prep": str(folder),
         "split": split,
         "k": k,
         "strands": "both (canonical k-mers: a sequence and its reverse complement count alike)",
         "training": {
-            "shards": len(entries),
+            "shards": len(side.entries),
             "samples": stats["samples"],
             "windows_scanned": stats["windows"],
             "bases_scanned": stats["bases"],
-            "genomes": [str(p) for p in paths],
+            "genomes": [str(p) for p in side.paths],
         },
-        "evaluation": index.results([e.path for e in entries], contigs, examples),
+        "evaluation": index.results([e.path for e in side.entries], [c for _, c in side.contigs], examples),
         "performance": {
+            "jobs": max(jobs, 1),
             "seconds": round(time.perf_counter() - started, 2),
             "index_seconds": round(indexed - started, 2),
+            "index_cpu_seconds": round(index_cpu - cpu, 2),
             "scan_seconds": round(scan_seconds, 2),
+            "scan_cpu_seconds": round(scan_cpu, 2),  # with jobs: the workers' scans, their index builds aside
             "bases_per_second": round(stats["bases"] / scan_seconds) if scan_seconds else 0,
+            "bases_per_cpu_second": round(stats["bases"] / scan_cpu) if scan_cpu else 0,
             "eval_distinct_kmers": len(index.set),
             "eval_kmer_occurrences": len(index.occ_key),
             "eval_index_mb": round(index.nbytes / 2**20, 1),
@@ -428,6 +453,56 @@ def check(
             "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
         },
     }
+
+
+def _balanced(side: TrainingSide, jobs: int) -> list[list[tuple[int, str]]]:
+    """The contigs in ``jobs`` groups of about equal bases (largest first, each to the lightest group)."""
+    groups: list[list[tuple[int, str]]] = [[] for _ in range(min(jobs, len(side.contigs)))]
+    load = [0] * len(groups)
+    for contig in sorted(side.contigs, key=lambda c: -side.bases[c]):
+        i = load.index(min(load))
+        groups[i].append(contig)
+        load[i] += side.bases[contig]
+    return [g for g in groups if g]
+
+
+def _scan_part(args) -> dict[str, Any]:
+    """One process of ``check(jobs=N)``: its own evaluation index, its share of the contigs; what it found."""
+    side, contigs, evals, k = args
+    index = EvalIndex(eval_files(evals), k)
+    cpu = time.process_time()
+    stats = _scan(index, side, contigs, progress=False)
+    return {"stats": stats, "cpu": time.process_time() - cpu, **index.found()}
+
+
+def _scan(index: EvalIndex, side: TrainingSide, contigs: list[tuple[int, str]], progress: bool) -> dict[str, int]:
+    """Scan the training windows of ``contigs``, one contig at a time in each genome's file order; a shard's
+    metadata is read when one of its contigs comes up and dropped once all of them are done."""
+    ids = {c: i for i, c in enumerate(side.contigs)}  # contig ids the hits table holds
+    loaded: dict[int, dict[tuple[int, str], list[tuple[int, int, int, int]]]] = {}
+    stats = {"windows": 0, "bases": 0, "samples": 0}
+    bar = _bar(sum(side.bases[c] for c in contigs), progress)
+    try:
+        for g, path in enumerate(side.paths):
+            wanted = {contig for genome, contig in contigs if genome == g}
+            if not wanted:
+                continue
+            for contig in genome_io.iter_contigs(path, only=set(wanted)):
+                wanted.discard(contig.name)
+                spans = []
+                for s in side.by_contig[(g, contig.name)]:
+                    if s not in loaded:
+                        loaded[s] = _windows_by_contig(side.folder, side.entries[s], s, stats)
+                    spans += loaded[s].pop((g, contig.name), [])
+                    if not loaded[s]:
+                        del loaded[s]
+                _scan_contig(index, contig.bases, g, ids[(g, contig.name)], spans, stats, bar)
+                if not wanted:
+                    break
+    finally:
+        if bar is not None:
+            bar.close()
+    return stats
 
 
 def _windows_by_contig(folder: Path, entry: ShardEntry, shard: int, stats: dict) -> dict:

@@ -10,6 +10,7 @@ from data_prep.sidecars import shard_done, sidecar_path
 from dnalm.data.manifest import (
     Accounting,
     DataError,
+    Exclusion,
     GenomeMix,
     Manifest,
     ManifestGenome,
@@ -74,6 +75,27 @@ def _verified(args: tuple[Path, str, ShardPlan]) -> bool:
     return shard_done(folder, fingerprint, shard, verify=True)
 
 
+def exclusion_record(folder: Path, plan: Plan, infos: dict[int, dict], bases: int) -> Exclusion | None:
+    """What prep --exclude left out, once every shard says it was cut with the same files."""
+    if not plan.config.exclude:
+        return None
+    files = {json.dumps(info.get("exclude_files"), sort_keys=True) for info in infos.values()}
+    if len(files) > 1:
+        raise DataError(
+            f"{folder}: its shards were cut with different --exclude files (one changed during the prep); "
+            "prep into a new folder"
+        )
+    by_split = {split: [s for s in plan.shards if s.split == split] for split in SPLITS}
+    return Exclusion(
+        k=plan.config.exclude_k,
+        files=json.loads(files.pop()) if files else [],
+        windows_dropped={
+            split: sum(infos[s.index].get("excluded_windows", 0) for s in by_split[split]) for split in SPLITS
+        },
+        bases_dropped=bases,
+    )
+
+
 def merge(folder: Path, processes: int = 1, infos: dict[int, dict] | None = None) -> Manifest:
     """Check every shard against its checksum (in ``processes`` processes) and write the manifest.
 
@@ -116,9 +138,14 @@ def merge(folder: Path, processes: int = 1, infos: dict[int, dict] | None = None
         dropped_n=plan.genome_bases - plan.excluded_bases - plan.segment_bases,
         left_over=total("left_over"),
         excluded=plan.excluded_bases,
+        dropped_overlap=sum(info.get("dropped_overlap", 0) for info in infos.values()),
     )
     if (
-        accounting.in_samples + accounting.dropped_n + accounting.left_over + accounting.excluded
+        accounting.in_samples
+        + accounting.dropped_n
+        + accounting.left_over
+        + accounting.excluded
+        + accounting.dropped_overlap
         != accounting.genome_bases
     ):
         raise DataError(f"{folder}: base accounting does not add up ({accounting}); the shards do not match the plan")
@@ -137,6 +164,7 @@ def merge(folder: Path, processes: int = 1, infos: dict[int, dict] | None = None
                 in_samples=sum(per_genome(i, g, "in_samples") for i in infos.values()),
                 left_over=sum(per_genome(i, g, "left_over") for i in infos.values()),
                 samples={split: splits[split].genome_samples[g] for split in SPLITS},
+                dropped_overlap=sum(per_genome(i, g, "dropped_overlap") for i in infos.values()),
             )
         )
     num_samples = total("num_samples")
@@ -161,6 +189,7 @@ def merge(folder: Path, processes: int = 1, infos: dict[int, dict] | None = None
         accounting=accounting,
         settings=plan.config.model_dump(),
         mix=mix,
+        exclusion=exclusion_record(folder, plan, infos, accounting.dropped_overlap),
     )
     write_contigs(folder, plan.genomes)
     manifest.save(folder)

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from data_prep.corpus import GenomeSettings
 from dnalm import genome as genome_io
 from dnalm import tokenizers as tokenizer_registry
+from dnalm.data.kmers import read_sequences
 from dnalm.data.manifest import DataError, GenomeEntry, TokenizerEntry
 from dnalm.data.shards import token_dtype
 from dnalm.tokenizers import KmerTokenizer, Tokenizer
@@ -64,8 +65,16 @@ class PrepConfig(BaseModel):
         description="per genome: name, weight, tags, contig "
         "filters (from a corpus YAML); empty: every contig, weight 1, named by file",
     )
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="CSV (a sequence column) or FASTA files: windows sharing a k-mer with any of their sequences, "
+        "on either strand, are left out (evaluation sets kept out of pretraining; the manifest records it)",
+    )
+    exclude_k: int = Field(
+        32, ge=8, le=32, description="k of --exclude: the length of a shared k-mer that drops a window"
+    )
 
-    @field_validator("genomes")
+    @field_validator("genomes", "exclude")
     @classmethod
     def _absolute(cls, paths: list[str]) -> list[str]:
         return [str(Path(p).resolve()) for p in paths]
@@ -202,8 +211,10 @@ def plan_fingerprint(config: PrepConfig, tokenizers: list[Tokenizer], genome_sha
         json.dumps(
             {
                 "config": config.model_dump(
-                    exclude={k for k in ("corpus", "pack_fragments") if not getattr(config, k)}
+                    exclude={k for k in ("corpus", "pack_fragments", "exclude") if not getattr(config, k)}
+                    | (set() if config.exclude else {"exclude_k"})
                 ),
+                **({"exclude_sha256": [genome_io.file_sha256(p) for p in config.exclude]} if config.exclude else {}),
                 "genomes": genome_sha256,
                 "tokenizers": [t.fingerprint for t in tokenizers],
                 "version": 1,
@@ -294,6 +305,8 @@ def checked_fingerprint(config: PrepConfig) -> tuple[list[Tokenizer], str]:
     tokenizers = check_tokenizers(config)
     for path in config.genomes:
         genome_io.check_path(path)
+    for path in config.exclude:  # a file prep --exclude cannot read is refused before any folder is made
+        read_sequences(path)
     return tokenizers, plan_fingerprint(config, tokenizers, [genome_io.file_sha256(p) for p in config.genomes])
 
 

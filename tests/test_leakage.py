@@ -1,4 +1,4 @@
-"""Evaluation leakage: ``dnalm data leakage`` on a real genome.
+"""Evaluation leakage: ``dnalm data leakage`` and ``dnalm prep --exclude`` on a real genome.
 
 One module-scoped prep (about 2 s): 1 Mb of the bundled E. coli genome, plus 100 kb of it under a 120-character
 contig name with dots (its samples' tar members carry a pax header). The evaluation CSV is built from the prep's
@@ -72,8 +72,9 @@ def prepared(tmp_path_factory, ecoli):
 
 def test_kmers_match_a_per_base_reference():
     rng = random.Random(3)
-    text = "".join(rng.choice("ACGT" if rng.random() > 0.05 else "acgtNR") for _ in range(400))
-    for k in (8, 13, 16, 31, 32):
+    sparse = "".join(rng.choice("ACGT" if rng.random() > 0.05 else "acgtNR") for _ in range(400))
+    dense = "".join(rng.choice("ACGT" if rng.random() > 0.3 else "acgtNR") for _ in range(400))  # many Ns: counted
+    for text, k in [(t, k) for t in (sparse, dense) for k in (8, 13, 16, 31, 32)]:
         forward, canonical = kmers(np.frombuffer(text.encode(), np.uint8).copy(), k)
         for p in range(len(text) - k + 1):
             word = text[p : p + k].upper()
@@ -115,6 +116,41 @@ def test_leakage_counts_exact_with_locations(prepared, tmp_path):
     assert {(True, "+"), (True, "-")} <= strands and LONG_NAME in {x["contig"] for x in detail["examples"]}
 
 
+def test_prep_exclude_drops_exactly_the_windows_sharing_a_kmer(prepared, tmp_path):
+    """Against a per-base reference: a Python set of the CSV's 32-mers on both strands, every window looked up."""
+    out = tmp_path / "excluded"
+    fasta, csv = prepared["fasta"], prepared["csv"]
+    args = ["prep", str(fasta), "--seq-len", "512", "--shard-size-mb", "0.25", "--val-fraction", "0.05"]
+    assert main([*args, "--out", str(out), "--exclude", str(csv)]) == 0
+    words = {
+        w for row in prepared["rows"] for s in (row, rc(row)) for w in (s[p : p + K] for p in range(len(s) - K + 1))
+    }
+    before, after = Manifest.load(prepared["folder"]), Manifest.load(out)
+    expected = {}
+    for split, entry in before.splits.items():
+        expected[split] = sum(
+            any(prepared["contigs"][m["contig"]][p : p + K] in words for p in range(m["start"], m["end"] - K + 1))
+            for shard in entry.shards
+            for m in shard_metadata(prepared["folder"], shard)
+        )
+    assert after.exclusion is not None and after.exclusion.windows_dropped == expected and expected["train"] > 0
+    assert after.splits["train"].num_samples == before.splits["train"].num_samples - expected["train"]
+    assert after.exclusion.k == K and after.exclusion.files[0].sha256 == genome.file_sha256(csv)
+    assert after.exclusion.files[0].sequences == len(prepared["rows"])
+    acc = after.accounting
+    assert acc.in_samples + acc.dropped_n + acc.left_over + acc.excluded + acc.dropped_overlap == acc.genome_bases
+    assert acc.dropped_overlap == after.exclusion.bases_dropped > 0
+    assert after.plan_fingerprint != before.plan_fingerprint
+    again = check(out, [csv], K)["evaluation"][0]
+    assert again["shared"] == again["contained"] == 0
+    # the same run again resumes (nothing to do); the CSV changed: the folder is refused
+    assert main([*args, "--out", str(out), "--exclude", str(csv)]) == 0
+    csv2 = tmp_path / "other.csv"
+    csv2.write_text(csv.read_text() + "ACGTACGTACGTACGTACGTACGTACGTACGTAAA,1\n")
+    refused = refused_by_cli(*args, "--out", out, "--exclude", csv2)
+    assert refused.returncode == 1 and "holds a prep of different inputs" in refused.stderr
+
+
 def test_bad_input_is_one_line_and_leaves_nothing(prepared, tmp_path):
     folder, csv = prepared["folder"], prepared["csv"]
     no_column = tmp_path / "no_column.csv"
@@ -130,10 +166,45 @@ def test_bad_input_is_one_line_and_leaves_nothing(prepared, tmp_path):
         (["data", "leakage", folder, "--eval", csv, "--k", "7"], "--k 7: k must be in 8..32"),
         (["data", "leakage", folder, "--eval", csv, "--k", "33"], "--k 33: k must be in 8..32"),
         (["data", "leakage", folder, "--eval", csv, "--split", "test"], "--split test: the prep has splits"),
+        (
+            ["prep", "--seq-len", "64", "--out", tmp_path / "p1", "--exclude", no_column],
+            "no_column.csv: line 1: no 'sequence' column",
+        ),
+        (["prep", "--seq-len", "64", "--out", tmp_path / "p2", "--exclude", csv, "--exclude-k", "40"], "exclude_k"),
     ]
     for args, message in cases:
-        result = refused_by_cli(*args, "--out", out)
+        result = refused_by_cli(*args, "--out", out) if args[0] == "data" else refused_by_cli(*args)
         assert result.returncode == 1, (args, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("dnalm: error: ") and message in lines[0], (args, lines)
-    assert not out.exists()
+    assert not out.exists() and not (tmp_path / "p1").exists() and not (tmp_path / "p2").exists()
+
+
+def test_bench_leakage_writes_json_and_plot(prepared, tmp_path):
+    """The bench on the module's prep (reused through --work, --copies 0): one check in a fresh process (~3 s)."""
+    work, gue = tmp_path / "work", tmp_path / "gue" / "synthetic"
+    work.mkdir()
+    (work / "chr20").symlink_to(prepared["folder"])
+    gue.mkdir(parents=True)
+    (gue / "dev.csv").write_text(prepared["csv"].read_text())
+    args = [
+        "bench",
+        "leakage",
+        "--genome",
+        prepared["fasta"],
+        "--gue",
+        gue.parent,
+        "--copies",
+        "0",
+        "--jobs",
+        "1",
+        "--no-exclude",
+    ]
+    assert main([str(a) for a in [*args, "--work", work, "--out", tmp_path / "out"]]) == 0
+    saved = json.loads((tmp_path / "out" / "leakage.json").read_text())
+    (task,) = saved["tasks"]
+    assert task["name"] == "synthetic/dev" and task["contained"] == sum(c for _, c in prepared["expected"])
+    (run,) = saved["runs"]
+    assert run["jobs"] == 1 and run["train_bases_per_s"] > 0 and run["peak_rss_mb"] > 0 and saved["machine"]["cpu"]
+    assert saved["extrapolation"]["bases"] == 3_100_000_000 and saved["extrapolation"]["minutes_1_job"] > 0
+    assert (tmp_path / "out" / "leakage.png").stat().st_size > 1000

@@ -1,4 +1,5 @@
-"""Data benchmarks: ``dnalm bench tokenize``, ``data``, ``stream`` and ``scale`` (the others are in ``bench.py``)."""
+"""Data benchmarks: ``dnalm bench tokenize``, ``data``, ``stream``, ``scale`` and ``leakage`` (the others are in
+``bench.py``)."""
 
 from __future__ import annotations
 
@@ -187,3 +188,52 @@ def bench_scale(args) -> None:
             indent=2,
         )
     )
+
+
+@command(
+    "bench",
+    "leakage",
+    help="evaluation leakage: the GUE sequences a chr20 prep's training split holds (shared 32-mer, whole), and the "
+    "check's throughput and memory on chr20 and on rotated copies of it, extrapolated to GRCh38",
+    args=[
+        arg(
+            "--genome",
+            type=Path,
+            default=None,
+            help="the genome to prep (default: $DNALM_DATA/genomes/hs37_chr20.fa.gz)",
+        ),
+        arg("--gue", type=Path, default=None, help="GUE task folders (default: $DNALM_DATA/gue)"),
+        arg("--copies", type=int, default=5, help="rotated copies in the scaling corpus (default 5; 0: none)"),
+        arg("--jobs", type=int, default=2, help="prep processes, and the check's in the parallel run (default 2)"),
+        arg("--seq-len", type=int, default=1024),
+        arg("--no-exclude", action="store_true", help="skip the prep --exclude measurement"),
+        arg(
+            "--work",
+            type=Path,
+            default=Path("runs/bench-leakage"),
+            help="the preps (reused when present) and reports",
+        ),
+        arg("--out", type=Path, default=BENCH_OUT, help="folder for leakage.json and leakage.png"),
+    ],
+)
+def bench_leakage(args) -> None:
+    from dnalm.bench import leakage, report
+
+    if args.copies < 0 or args.jobs < 1 or args.seq_len < 8:
+        raise DnalmError("--copies must be 0 or more, --jobs at least 1 and --seq-len at least 8")
+    genome = report.required_data(args.genome, report.CHR20, "--genome")
+    gue = report.required_data(args.gue, report.GUE, "--gue")
+    for flag, path in (("--genome", genome), ("--gue", gue)):
+        if not Path(path).exists():
+            raise DnalmError(f"{flag} {path}: no such file or folder")
+    result = leakage.run(
+        genome,
+        gue,
+        args.work,
+        args.out,
+        copies=args.copies,
+        jobs=args.jobs,
+        seq_len=args.seq_len,
+        exclude=not args.no_exclude,
+    )
+    print(json.dumps({k: result[k] for k in ("tasks", "runs", "extrapolation")}, indent=2))

@@ -9,6 +9,12 @@ from dnalm.cli.registry import arg, command, setting
 from dnalm.utils.errors import DnalmError
 
 
+def _prep_description(name: str) -> str:
+    from data_prep.plan import PrepConfig
+
+    return PrepConfig.model_fields[name].description or ""
+
+
 def _prep_setting(name: str):
     from data_prep.plan import PrepConfig
 
@@ -60,6 +66,16 @@ def _prep_setting(name: str):
                 "pack_fragments",
             )
         ),
+        arg(
+            "--exclude",
+            nargs="+",
+            action="extend",
+            type=Path,
+            default=None,
+            metavar="FILE",
+            help=f"{_prep_description('exclude')}; after the genomes, or repeated; see `dnalm data leakage`",
+        ),
+        _prep_setting("exclude_k"),
         arg("--jobs", type=int, default=1, help="local processes (default 1)"),
         arg("--job-index", type=int, default=None, help="run only slice I of the plan (SLURM array task id)"),
         arg("--num-jobs", type=int, default=None, help="number of slices when --job-index is given"),
@@ -99,6 +115,8 @@ def prep(args) -> None:
         min_n_run=args.min_n_run,
         seed=args.seed,
         pack_fragments=args.pack_fragments,
+        exclude=[str(p) for p in args.exclude or []],
+        exclude_k=args.exclude_k,
     )
     remote = is_remote(args.out)
     if args.work is not None and not remote:

@@ -38,6 +38,7 @@ from dnalm.cli.registry import arg, command
             metavar="FASTA",
             help="the prep's genome FASTA where it is no longer at the path the manifest records (matched by sha256)",
         ),
+        arg("--jobs", type=int, default=1, help="processes scanning the contigs in parallel (each holds the index)"),
         arg("--json", action="store_true", help="print the report as JSON instead of a table"),
         arg("--out", type=Path, default=None, help="also write the JSON report to this file"),
     ],
@@ -49,8 +50,8 @@ def leakage(args) -> None:
     from dnalm.utils.files import write_atomic
 
     check_k(args.k)
-    if args.examples < 0:
-        raise DnalmError(f"--examples {args.examples}: must be 0 or more")
+    if args.examples < 0 or args.jobs < 1:
+        raise DnalmError("--examples must be 0 or more and --jobs at least 1")
     report = check(
         args.prep,
         args.eval,
@@ -58,6 +59,7 @@ def leakage(args) -> None:
         split=args.split,
         examples=args.examples,
         genomes=args.genome or [],
+        jobs=args.jobs,
         progress=sys.stderr.isatty(),
     )
     text = json.dumps(report, indent=1)

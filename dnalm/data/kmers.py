@@ -34,6 +34,7 @@ _CODES = np.full(256, 4, np.uint8)
 for _i, _base in enumerate(b"ACGT"):
     _CODES[_base] = _CODES[_base + 32] = _i
 _COMPLEMENT = bytes.maketrans(b"ACGTN", b"TGCAN")
+_UINT = {1: np.uint8, 2: np.uint8, 4: np.uint8, 8: np.uint16, 16: np.uint32, 32: np.uint64}  # bases -> type
 _M2, _M4 = np.uint64(0x3333333333333333), np.uint64(0x0F0F0F0F0F0F0F0F)
 SEQUENCE_SUFFIXES = (".csv", ".tsv", *genome_io.FASTA_SUFFIXES)
 
@@ -57,29 +58,40 @@ def kmers(bases: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if n <= 0:
         return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
     codes = _CODES[bases]
-    bad = np.concatenate(([0], np.cumsum(codes == 4, dtype=np.int64)))
-    invalid = bad[k:] != bad[:n]
-    codes[codes == 4] = 0
-    forward = _packed(codes.astype(np.uint64), k)
+    bad = np.flatnonzero(codes == 4)
+    codes[bad] = 0
+    forward = _packed(codes, k)
     canonical = np.minimum(forward, reverse_complement(forward, k))
-    canonical[invalid] = NOT_A_KMER
+    if len(bad) * k <= n:  # few Ns (window separators): mark the k-mers over each
+        spans = (bad[:, None] - np.arange(k)).ravel()
+        canonical[spans[(spans >= 0) & (spans < n)]] = NOT_A_KMER
+    elif len(bad):  # many: count them
+        count = np.zeros(len(bases) + 1, np.int64)
+        count[bad + 1] = 1
+        np.cumsum(count, out=count)
+        canonical[count[k:] != count[:n]] = NOT_A_KMER
     return forward, canonical
 
 
 def _packed(codes: np.ndarray, k: int) -> np.ndarray:
-    """Rolling 2-bit packing by doubling: blocks of 1, 2, 4, … bases, then the binary digits of k added on."""
+    """Rolling 2-bit packing by doubling: blocks of 1, 2, 4, … bases (each in the narrowest unsigned type that holds
+    it), then the binary digits of k added on."""
     blocks, width = {1: codes}, 1
     while 2 * width <= k:
         block = blocks[width]
-        blocks[2 * width] = (block[:-width] << np.uint64(2 * width)) | block[width:]
+        wider = block[:-width].astype(_UINT[min(2 * width, 32)])
+        wider <<= wider.dtype.type(2 * width)
+        wider |= block[width:]
+        blocks[2 * width] = wider
         width *= 2
-    packed, step = blocks[width], width
+    packed, step = blocks[width].astype(np.uint64), width
     while width < k:
         step //= 2
         if width + step <= k:
             m = len(packed) - step
-            packed = (packed[:m] << np.uint64(2 * step)) | blocks[step][width : width + m]
-            width += step
+            grown = packed[:m] << np.uint64(2 * step)
+            grown |= blocks[step][width : width + m]
+            packed, width = grown, width + step
     return packed
 
 
@@ -95,19 +107,36 @@ def reverse_complement_bases(bases: bytes) -> bytes:
     return bases.translate(_COMPLEMENT)[::-1]
 
 
+def distinct(values: np.ndarray, inverse: bool = False):
+    """The sorted distinct values (by sorting: numpy's hashing ``unique`` is many times slower on millions of
+    uint64); with ``inverse``, also where each value went, as ``np.unique(return_inverse=True)`` gives it."""
+    if not inverse:
+        ordered = np.sort(values)
+        return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))] if len(ordered) else ordered
+    order = np.argsort(values)
+    ordered = values[order]
+    new = np.concatenate(([True], ordered[1:] != ordered[:-1])) if len(ordered) else np.zeros(0, bool)
+    where = np.empty(len(values), np.int64)
+    where[order] = np.cumsum(new) - 1
+    return ordered[new], where
+
+
 # --- the set ----------------------------------------------------------------------------------
 class KmerSet:
-    """Distinct canonical k-mers, sorted, with a hashed bitmap in front of the binary search."""
+    """Distinct canonical k-mers, sorted, with a hashed bitmap (64-bit words) in front of the binary search."""
 
-    def __init__(self, values: np.ndarray):
-        self.keys = np.unique(values[values != NOT_A_KMER])
+    def __init__(self, values: np.ndarray, is_distinct: bool = False):
+        """``values``: k-mers in any order (`NOT_A_KMER` among them is left out), or sorted and distinct already."""
+        self.keys = values if is_distinct else distinct(values[values != NOT_A_KMER])
         bits = max(16, int(np.ceil(np.log2(max(len(self.keys), 1) * BITS_PER_KEY))))
         self._shift = np.uint64(64 - bits)
-        self.bitmap = np.zeros(1 << (bits - 3), np.uint8)
-        slots = np.unique(self._slots(self.keys))
-        cells, first = np.unique(slots >> np.uint64(3), return_index=True)
+        self.bitmap = np.zeros(1 << (bits - 6), np.uint64)
+        slots = distinct(self._slots(self.keys))
+        words = slots >> np.uint64(6)
+        first = np.flatnonzero(np.concatenate(([True], words[1:] != words[:-1]))) if len(words) else words
         if len(slots):
-            self.bitmap[cells] = np.bitwise_or.reduceat(np.left_shift(1, slots & np.uint64(7)).astype(np.uint8), first)
+            bits_set = np.left_shift(np.uint64(1), slots & np.uint64(63))
+            self.bitmap[words[first].view(np.int64)] = np.bitwise_or.reduceat(bits_set, first)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -123,16 +152,17 @@ class KmerSet:
         """``(where, ids)``: the indices into ``values`` (ascending) that are in the set, and their indices into
         ``keys``."""
         slots = self._slots(values)
-        maybe = np.flatnonzero((self.bitmap[slots >> np.uint64(3)] >> (slots & np.uint64(7)).astype(np.uint8)) & 1)
+        words = self.bitmap[(slots >> np.uint64(6)).view(np.int64)]  # below 2**58: the view is the same number
+        words >>= slots & np.uint64(63)
+        maybe = np.flatnonzero(words & np.uint64(1))
         if not len(maybe) or not len(self.keys):
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        order = np.argsort(values[maybe], kind="stable")  # sorted queries keep the binary search in cache
-        candidates = values[maybe][order]
-        ids = np.minimum(np.searchsorted(self.keys, candidates), len(self.keys) - 1)
+        candidates = values[maybe]
+        order = np.argsort(candidates)  # sorted queries keep the binary search in cache
+        ids = np.empty(len(maybe), np.int64)
+        ids[order] = np.minimum(np.searchsorted(self.keys, candidates[order]), len(self.keys) - 1)
         hit = self.keys[ids] == candidates
-        where, ids = maybe[order][hit], ids[hit]
-        back = np.argsort(where, kind="stable")
-        return where[back], ids[back]
+        return maybe[hit], ids[hit]
 
 
 # --- sequence files ---------------------------------------------------------------------------

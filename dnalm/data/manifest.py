@@ -87,6 +87,7 @@ class Accounting(_Model):
     dropped_n: int
     left_over: int
     excluded: int = 0  # contigs a corpus's include/exclude patterns left out
+    dropped_overlap: int = 0  # in windows prep --exclude left out (sharing a k-mer with an excluded sequence) only
 
 
 class GenomeMix(_Model):
@@ -102,6 +103,23 @@ class GenomeMix(_Model):
     in_samples: int
     left_over: int
     samples: dict[str, int]
+    dropped_overlap: int = 0
+
+
+class ExcludedFile(_Model):
+    path: str
+    bytes: int
+    sha256: str
+    sequences: int
+
+
+class Exclusion(_Model):
+    """What ``prep --exclude`` kept out: windows sharing a k-mer (either strand) with the sequences of these files."""
+
+    k: int
+    files: list[ExcludedFile]
+    windows_dropped: dict[str, int] = Field(description="per split: windows (and packed fragments) left out")
+    bases_dropped: int = Field(description="bases that only dropped windows covered (accounting.dropped_overlap)")
 
 
 class Manifest(_Model):
@@ -120,6 +138,7 @@ class Manifest(_Model):
     accounting: Accounting
     settings: dict
     mix: list[GenomeMix] = Field(default_factory=list)
+    exclusion: Exclusion | None = None
 
     def save(self, folder: Path) -> Path:
         return write_atomic(Path(folder) / MANIFEST_FILE, self.model_dump_json(indent=1))
