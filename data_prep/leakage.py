@@ -71,7 +71,7 @@ def eval_files(paths: Sequence[str | os.PathLike]) -> list[EvalFile]:
         if not path.exists():
             raise LeakageError(f"{path}: no such file or folder")
         if path.is_file():
-            out.append(EvalFile(f"{path.parent.name}/{path.stem}", read_sequences(path)))
+            out.append(EvalFile(f"{path.parent.name}/{path.name}", read_sequences(path)))
             continue
         tasks = [path] if _csvs(path) else sorted(p for p in path.iterdir() if p.is_dir() and _csvs(p))
         if not tasks:

@@ -91,10 +91,16 @@ def test_kmers_match_a_per_base_reference():
 
 
 def test_leakage_counts_exact_with_locations(prepared, tmp_path):
-    out = tmp_path / "report.json"
-    assert main(["data", "leakage", str(prepared["folder"]), "--eval", str(prepared["csv"]), "--out", str(out)]) == 0
+    out, fasta = tmp_path / "report.json", tmp_path / "eval.fa"
+    fasta.write_text("".join(f">row{i}\n{row}\n" for i, row in enumerate(prepared["rows"])))
+    args = ["data", "leakage", prepared["folder"], "--eval", prepared["csv"], fasta, "--out", out]
+    assert main([str(a) for a in args]) == 0
     report = json.loads(out.read_text())
-    (result,) = report["evaluation"]
+    result, from_fasta = report["evaluation"]
+    assert from_fasta["name"].endswith("eval.fa") and from_fasta["examples"][0]["line"] == 1
+    assert {k: v for k, v in from_fasta.items() if k not in ("name", "path", "examples")} == {
+        k: v for k, v in result.items() if k not in ("name", "path", "examples")
+    }
     shared = sum(s for s, _ in prepared["expected"])
     contained = sum(c for _, c in prepared["expected"])
     assert (result["sequences"], result["shared"], result["contained"]) == (len(prepared["rows"]), shared, contained)
