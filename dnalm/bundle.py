@@ -58,6 +58,14 @@ def save_bundle(
     return Path(folder)
 
 
+def is_bundle(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a dnalm bundle's config.json (not a transformers one)."""
+    try:
+        return json.loads((Path(folder) / CONFIG).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def read_config(folder: str | Path) -> dict:
     folder = Path(folder)
     if not folder.is_dir():

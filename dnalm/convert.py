@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 
 import torch
 
-from dnalm.bundle import save_bundle
-from dnalm.train.checkpoint import MARKER, TAG, complete_checkpoints, read_meta
+from dnalm.bundle import is_bundle, save_bundle
+from dnalm.train.checkpoint import MARKER, TAG, complete_checkpoints, damaged, read_meta
 from dnalm.utils.errors import DnalmError
 
 
@@ -35,6 +36,16 @@ def resolve_checkpoint(source: str | Path) -> Path:
                 f"{MARKER} marker); it saves every checkpoint.interval steps and at its end"
             )
         return complete[-1]
+    if is_bundle(source):
+        raise ConvertError(
+            f"{source}: already a dnalm bundle, nothing to convert: use it as it is (--model {source}, "
+            f"dnalm.load_pretrained), or export it with `dnalm convert RUN --to hf` from its run"
+        )
+    if (source / "config.json").is_file() and not (source / TAG).is_dir():
+        raise ConvertError(
+            f"{source}: a Hugging Face folder, not a training run; import it with `dnalm convert --from-hf {source} "
+            "--out BUNDLE`"
+        )
     if not (source / TAG).is_dir() and not (source / MARKER).is_file():
         raise ConvertError(
             f"{source}: neither a run folder (no checkpoints/) nor a checkpoint (no {TAG}/); give RUN "
@@ -75,7 +86,10 @@ def load_checkpoint_model(checkpoint: Path):
     from dnalm.tokenizers import load_folder
 
     model = build_model(ModelConfig.from_yaml(checkpoint / "model.yaml"))
-    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=TAG)
+    try:
+        state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=TAG)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise damaged(checkpoint, converting=True) or exc from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not (m == "head.weight" and model.config.tie_embeddings)]
     if missing or unexpected:
@@ -93,8 +107,9 @@ def model_card(model, tokenizer, meta: dict, checkpoint: Path) -> str:
     last: dict[str, float] = {}  # the newest value of each metric
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
-        for line in metrics.read_text().splitlines():
-            record = json.loads(line)
+        from dnalm.train.metrics import read
+
+        for record in read(run_dir):
             last |= {k: record[k] for k in ("loss", "val_loss", "val_masked_accuracy", "val_perplexity") if k in record}
     data = meta.get("data", {})
     genomes = []

@@ -10,7 +10,7 @@ config="$1"; shift
 torchrun --nnodes "${NNODES:-${SLURM_NNODES:-1}}" --node_rank "${NODE_RANK:-${SLURM_NODEID:-0}}" \
     --nproc_per_node "${GPUS_PER_NODE:-$(nvidia-smi -L 2>/dev/null | wc -l | awk '{print ($1 > 0 ? $1 : 1)}')}" \
     --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}" \
-    launch/train.py --config "$config" "$@" &
+    "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/train.py" --config "$config" "$@" &
 torchrun_pid=$!
 trap 'pkill -USR1 -P "$torchrun_pid" || true' USR1
 trap 'kill -TERM "$torchrun_pid" 2>/dev/null || true' TERM INT

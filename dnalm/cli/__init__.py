@@ -11,7 +11,7 @@ from dnalm.utils.errors import DnalmError
 
 # isort: split
 # Each module registers its commands on import, in the order of ``dnalm --help``.
-from dnalm.cli import genome, data, dataset, training, use, evaluation, bench_data, bench, demo  # noqa: F401, I001
+from dnalm.cli import genome, data, dataset, config, training, use, evaluation, bench_data, bench, demo  # noqa: F401, I001
 
 __all__ = ["BENCH_OUT", "COMMANDS", "Command", "build_parser", "main"]
 
@@ -48,8 +48,26 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(*flags, **options)
         if cmd.configure is not None:
             cmd.configure(sub)
-        sub.set_defaults(run=cmd.run)
+        sub.set_defaults(run=cmd.run, _parser=sub)
     return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args``, but a command's ``KEY=VALUE`` overrides may also come after its options (argparse takes
+    a positional list once); anything else it does not know is refused under the command's own usage."""
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        own = getattr(args, "_parser", parser)
+        unknown = [token for token in rest if not (hasattr(args, "overrides") and is_override(token))]
+        if unknown:
+            own.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.overrides = [*(args.overrides or []), *rest]
+    return args
+
+
+def is_override(token: str) -> bool:
+    """A dotted ``KEY=VALUE`` override, not an option (``--flag=value``)."""
+    return "=" in token and not token.startswith("-")
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -57,7 +75,7 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     warnings.formatwarning = _one_line_warning
     try:
         return args.run(args) or 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from dnalm.cli.registry import arg, command
+from dnalm.utils.errors import DnalmError
+from dnalm.utils.files import refuse_file_as_folder
 
 
 @command(
@@ -19,6 +21,11 @@ from dnalm.cli.registry import arg, command
 def demo(args) -> None:
     from dnalm.demo import run as run_demo
 
+    if args.steps < 1:
+        raise DnalmError(f"--steps {args.steps}: give 1 or more pretraining steps (default 300)")
+    if args.processes < 1:
+        raise DnalmError(f"--processes {args.processes}: give 1 or more DeepSpeed processes (default 2)")
+    refuse_file_as_folder(args.out, "--out")
     summary = run_demo(args.out, steps=args.steps, processes=args.processes)
 
     def shown(value) -> str:  # a dict of models as "name value, name value", numbers to 4 places

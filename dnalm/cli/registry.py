@@ -26,6 +26,7 @@ BENCH_OUT = Path("runs/bench")  # benchmarks write here unless --out says otherw
 GROUP_HELP = {
     "genome": "read, validate and report on FASTA genomes",
     "tokenizer": "train tokenizers",
+    "config": "write experiment configs",
     "data": "check prepared data folders",
     "bench": "benchmarks that print JSON and draw PNG plots",
     "eval": "evaluate models on benchmark task suites",

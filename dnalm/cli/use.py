@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dnalm.cli.registry import arg, command, device_arg
 from dnalm.utils.errors import DnalmError
+from dnalm.utils.files import refuse_file_as_folder, write_atomic
 
 
 @command(
@@ -33,6 +34,16 @@ def generate(args) -> None:
 
     if args.max_new_tokens < 1 or args.num_samples < 1:
         raise DnalmError("--max-new-tokens and --num-samples must be at least 1")
+    if not args.temperature >= 0:  # NaN too
+        raise DnalmError(f"--temperature {args.temperature}: give 0 (greedy) or more; 1 samples the model as it is")
+    if args.top_k is not None and args.top_k < 1:
+        raise DnalmError(f"--top-k {args.top_k}: give 1 or more (the k most likely tokens), or leave it out")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise DnalmError(f"--top-p {args.top_p}: give a probability mass in (0, 1], or leave it out")
+    if args.out is not None and args.out.is_dir():
+        raise DnalmError(f"--out {args.out}: is a folder; give a file name for the FASTA, e.g. {args.out / 'g.fa'}")
+    if args.out is not None:
+        refuse_file_as_folder(args.out.parent, "--out's folder")
     model, tokenizer = load_pretrained(args.model, device=resolve(args.device))
     sequences = sample(
         model,
@@ -52,9 +63,7 @@ def generate(args) -> None:
         f"top_p={args.top_p} model={args.model.name}",
     )
     if args.out:
-        tmp = args.out.with_name(f".{args.out.name}.tmp")
-        tmp.write_text(fasta)
-        tmp.replace(args.out)
+        write_atomic(args.out, fasta)  # its folder made first, as embed's
         print(f"wrote {len(sequences)} sequences to {args.out}")
     else:
         print(fasta, end="")

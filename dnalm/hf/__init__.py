@@ -64,8 +64,9 @@ def export_hf(model, tokenizer, out: Path, card: str = "") -> Path:
         tokenizer.save(staging / "dnalm_tokenizer")
         try:
             save_hf_tokenizer(tokenizer, staging, model.config.max_seq_len)
+            flag = ", trust_remote_code=True" if name == "remote" else ""  # else transformers asks about the code
             tokenizer_note = (
-                "`AutoTokenizer.from_pretrained(folder)` gives dnalm's ids (no special tokens added; "
+                f"`AutoTokenizer.from_pretrained(folder{flag})` gives dnalm's ids (no special tokens added; "
                 "letters other than A/C/G/T/N become [UNK])."
             )
         except NoHfTokenizer as exc:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from dnalm.bundle import save_bundle
+from dnalm.bundle import is_bundle, save_bundle
 from dnalm.hf import esm, llama, remote
 from dnalm.hf.vocab import from_folder
 from dnalm.utils.errors import DnalmError
@@ -158,6 +158,8 @@ def _load(model, state: dict, where: Path) -> None:
 
 def import_hf(folder: str | Path, out: str | Path, tokenizer_spec: str | None = None) -> Path:
     folder = Path(folder)
+    if is_bundle(folder):
+        raise DnalmError(f"{folder}: already a dnalm bundle, nothing to import: use it as it is (--model {folder})")
     model, mapped, hf_config = build(folder, tokenizer_spec)
     config = model.config
     card = (

@@ -39,7 +39,11 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description="dnalm training (run by deepspeed, torchrun or srun)")
     add_arguments(parser)
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    unknown = [token for token in rest if "=" not in token or token.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides = [*args.overrides, *rest]  # KEY=VALUE after the options too
     try:
         run_from_args(args)
     except DnalmError as exc:

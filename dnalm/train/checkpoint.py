@@ -140,6 +140,36 @@ def find_resume(run_dir: Path, resume: str | None) -> Path | None:
     return path
 
 
+def damaged(checkpoint: Path, tag: str = TAG, converting: bool = False) -> CheckpointError | None:
+    """When loading ``checkpoint`` failed: a one-line error naming a damaged file in it (a torch file that is not a
+    whole zip archive: cut short by a full disk or a copy) and the previous complete checkpoint to resume from, or
+    None when every file looks whole (the failure is something else)."""
+    import zipfile
+
+    checkpoint = Path(checkpoint)
+    files = sorted((checkpoint / tag).glob("*.pt")) + sorted(checkpoint.glob("rng-rank*.pt"))
+    broken = next((f for f in files if not zipfile.is_zipfile(f)), None)
+    if broken is None:
+        return None
+
+    def number(folder: Path) -> int:  # from the name: a damaged checkpoint's meta.json may be damaged too
+        found = _STEP.match(folder.name)
+        return int(found.group(1)) if found else -1
+
+    earlier = [c for c in complete_checkpoints(checkpoint.parent.parent) if number(c) < number(checkpoint)]
+    if not earlier:
+        way_out = "no earlier complete checkpoint" + ("" if converting else ": --resume none starts afresh")
+    elif converting:
+        way_out = f"convert the previous complete checkpoint: dnalm convert {earlier[-1]} (training resumes from it "
+        way_out += f"with --resume {earlier[-1]})"
+    else:
+        way_out = f"resume from the previous complete checkpoint: --resume {earlier[-1]}"
+    return CheckpointError(
+        f"{broken}: damaged ({broken.stat().st_size:,} bytes, not a whole torch file: cut short by a full disk, a "
+        f"crash or a copy); {way_out}"
+    )
+
+
 def read_meta(checkpoint: Path) -> dict:
     return json.loads((Path(checkpoint) / META).read_text())
 
@@ -349,9 +379,12 @@ def load(engine, checkpoint: Path, universal: bool) -> None:
     tag = UNIVERSAL_TAG if universal else TAG
     groups = _base_optimizer(engine).param_groups
     decay = [group["weight_decay"] for group in groups]
-    path, _ = engine.load_checkpoint(
-        str(checkpoint), tag=tag, load_module_strict=True, load_optimizer_states=True, load_lr_scheduler_states=True
-    )
+    try:
+        path, _ = engine.load_checkpoint(
+            str(checkpoint), tag=tag, load_module_strict=True, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise damaged(checkpoint, tag) or exc from None
     if path is None:
         raise CheckpointError(f"{checkpoint}: DeepSpeed found no state under tag '{tag}'")
     # DeepSpeed 0.19.8's ZeRO-3 universal load (stage3.load_hp_checkpoint_state_from_checkpoint_dir_stage3) copies the

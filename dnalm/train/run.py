@@ -15,10 +15,12 @@ from dnalm.train.config import TrainConfig
 from dnalm.train.distributed import init_distributed, release_shared_memory
 from dnalm.train.ownership import RunLock
 from dnalm.train.trainer import Trainer
+from dnalm.utils.files import refuse_file_as_folder
 
 
 def train(config: TrainConfig, resume: str | None = "auto") -> dict:
     """Own the run folder (one job at a time), train, and let go of it. A start that fails leaves no run folder."""
+    refuse_file_as_folder(config.run_dir, "run_dir")  # every rank, before any work
     rank, _ = init_distributed(config.robust.collective_timeout_s)
     run_dir, lock = Path(config.run_dir), None
     created = rank == 0 and not run_dir.exists()

@@ -53,6 +53,25 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
     return path
 
 
+def binary_kind(path: str | os.PathLike[str]) -> str:
+    """What a file that is not UTF-8 text looks like, for a message: "a gzip file", "a binary file"."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    return "a gzip file" if head[:2] == b"\x1f\x8b" else "a binary file"
+
+
+def refuse_file_as_folder(folder: str | os.PathLike[str], what: str) -> None:
+    """Refuse, before any work, an output folder that is, or lies under, an existing file (``what`` names where it
+    was given: ``--out``, ``run_dir``)."""
+    folder = Path(folder)
+    for path in (folder, *folder.parents):
+        if path.exists() or path.is_symlink():
+            if not path.is_dir():
+                where = "is" if path == folder else f"lies under {path}, which is"
+                raise DnalmError(f"{what} {folder}: {where} a file, not a folder; give a folder to create")
+            return
+
+
 @contextmanager
 def staged_folder(folder: str | os.PathLike[str], error: type[DnalmError] = DnalmError):
     """Yield a temporary folder next to ``folder``; it becomes ``folder`` (synced) only if the block finishes."""
