@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from dnalm.train import checkpoint as ckpt
-from tests.conftest import REPO, prep_folder, refused_by_cli
+from tests.conftest import PROBE_TASK, REPO, prep_folder, probe_settings, refused_by_cli
 from tests.launching import (
     CONFIG,
     ENV,
@@ -37,19 +37,22 @@ def data(ecoli128) -> Path:
     return ecoli128
 
 
+# the ZeRO-3 decoder's linear probe (GUE prom_core_tata, where the team's data is) at steps 10, 20 and 30: ~1 s each
+ZERO3_PROBES = probe_settings(rows="[200,100]", **{"eval.probe_interval": 10})
+
+
 @pytest.fixture(scope="module")
 def reference(data, tmp_path_factory):
-    """Uninterrupted 30-step runs, 2 processes: ZeRO-2 (encoder, MLM) under deepspeed, ZeRO-3 (decoder, CLM) under
-    torchrun."""
+    """Uninterrupted 30-step runs, 2 processes: ZeRO-2 (encoder, MLM) under deepspeed, ZeRO-3 (decoder, CLM, with
+    linear probes) under torchrun."""
     runs, shm_before = {}, set(Path("/dev/shm").glob("deepspeed_*"))
     for stage, model, wandb, launcher in (
         ("zero2", "encoder-tiny", "disabled", "deepspeed"),
         ("zero3", "decoder-tiny", "offline", "torchrun"),
     ):
         folder = tmp_path_factory.mktemp(f"ref-{stage}") / "run"
-        done = run(
-            launch_cmd(launcher, 2, data, folder, deepspeed=stage, **{"model.name": model, "logging.wandb": wandb})
-        )
+        settings = {"model.name": model, "logging.wandb": wandb} | (ZERO3_PROBES if stage == "zero3" else {})
+        done = run(launch_cmd(launcher, 2, data, folder, deepspeed=stage, **settings))
         runs[stage], runs[f"{stage}-console"] = folder, done.stdout + done.stderr
     runs["shm_left"] = set(Path("/dev/shm").glob("deepspeed_*")) - shm_before
     return runs
@@ -131,17 +134,26 @@ def test_offload_trains_and_resumes(data, tmp_path):
 
 
 def test_zero3_killed_while_saving_resumes_with_the_same_losses(reference, data, tmp_path):
-    """SIGKILL of every rank and the launcher once each rank's ZeRO-3 shard of step 20 is written."""
+    """SIGKILL of every rank and the launcher once each rank's ZeRO-3 shard of step 20 is written. The resumed run
+    logs the uninterrupted run's linear probes too: the same rows and weights, the same dev MCC and accuracy."""
     folder = tmp_path / "run"
-    cmd = deepspeed_cmd(2, data, folder, deepspeed="zero3", **{"model.name": "decoder-tiny"})
+    cmd = deepspeed_cmd(2, data, folder, deepspeed="zero3", **{"model.name": "decoder-tiny"}, **ZERO3_PROBES)
     assert run(cmd, expect_ok=False, faults="kill@save.written:20").returncode == -9
     assert (folder / "checkpoints" / ".step-20.tmp" / "state").is_dir()
     assert [p.name for p in ckpt.complete_checkpoints(folder)] == ["step-10"]
     done = run(cmd)
     assert f"; resuming step 10 from {folder / 'checkpoints' / 'step-10'};" in done.stderr
     assert losses(folder) == losses(reference["zero3"])
+    assert probe_scores(folder) == probe_scores(reference["zero3"])
+    assert sorted(probe_scores(folder)) == ([10, 20, 30] if PROBE_TASK.exists() else [])
+    assert "dnalm: probe at step 20: prom_core_tata dev MCC" in done.stderr or not PROBE_TASK.exists()
     assert [p.name for p in ckpt.complete_checkpoints(folder)] == ["step-10", "step-20", "step-30"]
     assert not list((folder / "checkpoints").glob(".step-*"))
+
+
+def probe_scores(run_dir: Path) -> dict[int, tuple[float, float]]:
+    key = "probe/prom_core_tata"
+    return {r["step"]: (r[f"{key}/mcc"], r[f"{key}/accuracy"]) for r in metrics(run_dir) if f"{key}/mcc" in r}
 
 
 def test_world_size_change_continues_the_data(data, tmp_path):
@@ -403,7 +415,14 @@ def test_bad_configs_say_what_is_wrong(data, tmp_path, capsys):
         assert pattern in capsys.readouterr().err, pattern
     # settings refused once the run starts: a real process, exit status 1
     cli = [sys.executable, "-m", "dnalm", "train", "--config", str(CONFIG)]
+    probe_task = tmp_path / "probe-task"  # a probe task without its dev.csv
+    probe_task.mkdir()
+    (probe_task / "train.csv").write_text("sequence,label\nACGTACGT,0\nTTTTAAAA,1\n")
     cases = [
+        (
+            overrides(data, tmp_path / "h", **{"eval.probes": f"[{probe_task}]"}),
+            f"dnalm: error: eval.probes: {probe_task / 'dev.csv'}: no such file",
+        ),
         (overrides(data, tmp_path / "b", **{"batch.global_batch": 6}), "not a multiple of micro_batch"),
         (overrides(data, tmp_path / "c", deepspeed="zero9"), "zero9.json not found"),
         (overrides(tmp_path / "nodata", tmp_path / "d"), "no manifest"),

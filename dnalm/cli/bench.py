@@ -178,6 +178,33 @@ def bench_embed(args) -> None:
 
 @command(
     "bench",
+    "probe",
+    help="what the in-training linear probe (eval.probes, default rows) costs against encoder-small's training steps "
+    "(1,024 tokens, global batch 16, one process): its share at --interval and the interval where it is 5%%",
+    args=[
+        arg("--task", type=Path, default=None, help="a GUE task folder (default: $DNALM_DATA/gue/prom_core_tata)"),
+        arg(
+            "--genome",
+            type=Path,
+            default=None,
+            help="FASTA to train on (default: chr20 under $DNALM_DATA, else the "
+            "bundled genome); 4 Mb of its longest record",
+        ),
+        arg("--steps", type=int, default=5, help="training steps (default 5; a probe every 2)"),
+        arg("--interval", type=int, default=500, help="the eval.probe_interval to state the share at (default 500)"),
+        arg("--out", type=Path, default=BENCH_OUT, help="folder for probe.json and probe.png"),
+    ],
+)
+def bench_probe(args) -> None:
+    from dnalm.bench import probe
+
+    if args.steps < 3 or args.interval < 1:
+        raise DnalmError("--steps must be at least 3 (two probes) and --interval at least 1")
+    print(json.dumps(probe.run(args.out, args.task, args.genome, steps=args.steps, interval=args.interval), indent=2))
+
+
+@command(
+    "bench",
     "compare",
     help="the DNA_Performer comparison: pretrain Transformer, ALiBi, Performer, CNN and a "
     "multi-view encoder on the same budget, then held-out accuracy, throughput at 1k/8k, GUE fine-tuning",

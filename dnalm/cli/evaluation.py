@@ -247,3 +247,48 @@ def eval_context(args) -> None:
     )
     print(harness.table([result]), end="")
     print(f"wrote {args.out / 'context.json'}, context.md, context.png")
+
+
+@command(
+    "eval",
+    "probe",
+    help="the trainer's linear probe (eval.probes) on a bundle: dev MCC and accuracy of a logistic regression on "
+    "mean-pooled final hidden states, the same rows as in training (rebuild a probe curve from saved checkpoints)",
+    args=[
+        arg("bundle", type=Path, help="a bundle (dnalm convert RUN/checkpoints/step-N --out BUNDLE)"),
+        arg(
+            "--tasks",
+            type=Path,
+            nargs="+",
+            required=True,
+            metavar="DIR",
+            help="task folders in GUE's layout, each with train.csv and dev.csv (sequence,label)",
+        ),
+        arg(
+            "--rows",
+            default="2000,1000",
+            help="train and dev rows a probe reads, a fixed seeded subsample (default 2000,1000: eval.probe_rows')",
+        ),
+        arg("--out", type=Path, default=None, help="write the report as JSON here too"),
+        device_arg(),
+    ],
+)
+def eval_probe(args) -> None:
+    import json
+
+    from dnalm.train import probes
+    from dnalm.utils.files import write_atomic
+
+    try:
+        rows = [int(x) for x in args.rows.split(",")]
+    except ValueError:
+        raise DnalmError(
+            f"--rows takes the train and dev rows as two integers, e.g. 2000,1000, got {args.rows!r}"
+        ) from None
+    report = probes.probe_bundle(args.bundle, args.tasks, rows, device=args.device)
+    step = f" (step {report['step']})" if report["step"] is not None else ""
+    print(f"{args.bundle}{step}, {report['device']}, {report['seconds']:.1f} s")
+    print(probes.table(report), end="")
+    if args.out is not None:
+        write_atomic(args.out, json.dumps(report, indent=1) + "\n")
+        print(f"wrote {args.out}")

@@ -29,7 +29,7 @@ def train(args) -> None:
 
 @command(
     "plot",
-    help="draw a run's training and validation loss curves to RUN/loss.png",
+    help="draw a run's training and validation loss curves (and its linear probes' dev MCC) to RUN/loss.png",
     args=[
         arg("run_dir", type=Path, metavar="RUN", help="a run folder (holds metrics.jsonl)"),
         arg("--out", type=Path, default=None, help="PNG path (default RUN/loss.png)"),

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from dnalm.utils.errors import DnalmError, validated
 
@@ -199,6 +199,26 @@ class BudgetSection(_Section):
 class EvalSection(_Section):
     interval: int = Field(100, ge=1, description="steps between held-out evaluations (and one at the end)")
     batches: int = Field(10, ge=1, description="micro-batches per rank each evaluation scores, drawn across the split")
+    probes: list[str] = Field(
+        default_factory=list,
+        description="labelled task folders in GUE's layout (train.csv and dev.csv, columns sequence,label): every "
+        "probe_interval steps (and at the last) a logistic-regression probe on the mean-pooled final hidden states "
+        "logs probe/<task>/mcc and probe/<task>/accuracy on dev (docs/training.md)",
+    )
+    probe_interval: int = Field(
+        500, ge=1, description="steps between linear probes (and one at the end); each prints its share of the time"
+    )
+    probe_rows: tuple[int, int] = Field(
+        (2000, 1000),
+        description="train and dev rows each probe reads: a fixed seeded subsample, the same rows every time",
+    )
+
+    @field_validator("probe_rows")
+    @classmethod
+    def _rows(cls, rows: tuple[int, int]) -> tuple[int, int]:
+        if min(rows) < 1:
+            raise ValueError(f"the train and dev rows a probe reads must both be at least 1, got {list(rows)}")
+        return rows
 
 
 class CheckpointSection(_Section):

@@ -106,4 +106,18 @@ def plot(run_dir: Path, out: Path | None = None) -> Path:
     ax.set_title(Path(run_dir).name)
     ax.grid(alpha=0.3)
     ax.legend()
+    _draw_probes(ax, records)
     return save(fig, Path(out) if out else Path(run_dir) / "loss.png")
+
+
+def _draw_probes(ax, records: list[dict]) -> None:
+    """Each linear probe's dev MCC (``eval.probes``) against step, on a right-hand axis."""
+    tasks = dict.fromkeys(k.split("/")[1] for r in records for k in r if k.startswith("probe/") and k.endswith("/mcc"))
+    if not tasks:
+        return
+    right = ax.twinx()
+    for i, task in enumerate(tasks):
+        points = [(r["step"], r[f"probe/{task}/mcc"]) for r in records if f"probe/{task}/mcc" in r]
+        right.plot(*zip(*points), "D-", color=f"C{6 + i}", label=f"probe: {task} dev MCC", markersize=4, linewidth=1)
+    right.set_ylabel("linear probe dev MCC")
+    right.legend(loc="lower left", fontsize=8)

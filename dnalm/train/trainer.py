@@ -33,9 +33,9 @@ from dnalm.models import DnaModel, ModelConfig, build_model, get_config
 from dnalm.models.transformer import check_learned_positions
 from dnalm.tokenizers import Tokenizer, ViewTokenizer, load_folder
 from dnalm.train import checkpoint as ckpt
-from dnalm.train import compiled, console, fp8, sequence_parallel
+from dnalm.train import compiled, console, fp8, probes, sequence_parallel
 from dnalm.train import universal as universal_form
-from dnalm.train.config import TrainConfig, deepspeed_config, zero_stage
+from dnalm.train.config import TrainConfig, TrainConfigError, deepspeed_config, zero_stage
 from dnalm.train.distributed import init_distributed, launched, release_shared_memory  # noqa: F401 (re-exported)
 from dnalm.train.metrics import MetricsLog
 from dnalm.train.ownership import RunLock
@@ -199,6 +199,7 @@ class Trainer:
         self.causal = self.model_config.causal
         self.sp_size = config.parallel.sequence
         sequence_parallel.check(self.sp_size, self.world, self.model_config, self.manifest.seq_len)
+        self.probe_tasks = self._load_probes()
         # consecutive ranks form a sequence-parallel group (DeepSpeed's parallel_state_sp); groups are data-parallel
         # ranks
         self.sp_rank, self.dp_rank, self.dp_world = (
@@ -486,12 +487,60 @@ class Trainer:
             out["val_masked_accuracy"] = correct / targets
         return out
 
+    # --- linear probes (eval.probes) -----------------------------------------------------
+    def _load_probes(self) -> list[probes.ProbeTask]:
+        """The probe tasks' fixed rows, tokenized with the data's tokenizer; a bad folder, file or row is refused
+        here, before the model is built."""
+        settings = self.config.eval
+        self.probe_clock, self.probe_warned = time.perf_counter(), False  # run() sets the clock again
+        return probes.load_tasks(
+            settings.probes,
+            self.tokenizer,
+            settings.probe_rows,
+            max_tokens=self.model_config.max_seq_len,
+            error=TrainConfigError,
+            where="eval.probes",
+        )
+
+    def probe(self) -> dict:
+        """Every probe task on the current weights, in eval mode (no masking, no dropout), every rank taking part (the
+        rows sharded over data-parallel ranks, sliced over a sequence group); one line on rank 0, and the record's
+        ``probe/…`` keys."""
+        began = time.perf_counter()
+        self.engine.eval()
+        try:
+            results = probes.probe(
+                self.probe_tasks,
+                probes.model_hidden(self.engine),
+                self.device,
+                isinstance(self.tokenizer, ViewTokenizer),
+                shard=(self.dp_rank, self.dp_world),
+                sequence=(self.sp_rank, self.sp_size),
+            )
+        finally:
+            self.engine.train()
+        seconds = time.perf_counter() - began
+        share = seconds / max(began - self.probe_clock, 1e-9)
+        self.probe_clock = time.perf_counter()
+        rows = sum(t.rows for t in self.probe_tasks)
+        self._say(probes.line(self.step, results, rows, seconds, share))
+        interval = self.config.eval.probe_interval
+        if share > probes.BUDGET and self.step % interval == 0 and not self.probe_warned:
+            self.probe_warned = True
+            self._say(
+                f"probes cost {100 * share:.1f}% of the training time at eval.probe_interval {interval}; an interval "
+                f"of {math.ceil(interval * share / probes.BUDGET):,} or more keeps them under "
+                f"{100 * probes.BUDGET:.0f}% (or fewer eval.probe_rows)"
+            )
+        return probes.record(results, seconds, share)
+
     # --- the run -------------------------------------------------------------------------
     def run(self) -> dict:
         config = self.config
         log = MetricsLog(self.run_dir, config, self.total_steps, self.step, enabled=self.rank == 0)
         self._trim_keys()
         batches, consecutive, last = iter(self.loader), 0, {}
+        self.probe_clock = time.perf_counter()  # a probe's cost: against the time since the last one (or this start)
         notes = {} if self.data_continues else {"data_restarted": True}  # on the first record after resuming
         try:
             while self.step < self.total_steps:
@@ -506,10 +555,13 @@ class Trainer:
                     )
                 if self.step % config.eval.interval == 0 or self.step == self.total_steps:
                     record |= self.evaluate()
+                if self.probe_tasks and (self.step % config.eval.probe_interval == 0 or self.step == self.total_steps):
+                    record |= self.probe()
                 if (
                     self.step % config.logging.interval == 0
                     or record.get("skipped")
                     or "val_loss" in record
+                    or "probe/seconds" in record
                     or self.step == 1
                     or notes
                 ):
