@@ -27,7 +27,7 @@ from dnalm.data.kmers import Exclusion
 from dnalm.data.manifest import DataError
 from dnalm.data.shards import ShardWriter, encode_sample, sample_key, token_dtype
 from dnalm.data.sources import open_source
-from dnalm.data.windows import covered_bases, cut_windows
+from dnalm.data.windows import covered_bases, cut_windows, token_repeats
 from dnalm.utils.files import write_atomic
 
 _EXCLUSIONS: dict[tuple, Exclusion] = {}  # prep --exclude's k-mers, built once a process
@@ -66,6 +66,7 @@ def run_slice(folder: Path, job_index: int, num_jobs: int, progress: bool = Fals
     remaining = {s.index: len(s.pieces) for s in pending}
     writers: dict[int, tuple[ShardWriter, dict]] = {}
     bar = _bar(sum(s.bases for s in pending), progress)
+    repeats = [g.get("softmask") == "repeats" for g in plan.per_genome]  # genomes whose lowercase marks repeats
     try:
         for g, path in enumerate(plan.config.genomes):
             wanted = {contig for genome, contig in by_contig if genome == g}
@@ -77,7 +78,10 @@ def run_slice(folder: Path, job_index: int, num_jobs: int, progress: bool = Fals
                     writer, stats = writers.get(shard.index) or writers.setdefault(
                         shard.index, _open(folder, shard, plan)
                     )
-                    _write_piece(writer, stats, contig.bases[piece.start : piece.end], piece, plan, tokenizers)
+                    softmask = contig.softmask[piece.start : piece.end] if repeats[g] else None
+                    _write_piece(
+                        writer, stats, contig.bases[piece.start : piece.end], piece, plan, tokenizers, softmask
+                    )
                     counts["bases"] += piece.end - piece.start
                     if bar is not None:
                         bar.update(piece.end - piece.start)
@@ -108,7 +112,11 @@ def _open(folder: Path, shard: ShardPlan, plan: Plan):
     return ShardWriter(Path(folder) / shard.path), stats
 
 
-def _write_piece(writer: ShardWriter, stats: dict, bases: np.ndarray, piece, plan: Plan, tokenizers) -> None:
+def _write_piece(
+    writer: ShardWriter, stats: dict, bases: np.ndarray, piece, plan: Plan, tokenizers, softmask: np.ndarray | None
+) -> None:
+    """Cut one piece into windows on each strand and write them; ``softmask``: the piece's, when its genome's
+    lowercase marks repeats."""
     config = plan.config
     dtypes = [token_dtype(t.vocab_size) for t in tokenizers]
     encodings = None
@@ -118,10 +126,11 @@ def _write_piece(writer: ShardWriter, stats: dict, bases: np.ndarray, piece, pla
             if "exclusion" in stats and len(stats["exclusion"].hits(bases)):  # prep --exclude: left out
                 _excluded(stats, piece.genome, windows=1, bases=len(bases))
                 return
-            for packed in stats["packer"].add(piece.genome, piece.contig, piece.start, encodings[0]):
+            flags = token_repeats(encodings[0].offsets, softmask) if softmask is not None else None
+            for packed in stats["packer"].add(piece.genome, piece.contig, piece.start, encodings[0], flags):
                 _write_packed(writer, stats, packed, dtypes[0])
             return
-    windows = cut_windows(bases, tokenizers, config.seq_len, config.views, encodings)
+    windows = cut_windows(bases, tokenizers, config.seq_len, config.views, encodings, softmask)
     covered = covered_bases(windows)
     exclusion = stats.get("exclusion")  # prep --exclude: a window holding one of its k-mers is left out (both strands)
     held = exclusion.held(bases) if exclusion is not None else None
@@ -134,7 +143,10 @@ def _write_piece(writer: ShardWriter, stats: dict, bases: np.ndarray, piece, pla
         _excluded(stats, piece.genome, windows=0, bases=covered - kept)
     strands = [("+", windows)]
     if config.reverse_complement:
-        strands.append(("-", cut_windows(_COMPLEMENT[bases[::-1]], tokenizers, config.seq_len, config.views)))
+        reverse_mask = softmask[::-1] if softmask is not None else None
+        strands.append(
+            ("-", cut_windows(_COMPLEMENT[bases[::-1]], tokenizers, config.seq_len, config.views, None, reverse_mask))
+        )
     n = len(bases)
     for strand, strand_windows in strands:
         for w in strand_windows:
@@ -152,7 +164,7 @@ def _write_piece(writer: ShardWriter, stats: dict, bases: np.ndarray, piece, pla
                 "strand": strand,
                 "padding": w.padding,
             }
-            writer.write(encode_sample(key, meta, [ids.astype(dt) for ids, dt in zip(w.ids, dtypes)]))
+            writer.write(encode_sample(key, meta, [ids.astype(dt) for ids, dt in zip(w.ids, dtypes)], w.repeats))
             stats["num_samples"] += 1
             genome["num_samples"] += 1
             stats["num_tokens"] += sum(len(ids) for ids in w.ids)
@@ -171,7 +183,7 @@ def _write_packed(writer: ShardWriter, stats: dict, packed, dtype) -> None:
         "padding": packed.padding,
         "parts": [list(p) for p in packed.parts],
     }
-    writer.write(encode_sample(key, meta, [packed.ids.astype(dtype)]))
+    writer.write(encode_sample(key, meta, [packed.ids.astype(dtype)], [packed.repeats]))
     genome = stats["genomes"].setdefault(str(packed.genome), {"num_samples": 0, "in_samples": 0, "left_over": 0})
     for where in (stats, genome):
         where["num_samples"] += 1

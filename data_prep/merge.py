@@ -175,9 +175,14 @@ def merge(folder: Path, processes: int = 1, infos: dict[int, dict] | None = None
         views=plan.config.views,
         genomes=[
             ManifestGenome(
-                path=g.path, sha256=g.sha256, num_contigs=len(g.contigs), bases=sum(c.length for c in g.contigs)
+                path=g.path,
+                sha256=g.sha256,
+                num_contigs=len(g.contigs),
+                bases=sum(c.length for c in g.contigs),
+                softmasked=stats.get("softmasked", 0),
+                softmask=stats.get("softmask", "none"),
             )
-            for g in plan.genomes
+            for g, stats in zip(plan.genomes, plan.per_genome)
         ],
         seq_len=plan.config.seq_len,
         reverse_complement=plan.config.reverse_complement,

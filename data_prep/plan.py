@@ -131,7 +131,7 @@ class Plan:
     tokenizers: list[TokenizerEntry]
     segment_bases: int  # bases left once long N runs are cut out (and excluded contigs left out)
     shards: list[ShardPlan]
-    per_genome: list[dict]  # each genome's bases, excluded (contig filters) and segment bases
+    per_genome: list[dict]  # each genome's bases, excluded (contig filters), segment bases and soft-masking
 
     @property
     def excluded_bases(self) -> int:
@@ -217,7 +217,7 @@ def plan_fingerprint(config: PrepConfig, tokenizers: list[Tokenizer], genome_sha
                 **({"exclude_sha256": [genome_io.file_sha256(p) for p in config.exclude]} if config.exclude else {}),
                 "genomes": genome_sha256,
                 "tokenizers": [t.fingerprint for t in tokenizers],
-                "version": 1,
+                "version": 2,  # 2: samples carry repeat flags
             },
             sort_keys=True,
         ).encode()
@@ -228,12 +228,13 @@ def scan_genome(config: PrepConfig, g: int) -> dict:
     """One genome's part of the plan: its contigs, the segments between long N runs of the kept ones, a probe of
     bases."""
     path, settings = config.genomes[g], config.genome_settings(g)
-    contigs, kept, segments, probe = [], [], [], None
+    contigs, kept, segments, probe, softmasked = [], [], [], None, 0
     for contig in genome_io.iter_contigs(path):
         contigs.append({"name": contig.name, "length": len(contig)})
         if not settings.keeps(contig.name):
             continue
         kept.append(contigs[-1])
+        softmasked += int(np.count_nonzero(contig.softmask))
         segments.append((contig.name, contig.segments(config.min_n_run)))
         if probe is None and len(segments[-1][1]):
             probe = contig.bases[segments[-1][1][0, 0] :][:200_000].copy()
@@ -242,6 +243,7 @@ def scan_genome(config: PrepConfig, g: int) -> dict:
         "kept": kept,
         "segments": segments,
         "probe": probe,
+        "softmasked": softmasked,
         "sha256": genome_io.file_sha256(path),
     }
 
@@ -271,6 +273,9 @@ def build_plan(config: PrepConfig, tokenizers: list[Tokenizer], processes: int =
             "bases": sum(c["length"] for c in contigs),
             "excluded": sum(c["length"] for c in contigs) - sum(c["length"] for c in kept),
             "segment_bases": 0,
+            "softmasked": scan["softmasked"],
+            # lowercase marks repeats only when some bases and not nearly all are lowercase
+            "softmask": genome_io.softmask_status(scan["softmasked"] / max(1, sum(c["length"] for c in kept))),
         }
         for name, segs in segments:
             for start, end in segs.tolist():

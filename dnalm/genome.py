@@ -59,6 +59,17 @@ def _tables(convert_u: bool) -> tuple[bytes, bytes]:
 _TABLES = {flag: _tables(flag) for flag in (False, True)}
 
 
+SOFTMASK_MAX_FRACTION = 0.9  # more lowercase than this is a lowercase file, not a repeat annotation
+
+
+def softmask_status(fraction: float) -> str:
+    """What a genome's lowercase share means: "repeats" (a soft-mask prep carries into the shards), "none", or
+    "not soft-masked" (lowercase throughout or nearly: read as unmasked)."""
+    if fraction == 0:
+        return "none"
+    return "repeats" if fraction <= SOFTMASK_MAX_FRACTION else "not soft-masked"
+
+
 @dataclass
 class Contig:
     """One FASTA record: uppercase ASCII bases (uint8) and the soft-mask track beside them."""
@@ -140,15 +151,19 @@ class Genome:
 
     def report(self, min_n_run: int = DEFAULT_MIN_N_RUN) -> dict:
         contigs = [c.report(min_n_run) for c in self.contigs]
+        total = sum(c.length for c in contigs)
+        softmasked = sum(c.softmasked_fraction * c.length for c in contigs) / max(1, total)
         return {
             "path": str(self.path),
             "format": detect_format(self.path),
             "sha256": file_sha256(self.path),
             "min_n_run": min_n_run,
             "num_contigs": len(contigs),
-            "total_length": sum(c.length for c in contigs),
+            "total_length": total,
             "total_n": sum(c.n_count for c in contigs),
             "total_ambiguous_replaced": sum(c.ambiguous_replaced for c in contigs),
+            "softmasked_fraction": softmasked,
+            "softmask": softmask_status(softmasked),
             "contigs": [asdict(c) for c in contigs],
         }
 
@@ -468,4 +483,13 @@ def format_report(report: dict) -> str:
             f"{c['name'][:23]:<24}{c['length']:>14,}{c['n_count']:>12,}{c['gc_fraction']:>7.3f}"
             f"{c['softmasked_fraction']:>10.3f}{c['ambiguous_replaced']:>9,}{c['long_n_runs']:>8}{c['segments']:>9}"
         )
+    fraction = report.get("softmasked_fraction", 0.0)
+    lines.append(
+        {
+            "none": "soft-masking: none (no lowercase bases)",
+            "repeats": f"soft-masking: {fraction:.1%} of bases lowercase, read as repeats (objective.repeat_weight)",
+            "not soft-masked": f"soft-masking: {fraction:.1%} of bases lowercase: probably not soft-masked, treated as "
+            f"unmasked (over {SOFTMASK_MAX_FRACTION:.0%} is a lowercase file, not a repeat annotation)",
+        }[report.get("softmask", "none")]
+    )
     return "\n".join(lines)

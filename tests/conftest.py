@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dnalm import genome
@@ -11,6 +12,7 @@ from dnalm import genome
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 CHR20 = SHARED_DATA / "genomes" / "hs37_chr20.fa.gz"
+CHR20_SM = SHARED_DATA / "genomes" / "hs37_chr20.sm.fa.gz"  # soft-masked by WindowMasker
 PROBE_TASK = SHARED_DATA / "gue" / "prom_core_tata"  # the linear probe's task in training tests (70 bp promoters)
 
 
@@ -143,6 +145,35 @@ def ecoli128(tmp_path_factory) -> Path:
         shard_size_mb=2.0,
         val_fraction=0.05,
     )
+
+
+def write_slice(source: Path, out: Path, start: int, length: int) -> Path:
+    """``length`` bases of ``source``'s first record from ``start``, case (soft-masking) kept, as a FASTA."""
+    contig = next(genome.iter_contigs(source))
+    bases = contig.bases[start : start + length]
+    letters = np.where(contig.softmask[start : start + length], bases | 0x20, bases).astype(np.uint8).tobytes()
+    lines = [letters[i : i + 60] for i in range(0, len(letters), 60)]
+    out.write_bytes(b">" + f"{contig.name}:{start}-{start + length}".encode() + b"\n" + b"\n".join(lines) + b"\n")
+    return out
+
+
+@pytest.fixture(scope="session")
+def softmasked128(tmp_path_factory) -> Path:
+    """Two genomes as nucleotide windows of 128, 5% held out: 1 Mb of soft-masked human chr20 (37% of it lowercase,
+    WindowMasker's repeats) and 500 kb of E. coli (no repeats marked). Without the team's data, the first is a stretch
+    of E. coli with every other kilobase lowercased."""
+    root = tmp_path_factory.mktemp("softmasked")
+    if CHR20_SM.exists():
+        human = write_slice(CHR20_SM, root / "chr20_30M.fa", 30_000_000, 1_000_000)
+    else:
+        contig = genome.read(genome.DEFAULT_GENOME).contigs[0]
+        letters = contig.bases[1_000_000:2_000_000].copy()
+        for start in range(0, len(letters), 2000):
+            letters[start : start + 1000] |= 0x20
+        human = root / "stand_in.fa"
+        human.write_bytes(b">stand_in\n" + letters.tobytes() + b"\n")
+    ecoli = write_slice(genome.DEFAULT_GENOME, root / "ecoli_500k.fa", 0, 500_000)
+    return prep_folder(root / "data", [human, ecoli], seq_len=128, shard_size_mb=2.0, val_fraction=0.05)
 
 
 @pytest.fixture(scope="session")

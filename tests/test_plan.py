@@ -142,7 +142,7 @@ def test_a_measured_run_on_this_cpu_within_15_percent(ecoli_prepared, tmp_path):
 
 def test_plan_reads_the_window_and_vocabulary_of_prepared_data_as_the_trainer_does(ecoli_prepared):
     from dnalm.data.manifest import Manifest
-    from dnalm.train.trainer import data_tokenizer, resolve_model
+    from dnalm.train.setup import data_tokenizer, resolve_model
 
     config = load_config(SMALL, [f"data.path={ecoli_prepared}"])
     model, seq_len, notes = plan.resolve_model(config, None)

@@ -164,10 +164,11 @@ def test_settings_ulysses_cannot_split_are_refused_with_the_numbers():
 
 
 # --- real DeepSpeed training --------------------------------------------------------------------------------------
+# ALiBi, RoPE; both weigh repeats (soft-masked human chr20 beside E. coli) at 0.1 and log per-genome metrics
 MODELS = {
-    "encoder": {"model.name": "encoder-tiny", "deepspeed": "zero2"},  # ALiBi
-    "decoder": {"model.name": "decoder-tiny", "deepspeed": "zero3"},
-}  # RoPE
+    "encoder": {"model.name": "encoder-tiny", "deepspeed": "zero2", "objective.repeat_weight": 0.1},
+    "decoder": {"model.name": "decoder-tiny", "deepspeed": "zero3", "objective.repeat_weight": 0.1},
+}
 
 # the encoder's runs end with a linear probe (GUE prom_core_tata, where the team's data is): under 1 s each
 MODELS["encoder"] = MODELS["encoder"] | probe_settings(rows="[200,100]")
@@ -207,7 +208,7 @@ def _launch(processes: int, runs: list[dict], folder) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(ecoli128, tmp_path_factory):
+def runs(softmasked128, tmp_path_factory):
     root = tmp_path_factory.mktemp("sequence")
     folder = {
         f"{model}-{name}": root / f"{model}-{name}"
@@ -216,9 +217,12 @@ def runs(ecoli128, tmp_path_factory):
     }
     _launch(
         2,
-        [_run(ecoli128, folder[f"{m}-s2"], m, 2) for m in MODELS]
-        + [_run(ecoli128, folder[f"{m}-s1dp2"], m, 1) for m in MODELS]
-        + [_run(ecoli128, folder[f"{m}-s1dp2-no-overlap"], m, 1, deepspeed=_without_overlap(m, root)) for m in MODELS],
+        [_run(softmasked128, folder[f"{m}-s2"], m, 2) for m in MODELS]
+        + [_run(softmasked128, folder[f"{m}-s1dp2"], m, 1) for m in MODELS]
+        + [
+            _run(softmasked128, folder[f"{m}-s1dp2-no-overlap"], m, 1, deepspeed=_without_overlap(m, root))
+            for m in MODELS
+        ],
         root,
     )
     step3 = "checkpoints/step-3"
@@ -226,15 +230,17 @@ def runs(ecoli128, tmp_path_factory):
         shutil.copytree(folder[f"{m}-s2"], folder[f"{m}-{resumed}"])
 
     def resume(m, resumed, sequence):
-        return _run(ecoli128, folder[f"{m}-{resumed}"], m, sequence, resume=str(folder[f"{m}-{resumed}"] / step3))
+        return _run(softmasked128, folder[f"{m}-{resumed}"], m, sequence, resume=str(folder[f"{m}-{resumed}"] / step3))
 
     _launch(
         4,
-        [_run(ecoli128, folder[f"{m}-s2dp2"], m, 2) for m in MODELS] + [resume(m, "s2-to-s4", 4) for m in MODELS],
+        [_run(softmasked128, folder[f"{m}-s2dp2"], m, 2) for m in MODELS] + [resume(m, "s2-to-s4", 4) for m in MODELS],
         root,
     )
     _launch(
-        1, [_run(ecoli128, folder[f"{m}-s1"], m, 1) for m in MODELS] + [resume(m, "s2-to-s1", 1) for m in MODELS], root
+        1,
+        [_run(softmasked128, folder[f"{m}-s1"], m, 1) for m in MODELS] + [resume(m, "s2-to-s1", 1) for m in MODELS],
+        root,
     )
     return folder
 
@@ -262,6 +268,12 @@ def test_sequence_parallel_training_matches_s1(runs, model, parallel, reference)
     assert last[0]["val_loss"] == pytest.approx(last[1]["val_loss"], rel=1e-5)
     assert last[0]["val_windows"] == last[1]["val_windows"] and last[0]["tokens_seen"] == last[1]["tokens_seen"]
     assert losses(runs[f"{model}-{parallel}"])[STEPS] < losses(runs[f"{model}-{parallel}"])[1]
+    # the repeat-weighted loss above, and beside it the held-out loss on repeats and the rest, and per genome
+    split = [k for k in last[1] if k.startswith(("val_loss_", "val_masked_accuracy_", "val_genome/", "genome/"))]
+    assert {"val_loss_repeat", "val_loss_nonrepeat", "val_repeat_fraction"} <= set(last[1])
+    assert sum(k.startswith("genome/") and k.endswith("/loss") for k in split) == 2
+    for key in split:
+        assert last[0][key] == pytest.approx(last[1][key], rel=1e-5), key
 
 
 @pytest.mark.parametrize("model", list(MODELS))
@@ -274,6 +286,10 @@ def test_a_checkpoint_saved_at_s2_resumes_at_another_s(runs, model, resumed):
     got, want = _curves(runs[f"{model}-{resumed}"]), _curves(runs[f"{model}-s1"])
     assert sorted(got) == list(range(1, STEPS + 1))
     _assert_same(got, want, range(4, STEPS + 1))
+    # each genome's tokens since the run began come back with the checkpoint, and add up to the tokens seen
+    last, reference = metrics(runs[f"{model}-{resumed}"])[-1], metrics(runs[f"{model}-s1"])[-1]
+    tokens = {k: v for k, v in last.items() if k.startswith("genome/") and k.endswith("/tokens")}
+    assert tokens == {k: reference[k] for k in tokens} and sum(tokens.values()) == last["tokens_seen"]
 
 
 @pytest.mark.parametrize("model", list(MODELS))
@@ -282,6 +298,16 @@ def test_overlapped_gradient_reduction_trains_like_the_exposed_one(runs, model):
     data-parallel
     processes on gloo: the same losses and gradient norms within fp32 tolerance."""
     _assert_same(_curves(runs[f"{model}-s1dp2"]), _curves(runs[f"{model}-s1dp2-no-overlap"]), range(1, STEPS + 1))
+
+
+def test_the_loss_plot_draws_each_genome_and_the_repeat_split(runs):
+    from dnalm.train.metrics import _curves, plot, read
+
+    folder = runs["encoder-s1"]
+    labels = [label for _, label, _ in _curves(read(folder))]
+    assert len([x for x in labels if x.startswith("train loss, ")]) == 2
+    assert {"validation loss, repeat", "validation loss, nonrepeat"} <= set(labels)
+    assert plot(folder).stat().st_size > 10_000
 
 
 @pytest.mark.skipif(not PROBE_TASK.exists(), reason=f"{PROBE_TASK} is absent (the team's shared data folder)")

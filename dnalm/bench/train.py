@@ -114,7 +114,7 @@ def _mlm_setup(data: Path, model_name: str, micro_batch: int):
     from dnalm.data.masking import mlm_batch, view_ranges
     from dnalm.data.stream import GenomeStream, StreamLoader
     from dnalm.models import build_model, get_config
-    from dnalm.train.trainer import data_tokenizer
+    from dnalm.train.setup import data_tokenizer
 
     manifest = Manifest.load(data)
     torch.manual_seed(0)

@@ -89,6 +89,7 @@ def prep(args) -> None:
     from data_prep.publish import work_folder
     from dnalm import genome
     from dnalm.data.sources import is_remote
+    from dnalm.utils.files import refuse_file_as_folder
 
     if (args.job_index is None) != (args.num_jobs is None):
         raise DnalmError("--job-index and --num-jobs go together")
@@ -122,6 +123,7 @@ def prep(args) -> None:
     if args.work is not None and not remote:
         raise DnalmError("--work goes with a remote --out (s3://…); a local --out is the work folder")
     folder = (args.work or work_folder(args.out)) if remote else Path(args.out)
+    refuse_file_as_folder(folder, "--work" if remote else "--out")
     result = run_prep(
         config,
         folder,

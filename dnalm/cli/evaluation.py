@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dnalm.cli.registry import arg, command, device_arg
 from dnalm.utils.errors import DnalmError
+from dnalm.utils.files import refuse_file_as_folder
 
 
 def _recipe_args():
@@ -63,6 +64,7 @@ def _check_counts(args) -> None:
         raise DnalmError("--seeds, --epochs and --batch-size must be at least 1")
     if args.first_seed < 0:
         raise DnalmError(f"--first-seed must be 0 or more, got {args.first_seed}")
+    refuse_file_as_folder(args.out, "--out")  # before an epoch is spent
 
 
 def _recipe(args) -> dict:
@@ -235,6 +237,7 @@ def eval_context(args) -> None:
         raise DnalmError(f"--lengths takes comma-separated integers, got {args.lengths!r}") from None
     if args.windows < 1 or args.target < 1:
         raise DnalmError("--windows and --target must be at least 1")
+    refuse_file_as_folder(args.out, "--out")
     result = harness.run(
         args.bundle,
         args.genome,

@@ -85,6 +85,8 @@ def convert(args) -> None:
 
     if (args.source is None) == (args.from_hf is None):
         raise DnalmError("convert: give either a run or checkpoint folder, or --from-hf FOLDER")
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        raise DnalmError(f"--out {args.out}: exists and is not empty; choose another folder")
     if args.from_hf is not None:
         from dnalm.hf.importing import import_hf
 

@@ -41,6 +41,14 @@ def flip(ids: np.ndarray, table: np.ndarray) -> np.ndarray:
     return out
 
 
+def flip_flags(flags: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Per-token flags of ``ids`` (before its flip) reordered as ``flip`` reorders the tokens."""
+    real = int(np.count_nonzero(ids != PAD_ID))
+    out = flags.copy()
+    out[:real] = flags[:real][::-1]
+    return out
+
+
 def flipped(seed: int, epoch: int, positions: np.ndarray) -> np.ndarray:
     """Which positions of ``epoch`` are read on the reverse strand (half of them, by a keyed hash)."""
     key = np.uint64((seed * 1_000_003 + epoch) & (2**63 - 1)) ^ np.uint64(0xA5A5_0000_C0DE)

@@ -34,8 +34,15 @@ def read_labelled(path: str | Path, classes: list[str] | None = None) -> Labelle
     path = Path(path)
     if not path.is_file():
         raise LabelledDataError(f"{path}: no such file")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        text = fh.read()
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            text = fh.read()
+    except UnicodeDecodeError:
+        from dnalm.utils.files import binary_kind
+
+        raise LabelledDataError(
+            f"{path}: {binary_kind(path)}, not a CSV/TSV of sequence,label rows (uncompressed text)"
+        ) from None
     if not text.strip():
         raise LabelledDataError(f"{path}: file is empty")
     delimiter = "\t" if "\t" in text.splitlines()[0] else ","

@@ -14,11 +14,11 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dnalm.utils.errors import DnalmError
-from dnalm.utils.files import write_atomic
+from dnalm.utils.files import binary_kind, write_atomic
 
 MANIFEST_FILE = "manifest.json"
 CONTIGS_FILE = "contigs.tsv"
-MANIFEST_VERSION = 2  # 1 listed every contig inside manifest.json
+MANIFEST_VERSION = 3  # 1 listed every contig inside manifest.json; 3: samples may carry repeat flags
 
 
 class DataError(DnalmError):
@@ -49,6 +49,12 @@ class ManifestGenome(_Model):
     sha256: str
     num_contigs: int
     bases: int
+    softmasked: int = 0  # lowercase bases of the kept contigs
+    softmask: str = Field(
+        "none",
+        description='"repeats": its samples carry repeat flags; "none"; or "not soft-masked" (lowercase throughout '
+        "or nearly, read as unmasked). Manifests before version 3: none",
+    )
 
 
 class TokenizerEntry(_Model):
@@ -140,6 +146,11 @@ class Manifest(_Model):
     mix: list[GenomeMix] = Field(default_factory=list)
     exclusion: Exclusion | None = None
 
+    @property
+    def repeats(self) -> bool:
+        """Whether any sample may carry repeat flags (some genome's soft-masking marks repeats)."""
+        return any(g.softmask == "repeats" for g in self.genomes)
+
     def save(self, folder: Path) -> Path:
         return write_atomic(Path(folder) / MANIFEST_FILE, self.model_dump_json(indent=1))
 
@@ -164,6 +175,11 @@ class Manifest(_Model):
                     for g in raw["genomes"]
                 ]
             return cls.model_validate(raw)
+        except UnicodeDecodeError:
+            raise DataError(
+                f"{path}: {binary_kind(path)}, not a dnalm manifest: give the folder `dnalm prep` wrote (a genome is "
+                "prepared first: dnalm prep GENOME --out DATA --seq-len N)"
+            ) from None
         except (json.JSONDecodeError, ValidationError, KeyError, TypeError, AttributeError) as exc:
             raise DataError(f"{path}: not a dnalm manifest ({str(exc).splitlines()[0]})") from None
 

@@ -1,9 +1,12 @@
 """The shard sample schema, the atomic shard writer and the indexed shard reader.
 
-A sample is one window of one contig on one strand. In the tar it is ``KEY.json`` (coordinates)
-plus ``KEY.tokN.npy`` (token ids of tokenizer N). The key carries genome index, contig, start,
-end and strand with no ``.`` in it: WebDataset splits member names at the first dot, so contig
-names such as ``NC_000913.3`` are escaped (every byte outside ``[A-Za-z0-9_]`` becomes ``~XX``).
+A sample is one window of one contig on one strand. In the tar it is ``KEY.json`` (coordinates) plus
+``KEY.tokN.npy`` (token ids of tokenizer N), and, where some of its tokens are repeats (most of
+their bases soft-masked), ``KEY.repN.npy``: those flags, one bit a token (``np.packbits``). A sample
+without one has no repeats, as has every sample of shards prepared before the flags existed. The key
+carries genome index, contig, start, end and strand with no ``.`` in it: WebDataset splits member
+names at the first dot, so contig names such as ``NC_000913.3`` are escaped (every byte outside
+``[A-Za-z0-9_]`` becomes ``~XX``).
 
 Beside each ``shard-N.tar`` lies ``shard-N.tar.idx``: for every sample, in order, the byte offset and
 length of its members in the tar and their CRC-32, as little-endian uint64 triples. The training
@@ -20,6 +23,7 @@ import mmap
 import os
 import re
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,13 +63,31 @@ def parse_key(key: str) -> dict:
     }
 
 
-def encode_sample(key: str, meta: dict, token_arrays: list[np.ndarray]) -> dict[str, str | bytes]:
+def encode_sample(
+    key: str, meta: dict, token_arrays: list[np.ndarray], repeats: list[np.ndarray] | None = None
+) -> dict[str, str | bytes]:
+    """``repeats``: each view's per-token repeat flags; a view's are stored only when one of them is set."""
     sample: dict[str, str | bytes] = {"__key__": key, "json": json.dumps(meta, sort_keys=True).encode()}
     for i, ids in enumerate(token_arrays):
-        buffer = io.BytesIO()
-        np.save(buffer, ids, allow_pickle=False)
-        sample[f"tok{i}.npy"] = buffer.getvalue()
+        sample[f"tok{i}.npy"] = _npy(ids)
+    for i, flags in enumerate(repeats or []):
+        if flags.any():
+            sample[f"rep{i}.npy"] = _npy(np.packbits(flags))
     return sample
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+@dataclass
+class ShardSample:
+    key: str
+    meta: dict
+    tokens: list[np.ndarray]  # one array per tokenizer
+    repeats: list[np.ndarray | None]  # beside each: per-token repeat flags, None where the sample has none
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -162,6 +184,11 @@ class IndexedShard:
         return offset, length, crc
 
     def read(self, index: int) -> tuple[str, dict, list[np.ndarray]]:
+        """(key, coordinates, token arrays) of sample ``index``."""
+        sample = self.read_sample(index)
+        return sample.key, sample.meta, sample.tokens
+
+    def read_sample(self, index: int) -> ShardSample:
         if not 0 <= index < self.num_samples:
             raise IndexError(f"{self.name}: sample {index} of {self.num_samples}")
         offset, length, crc = self.entry(index)
@@ -175,13 +202,16 @@ class IndexedShard:
         key = next(iter(members)).partition(".")[0]
         try:
             meta = json.loads(_member(data, members, f"{key}.json"))
-            arrays, i = [], 0
+            arrays, repeats, i = [], [], 0
             while f"{key}.tok{i}.npy" in members:
                 arrays.append(np.load(io.BytesIO(_member(data, members, f"{key}.tok{i}.npy")), allow_pickle=False))
+                packed = members.get(f"{key}.rep{i}.npy")
+                bits = np.load(io.BytesIO(_member(data, members, f"{key}.rep{i}.npy"))) if packed else None
+                repeats.append(None if bits is None else np.unpackbits(bits, count=len(arrays[-1])).astype(bool))
                 i += 1
         except (KeyError, ValueError, OSError) as exc:
             raise ShardError(f"{self.name}: sample {key} is damaged ({exc!r})") from None
-        return key, meta, arrays
+        return ShardSample(key, meta, arrays, repeats)
 
     def key(self, index: int) -> str:
         offset, length, _ = self.entry(index)

@@ -60,13 +60,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from dnalm.data.augment import flip, flipped, reverse_complement_table
+from dnalm.data.augment import flip, flip_flags, flipped, reverse_complement_table
 from dnalm.data.blocks import BlockOrder, block_for, default_partitions
 from dnalm.data.cache import ShardCache, local_folder
 from dnalm.data.manifest import DataError, Manifest
 from dnalm.data.order import EpochOrder
 from dnalm.data.prefetch import Prefetcher
-from dnalm.data.shards import IndexedShard, ShardError
+from dnalm.data.shards import IndexedShard, ShardError, ShardSample
 from dnalm.data.sources import open_source
 from dnalm.tokenizers import NUM_SPECIAL, Tokenizer, ViewTokenizer, load_folder
 from dnalm.tokenizers.views import concatenate_views
@@ -306,17 +306,15 @@ class GenomeStream(IterableDataset):
 
     def _read(self, reading: _Reading, shard: int, index: int, reverse: bool, early=None) -> dict | None:
         """The sample, or None when it is corrupt (or its shard is) and ``on_error`` is "skip". ``early``: the sample as
-        read before its shard closed (key and token arrays), or the ShardError that reading it raised."""
+        read before its shard closed, or the ShardError that reading it raised."""
         try:
             if early is None:
                 if shard in reading.unopenable:
                     return None
-                key, _, arrays = self._reader(reading, shard).read(index)
+                early = self._reader(reading, shard).read_sample(index)
             elif isinstance(early, ShardError):
                 raise early
-            else:
-                key, arrays = early
-            return self._sample(key, arrays, reverse)
+            return self._sample(early, reverse)
         except ShardError:
             if self.on_error == "raise":
                 raise
@@ -357,11 +355,31 @@ class GenomeStream(IterableDataset):
             self.bytes_read += reading.close_oldest()
         return reader
 
-    def _sample(self, key: str, arrays: list[np.ndarray], reverse: bool = False) -> dict:
+    def _sample(self, read: ShardSample, reverse: bool = False) -> dict:
+        """The model-ready sample: ids (views concatenated), base spans, its genome and, when the data marks repeats,
+        a repeat flag beside every id."""
+        arrays = read.tokens
+        repeats = [np.zeros(len(ids), bool) if r is None else r for ids, r in zip(arrays, read.repeats)]
         if reverse:
+            repeats = [flip_flags(r, ids) for r, ids in zip(repeats, arrays)]
             arrays = [flip(ids.astype(np.int64), table) for ids, table in zip(arrays, self.flip_tables)]
-        sample = {"key": key, "skipped": 0, "reverse_complement": reverse}
+        sample = {
+            "key": read.key,
+            "genome": int(read.key[1 : read.key.index("-")]),
+            "skipped": 0,
+            "reverse_complement": reverse,
+        }
         spans = [tok.spans_of(ids) for tok, ids in zip(self.tokenizers, arrays)]
+        if self.manifest.repeats:
+            flags = np.zeros(self.manifest.seq_len, bool)
+            if self.manifest.views:  # [CLS] v0 [SEP] v1 [SEP] …: specials are never repeats
+                at = 1
+                for r in repeats:
+                    flags[at : at + len(r)] = r
+                    at += len(r) + 1
+            else:
+                flags[: len(repeats[0])] = repeats[0]
+            sample["repeats"] = torch.from_numpy(flags)
         if self.manifest.views:
             ids, segments, positions = concatenate_views(arrays, spans, self.id_offsets, self.manifest.seq_len)
             sample.update(
@@ -427,8 +445,7 @@ class _Reading:
             early = self.early.setdefault(shard, deque())
             for index in islice(owed, len(early), None):
                 try:
-                    key, _, arrays = reader.read(index)
-                    early.append((key, arrays))
+                    early.append(reader.read_sample(index))
                 except ShardError as exc:  # raised (or skipped) when its turn comes, as a read then would be
                     early.append(exc)
                 self.held += 1

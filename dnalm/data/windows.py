@@ -8,12 +8,15 @@ short for one window is left over (counted, never padded).
 - Views: every tokenizer encodes the piece; a window starts and ends on a base where every
   view has a token boundary, so each view covers exactly the same bases, and takes as many
   bases as fit in ``[CLS] v0 [SEP] v1 [SEP] …`` of ``seq_len`` tokens; the rest is padding.
+
+With the piece's soft-mask track, each window also carries one repeat flag per token and view: a token
+is a repeat when most of its bases are soft-masked (lowercase in the FASTA).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,16 +29,33 @@ class Window:
     end: int
     ids: list[np.ndarray]  # one array per tokenizer
     padding: int = 0
+    repeats: list[np.ndarray] | None = None  # beside ids: True where most of a token's bases are soft-masked
+    token_slices: list[slice] = field(default_factory=list)  # where ids lie in each view's encoding of the piece
+
+
+def token_repeats(offsets: np.ndarray, softmask: np.ndarray) -> np.ndarray:
+    """Per token, whether most of its bases are soft-masked; ``offsets``: the tokens' (n, 2) base spans."""
+    masked = np.concatenate(([0], np.cumsum(softmask, dtype=np.int64)))
+    return 2 * (masked[offsets[:, 1]] - masked[offsets[:, 0]]) > offsets[:, 1] - offsets[:, 0]
 
 
 def cut_windows(
-    bases: np.ndarray, tokenizers: Sequence[Tokenizer], seq_len: int, views: bool, encodings=None
+    bases: np.ndarray,
+    tokenizers: Sequence[Tokenizer],
+    seq_len: int,
+    views: bool,
+    encodings=None,
+    softmask: np.ndarray | None = None,
 ) -> list[Window]:
-    """``encodings``: the tokenizers' encodings of ``bases`` when the caller already has them."""
+    """``encodings``: the tokenizers' encodings of ``bases`` when the caller already has them; ``softmask``: the
+    bases' soft-mask track, for windows that carry repeat flags."""
     encodings = encodings or [t.encode(bases) for t in tokenizers]
-    if not views:
-        return _single(encodings[0], seq_len)
-    return _views(encodings, seq_len, len(bases))
+    windows = _single(encodings[0], seq_len) if not views else _views(encodings, seq_len, len(bases))
+    if softmask is not None:
+        flags = [token_repeats(enc.offsets, softmask) for enc in encodings]
+        for w in windows:
+            w.repeats = [f[s] for f, s in zip(flags, w.token_slices)]
+    return windows
 
 
 def covered_bases(windows: Sequence[Window]) -> int:
@@ -56,7 +76,13 @@ def _single(enc, seq_len: int) -> list[Window]:
     if firsts[-1] + seq_len < n:
         firsts.append(n - seq_len)
     return [
-        Window(int(enc.offsets[a, 0]), int(enc.offsets[a + seq_len - 1, 1]), [enc.ids[a : a + seq_len]]) for a in firsts
+        Window(
+            int(enc.offsets[a, 0]),
+            int(enc.offsets[a + seq_len - 1, 1]),
+            [enc.ids[a : a + seq_len]],
+            token_slices=[slice(a, a + seq_len)],
+        )
+        for a in firsts
     ]
 
 
@@ -89,5 +115,5 @@ def _views(encodings, seq_len: int, n_bases: int) -> list[Window]:
 
 
 def _view_window(encodings, starts, p: int, q: int, padding: int) -> Window:
-    ids = [enc.ids[np.searchsorted(s, p) : np.searchsorted(s, q)] for enc, s in zip(encodings, starts)]
-    return Window(int(p), int(q), ids, int(padding))
+    slices = [slice(int(np.searchsorted(s, p)), int(np.searchsorted(s, q))) for s in starts]
+    return Window(int(p), int(q), [enc.ids[s] for enc, s in zip(encodings, slices)], int(padding), token_slices=slices)

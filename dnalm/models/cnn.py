@@ -43,8 +43,8 @@ class ConvNet(nn.Module):
             x = block(x, mask)
         hidden = self.norm(x)
         if labels is not None:
-            loss_sum, correct, all_logits = head_loss(self.head_logits, hidden, labels, self.config.loss_chunk)
-            return ModelOutput(all_logits, hidden, None, loss_sum, correct)
+            token_loss, token_correct, all_logits = head_loss(self.head_logits, hidden, labels, self.config.loss_chunk)
+            return ModelOutput(all_logits, hidden, None, token_loss, token_correct)
         return ModelOutput(self.head_logits(hidden) if logits else None, hidden, None)
 
     def head_logits(self, hidden):

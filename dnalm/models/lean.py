@@ -24,27 +24,28 @@ def tiled(fn, x: torch.Tensor, tile: int) -> torch.Tensor:
 
 
 def _chunk_loss(project, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(sum of token cross-entropies, correctly predicted targets) of one chunk, as one fp32 tensor of two."""
+    """Each target's cross-entropy and whether it was predicted (0 where ignored), as one fp32 tensor (2, *labels)."""
     logits = project(features).float()
     flat_logits, flat_labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
-    loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE, reduction="sum")
-    correct = ((flat_logits.argmax(-1) == flat_labels) & (flat_labels != IGNORE)).sum()
-    return torch.stack([loss, correct.to(loss.dtype).detach()])
+    loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE, reduction="none")
+    correct = (flat_logits.argmax(-1) == flat_labels) & (flat_labels != IGNORE)
+    return torch.stack([loss, correct.to(loss.dtype).detach()]).view(2, *labels.shape)
 
 
 def head_loss(project, features: torch.Tensor, labels: torch.Tensor, chunk: int):
-    """(loss sum, correct count, logits or None): the head ``project`` and its cross-entropy over (B, T, d) features
-    against labels (B, T[, K]) that are already aligned (a decoder's shifted by one). With ``chunk`` > 0 the logits
-    are made ``chunk`` positions at a time and recomputed in the backward: none are returned."""
+    """(token losses, token correct, logits or None): the head ``project`` and its cross-entropy over (B, T, d)
+    features against labels (B, T[, K]) that are already aligned (a decoder's shifted by one), per target, shaped like
+    the labels. With ``chunk`` > 0 the logits are made ``chunk`` positions at a time and recomputed in the backward:
+    none are returned."""
     if chunk <= 0 or features.shape[1] <= chunk:
         logits = project(features)
         loss, correct = _chunk_loss(lambda f: logits, features, labels)
         return loss, correct, logits
-    totals = [
+    parts = [
         checkpoint(_chunk_loss, project, f, y, use_reentrant=False)
         if torch.is_grad_enabled()
         else _chunk_loss(project, f, y)
         for f, y in zip(features.split(chunk, dim=1), labels.split(chunk, dim=1))
     ]
-    total = torch.stack(totals).sum(0)
+    total = torch.cat(parts, dim=2)
     return total[0], total[1], None

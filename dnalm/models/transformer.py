@@ -34,8 +34,18 @@ class ModelOutput:
     logits: torch.Tensor | None  # None when the loss was computed in chunks (``loss_chunk``)
     hidden: torch.Tensor
     cache: list | None = None
-    loss_sum: torch.Tensor | None = None  # with ``labels``: the summed token cross-entropy, and the correct targets
-    correct: torch.Tensor | None = None
+    # with ``labels``: each target's cross-entropy and whether it was predicted (0 where the label is ignored),
+    # shaped like the labels; a loss weighs them (repeats, genomes) or sums them
+    token_loss: torch.Tensor | None = None
+    token_correct: torch.Tensor | None = None
+
+    @property
+    def loss_sum(self) -> torch.Tensor | None:
+        return self.token_loss.sum() if self.token_loss is not None else None
+
+    @property
+    def correct(self) -> torch.Tensor | None:
+        return self.token_correct.sum() if self.token_correct is not None else None
 
 
 class NormalLinear(nn.Linear):
@@ -273,8 +283,8 @@ class Transformer(nn.Module):
         hidden = self.norm(x)
         new_cache = layer_caches if cache is not None else None
         if labels is not None:
-            loss_sum, correct, all_logits = head_loss(self.head_logits, hidden, labels, self.config.loss_chunk)
-            return ModelOutput(all_logits, hidden, new_cache, loss_sum, correct)
+            token_loss, token_correct, all_logits = head_loss(self.head_logits, hidden, labels, self.config.loss_chunk)
+            return ModelOutput(all_logits, hidden, new_cache, token_loss, token_correct)
         return ModelOutput(self.head_logits(hidden) if logits else None, hidden, new_cache)
 
     def head_logits(self, hidden):

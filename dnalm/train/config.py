@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from dnalm.utils.errors import DnalmError, validated
+from dnalm.utils.errors import DnalmError
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -250,6 +250,13 @@ class ObjectiveSection(_Section):
     mask_fraction: float = Field(0.15, gt=0, lt=1, description="bases masked (MLM)")
     mean_span: float = Field(3.0, ge=1, description="mean length in bases of a masked span")
     replace: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="[MASK] / random token / unchanged")
+    repeat_weight: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="what a repeat token's loss counts (MLM and CLM): a token whose bases are mostly soft-masked in "
+        "the reference; the loss is the weighted mean. 1: off; Evo 2 uses 0.1. Needs a prep of a soft-masked genome",
+    )
 
 
 class LoggingSection(_Section):
@@ -341,11 +348,28 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise TrainConfigError(f"{path}: not YAML ({exc})") from None
+    except UnicodeDecodeError:
+        from dnalm.utils.files import binary_kind
+
+        raise TrainConfigError(
+            f"{path}: {binary_kind(path)}, not a training config (YAML); `dnalm config new my.yaml` writes one"
+        ) from None
     _refuse_unknown_keys(TrainConfig, values, str(path))
     for item in overrides:
         apply_override(values, item)
         _refuse_unknown_keys(TrainConfig, values, f"override '{item}'")
-    return validated(TrainConfig, values, TrainConfigError, str(path))
+    from pydantic import ValidationError
+
+    try:
+        return TrainConfig(**values)
+    except ValidationError as exc:  # named where the value was written: the file, or the command line's override
+        first = exc.errors()[0]
+        field = ".".join(map(str, first["loc"])) or "config"
+        reason = first["msg"].removeprefix("Value error, ")
+        keys = [(item, item.split("=", 1)[0].strip()) for item in overrides]
+        given = [item for item, key in keys if field == key or f"{field}.".startswith(f"{key}.")]
+        where = f"{given[-1]} (command line)" if given and first["loc"] else f"{path}: {field}"
+        raise TrainConfigError(f"{where}: {reason}") from None
 
 
 def _refuse_unknown_keys(model: type[BaseModel], values: dict, where: str, prefix: str = "") -> None:
@@ -397,7 +421,8 @@ def deepspeed_config(config: TrainConfig, world_size: int, on_gpu: bool) -> dict
         )
         raise TrainConfigError(
             f"batch.global_batch {config.batch.global_batch} is not a multiple of micro_batch "
-            f"{config.batch.micro_batch} × {shares}"
+            f"{config.batch.micro_batch} × {shares}: set batch.global_batch to a multiple of {per_step}, e.g. "
+            f"batch.global_batch={-(-config.batch.global_batch // per_step) * per_step}"
         )
     optim = config.optim
     bf16 = config.precision in ("bf16", "fp8") or (config.precision == "auto" and on_gpu)

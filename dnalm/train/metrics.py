@@ -72,10 +72,18 @@ def _run_id(run_dir: Path) -> str:
 def _drop_after(path: Path, step: int) -> None:
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    kept = [line for line in path.read_text().splitlines() if (r := _record(line)) and r.get("step", 0) <= step]
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)
+
+
+def _record(line: str) -> dict | None:
+    """One line's record; None for a blank line or one a killed run cut off (a resume drops it)."""
+    try:
+        return json.loads(line) if line.strip() else None
+    except json.JSONDecodeError:
+        return None
 
 
 def read(run_dir: Path) -> list[dict]:
@@ -84,16 +92,47 @@ def read(run_dir: Path) -> list[dict]:
         from dnalm.utils.errors import DnalmError
 
         raise DnalmError(f"{run_dir}: no {METRICS} (not a dnalm run folder, or no step logged yet)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [(number, line) for number, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
+    records = []
+    for number, line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number != lines[-1][0]:
+                from dnalm.utils.errors import DnalmError
+
+                raise DnalmError(f"{path}: line {number} is not JSON (a damaged file)") from None
+            import warnings
+
+            warnings.warn(f"{path}: line {number} is cut off (a run killed while writing it): skipped", stacklevel=2)
+    return records
+
+
+def _curves(records: list[dict]) -> list[tuple[str, str, str]]:
+    """(key, label, line style) of the other losses a run logged: each genome's training loss, the held-out loss on
+    repeats and the rest."""
+    keys = dict.fromkeys(k for r in records for k in r)
+    genomes = [(k, f"train loss, {k.split('/', 1)[1].rsplit('/', 1)[0]}", "--") for k in keys if _genome_loss(k)]
+    split = [(k, f"validation loss, {k.rsplit('_', 1)[1]}", "s:") for k in ("val_loss_repeat", "val_loss_nonrepeat")]
+    return genomes + [c for c in split if c[0] in keys]
+
+
+def _genome_loss(key: str) -> bool:
+    return key.startswith("genome/") and key.endswith("/loss")
 
 
 def plot(run_dir: Path, out: Path | None = None) -> Path:
-    """Training and validation loss against step, to ``RUN/loss.png``."""
+    """Training and validation loss against step (per genome, and on repeats and the rest, where the run logged them),
+    to ``RUN/loss.png``."""
     from dnalm.utils.plots import pyplot, save
 
     plt = pyplot()
 
     records = read(run_dir)
+    if not records:
+        from dnalm.utils.errors import DnalmError
+
+        raise DnalmError(f"no steps logged yet in {Path(run_dir) / METRICS}; nothing to draw")
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -101,6 +140,9 @@ def plot(run_dir: Path, out: Path | None = None) -> Path:
         ax.plot(*zip(*train), label="train loss", linewidth=1)
     if val:
         ax.plot(*zip(*val), "o-", label="validation loss")
+    for key, label, style in _curves(records):
+        points = [(r["step"], r[key]) for r in records if key in r]
+        ax.plot(*zip(*points), style, label=label, linewidth=1, markersize=3, alpha=0.8)
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats)")
     ax.set_title(Path(run_dir).name)

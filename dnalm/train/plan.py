@@ -51,8 +51,8 @@ def resolve_model(config: TrainConfig, seq_len: int | None) -> tuple[ModelConfig
     folder = None if is_remote(config.data.path) else Path(config.data.path)
     if folder is not None and (folder / MANIFEST_FILE).is_file():
         from dnalm.data.manifest import Manifest
-        from dnalm.train.trainer import data_tokenizer
-        from dnalm.train.trainer import resolve_model as trainer_model
+        from dnalm.train.setup import data_tokenizer
+        from dnalm.train.setup import resolve_model as trainer_model
 
         manifest = Manifest.load(folder)
         model = trainer_model(config, manifest, data_tokenizer(folder, manifest))

@@ -212,7 +212,7 @@ def shard(inputs: dict, rank: int, size: int) -> dict:
     if "positions" not in out:
         out["positions"] = torch.arange(length, device=ids.device).expand(ids.shape[0], length)
     piece = length // size
-    for key in ("input_ids", "labels", "attention_mask", "segment_ids", "positions"):
+    for key in ("input_ids", "labels", "attention_mask", "segment_ids", "positions", "repeats", "loss_weights"):
         if out.get(key) is not None:
             out[key] = out[key][:, rank * piece : (rank + 1) * piece]
     return out

@@ -27,18 +27,28 @@ import torch.distributed as dist
 
 from dnalm.data.cache import data_folder
 from dnalm.data.manifest import Manifest
-from dnalm.data.masking import IGNORE, base_targets, clm_batch, mlm_batch, next_token_labels, sized_head, view_ranges
+from dnalm.data.masking import IGNORE, base_targets, clm_batch, mlm_batch, next_token_labels, view_ranges
 from dnalm.data.stream import GenomeStream, StreamLoader
-from dnalm.models import DnaModel, ModelConfig, build_model, get_config
+from dnalm.models import build_model
 from dnalm.models.transformer import check_learned_positions
-from dnalm.tokenizers import Tokenizer, ViewTokenizer, load_folder
+from dnalm.tokenizers import ViewTokenizer
 from dnalm.train import checkpoint as ckpt
-from dnalm.train import compiled, console, fp8, probes, sequence_parallel
+from dnalm.train import compiled, console, fp8, losses, probes, sequence_parallel
 from dnalm.train import universal as universal_form
 from dnalm.train.config import TrainConfig, TrainConfigError, deepspeed_config, zero_stage
 from dnalm.train.distributed import init_distributed, launched, release_shared_memory  # noqa: F401 (re-exported)
+from dnalm.train.losses import GenomeTally, RepeatTally
 from dnalm.train.metrics import MetricsLog
 from dnalm.train.ownership import RunLock
+from dnalm.train.setup import (
+    PoisonGradient,
+    data_tokenizer,
+    load_bundle_weights,
+    lr_lambda,
+    nominal_mfu_per_token,
+    parameter_groups,
+    resolve_model,
+)
 from dnalm.train.spawn import free_port  # noqa: F401 (re-exported)
 from dnalm.train.stopping import StopRequests
 from dnalm.utils import faults
@@ -49,129 +59,6 @@ from dnalm.utils.memory import allocator_peak_mb
 
 class TrainingStopped(DnalmError):
     """The run stopped on purpose (too many non-finite steps); the last good checkpoint is intact."""
-
-
-def data_tokenizer(folder: Path, manifest: Manifest) -> Tokenizer:
-    tokenizers = [load_folder(Path(folder) / t.folder) for t in manifest.tokenizers]
-    return ViewTokenizer(tokenizers) if manifest.views else tokenizers[0]
-
-
-def resolve_model(config: TrainConfig, manifest: Manifest, tokenizer: Tokenizer) -> ModelConfig:
-    name = config.model.name
-    if config.model.init_from:
-        from dnalm.bundle import read_config
-
-        bundle = read_config(config.model.init_from)
-        if bundle["tokenizer"]["fingerprint"] != tokenizer.fingerprint:
-            raise DnalmError(
-                f"model.init_from {config.model.init_from}: its tokenizer ({bundle['tokenizer']['name']}, "
-                f"{bundle['tokenizer']['fingerprint']}) is not the data's ({tokenizer.name}, {tokenizer.fingerprint})"
-            )
-        return ModelConfig(**bundle["model"]).replace(
-            activation_checkpointing=config.activation_checkpointing, **config.model.overrides
-        )
-    base = ModelConfig.from_yaml(name) if name.endswith((".yaml", ".yml")) else get_config(name)
-    return sized_head(
-        base.replace(
-            vocab_size=tokenizer.vocab_size,
-            num_segments=len(manifest.tokenizers) if manifest.views else 1,
-            max_seq_len=max(base.max_seq_len, manifest.seq_len),
-            activation_checkpointing=config.activation_checkpointing,
-            **config.model.overrides,
-        ),
-        tokenizer.vocab,
-    )
-
-
-def lr_lambda(config: TrainConfig, total_steps: int):
-    warmup, floor = config.optim.warmup_steps, config.optim.min_lr_ratio
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def load_bundle_weights(model: DnaModel, bundle: str, partitioned: bool) -> None:
-    """Copy a bundle's weights into a freshly built model.
-
-    Under ZeRO-3 only rank 0 reads the file, one tensor at a time (safetensors opens it lazily); each parameter is
-    gathered, filled by rank 0 and partitioned again, so another rank holds one parameter at most, not the bundle:
-    8 ranks a node each reading a whole 7B model would need over 200 GB of host memory.
-    """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = str(Path(bundle) / "model.safetensors")
-    if not partitioned:
-        state = load_file(path)
-        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=not model.config.tie_embeddings)
-        return
-    import deepspeed
-
-    named = dict(model.named_parameters()) | dict(model.named_buffers())
-    reader = safe_open(path, framework="pt") if dist.get_rank() == 0 else None
-
-    def bundle_names() -> list[str]:  # run by rank 0, the one reader
-        assert reader is not None
-        return list(reader.keys())
-
-    names = ckpt.decided_by_rank0(bundle_names)
-    for name in names:
-        target = named[name]
-        partitioned_here = hasattr(target, "ds_id")
-        with deepspeed.zero.GatheredParameters([target] if partitioned_here else [], modifier_rank=0):
-            with torch.no_grad():
-                if reader is not None:  # rank 0
-                    target.data.copy_(reader.get_tensor(name).float())
-                if not partitioned_here and dist.get_world_size() > 1:  # a whole tensor on every rank: rank 0's
-                    dist.broadcast(target.data, src=0)
-
-
-def _nominal_mfu_per_token(model, model_config, seq_len: int, ds_config: dict, precision: str) -> float | None:
-    """FLOPs per token ÷ the device's nominal peak for the run's precision (``dnalm.train.flops``; fp8 runs against the
-    fp8 peak), or None."""
-    from dnalm.train.flops import device_peak, flops_per_token
-    from dnalm.utils.devices import model_device
-
-    dtype = (
-        torch.float8_e4m3fn
-        if precision == "fp8"
-        else torch.bfloat16
-        if ds_config.get("bf16", {}).get("enabled")
-        else torch.float32
-    )
-    peak = device_peak(model_device(model), dtype)
-    return flops_per_token(model, model_config, seq_len) / peak[1] if peak else None
-
-
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices, none on norms, biases and embeddings."""
-    decay: list[torch.nn.Parameter] = []
-    plain: list[torch.nn.Parameter] = []
-    for name, p in model.named_parameters():
-        shape = getattr(p, "ds_shape", p.shape)
-        (
-            decay
-            if len(shape) >= 2 and "embed" not in name and "segments" not in name and "positions" not in name
-            else plain
-        ).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
-
-
-class _PoisonGradient(torch.autograd.Function):
-    """Identity forward, infinite gradient backward: a finite loss whose gradients are not (tests)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * float("inf")
 
 
 class Trainer:
@@ -262,7 +149,7 @@ class Trainer:
         compiled.compile_engine(self.engine, config.compile)
 
         # MFU by the field's formula where the device has a nominal peak (H100, H200, A100); CPUs have none
-        self.mfu_per_token = _nominal_mfu_per_token(
+        self.mfu_per_token = nominal_mfu_per_token(
             model, self.model_config, self.manifest.seq_len, self.ds_config, config.precision
         )
 
@@ -282,11 +169,13 @@ class Trainer:
         self.ranges = view_ranges([t.vocab_size for t in self.manifest.tokenizers])
         self.base_table = base_targets(self.tokenizer.vocab) if self.model_config.mlm_target == "bases" else None
         self.step, self.tokens_seen, self.skipped_steps, self.stream_skipped_before = 0, 0, 0, 0
+        genome_tokens = None
         if self.resume_from is not None:
             ckpt.load(self.engine, self.resume_from, universal)
             ckpt.verify_loaded(self.resume_from)
             meta = ckpt.read_meta(self.resume_from)
             self.step, self.tokens_seen, self.skipped_steps = meta["step"], meta["tokens_seen"], meta["skipped_steps"]
+            genome_tokens = meta.get("genome_tokens")
             if self.data_continues:
                 self.loader.load_state_dict(meta["stream"])
                 self.stream_skipped_before = meta.get("stream_skipped", 0)
@@ -295,6 +184,14 @@ class Trainer:
                     f"data.allow_changed: {config.data.path} is not the data {self.resume_from} was trained on; "
                     "the data stream restarts at epoch 0"
                 )
+        # per-genome loss and tokens in the log, for a corpus of several genomes
+        names = losses.genome_names(self.manifest)
+        self.genome_tally = GenomeTally(names, self.device, genome_tokens) if len(names) > 1 else None
+        if config.objective.repeat_weight != 1 and not self.manifest.repeats:
+            self._say(
+                f"objective.repeat_weight {config.objective.repeat_weight}: {config.data.path} marks no repeats (no "
+                "genome of it is soft-masked, or it was prepared before repeat flags), so every token counts 1"
+            )
         self._write_run_files()
         self._say(self.start_line())
 
@@ -348,6 +245,7 @@ class Trainer:
                 replace=objective.replace,
             )
         inputs["targets"] = int((inputs["labels"] != IGNORE).sum())
+        inputs = losses.prepare(inputs, batch, self.causal, self.config.objective.repeat_weight)
         if self.model_config.positions == "learned":  # on the host batch: the model would need a device sync
             check_learned_positions(
                 int(inputs["positions"].max()) if "positions" in inputs else inputs["input_ids"].shape[1] - 1,
@@ -388,11 +286,14 @@ class Trainer:
             if "target_rate" in inputs:
                 target_rates.append(inputs["target_rate"])
             # this rank's share of the micro-batch's token mean: a sequence group's shares add up to it
-            loss = self._forward(inputs).loss_sum / max(inputs["targets"], 1)
+            out = self._forward(inputs)
+            loss = losses.step_loss(out, inputs)
+            if self.genome_tally is not None:
+                self.genome_tally.add(out, inputs)
             if inject_nan and micro == robust.inject_nan_micro_batch:
                 loss = loss * float("nan")
             if inject_inf_grad:
-                loss = _PoisonGradient.apply(loss)
+                loss = PoisonGradient.apply(loss)
             finite = torch.isfinite(loss.detach())
             stats += torch.stack([(~finite).to(torch.float64), torch.where(finite, loss.detach(), 0).to(torch.float64)])
             tokens += inputs["tokens"]
@@ -468,6 +369,8 @@ class Trainer:
         )
         self.engine.eval()
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # (loss × targets, targets, correct, windows)
+        repeats = RepeatTally(self.device) if self.manifest.repeats else None
+        genomes = GenomeTally(self.genome_tally.names, self.device) if self.genome_tally is not None else None
         for i, batch in enumerate(StreamLoader(stream)):
             if i == config.eval.batches:
                 break
@@ -476,6 +379,9 @@ class Trainer:
             targets = (inputs["labels"] != IGNORE).sum()  # this rank's slice
             windows = torch.tensor(len(batch["input_ids"]) / self.sp_size, device=self.device)
             sums += torch.stack([out.loss_sum, targets, out.correct, windows]).to(torch.float64)
+            for tally in (repeats, genomes):
+                if tally is not None:
+                    tally.add(out, inputs)
         self.engine.train()
         dist.all_reduce(sums)
         loss_total, targets, correct, windows = sums.tolist()
@@ -485,6 +391,10 @@ class Trainer:
         out = {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50)), "val_windows": round(windows)}
         if not self.causal:
             out["val_masked_accuracy"] = correct / targets
+        if repeats is not None:
+            out |= repeats.record(loss_total, targets, correct, self.causal)
+        if genomes is not None:
+            out |= genomes.record("val_genome")
         return out
 
     # --- linear probes (eval.probes) -----------------------------------------------------
@@ -565,6 +475,8 @@ class Trainer:
                     or self.step == 1
                     or notes
                 ):
+                    if self.genome_tally is not None:  # every rank logs at the same steps: one all-reduce
+                        record |= self.genome_tally.record("genome")
                     log.log(record)
                 notes = {}
                 log.advance()
@@ -586,12 +498,19 @@ class Trainer:
         """Corrupt samples read around (``data.on_error=skip``) since the run began."""
         return self.stream_skipped_before + self.loader.skipped
 
+    def _genome_tokens(self) -> list[int] | None:
+        if self.genome_tally is None:
+            return None
+        self.genome_tally.flush()  # every rank saves at the same step
+        return self.genome_tally.tokens
+
     def save(self) -> Path:
         meta = {
             "tokens_seen": self.tokens_seen,
             "skipped_steps": self.skipped_steps,
             "stream": self.loader.state_dict(),
             "stream_skipped": self.stream_skipped,
+            "genome_tokens": self._genome_tokens(),
             "data": {
                 "path": self.config.data.path,
                 "plan_fingerprint": self.manifest.plan_fingerprint,

@@ -1,4 +1,4 @@
-"""Each rank's host memory for loading a bundle into a ZeRO-3 model (``trainer.load_bundle_weights``), as JSON from
+"""Each rank's host memory for loading a bundle into a ZeRO-3 model (``setup.load_bundle_weights``), as JSON from
 rank 0: {bundle: [MB added by the load on rank 0, rank 1, ...]}. Run under torchrun with MALLOC_MMAP_THRESHOLD_ set
 low, so that freed tensors leave the resident set.
 
@@ -13,7 +13,7 @@ import torch.distributed as dist
 from dnalm.models import build_model, get_config
 from dnalm.train.config import REPO_CONFIGS
 from dnalm.train.distributed import init_distributed
-from dnalm.train.trainer import load_bundle_weights
+from dnalm.train.setup import load_bundle_weights
 from dnalm.utils.memory import added_peak_mb
 
 
