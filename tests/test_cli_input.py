@@ -239,3 +239,13 @@ def test_a_bad_override_value_is_named_as_the_command_line_s(tmp_path):
     config.write_text(config.read_text().replace("steps: 1000 ", "steps: abc  "))
     said = refused_by_cli("train", "--config", config)
     assert said.stderr.startswith(f"dnalm: error: {config}: budget.steps: Input should be a valid integer")
+
+
+def test_a_gue_task_folder_given_as_the_suite_says_to_give_its_parent(tmp_path):
+    task = tmp_path / "gue" / "prom_x"
+    task.mkdir(parents=True)
+    for split in ("train", "dev"):
+        (task / f"{split}.csv").write_text("sequence,label\nACGTACGT,0\nTTTTAAAA,1\n")
+    refused = refused_by_cli("eval", "gue", str(task), "--out", str(tmp_path / "out"))
+    assert "is itself a task; give the folder holding it with --tasks prom_x" in refused.stderr
+    assert not (tmp_path / "out").exists()

@@ -165,6 +165,16 @@ def test_corrupt_shard_fails_by_default_naming_it(damaged):
         take(StreamLoader(stream(folder, shuffle=False, epochs=1)), 10_000)
 
 
+def test_a_worker_process_reports_a_corrupt_shard_in_its_own_line(damaged):
+    """Read in a DataLoader worker, the same error reaches the rank as itself, not wrapped in the DataLoader's
+    "Caught ShardError in DataLoader worker process 0. Original Traceback …"."""
+    folder, name, _ = damaged
+    with pytest.raises(ShardError) as caught:
+        take(StreamLoader(stream(folder, shuffle=False, epochs=1), num_workers=1), 10_000)
+    assert str(caught.value).startswith(str(folder / name)) and "\n" not in str(caught.value)
+    assert "Caught" not in str(caught.value) and "Traceback" not in str(caught.value)
+
+
 def test_corrupt_samples_are_replaced_counted_and_never_read(damaged):
     folder, _, lost = damaged
     loader = StreamLoader(stream(folder, epochs=1, on_error="skip"))

@@ -8,6 +8,7 @@ ZeRO-3. The other faults are in test_faults.py.
 """
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dnalm.data.manifest import Manifest
 from dnalm.train import checkpoint as ckpt
 from tests.conftest import PROBE_TASK, REPO, prep_folder, probe_settings, refused_by_cli
 from tests.launching import (
@@ -415,6 +417,10 @@ def test_bad_configs_say_what_is_wrong(data, tmp_path, capsys):
         assert pattern in capsys.readouterr().err, pattern
     # settings refused once the run starts: a real process, exit status 1
     cli = [sys.executable, "-m", "dnalm", "train", "--config", str(CONFIG)]
+    damaged = tmp_path / "damaged"  # every training shard cut short: the first step fails, in its worker
+    shutil.copytree(data, damaged)
+    for shard in Manifest.load(damaged).splits["train"].shards:
+        (damaged / shard.path).write_bytes((damaged / shard.path).read_bytes()[:5_000])
     probe_task = tmp_path / "probe-task"  # a probe task without its dev.csv
     probe_task.mkdir()
     (probe_task / "train.csv").write_text("sequence,label\nACGTACGT,0\nTTTTAAAA,1\n")
@@ -425,6 +431,7 @@ def test_bad_configs_say_what_is_wrong(data, tmp_path, capsys):
         ),
         (overrides(data, tmp_path / "b", **{"batch.global_batch": 6}), "not a multiple of micro_batch"),
         (overrides(data, tmp_path / "c", deepspeed="zero9"), "zero9.json not found"),
+        (overrides(damaged, tmp_path / "i"), "does not match its checksum (5,000 bytes"),
         (overrides(tmp_path / "nodata", tmp_path / "d"), "no manifest"),
         (
             overrides(data, tmp_path / "e", **{"parallel.sequence": 3}),
@@ -439,7 +446,9 @@ def test_bad_configs_say_what_is_wrong(data, tmp_path, capsys):
     for extra, pattern in cases:
         done = run(cli + extra, expect_ok=False)
         assert done.returncode == 1 and pattern in done.stderr, (pattern, done.stderr[-1500:])
-        assert "Traceback" not in done.stderr, done.stderr[-1500:]
+        assert "Traceback" not in done.stderr and "Caught" not in done.stderr, done.stderr[-1500:]
+        run_dir = next(x.split("=", 1)[1] for x in extra if x.startswith("run_dir="))
+        assert not Path(run_dir).exists(), (pattern, "a failed start left its run folder")
     done = run(cli + overrides(data, tmp_path / "f") + ["--resume", str(tmp_path)], expect_ok=False)
     assert done.returncode == 1 and "incomplete checkpoint" in done.stderr
 

@@ -96,8 +96,11 @@ def convert(args) -> None:
         return
     if args.tokenizer is not None:
         raise DnalmError("convert --tokenizer goes with --from-hf (a checkpoint carries its tokenizer)")
-    out = run_convert(args.source, args.out, to=args.to, dtype=args.dtype)
-    print(f"wrote {out}")
+    from dnalm.convert import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(args.source)
+    out = run_convert(checkpoint, args.out, to=args.to, dtype=args.dtype)
+    print(f"wrote {out} from {checkpoint} ({'a Hugging Face folder' if args.to == 'hf' else 'a bundle'})")
     if args.to == "hf":
         from dnalm.hf import how_to_load
 

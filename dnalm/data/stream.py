@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import os
 import resource
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, replace
 from itertools import islice
 from pathlib import Path
@@ -66,10 +66,12 @@ from dnalm.data.cache import ShardCache, local_folder
 from dnalm.data.manifest import DataError, Manifest
 from dnalm.data.order import EpochOrder
 from dnalm.data.prefetch import Prefetcher
+from dnalm.data.reading import Reading
 from dnalm.data.shards import IndexedShard, ShardError, ShardSample
 from dnalm.data.sources import open_source
 from dnalm.tokenizers import NUM_SPECIAL, Tokenizer, ViewTokenizer, load_folder
 from dnalm.tokenizers.views import concatenate_views
+from dnalm.utils.errors import DnalmError
 
 STATE_VERSION = 3  # 2: the global order only, ranks took contiguous runs of a step's positions; 1: shard shuffle
 ON_ERROR = ("raise", "skip")
@@ -154,7 +156,7 @@ class GenomeStream(IterableDataset):
         self._orders: dict[tuple, EpochOrder | BlockOrder] = {}
         self.bytes_read = 0  # by this process's readers (in-process iteration; workers count their own)
         self.shard_opens: Counter[int] = Counter()  # each shard's opens by this process, likewise
-        self.held_most = 0  # the most samples this process held read early at once (``_Reading``)
+        self.held_most = 0  # the most samples this process held read early at once (``Reading``)
         sizes = [t.vocab_size - NUM_SPECIAL for t in self.manifest.tokenizers]
         self.id_offsets = np.cumsum([0] + sizes[:-1]).tolist()
         self.tokenizers = [load_folder(self.folder / t.folder) for t in self.manifest.tokenizers]
@@ -255,7 +257,7 @@ class GenomeStream(IterableDataset):
     def _window(self, workers: int) -> int:
         """Batches a worker plans ahead: LOOKAHEAD, and in the blocks order the time its rank's current blocks last
         (their samples this worker takes), so that a shard closed early still has read what it owes those blocks
-        (``_Reading``) and opens again at most once, for the next block; at most READ_AHEAD_BYTES of shards' bytes."""
+        (``Reading``) and opens again at most once, for the next block; at most READ_AHEAD_BYTES of shards' bytes."""
         samples = 0
         for spec in (self.state, StreamState(**self._configured_order())):  # this epoch's order and the next ones'
             if spec.order == "blocks":
@@ -267,7 +269,7 @@ class GenomeStream(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        reading = _Reading()
+        reading = Reading()
         prefetcher = (
             Prefetcher(self.cache, self.source, self.shards, self.prefetch_shards)
             if self.cache is not None and self.prefetch_shards
@@ -304,7 +306,7 @@ class GenomeStream(IterableDataset):
                 self.bytes_read += reading.close_oldest(keep=False)
             self.held_most = max(self.held_most, reading.held_most)
 
-    def _read(self, reading: _Reading, shard: int, index: int, reverse: bool, early=None) -> dict | None:
+    def _read(self, reading: Reading, shard: int, index: int, reverse: bool, early=None) -> dict | None:
         """The sample, or None when it is corrupt (or its shard is) and ``on_error`` is "skip". ``early``: the sample as
         read before its shard closed, or the ShardError that reading it raised."""
         try:
@@ -322,7 +324,7 @@ class GenomeStream(IterableDataset):
                 reading.unopenable.add(shard)
             return None
 
-    def _substitute(self, reading: _Reading, epoch: int, position: int, reverse: bool) -> dict:
+    def _substitute(self, reading: Reading, epoch: int, position: int, reverse: bool) -> dict:
         """In place of a corrupt sample, the next readable one in the epoch's order, marked ``skipped``.
 
         Batches stay full, so every rank keeps its position and the state stays exact; and since
@@ -339,7 +341,7 @@ class GenomeStream(IterableDataset):
             f"position {position} of epoch {epoch}: most of it is corrupt; re-run `dnalm prep`"
         )
 
-    def _reader(self, reading: _Reading, shard: int) -> IndexedShard:
+    def _reader(self, reading: Reading, shard: int) -> IndexedShard:
         if shard in reading.open:
             reading.open.move_to_end(shard)
             return reading.open[shard]
@@ -402,56 +404,14 @@ class GenomeStream(IterableDataset):
         return sample
 
 
-class _Reading:
-    """One worker's open shards (least recently used first), the shards that would not open (missing or truncated:
-    known after one try, the same in every run), and the samples its planned batches still need of each shard, in
-    the order they will be read.
-
-    A shard closed while planned samples still need it has those read first and held (``early``), so it opens
-    again only for samples planned after it closed. In the blocks order a rank's current blocks span more shards
-    than a worker keeps open, and without this nearly every sample would open its shard again."""
-
-    def __init__(self):
-        self.open: OrderedDict[int, IndexedShard] = OrderedDict()
-        self.unopenable: set[int] = set()
-        self.needs: dict[int, deque[int]] = {}  # shard → its samples in the planned batches, in reading order
-        self.early: dict[int, deque] = {}  # shard → the first of those, read before it closed (or their ShardError)
-        self.held = self.held_most = 0
-
-    def plan(self, shards: np.ndarray, samples: np.ndarray) -> None:
-        for shard, index in zip(shards.tolist(), samples.tolist()):
-            self.needs.setdefault(shard, deque()).append(index)
-
-    def take(self, shard: int):
-        """The next planned sample of ``shard`` is being read: what was read of it early, else None."""
-        needs = self.needs[shard]
-        needs.popleft()
-        if not needs:
-            del self.needs[shard]
-        early = self.early.get(shard)
-        if not early:
-            return None
-        self.held -= 1
-        if len(early) == 1:
-            del self.early[shard]
-        return early.popleft()
-
-    def close_oldest(self, keep: bool = True) -> int:
-        """Close the least recently used shard, first reading what planned batches still need of it (``keep``);
-        the bytes it read."""
-        shard, reader = self.open.popitem(last=False)
-        owed = self.needs.get(shard, ()) if keep else ()
-        if owed:
-            early = self.early.setdefault(shard, deque())
-            for index in islice(owed, len(early), None):
-                try:
-                    early.append(reader.read_sample(index))
-                except ShardError as exc:  # raised (or skipped) when its turn comes, as a read then would be
-                    early.append(exc)
-                self.held += 1
-            self.held_most = max(self.held_most, self.held)
-        reader.close()
-        return reader.bytes_read
+def unwrapped(exc: DnalmError) -> DnalmError:
+    """A worker's error as its own line: a DataLoader re-raises it as "Caught ShardError in DataLoader worker process
+    0. Original Traceback …", ending in the original's "…ShardError: message"."""
+    text = str(exc).rstrip()
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return exc
+    _, found, message = text.splitlines()[-1].partition(f"{type(exc).__name__}: ")
+    return type(exc)(message) if found else exc
 
 
 def check_tokenizer(manifest: Manifest, tokenizer: Tokenizer, folder) -> None:
@@ -493,10 +453,13 @@ class StreamLoader:
             num_workers=self.num_workers,
             worker_init_fn=_own_process_group,
         )
-        for batch in loader:
-            self.steps_taken += 1
-            self.skipped += int(batch["skipped"].sum())
-            yield batch
+        try:
+            for batch in loader:
+                self.steps_taken += 1
+                self.skipped += int(batch["skipped"].sum())
+                yield batch
+        except DnalmError as exc:
+            raise unwrapped(exc) from None
 
     def state_dict(self) -> dict:
         return asdict(self.stream.position_after(self.steps_taken))

@@ -44,6 +44,11 @@ def find_tasks(folder: str | Path, names: list[str] | None = None) -> list[Path]
             )
         tasks = [known[n] for n in names]
     if not tasks:
+        if (Path(folder) / "train.csv").is_file():  # a task folder given as the suite
+            raise GueError(
+                f"{folder}: is itself a task; give the folder holding it with --tasks {Path(folder).name} "
+                f"(`dnalm eval gue {Path(folder).parent} --tasks {Path(folder).name}`)"
+            )
         raise GueError(f"{folder}: no task folders (each needs train.csv and dev.csv)")
     for task in tasks:
         if not (task / "dev.csv").is_file():

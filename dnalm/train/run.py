@@ -19,7 +19,8 @@ from dnalm.utils.files import refuse_file_as_folder
 
 
 def train(config: TrainConfig, resume: str | None = "auto") -> dict:
-    """Own the run folder (one job at a time), train, and let go of it. A start that fails leaves no run folder."""
+    """Own the run folder (one job at a time), train, and let go of it. A start that fails before its first step (a
+    corrupt shard, a bad resume) leaves no run folder, if it made the folder."""
     refuse_file_as_folder(config.run_dir, "run_dir")  # every rank, before any work
     rank, _ = init_distributed(config.robust.collective_timeout_s)
     run_dir, lock = Path(config.run_dir), None
@@ -48,10 +49,9 @@ def train(config: TrainConfig, resume: str | None = "auto") -> dict:
     finally:
         if lock is not None:
             lock.release()
-        if trainer is None and created:
-            shutil.rmtree(
-                run_dir, ignore_errors=True
-            )  # a failed start: nothing there a later step could take for a run
+        if created and (trainer is None or trainer.step == 0) and not ckpt.complete_checkpoints(run_dir):
+            # a failed start: nothing there a later step could take for a run (no step, no checkpoint)
+            shutil.rmtree(run_dir, ignore_errors=True)
     release_shared_memory()
     return result
 

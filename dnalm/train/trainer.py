@@ -3,12 +3,10 @@
 The model is built from its config (partitioned at construction under ZeRO-3) and handed to
 ``deepspeed.initialize``; the stream feeds each rank its share of every global step; masks are
 drawn from a generator seeded by (seed, step, rank, micro-batch), so a resumed run replays
-exactly. Under sequence parallelism (``parallel.sequence`` S) the S ranks of a group read the
-same windows and each trains on its slice (``sequence_parallel``); masks are drawn per
-data-parallel rank, so S changes no mask, label or loss. A step whose loss is not finite on any rank, or whose gradients
-are not (DeepSpeed's
-global grad norm), is skipped on every rank and counted; too many in a row stop the run, leaving
-the last good checkpoint as it was.
+exactly. Under sequence parallelism (``parallel.sequence`` S) the S ranks of a group read the same windows and each
+trains on its slice (``sequence_parallel``); masks are drawn per data-parallel rank, so S changes no mask, label or
+loss. A step whose loss is not finite on any rank, or whose gradients are not (DeepSpeed's global grad norm), is
+skipped on every rank and counted; too many in a row stop the run, leaving the last good checkpoint as it was.
 
 Device discipline: batches are built on the host and moved to the engine's device; every tensor
 handed to a collective lives there too (NCCL takes only CUDA tensors, gloo CPU ones), and a step
@@ -33,11 +31,11 @@ from dnalm.models import build_model
 from dnalm.models.transformer import check_learned_positions
 from dnalm.tokenizers import ViewTokenizer
 from dnalm.train import checkpoint as ckpt
-from dnalm.train import compiled, console, fp8, losses, probes, sequence_parallel
+from dnalm.train import compiled, console, fp8, held_out, losses, probes, sequence_parallel
 from dnalm.train import universal as universal_form
 from dnalm.train.config import TrainConfig, TrainConfigError, deepspeed_config, zero_stage
 from dnalm.train.distributed import init_distributed, launched, release_shared_memory  # noqa: F401 (re-exported)
-from dnalm.train.losses import GenomeTally, RepeatTally
+from dnalm.train.losses import GenomeTally
 from dnalm.train.metrics import MetricsLog
 from dnalm.train.ownership import RunLock
 from dnalm.train.setup import (
@@ -210,11 +208,17 @@ class Trainer:
             else ("bf16" if self.ds_config["bf16"]["enabled"] else "fp32")
         )
         start = f"resuming step {self.step} from {self.resume_from}" if self.resume_from else "fresh start"
+        steps = (
+            f"steps {self.step + 1}-{self.total_steps}"
+            if self.step < self.total_steps
+            else f"nothing to train: the run is at step {self.step} of {self.total_steps} (raise budget.steps or "
+            "budget.tokens to go on)"
+        )
         return (
             f"training {self.model_config.name} ({parameters / 1e6:,.1f}M parameters) on {self.config.data.path}: "
             f"{self.config.batch.global_batch} windows x {self.manifest.seq_len:,} tokens = {per_step:,} tokens a "
             "step, "
-            f"steps {self.step + 1}-{self.total_steps}; {self.world} process{'es' * (self.world > 1)}, ZeRO-"
+            f"{steps}; {self.world} process{'es' * (self.world > 1)}, ZeRO-"
             f"{zero_stage(self.ds_config)}, sequence parallel {self.sp_size}, {precision}; {start}; run folder "
             f"{self.run_dir}"
         )
@@ -345,58 +349,6 @@ class Trainer:
             with open(self.run_dir / f"sample-keys-rank{self.rank}.txt", "a") as fh:
                 fh.writelines(f"{self.step + 1}\t{key}\n" for key in batch["key"])
 
-    # --- evaluation ----------------------------------------------------------------------
-    @torch.no_grad()
-    def evaluate(self) -> dict:
-        config = self.config
-        if (
-            config.data.val_split not in self.manifest.splits
-            or self.manifest.splits[config.data.val_split].num_samples < self.dp_world * config.batch.micro_batch
-        ):
-            return {}
-        settings = config.data.stream_settings() | {
-            "shuffle": True
-        }  # the same windows each time, drawn across the split
-        stream = GenomeStream(
-            config.data.path,
-            config.data.val_split,
-            batch_size=config.batch.micro_batch,
-            rank=self.dp_rank,
-            world_size=self.dp_world,
-            seed=config.seed,
-            epochs=1,
-            **settings,
-        )
-        self.engine.eval()
-        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # (loss × targets, targets, correct, windows)
-        repeats = RepeatTally(self.device) if self.manifest.repeats else None
-        genomes = GenomeTally(self.genome_tally.names, self.device) if self.genome_tally is not None else None
-        for i, batch in enumerate(StreamLoader(stream)):
-            if i == config.eval.batches:
-                break
-            inputs = self._inputs(batch, i, salt=1)
-            out = self._forward(inputs)
-            targets = (inputs["labels"] != IGNORE).sum()  # this rank's slice
-            windows = torch.tensor(len(batch["input_ids"]) / self.sp_size, device=self.device)
-            sums += torch.stack([out.loss_sum, targets, out.correct, windows]).to(torch.float64)
-            for tally in (repeats, genomes):
-                if tally is not None:
-                    tally.add(out, inputs)
-        self.engine.train()
-        dist.all_reduce(sums)
-        loss_total, targets, correct, windows = sums.tolist()
-        if targets == 0:
-            return {}
-        val_loss = loss_total / targets
-        out = {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50)), "val_windows": round(windows)}
-        if not self.causal:
-            out["val_masked_accuracy"] = correct / targets
-        if repeats is not None:
-            out |= repeats.record(loss_total, targets, correct, self.causal)
-        if genomes is not None:
-            out |= genomes.record("val_genome")
-        return out
-
     # --- linear probes (eval.probes) -----------------------------------------------------
     def _load_probes(self) -> list[probes.ProbeTask]:
         """The probe tasks' fixed rows, tokenized with the data's tokenizer; a bad folder, file or row is refused
@@ -464,7 +416,7 @@ class Trainer:
                         f"stopping. Last good checkpoint: {kept[-1] if kept else 'none'}"
                     )
                 if self.step % config.eval.interval == 0 or self.step == self.total_steps:
-                    record |= self.evaluate()
+                    record |= held_out.evaluate(self)
                 if self.probe_tasks and (self.step % config.eval.probe_interval == 0 or self.step == self.total_steps):
                     record |= self.probe()
                 if (
