@@ -407,11 +407,11 @@ def test_bad_configs_say_what_is_wrong(data, tmp_path, capsys):
 
     # settings refused while the config is read: in this process, before anything starts
     for extra, pattern in [
-        (["optim.lr=-1"], "optim.lr"),
+        (["optim.lr=-1"], "optim.lr=-1 (command line)"),
         (["budget.tokens=1000"], "exactly one of budget.steps and budget.tokens"),
         (["optim.lr"], "expected key.sub=value"),
-        (["data.cache_limit=lots"], "data.cache_limit: 'lots' is not a size"),
-        (["data.order=random"], "data.order: Input should be 'global' or 'blocks'"),
+        (["data.cache_limit=lots"], "data.cache_limit=lots (command line): 'lots' is not a size"),
+        (["data.order=random"], "data.order=random (command line): Input should be 'global' or 'blocks'"),
     ]:
         assert main(["train", "--config", str(CONFIG), *overrides(data, tmp_path / "a"), *extra]) == 1
         assert pattern in capsys.readouterr().err, pattern
