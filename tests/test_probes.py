@@ -156,7 +156,8 @@ def test_bad_probe_folders_files_and_settings_are_refused_in_one_line(tmp_path, 
         done = refused_by_cli("eval", "probe", random_bundle, "--tasks", folder)
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 1 and len(lines) == 1 and message in lines[0], done.stderr
-    with pytest.raises(TrainConfigError, match=r"eval.probe_rows=\[0,1000\] \(command line\): the train and dev rows a probe reads must both be"):
+    refusal = r"eval.probe_rows=\[0,1000\] \(command line\): the train and dev rows a probe reads must both be"
+    with pytest.raises(TrainConfigError, match=refusal):
         load_config(CONFIG, ["data.path=x", "run_dir=y", "eval.probe_rows=[0,1000]"])
     for rows in ("0,10", "10", "ten,5"):
         done = refused_by_cli("eval", "probe", random_bundle, "--tasks", cases["no-dev"][0], "--rows", rows)
