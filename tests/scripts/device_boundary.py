@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from dnalm.models import build_model
+from dnalm.train import held_out
 from dnalm.train.config import load_config
 from dnalm.train.trainer import Trainer
 
@@ -81,7 +82,7 @@ def main(data: str, run_dir: str) -> None:
     reached = {}
     for name, call in (
         ("train_step", lambda: trainer.train_step(iter(trainer.loader))),
-        ("evaluate", trainer.evaluate),
+        ("evaluate", lambda: held_out.evaluate(trainer)),
     ):
         try:
             call()
