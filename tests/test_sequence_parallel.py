@@ -171,7 +171,7 @@ MODELS = {
 }
 
 # the encoder's runs end with a linear probe (GUE prom_core_tata, where the team's data is): under 1 s each
-MODELS["encoder"] = MODELS["encoder"] | probe_settings(rows="[200,100]")
+MODELS["encoder"] = MODELS["encoder"] | probe_settings(rows="[200,100]", **{"eval.probe_interval": 2})
 
 
 def _run(data, folder, model: str, sequence: int, resume: str = "none", **extra) -> dict:
@@ -321,3 +321,12 @@ def test_linear_probes_at_s2_and_s4_score_as_s1(runs, parallel, reference):
     assert got["step"] == want["step"] == STEPS and f"{key}/mcc" in want
     assert abs(got[f"{key}/accuracy"] - want[f"{key}/accuracy"]) <= 0.01 + 1e-9
     assert got[f"{key}/mcc"] == pytest.approx(want[f"{key}/mcc"], abs=0.03)
+
+
+def test_the_encoder_on_chr20_logs_a_probe_curve(runs):
+    """The encoder pretrained on soft-masked human chr20 (beside E. coli) logs its probe on prom_core_tata every 2
+    steps and at the last: a curve in metrics.jsonl."""
+    if not PROBE_TASK.exists():
+        pytest.skip(f"{PROBE_TASK} is absent (the team's shared data folder)")
+    curve = {r["step"]: r["probe/prom_core_tata/mcc"] for r in metrics(runs["encoder-s1"]) if "probe/seconds" in r}
+    assert sorted(curve) == [2, 4, STEPS] and all(-1 <= mcc <= 1 for mcc in curve.values())
