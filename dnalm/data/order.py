@@ -12,6 +12,8 @@ genomes carry sampling weights draws each genome's share of the epoch in proport
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 ROUNDS = 4
@@ -64,15 +66,16 @@ def weighted_counts(available: list[int], weights: list[float], total: int) -> n
     return counts
 
 
-class ShardLocator:
+class ShardLocator(ABC):
     """What both epoch orders share: a global sample number (shard after shard) as (shard index, sample within that
     shard), and an epoch's positions located through ``samples``."""
 
     counts: np.ndarray  # samples in each shard
     ends: np.ndarray  # their running total
 
+    @abstractmethod
     def samples(self, epoch: int, positions) -> np.ndarray:
-        raise NotImplementedError
+        """The global sample numbers at ``positions`` of ``epoch`` (each order draws them its own way)."""
 
     def locate(self, samples) -> tuple[np.ndarray, np.ndarray]:
         samples = np.asarray(samples, np.int64)

@@ -357,31 +357,34 @@ class GenomeStream(IterableDataset):
             self.bytes_read += reading.close_oldest()
         return reader
 
+    def _repeat_flags(self, read: ShardSample, reverse: bool) -> np.ndarray:
+        """A repeat flag beside every id of the model's input, laid out as its ids are (``[CLS] v0 [SEP] v1 [SEP] …``
+        with views; specials and padding are never repeats), flipped with a reverse-complemented window."""
+        views = [np.zeros(len(ids), bool) if r is None else r for ids, r in zip(read.tokens, read.repeats)]
+        if reverse:
+            views = [flip_flags(r, ids) for r, ids in zip(views, read.tokens)]
+        flags = np.zeros(self.manifest.seq_len, bool)
+        at = 1 if self.manifest.views else 0
+        for r in views:
+            flags[at : at + len(r)] = r
+            at += len(r) + 1
+        return flags
+
     def _sample(self, read: ShardSample, reverse: bool = False) -> dict:
         """The model-ready sample: ids (views concatenated), base spans, its genome and, when the data marks repeats,
         a repeat flag beside every id."""
-        arrays = read.tokens
-        repeats = [np.zeros(len(ids), bool) if r is None else r for ids, r in zip(arrays, read.repeats)]
-        if reverse:
-            repeats = [flip_flags(r, ids) for r, ids in zip(repeats, arrays)]
-            arrays = [flip(ids.astype(np.int64), table) for ids, table in zip(arrays, self.flip_tables)]
         sample = {
             "key": read.key,
             "genome": int(read.key[1 : read.key.index("-")]),
             "skipped": 0,
             "reverse_complement": reverse,
         }
-        spans = [tok.spans_of(ids) for tok, ids in zip(self.tokenizers, arrays)]
         if self.manifest.repeats:
-            flags = np.zeros(self.manifest.seq_len, bool)
-            if self.manifest.views:  # [CLS] v0 [SEP] v1 [SEP] …: specials are never repeats
-                at = 1
-                for r in repeats:
-                    flags[at : at + len(r)] = r
-                    at += len(r) + 1
-            else:
-                flags[: len(repeats[0])] = repeats[0]
-            sample["repeats"] = torch.from_numpy(flags)
+            sample["repeats"] = torch.from_numpy(self._repeat_flags(read, reverse))
+        arrays = read.tokens
+        if reverse:
+            arrays = [flip(ids.astype(np.int64), table) for ids, table in zip(arrays, self.flip_tables)]
+        spans = [tok.spans_of(ids) for tok, ids in zip(self.tokenizers, arrays)]
         if self.manifest.views:
             ids, segments, positions = concatenate_views(arrays, spans, self.id_offsets, self.manifest.seq_len)
             sample.update(
