@@ -8,6 +8,10 @@ import numpy as np
 import pytest
 
 from dnalm import genome
+from tests.scheduling import pytest_collection_modifyitems, pytest_xdist_make_scheduler  # noqa: F401 (hooks)
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # before torch loads: the workers share the cores (tests/scheduling.py)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -24,13 +28,24 @@ def probe_settings(rows: str = "[400,200]", **extra) -> dict:
     return {"eval.probes": f"[{PROBE_TASK}]", "eval.probe_rows": rows, **extra}
 
 
-@pytest.fixture(scope="session", autouse=True)
-def release_deepspeed_shared_memory():
-    """Runs the tests kill never reach their own clean-up: remove the /dev/shm buffers they leave."""
+def _deepspeed_buffers() -> set[Path]:
     shm = Path("/dev/shm")
-    before = set(shm.glob("deepspeed_*")) if shm.is_dir() else set()
-    yield
-    for leftover in (set(shm.glob("deepspeed_*")) if shm.is_dir() else set()) - before:
+    return set(shm.glob("deepspeed_*")) if shm.is_dir() else set()
+
+
+_BUFFERS_BEFORE = pytest.StashKey[set]()
+
+
+def pytest_sessionstart(session):
+    session.config.stash[_BUFFERS_BEFORE] = _deepspeed_buffers()
+
+
+def pytest_sessionfinish(session):
+    """Runs the tests kill never reach their own clean-up: remove the /dev/shm buffers they leave, once every test has
+    ended (under xdist, in the controlling process: a worker's end is not the others')."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    for leftover in _deepspeed_buffers() - session.config.stash.get(_BUFFERS_BEFORE, set()):
         leftover.unlink(missing_ok=True)
 
 

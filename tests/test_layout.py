@@ -64,3 +64,17 @@ def test_reading_genomes_and_tokenizing_never_loads_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stdout + done.stderr
+
+
+def test_the_files_dealt_out_together_are_those_that_share_the_trained_fixture():
+    """tests/scheduling.py sends the files whose tests or fixtures ask for `trained` (or `bundles`, made from it) to
+    one xdist worker, so that it trains once: its list is the files that do."""
+    import ast
+
+    from tests.scheduling import TRAINED_FILES
+
+    def asks_for_it(path) -> bool:
+        functions = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef)]
+        return any(a.arg in ("trained", "bundles") for f in functions for a in f.args.args)
+
+    assert {p.name for p in (REPO / "tests").glob("test_*.py") if asks_for_it(p)} == TRAINED_FILES

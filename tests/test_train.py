@@ -47,16 +47,19 @@ ZERO3_PROBES = probe_settings(rows="[200,100]", **{"eval.probe_interval": 10})
 def reference(data, tmp_path_factory):
     """Uninterrupted 30-step runs, 2 processes: ZeRO-2 (encoder, MLM) under deepspeed, ZeRO-3 (decoder, CLM, with
     linear probes) under torchrun."""
-    runs, shm_before = {}, set(Path("/dev/shm").glob("deepspeed_*"))
+    runs, ports = {}, []
     for stage, model, wandb, launcher in (
         ("zero2", "encoder-tiny", "disabled", "deepspeed"),
         ("zero3", "decoder-tiny", "offline", "torchrun"),
     ):
         folder = tmp_path_factory.mktemp(f"ref-{stage}") / "run"
         settings = {"model.name": model, "logging.wandb": wandb} | (ZERO3_PROBES if stage == "zero3" else {})
-        done = run(launch_cmd(launcher, 2, data, folder, deepspeed=stage, **settings))
+        cmd = launch_cmd(launcher, 2, data, folder, deepspeed=stage, **settings)
+        done = run(cmd)
         runs[stage], runs[f"{stage}-console"] = folder, done.stdout + done.stderr
-    runs["shm_left"] = set(Path("/dev/shm").glob("deepspeed_*")) - shm_before
+        ports.append(cmd[cmd.index("--master_port") + 1])
+    # these runs' buffers, named deepspeed_*_ADDR_PORT_RANK (other workers' runs may hold theirs meanwhile)
+    runs["shm_left"] = {p for p in Path("/dev/shm").glob("deepspeed_*") if p.name.split("_")[-2] in ports}
     return runs
 
 
