@@ -193,27 +193,18 @@ def softmasked128(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, ecoli128):
-    """A decoder trained in one process (ZeRO-2) and an encoder on two (ZeRO-3), 12 steps each; the encoder logs a
-    linear probe on GUE prom_core_tata at steps 6 and 12 where the team's data is present (about 3 s)."""
-    from tests.launching import CONFIG, overrides, run, torchrun_cmd
+    """A decoder (ZeRO-2) and an encoder (ZeRO-3) trained 12 steps each on two processes, in one launch; the encoder
+    logs a linear probe on GUE prom_core_tata at steps 6 and 12 where the team's data is present (about 3 s)."""
+    from tests.launching import run_spec, train_runs
 
     root = tmp_path_factory.mktemp("use")
     decoder, encoder = root / "decoder", root / "encoder"
-    run(
-        [
-            sys.executable,
-            "-m",
-            "dnalm",
-            "train",
-            "--config",
-            str(CONFIG),
-            *overrides(
-                ecoli128, decoder, **{"model.name": "decoder-tiny", "budget.steps": 12, "checkpoint.interval": 6}
-            ),
-        ]
-    )
-    settings = {"budget.steps": 12, "checkpoint.interval": 6} | probe_settings(**{"eval.probe_interval": 6})
-    run(torchrun_cmd(2, ecoli128, encoder, deepspeed="zero3", **settings))
+    common = {"budget.steps": 12, "checkpoint.interval": 6}
+    runs = [
+        run_spec(ecoli128, decoder, **common, **{"model.name": "decoder-tiny", "deepspeed": "zero2"}),
+        run_spec(ecoli128, encoder, **common, deepspeed="zero3", **probe_settings(**{"eval.probe_interval": 6})),
+    ]
+    train_runs(2, runs, root / "runs.json")
     return {"decoder": decoder, "encoder": encoder, "root": root, "data": ecoli128}
 
 

@@ -83,6 +83,18 @@ def dnalm_train_cmd(data: Path, run: Path, *args: str, **extra) -> list[str]:
     return [sys.executable, "-m", "dnalm", "train", "--config", str(CONFIG), *overrides(data, run, **extra), *args]
 
 
+def run_spec(data: Path, run: Path, resume: str = "auto", **extra) -> dict:
+    """One training of a ``train_runs`` launch: the tests' config with these overrides."""
+    return {"config": str(CONFIG), "resume": resume, "overrides": overrides(data, run, **extra)}
+
+
+def train_runs(processes: int, runs: list[dict], spec: Path) -> subprocess.CompletedProcess:
+    """Several trainings one after another in one torchrun launch of ``processes`` ranks (tests/scripts/train_runs.py):
+    a launch's start-up is paid once. ``spec`` is where the list is written."""
+    spec.write_text(json.dumps(runs))
+    return run([*LAUNCHERS["torchrun"](processes), str(REPO / "tests" / "scripts" / "train_runs.py"), str(spec)])
+
+
 def gone_process() -> tuple[int, float]:
     """(pid, start time) of a process that ran on this host and is gone: a lock's owner killed with SIGKILL."""
     import psutil

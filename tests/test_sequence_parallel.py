@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from dnalm.models import get_config
 from dnalm.train.sequence_parallel import SequenceParallelError, check, shard
 from tests.conftest import PROBE_TASK, REPO, probe_settings
-from tests.launching import CONFIG, LAUNCHERS, free_port, losses, metrics, overrides, run
+from tests.launching import free_port, losses, metrics, run_spec, train_runs
 
 STEPS = 5
 
@@ -187,7 +187,7 @@ def _run(data, folder, model: str, sequence: int, resume: str = "none", **extra)
         }
         | extra
     )
-    return {"config": str(CONFIG), "resume": resume, "overrides": overrides(data, folder, **settings)}
+    return run_spec(data, folder, resume, **settings)
 
 
 def _without_overlap(model: str, root) -> str:
@@ -202,9 +202,7 @@ def _without_overlap(model: str, root) -> str:
 
 
 def _launch(processes: int, runs: list[dict], folder) -> None:
-    spec = folder / f"runs-{processes}.json"
-    spec.write_text(json.dumps(runs))
-    run([*LAUNCHERS["torchrun"](processes), str(REPO / "tests" / "scripts" / "train_runs.py"), str(spec)])
+    train_runs(processes, runs, folder / f"runs-{processes}.json")
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,9 @@ from tests.launching import (
     metrics,
     overrides,
     run,
+    run_spec,
     torchrun_cmd,
+    train_runs,
 )
 
 
@@ -129,10 +131,13 @@ def test_a_refusal_under_the_launcher_is_said_once_and_leaves_no_run_folder(data
 
 
 def test_offload_trains_and_resumes(data, tmp_path):
+    """ZeRO-3 with the optimizer offloaded: 6 steps, then a second training in the same launch resumes its checkpoint
+    for 6 more (the state comes from disk: each training builds its own engine)."""
     folder = tmp_path / "run"
     settings = {"deepspeed": "zero3-offload", "checkpoint.interval": 6, "eval.interval": 6}
-    run(torchrun_cmd(2, data, folder, **settings, **{"budget.steps": 6}))
-    run(torchrun_cmd(2, data, folder, **settings, **{"budget.steps": 12}))
+    steps = [run_spec(data, folder, **settings, **{"budget.steps": n}) for n in (6, 12)]
+    done = train_runs(2, steps, tmp_path / "runs.json")
+    assert f"; resuming step 6 from {folder / 'checkpoints' / 'step-6'};" in done.stderr
     curve = losses(folder)
     assert sorted(curve) == list(range(1, 13)) and curve[12] < curve[1]
     assert ckpt.read_meta(ckpt.complete_checkpoints(folder)[-1])["step"] == 12
@@ -270,8 +275,11 @@ def test_a_window_lost_mid_accumulation_trains_like_one_lost_at_its_start(data, 
         },
         "midway": {"robust.inject_nan_at_steps": "[5,8]", "robust.inject_nan_micro_batch": 1},
     }
-    for name, faults in runs.items():
-        run(torchrun_cmd(2, data, tmp_path / name, deepspeed=stage, **common, **faults))
+    train_runs(
+        2,
+        [run_spec(data, tmp_path / name, deepspeed=stage, **common, **faults) for name, faults in runs.items()],
+        tmp_path / "runs.json",
+    )
     start, midway = losses(tmp_path / "start"), losses(tmp_path / "midway")
     assert sorted(start) == [1, 2, 3, 4, 6, 7, 9]
     assert start == midway
@@ -418,8 +426,9 @@ def test_bad_configs_say_what_is_wrong(data, tmp_path, capsys):
     ]:
         assert main(["train", "--config", str(CONFIG), *overrides(data, tmp_path / "a"), *extra]) == 1
         assert pattern in capsys.readouterr().err, pattern
-    # settings refused once the run starts: a real process, exit status 1
-    cli = [sys.executable, "-m", "dnalm", "train", "--config", str(CONFIG)]
+    # settings refused once the run starts: another process, the exit status `python -m dnalm` would have, one after
+    # another (tests/scripts/refusals.py)
+    cli = ["train", "--config", str(CONFIG)]
     damaged = tmp_path / "damaged"  # every training shard cut short: the first step fails, in its worker
     shutil.copytree(data, damaged)
     for shard in Manifest.load(damaged).splits["train"].shards:
@@ -446,14 +455,15 @@ def test_bad_configs_say_what_is_wrong(data, tmp_path, capsys):
             "capability 8.9 or newer (Ada, Hopper); this run is on cpu",
         ),
     ]
-    for extra, pattern in cases:
-        done = run(cli + extra, expect_ok=False)
-        assert done.returncode == 1 and pattern in done.stderr, (pattern, done.stderr[-1500:])
-        assert "Traceback" not in done.stderr and "Caught" not in done.stderr, done.stderr[-1500:]
+    cases.append((overrides(data, tmp_path / "f") + ["--resume", str(tmp_path)], "incomplete checkpoint"))
+    spec = tmp_path / "cases.json"
+    spec.write_text(json.dumps([cli + extra for extra, _ in cases]))
+    done = run([sys.executable, str(REPO / "tests" / "scripts" / "refusals.py"), str(spec)])
+    for (extra, pattern), (status, stderr) in zip(cases, json.loads(done.stdout.strip().splitlines()[-1]), strict=True):
+        assert status == 1 and pattern in stderr, (pattern, stderr[-1500:])
+        assert "Traceback" not in stderr and "Caught" not in stderr, stderr[-1500:]
         run_dir = next(x.split("=", 1)[1] for x in extra if x.startswith("run_dir="))
         assert not Path(run_dir).exists(), (pattern, "a failed start left its run folder")
-    done = run(cli + overrides(data, tmp_path / "f") + ["--resume", str(tmp_path)], expect_ok=False)
-    assert done.returncode == 1 and "incomplete checkpoint" in done.stderr
 
 
 def test_a_decoder_on_multi_view_data_is_refused(tmp_path, ecoli):
