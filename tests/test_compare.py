@@ -6,38 +6,54 @@ import math
 import pytest
 
 from dnalm import genome
-from tests.conftest import SHARED_DATA, needs_shared, refused_by_cli, run_cli
+from tests.conftest import SHARED_DATA, needs_shared, refused_by_cli, run_cli, write_slice
 
 GUE = SHARED_DATA / "gue"
-SMALL = [
-    "--genome",
-    str(genome.DEFAULT_GENOME),
-    "--variants",
-    "views-bases",
-    "--seeds",
-    "1",
-    "--pretrain-tokens",
-    "4096",
-    "--seq-len",
-    "256",
-    "--lengths",
-    "128",
-    "--tasks",
-    "prom_300_tata=64",
-    "--epochs",
-    "1",
-]
+TASK = "prom_300_tata"
+
+
+def small(root) -> list[str]:
+    """A budget a test can afford, on real data: 600 kb of the bundled E. coli genome (the pretraining reads 4,096
+    tokens of it) and GUE prom_300_tata's first 64 training and 150 dev rows (each pass of a fine-tuning evaluates all
+    its dev rows)."""
+    fasta = root / "ecoli_600k.fa"
+    if not fasta.exists():
+        write_slice(genome.DEFAULT_GENOME, fasta, 0, 600_000)
+        (root / "gue" / TASK).mkdir(parents=True)
+        for split, rows in (("train", 64), ("dev", 150)):
+            lines = (GUE / TASK / f"{split}.csv").read_text().splitlines()
+            (root / "gue" / TASK / f"{split}.csv").write_text("\n".join(lines[: rows + 1]) + "\n")
+    return [
+        "--genome",
+        str(fasta),
+        "--gue",
+        str(root / "gue"),
+        "--variants",
+        "views-bases",
+        "--seeds",
+        "1",
+        "--pretrain-tokens",
+        "4096",
+        "--seq-len",
+        "256",
+        "--lengths",
+        "128",
+        "--tasks",
+        f"{TASK}=64",
+        "--epochs",
+        "1",
+    ]
 
 
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
-    done = run_cli("bench", "compare", *SMALL, "--work", root / "work", "--out", root / "out", timeout=900)
+    done = run_cli("bench", "compare", *small(root), "--work", root / "work", "--out", root / "out", timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return root, done
 
 
-@needs_shared(GUE / "prom_300_tata")
+@needs_shared(GUE / TASK)
 def test_compare_reports_every_stage(compared):
     root, done = compared
     result = json.loads((root / "out" / "compare.json").read_text())
@@ -58,19 +74,19 @@ def test_compare_reports_every_stage(compared):
     assert "[5/5] report" in done.stdout
 
 
-@needs_shared(GUE / "prom_300_tata")
+@needs_shared(GUE / TASK)
 def test_compare_resumes_from_finished_pieces_and_refuses_another_budget(compared):
     root, _ = compared
     before = json.loads((root / "out" / "compare.json").read_text())
     logs = {p: p.stat().st_mtime_ns for p in (root / "work" / "logs").iterdir()}
-    again = run_cli("bench", "compare", *SMALL, "--work", root / "work", "--out", root / "out2")
+    again = run_cli("bench", "compare", *small(root), "--work", root / "work", "--out", root / "out2")
     assert again.returncode == 0, again.stderr[-3000:]
     after = json.loads((root / "out2" / "compare.json").read_text())
     for key in ("pretrain", "finetune", "throughput"):
         assert after[key] == before[key]
     assert {p: p.stat().st_mtime_ns for p in (root / "work" / "logs").iterdir()} == logs  # nothing retrained
 
-    other = run_cli("bench", "compare", *SMALL[:-1], "2", "--work", root / "work", "--out", root / "out3")
+    other = run_cli("bench", "compare", *small(root)[:-1], "2", "--work", root / "work", "--out", root / "out3")
     assert other.returncode == 1 and "another budget (finetune_epochs differ)" in other.stderr
     assert not (root / "out3").exists()
 
