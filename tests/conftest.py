@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 from dnalm import genome
-from tests.scheduling import pytest_collection_modifyitems, pytest_xdist_make_scheduler  # noqa: F401 (hooks)
+from tests.scheduling import (  # noqa: F401 (pytest's hooks, found by name here)
+    pytest_collection_modifyitems,
+    pytest_xdist_auto_num_workers,
+    pytest_xdist_make_scheduler,
+)
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # before torch loads: the workers share the cores (tests/scheduling.py)
     os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -1,11 +1,13 @@
 """How the suite is dealt out to pytest-xdist's workers (``-n auto`` in ``pyproject.toml``).
 
-Whole files go to a worker, so that a file's module fixtures (the training launches its tests share) are built once;
-the files that share the session's ``trained`` fixture go to one worker together, so that it trains once; and the
-longest units go first, so that the workers finish together. Under xdist each worker runs torch on one thread: the
-workers share the cores, and threads waiting on a busy core only burn time.
+A worker for each CPU this process may use, at most 4 (more mostly wait on each other's launches, and add their
+memory). Whole files go to a worker, so that a file's module fixtures (the training launches its tests share) are
+built once; the files that share the session's ``trained`` fixture go to one worker together, so that it trains once;
+and the longest units go first, so that the workers finish together. Under xdist each worker runs torch on one
+thread: the workers share the cores, and threads waiting on a busy core only burn time.
 """
 
+import os
 from pathlib import PurePath
 
 import pytest
@@ -23,7 +25,7 @@ TRAINED_FILES = frozenset(
     }
 )
 
-# the longest units, longest first (each over a minute of one worker on 2 cores); the rest follow in file order
+# the longest units, longest first (a minute or more of a worker each, on 2 cores); the rest follow in file order
 LONGEST_FIRST = (
     "test_train.py",
     "test_faults.py",
@@ -33,6 +35,18 @@ LONGEST_FIRST = (
     "test_remote.py",
     "test_compare.py",
 )
+
+
+MAX_WORKERS = 4
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: xdist's own count is physical cores, which a VM whose 2 CPUs are one core's threads reports as 1."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):  # xdist's own override
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, usable))
 
 
 def unit(nodeid: str) -> str:
