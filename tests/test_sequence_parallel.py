@@ -201,10 +201,6 @@ def _without_overlap(model: str, root) -> str:
     return str(path)
 
 
-def _launch(processes: int, runs: list[dict], folder) -> None:
-    train_runs(processes, runs, folder / f"runs-{processes}.json")
-
-
 @pytest.fixture(scope="module")
 def runs(softmasked128, tmp_path_factory):
     root = tmp_path_factory.mktemp("sequence")
@@ -213,7 +209,7 @@ def runs(softmasked128, tmp_path_factory):
         for model in MODELS
         for name in ("s1", "s2", "s1dp2", "s2dp2", "s2-to-s4", "s2-to-s1", "s1dp2-no-overlap")
     }
-    _launch(
+    train_runs(
         2,
         [_run(softmasked128, folder[f"{m}-s2"], m, 2) for m in MODELS]
         + [_run(softmasked128, folder[f"{m}-s1dp2"], m, 1) for m in MODELS]
@@ -221,7 +217,7 @@ def runs(softmasked128, tmp_path_factory):
             _run(softmasked128, folder[f"{m}-s1dp2-no-overlap"], m, 1, deepspeed=_without_overlap(m, root))
             for m in MODELS
         ],
-        root,
+        root / "runs-2.json",
     )
     step3 = "checkpoints/step-3"
     for m, resumed in itertools.product(MODELS, ("s2-to-s4", "s2-to-s1")):  # saved at step 3 by S = 2, continued at S'
@@ -230,15 +226,15 @@ def runs(softmasked128, tmp_path_factory):
     def resume(m, resumed, sequence):
         return _run(softmasked128, folder[f"{m}-{resumed}"], m, sequence, resume=str(folder[f"{m}-{resumed}"] / step3))
 
-    _launch(
+    train_runs(
         4,
         [_run(softmasked128, folder[f"{m}-s2dp2"], m, 2) for m in MODELS] + [resume(m, "s2-to-s4", 4) for m in MODELS],
-        root,
+        root / "runs-4.json",
     )
-    _launch(
+    train_runs(
         1,
         [_run(softmasked128, folder[f"{m}-s1"], m, 1) for m in MODELS] + [resume(m, "s2-to-s1", 1) for m in MODELS],
-        root,
+        root / "runs-1.json",
     )
     return folder
 
